@@ -1,0 +1,3 @@
+#include "qrt.h"
+
+const char *qrt_version(void) { return "0.1.0"; }
