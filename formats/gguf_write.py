@@ -1,0 +1,136 @@
+"""Streamed GGUF writing: metadata and the tensor table first, then tensor data one tensor at a time.
+
+The file is written under a temporary name beside the target and renamed only when complete, so a failed or
+interrupted conversion never leaves a half-written model behind.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+from qconv.formats.errors import FormatError
+from qconv.formats.hf_config import ModelSpec
+
+
+def check_writable(out_path: Path) -> None:
+    """Fail before any work is done if the output cannot be created."""
+    out_path = Path(out_path)
+    parent = out_path.parent if str(out_path.parent) else Path(".")
+    if out_path.is_dir():
+        raise FormatError(f"{out_path}: is a folder, expected a file path for the output")
+    if not parent.is_dir():
+        raise FormatError(f"{out_path}: cannot write, folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise FormatError(f"{out_path}: cannot write, folder {parent} is not writable")
+
+
+def add_model_metadata(writer: gguf.GGUFWriter, spec: ModelSpec) -> None:
+    """The llama-family hyperparameters, under the keys llama.cpp reads for spec.gguf_arch."""
+    writer.add_name(spec.name)
+    writer.add_context_length(spec.context_length)
+    writer.add_embedding_length(spec.hidden)
+    writer.add_block_count(spec.n_layers)
+    writer.add_feed_forward_length(spec.ffn)
+    writer.add_head_count(spec.n_heads)
+    writer.add_head_count_kv(spec.n_kv_heads)
+    writer.add_layer_norm_rms_eps(spec.rms_eps)
+    writer.add_rope_freq_base(spec.rope_theta)
+    writer.add_rope_dimension_count(spec.head_dim)
+    writer.add_vocab_size(spec.vocab_size)
+    if spec.head_dim != spec.hidden // spec.n_heads or spec.arch.qk_norm:
+        writer.add_key_length(spec.head_dim)
+        writer.add_value_length(spec.head_dim)
+    scaling = spec.rope_scaling
+    kind = scaling.get("rope_type")
+    if kind == "linear":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(float(scaling["factor"]))
+    elif kind == "yarn":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        writer.add_rope_scaling_factor(float(scaling["factor"]))
+        writer.add_rope_scaling_orig_ctx_len(int(scaling["original_max_position_embeddings"]))
+    # llama3 scaling is carried by the rope_freqs tensor (llama3_rope_factors), not by keys
+
+
+def llama3_rope_factors(spec: ModelSpec) -> np.ndarray:
+    """Per-frequency divisors for llama3 rope scaling (Meta's published formula), stored as rope_freqs.weight."""
+    s = spec.rope_scaling
+    factor = float(s.get("factor", 8.0))
+    low, high = float(s.get("low_freq_factor", 1.0)), float(s.get("high_freq_factor", 4.0))
+    old_ctx = float(s.get("original_max_position_embeddings", 8192))
+    low_wavelen, high_wavelen = old_ctx / low, old_ctx / high
+    freqs = 1.0 / (spec.rope_theta ** (np.arange(0, spec.head_dim, 2, dtype=np.float64) / spec.head_dim))
+    factors = []
+    for freq in freqs:
+        wavelen = 2 * math.pi / freq
+        if wavelen < high_wavelen:
+            factors.append(1.0)
+        elif wavelen > low_wavelen:
+            factors.append(factor)
+        else:
+            smooth = (old_ctx / wavelen - low) / (high - low)
+            factors.append(1.0 / ((1 - smooth) / factor + smooth))
+    return np.asarray(factors, dtype=np.float32)
+
+
+class StreamingGGUFWriter:
+    """Declare every tensor (name, shape, type, byte size), then `begin()`, then `write()` them in that order.
+
+    Use as a context manager: on an exception the temporary file is removed and the target is left untouched.
+    """
+
+    def __init__(self, out_path: Path, arch: str):
+        self.out_path = Path(out_path)
+        check_writable(self.out_path)
+        self.writer = gguf.GGUFWriter(None, arch)
+        self._tmp: Path | None = None
+        self._declared: list[str] = []
+        self._written = 0
+
+    def declare(self, name: str, shape: tuple[int, ...], ggml_type: gguf.GGMLQuantizationType, nbytes: int) -> None:
+        """shape in numpy order (rows, row_length); GGUF stores it reversed."""
+        # A non-uint8 dtype keeps gguf-py from reading `shape` as a byte shape: we always pass element shapes.
+        self.writer.add_tensor_info(name, shape, np.dtype(np.float32), nbytes, raw_dtype=ggml_type)
+        self._declared.append(name)
+
+    def begin(self) -> None:
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.out_path.name}.", suffix=".part", dir=self.out_path.parent or ".")
+        os.close(fd)
+        self._tmp = Path(tmp)
+        self.writer.write_header_to_file(path=self._tmp)
+        self.writer.write_kv_data_to_file()
+        self.writer.write_ti_data_to_file()
+
+    def write(self, data: np.ndarray) -> None:
+        self.writer.write_tensor_data(np.ascontiguousarray(data))
+        self._written += 1
+
+    def finish(self) -> Path:
+        if self._written != len(self._declared):
+            raise FormatError(f"{self.out_path}: wrote {self._written} of {len(self._declared)} declared tensors")
+        self.writer.close()
+        os.replace(self._tmp, self.out_path)
+        self._tmp = None
+        return self.out_path
+
+    def abort(self) -> None:
+        try:
+            self.writer.close()
+        except Exception:  # noqa: BLE001 - cleanup must not mask the original error
+            pass
+        if self._tmp is not None and self._tmp.exists():
+            self._tmp.unlink()
+        self._tmp = None
+
+    def __enter__(self) -> StreamingGGUFWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
