@@ -1,0 +1,487 @@
+"""HF ``tokenizer.json`` (+ ``tokenizer_config.json``) -> the GGUF ``tokenizer.*`` metadata llama.cpp reads.
+
+Two tokenizer families are supported, both HF ``BPE`` models:
+
+- byte-level BPE (GPT-2 style, ``ByteLevel`` pre-tokenizer) -> GGUF model ``gpt2``: tokens, token types, merges and a
+  ``tokenizer.ggml.pre`` name that selects llama.cpp's pre-tokenizer regexes. The name is chosen from the *structure*
+  of the HF pre-tokenizer (table ``BYTE_LEVEL_PRE_TOKENIZERS``), not from a hash of tokenized text as llama.cpp's
+  ``convert_hf_to_gguf.py`` does, so an unknown structure is reported instead of silently mis-tokenized.
+- SentencePiece-style BPE with byte fallback (``▁`` for spaces, ``<0xXX>`` byte tokens) -> GGUF model ``llama``.
+  llama.cpp's SPM tokenizer has no merge list: it repeatedly merges the adjacent pair whose concatenation is the vocab
+  token of highest score (leftmost on ties). HF merges the pair of lowest merge rank (leftmost on ties). Giving the
+  token made by merge ``r`` the score ``-r`` makes the two orders the same wherever the merged token is reachable only
+  through merges of the list, which holds for tokenizers converted from SentencePiece (their merge list holds every
+  split of every piece) and is measured for trained ones by the reference tests.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from qconv.formats.errors import FormatError
+
+if TYPE_CHECKING:
+    import gguf
+
+# tokenizer.ggml.token_type values (gguf.TokenType / llama.cpp's llama_token_type); plain ints so that reading a
+# tokenizer does not import gguf.
+TOKEN_NORMAL = 1
+TOKEN_UNKNOWN = 2
+TOKEN_CONTROL = 3
+TOKEN_USER_DEFINED = 4
+TOKEN_UNUSED = 5
+TOKEN_BYTE = 6
+
+SPIECE_SPACE = "\u2581"
+BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+
+TOKENIZER_JSON = "tokenizer.json"
+TOKENIZER_CONFIG = "tokenizer_config.json"
+SPECIAL_TOKENS_MAP = "special_tokens_map.json"
+GENERATION_CONFIG = "generation_config.json"
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+
+
+@dataclass
+class TokenizerMeta:
+    """Everything a GGUF file says about its tokenizer (the ``tokenizer.*`` keys)."""
+
+    model: str  # tokenizer.ggml.model: "gpt2" (byte-level BPE) or "llama" (SentencePiece-style BPE)
+    pre: str | None  # tokenizer.ggml.pre, gpt2 models only
+    tokens: list[str]
+    token_types: list[int]
+    scores: list[float] | None  # llama models only
+    merges: list[str] | None  # gpt2 models only, "left right"
+    bos_id: int | None = None
+    eos_id: int | None = None
+    unk_id: int | None = None
+    pad_id: int | None = None
+    add_bos: bool | None = None
+    add_eos: bool | None = None
+    add_space_prefix: bool | None = None
+    chat_template: str | None = None
+    named_chat_templates: dict[str, str] = field(default_factory=dict)  # tokenizer.chat_template.<name>
+
+    def add_to(self, writer: gguf.GGUFWriter) -> None:
+        """Write all ``tokenizer.*`` keys; keys whose value is None are left out (llama.cpp then uses its default)."""
+        writer.add_tokenizer_model(self.model)
+        if self.pre is not None:
+            writer.add_tokenizer_pre(self.pre)
+        writer.add_token_list(self.tokens)
+        writer.add_token_types(self.token_types)
+        if self.scores is not None:
+            writer.add_token_scores(self.scores)
+        if self.merges is not None:
+            writer.add_token_merges(self.merges)
+        for token_id, add in (
+            (self.bos_id, writer.add_bos_token_id),
+            (self.eos_id, writer.add_eos_token_id),
+            (self.unk_id, writer.add_unk_token_id),
+            (self.pad_id, writer.add_pad_token_id),
+        ):
+            if token_id is not None:
+                add(token_id)
+        for flag, add in (
+            (self.add_bos, writer.add_add_bos_token),
+            (self.add_eos, writer.add_add_eos_token),
+            (self.add_space_prefix, writer.add_add_space_prefix),
+        ):
+            if flag is not None:
+                add(flag)
+        if self.named_chat_templates:
+            templates = [{"name": "default", "template": self.chat_template}] if self.chat_template else []
+            templates += [{"name": name, "template": text} for name, text in self.named_chat_templates.items()]
+            writer.add_chat_template(templates)
+        elif self.chat_template is not None:
+            writer.add_chat_template(self.chat_template)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Byte-level pre-tokenizers: HF structure -> tokenizer.ggml.pre.
+#
+# An HF pre-tokenizer is reduced to a tuple of canonical steps (``pre_tokenizer_steps``); each row names the steps
+# that llama.cpp's regexes for that name reproduce (llama.cpp src/llama-vocab.cpp, llm_tokenizer_bpe). Adding a
+# family means adding a row.
+
+GPT2_REGEX = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+LLAMA3_REGEX = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+QWEN2_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+# ByteLevel(use_regex=True) splits with the GPT-2 regex itself.
+BYTE_LEVEL_WITH_REGEX = "byte-level+gpt2-regex"
+BYTE_LEVEL_ONLY = "byte-level"
+
+
+def _split_step(regex: str) -> str:
+    return f"split-isolated:{regex}"
+
+
+@dataclass(frozen=True)
+class PreTokenizerRow:
+    name: str  # tokenizer.ggml.pre
+    steps: tuple[str, ...]
+    normalizers: tuple[str | None, ...] = (None,)  # HF normalizer types accepted with it
+    family: str = ""  # models known to use it, for error messages
+
+
+BYTE_LEVEL_PRE_TOKENIZERS: tuple[PreTokenizerRow, ...] = (
+    PreTokenizerRow("gpt-2", (BYTE_LEVEL_WITH_REGEX,), family="GPT-2, plain ByteLevel"),
+    PreTokenizerRow("smollm", ("digits-individual", BYTE_LEVEL_WITH_REGEX), family="SmolLM, StarCoder"),
+    PreTokenizerRow("llama-bpe", (_split_step(LLAMA3_REGEX), BYTE_LEVEL_ONLY), family="Llama 3"),
+    # Qwen2 ships an NFC normalizer that llama.cpp does not apply: texts already in NFC tokenize the same.
+    PreTokenizerRow("qwen2", (_split_step(QWEN2_REGEX), BYTE_LEVEL_ONLY), normalizers=(None, "NFC"), family="Qwen2/3"),
+)
+
+
+def _flatten(node: dict | None, list_key: str) -> list[dict]:
+    if node is None:
+        return []
+    if node.get("type") == "Sequence":
+        return [step for child in node.get(list_key, []) for step in _flatten(child, list_key)]
+    return [node]
+
+
+def pre_tokenizer_steps(pre_tokenizer: dict | None) -> tuple[str, ...]:
+    """The canonical steps of an HF pre-tokenizer; fields that do not change the token ids (offsets) are dropped."""
+    steps = []
+    for step in _flatten(pre_tokenizer, "pretokenizers"):
+        kind = step.get("type")
+        if kind == "ByteLevel":
+            prefix = "+prefix-space" if step.get("add_prefix_space", False) else ""
+            steps.append((BYTE_LEVEL_WITH_REGEX if step.get("use_regex", True) else BYTE_LEVEL_ONLY) + prefix)
+        elif kind == "Digits":
+            steps.append("digits-individual" if step.get("individual_digits", False) else "digits")
+        elif kind == "Split" and "Regex" in step.get("pattern", {}):
+            behavior = str(step.get("behavior", "")).lower()
+            invert = "-inverted" if step.get("invert", False) else ""
+            steps.append(f"split-{behavior}{invert}:{step['pattern']['Regex']}")
+        else:
+            steps.append(json.dumps(step, sort_keys=True, ensure_ascii=False))
+    return tuple(steps)
+
+
+def choose_pre(tokenizer_json: dict, where: str) -> str:
+    """tokenizer.ggml.pre for a byte-level BPE tokenizer.json, from the table of known pre-tokenizer structures."""
+    steps = pre_tokenizer_steps(tokenizer_json.get("pre_tokenizer"))
+    normalizers = [node.get("type") for node in _flatten(tokenizer_json.get("normalizer"), "normalizers")]
+    if len(normalizers) > 1:
+        raise FormatError(f"{where}: normalizer sequence {normalizers} is not supported for byte-level BPE")
+    normalizer = normalizers[0] if normalizers else None
+    for row in BYTE_LEVEL_PRE_TOKENIZERS:
+        if row.steps == steps and normalizer in row.normalizers:
+            return row.name
+    supported = "; ".join(f"{row.name} ({row.family}): {' + '.join(row.steps)}" for row in BYTE_LEVEL_PRE_TOKENIZERS)
+    found = " + ".join(steps) or "none"
+    raise FormatError(
+        f"{where}: unknown byte-level pre-tokenizer {found} (normalizer {normalizer}); supported: {supported}"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading the HF files.
+
+
+def _read_json(path: Path, required: bool) -> dict | None:
+    if not path.is_file():
+        if required:
+            raise FormatError(f"{path}: missing (needed for the tokenizer)")
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            content = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise FormatError(f"{path}: cannot read JSON ({e})") from e
+    if not isinstance(content, dict):
+        raise FormatError(f"{path}: expected a JSON object, found {type(content).__name__}")
+    return content
+
+
+def _token_content(value: Any) -> str | None:
+    """tokenizer_config.json writes special tokens as a string or as an AddedToken dict."""
+    if isinstance(value, dict):
+        return value.get("content")
+    return value if isinstance(value, str) else None
+
+
+@dataclass
+class _Vocab:
+    tokens: list[str]
+    token_types: list[int]
+    ids: dict[str, int]  # as tokenizer.json spells the tokens
+    added: dict[int, dict]  # id -> added_tokens entry
+
+
+def _read_vocab(tokenizer_json: dict, vocab_size: int, where: str) -> _Vocab:
+    model = tokenizer_json["model"]
+    by_id: dict[int, str] = {}
+    for text, token_id in model.get("vocab", {}).items():
+        if token_id in by_id:
+            raise FormatError(f"{where}: tokens {by_id[token_id]!r} and {text!r} both have id {token_id}")
+        by_id[token_id] = text
+    added: dict[int, dict] = {}
+    for entry in tokenizer_json.get("added_tokens") or []:
+        token_id, text = entry["id"], entry["content"]
+        if token_id in by_id and by_id[token_id] != text:
+            raise FormatError(
+                f"{where}: added token {text!r} has id {token_id}, which the vocab gives {by_id[token_id]!r}"
+            )
+        by_id[token_id] = text
+        added[token_id] = entry
+    if not by_id:
+        raise FormatError(f"{where}: the vocabulary is empty")
+    n_tokens = max(by_id) + 1
+    if n_tokens > vocab_size:
+        raise FormatError(
+            f"{where}: token id {n_tokens - 1} ({by_id[n_tokens - 1]!r}) does not fit the model's vocab_size "
+            f"{vocab_size} (the embedding has fewer rows than the tokenizer has tokens)"
+        )
+    tokens, token_types = [], []
+    for token_id in range(vocab_size):
+        if token_id not in by_id:
+            # Rows of the embedding without a token (vocab padded to a multiple): as llama.cpp's converter does.
+            tokens.append(f"[PAD{token_id}]")
+            token_types.append(TOKEN_UNUSED)
+        elif token_id in added:
+            tokens.append(by_id[token_id])
+            token_types.append(TOKEN_CONTROL if added[token_id].get("special", False) else TOKEN_USER_DEFINED)
+        else:
+            tokens.append(by_id[token_id])
+            token_types.append(TOKEN_NORMAL)
+    ids = {text: token_id for token_id, text in by_id.items()}
+    return _Vocab(tokens, token_types, ids, added)
+
+
+def _merge_pairs(model: dict, where: str) -> list[tuple[str, str]]:
+    """Merges in rank order; tokenizer.json writes them as "a b" strings or (tokenizers >= 0.20) as [a, b] lists."""
+    pairs = []
+    for rank, merge in enumerate(model.get("merges") or []):
+        if isinstance(merge, str):
+            left, sep, right = merge.partition(" ")
+            if not sep or not left or not right:
+                raise FormatError(f"{where}: merge {rank} {merge!r} is not 'left right'")
+        elif isinstance(merge, list) and len(merge) == 2 and all(isinstance(part, str) for part in merge):
+            left, right = merge
+        else:
+            raise FormatError(f"{where}: merge {rank} {merge!r} is neither 'left right' nor [left, right]")
+        pairs.append((left, right))
+    return pairs
+
+
+def _check_bpe_options(model: dict, where: str) -> None:
+    for option in ("continuing_subword_prefix", "end_of_word_suffix"):
+        if model.get(option):
+            raise FormatError(f"{where}: BPE option {option}={model[option]!r} is not supported by llama.cpp")
+    if model.get("dropout"):
+        raise FormatError(f"{where}: BPE dropout {model['dropout']} makes tokenization random; expected null")
+
+
+def _byte_level_meta(tokenizer_json: dict, vocab: _Vocab, where: str) -> TokenizerMeta:
+    merges = []
+    for rank, (left, right) in enumerate(_merge_pairs(tokenizer_json["model"], where)):
+        # llama.cpp splits a merge at the first space after the first character.
+        if " " in left[1:] or " " in right:
+            raise FormatError(f"{where}: merge {rank} ({left!r}, {right!r}) contains a space; GGUF cannot store it")
+        merges.append(f"{left} {right}")
+    return TokenizerMeta(
+        model="gpt2",
+        pre=choose_pre(tokenizer_json, where),
+        tokens=vocab.tokens,
+        token_types=vocab.token_types,
+        scores=None,
+        merges=merges,
+    )
+
+
+@dataclass(frozen=True)
+class _SpaceHandling:
+    add_space_prefix: bool
+    spaces_normalized: bool  # the normalizer turns " " into "▁" (so normalized added tokens see "▁")
+
+
+def _sentencepiece_space_handling(tokenizer_json: dict, where: str) -> _SpaceHandling:
+    """How a SentencePiece-style tokenizer.json marks spaces: the llama-2 style normalizer
+    (Prepend("▁") + Replace(" ", "▁")) or the newer Metaspace pre-tokenizer."""
+    normalizers = _flatten(tokenizer_json.get("normalizer"), "normalizers")
+    pre_tokenizers = _flatten(tokenizer_json.get("pre_tokenizer"), "pretokenizers")
+    prepend = False
+    replace = False
+    for step in normalizers:
+        if step.get("type") == "Prepend" and step.get("prepend") == SPIECE_SPACE:
+            prepend = True
+        elif (
+            step.get("type") == "Replace"
+            and step.get("pattern") == {"String": " "}
+            and step.get("content") == SPIECE_SPACE
+        ):
+            replace = True
+        else:
+            raise FormatError(f"{where}: normalizer step {step.get('type')} is not supported for SentencePiece BPE")
+    if replace and not pre_tokenizers:
+        return _SpaceHandling(add_space_prefix=prepend, spaces_normalized=True)
+    if (
+        not normalizers
+        and len(pre_tokenizers) == 1
+        and pre_tokenizers[0].get("type") == "Metaspace"
+        and pre_tokenizers[0].get("replacement") == SPIECE_SPACE
+    ):
+        metaspace = pre_tokenizers[0]
+        if "prepend_scheme" in metaspace:
+            prefix = metaspace["prepend_scheme"] != "never"
+        else:  # tokenizers < 0.15
+            prefix = bool(metaspace.get("add_prefix_space", True))
+        return _SpaceHandling(add_space_prefix=prefix, spaces_normalized=False)
+    raise FormatError(
+        f"{where}: byte-fallback BPE needs spaces as '▁', from a Replace(' ', '▁') normalizer or a Metaspace "
+        f"pre-tokenizer; found normalizer {[s.get('type') for s in normalizers]}, "
+        f"pre-tokenizer {[s.get('type') for s in pre_tokenizers]}"
+    )
+
+
+def _sentencepiece_meta(tokenizer_json: dict, vocab: _Vocab, where: str) -> TokenizerMeta:
+    spaces = _sentencepiece_space_handling(tokenizer_json, where)
+    pairs = _merge_pairs(tokenizer_json["model"], where)
+    # Tokens no merge makes (characters, bytes, specials) sort below every merged token.
+    unmerged_score = -float(len(pairs))
+    scores = [unmerged_score] * len(vocab.tokens)
+    made = set()
+    for rank, (left, right) in enumerate(pairs):
+        token_id = vocab.ids.get(left + right)
+        if token_id is None:
+            raise FormatError(f"{where}: merge {rank} ({left!r}, {right!r}) makes {left + right!r}, not in the vocab")
+        if token_id not in made:  # the first (best) merge making a token sets its score
+            scores[token_id] = -float(rank)
+            made.add(token_id)
+    tokens, token_types = list(vocab.tokens), list(vocab.token_types)
+    for token_id, text in enumerate(tokens):
+        if token_types[token_id] == TOKEN_NORMAL and BYTE_TOKEN.fullmatch(text):
+            token_types[token_id] = TOKEN_BYTE
+        elif token_types[token_id] == TOKEN_USER_DEFINED and spaces.spaces_normalized:
+            # A normalized added token is matched after " " became "▁"; llama.cpp matches user-defined tokens in
+            # the raw text, so store them with plain spaces (as llama.cpp's converter does).
+            if vocab.added[token_id].get("normalized", True):
+                tokens[token_id] = text.replace(SPIECE_SPACE, " ")
+    unk = tokenizer_json["model"].get("unk_token")
+    if unk is not None and unk in vocab.ids:
+        token_types[vocab.ids[unk]] = TOKEN_UNKNOWN
+    missing_bytes = [f"<0x{b:02X}>" for b in range(256) if f"<0x{b:02X}>" not in vocab.ids]
+    if missing_bytes:
+        raise FormatError(
+            f"{where}: byte_fallback is set but {len(missing_bytes)} byte tokens are missing "
+            f"(first: {missing_bytes[0]}); llama.cpp needs all 256"
+        )
+    return TokenizerMeta(
+        model="llama",
+        pre=None,
+        tokens=tokens,
+        token_types=token_types,
+        scores=scores,
+        merges=None,
+        add_space_prefix=spaces.add_space_prefix,
+    )
+
+
+def _template_adds(post_processor: dict | None, bos: str | None, eos: str | None) -> tuple[bool | None, bool | None]:
+    """(add_bos, add_eos) as the post-processor does them; None where it cannot tell."""
+    steps = _flatten(post_processor, "processors")
+    if not steps:
+        return False, False
+    add_bos = add_eos = False
+    for step in steps:
+        kind = step.get("type")
+        if kind == "ByteLevel":
+            continue
+        if kind != "TemplateProcessing":
+            return None, None
+        single = step.get("single") or []
+        if single and "SpecialToken" in single[0]:
+            add_bos = add_bos or single[0]["SpecialToken"]["id"] == bos
+        if single and "SpecialToken" in single[-1]:
+            add_eos = add_eos or single[-1]["SpecialToken"]["id"] == eos
+    return add_bos, add_eos
+
+
+def _special_token(
+    name: str, sources: list[tuple[str, dict | None]], vocab: _Vocab, generation: dict | None
+) -> int | None:
+    """The id of bos/eos/unk/pad: tokenizer_config.json, then special_tokens_map.json, then generation_config.json."""
+    for file_name, source in sources:
+        if source is None or source.get(f"{name}_token") is None:
+            continue
+        text = _token_content(source[f"{name}_token"])
+        if text not in vocab.ids:
+            raise FormatError(f"{file_name}: {name}_token {text!r} is not a token of {TOKENIZER_JSON}")
+        return vocab.ids[text]
+    token_id = (generation or {}).get(f"{name}_token_id")
+    if isinstance(token_id, list):
+        token_id = token_id[0] if token_id else None
+    if token_id is not None and not 0 <= token_id < len(vocab.tokens):
+        raise FormatError(
+            f"{GENERATION_CONFIG}: {name}_token_id {token_id} is outside the vocab of {len(vocab.tokens)}"
+        )
+    return token_id
+
+
+def _chat_templates(model_dir: Path, config: dict | None) -> tuple[str | None, dict[str, str]]:
+    template_file = model_dir / CHAT_TEMPLATE_FILE
+    if template_file.is_file():
+        return template_file.read_text(encoding="utf-8"), {}
+    value = (config or {}).get("chat_template")
+    if isinstance(value, list):  # [{"name": ..., "template": ...}, ...]
+        named = {entry["name"]: entry["template"] for entry in value}
+        return named.pop("default", None), named
+    return value, {}
+
+
+def read_hf_tokenizer(model_dir: Path, vocab_size: int) -> TokenizerMeta:
+    """The GGUF tokenizer metadata of the HF folder ``model_dir``, padded to the model's ``vocab_size``."""
+    model_dir = Path(model_dir)
+    where = str(model_dir / TOKENIZER_JSON)
+    tokenizer_json = _read_json(model_dir / TOKENIZER_JSON, required=True)
+    model = tokenizer_json.get("model")
+    if not isinstance(model, dict) or "type" not in model:
+        raise FormatError(f"{where}: no 'model' with a 'type'")
+    if model["type"] != "BPE":
+        raise FormatError(
+            f"{where}: tokenizer model type {model['type']!r} is not supported (supported: BPE, as byte-level BPE or "
+            f"SentencePiece-style BPE with byte_fallback)"
+        )
+    _check_bpe_options(model, where)
+    vocab = _read_vocab(tokenizer_json, vocab_size, where)
+    if model.get("byte_fallback", False):
+        meta = _sentencepiece_meta(tokenizer_json, vocab, where)
+    elif any(step.startswith(BYTE_LEVEL_ONLY) for step in pre_tokenizer_steps(tokenizer_json.get("pre_tokenizer"))):
+        meta = _byte_level_meta(tokenizer_json, vocab, where)
+    else:
+        raise FormatError(
+            f"{where}: BPE without a ByteLevel pre-tokenizer and without byte_fallback is not supported "
+            f"(supported: byte-level BPE, SentencePiece-style BPE with byte_fallback)"
+        )
+
+    config = _read_json(model_dir / TOKENIZER_CONFIG, required=False)
+    special_map = _read_json(model_dir / SPECIAL_TOKENS_MAP, required=False)
+    generation = _read_json(model_dir / GENERATION_CONFIG, required=False)
+    sources = [(TOKENIZER_CONFIG, config), (SPECIAL_TOKENS_MAP, special_map)]
+    meta.bos_id = _special_token("bos", sources, vocab, generation)
+    meta.eos_id = _special_token("eos", sources, vocab, generation)
+    meta.unk_id = _special_token("unk", sources, vocab, None)
+    if meta.unk_id is None and model.get("unk_token") in vocab.ids:
+        meta.unk_id = vocab.ids[model["unk_token"]]
+    meta.pad_id = _special_token("pad", sources, vocab, None)
+
+    bos_text = meta.tokens[meta.bos_id] if meta.bos_id is not None else None
+    eos_text = meta.tokens[meta.eos_id] if meta.eos_id is not None else None
+    meta.add_bos, meta.add_eos = _template_adds(tokenizer_json.get("post_processor"), bos_text, eos_text)
+    for key in ("add_bos_token", "add_eos_token"):
+        if config is not None and isinstance(config.get(key), bool):
+            if key == "add_bos_token":
+                meta.add_bos = config[key]
+            else:
+                meta.add_eos = config[key]
+    meta.chat_template, meta.named_chat_templates = _chat_templates(model_dir, config)
+    return meta
