@@ -115,6 +115,9 @@ class StreamingGGUFWriter:
         if self._written != len(self._declared):
             raise FormatError(f"{self.out_path}: wrote {self._written} of {len(self._declared)} declared tensors")
         self.writer.close()
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(self._tmp, 0o666 & ~umask)  # mkstemp creates 0600; a finished model gets the usual mode
         os.replace(self._tmp, self.out_path)
         self._tmp = None
         return self.out_path

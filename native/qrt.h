@@ -15,4 +15,6 @@
 
 const char *qrt_version(void);
 
+#include "qrt_quant.h"
+
 #endif

@@ -1,0 +1,189 @@
+/* quant_rows.c — the public quantization API (qrt_quant.h): the type table, row sizes, and quantizing or
+ * dequantizing whole matrices threaded over rows. Per-type work lives in quant_ref.c. */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "qrt.h"
+#include "quant_ref.h"
+#include "quant_types.h"
+#include "threadpool.h"
+
+const qrt_type_traits qrt_type_table[QRT_TYPE_COUNT] = {
+    [QRT_TYPE_F32] = {"F32", 1, 4, 0, qrt_quantize_row_f32, qrt_dequantize_row_f32},
+    [QRT_TYPE_F16] = {"F16", 1, 2, 0, qrt_quantize_row_f16, qrt_dequantize_row_f16},
+    [QRT_TYPE_BF16] = {"BF16", 1, 2, 0, qrt_quantize_row_bf16, qrt_dequantize_row_bf16},
+    [QRT_TYPE_Q4_0] = {"Q4_0", QK4_0, sizeof(block_q4_0), 1, qrt_quantize_row_q4_0, qrt_dequantize_row_q4_0},
+    [QRT_TYPE_Q4_1] = {"Q4_1", QK4_1, sizeof(block_q4_1), 1, qrt_quantize_row_q4_1, qrt_dequantize_row_q4_1},
+    [QRT_TYPE_Q5_0] = {"Q5_0", QK5_0, sizeof(block_q5_0), 1, qrt_quantize_row_q5_0, qrt_dequantize_row_q5_0},
+    [QRT_TYPE_Q5_1] = {"Q5_1", QK5_1, sizeof(block_q5_1), 1, qrt_quantize_row_q5_1, qrt_dequantize_row_q5_1},
+    [QRT_TYPE_Q8_0] = {"Q8_0", QK8_0, sizeof(block_q8_0), 1, qrt_quantize_row_q8_0, qrt_dequantize_row_q8_0},
+    [QRT_TYPE_Q8_1] = {"Q8_1", QK8_1, sizeof(block_q8_1), 1, qrt_quantize_row_q8_1, qrt_dequantize_row_q8_1},
+    [QRT_TYPE_Q2_K] = {"Q2_K", QK_K, sizeof(block_q2_K), 1, qrt_quantize_row_q2_K, qrt_dequantize_row_q2_K},
+    [QRT_TYPE_Q3_K] = {"Q3_K", QK_K, sizeof(block_q3_K), 1, qrt_quantize_row_q3_K, qrt_dequantize_row_q3_K},
+    [QRT_TYPE_Q4_K] = {"Q4_K", QK_K, sizeof(block_q4_K), 1, qrt_quantize_row_q4_K, qrt_dequantize_row_q4_K},
+    [QRT_TYPE_Q5_K] = {"Q5_K", QK_K, sizeof(block_q5_K), 1, qrt_quantize_row_q5_K, qrt_dequantize_row_q5_K},
+    [QRT_TYPE_Q6_K] = {"Q6_K", QK_K, sizeof(block_q6_K), 1, qrt_quantize_row_q6_K, qrt_dequantize_row_q6_K},
+    [QRT_TYPE_Q8_K] = {"Q8_K", QK_K, sizeof(block_q8_K), 1, qrt_quantize_row_q8_K, qrt_dequantize_row_q8_K},
+    [QRT_TYPE_IQ4_NL] = {"IQ4_NL", QK4_NL, sizeof(block_iq4_nl), 1, qrt_quantize_row_iq4_nl,
+                         qrt_dequantize_row_iq4_nl},
+};
+
+__attribute__((format(printf, 3, 4))) static void set_error(char *err, size_t errlen, const char *fmt, ...) {
+    if (!err || errlen == 0) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+int qrt_type_info(int type, qrt_type_info_t *out) {
+    const qrt_type_traits *t = qrt_traits(type);
+    if (!t || !out) return -1;
+    out->name = t->name;
+    out->block_size = t->block_size;
+    out->block_bytes = t->block_bytes;
+    out->is_quantized = t->is_quantized;
+    /* q8_0 and q8_K are single-pass (as in llama.cpp): more than 6 bits leaves nothing for weights to decide */
+    out->takes_importance = t->is_quantized && type != QRT_TYPE_Q8_0 && type != QRT_TYPE_Q8_1 && type != QRT_TYPE_Q8_K;
+    return 0;
+}
+
+size_t qrt_row_bytes(int type, int64_t n) {
+    const qrt_type_traits *t = qrt_traits(type);
+    if (!t || n < 0 || n % t->block_size != 0) return 0;
+    return (size_t)(n / t->block_size) * (size_t)t->block_bytes;
+}
+
+/* Rows per task: big enough to amortise the hand-out, small enough to balance a few threads. */
+static int64_t rows_per_task(int64_t nrows, int64_t ncols, int nthreads) {
+    const int64_t target_values = 1 << 16; /* ~256 KB of input per task */
+    int64_t rows = ncols > 0 ? target_values / ncols : nrows;
+    if (rows < 1) rows = 1;
+    const int64_t max_rows = (nrows + 4 * (int64_t)nthreads - 1) / (4 * (int64_t)nthreads); /* >= 4 tasks each */
+    if (rows > max_rows) rows = max_rows;
+    return rows < 1 ? 1 : rows;
+}
+
+typedef struct {
+    const qrt_type_traits *traits;
+    const float *src;
+    uint8_t *dst;
+    const float *importance;
+    int64_t nrows, ncols, rows_per_task;
+    size_t row_bytes;
+    int64_t *bad_row; /* per task: first row with a non-finite value, or -1 */
+    int64_t *bad_col;
+} quantize_job;
+
+static void quantize_task(void *ctx, int task, int thread) {
+    (void)thread;
+    quantize_job *job = ctx;
+    const int64_t r0 = (int64_t)task * job->rows_per_task;
+    int64_t r1 = r0 + job->rows_per_task;
+    if (r1 > job->nrows) r1 = job->nrows;
+    job->bad_row[task] = -1;
+    for (int64_t r = r0; r < r1; r++) {
+        const float *x = job->src + r * job->ncols;
+        for (int64_t c = 0; c < job->ncols; c++) {
+            if (!isfinite(x[c])) {
+                job->bad_row[task] = r;
+                job->bad_col[task] = c;
+                return;
+            }
+        }
+        job->traits->quantize_row(x, job->dst + r * (int64_t)job->row_bytes, job->ncols, job->importance);
+    }
+}
+
+int qrt_quantize_rows(int type, const float *src, void *dst, int64_t nrows, int64_t ncols, const float *importance,
+                      int nthreads, char *err, size_t errlen) {
+    const qrt_type_traits *t = qrt_traits(type);
+    if (!t) {
+        set_error(err, errlen, "unknown tensor type id %d", type);
+        return -1;
+    }
+    if (nrows < 0 || ncols <= 0 || ncols % t->block_size != 0) {
+        set_error(err, errlen, "%s needs rows that are a multiple of %d values, got %lld", t->name, t->block_size,
+                  (long long)ncols);
+        return -1;
+    }
+    if (importance) {
+        for (int64_t c = 0; c < ncols; c++) {
+            if (!isfinite(importance[c]) || importance[c] < 0) {
+                set_error(err, errlen, "importance weight %lld is %g (must be finite and >= 0)", (long long)c,
+                          (double)importance[c]);
+                return -1;
+            }
+        }
+    }
+    if (nrows == 0) return 0;
+    qrt_threadpool *pool = nthreads != 1 ? qrt_threadpool_create(nthreads) : NULL; /* NULL: run on the caller */
+    const int n_threads = qrt_threadpool_size(pool);
+
+    quantize_job job = {.traits = t, .src = src, .dst = dst, .importance = importance, .nrows = nrows,
+                        .ncols = ncols, .row_bytes = qrt_row_bytes(type, ncols)};
+    job.rows_per_task = rows_per_task(nrows, ncols, n_threads);
+    const int64_t n_tasks = (nrows + job.rows_per_task - 1) / job.rows_per_task;
+    job.bad_row = malloc(sizeof(int64_t) * 2 * (size_t)n_tasks);
+    if (!job.bad_row) {
+        qrt_threadpool_destroy(pool);
+        set_error(err, errlen, "out of memory");
+        return -2;
+    }
+    job.bad_col = job.bad_row + n_tasks;
+    qrt_threadpool_run(pool, quantize_task, &job, (int)n_tasks);
+    qrt_threadpool_destroy(pool);
+
+    int rc = 0;
+    for (int64_t i = 0; i < n_tasks; i++) {
+        if (job.bad_row[i] >= 0) {
+            const int64_t r = job.bad_row[i], c = job.bad_col[i];
+            set_error(err, errlen, "row %lld, column %lld holds %g: cannot quantize a non-finite value", (long long)r,
+                      (long long)c, (double)src[r * ncols + c]);
+            rc = -3;
+            break;
+        }
+    }
+    free(job.bad_row);
+    return rc;
+}
+
+int qrt_dequantize_row(int type, const void *src, float *dst, int64_t n) {
+    const qrt_type_traits *t = qrt_traits(type);
+    if (!t || n < 0 || n % t->block_size != 0) return -1;
+    t->dequantize_row(src, dst, n);
+    return 0;
+}
+
+typedef struct {
+    const qrt_type_traits *traits;
+    const uint8_t *src;
+    float *dst;
+    int64_t nrows, ncols, rows_per_task;
+    size_t row_bytes;
+} dequantize_job;
+
+static void dequantize_task(void *ctx, int task, int thread) {
+    (void)thread;
+    dequantize_job *job = ctx;
+    const int64_t r0 = (int64_t)task * job->rows_per_task;
+    int64_t r1 = r0 + job->rows_per_task;
+    if (r1 > job->nrows) r1 = job->nrows;
+    for (int64_t r = r0; r < r1; r++)
+        job->traits->dequantize_row(job->src + r * (int64_t)job->row_bytes, job->dst + r * job->ncols, job->ncols);
+}
+
+int qrt_dequantize_rows(int type, const void *src, float *dst, int64_t nrows, int64_t ncols, int nthreads) {
+    const qrt_type_traits *t = qrt_traits(type);
+    if (!t || nrows < 0 || ncols <= 0 || ncols % t->block_size != 0) return -1;
+    if (nrows == 0) return 0;
+    qrt_threadpool *pool = nthreads != 1 ? qrt_threadpool_create(nthreads) : NULL;
+    dequantize_job job = {.traits = t, .src = src, .dst = dst, .nrows = nrows, .ncols = ncols,
+                          .row_bytes = qrt_row_bytes(type, ncols)};
+    job.rows_per_task = rows_per_task(nrows, ncols, qrt_threadpool_size(pool));
+    qrt_threadpool_run(pool, dequantize_task, &job, (int)((nrows + job.rows_per_task - 1) / job.rows_per_task));
+    qrt_threadpool_destroy(pool);
+    return 0;
+}

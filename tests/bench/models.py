@@ -1,0 +1,56 @@
+"""Models and reference tools shared by the benchmarks (built once, cached under $QCONV_CACHE)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"
+
+# TinyLlama-like shape: 22 layers, hidden 2048, ffn 5632, 32/4 heads, vocab 32000 -> about 1.1B parameters.
+SHAPE_1B = dict(arch="llama", hidden=2048, n_layers=22, n_heads=32, n_kv_heads=4, ffn=5632, vocab=32000)
+SHAPE_SMALL = dict(arch="llama", hidden=1024, n_layers=8, n_heads=16, n_kv_heads=4, ffn=2816, vocab=32000)
+
+
+def cache_root() -> Path:
+    root = Path(os.environ.get("QCONV_CACHE", Path.home() / ".cache" / "qconv"))
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def random_1b_folder(small: bool = False) -> Path:
+    from qconv.samples.synthetic import build_random_model
+
+    shape = SHAPE_SMALL if small else SHAPE_1B
+    folder = cache_root() / "bench" / ("random-small-bf16" if small else "random-1b-bf16")
+    if not (folder / "config.json").exists():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        build_random_model(folder, dtype="bf16", seed=0, shard_bytes=500 * 2**20, **shape)
+    return folder
+
+
+def llama_cpp_source() -> Path:
+    """The llama.cpp source vendored in the llama-cpp-python sdist (downloaded from PyPI once)."""
+    root = cache_root() / "llama-cpp-python-src"
+    vendored = next(root.glob("llama_cpp_python-*/vendor/llama.cpp"), None)
+    if vendored is not None:
+        return vendored
+    root.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--no-build-isolation", "--no-binary", "llama-cpp-python",
+         "-d", str(root), LLAMA_CPP_PYTHON],
+        check=True, stdout=subprocess.DEVNULL,
+    )
+    with tarfile.open(next(root.glob("llama_cpp_python-*.tar.gz"))) as tar:
+        tar.extractall(root, filter="data")
+    return next(root.glob("llama_cpp_python-*/vendor/llama.cpp"))
+
+
+def llama_cpp_converter() -> Path | None:
+    try:
+        return llama_cpp_source() / "convert_hf_to_gguf.py"
+    except (subprocess.CalledProcessError, StopIteration):
+        return None

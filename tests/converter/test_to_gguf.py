@@ -1,0 +1,145 @@
+"""qconv to-gguf and inspect through the CLI: outputs, and one-line errors that leave nothing behind."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from safetensors.numpy import load_file, save_file
+
+from qconv.converter.cli import main
+from qconv.formats.gguf_read import read_gguf
+
+
+def run(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    return result.exit_code, result.output
+
+
+@pytest.fixture
+def small_model(random_model_factory, tmp_path):
+    src = random_model_factory(arch="llama", hidden=256, n_layers=2, n_heads=4, n_kv_heads=2, ffn=512, vocab=512)
+    dst = tmp_path / "model"
+    shutil.copytree(src, dst)
+    return dst
+
+
+@pytest.mark.parametrize("type_name", ["f32", "f16", "bf16", "q8_0", "Q8_0"])
+def test_converts_each_type(small_model, tmp_path, type_name):
+    out = tmp_path / "out.gguf"
+    code, output = run("to-gguf", small_model, "-o", out, "--type", type_name, "-q")
+    assert code == 0, output
+    with read_gguf(out) as g:
+        assert g.architecture == "llama"
+        assert g.metadata["llama.block_count"] == 2
+        assert g.metadata["tokenizer.ggml.model"] == "gpt2"
+        weight_type = g.tensors["blk.0.ffn_down.weight"].type_name
+        assert weight_type == type_name.upper()
+        assert g.tensors["blk.0.attn_norm.weight"].type_name == "F32"
+    assert "bits per weight" in output
+
+
+def test_json_summary_and_inspect(small_model, tmp_path):
+    out = tmp_path / "out.gguf"
+    code, output = run("to-gguf", small_model, "-o", out, "--type", "q8_0", "--json")
+    assert code == 0
+    summary = json.loads(output)
+    assert summary["groups"]["ffn_down.weight"]["types"] == {"q8_0": 2}
+    code, output = run("inspect", out, "--json")
+    info = json.loads(output)
+    assert info["n_tensors"] == summary["n_tensors"]
+    assert abs(info["bits_per_weight"] - summary["bits_per_weight"]) < 1e-3
+    assert info["metadata"]["general.architecture"] == "llama"
+    code, output = run("inspect", small_model)
+    assert code == 0 and "BF16" in output
+
+
+def _assert_user_error(code, output, out, *fragments):
+    assert code != 0
+    lines = [line for line in output.strip().splitlines() if line]
+    assert len(lines) == 1 and lines[0].startswith("qconv: error:"), output
+    for fragment in fragments:
+        assert fragment in lines[0], output
+    assert "Traceback" not in output
+    assert not out.exists()
+    assert not list(out.parent.glob(f".{out.name}*")), "a temporary file was left behind"
+
+
+def test_missing_config(small_model, tmp_path):
+    (small_model / "config.json").unlink()
+    out = tmp_path / "out.gguf"
+    _assert_user_error(*run("to-gguf", small_model, "-o", out), out, "config.json")
+
+
+def test_invalid_config(small_model, tmp_path):
+    (small_model / "config.json").write_text("{")
+    out = tmp_path / "out.gguf"
+    _assert_user_error(*run("to-gguf", small_model, "-o", out), out, "config.json", "not valid JSON")
+
+
+def test_unsupported_architecture(small_model, tmp_path):
+    config = json.loads((small_model / "config.json").read_text())
+    config["architectures"] = ["GPTNeoXForCausalLM"]
+    (small_model / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "out.gguf"
+    _assert_user_error(*run("to-gguf", small_model, "-o", out), out, "GPTNeoXForCausalLM", "LlamaForCausalLM", "Qwen3ForCausalLM")
+
+
+def test_missing_shard(random_model_factory, tmp_path):
+    src = random_model_factory(arch="llama", hidden=256, n_layers=2, n_heads=4, n_kv_heads=2, ffn=512, vocab=512, shard_bytes=300_000)
+    model = tmp_path / "model"
+    shutil.copytree(src, model)
+    shards = sorted(model.glob("model-*.safetensors"))
+    assert len(shards) > 1
+    shards[-1].unlink()
+    out = tmp_path / "out.gguf"
+    _assert_user_error(*run("to-gguf", model, "-o", out), out, shards[-1].name, "missing")
+
+
+def test_truncated_safetensors(small_model, tmp_path):
+    path = next(small_model.glob("*.safetensors"))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    out = tmp_path / "out.gguf"
+    _assert_user_error(*run("to-gguf", small_model, "-o", out), out, path.name, "truncated")
+
+
+def test_shape_contradicts_config(small_model, tmp_path):
+    path = next(small_model.glob("*.safetensors"))
+    tensors = load_file(str(path))
+    name = "model.layers.1.mlp.up_proj.weight"
+    tensors[name] = tensors[name][:256]
+    save_file(tensors, str(path))
+    out = tmp_path / "out.gguf"
+    _assert_user_error(*run("to-gguf", small_model, "-o", out), out, name, "[256, 256]", "[512, 256]")
+
+
+def test_nan_tensor_is_named_and_nothing_written(small_model, tmp_path):
+    path = next(small_model.glob("*.safetensors"))
+    tensors = load_file(str(path))
+    name = "model.layers.1.mlp.down_proj.weight"
+    bad = tensors[name].copy()
+    bad.view(np.uint16)[3, 5] = 0x7FC0  # bf16 NaN
+    tensors[name] = bad
+    save_file(tensors, str(path))
+    out = tmp_path / "out.gguf"
+    _assert_user_error(*run("to-gguf", small_model, "-o", out), out, name, "NaN")
+
+
+def test_unwritable_output(small_model, tmp_path):
+    out = tmp_path / "no-such-folder" / "out.gguf"
+    _assert_user_error(*run("to-gguf", small_model, "-o", out), out, "does not exist")
+
+
+def test_unknown_type_lists_valid(small_model, tmp_path):
+    out = tmp_path / "out.gguf"
+    _assert_user_error(*run("to-gguf", small_model, "-o", out, "--type", "q9_9"), out, "q9_9", "q8_0", "f16")
+
+
+def test_existing_output_survives_a_failed_conversion(small_model, tmp_path):
+    out = tmp_path / "out.gguf"
+    out.write_bytes(b"previous model")
+    (small_model / "config.json").write_text("{")
+    code, _ = run("to-gguf", small_model, "-o", out)
+    assert code != 0 and out.read_bytes() == b"previous model"
