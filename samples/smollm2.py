@@ -176,20 +176,27 @@ def build_smollm2(out_dir: Path) -> Path:
     return out_dir
 
 
-def cached_smollm2() -> Path:
-    """The SmolLM2 folder built once into ``$QCONV_CACHE/smollm2-hf`` (rebuilt when BUILD_VERSION changes).
+def build_smollm2_rotated(out_dir: Path, seed: int = 0, dtype: str = "bf16") -> Path:
+    """The function-preserving rotated variant of SmolLM2 (see rotate.py), built from the cached folder."""
+    from qconv.samples.rotate import build_rotated
+
+    return build_rotated(cached_smollm2(), out_dir, seed=seed, dtype=dtype)
+
+
+def _cached_build(name: str, build) -> Path:
+    """``build(dir)`` run once into ``$QCONV_CACHE/name`` (rebuilt when BUILD_VERSION changes).
 
     Built in a temporary sibling folder and renamed into place, so a reader never sees a half-written folder.
     """
-    target = cache_dir() / "smollm2-hf"
+    target = cache_dir() / name
     stamp = target / ".qconv-build"
     if stamp.is_file() and stamp.read_text().strip() == BUILD_VERSION:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(prefix="smollm2-hf.", dir=target.parent))
+    building = Path(tempfile.mkdtemp(prefix=f"{name}.", dir=target.parent))
     try:
         started = time.monotonic()
-        build_smollm2(building)
+        build(building)
         (building / ".qconv-build").write_text(BUILD_VERSION + "\n")
         print(f"qconv: built {target} in {time.monotonic() - started:.1f}s", file=sys.stderr)
         if target.exists():
@@ -198,9 +205,19 @@ def cached_smollm2() -> Path:
             shutil.rmtree(stale, ignore_errors=True)
         os.replace(building, target)
     except OSError:
-        # Another process finished first (rename onto its non-empty folder fails): use its folder.
+        # Another process finished first (a rename onto its non-empty folder fails): use its folder.
         if not (stamp.is_file() and stamp.read_text().strip() == BUILD_VERSION):
             raise
     finally:
         shutil.rmtree(building, ignore_errors=True)
     return target
+
+
+def cached_smollm2() -> Path:
+    """The SmolLM2 HF folder, built once into ``$QCONV_CACHE/smollm2-hf``."""
+    return _cached_build("smollm2-hf", build_smollm2)
+
+
+def cached_smollm2_rotated() -> Path:
+    """The rotated SmolLM2 variant (seed 0, bf16), built once into ``$QCONV_CACHE/smollm2-rotated-hf``."""
+    return _cached_build("smollm2-rotated-hf", build_smollm2_rotated)
