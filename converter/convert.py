@@ -88,26 +88,31 @@ def convert_to_gguf(
             for choice in plan.choices:
                 out.declare(choice.name, choice.shape, choice.ggml_type, choice.nbytes)
             out.begin()
-            bar = tqdm(total=plan.n_elements, unit="w", unit_scale=True, desc="converting", disable=not progress)
-            for choice in plan.choices:
-                if choice.name == ROPE_FREQS:
-                    weights = llama3_rope_factors(spec)
-                else:
-                    weights = source.read_f32(mapping[choice.name])
-                    heads = rope_permute_heads(choice.name) if spec.arch.rope_permute else None
-                    if heads:
-                        weights = permute_rope_rows(weights, getattr(spec, heads))
-                if not np.isfinite(weights).all():
-                    bad = np.argwhere(~np.isfinite(weights))[0].tolist()
-                    raise FormatError(
-                        f"tensor '{mapping.get(choice.name, choice.name)}' holds NaN or Inf (first at {bad})"
-                    )
-                out.write(encode(weights, choice.ggml_type, threads, quants))
-                bar.update(choice.n_elements)
-                del weights
-            bar.close()
+            progress_bar = tqdm(
+                total=plan.n_elements, unit="w", unit_scale=True, desc="converting", disable=not progress, leave=False
+            )
+            with progress_bar as bar:  # closed (and cleared) before any error message is printed
+                for choice in plan.choices:
+                    weights = _tensor_weights(spec, source, mapping, choice.name)
+                    out.write(encode(weights, choice.ggml_type, threads, quants))
+                    bar.update(choice.n_elements)
+                    del weights
             out.finish()
     return ConvertResult(out_path, plan, spec)
+
+
+def _tensor_weights(spec: ModelSpec, source: SafetensorsSource, mapping: dict[str, str], name: str) -> np.ndarray:
+    """The f32 values of one GGUF tensor, permuted as llama.cpp expects and checked for NaN/Inf."""
+    if name == ROPE_FREQS:
+        return llama3_rope_factors(spec)
+    weights = source.read_f32(mapping[name])
+    heads = rope_permute_heads(name) if spec.arch.rope_permute else None
+    if heads:
+        weights = permute_rope_rows(weights, getattr(spec, heads))
+    if not np.isfinite(weights).all():
+        bad = np.argwhere(~np.isfinite(weights))[0].tolist()
+        raise FormatError(f"tensor '{mapping[name]}' holds NaN or Inf (first at {bad})")
+    return weights
 
 
 def encode(weights: np.ndarray, ggml_type: gguf.GGMLQuantizationType, threads: int | None, quants) -> np.ndarray:

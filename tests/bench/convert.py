@@ -29,7 +29,20 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(dir=os.environ.get("QCONV_BENCH_TMP")) as tmp:
         out = Path(tmp) / "qconv.gguf"
-        qconv = [sys.executable, "-m", "qconv.converter.cli", "to-gguf", str(folder), "-o", str(out), "--type", args.type, "-q", "-t", "2"]
+        qconv = [
+            sys.executable,
+            "-m",
+            "qconv.converter.cli",
+            "to-gguf",
+            str(folder),
+            "-o",
+            str(out),
+            "--type",
+            args.type,
+            "-q",
+            "-t",
+            "2",
+        ]
         seconds, rss = run_measured(qconv)
         rows.append(["qconv to-gguf", seconds, rss / 2**20, 100 * rss / input_bytes])
         out.unlink()
@@ -37,7 +50,15 @@ def main() -> None:
         if converter is None:
             print("llama.cpp's convert_hf_to_gguf.py not found (install the llama-cpp-python sdist); skipping it")
         else:
-            ref = [sys.executable, str(converter), str(folder), "--outfile", str(Path(tmp) / "ref.gguf"), "--outtype", args.type]
+            ref = [
+                sys.executable,
+                str(converter),
+                str(folder),
+                "--outfile",
+                str(Path(tmp) / "ref.gguf"),
+                "--outtype",
+                args.type,
+            ]
             ref_seconds, ref_rss = run_measured(ref)
             rows.append(["llama.cpp convert_hf_to_gguf.py", ref_seconds, ref_rss / 2**20, 100 * ref_rss / input_bytes])
             rows.append(["ratio qconv/llama.cpp", seconds / ref_seconds, rss / ref_rss, ""])

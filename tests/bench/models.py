@@ -40,9 +40,21 @@ def llama_cpp_source() -> Path:
         return vendored
     root.mkdir(parents=True, exist_ok=True)
     subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--no-build-isolation", "--no-binary", "llama-cpp-python",
-         "-d", str(root), LLAMA_CPP_PYTHON],
-        check=True, stdout=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-binary",
+            "llama-cpp-python",
+            "-d",
+            str(root),
+            LLAMA_CPP_PYTHON,
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
     )
     with tarfile.open(next(root.glob("llama_cpp_python-*.tar.gz"))) as tar:
         tar.extractall(root, filter="data")

@@ -16,7 +16,10 @@ pytestmark = [pytest.mark.reference, requires_llama_cpp]
 @pytest.fixture(scope="module")
 def smollm2_files(smollm2_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("smollm2-gguf")
-    return {t: convert_to_gguf(smollm2_dir, out / f"smollm2-{t}.gguf", t, progress=False).out_path for t in ("f32", "f16", "bf16", "q8_0")}
+    return {
+        t: convert_to_gguf(smollm2_dir, out / f"smollm2-{t}.gguf", t, progress=False).out_path
+        for t in ("f32", "f16", "bf16", "q8_0")
+    }
 
 
 @pytest.mark.parametrize("type_name", ["f32", "f16", "bf16", "q8_0"])
@@ -71,7 +74,11 @@ SHAPES = [
 
 
 @requires_torch
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s['arch']}-h{s['hidden']}-{s['n_heads']}x{s['n_kv_heads']}-{'tied' if s['tied'] else 'untied'}")
+@pytest.mark.parametrize(
+    "shape",
+    SHAPES,
+    ids=lambda s: f"{s['arch']}-h{s['hidden']}-{s['n_heads']}x{s['n_kv_heads']}-{'tied' if s['tied'] else 'untied'}",
+)
 def test_llama_cpp_on_our_f32_equals_transformers(random_model_factory, tmp_path, shape):
     import torch
     from transformers import AutoModelForCausalLM

@@ -6,8 +6,13 @@ from qconv.formats.tensor_names import gguf_name, hf_name, permute_rope_rows, ro
 
 
 def test_names_round_trip():
-    for hf in ["model.embed_tokens.weight", "lm_head.weight", "model.layers.17.mlp.down_proj.weight",
-               "model.layers.3.self_attn.k_norm.weight", "model.layers.0.self_attn.v_proj.bias"]:
+    for hf in [
+        "model.embed_tokens.weight",
+        "lm_head.weight",
+        "model.layers.17.mlp.down_proj.weight",
+        "model.layers.3.self_attn.k_norm.weight",
+        "model.layers.0.self_attn.v_proj.bias",
+    ]:
         assert hf_name(gguf_name(hf)) == hf
     assert gguf_name("model.layers.12.self_attn.q_proj.weight") == "blk.12.attn_q.weight"
     assert gguf_name("model.layers.0.self_attn.rotary_emb.inv_freq") is None
