@@ -386,24 +386,51 @@ def _sentencepiece_meta(tokenizer_json: dict, vocab: _Vocab, where: str) -> Toke
     )
 
 
-def _template_adds(post_processor: dict | None, bos: str | None, eos: str | None) -> tuple[bool | None, bool | None]:
-    """(add_bos, add_eos) as the post-processor does them; None where it cannot tell."""
-    steps = _flatten(post_processor, "processors")
+@dataclass
+class _TemplateEnds:
+    """What the post-processor puts around a single sequence: ``known`` is False for processors we do not read."""
+
+    known: bool
+    first: int | None = None  # id of the special token added before the text
+    last: int | None = None  # ... and after it
+
+
+def _template_ends(post_processor: dict | None, vocab: _Vocab, where: str) -> _TemplateEnds:
+    steps = [s for s in _flatten(post_processor, "processors") if s.get("type") != "ByteLevel"]
     if not steps:
-        return False, False
-    add_bos = add_eos = False
-    for step in steps:
-        kind = step.get("type")
-        if kind == "ByteLevel":
-            continue
-        if kind != "TemplateProcessing":
-            return None, None
-        single = step.get("single") or []
-        if single and "SpecialToken" in single[0]:
-            add_bos = add_bos or single[0]["SpecialToken"]["id"] == bos
-        if single and "SpecialToken" in single[-1]:
-            add_eos = add_eos or single[-1]["SpecialToken"]["id"] == eos
-    return add_bos, add_eos
+        return _TemplateEnds(known=True)
+    if len(steps) > 1 or steps[0].get("type") != "TemplateProcessing":
+        return _TemplateEnds(known=False)
+    template = steps[0]
+    special_tokens = template.get("special_tokens") or {}
+
+    def special_id(item: dict) -> int | None:
+        if "SpecialToken" not in item:
+            return None
+        name = item["SpecialToken"]["id"]
+        ids = special_tokens.get(name, {}).get("ids") or [vocab.ids.get(name)]
+        if len(ids) != 1 or ids[0] is None:
+            raise FormatError(f"{where}: post_processor special token {name!r} is not one token of the vocab")
+        return ids[0]
+
+    single = template.get("single") or []
+    if not single:
+        return _TemplateEnds(known=True)
+    return _TemplateEnds(known=True, first=special_id(single[0]), last=special_id(single[-1]))
+
+
+def _add_flag(name: str, added_id: int | None, token_id: int | None, where: str) -> tuple[bool, int | None]:
+    """(add_<name>, <name>_id) from the token the template adds: llama.cpp can only add the <name> token itself."""
+    if added_id is None:
+        return False, token_id
+    if token_id is None:
+        return True, added_id
+    if added_id != token_id:
+        raise FormatError(
+            f"{where}: post_processor adds token {added_id} but {name}_token is {token_id}; llama.cpp can only add "
+            f"the {name} token"
+        )
+    return True, token_id
 
 
 def _special_token(
@@ -474,14 +501,14 @@ def read_hf_tokenizer(model_dir: Path, vocab_size: int) -> TokenizerMeta:
         meta.unk_id = vocab.ids[model["unk_token"]]
     meta.pad_id = _special_token("pad", sources, vocab, None)
 
-    bos_text = meta.tokens[meta.bos_id] if meta.bos_id is not None else None
-    eos_text = meta.tokens[meta.eos_id] if meta.eos_id is not None else None
-    meta.add_bos, meta.add_eos = _template_adds(tokenizer_json.get("post_processor"), bos_text, eos_text)
-    for key in ("add_bos_token", "add_eos_token"):
-        if config is not None and isinstance(config.get(key), bool):
-            if key == "add_bos_token":
-                meta.add_bos = config[key]
-            else:
-                meta.add_eos = config[key]
+    ends = _template_ends(tokenizer_json.get("post_processor"), vocab, where)
+    if ends.known:
+        meta.add_bos, meta.bos_id = _add_flag("bos", ends.first, meta.bos_id, where)
+        meta.add_eos, meta.eos_id = _add_flag("eos", ends.last, meta.eos_id, where)
+    # tokenizer_config.json's flags are what transformers' tokenizer classes apply; they win.
+    if config is not None and isinstance(config.get("add_bos_token"), bool):
+        meta.add_bos = config["add_bos_token"]
+    if config is not None and isinstance(config.get("add_eos_token"), bool):
+        meta.add_eos = config["add_eos_token"]
     meta.chat_template, meta.named_chat_templates = _chat_templates(model_dir, config)
     return meta
