@@ -1,0 +1,129 @@
+"""llama.cpp's quantizer as the reference for ours: same input, same importance, compare weighted errors.
+
+llama.cpp quantizes whole model files, so the tensors under test are written into an f32 GGUF (arch llama,
+minimal hparams, one `blk.N.ffn_down.weight` per tensor) and quantized with `llama_model_quantize` with
+`pure=True` (every tensor to the file type's default type). Importance vectors go in through the same C API's
+`imatrix` array (name, values, count), which is what llama-quantize fills from an imatrix file: the per-column
+mean of the squared activations. The result is read back with gguf-py.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+from qconv.runtime import quants
+
+# llama_ftype whose default tensor type (with pure=True) is the type under test
+FTYPE_FOR_TYPE = {
+    "Q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
+    "Q4_1": gguf.LlamaFileType.MOSTLY_Q4_1,
+    "Q5_0": gguf.LlamaFileType.MOSTLY_Q5_0,
+    "Q5_1": gguf.LlamaFileType.MOSTLY_Q5_1,
+    "Q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+    "Q2_K": gguf.LlamaFileType.MOSTLY_Q2_K,
+    "Q3_K": gguf.LlamaFileType.MOSTLY_Q3_K_S,
+    "Q4_K": gguf.LlamaFileType.MOSTLY_Q4_K_S,
+    "Q5_K": gguf.LlamaFileType.MOSTLY_Q5_K_S,
+    "Q6_K": gguf.LlamaFileType.MOSTLY_Q6_K,
+    "IQ4_NL": gguf.LlamaFileType.MOSTLY_IQ4_NL,
+}
+
+
+def llama_cpp_available() -> str | None:
+    """None if llama_cpp imports, else the reason it does not."""
+    try:
+        import llama_cpp  # noqa: F401
+    except Exception as exc:  # pragma: no cover - depends on the machine
+        return f"llama_cpp not importable: {exc}"
+    return None
+
+
+def tensor_name(i: int) -> str:
+    return f"blk.{i}.ffn_down.weight"
+
+
+def write_f32_gguf(path: Path, tensors: list[np.ndarray]) -> None:
+    """An f32 llama GGUF holding the given 2-D tensors as blk.N.ffn_down.weight (no vocab: quantize only)."""
+    writer = gguf.GGUFWriter(str(path), "llama")
+    width = max(t.shape[1] for t in tensors)
+    writer.add_context_length(128)
+    writer.add_embedding_length(width)
+    writer.add_block_count(len(tensors))
+    writer.add_feed_forward_length(width)
+    writer.add_head_count(1)
+    writer.add_head_count_kv(1)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    for i, t in enumerate(tensors):
+        writer.add_tensor(tensor_name(i), np.ascontiguousarray(t, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def llama_quantize(
+    tensors: list[np.ndarray],
+    type_name: str,
+    workdir: Path,
+    importance: list[np.ndarray | None] | None = None,
+    threads: int = 2,
+) -> list[np.ndarray]:
+    """llama.cpp's blocks (uint8, rows x row_bytes) for each tensor, quantized to type_name."""
+    import llama_cpp
+
+    from tests.llama_ref import quiet_stderr
+
+    src, dst = workdir / "in-f32.gguf", workdir / f"out-{type_name}.gguf"
+    write_f32_gguf(src, tensors)
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.nthread = threads
+    params.ftype = int(FTYPE_FOR_TYPE[type_name.upper()])
+    params.pure = True
+    params.quantize_output_tensor = True
+    keep = []  # ctypes buffers must outlive the call
+    if importance is not None and any(v is not None for v in importance):
+        entries = [(i, v) for i, v in enumerate(importance) if v is not None]
+        array = (llama_cpp.llama_model_imatrix_data * (len(entries) + 1))()
+        for slot, (i, values) in enumerate(entries):
+            buf = np.ascontiguousarray(values, dtype=np.float32)
+            name = ctypes.create_string_buffer(tensor_name(i).encode())
+            keep += [buf, name]
+            array[slot].name = ctypes.cast(name, ctypes.c_char_p)
+            array[slot].data = buf.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+            array[slot].size = buf.size
+        array[len(entries)].name = None
+        keep.append(array)
+        params.imatrix = ctypes.cast(array, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
+    with quiet_stderr():
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    if rc != 0:
+        raise RuntimeError(f"llama_model_quantize to {type_name} failed with {rc}")
+    reader = gguf.GGUFReader(str(dst))
+    by_name = {t.name: t for t in reader.tensors}
+    expected = quants.get_type(type_name)
+    out = []
+    for i, t in enumerate(tensors):
+        entry = by_name[tensor_name(i)]
+        if entry.tensor_type.value != expected.type_id:
+            raise RuntimeError(f"llama.cpp wrote {tensor_name(i)} as {entry.tensor_type.name}, not {type_name}")
+        out.append(np.array(entry.data, dtype=np.uint8).reshape(t.shape[0], -1))
+    del keep
+    return out
+
+
+def weighted_rmse(x: np.ndarray, y: np.ndarray, importance: np.ndarray | None) -> float:
+    """sqrt(sum_c w_c (x - y)^2 / sum w) over a (rows, cols) tensor; plain RMSE without importance."""
+    err = (x.astype(np.float64) - y.astype(np.float64)) ** 2
+    if importance is None:
+        return float(np.sqrt(err.mean()))
+    w = np.asarray(importance, dtype=np.float64).reshape(1, -1)
+    return float(np.sqrt((err * w).sum() / (w.sum() * x.shape[0])))
+
+
+def dequantize(blocks: np.ndarray, type_name: str, shape) -> np.ndarray:
+    return quants.dequantize(blocks, type_name, shape)
