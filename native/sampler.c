@@ -1,0 +1,268 @@
+/* sampler.c — token sampling: repetition penalties, then top-k, top-p, min-p, temperature, a seeded draw.
+ *
+ * The order and the definitions are llama.cpp's default chain (common/sampling.cpp, src/llama-sampler.cpp):
+ *   penalties: for each token among the last N accepted, logit <= 0 ? logit * repeat : logit / repeat, then
+ *              logit -= count * frequency + presence;
+ *   top-k:     keep the k highest logits;
+ *   top-p:     softmax over what is left, keep the smallest best-first prefix whose mass reaches p;
+ *   min-p:     keep logits >= max logit + ln(min_p) (probability >= min_p * the highest probability);
+ *   temperature, softmax, draw. temperature <= 0 is greedy: the argmax after penalties.
+ * Every buffer is allocated in qrt_sampler_new; sampling a token allocates nothing. Selection is by
+ * quickselect, and top-p sorts only as large a best-first prefix as it needs, so a 262k vocabulary costs a
+ * few linear passes per token, not a full sort.
+ */
+#include "sampler.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- PCG32 ---------------------------------------------------------------------------------------------- */
+
+void pcg32_seed(pcg32 *rng, uint64_t seed) {
+    rng->state = 0;
+    rng->inc = (seed << 1) | 1u;
+    pcg32_next(rng);
+    rng->state += seed ^ 0x853C49E6748FEA9Bull;
+    pcg32_next(rng);
+}
+
+uint32_t pcg32_next(pcg32 *rng) {
+    uint64_t old = rng->state;
+    rng->state = old * 6364136223846793005ull + rng->inc;
+    uint32_t xorshifted = (uint32_t)(((old >> 18u) ^ old) >> 27u);
+    uint32_t rot = (uint32_t)(old >> 59u);
+    return (xorshifted >> rot) | (xorshifted << ((32u - rot) & 31u));
+}
+
+double pcg32_uniform(pcg32 *rng) {
+    uint64_t hi = pcg32_next(rng) >> 5, lo = pcg32_next(rng) >> 6; /* 27 + 26 bits */
+    return (double)(hi * 67108864u + lo) * (1.0 / 9007199254740992.0);
+}
+
+/* ---- selection ------------------------------------------------------------------------------------------ */
+
+static inline int better(const sampler_candidate *a, const sampler_candidate *b) {
+    return a->logit > b->logit || (a->logit == b->logit && a->id < b->id);
+}
+
+static inline void swap_candidates(sampler_candidate *a, sampler_candidate *b) {
+    sampler_candidate t = *a;
+    *a = *b;
+    *b = t;
+}
+
+void sampler_select_top(sampler_candidate *c, int32_t n, int32_t k) {
+    if (k <= 0 || k >= n) return;
+    int32_t lo = 0, hi = n - 1;
+    while (lo < hi) {
+        /* median of three as the pivot, moved to hi */
+        int32_t mid = lo + (hi - lo) / 2;
+        if (better(&c[mid], &c[lo])) swap_candidates(&c[mid], &c[lo]);
+        if (better(&c[hi], &c[lo])) swap_candidates(&c[hi], &c[lo]);
+        if (better(&c[mid], &c[hi])) swap_candidates(&c[mid], &c[hi]);
+        sampler_candidate pivot = c[hi];
+        int32_t store = lo;
+        for (int32_t i = lo; i < hi; i++)
+            if (better(&c[i], &pivot)) swap_candidates(&c[i], &c[store++]);
+        swap_candidates(&c[store], &c[hi]);
+        /* c[lo..store) beat the pivot, c[store] is the pivot */
+        if (store == k || store == k - 1) return;
+        if (store > k) hi = store - 1;
+        else lo = store + 1;
+    }
+}
+
+/* Best first, in place: a heapsort (worst first on the heap), because glibc's qsort may allocate. */
+static void sift_down(sampler_candidate *c, int32_t root, int32_t n) {
+    for (;;) {
+        int32_t child = 2 * root + 1;
+        if (child >= n) return;
+        if (child + 1 < n && better(&c[child], &c[child + 1])) child++;
+        if (!better(&c[root], &c[child])) return;
+        swap_candidates(&c[root], &c[child]);
+        root = child;
+    }
+}
+
+static void sort_best_first(sampler_candidate *c, int32_t n) {
+    for (int32_t i = n / 2 - 1; i >= 0; i--) sift_down(c, i, n);
+    for (int32_t end = n - 1; end > 0; end--) {
+        swap_candidates(&c[0], &c[end]);
+        sift_down(c, 0, end);
+    }
+}
+
+/* ---- the sampler ---------------------------------------------------------------------------------------- */
+
+struct qrt_sampler {
+    qrt_sampler_params params;
+    int32_t n_vocab;
+    sampler_candidate *candidates; /* n_vocab */
+    float *logits;                 /* n_vocab: the penalized copy */
+    uint32_t *counts;              /* n_vocab: occurrences in the window */
+    uint32_t *applied;             /* n_vocab: round stamp, so each token is penalized once per round */
+    uint32_t round;
+    int32_t *window; /* ring of the last repeat_last_n accepted tokens */
+    int32_t window_len, window_head;
+    pcg32 rng;
+};
+
+qrt_sampler_params qrt_sampler_default_params(void) {
+    qrt_sampler_params p;
+    p.temperature = 0.8f;
+    p.top_k = 40;
+    p.top_p = 0.95f;
+    p.min_p = 0.05f;
+    p.repeat_penalty = 1.0f;
+    p.repeat_last_n = 64;
+    p.frequency_penalty = 0.0f;
+    p.presence_penalty = 0.0f;
+    p.seed = 0;
+    return p;
+}
+
+void qrt_sampler_free(qrt_sampler *s) {
+    if (!s) return;
+    free(s->candidates);
+    free(s->logits);
+    free(s->counts);
+    free(s->applied);
+    free(s->window);
+    free(s);
+}
+
+qrt_sampler *qrt_sampler_new(const qrt_sampler_params *params, int32_t n_vocab) {
+    if (!params || n_vocab <= 0 || params->repeat_last_n < 0 || params->repeat_penalty <= 0.0f ||
+        isnan(params->temperature) || isnan(params->top_p) || isnan(params->min_p))
+        return NULL;
+    qrt_sampler *s = calloc(1, sizeof *s);
+    if (!s) return NULL;
+    s->params = *params;
+    s->n_vocab = n_vocab;
+    s->candidates = malloc((size_t)n_vocab * sizeof *s->candidates);
+    s->logits = malloc((size_t)n_vocab * sizeof *s->logits);
+    s->counts = calloc((size_t)n_vocab, sizeof *s->counts);
+    s->applied = calloc((size_t)n_vocab, sizeof *s->applied);
+    s->window = malloc(((size_t)params->repeat_last_n + 1) * sizeof *s->window);
+    if (!s->candidates || !s->logits || !s->counts || !s->applied || !s->window) {
+        qrt_sampler_free(s);
+        return NULL;
+    }
+    qrt_sampler_reset(s);
+    return s;
+}
+
+void qrt_sampler_reset(qrt_sampler *s) {
+    memset(s->counts, 0, (size_t)s->n_vocab * sizeof *s->counts);
+    s->window_len = s->window_head = 0;
+    pcg32_seed(&s->rng, s->params.seed);
+}
+
+void qrt_sampler_accept(qrt_sampler *s, int32_t token) {
+    int32_t cap = s->params.repeat_last_n;
+    if (cap == 0 || token < 0 || token >= s->n_vocab) return;
+    if (s->window_len == cap) { /* the oldest token leaves the window */
+        int32_t old = s->window[s->window_head];
+        s->counts[old]--;
+        s->window[s->window_head] = token;
+        s->window_head = (s->window_head + 1) % cap;
+    } else {
+        s->window[(s->window_head + s->window_len) % cap] = token;
+        s->window_len++;
+    }
+    s->counts[token]++;
+}
+
+static void apply_penalties(qrt_sampler *s) {
+    const qrt_sampler_params *p = &s->params;
+    if (p->repeat_penalty == 1.0f && p->frequency_penalty == 0.0f && p->presence_penalty == 0.0f) return;
+    if (++s->round == 0) { /* stamp wrapped: clear it */
+        memset(s->applied, 0, (size_t)s->n_vocab * sizeof *s->applied);
+        s->round = 1;
+    }
+    for (int32_t i = 0; i < s->window_len; i++) {
+        int32_t id = s->window[i];
+        if (s->applied[id] == s->round) continue;
+        s->applied[id] = s->round;
+        float logit = s->logits[id];
+        logit = logit <= 0.0f ? logit * p->repeat_penalty : logit / p->repeat_penalty;
+        uint32_t count = s->counts[id];
+        logit -= (float)count * p->frequency_penalty + (float)(count > 0) * p->presence_penalty;
+        s->logits[id] = logit;
+    }
+}
+
+/* top-p over c[0..n): sorts the smallest best-first prefix that reaches mass p; returns its length. */
+static int32_t top_p_prefix(sampler_candidate *c, int32_t n, float p) {
+    float max_logit = -INFINITY;
+    for (int32_t i = 0; i < n; i++)
+        if (c[i].logit > max_logit) max_logit = c[i].logit;
+    double total = 0.0;
+    for (int32_t i = 0; i < n; i++) total += exp((double)c[i].logit - max_logit);
+    int32_t sorted = 0, k = n < 256 ? n : 256;
+    double cum = 0.0;
+    for (;;) {
+        sampler_select_top(c + sorted, n - sorted, k - sorted);
+        sort_best_first(c + sorted, k - sorted);
+        for (int32_t i = sorted; i < k; i++) {
+            cum += exp((double)c[i].logit - max_logit) / total;
+            if (cum >= p) return i + 1;
+        }
+        if (k == n) return n;
+        sorted = k;
+        k = (n - k) / 4 > k ? k * 4 : n;
+    }
+}
+
+int32_t qrt_sampler_sample(qrt_sampler *s, const float *logits, int32_t n_vocab) {
+    if (n_vocab != s->n_vocab) return -1;
+    const qrt_sampler_params *p = &s->params;
+    memcpy(s->logits, logits, (size_t)n_vocab * sizeof *logits);
+    apply_penalties(s);
+
+    if (p->temperature <= 0.0f) {
+        int32_t best = 0;
+        for (int32_t i = 1; i < n_vocab; i++)
+            if (s->logits[i] > s->logits[best]) best = i;
+        return best;
+    }
+
+    sampler_candidate *c = s->candidates;
+    for (int32_t i = 0; i < n_vocab; i++) {
+        c[i].logit = s->logits[i];
+        c[i].id = i;
+    }
+    int32_t n = n_vocab;
+    if (p->top_k > 0 && p->top_k < n) {
+        sampler_select_top(c, n, p->top_k);
+        n = p->top_k;
+    }
+    if (p->top_p < 1.0f) n = top_p_prefix(c, n, p->top_p);
+    if (p->min_p > 0.0f) {
+        float max_logit = -INFINITY;
+        for (int32_t i = 0; i < n; i++)
+            if (c[i].logit > max_logit) max_logit = c[i].logit;
+        float min_logit = max_logit + logf(p->min_p);
+        int32_t kept = 0;
+        for (int32_t i = 0; i < n; i++)
+            if (c[i].logit >= min_logit) c[kept++] = c[i];
+        n = kept;
+    }
+
+    float max_logit = -INFINITY;
+    for (int32_t i = 0; i < n; i++)
+        if (c[i].logit > max_logit) max_logit = c[i].logit;
+    double total = 0.0;
+    for (int32_t i = 0; i < n; i++) {
+        /* the probability of each survivor, kept in its logit slot */
+        c[i].logit = (float)exp(((double)c[i].logit - max_logit) / p->temperature);
+        total += c[i].logit;
+    }
+    double r = pcg32_uniform(&s->rng) * total, cum = 0.0;
+    for (int32_t i = 0; i < n; i++) {
+        cum += c[i].logit;
+        if (r < cum) return c[i].id;
+    }
+    return c[n - 1].id; /* rounding left r at the very top */
+}
