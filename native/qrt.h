@@ -16,5 +16,6 @@
 const char *qrt_version(void);
 
 #include "qrt_quant.h"
+#include "qrt_tokenizer.h"
 
 #endif
