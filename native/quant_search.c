@@ -4,18 +4,35 @@
 
 #include "quant_types.h"
 
-enum { REFIT_ROUNDS = 2, DESCENT_ROUNDS = 5 };
+enum { REFIT_ROUNDS = 2, DESCENT_ROUNDS = 5, QP_DESCENT_ROUNDS = 5 };
 
 /* ---- symmetric: x ~ scale * l, l in [-nmax, nmax - 1] ---- */
 
-/* Weighted sums for levels from one inverse scale; returns sum w*l*l, *sumlx = sum w*x*l. */
-static float sym_levels(int n, int nmax, const float *x, const float *w, float iscale, int8_t *l_out, float *sumlx) {
+/* Round clamped values to integers (ties to even) in float arithmetic: exact for |v| < 2^22, and it keeps the
+ * candidate loops free of int conversions so that they vectorize. */
+static inline float round_to_int(float v) { return (v + 12582912.f) - 12582912.f; }
+
+/* Levels for one inverse scale and their weighted sums; returns sum w*l*l, *sumlx = sum w*x*l. The sums run
+ * in 8 lanes (n is a multiple of 8) added in a fixed order: deterministic, and the loop vectorizes. */
+static float sym_levels(int n, int nmax, const float *x, const float *w, float iscale, float *l_out, float *sumlx) {
+    float lx[8] = {0}, l2[8] = {0};
+    const float lo = (float)-nmax, hi = (float)(nmax - 1);
+    for (int i0 = 0; i0 < n; i0 += 8) {
+        for (int j = 0; j < 8; j++) {
+            float v = iscale * x[i0 + j];
+            v = v < lo ? lo : v;
+            v = v > hi ? hi : v;
+            const float l = round_to_int(v);
+            l_out[i0 + j] = l;
+            const float wl = w[i0 + j] * l;
+            lx[j] += wl * x[i0 + j];
+            l2[j] += wl * l;
+        }
+    }
     float slx = 0, sl2 = 0;
-    for (int i = 0; i < n; i++) {
-        const int l = qrt_clamp_int(qrt_nearest_int(iscale * x[i]), -nmax, nmax - 1);
-        l_out[i] = (int8_t)l;
-        slx += w[i] * x[i] * l;
-        sl2 += w[i] * l * l;
+    for (int j = 0; j < 8; j++) {
+        slx += lx[j];
+        sl2 += l2[j];
     }
     *sumlx = slx;
     return sl2;
@@ -34,7 +51,7 @@ float qrt_fit_symmetric(int n, int nmax, const float *x, const float *w, uint8_t
         for (int i = 0; i < n; i++) L[i] = (uint8_t)nmax;
         return 0.f;
     }
-    int8_t best_l[QK_K], cand[QK_K];
+    float best_l[QK_K], cand[QK_K];
     float sumlx, suml2 = sym_levels(n, nmax, x, w, -nmax / max, best_l, &sumlx);
     /* maximising sumlx^2 / suml2 is minimising the weighted error at the least-squares scale sumlx / suml2 */
     float best_lx = sumlx, best_l2 = suml2;
@@ -45,7 +62,7 @@ float qrt_fit_symmetric(int n, int nmax, const float *x, const float *w, uint8_t
         if (l2 > 0 && lx * lx * best_l2 > best_lx * best_lx * l2) {
             best_lx = lx;
             best_l2 = l2;
-            memcpy(best_l, cand, (size_t)n);
+            memcpy(best_l, cand, sizeof(float) * (size_t)n);
         }
     }
     /* alternate: round to the fitted scale, refit */
@@ -54,7 +71,7 @@ float qrt_fit_symmetric(int n, int nmax, const float *x, const float *w, uint8_t
         if (!(l2 > 0 && lx * lx * best_l2 > best_lx * best_lx * l2)) break;
         best_lx = lx;
         best_l2 = l2;
-        memcpy(best_l, cand, (size_t)n);
+        memcpy(best_l, cand, sizeof(float) * (size_t)n);
     }
     /* coordinate descent: move one level at a time to its best value under the others' scale */
     for (int round = 0; round < DESCENT_ROUNDS && best_l2 > 0; round++) {
@@ -64,12 +81,12 @@ float qrt_fit_symmetric(int n, int nmax, const float *x, const float *w, uint8_t
             float slx = best_lx - wi * x[i] * best_l[i];
             float sl2 = best_l2 - wi * best_l[i] * best_l[i];
             if (!(slx != 0 && sl2 > 0)) continue;
-            const int nl = qrt_clamp_int(qrt_nearest_int(x[i] * sl2 / slx), -nmax, nmax - 1);
+            const float nl = (float)qrt_clamp_int(qrt_nearest_int(x[i] * sl2 / slx), -nmax, nmax - 1);
             if (nl == best_l[i]) continue;
             slx += wi * x[i] * nl;
             sl2 += wi * nl * nl;
             if (sl2 > 0 && slx * slx * best_l2 > best_lx * best_lx * sl2) {
-                best_l[i] = (int8_t)nl;
+                best_l[i] = nl;
                 best_lx = slx;
                 best_l2 = sl2;
                 changed++;
@@ -77,56 +94,83 @@ float qrt_fit_symmetric(int n, int nmax, const float *x, const float *w, uint8_t
         }
         if (!changed) break;
     }
-    for (int i = 0; i < n; i++) L[i] = (uint8_t)(best_l[i] + nmax);
+    for (int i = 0; i < n; i++) L[i] = (uint8_t)((int)best_l[i] + nmax);
     return best_l2 > 0 ? best_lx / best_l2 : 0.f;
 }
 
 /* ---- asymmetric: x ~ scale * L + min, L in [0, nmax] ---- */
 
-static float asym_error(int n, const float *x, const float *w, const uint8_t *L, float scale, float min, int use_mad) {
+/* Weighted sums of one group that do not depend on the levels. */
+typedef struct {
+    float w, x, x2;
+} group_sums;
+
+/* Weighted sums over the levels of one candidate. */
+typedef struct {
+    float l, l2, xl;
+} level_sums;
+
+static float asym_mad(int n, const float *x, const float *w, const float *L, float scale, float min) {
     float err = 0;
-    for (int i = 0; i < n; i++) {
-        const float diff = scale * L[i] + min - x[i];
-        err += w[i] * (use_mad ? fabsf(diff) : diff * diff);
-    }
+    for (int i = 0; i < n; i++) err += w[i] * fabsf(scale * L[i] + min - x[i]);
     return err;
 }
 
-/* Least-squares scale and min for fixed levels; 0 if degenerate. */
-static int asym_refit(int n, const float *x, const float *w, const uint8_t *L, float sum_w, float sum_x,
-                      int allow_positive_min, float *scale, float *min) {
-    float sum_l = 0, sum_l2 = 0, sum_xl = 0;
-    for (int i = 0; i < n; i++) {
-        const float wl = w[i] * L[i];
-        sum_l += wl;
-        sum_l2 += wl * L[i];
-        sum_xl += wl * x[i];
+/* Squared error from the sums alone: sum w (s*l + m - x)^2, expanded (one pass per candidate, not two). */
+static float asym_sq_error(group_sums g, level_sums ls, float s, float m) {
+    return s * s * ls.l2 + 2 * s * m * ls.l - 2 * s * ls.xl + m * m * g.w - 2 * m * g.x + g.x2;
+}
+
+static level_sums asym_levels(int n, int nmax, const float *x, const float *w, float iscale, float min, float *L) {
+    float sl[8] = {0}, sl2[8] = {0}, sxl[8] = {0};
+    const float hi = (float)nmax;
+    for (int i0 = 0; i0 < n; i0 += 8) {
+        for (int j = 0; j < 8; j++) {
+            float v = iscale * (x[i0 + j] - min);
+            v = v < 0.f ? 0.f : v;
+            v = v > hi ? hi : v;
+            const float l = round_to_int(v);
+            L[i0 + j] = l;
+            const float wl = w[i0 + j] * l;
+            sl[j] += wl;
+            sl2[j] += wl * l;
+            sxl[j] += wl * x[i0 + j];
+        }
     }
-    const float D = sum_w * sum_l2 - sum_l * sum_l;
+    level_sums ls = {0, 0, 0};
+    for (int j = 0; j < 8; j++) {
+        ls.l += sl[j];
+        ls.l2 += sl2[j];
+        ls.xl += sxl[j];
+    }
+    return ls;
+}
+
+/* Least-squares scale and min for fixed levels; 0 if degenerate. */
+static int asym_refit(group_sums g, level_sums ls, int allow_positive_min, float *scale, float *min) {
+    const float D = g.w * ls.l2 - ls.l * ls.l;
     if (!(D > 0)) return 0;
-    float s = (sum_w * sum_xl - sum_x * sum_l) / D;
-    float m = (sum_l2 * sum_x - sum_l * sum_xl) / D;
+    float s = (g.w * ls.xl - g.x * ls.l) / D;
+    float m = (ls.l2 * g.x - ls.l * ls.xl) / D;
     if (!allow_positive_min && m > 0) {
         m = 0;
-        s = sum_xl / sum_l2;
+        s = ls.xl / ls.l2;
     }
     *scale = s;
     *min = m;
     return 1;
 }
 
-static void asym_levels(int n, int nmax, const float *x, float iscale, float min, uint8_t *L) {
-    for (int i = 0; i < n; i++) L[i] = (uint8_t)qrt_clamp_int(qrt_nearest_int(iscale * (x[i] - min)), 0, nmax);
-}
-
 float qrt_fit_asymmetric(int n, int nmax, const float *x, const float *w, uint8_t *L, float *min_out, float rmin,
                          float rdelta, int nstep, int use_mad, int allow_positive_min) {
-    float min = x[0], max = x[0], sum_w = 0, sum_x = 0;
+    float min = x[0], max = x[0];
+    group_sums g = {0, 0, 0};
     for (int i = 0; i < n; i++) {
         if (x[i] < min) min = x[i];
         if (x[i] > max) max = x[i];
-        sum_w += w[i];
-        sum_x += w[i] * x[i];
+        g.w += w[i];
+        g.x += w[i] * x[i];
+        g.x2 += w[i] * x[i] * x[i];
     }
     if (!allow_positive_min && min > 0) min = 0;
     if (!(max > min)) {
@@ -134,36 +178,35 @@ float qrt_fit_asymmetric(int n, int nmax, const float *x, const float *w, uint8_
         *min_out = min;
         return 0.f;
     }
-    uint8_t cand[QK_K];
-    const float range = max - min;
-    float scale = range / nmax;
-    asym_levels(n, nmax, x, nmax / range, min, L);
-    float best = asym_error(n, x, w, L, scale, min, use_mad);
-    const float min0 = min;
-    for (int k = 0; k <= nstep; k++) {
-        const float iscale = (rmin + rdelta * k + nmax) / range;
-        asym_levels(n, nmax, x, iscale, min0, cand);
+    float best_l[QK_K], cand[QK_K];
+    float scale = (max - min) / nmax;
+    level_sums ls = asym_levels(n, nmax, x, w, nmax / (max - min), min, best_l);
+    float best = use_mad ? asym_mad(n, x, w, best_l, scale, min) : asym_sq_error(g, ls, scale, min);
+    for (int k = 0; k <= nstep + REFIT_ROUNDS; k++) {
+        /* as llama.cpp: each candidate starts from the best min so far, so the grid follows the fit; the last
+         * REFIT_ROUNDS candidates round to the best fit itself */
+        float iscale;
+        if (k <= nstep) {
+            if (!(max > min)) break;
+            iscale = (rmin + rdelta * k + nmax) / (max - min);
+        } else {
+            if (!(scale > 0)) break;
+            iscale = 1.f / scale;
+        }
+        ls = asym_levels(n, nmax, x, w, iscale, min, cand);
         float s, m;
-        if (!asym_refit(n, x, w, cand, sum_w, sum_x, allow_positive_min, &s, &m)) continue;
-        const float err = asym_error(n, x, w, cand, s, m, use_mad);
+        if (!asym_refit(g, ls, allow_positive_min, &s, &m)) continue;
+        const float err = use_mad ? asym_mad(n, x, w, cand, s, m) : asym_sq_error(g, ls, s, m);
         if (err < best) {
             best = err;
             scale = s;
             min = m;
-            memcpy(L, cand, (size_t)n);
+            memcpy(best_l, cand, sizeof(float) * (size_t)n);
+        } else if (k > nstep) {
+            break;
         }
     }
-    for (int round = 0; round < REFIT_ROUNDS && scale > 0; round++) {
-        asym_levels(n, nmax, x, 1.f / scale, min, cand);
-        float s, m;
-        if (!asym_refit(n, x, w, cand, sum_w, sum_x, allow_positive_min, &s, &m)) break;
-        const float err = asym_error(n, x, w, cand, s, m, use_mad);
-        if (!(err < best)) break;
-        best = err;
-        scale = s;
-        min = m;
-        memcpy(L, cand, (size_t)n);
-    }
+    for (int i = 0; i < n; i++) L[i] = (uint8_t)best_l[i];
     *min_out = min;
     return scale;
 }
@@ -207,7 +250,7 @@ float qrt_fit_positive(int n, int nmax, const float *x, const float *w, uint8_t 
         sumlx += w[i] * x[i] * l;
         suml2 += w[i] * l * l;
     }
-    for (int round = 0; round < DESCENT_ROUNDS; round++) {
+    for (int round = 0; round < QP_DESCENT_ROUNDS; round++) {
         int changed = 0;
         for (int i = 0; i < n; i++) {
             float slx = sumlx - w[i] * x[i] * L[i];

@@ -19,8 +19,8 @@
 /* Round to nearest, ties to even (the same as ggml's nearest_int); saturates far outside any level range so
  * that huge ratios (an outlier over a tiny scale) cannot overflow. */
 static inline int qrt_nearest_int(float v) {
-    if (!(v > -4194303.f)) return -4194303; /* also maps NaN somewhere harmless */
-    if (v > 4194303.f) return 4194303;
+    v = v > 4194303.f ? 4194303.f : v; /* ternaries compile to minss/maxss: branch-free */
+    v = v < -4194303.f ? -4194303.f : v;
     float biased = v + 12582912.f;
     int32_t i;
     memcpy(&i, &biased, 4);
