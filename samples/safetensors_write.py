@@ -79,14 +79,20 @@ def write_safetensors(
     header_bytes += b" " * (-len(header_bytes) % 8)
     path = Path(path)
     partial = path.with_name(path.name + ".partial")
-    with open(partial, "wb") as out:
-        out.write(len(header_bytes).to_bytes(8, "little"))
-        out.write(header_bytes)
-        for entry in entries:
-            values = produce(entry)
-            if tuple(values.shape) != entry.shape:
-                raise ValueError(f"{path}: tensor '{entry.name}' produced shape {values.shape}, declared {entry.shape}")
-            stored = encode_tensor(values, entry.dtype)
-            out.write(stored.data)
-            del values, stored
+    try:
+        with open(partial, "wb") as out:
+            out.write(len(header_bytes).to_bytes(8, "little"))
+            out.write(header_bytes)
+            for entry in entries:
+                values = produce(entry)
+                if tuple(values.shape) != entry.shape:
+                    raise ValueError(
+                        f"{path}: tensor '{entry.name}' produced shape {values.shape}, declared {entry.shape}"
+                    )
+                stored = encode_tensor(values, entry.dtype)
+                out.write(stored.data)
+                del values, stored
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     os.replace(partial, path)
