@@ -465,6 +465,18 @@ def _chat_templates(model_dir: Path, config: dict | None) -> tuple[str | None, d
     return value, {}
 
 
+def _check_unique(tokens: list[str], where: str) -> None:
+    """llama.cpp maps token text -> id and refuses a vocabulary where two ids share a text."""
+    first_id: dict[str, int] = {}
+    for token_id, text in enumerate(tokens):
+        if text in first_id:
+            raise FormatError(
+                f"{where}: tokens {first_id[text]} and {token_id} are both {text!r} (an added token repeating a "
+                f"vocab entry under another id?); GGUF needs unique token texts"
+            )
+        first_id[text] = token_id
+
+
 def read_hf_tokenizer(model_dir: Path, vocab_size: int) -> TokenizerMeta:
     """The GGUF tokenizer metadata of the HF folder ``model_dir``, padded to the model's ``vocab_size``."""
     model_dir = Path(model_dir)
@@ -489,6 +501,8 @@ def read_hf_tokenizer(model_dir: Path, vocab_size: int) -> TokenizerMeta:
             f"{where}: BPE without a ByteLevel pre-tokenizer and without byte_fallback is not supported "
             f"(supported: byte-level BPE, SentencePiece-style BPE with byte_fallback)"
         )
+
+    _check_unique(meta.tokens, where)
 
     config = _read_json(model_dir / TOKENIZER_CONFIG, required=False)
     special_map = _read_json(model_dir / SPECIAL_TOKENS_MAP, required=False)
