@@ -7,11 +7,20 @@ Two tokenizer families are supported, both HF ``BPE`` models:
   of the HF pre-tokenizer (table ``BYTE_LEVEL_PRE_TOKENIZERS``), not from a hash of tokenized text as llama.cpp's
   ``convert_hf_to_gguf.py`` does, so an unknown structure is reported instead of silently mis-tokenized.
 - SentencePiece-style BPE with byte fallback (``▁`` for spaces, ``<0xXX>`` byte tokens) -> GGUF model ``llama``.
-  llama.cpp's SPM tokenizer has no merge list: it repeatedly merges the adjacent pair whose concatenation is the vocab
-  token of highest score (leftmost on ties). HF merges the pair of lowest merge rank (leftmost on ties). Giving the
-  token made by merge ``r`` the score ``-r`` makes the two orders the same wherever the merged token is reachable only
-  through merges of the list, which holds for tokenizers converted from SentencePiece (their merge list holds every
-  split of every piece) and is measured for trained ones by the reference tests.
+  llama.cpp's SPM tokenizer has no merge list: it repeatedly merges the adjacent pair whose concatenation is a vocab
+  token, highest score first (leftmost on ties). HF merges the pair of lowest merge rank (leftmost on ties). Giving
+  the token made by merge ``r`` the score ``-r`` makes the two orders the same. They can still differ where llama.cpp
+  joins two pieces into a token through a pair that is not in the merge list; tokenizer.json files converted from
+  SentencePiece list every split of every piece, so there they cannot (Gemma 3's 262k vocabulary: identical ids on
+  all test strings).
+
+Differences llama.cpp cannot express, measured by tests/formats/test_tokenizer_meta.py:
+- a ``Metaspace`` pre-tokenizer prepends no ``▁`` to text that already starts with a space, and with
+  ``prepend_scheme: first`` none after a special token; llama.cpp (``add_space_prefix``) always does. The llama-2
+  style normalizer (``Prepend`` + ``Replace``) behaves as llama.cpp does.
+- Qwen2's NFC normalizer is not applied by llama.cpp: only text not already in NFC differs.
+- llama.cpp turns normal tokens spelled like end-of-turn markers (``<end_of_turn>``, ``<|im_end|>``, ...) into control
+  tokens; real vocabularies already have them as special added tokens.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import tempfile
+import unicodedata
 from pathlib import Path
 
 import gguf
@@ -666,6 +667,17 @@ def test_trained_byte_level_matches_hf(tmp_path, llama_cpp, hf_tokenizers, pre):
     assert read_hf_tokenizer(folder, n_tokens(trained)).pre == pre
     mismatches = compare_with_llama_cpp(llama_cpp, hf_tokenizers, folder, n_tokens(trained) + 3)
     assert not mismatches, f"{len(mismatches)}/{len(STRINGS)} strings differ:\n{describe(mismatches)}"
+
+
+@pytest.mark.reference
+def test_trained_qwen2_nfc_differs_only_on_non_nfc_text(tmp_path, llama_cpp, hf_tokenizers):
+    """Qwen2's tokenizer.json normalizes to NFC, llama.cpp does not: exactly the strings not in NFC differ."""
+    trained = train_byte_level(hf_tokenizers, "qwen2")
+    trained["normalizer"] = {"type": "NFC"}
+    folder = write_folder(tmp_path, trained)
+    mismatches = compare_with_llama_cpp(llama_cpp, hf_tokenizers, folder, n_tokens(trained))
+    not_nfc = [text for text in STRINGS if unicodedata.normalize("NFC", text) != text]
+    assert not_nfc and [text for text, _, _ in mismatches] == not_nfc
 
 
 SENTENCEPIECE_STYLES = {
