@@ -35,26 +35,73 @@ def main() -> None:
     """Convert Hugging Face models to quantized GGUF, and say what quantization did."""
 
 
+def conversion_options(fn):
+    """The options to-gguf and plan share."""
+    options = [
+        click.option(
+            "--type",
+            "type_name",
+            default="f16",
+            show_default=True,
+            help="f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl, q2_k, q3_k_s/m/l, q4_k_s/m, q5_k_s/m, "
+            "q6_k; q3_k, q4_k, q5_k mean the _m mixtures (as llama-quantize). Case-insensitive.",
+        ),
+        click.option(
+            "--imatrix",
+            type=click.Path(path_type=Path),
+            default=None,
+            help="llama.cpp importance matrix (GGUF or legacy .dat) weighting each column's rounding error.",
+        ),
+        click.option(
+            "--tensor-type",
+            "tensor_types",
+            multiple=True,
+            metavar="REGEX=TYPE",
+            help="Override the type of tensors whose GGUF name matches REGEX (repeatable).",
+        ),
+        click.option(
+            "--pure", is_flag=True, help="No mixture rules: every 2-D weight gets --type (fallbacks still apply)."
+        ),
+        click.option("--allow-requantize", is_flag=True, help="Accept an already quantized GGUF as input."),
+        click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary instead of the table."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
 @main.command("to-gguf")
-@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.argument("model", type=click.Path(path_type=Path))
 @click.option(
     "-o", "--output", "out_path", type=click.Path(path_type=Path), required=True, help="The GGUF file to write."
 )
-@click.option("--type", "type_name", default="f16", show_default=True, help="Output type: f32, f16, bf16, q8_0.")
+@conversion_options
 @click.option("-t", "--threads", type=int, default=None, help="Quantization threads (default: all cores).")
-@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary instead of the table.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @user_errors
-def to_gguf(model_dir: Path, out_path: Path, type_name: str, threads: int | None, as_json: bool, quiet: bool) -> None:
-    """Convert the Hugging Face folder MODEL_DIR (safetensors + config + tokenizer) to a GGUF file."""
-    from qconv.converter.convert import convert_to_gguf
+def to_gguf(model: Path, out_path: Path, as_json: bool, quiet: bool, **options) -> None:
+    """Convert MODEL (a Hugging Face folder, or an f32/f16/bf16 GGUF to re-quantize) to a GGUF file."""
+    from qconv.converter.convert import ConvertOptions, convert_to_gguf
     from qconv.converter.report_plan import plan_summary, plan_table
 
-    result = convert_to_gguf(model_dir, out_path, type_name, threads=threads, progress=not (quiet or as_json))
+    result = convert_to_gguf(model, out_path, ConvertOptions(**options), progress=not (quiet or as_json))
     if as_json:
         click.echo(json.dumps(plan_summary(result.plan, result.out_path), indent=2))
     else:
         click.echo(plan_table(result.plan, result.out_path))
+
+
+@main.command("plan")
+@click.argument("model", type=click.Path(path_type=Path))
+@conversion_options
+@user_errors
+def plan_cmd(model: Path, as_json: bool, **options) -> None:
+    """Print the type to-gguf would give each tensor group, the size and bits per weight, without writing."""
+    from qconv.converter.convert import ConvertOptions, make_plan_only
+    from qconv.converter.report_plan import plan_summary, plan_table
+
+    result = make_plan_only(model, ConvertOptions(**options))
+    click.echo(json.dumps(plan_summary(result.plan), indent=2) if as_json else plan_table(result.plan))
 
 
 @main.command("inspect")

@@ -1,11 +1,17 @@
 """ModelSpec + --type -> TypePlan: the GGUF type of every tensor, and why.
 
-The rules are tables: which tensors stay in float (norms, biases, rope factors), which file types exist, and the
-fallback when a row length is not a multiple of the block size.
+The type mixtures follow the rules of the llama.cpp vendored in llama-cpp-python 0.3.36 (`llama_tensor_get_type`
+in src/llama-quant.cpp) for the dense llama family, restated here as tables:
+- FILE_TYPES: each --type name, its general.file_type and the default type of its 2-D weights;
+- ROLE_RULES: per file type and tensor role, the first rule whose condition holds picks the type;
+- ROW_FALLBACK: when a type's block does not divide the row length, the type llama.cpp falls back to.
+Rules of llama.cpp for mixture-of-experts models, Falcon and 70B llamas do not apply to this family and are left out.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import gguf
@@ -13,17 +19,98 @@ import gguf
 from qconv.formats.errors import FormatError
 
 T = gguf.GGMLQuantizationType
+F = gguf.LlamaFileType
 
-# --type name -> (GGUF general.file_type, the type of the 2-D weight tensors)
-FILE_TYPES: dict[str, tuple[gguf.LlamaFileType, T]] = {
-    "f32": (gguf.LlamaFileType.ALL_F32, T.F32),
-    "f16": (gguf.LlamaFileType.MOSTLY_F16, T.F16),
-    "bf16": (gguf.LlamaFileType.MOSTLY_BF16, T.BF16),
-    "q8_0": (gguf.LlamaFileType.MOSTLY_Q8_0, T.Q8_0),
+# --type name -> (general.file_type, default type of 2-D weights)
+FILE_TYPES: dict[str, tuple[F, T]] = {
+    "f32": (F.ALL_F32, T.F32),
+    "f16": (F.MOSTLY_F16, T.F16),
+    "bf16": (F.MOSTLY_BF16, T.BF16),
+    "q8_0": (F.MOSTLY_Q8_0, T.Q8_0),
+    "q4_0": (F.MOSTLY_Q4_0, T.Q4_0),
+    "q4_1": (F.MOSTLY_Q4_1, T.Q4_1),
+    "q5_0": (F.MOSTLY_Q5_0, T.Q5_0),
+    "q5_1": (F.MOSTLY_Q5_1, T.Q5_1),
+    "iq4_nl": (F.MOSTLY_IQ4_NL, T.IQ4_NL),
+    "q2_k": (F.MOSTLY_Q2_K, T.Q2_K),
+    "q3_k_s": (F.MOSTLY_Q3_K_S, T.Q3_K),
+    "q3_k_m": (F.MOSTLY_Q3_K_M, T.Q3_K),
+    "q3_k_l": (F.MOSTLY_Q3_K_L, T.Q3_K),
+    "q4_k_s": (F.MOSTLY_Q4_K_S, T.Q4_K),
+    "q4_k_m": (F.MOSTLY_Q4_K_M, T.Q4_K),
+    "q5_k_s": (F.MOSTLY_Q5_K_S, T.Q5_K),
+    "q5_k_m": (F.MOSTLY_Q5_K_M, T.Q5_K),
+    "q6_k": (F.MOSTLY_Q6_K, T.Q6_K),
+}
+# the short forms llama-quantize accepts
+ALIASES = {"q3_k": "q3_k_m", "q4_k": "q4_k_m", "q5_k": "q5_k_m"}
+
+# When a type's block does not divide the row length; a 32-block type that does not fit becomes f16.
+ROW_FALLBACK: dict[T, T] = {T.Q2_K: T.Q4_0, T.Q3_K: T.Q4_0, T.Q4_K: T.Q5_0, T.Q5_K: T.Q5_1, T.Q6_K: T.Q8_0}
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a tensor sits, for the rules that depend on it."""
+
+    layer: int  # block index (-1 for tensors outside the blocks)
+    n_layers: int
+    n_gqa: int  # attention heads per kv head
+    has_imatrix: bool
+
+
+def use_more_bits(p: Position) -> bool:
+    """llama.cpp's choice of layers that get more bits: the first and last eighth, and every third between."""
+    i, n = p.layer, p.n_layers
+    return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
+
+
+Condition = Callable[[Position], bool]
+ALWAYS: Condition = lambda p: True  # noqa: E731
+GQA4: Condition = lambda p: p.n_gqa >= 4  # noqa: E731
+FIRST_EIGHTH: Condition = lambda p: p.layer < p.n_layers // 8  # noqa: E731
+FIRST_SIXTEENTH: Condition = lambda p: p.layer < p.n_layers // 16  # noqa: E731
+FIRST_TWO: Condition = lambda p: p.layer < 2  # noqa: E731
+FIRST_FOUR: Condition = lambda p: p.layer < 4  # noqa: E731
+IMATRIX_FIRST_EIGHTH: Condition = lambda p: p.has_imatrix and p.layer < p.n_layers // 8  # noqa: E731
+NO_IMATRIX_FIRST_EIGHTH: Condition = lambda p: not p.has_imatrix and p.layer < p.n_layers // 8  # noqa: E731
+
+# (file type, tensor role) -> rules in order; the first whose condition holds gives the type.
+ROLE_RULES: dict[tuple[str, str], list[tuple[Condition, T, str]]] = {
+    ("q2_k", "attn_v"): [(GQA4, T.Q4_K, "n_gqa >= 4"), (ALWAYS, T.Q3_K, "attn_v")],
+    ("q3_k_m", "attn_v"): [(FIRST_TWO, T.Q5_K, "first two attn_v"), (ALWAYS, T.Q4_K, "attn_v")],
+    ("q3_k_l", "attn_v"): [(ALWAYS, T.Q5_K, "attn_v")],
+    ("iq4_nl", "attn_v"): [(GQA4, T.Q5_K, "n_gqa >= 4")],
+    ("q4_k_m", "attn_v"): [(use_more_bits, T.Q6_K, "attn_v in a more-bits layer")],
+    ("q5_k_m", "attn_v"): [(use_more_bits, T.Q6_K, "attn_v in a more-bits layer")],
+    ("q4_k_s", "attn_v"): [(FIRST_FOUR, T.Q5_K, "first four attn_v")],
+    ("q2_k", "ffn_down"): [(ALWAYS, T.Q3_K, "ffn_down")],
+    ("q3_k_m", "ffn_down"): [(FIRST_SIXTEENTH, T.Q5_K, "ffn_down, first sixteenth"), (ALWAYS, T.Q4_K, "ffn_down")],
+    ("q3_k_l", "ffn_down"): [(ALWAYS, T.Q5_K, "ffn_down")],
+    ("q4_k_m", "ffn_down"): [(use_more_bits, T.Q6_K, "ffn_down in a more-bits layer")],
+    ("iq4_nl", "ffn_down"): [(NO_IMATRIX_FIRST_EIGHTH, T.Q5_K, "ffn_down, first eighth, no imatrix")],
+    ("q5_k_m", "ffn_down"): [(use_more_bits, T.Q6_K, "ffn_down in a more-bits layer")],
+    ("q4_k_s", "ffn_down"): [(FIRST_EIGHTH, T.Q5_K, "ffn_down, first eighth")],
+    ("q4_0", "ffn_down"): [(IMATRIX_FIRST_EIGHTH, T.Q4_1, "ffn_down, first eighth, with imatrix")],
+    ("q5_0", "ffn_down"): [(IMATRIX_FIRST_EIGHTH, T.Q5_1, "ffn_down, first eighth, with imatrix")],
+    ("q2_k", "attn_output"): [(ALWAYS, T.Q3_K, "attn_output")],
+    ("q3_k_m", "attn_output"): [(ALWAYS, T.Q4_K, "attn_output")],
+    ("q3_k_l", "attn_output"): [(ALWAYS, T.Q5_K, "attn_output")],
 }
 
-# When a type's block does not divide a row, the next type that fits (llama.cpp's fallbacks); the last resort is f16.
-ROW_FALLBACK: dict[T, T] = {T.Q8_0: T.F16}
+# Tensor roles, by GGUF name; the output head (and a tied token embedding, which is the head) has its own rule.
+ROLES = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+
+
+def role_of(name: str) -> str:
+    if name == "output.weight":
+        return "output"
+    if name == "token_embd.weight":
+        return "token_embd"
+    for role in ROLES:
+        if f".{role}." in name:
+            return role
+    return "other"
 
 
 @dataclass(frozen=True)
@@ -32,10 +119,7 @@ class TensorChoice:
     shape: tuple[int, ...]  # numpy order
     ggml_type: T
     reason: str
-
-    @property
-    def nbytes(self) -> int:
-        return row_bytes(self.ggml_type, self.shape[-1]) * (self.n_elements // self.shape[-1])
+    fell_back: bool = False
 
     @property
     def n_elements(self) -> int:
@@ -44,11 +128,15 @@ class TensorChoice:
             n *= d
         return n
 
+    @property
+    def nbytes(self) -> int:
+        return row_bytes(self.ggml_type, self.shape[-1]) * (self.n_elements // self.shape[-1])
+
 
 @dataclass
 class TypePlan:
     type_name: str
-    file_type: gguf.LlamaFileType
+    file_type: F
     choices: list[TensorChoice] = field(default_factory=list)
 
     @property
@@ -64,7 +152,7 @@ class TypePlan:
         return 8 * self.nbytes / max(1, self.n_elements)
 
     def fallbacks(self) -> list[TensorChoice]:
-        return [c for c in self.choices if c.reason.startswith("fallback")]
+        return [c for c in self.choices if c.fell_back]
 
 
 def row_bytes(ggml_type: T, row_length: int) -> int:
@@ -72,30 +160,99 @@ def row_bytes(ggml_type: T, row_length: int) -> int:
     return row_length // block * type_size
 
 
-def _fits(ggml_type: T, row_length: int) -> bool:
-    return row_length % gguf.GGML_QUANT_SIZES[ggml_type][0] == 0
+def block_size(ggml_type: T) -> int:
+    return gguf.GGML_QUANT_SIZES[ggml_type][0]
+
+
+def is_quantized(ggml_type: T) -> bool:
+    return ggml_type not in (T.F32, T.F16, T.BF16)
 
 
 def parse_type(type_name: str) -> str:
-    name = type_name.lower()
+    name = ALIASES.get(type_name.lower(), type_name.lower())
     if name not in FILE_TYPES:
-        raise FormatError(f"unknown --type '{type_name}'; valid types: {', '.join(FILE_TYPES)}")
+        valid = ", ".join(list(FILE_TYPES) + list(ALIASES))
+        raise FormatError(f"unknown --type '{type_name}'; valid types: {valid}")
     return name
 
 
-def make_plan(tensors: dict[str, tuple[int, ...]], type_name: str) -> TypePlan:
-    """tensors: GGUF name -> numpy-order shape, in writing order."""
+def parse_tensor_type(spec: str) -> tuple[re.Pattern, T]:
+    """--tensor-type REGEX=TYPE (a ggml type name such as q6_k, q8_0, f16)."""
+    pattern, sep, type_name = spec.rpartition("=")
+    if not sep or not pattern:
+        raise FormatError(f"--tensor-type '{spec}': expected REGEX=TYPE, e.g. 'attn_v=q6_k'")
+    try:
+        ggml_type = T[type_name.upper()]
+    except KeyError:
+        valid = ", ".join(sorted({t.name.lower() for _, t in FILE_TYPES.values()}))
+        raise FormatError(f"--tensor-type '{spec}': unknown type '{type_name}'; valid: {valid}") from None
+    try:
+        return re.compile(pattern), ggml_type
+    except re.error as e:
+        raise FormatError(f"--tensor-type '{spec}': bad regular expression ({e})") from None
+
+
+def fit_row(ggml_type: T, row_length: int) -> tuple[T, bool]:
+    """The type after llama.cpp's fallbacks for a row length its block does not divide."""
+    if row_length % block_size(ggml_type) == 0:
+        return ggml_type, False
+    fallback = ROW_FALLBACK.get(ggml_type, ggml_type)
+    if row_length % block_size(fallback):
+        fallback = T.F16
+    return fallback, True
+
+
+def _mixture_type(
+    type_name: str, default: T, name: str, shape: tuple[int, ...], pos: Position, tied: bool
+) -> tuple[T, str]:
+    role = role_of(name)
+    if role == "output" or (tied and role == "token_embd"):
+        # the output head (or the tied embedding that serves as it) keeps more bits
+        if shape[-1] % block_size(default):
+            return T.Q8_0, "output head, row not a multiple of the block"
+        if default != T.Q8_0:
+            return T.Q6_K, "output head"
+        return default, "output head"
+    for condition, ggml_type, reason in ROLE_RULES.get((type_name, role), []):
+        if condition(pos):
+            return ggml_type, reason
+    return default, f"--type {type_name}"
+
+
+def make_plan(
+    tensors: dict[str, tuple[int, ...]],
+    type_name: str,
+    n_layers: int = 1,
+    n_gqa: int = 1,
+    has_imatrix: bool = False,
+    overrides: list[tuple[re.Pattern, T]] | None = None,
+    pure: bool = False,
+) -> TypePlan:
+    """tensors: GGUF name -> numpy-order shape, in writing order (llama.cpp counts attn_v tensors in file order)."""
     type_name = parse_type(type_name)
-    file_type, weight_type = FILE_TYPES[type_name]
+    file_type, default = FILE_TYPES[type_name]
+    tied = "output.weight" not in tensors
     plan = TypePlan(type_name, file_type)
+    n_attn_v = sum(1 for n in tensors if role_of(n) == "attn_v")
+    i_attn_v = 0
     for name, shape in tensors.items():
-        if len(shape) == 1:
-            plan.choices.append(TensorChoice(name, shape, T.F32, "1-D tensors stay f32"))
+        if len(shape) < 2 or not name.endswith(".weight") or "_norm." in name:
+            plan.choices.append(TensorChoice(name, shape, T.F32, "1-D and norm tensors stay f32"))
             continue
-        chosen, reason = weight_type, f"--type {type_name}"
-        while not _fits(chosen, shape[-1]):
-            fallback = ROW_FALLBACK.get(chosen, T.F16)
-            reason = f"fallback: row length {shape[-1]} is not a multiple of {chosen.name}'s block"
-            chosen = fallback
-        plan.choices.append(TensorChoice(name, shape, chosen, reason))
+        chosen, reason = default, f"--type {type_name}"
+        if is_quantized(default):
+            layer = int(name.split(".")[1]) if name.startswith("blk.") else -1
+            if role_of(name) == "attn_v":  # llama.cpp counts attn_v tensors rather than reading the layer
+                layer, i_attn_v = i_attn_v, i_attn_v + 1
+            pos = Position(layer, n_attn_v if role_of(name) == "attn_v" else n_layers, n_gqa, has_imatrix)
+            manual = next((t for pattern, t in overrides or [] if pattern.search(name)), None)
+            if manual is not None:
+                chosen, reason = manual, "--tensor-type"
+            elif not pure:
+                chosen, reason = _mixture_type(type_name, default, name, shape, pos, tied)
+        wanted = chosen
+        chosen, fell_back = fit_row(wanted, shape[-1])
+        if fell_back:
+            reason = f"fallback from {wanted.name.lower()} ({reason}): row length {shape[-1]} is not a multiple of {block_size(wanted)}"
+        plan.choices.append(TensorChoice(name, shape, chosen, reason, fell_back))
     return plan

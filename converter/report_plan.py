@@ -5,7 +5,30 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from qconv.converter.plan import TypePlan
+from qconv.converter.plan import FILE_TYPES, TypePlan, make_plan
+
+# Single-type files a mixture is compared with: if one of these, at more nominal bits, is no larger, say so.
+SIMPLER_TYPES = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0")
+
+
+def nominal_bits(type_name: str) -> float:
+    import gguf
+
+    block, size = gguf.GGML_QUANT_SIZES[FILE_TYPES[type_name][1]]
+    return 8 * size / block
+
+
+def no_smaller_than(plan: TypePlan) -> tuple[str, int] | None:
+    """The cheapest simpler type (more nominal bits) whose file would be no larger than this plan's, if any."""
+    shapes = {c.name: c.shape for c in plan.choices}
+    requested = nominal_bits(plan.type_name)
+    for simpler in SIMPLER_TYPES:
+        if simpler == plan.type_name or nominal_bits(simpler) <= requested:
+            continue
+        size = make_plan(shapes, simpler).nbytes
+        if plan.nbytes >= size:
+            return simpler, size
+    return None
 
 
 def tensor_group(name: str) -> str:
@@ -29,6 +52,9 @@ def plan_summary(plan: TypePlan, out_path: Path | None = None) -> dict:
         "n_parameters": plan.n_elements,
         "bytes": plan.nbytes,
         "bits_per_weight": round(plan.bits_per_weight, 4),
+        "no_smaller_than": dict(zip(("type", "bytes"), simpler, strict=True))
+        if (simpler := no_smaller_than(plan))
+        else None,
         "fallbacks": [
             {"tensor": c.name, "type": c.ggml_type.name.lower(), "reason": c.reason} for c in plan.fallbacks()
         ],
@@ -49,7 +75,14 @@ def plan_table(plan: TypePlan, out_path: Path | None = None) -> str:
     n_fallback = len(summary["fallbacks"])
     if n_fallback:
         lines.append(
-            f"{n_fallback} of {summary['n_tensors']} tensors fell back to another type (row length vs block size)"
+            f"{n_fallback} of {summary['n_tensors']} tensors fell back to another type: their row length is not a "
+            "multiple of the block size"
+        )
+    if summary["no_smaller_than"]:
+        other = summary["no_smaller_than"]
+        lines.append(
+            f"warning: this --type {plan.type_name} file ({plan.nbytes / 2**20:.1f} MiB) is no smaller than "
+            f"--type {other['type']} would be ({other['bytes'] / 2**20:.1f} MiB)"
         )
     where = f" -> {out_path}" if out_path else ""
     lines.append(

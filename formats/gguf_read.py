@@ -62,6 +62,7 @@ class GGUFFile:
     alignment: int
     metadata: dict[str, object] = field(default_factory=dict)
     value_types: dict[str, gguf.GGUFValueType] = field(default_factory=dict)
+    array_types: dict[str, gguf.GGUFValueType] = field(default_factory=dict)  # item type of array values
     tensors: dict[str, GGUFTensor] = field(default_factory=dict)
     _map: mmap.mmap | None = None
 
@@ -116,7 +117,7 @@ class _Cursor:
             raise self.fail(f"{what} is not valid UTF-8") from None
 
 
-def _value(cur: _Cursor, vtype: int, key: str, depth: int = 0):
+def _value(cur: _Cursor, vtype: int, key: str, depth: int = 0, array_types: dict | None = None):
     try:
         vtype = gguf.GGUFValueType(vtype)
     except ValueError:
@@ -130,6 +131,8 @@ def _value(cur: _Cursor, vtype: int, key: str, depth: int = 0):
         raise cur.fail(f"metadata key '{key}' nests arrays deeper than {MAX_ARRAY_DEPTH}")
     item_type = cur.unpack("<I", 4, f"array type of '{key}'")
     count = cur.unpack("<Q", 8, f"array length of '{key}'")
+    if array_types is not None and depth == 0 and item_type in gguf.GGUFValueType._value2member_map_:
+        array_types[key] = gguf.GGUFValueType(item_type)
     if item_type in SCALARS:
         fmt, size = SCALARS[gguf.GGUFValueType(item_type)]
         raw = cur.take(count * size if count <= cur.size else -1, f"array '{key}' of {count} items")
@@ -163,7 +166,7 @@ def read_gguf(path: Path) -> GGUFFile:
     for _ in range(n_kv):
         key = cur.string("metadata key")
         vtype = cur.unpack("<I", 4, f"type of '{key}'")
-        result.metadata[key] = _value(cur, vtype, key)
+        result.metadata[key] = _value(cur, vtype, key, array_types=result.array_types)
         result.value_types[key] = gguf.GGUFValueType(vtype)
     alignment = result.metadata.get("general.alignment", gguf.GGUF_DEFAULT_ALIGNMENT)
     if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1) or alignment > 1 << 20:

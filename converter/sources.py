@@ -1,0 +1,158 @@
+"""Where the weights come from: an HF folder, or a GGUF file to re-quantize. Both give the converter the same view:
+GGUF tensor names and shapes in writing order, f32 values one tensor at a time, and the metadata to copy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+from qconv.formats.errors import FormatError
+from qconv.formats.gguf_read import GGUFFile, read_gguf
+from qconv.formats.gguf_write import add_model_metadata, llama3_rope_factors
+from qconv.formats.hf_config import read_model_spec
+from qconv.formats.safetensors_stream import SafetensorsSource
+from qconv.formats.tensor_names import gguf_name, permute_rope_rows, rope_permute_heads
+from qconv.formats.tokenizer_meta import read_hf_tokenizer
+
+ROPE_FREQS = "rope_freqs.weight"
+FLOAT_TYPES = (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16, gguf.GGMLQuantizationType.BF16)
+
+
+def writing_order(name: str) -> tuple:
+    """token_embd, rope_freqs, the blocks in order, output_norm, output: the order llama.cpp's converter uses."""
+    if name.startswith("blk."):
+        return (2, int(name.split(".")[1]), name)
+    return ({"token_embd.weight": 0, ROPE_FREQS: 1, "output_norm.weight": 3, "output.weight": 4}.get(name, 5), 0, name)
+
+
+class HFSource:
+    """An HF folder: config.json -> ModelSpec, tokenizer files -> metadata, safetensors -> tensors."""
+
+    def __init__(self, model_dir: Path):
+        self.path = Path(model_dir)
+        self.spec = read_model_spec(self.path)
+        self.tokenizer = read_hf_tokenizer(self.path, self.spec.vocab_size)
+        self.arch = self.spec.gguf_arch
+        self.n_layers = self.spec.n_layers
+        self.n_gqa = self.spec.n_heads // self.spec.n_kv_heads
+        self.safetensors = SafetensorsSource(self.path)
+        self.hf_names = self._map_tensors()
+        self.shapes = {g: tuple(self.safetensors.entries[hf].shape) for g, hf in self.hf_names.items()}
+        if self.spec.rope_scaling.get("rope_type") == "llama3":
+            self.shapes[ROPE_FREQS] = (self.spec.head_dim // 2,)
+        self.shapes = dict(sorted(self.shapes.items(), key=lambda kv: writing_order(kv[0])))
+        self.source_types = {name: "F32" for name in self.shapes}
+
+    def _map_tensors(self) -> dict[str, str]:
+        """GGUF name -> HF name; checks names and shapes against config.json first."""
+        spec, source = self.spec, self.safetensors
+        expected = spec.expected_shapes()
+        mapping: dict[str, str] = {}
+        for hf, entry in source.entries.items():
+            gname = gguf_name(hf)
+            if gname is None:
+                continue
+            if hf not in expected:
+                if hf == "lm_head.weight" and spec.tied_embeddings:
+                    continue  # a tied checkpoint may still carry the copy; llama.cpp uses token_embd
+                raise FormatError(
+                    f"{entry.file}: tensor '{hf}' is not part of a {spec.architecture} with this config.json"
+                )
+            if tuple(entry.shape) != expected[hf]:
+                raise FormatError(
+                    f"{entry.file}: tensor '{hf}' has shape {list(entry.shape)}, config.json implies {list(expected[hf])}"
+                )
+            mapping[gname] = hf
+        missing = [hf for hf in expected if hf not in source.entries]
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise FormatError(f"{source.model_dir}: tensor '{missing[0]}'{more} is missing from the checkpoint")
+        return mapping
+
+    def add_metadata(self, writer: gguf.GGUFWriter) -> None:
+        add_model_metadata(writer, self.spec)
+        self.tokenizer.add_to(writer)
+
+    def read_f32(self, name: str) -> np.ndarray:
+        """The f32 values of one GGUF tensor, permuted as llama.cpp expects."""
+        if name == ROPE_FREQS:
+            return llama3_rope_factors(self.spec)
+        weights = self.safetensors.read_f32(self.hf_names[name])
+        heads = rope_permute_heads(name) if self.spec.arch.rope_permute else None
+        if heads:
+            weights = permute_rope_rows(weights, getattr(self.spec, heads))
+        return weights
+
+    def describe(self, name: str) -> str:
+        return f"tensor '{self.hf_names.get(name, name)}'"
+
+    def close(self) -> None:
+        self.safetensors.close()
+
+
+# Metadata of the input GGUF that describes its old quantization, not the new file.
+NOT_COPIED = ("general.file_type", "general.quantization_version", "quantize.")
+
+
+class GGUFSource:
+    """A GGUF file (f32/f16/bf16, or quantized with allow_requantize) whose tensors are re-encoded."""
+
+    def __init__(self, path: Path, allow_requantize: bool = False):
+        from qconv.runtime import quants  # the C dequantizers
+
+        self.path = Path(path)
+        self._quants = quants
+        self.gguf: GGUFFile = read_gguf(self.path)
+        arch = self.gguf.architecture
+        if arch is None:
+            raise FormatError(f"{self.path}: no general.architecture; not a model file")
+        self.arch = arch
+        self.n_layers = int(self.gguf.metadata.get(f"{arch}.block_count", 1))
+        heads = self.gguf.metadata.get(f"{arch}.attention.head_count", 1)
+        kv_heads = self.gguf.metadata.get(f"{arch}.attention.head_count_kv", heads) or heads
+        self.n_gqa = max(1, int(heads) // max(1, int(kv_heads)))
+        self.shapes = {name: t.shape for name, t in self.gguf.tensors.items()}
+        self.source_types = {name: t.type_name for name, t in self.gguf.tensors.items()}
+        quantized = [t for t in self.gguf.tensors.values() if t.ggml_type not in FLOAT_TYPES]
+        if quantized and not allow_requantize:
+            raise FormatError(
+                f"{self.path}: tensor '{quantized[0].name}' is already {quantized[0].type_name}; re-quantizing loses "
+                "quality twice. Start from an f32/f16/bf16 file, or pass --allow-requantize"
+            )
+
+    def add_metadata(self, writer: gguf.GGUFWriter) -> None:
+        g = self.gguf
+        for key, value in g.metadata.items():
+            if key == gguf.Keys.General.ARCHITECTURE or key.startswith(NOT_COPIED) or key == "general.alignment":
+                continue
+            vtype = g.value_types[key]
+            if vtype == gguf.GGUFValueType.ARRAY:
+                items = value.tolist() if isinstance(value, np.ndarray) else value
+                writer.add_key_value(key, items, vtype, sub_type=g.array_types.get(key))
+            else:
+                writer.add_key_value(key, value, vtype)
+
+    def read_f32(self, name: str) -> np.ndarray:
+        t = self.gguf.tensors[name]
+        raw = self.gguf.tensor_data(name)
+        if t.ggml_type == gguf.GGMLQuantizationType.F32:
+            return raw.view(np.float32).reshape(t.shape).copy()
+        return self._quants.dequantize(raw, t.type_name, t.shape)
+
+    def describe(self, name: str) -> str:
+        return f"tensor '{name}' of {self.path.name}"
+
+    def close(self) -> None:
+        self.gguf.close()
+
+
+def open_source(path: Path, allow_requantize: bool = False):
+    path = Path(path)
+    if path.is_file():
+        with open(path, "rb") as f:
+            if f.read(4) == b"GGUF":
+                return GGUFSource(path, allow_requantize)
+        raise FormatError(f"{path}: not a GGUF file nor a Hugging Face model folder")
+    return HFSource(path)
