@@ -1,7 +1,7 @@
 import gguf
 import pytest
 
-from qconv.converter.plan import make_plan, parse_tensor_type, parse_type, use_more_bits, Position
+from qconv.converter.plan import Position, make_plan, parse_tensor_type, parse_type, use_more_bits
 from qconv.formats.errors import FormatError
 
 T = gguf.GGMLQuantizationType

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import ctypes
 
-import gguf
 import pytest
 
-from qconv.converter.convert import convert_to_gguf, make_plan_only, ConvertOptions
+from qconv.converter.convert import ConvertOptions, convert_to_gguf, make_plan_only
 from qconv.converter.plan import FILE_TYPES
 from qconv.formats.gguf_read import read_gguf
 from tests.conftest import requires_llama_cpp
