@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 ITEM_BYTES = {"F32": 4, "F16": 2, "BF16": 2}
+BF16_CHUNK = 1 << 18
 DTYPE_NAMES = {"f32": "F32", "f16": "F16", "bf16": "BF16"}
 
 
@@ -32,12 +33,23 @@ class TensorEntry:
 
 def f32_to_bf16_bits(values: np.ndarray) -> np.ndarray:
     """bfloat16 bit patterns (uint16) of float32 values, rounded to nearest even; NaN stays a quiet NaN."""
-    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
-    rounded = ((bits + (((bits >> 16) & 1) + 0x7FFF)) >> 16).astype(np.uint16)
-    nan = np.isnan(values)
-    if nan.any():
-        rounded[nan] = 0x7FC0
-    return rounded
+    flat = np.ascontiguousarray(values, dtype=np.float32).reshape(-1)
+    out = np.empty(flat.shape, dtype=np.uint16)
+    # In place on cache-sized chunks: a whole-array expression makes several full-size uint32 temporaries.
+    for start in range(0, flat.size, BF16_CHUNK):
+        chunk = flat[start : start + BF16_CHUNK]
+        bits = chunk.view(np.uint32).copy()
+        carry = bits >> 16
+        carry &= 1
+        carry += 0x7FFF
+        bits += carry
+        bits >>= 16
+        rounded = out[start : start + BF16_CHUNK]
+        rounded[...] = bits
+        nan = np.isnan(chunk)
+        if nan.any():
+            rounded[nan] = 0x7FC0
+    return out.reshape(np.shape(values))
 
 
 def bf16_bits_to_f32(bits: np.ndarray) -> np.ndarray:
@@ -55,13 +67,32 @@ def encode_tensor(values: np.ndarray, dtype: str) -> np.ndarray:
     raise ValueError(f"unsupported safetensors dtype {dtype}")
 
 
+def _write_tensor(out, path: Path, entry: TensorEntry, values: np.ndarray | Iterable[np.ndarray]) -> None:
+    if isinstance(values, np.ndarray):
+        if tuple(values.shape) != entry.shape:
+            raise ValueError(f"{path}: tensor '{entry.name}' produced shape {values.shape}, declared {entry.shape}")
+        values = [values]
+    expected = entry.nbytes // ITEM_BYTES[entry.dtype]
+    written = 0
+    for block in values:
+        stored = encode_tensor(block, entry.dtype)
+        out.write(stored.data)
+        written += stored.size
+        del block, stored
+    if written != expected:
+        raise ValueError(f"{path}: tensor '{entry.name}' produced {written} values, declared {expected} {entry.shape}")
+
+
 def write_safetensors(
     path: Path,
     entries: Iterable[TensorEntry],
-    produce: Callable[[TensorEntry], np.ndarray],
+    produce: Callable[[TensorEntry], np.ndarray | Iterable[np.ndarray]],
     metadata: dict[str, str] | None = None,
 ) -> None:
-    """Write ``entries`` to ``path``; ``produce(entry)`` returns each tensor's float values when its turn comes.
+    """Write ``entries`` to ``path``; ``produce(entry)`` gives each tensor's float values when its turn comes.
+
+    ``produce`` returns the whole tensor, or an iterable of C-order blocks (e.g. groups of rows) so that a large
+    tensor never exists in memory at once.
 
     Written to ``path.partial`` then renamed, so a failed run leaves no file that looks complete.
     """
@@ -84,14 +115,7 @@ def write_safetensors(
             out.write(len(header_bytes).to_bytes(8, "little"))
             out.write(header_bytes)
             for entry in entries:
-                values = produce(entry)
-                if tuple(values.shape) != entry.shape:
-                    raise ValueError(
-                        f"{path}: tensor '{entry.name}' produced shape {values.shape}, declared {entry.shape}"
-                    )
-                stored = encode_tensor(values, entry.dtype)
-                out.write(stored.data)
-                del values, stored
+                _write_tensor(out, path, entry, produce(entry))
     except BaseException:
         partial.unlink(missing_ok=True)
         raise

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,7 @@ TORCH_DTYPES = {"bf16": "bfloat16", "f16": "float16", "f32": "float32"}
 
 WEIGHT_STD = 0.02
 BIAS_STD = 0.1  # large enough that a dropped or misplaced bias changes the logits visibly
+BLOCK_VALUES = 1 << 22  # values generated at a time: bounds memory for any tensor size
 NORM_STD = 0.1  # norm gains are 1 + noise, so a norm applied to the wrong tensor shows
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -87,15 +89,20 @@ def _tensor_entries(config: dict, traits: ArchTraits, dtype: str) -> list[Tensor
     return entries
 
 
-def _random_values(entry: TensorEntry, seed: int, index: int) -> np.ndarray:
+def _random_values(entry: TensorEntry, seed: int, index: int) -> Iterator[np.ndarray]:
+    """The tensor's values in blocks of rows (at most about BLOCK_VALUES each), from its own generator."""
     rng = np.random.default_rng([seed, index])
-    noise = rng.standard_normal(entry.shape, dtype=np.float32)
-    if entry.name.endswith("norm.weight"):
-        return 1.0 + NORM_STD * noise
-    if entry.name.endswith(".bias"):
-        return BIAS_STD * noise
-    noise *= WEIGHT_STD
-    return noise
+    row_shape = entry.shape[1:]
+    row_values = int(np.prod(row_shape, dtype=np.int64))
+    step = max(1, BLOCK_VALUES // row_values) if row_shape else entry.shape[0]
+    for start in range(0, entry.shape[0], step):
+        noise = rng.standard_normal((min(step, entry.shape[0] - start), *row_shape), dtype=np.float32)
+        if entry.name.endswith("norm.weight"):
+            noise *= NORM_STD
+            noise += 1.0
+        else:
+            noise *= BIAS_STD if entry.name.endswith(".bias") else WEIGHT_STD
+        yield noise
 
 
 def _shards(entries: list[TensorEntry], shard_bytes: int | None) -> list[list[TensorEntry]]:
@@ -281,7 +288,7 @@ def build_random_model(
     entries = _tensor_entries(config, traits, dtype)
     index_of = {entry.name: index for index, entry in enumerate(entries)}
 
-    def produce(entry: TensorEntry) -> np.ndarray:
+    def produce(entry: TensorEntry) -> Iterator[np.ndarray]:
         return _random_values(entry, seed, index_of[entry.name])
 
     shards = _shards(entries, shard_bytes)
