@@ -53,7 +53,7 @@ class TokenizerFields:
 
 # Pre-tokenizers of the byte-level families, keyed by tokenizer.ggml.pre. The regexes are the ones llama.cpp's
 # llama-vocab.cpp uses for the same names (and the families' own tokenizer.json files).
-GPT2_REGEX = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+LLAMA3_REGEX = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 QWEN2_REGEX = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
@@ -68,12 +68,12 @@ def _split_isolated(regex: str) -> dict:
 
 
 BYTE_LEVEL_PRE_TOKENIZERS: dict[str, dict] = {
-    "gpt2": _byte_level(True),
-    "default": _byte_level(True),
+    "gpt-2": _byte_level(True),
     "smollm": {
         "type": "Sequence",
         "pretokenizers": [{"type": "Digits", "individual_digits": True}, _byte_level(True)],
     },
+    "llama-bpe": {"type": "Sequence", "pretokenizers": [_split_isolated(LLAMA3_REGEX), _byte_level(False)]},
     "qwen2": {"type": "Sequence", "pretokenizers": [_split_isolated(QWEN2_REGEX), _byte_level(False)]},
 }
 
@@ -131,7 +131,7 @@ def _bos_template(fields: TokenizerFields) -> dict | None:
 
 
 def _gpt2_tokenizer(fields: TokenizerFields) -> dict:
-    pre = fields.pre or "default"
+    pre = fields.pre
     if pre not in BYTE_LEVEL_PRE_TOKENIZERS:
         known = ", ".join(sorted(BYTE_LEVEL_PRE_TOKENIZERS))
         raise FormatError(f"tokenizer: byte-level pre-tokenizer '{pre}' is not supported (known: {known})")

@@ -33,9 +33,9 @@ class ArchTraits:
 
 ARCHS = {
     "llama": ArchTraits(
-        "LlamaForCausalLM", "llama", False, False, "gpt2", (("mlp_bias", False), ("pretraining_tp", 1))
+        "LlamaForCausalLM", "llama", False, False, "gpt-2", (("mlp_bias", False), ("pretraining_tp", 1))
     ),
-    "mistral": ArchTraits("MistralForCausalLM", "mistral", False, False, "gpt2", (("sliding_window", None),)),
+    "mistral": ArchTraits("MistralForCausalLM", "mistral", False, False, "gpt-2", (("sliding_window", None),)),
     "qwen2": ArchTraits(
         "Qwen2ForCausalLM", "qwen2", True, False, "qwen2", (("use_sliding_window", False), ("sliding_window", None))
     ),

@@ -14,6 +14,7 @@ import pytest
 
 from qconv.formats.errors import FormatError
 from qconv.formats.tokenizer_json import (
+    BYTE_LEVEL_PRE_TOKENIZERS,
     TOKEN_BYTE,
     TOKEN_CONTROL,
     TOKEN_NORMAL,
@@ -42,7 +43,7 @@ def test_sentencepiece_merges_rank_by_merged_score_then_longer_left():
 
 def test_synthetic_byte_level_tokenizer_loads_and_round_trips(tmp_path):
     tokenizers = pytest.importorskip("tokenizers")
-    write_hf_tokenizer(synthetic_tokenizer_fields(600, "gpt2"), tmp_path)
+    write_hf_tokenizer(synthetic_tokenizer_fields(600, "gpt-2"), tmp_path)
     tokenizer = tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
     assert tokenizer.get_vocab_size() == 600
     text = "Hello, world! <|im_start|>user\nnaïve 東京 🤗 123<|im_end|>"
@@ -54,8 +55,21 @@ def test_synthetic_byte_level_tokenizer_loads_and_round_trips(tmp_path):
     assert json.loads((tmp_path / "special_tokens_map.json").read_text())["bos_token"] == "<|endoftext|>"
 
 
+@pytest.mark.parametrize("pre", sorted(BYTE_LEVEL_PRE_TOKENIZERS))
+def test_pre_tokenizer_names_agree_with_the_gguf_writer(tmp_path, pre):
+    # The reverse direction (tokenizer.json -> tokenizer.ggml.pre) must give back the name we started from.
+    from qconv.formats.tokenizer_meta import choose_pre
+
+    write_hf_tokenizer(synthetic_tokenizer_fields(300, pre), tmp_path)
+    assert choose_pre(json.loads((tmp_path / "tokenizer.json").read_text()), "test") == pre
+    tokenizers = pytest.importorskip("tokenizers")
+    tokenizer = tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    text = "It's 12345 apples,\n\n  and   naïve 東京!"
+    assert tokenizer.decode(tokenizer.encode(text).ids) == text
+
+
 def test_bad_metadata_is_a_format_error(tmp_path):
-    fields = synthetic_tokenizer_fields(300, "gpt2")
+    fields = synthetic_tokenizer_fields(300, "gpt-2")
     with pytest.raises(FormatError, match="pre-tokenizer 'nonesuch' is not supported"):
         write_hf_tokenizer(TokenizerFields(**{**fields.__dict__, "pre": "nonesuch"}), tmp_path)
     with pytest.raises(FormatError, match="model 'rwkv' is not supported"):
