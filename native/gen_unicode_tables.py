@@ -1,13 +1,15 @@
 """Generate native/unicode_tables.c: per-codepoint flags the pre-tokenizers need.
 
-Run from the project root:  python native/gen_unicode_tables.py > native/unicode_tables.c
+Run from the project root with Python 3.13 (its unicodedata is Unicode 15.1, the version of llama.cpp's own
+table, so the two agree on every codepoint):
+    python3.13 native/gen_unicode_tables.py > native/unicode_tables.c
 
 The flags follow llama.cpp's `unicode_cpt_flags` (src/unicode.h) because our pre-tokenizers must split text
 exactly as llama.cpp does: one general-category bit (Cn is "undefined"), plus a whitespace bit for the
 White_Space property list that llama.cpp hard-codes. Categories come from Python's `unicodedata`, so the Unicode
-version is the interpreter's (written into the table as `qrt_unicode_version`); llama.cpp generates its table
-from the latest UnicodeData.txt, so codepoints assigned after our version are "undefined" here and may split
-differently (they are rare in practice).
+version is the interpreter's (written into the table as `qrt_unicode_version`). llama.cpp's vendored table
+(src/unicode-data.cpp in llama-cpp-python 0.3.36) is Unicode 15.1: with another version, codepoints assigned
+in between get other categories and text containing them may split differently.
 """
 
 import sys
