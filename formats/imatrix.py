@@ -45,13 +45,18 @@ class ImportanceMatrix:
         return (self.sums[tensor] / count).astype(np.float32)
 
     def check_against(self, row_lengths: dict[str, int]) -> None:
-        """Every entry must name a weight of this model with that row length (the input width)."""
-        for name, sums in self.sums.items():
-            if name not in row_lengths:
-                raise FormatError(f"{self.path}: imatrix entry '{name}' is not a tensor of this model; is it for another model?")
-            if sums.size != row_lengths[name]:
+        """Every entry must name a weight of this model with that row length (the input width); the first
+        mismatch in the model's tensor order is reported."""
+        for name, width in row_lengths.items():
+            if name in self.sums and self.sums[name].size != width:
                 raise FormatError(
-                    f"{self.path}: imatrix entry '{name}' has {sums.size} values, the tensor's rows have {row_lengths[name]}"
+                    f"{self.path}: imatrix entry '{name}' has {self.sums[name].size} values, the tensor's rows have {width}; "
+                    "is it for another model?"
+                )
+        for name in self.sums:
+            if name not in row_lengths:
+                raise FormatError(
+                    f"{self.path}: imatrix entry '{name}' is not a tensor of this model; is it for another model?"
                 )
 
 
@@ -83,9 +88,13 @@ def _read_gguf_imatrix(path: Path) -> ImportanceMatrix:
         raise FormatError(f"{path}: no '*{SUM2_SUFFIX}' tensors; not an importance matrix")
     for name in sums.keys() | counts.keys():
         if name not in sums or name not in counts:
-            raise FormatError(f"{path}: imatrix entry '{name}' lacks its {SUM2_SUFFIX if name not in sums else COUNTS_SUFFIX} tensor")
+            raise FormatError(
+                f"{path}: imatrix entry '{name}' lacks its {SUM2_SUFFIX if name not in sums else COUNTS_SUFFIX} tensor"
+            )
         if counts[name].size != 1:
-            raise FormatError(f"{path}: imatrix entry '{name}' has {counts[name].size} counts; expert tensors are not supported")
+            raise FormatError(
+                f"{path}: imatrix entry '{name}' has {counts[name].size} counts; expert tensors are not supported"
+            )
         result.sums[name] = sums[name]
         result.counts[name] = float(counts[name][0])
     return result

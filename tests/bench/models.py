@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -10,9 +11,12 @@ from pathlib import Path
 
 LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"
 
-# TinyLlama-like shape: 22 layers, hidden 2048, ffn 5632, 32/4 heads, vocab 32000 -> about 1.1B parameters.
-SHAPE_1B = dict(arch="llama", hidden=2048, n_layers=22, n_heads=32, n_kv_heads=4, ffn=5632, vocab=32000)
-SHAPE_SMALL = dict(arch="llama", hidden=1024, n_layers=8, n_heads=16, n_kv_heads=4, ffn=2816, vocab=32000)
+# TinyLlama-like shape: 22 layers, hidden 2048, ffn 5632, 32/4 heads -> about 1.2B parameters with SmolLM2's
+# 49152-token vocabulary, whose tokenizer files the folder gets (llama.cpp's converter only accepts tokenizers it
+# recognises by hash, so a synthetic vocabulary would stop it before it reads a weight).
+SHAPE_1B = dict(arch="llama", hidden=2048, n_layers=22, n_heads=32, n_kv_heads=4, ffn=5632, vocab=49152)
+SHAPE_SMALL = dict(arch="llama", hidden=1024, n_layers=8, n_heads=16, n_kv_heads=4, ffn=2816, vocab=49152)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
 def cache_root() -> Path:
@@ -22,13 +26,17 @@ def cache_root() -> Path:
 
 
 def random_1b_folder(small: bool = False) -> Path:
+    from qconv.samples.smollm2 import cached_smollm2
     from qconv.samples.synthetic import build_random_model
 
     shape = SHAPE_SMALL if small else SHAPE_1B
-    folder = cache_root() / "bench" / ("random-small-bf16" if small else "random-1b-bf16")
+    folder = cache_root() / "bench" / ("random-small-bf16-v2" if small else "random-1b-bf16-v2")
     if not (folder / "config.json").exists():
         folder.parent.mkdir(parents=True, exist_ok=True)
         build_random_model(folder, dtype="bf16", seed=0, shard_bytes=500 * 2**20, **shape)
+        smollm2 = cached_smollm2()
+        for name in TOKENIZER_FILES:
+            shutil.copyfile(smollm2 / name, folder / name)
     return folder
 
 

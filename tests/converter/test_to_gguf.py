@@ -147,3 +147,65 @@ def test_existing_output_survives_a_failed_conversion(small_model, tmp_path):
     (small_model / "config.json").write_text("{")
     code, _ = run("to-gguf", small_model, "-o", out)
     assert code != 0 and out.read_bytes() == b"previous model"
+
+
+def _imatrix_for(model_dir, tmp_path, width_delta=0):
+    from qconv.formats.imatrix import ImportanceMatrix, write_imatrix
+
+    sums = {
+        f"blk.{i}.{r}.weight": np.full(256 + width_delta, 2.0, np.float32)
+        for i in range(2)
+        for r in ("attn_q", "attn_k", "attn_v", "ffn_up")
+    }
+    counts = dict.fromkeys(sums, 4.0)
+    return write_imatrix(
+        tmp_path / "imatrix.gguf", ImportanceMatrix(sums=sums, counts=counts, datasets=["t.txt"], chunk_count=2)
+    )
+
+
+def test_imatrix_is_used_and_recorded(small_model, tmp_path):
+    out = tmp_path / "out.gguf"
+    imatrix = _imatrix_for(small_model, tmp_path)
+    code, output = run("to-gguf", small_model, "-o", out, "--type", "q4_k_m", "--imatrix", imatrix, "-q")
+    assert code == 0, output
+    with read_gguf(out) as g:
+        assert g.metadata["quantize.imatrix.file"] == str(imatrix)
+        assert g.metadata["quantize.imatrix.entries_count"] == 8
+        assert g.metadata["quantize.imatrix.dataset"] == "t.txt"
+
+
+def test_imatrix_of_another_model_names_the_tensor(small_model, tmp_path):
+    out = tmp_path / "out.gguf"
+    imatrix = _imatrix_for(small_model, tmp_path, width_delta=64)
+    _assert_user_error(
+        *run("to-gguf", small_model, "-o", out, "--type", "q4_k_m", "--imatrix", imatrix),
+        out,
+        "blk.0.attn_k.weight",
+        "320 values",
+    )
+
+
+def test_requantize_a_gguf(small_model, tmp_path):
+    f16 = tmp_path / "f16.gguf"
+    assert run("to-gguf", small_model, "-o", f16, "--type", "f16", "-q")[0] == 0
+    out = tmp_path / "q.gguf"
+    code, output = run("to-gguf", f16, "-o", out, "--type", "q4_0", "-q")
+    assert code == 0, output
+    with read_gguf(out) as g, read_gguf(f16) as src:
+        assert g.tensors["blk.1.ffn_up.weight"].type_name == "Q4_0"
+        assert g.metadata["tokenizer.ggml.tokens"] == src.metadata["tokenizer.ggml.tokens"]
+        assert g.metadata["general.file_type"] == 2
+    _assert_user_error(
+        *run("to-gguf", out, "-o", tmp_path / "again.gguf", "--type", "q2_k"),
+        tmp_path / "again.gguf",
+        "--allow-requantize",
+    )
+    assert run("to-gguf", out, "-o", tmp_path / "again.gguf", "--type", "q8_0", "--allow-requantize", "-q")[0] == 0
+
+
+def test_plan_prints_without_writing(small_model, tmp_path):
+    code, output = run("plan", small_model, "--type", "q4_k", "--json")
+    assert code == 0
+    summary = json.loads(output)
+    assert summary["type"] == "q4_k_m" and summary["output"] is None
+    assert not list(tmp_path.glob("*.gguf"))
