@@ -153,7 +153,7 @@ static void quantize_block_symmetric32(const float *x, int nmax, const float *im
         importance_weights(32, x, imp, sigma2, w);
     else
         unit_weights(32, w);
-    const float d = qrt_fit_symmetric(32, nmax, x, w, L, 9, 0.1f);
+    const float d = qrt_fit_symmetric(32, nmax, x, w, L, 9, 0.1f, 5);
     *d_out = qrt_fp32_to_fp16(d);
     const float d16 = qrt_fp16_to_fp32(*d_out);
     if (d16 != 0) {
@@ -434,10 +434,10 @@ void qrt_quantize_row_q3_K(const float *x, void *vy, int64_t n, const float *imp
                 importance_weights(16, x + 16 * j, imp + 16 * j, sigma2, w);
             else
                 square_weights(16, x + 16 * j, w);
-            scales[j] = qrt_fit_symmetric(16, 4, x + 16 * j, w, L + 16 * j, imp ? 9 : 0, 0.1f);
+            scales[j] = qrt_fit_symmetric(16, 4, x + 16 * j, w, L + 16 * j, imp ? 9 : 0, 0.1f, 5);
             sw[j] = sum_of(16, w);
         }
-        const float d_block = qrt_fit_symmetric(16, 32, scales, sw, Ls, 9, 0.1f);
+        const float d_block = qrt_fit_symmetric(16, 32, scales, sw, Ls, 9, 0.1f, 5);
         pack_q3_scales(Ls, y[b].scales);
         y[b].d = qrt_fp32_to_fp16(d_block);
         const float d16 = qrt_fp16_to_fp32(y[b].d);
@@ -490,10 +490,13 @@ static void quantize_superblock_k4(const float *x, const float *imp, int nmax, u
         if (imp) {
             importance_weights(32, xs, imp + 32 * j, sigma2, w);
             scales[j] = qrt_fit_asymmetric(32, nmax, xs, w, L + 32 * j, &min, -0.9f, 0.05f, 36, 0, 0);
-        } else { /* llama.cpp's reference weighting: sub-block rms + |x|; its grid is -1..1 by 0.1 */
+        } else { /* llama.cpp's reference weighting (sub-block rms + |x|) and grid (q4_K -1..1, q5_K -0.5..1) */
             const float av_x = sqrtf(sum_squares(xs, 32) / 32);
             for (int l = 0; l < 32; l++) w[l] = av_x + fabsf(xs[l]);
-            scales[j] = qrt_fit_asymmetric(32, nmax, xs, w, L + 32 * j, &min, -1.f, 0.05f, 40, 0, 0);
+            if (nmax == 15)
+                scales[j] = qrt_fit_asymmetric(32, nmax, xs, w, L + 32 * j, &min, -1.f, 0.1f, 20, 0, 0);
+            else
+                scales[j] = qrt_fit_asymmetric(32, nmax, xs, w, L + 32 * j, &min, -0.5f, 0.1f, 15, 0, 0);
         }
         mins[j] = -min;
         sw[j] = sum_of(32, w);
@@ -586,12 +589,13 @@ void qrt_quantize_row_q6_K(const float *x, void *vy, int64_t n, const float *imp
     for (int64_t b = 0; b < n / QK_K; b++, x += QK_K) {
         float max_scale = 0, max_abs_scale = 0;
         for (int j = 0; j < 16; j++) {
-            /* llama.cpp uses the importance directly here, and x^2 without it */
+            /* llama.cpp uses the importance directly here, and x^2 without it. Coordinate descent only with
+             * importance: on the x^2 weighting it trades plain RMSE for the weighted error. */
             if (importance)
                 memcpy(w, importance + QK_K * b + 16 * j, sizeof(w));
             else
                 square_weights(16, x + 16 * j, w);
-            scales[j] = qrt_fit_symmetric(16, 32, x + 16 * j, w, L + 16 * j, 9, 0.1f);
+            scales[j] = qrt_fit_symmetric(16, 32, x + 16 * j, w, L + 16 * j, 9, 0.1f, importance ? 5 : 0);
             if (fabsf(scales[j]) > max_abs_scale) {
                 max_abs_scale = fabsf(scales[j]);
                 max_scale = scales[j];

@@ -2,43 +2,84 @@
  * steps), the code and the refinement passes are ours. */
 #include "quant_search.h"
 
+/* The v8f helpers are static: their by-value vector ABI never crosses a call boundary we export. */
+#pragma GCC diagnostic ignored "-Wpsabi"
+
 #include "quant_types.h"
 
-enum { REFIT_ROUNDS = 2, DESCENT_ROUNDS = 5, QP_DESCENT_ROUNDS = 5 };
+#if defined(__SSE__)
+#include <xmmintrin.h>
+#elif defined(__ARM_NEON)
+#include <arm_neon.h>
+#endif
+
+enum { REFIT_ROUNDS = 2, QP_DESCENT_ROUNDS = 5 };
 
 /* ---- symmetric: x ~ scale * l, l in [-nmax, nmax - 1] ---- */
 
-/* Round clamped values to integers (ties to even) in float arithmetic: exact for |v| < 2^22, and it keeps the
- * candidate loops free of int conversions so that they vectorize. */
-static inline float round_to_int(float v) { return (v + 12582912.f) - 12582912.f; }
+/* 8 floats as one GCC/Clang vector: the candidate loops below are written on these, so they become SIMD on any
+ * target (two SSE2/NEON registers or one AVX register) with exactly the scalar arithmetic per lane. Lanes are
+ * summed in a fixed order at the end, so results never depend on the target. */
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
 
-/* Levels for one inverse scale and their weighted sums; returns sum w*l*l, *sumlx = sum w*x*l. The sums run
- * in 8 lanes (n is a multiple of 8) added in a fixed order: deterministic, and the loop vectorizes. */
-static float sym_levels(int n, int nmax, const float *x, const float *w, float iscale, float *l_out, float *sumlx) {
-    float lx[8] = {0}, l2[8] = {0};
-    const float lo = (float)-nmax, hi = (float)(nmax - 1);
-    for (int i0 = 0; i0 < n; i0 += 8) {
-        for (int j = 0; j < 8; j++) {
-            float v = iscale * x[i0 + j];
-            v = v < lo ? lo : v;
-            v = v > hi ? hi : v;
-            const float l = round_to_int(v);
-            l_out[i0 + j] = l;
-            const float wl = w[i0 + j] * l;
-            lx[j] += wl * x[i0 + j];
-            l2[j] += wl * l;
-        }
-    }
-    float slx = 0, sl2 = 0;
-    for (int j = 0; j < 8; j++) {
-        slx += lx[j];
-        sl2 += l2[j];
-    }
-    *sumlx = slx;
-    return sl2;
+static inline v8f v8_load(const float *p) {
+    v8f v;
+    memcpy(&v, p, sizeof(v));
+    return v;
 }
 
-float qrt_fit_symmetric(int n, int nmax, const float *x, const float *w, uint8_t *L, int nsteps, float step) {
+static inline void v8_store(float *p, v8f v) { memcpy(p, &v, sizeof(v)); }
+
+/* min/max need the target's instructions: written as masks, GCC turns them back into scalar branches. */
+static inline v8f v8_clamp(v8f v, float lo, float hi) {
+#if defined(__SSE__)
+    typedef float v4f __attribute__((vector_size(16)));
+    v4f half[2];
+    memcpy(half, &v, sizeof(v));
+    for (int k = 0; k < 2; k++)
+        half[k] = (v4f)_mm_min_ps(_mm_max_ps((__m128)half[k], _mm_set1_ps(lo)), _mm_set1_ps(hi));
+    memcpy(&v, half, sizeof(v));
+    return v;
+#elif defined(__ARM_NEON)
+    float32x4_t half[2];
+    memcpy(half, &v, sizeof(v));
+    for (int k = 0; k < 2; k++) half[k] = vminq_f32(vmaxq_f32(half[k], vdupq_n_f32(lo)), vdupq_n_f32(hi));
+    memcpy(&v, half, sizeof(v));
+    return v;
+#else
+    for (int j = 0; j < 8; j++) v[j] = v[j] < lo ? lo : v[j] > hi ? hi : v[j];
+    return v;
+#endif
+}
+
+/* Round to integers, ties to even, in float arithmetic: exact for |v| < 2^22. */
+static inline v8f v8_round(v8f v) { return (v + 12582912.f) - 12582912.f; }
+
+/* Pairwise, in a fixed order: short dependency chains (this sum is on the critical path of every candidate). */
+static inline float v8_sum(v8f v) {
+    const float a0 = v[0] + v[4], a1 = v[1] + v[5], a2 = v[2] + v[6], a3 = v[3] + v[7];
+    return (a0 + a2) + (a1 + a3);
+}
+
+/* Levels for one inverse scale and their weighted sums (n a multiple of 8); returns sum w*l*l and
+ * *sumlx = sum w*x*l. */
+static float sym_levels(int n, int nmax, const float *x, const float *w, float iscale, float *l_out, float *sumlx) {
+    v8f lx = {0}, l2 = {0};
+    for (int i = 0; i < n; i += 8) {
+        const v8f xv = v8_load(x + i);
+        const v8f l = v8_round(v8_clamp(xv * iscale, (float)-nmax, (float)(nmax - 1)));
+        v8_store(l_out + i, l);
+        const v8f wl = v8_load(w + i) * l;
+        lx += wl * xv;
+        l2 += wl * l;
+    }
+    *sumlx = v8_sum(lx);
+    return v8_sum(l2);
+}
+
+float qrt_fit_symmetric(int n, int nmax, const float *x, const float *w, uint8_t *L, int nsteps, float step,
+                        int descent_rounds) {
     float max = 0, amax = 0;
     for (int i = 0; i < n; i++) {
         const float ax = fabsf(x[i]);
@@ -65,16 +106,8 @@ float qrt_fit_symmetric(int n, int nmax, const float *x, const float *w, uint8_t
             memcpy(best_l, cand, sizeof(float) * (size_t)n);
         }
     }
-    /* alternate: round to the fitted scale, refit */
-    for (int round = 0; round < REFIT_ROUNDS && best_l2 > 0 && best_lx != 0; round++) {
-        float lx, l2 = sym_levels(n, nmax, x, w, best_l2 / best_lx, cand, &lx);
-        if (!(l2 > 0 && lx * lx * best_l2 > best_lx * best_lx * l2)) break;
-        best_lx = lx;
-        best_l2 = l2;
-        memcpy(best_l, cand, sizeof(float) * (size_t)n);
-    }
     /* coordinate descent: move one level at a time to its best value under the others' scale */
-    for (int round = 0; round < DESCENT_ROUNDS && best_l2 > 0; round++) {
+    for (int round = 0; round < descent_rounds && best_l2 > 0; round++) {
         int changed = 0;
         for (int i = 0; i < n; i++) {
             const float wi = w[i];
@@ -122,28 +155,17 @@ static float asym_sq_error(group_sums g, level_sums ls, float s, float m) {
 }
 
 static level_sums asym_levels(int n, int nmax, const float *x, const float *w, float iscale, float min, float *L) {
-    float sl[8] = {0}, sl2[8] = {0}, sxl[8] = {0};
-    const float hi = (float)nmax;
-    for (int i0 = 0; i0 < n; i0 += 8) {
-        for (int j = 0; j < 8; j++) {
-            float v = iscale * (x[i0 + j] - min);
-            v = v < 0.f ? 0.f : v;
-            v = v > hi ? hi : v;
-            const float l = round_to_int(v);
-            L[i0 + j] = l;
-            const float wl = w[i0 + j] * l;
-            sl[j] += wl;
-            sl2[j] += wl * l;
-            sxl[j] += wl * x[i0 + j];
-        }
+    v8f sl = {0}, sl2 = {0}, sxl = {0};
+    for (int i = 0; i < n; i += 8) {
+        const v8f xv = v8_load(x + i);
+        const v8f l = v8_round(v8_clamp((xv - min) * iscale, 0.f, (float)nmax));
+        v8_store(L + i, l);
+        const v8f wl = v8_load(w + i) * l;
+        sl += wl;
+        sl2 += wl * l;
+        sxl += wl * xv;
     }
-    level_sums ls = {0, 0, 0};
-    for (int j = 0; j < 8; j++) {
-        ls.l += sl[j];
-        ls.l2 += sl2[j];
-        ls.xl += sxl[j];
-    }
-    return ls;
+    return (level_sums){v8_sum(sl), v8_sum(sl2), v8_sum(sxl)};
 }
 
 /* Least-squares scale and min for fixed levels; 0 if degenerate. */

@@ -30,12 +30,11 @@ static inline int qrt_nearest_int(float v) {
 static inline int qrt_clamp_int(int v, int lo, int hi) { return v < lo ? lo : v > hi ? hi : v; }
 
 /* Symmetric levels l in [-nmax, nmax-1], x ~ scale * l; L[i] = l + nmax. Candidate inverse scales
- * -(nmax + step * k) / max for k in -nsteps..nsteps (max: the value of largest magnitude). Returns scale. */
-float qrt_fit_symmetric(int n, int nmax, const float *x, const float *w, uint8_t *L, int nsteps, float step);
-
-/* llama.cpp's make_q3_quants start (one candidate, -nmax/max) refined by coordinate descent; q3_K's reference
- * path. L[i] = l + nmax. */
-float qrt_fit_symmetric_descent(int n, int nmax, const float *x, const float *w, uint8_t *L);
+ * -(nmax + step * k) / max for k in -nsteps..nsteps (max: the value of largest magnitude), as make_qx_quants;
+ * then up to descent_rounds passes of coordinate descent (make_q3_quants: each level moved to its best value
+ * under the least-squares scale of the others, kept when the error drops). Returns scale. */
+float qrt_fit_symmetric(int n, int nmax, const float *x, const float *w, uint8_t *L, int nsteps, float step,
+                        int descent_rounds);
 
 /* Asymmetric levels L in [0, nmax], x ~ scale * L + min with min <= 0 unless allow_positive_min. Candidate
  * inverse scales (nmax + rmin + rdelta * k) / (max - min) for k in 0..nstep. use_mad: judge candidates by
