@@ -6,8 +6,12 @@ running the package's original Q4_1 file.
 
 from __future__ import annotations
 
+import glob
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -142,3 +146,39 @@ def test_logits_agree_with_llama_cpp_on_the_package_file(smollm2_dir, smollm2_pa
     print(f"top-1 agreement over {len(ids)} tokens: {agreement:.3f}, max |diff| {np.abs(ours - theirs).max():.3f}")
     # llama.cpp runs the Q4_1 weights with 8-bit activations, we run their bf16 rounding in f32: close, not equal.
     assert agreement >= 0.95
+
+
+def _llama_cpp_converter() -> str | None:
+    root = os.environ.get("QCONV_LLAMA_CPP_SRC", "/work/dl/sdist/llama_cpp_python-*/vendor/llama.cpp")
+    found = sorted(glob.glob(os.path.join(root, "convert_hf_to_gguf.py")))
+    return found[-1] if found else None
+
+
+@pytest.mark.reference
+@requires_transformers
+@pytest.mark.skipif(_llama_cpp_converter() is None, reason="llama.cpp source (convert_hf_to_gguf.py) not found")
+def test_llama_cpp_converter_gives_back_the_package_file(smollm2_dir, smollm2_package_gguf, tmp_path):
+    """llama.cpp's own converter, run on our folder, recovers the package's tokenizer metadata exactly (pre-tokenizer
+    detected as "smollm" by its hash of tokenized text) and its tensors up to our bf16 rounding."""
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    # The converter imports sentencepiece before looking for tokenizer.model; a stub lets it fall through to BPE.
+    (tmp_path / "stub").mkdir()
+    (tmp_path / "stub" / "sentencepiece.py").write_text("SentencePieceProcessor = None\n")
+    out = tmp_path / "llama_cpp.gguf"
+    command = [sys.executable, _llama_cpp_converter(), str(smollm2_dir), "--outfile", str(out), "--outtype", "f32"]
+    result = subprocess.run(
+        command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(tmp_path / "stub")}
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    theirs, package = GGUFReader(out), GGUFReader(smollm2_package_gguf)
+    for key, field in package.fields.items():
+        if key.startswith("tokenizer.") and key != "tokenizer.ggml.add_space_prefix":
+            assert theirs.fields[key].contents() == field.contents(), key
+    converted = {t.name: t for t in theirs.tensors}
+    for tensor in package.tensors:
+        original = dequantize(tensor.data, tensor.tensor_type)
+        # bf16 keeps 8 significant bits: half an ulp of the largest value bounds the rounding error.
+        bound = float(np.abs(original).max()) * 2.0**-8
+        assert np.abs(np.asarray(converted[tensor.name].data) - original).max() <= bound, tensor.name
