@@ -407,16 +407,16 @@ static int kv_int(const gguf_kv *kv, int64_t *v, uint64_t *u, int *neg) {
 int gguf_get_u64(const gguf_file *f, const char *key, uint64_t *out) {
     int64_t i = gguf_find_key(f, key);
     if (i < 0) return GGUF_MISSING;
-    int64_t v;
-    uint64_t u;
-    int neg;
+    int64_t v = 0;
+    uint64_t u = 0;
+    int neg = 0;
     if (!kv_int(&f->kvs[i], &v, &u, &neg) || neg) return GGUF_WRONG_TYPE;
     *out = u;
     return GGUF_OK;
 }
 
 int gguf_get_u32(const gguf_file *f, const char *key, uint32_t *out) {
-    uint64_t u;
+    uint64_t u = 0;
     int r = gguf_get_u64(f, key, &u);
     if (r != GGUF_OK) return r;
     if (u > UINT32_MAX) return GGUF_WRONG_TYPE;
@@ -427,9 +427,9 @@ int gguf_get_u32(const gguf_file *f, const char *key, uint32_t *out) {
 int gguf_get_i32(const gguf_file *f, const char *key, int32_t *out) {
     int64_t i = gguf_find_key(f, key);
     if (i < 0) return GGUF_MISSING;
-    int64_t v;
-    uint64_t u;
-    int neg;
+    int64_t v = 0;
+    uint64_t u = 0;
+    int neg = 0;
     if (!kv_int(&f->kvs[i], &v, &u, &neg)) return GGUF_WRONG_TYPE;
     if (!neg && u > INT32_MAX) return GGUF_WRONG_TYPE;
     if (v < INT32_MIN) return GGUF_WRONG_TYPE;
@@ -445,9 +445,9 @@ int gguf_get_f32(const gguf_file *f, const char *key, float *out) {
         *out = (float)kv->num.f64;
         return GGUF_OK;
     }
-    int64_t v;
-    uint64_t u;
-    int neg;
+    int64_t v = 0;
+    uint64_t u = 0;
+    int neg = 0;
     if (!kv_int(kv, &v, &u, &neg)) return GGUF_WRONG_TYPE;
     *out = (float)v;
     return GGUF_OK;
@@ -456,9 +456,9 @@ int gguf_get_f32(const gguf_file *f, const char *key, float *out) {
 int gguf_get_bool(const gguf_file *f, const char *key, int *out) {
     int64_t i = gguf_find_key(f, key);
     if (i < 0) return GGUF_MISSING;
-    int64_t v;
-    uint64_t u;
-    int neg;
+    int64_t v = 0;
+    uint64_t u = 0;
+    int neg = 0;
     if (!kv_int(&f->kvs[i], &v, &u, &neg)) return GGUF_WRONG_TYPE;
     *out = v != 0;
     return GGUF_OK;
@@ -502,9 +502,9 @@ int64_t gguf_arr_int(const gguf_file *f, int64_t kv, uint64_t i) {
     gguf_kv tmp;
     if (!arr_elem(f, kv, i, &tmp)) return 0;
     if (tmp.type == GGUF_VT_FLOAT32 || tmp.type == GGUF_VT_FLOAT64) return (int64_t)tmp.num.f64;
-    int64_t v;
-    uint64_t u;
-    int neg;
+    int64_t v = 0;
+    uint64_t u = 0;
+    int neg = 0;
     kv_int(&tmp, &v, &u, &neg);
     return v;
 }
@@ -513,9 +513,9 @@ double gguf_arr_float(const gguf_file *f, int64_t kv, uint64_t i) {
     gguf_kv tmp;
     if (!arr_elem(f, kv, i, &tmp)) return 0;
     if (tmp.type == GGUF_VT_FLOAT32 || tmp.type == GGUF_VT_FLOAT64) return tmp.num.f64;
-    int64_t v;
-    uint64_t u;
-    int neg;
+    int64_t v = 0;
+    uint64_t u = 0;
+    int neg = 0;
     kv_int(&tmp, &v, &u, &neg);
     return (double)v;
 }

@@ -20,6 +20,8 @@
 #define QRT_GGUF_H
 #include <stddef.h>
 #include <stdint.h>
+/* internal symbols stay inside libqrt: a process may also load ggml, which exports gguf_* names */
+#pragma GCC visibility push(hidden)
 
 /* Metadata value types, as numbered by the GGUF specification. */
 enum gguf_value_type {
@@ -129,4 +131,5 @@ uint32_t gguf_type_block_bytes(uint32_t type);
 /* 1 when the string view equals the NUL-terminated s. */
 int gguf_str_eq(gguf_str a, const char *s);
 
+#pragma GCC visibility pop
 #endif

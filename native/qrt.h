@@ -16,6 +16,8 @@
 const char *qrt_version(void);
 
 #include "qrt_quant.h"
+#include "qrt_model.h"
 #include "qrt_tokenizer.h"
+#include "qrt_blockwise.h"
 
 #endif

@@ -1,0 +1,128 @@
+/* dispatch.c — CPU feature detection (once) and the kernel table: for each weight type, the scalar reference and
+ * the SIMD variants this build has; the variant used is the best one the CPU runs, unless forced by the
+ * QRT_KERNEL environment variable (scalar|avx2|avx512|neon) or qrt_kernels_force() — the tests force each one.
+ */
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels.h"
+#include "qrt.h"
+
+static qrt_kernel_entry table[QRT_TYPE_COUNT];
+static int supported[QRT_VARIANT_COUNT];
+static int forced = -1;
+static pthread_once_t once = PTHREAD_ONCE_INIT;
+
+static const char *const VARIANT_NAMES[QRT_VARIANT_COUNT] = {"scalar", "avx2", "avx512", "neon"};
+
+const char *qrt_variant_name(int variant) {
+    return variant >= 0 && variant < QRT_VARIANT_COUNT ? VARIANT_NAMES[variant] : "none";
+}
+
+static int variant_from_name(const char *name) {
+    if (!name) return -2;
+    if (strcmp(name, "auto") == 0 || name[0] == 0) return -1;
+    for (int v = 0; v < QRT_VARIANT_COUNT; v++)
+        if (strcmp(name, VARIANT_NAMES[v]) == 0) return v;
+    return -2;
+}
+
+static void detect(void) {
+    supported[QRT_VARIANT_SCALAR] = 1;
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+    supported[QRT_VARIANT_AVX2] = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                                  __builtin_cpu_supports("f16c");
+    supported[QRT_VARIANT_AVX512] = supported[QRT_VARIANT_AVX2] && __builtin_cpu_supports("avx512f") &&
+                                    __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+                                    __builtin_cpu_supports("avx512vnni");
+#endif
+    for (int t = 0; t < QRT_TYPE_COUNT; t++) table[t].act_type = -1;
+    qrt_kernels_register_scalar(table);
+#if defined(__x86_64__)
+    if (supported[QRT_VARIANT_AVX2]) qrt_kernels_register_avx2(table);
+    if (supported[QRT_VARIANT_AVX512]) qrt_kernels_register_avx512(table);
+#endif
+    const char *env = getenv("QRT_KERNEL");
+    int v = variant_from_name(env);
+    if (v >= 0 && supported[v]) forced = v;
+}
+
+static void init(void) { pthread_once(&once, detect); }
+
+int qrt_variant_supported(int variant) {
+    init();
+    return variant >= 0 && variant < QRT_VARIANT_COUNT && supported[variant];
+}
+
+int qrt_kernels_forced(void) {
+    init();
+    return forced;
+}
+
+qrt_vec_dot_fn qrt_kernel_variant(int type, int variant) {
+    init();
+    if (type < 0 || type >= QRT_TYPE_COUNT || variant < 0 || variant >= QRT_VARIANT_COUNT) return NULL;
+    return supported[variant] ? table[type].vec_dot[variant] : NULL;
+}
+
+qrt_vec_dot_fn qrt_kernel_for(int type, int *variant_out) {
+    init();
+    if (type < 0 || type >= QRT_TYPE_COUNT || table[type].act_type < 0) return NULL;
+    int start = forced >= 0 ? forced : QRT_VARIANT_COUNT - 1;
+    for (int v = start; v >= 0; v--) {
+        if (supported[v] && table[type].vec_dot[v]) {
+            if (variant_out) *variant_out = v;
+            return table[type].vec_dot[v];
+        }
+    }
+    return NULL;
+}
+
+int qrt_kernel_act_type(int type) {
+    init();
+    return type >= 0 && type < QRT_TYPE_COUNT ? table[type].act_type : -1;
+}
+
+/* ---- public API (qrt_model.h) ---- */
+
+int qrt_kernels_force(const char *variant) {
+    init();
+    int v = variant_from_name(variant);
+    if (v == -2) return -1;
+    if (v >= 0 && !supported[v]) return -1;
+    forced = v; /* set before any model runs: matmuls read it when they pick their kernel */
+    return 0;
+}
+
+int qrt_kernel_variant_supported(const char *variant) {
+    int v = variant_from_name(variant);
+    return v >= 0 && qrt_variant_supported(v);
+}
+
+const char *qrt_kernel_variant_for_type(int type) {
+    int v = -1;
+    if (!qrt_kernel_for(type, &v)) return NULL;
+    return qrt_variant_name(v);
+}
+
+int qrt_kernel_has_variant(int type, const char *variant) {
+    int v = variant_from_name(variant);
+    return v >= 0 && qrt_kernel_variant(type, v) != NULL;
+}
+
+int qrt_kernel_dot(int type, const char *variant, const void *w_row, const float *x, int64_t n, float *out) {
+    int v = variant_from_name(variant);
+    qrt_vec_dot_fn fn = v >= 0 ? qrt_kernel_variant(type, v) : qrt_kernel_for(type, NULL);
+    if (!fn) return -1;
+    int act = qrt_kernel_act_type(type);
+    size_t bytes = qrt_row_bytes(act, n);
+    if (bytes == 0 || qrt_row_bytes(type, n) == 0) return -1;
+    void *y = aligned_alloc(64, (bytes + 63) / 64 * 64);
+    if (!y) return -1;
+    qrt_act_from_float(act, x, y, n);
+    *out = fn(n, w_row, y);
+    free(y);
+    return 0;
+}

@@ -1,0 +1,105 @@
+/* kernels.h — dot-product kernels (internal header): one table indexed by GGUF weight type, with one slot per
+ * instruction-set variant (scalar reference, AVX2, AVX-512, NEON), filled by dispatch.c from CPU features.
+ *
+ * A matmul row is `dot(weight row, activation row)`, where the activation row was first converted to the
+ * weight type's `act_type` (f32 for f32, f16 for f16, bf16 for bf16, q8_0 for q4_0/q5_0/q8_0/iq4_nl, q8_1 for
+ * q4_1/q5_1, q8_K for the k-quants) — the same pairing as ggml, so results track llama.cpp's.
+ *
+ * Exactness rule shared by all variants of one integer kernel: the integer sum of each block (or super-block)
+ * is exact, and the float result is accumulated block by block, in block order, with the same expression
+ * (see the combine helpers below). So every SIMD variant returns bit-identical results to the scalar
+ * reference; the tests compare with ==. Float kernels (f32/f16/bf16) reorder additions and match within 1e-5.
+ */
+#ifndef QRT_KERNELS_H
+#define QRT_KERNELS_H
+#include <stddef.h>
+#include <stdint.h>
+
+#include "quant_types.h"
+#pragma GCC visibility push(hidden)
+
+enum qrt_variant {
+    QRT_VARIANT_SCALAR = 0,
+    QRT_VARIANT_AVX2 = 1,
+    QRT_VARIANT_AVX512 = 2, /* AVX-512 F/BW/VL, plus VNNI dot instructions where the CPU has them */
+    QRT_VARIANT_NEON = 3,
+    QRT_VARIANT_COUNT = 4,
+};
+
+/* s = dot(weight row x of n values, activation row y already in act_type). */
+typedef float (*qrt_vec_dot_fn)(int64_t n, const void *x, const void *y);
+/* Convert n floats (a multiple of the act type's block size) to the activation type. */
+typedef void (*qrt_act_from_float_fn)(const float *x, void *y, int64_t n);
+
+typedef struct {
+    int act_type;                               /* activation type id; -1: no kernel for this weight type */
+    qrt_vec_dot_fn vec_dot[QRT_VARIANT_COUNT]; /* NULL where a variant has no kernel for this type */
+} qrt_kernel_entry;
+
+/* Filled by each kernel file: entries for the types that file implements (others left NULL). */
+void qrt_kernels_register_scalar(qrt_kernel_entry table[QRT_TYPE_COUNT]);
+void qrt_kernels_register_avx2(qrt_kernel_entry table[QRT_TYPE_COUNT]);
+void qrt_kernels_register_avx512(qrt_kernel_entry table[QRT_TYPE_COUNT]);
+
+/* Activation conversion, scalar (done once per matmul input, shared by all variants so they see equal inputs). */
+void qrt_act_from_float(int act_type, const float *x, void *y, int64_t n);
+
+/* ---- dispatch (dispatch.c) ---- */
+
+/* The kernel chosen for a weight type under the current variant setting (falls back to the best available,
+ * then to scalar, per type). NULL if the type has no kernel at all. */
+qrt_vec_dot_fn qrt_kernel_for(int type, int *variant_out);
+int qrt_kernel_act_type(int type);
+const char *qrt_variant_name(int variant);
+/* 1 when the CPU runs this variant. */
+int qrt_variant_supported(int variant);
+/* The variant forced by qrt_kernels_force / QRT_KERNEL env var; -1: auto (best available). */
+int qrt_kernels_forced(void);
+/* One variant's kernel for a type, or NULL. */
+qrt_vec_dot_fn qrt_kernel_variant(int type, int variant);
+
+/* ---- shared pieces of the integer kernels ---- */
+
+static inline float qrt_h2f(qrt_half h) { return qrt_fp16_to_fp32(h); }
+
+/* k-quant super-block decode into a common form: 256 int8 quants, 16 integer scales (one per 16 values) and
+ * 16 integer mins, such that value_k = d * scale[k/16] * q[k] - dmin * min[k/16]. */
+typedef struct {
+    int8_t q[QK_K];
+    int16_t scale[16];
+    int16_t min[16];
+    float d, dmin;
+} qrt_kblock;
+
+/* The one float expression every variant of a k-quant kernel uses per super-block. */
+static inline float qrt_kq_term(float d, float dmin, float yd, int32_t sumi, int32_t summ) {
+    return (d * yd) * (float)sumi - (dmin * yd) * (float)summ;
+}
+
+/* 6-bit scale/min of sub-block j for q4_K/q5_K (ggml's get_scale_min_k4). */
+static inline void qrt_scale_min_k4(int j, const uint8_t *q, uint8_t *sc, uint8_t *m) {
+    if (j < 4) {
+        *sc = q[j] & 63;
+        *m = q[j + 4] & 63;
+    } else {
+        *sc = (uint8_t)((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
+        *m = (uint8_t)((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
+    }
+}
+
+/* q3_K's 16 6-bit scales (stored biased by 32) unpacked from 12 bytes. */
+static inline void qrt_q3k_scales(const uint8_t *packed, int8_t out[16]) {
+    uint32_t aux[4];
+    memcpy(aux, packed, 12);
+    const uint32_t kmask1 = 0x03030303, kmask2 = 0x0f0f0f0f;
+    const uint32_t tmp = aux[2];
+    aux[2] = ((aux[0] >> 4) & kmask2) | (((tmp >> 4) & kmask1) << 4);
+    aux[3] = ((aux[1] >> 4) & kmask2) | (((tmp >> 6) & kmask1) << 4);
+    aux[0] = (aux[0] & kmask2) | (((tmp >> 0) & kmask1) << 4);
+    aux[1] = (aux[1] & kmask2) | (((tmp >> 2) & kmask1) << 4);
+    memcpy(out, aux, 16);
+    for (int i = 0; i < 16; i++) out[i] = (int8_t)(out[i] - 32);
+}
+
+#pragma GCC visibility pop
+#endif

@@ -1,0 +1,2 @@
+#include "kernels.h"
+void qrt_kernels_register_avx2(qrt_kernel_entry table[QRT_TYPE_COUNT]) { (void)table; }

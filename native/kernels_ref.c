@@ -1,0 +1,364 @@
+/* kernels_ref.c — the scalar reference dot products for every weight type, the k-quant block decoders the
+ * reference (and some SIMD kernels) share, and activation conversion (f32 -> f16 / bf16 / q8_0 / q8_1 / q8_K).
+ *
+ * The references are written for clarity: decode a block to integers, sum exactly, combine in float with the
+ * expression every variant uses (see kernels.h).
+ */
+#include <math.h>
+#include <string.h>
+
+#include "kernels.h"
+
+/* ---- activation conversion ---- */
+
+/* Activation quantizers follow ggml's x86 path (the one llama.cpp runs here): scale 127/amax, round half to
+ * even (ggml's nearest_int and _mm256_round_ps agree), so our q8 blocks equal llama.cpp's bit for bit. */
+/* round half to even, as ggml's nearest_int (the q8_K quantizer uses it) */
+static inline int nearest_int(float v) { return (int)lrintf(v); }
+
+static void act_f32(const float *x, void *y, int64_t n) { memcpy(y, x, (size_t)n * sizeof(float)); }
+
+static void act_f16(const float *x, void *vy, int64_t n) {
+    qrt_half *y = vy;
+    for (int64_t i = 0; i < n; i++) y[i] = qrt_fp32_to_fp16(x[i]);
+}
+
+static void act_bf16(const float *x, void *vy, int64_t n) {
+    qrt_bf16 *y = vy;
+    for (int64_t i = 0; i < n; i++) y[i] = qrt_fp32_to_bf16(x[i]);
+}
+
+static float block_amax(const float *x, int n) {
+    float amax = 0.0f;
+    for (int j = 0; j < n; j++) amax = fmaxf(amax, fabsf(x[j]));
+    return amax;
+}
+
+static void act_q8_0(const float *x, void *vy, int64_t n) {
+    block_q8_0 *y = vy;
+    for (int64_t i = 0; i < n / QK8_0; i++, x += QK8_0) {
+        const float amax = block_amax(x, QK8_0);
+        const float d = amax / 127.0f;
+        const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+        y[i].d = qrt_fp32_to_fp16(d);
+        for (int j = 0; j < QK8_0; j++) y[i].qs[j] = (int8_t)nearest_int(x[j] * id);
+    }
+}
+
+static void act_q8_1(const float *x, void *vy, int64_t n) {
+    block_q8_1 *y = vy;
+    for (int64_t i = 0; i < n / QK8_1; i++, x += QK8_1) {
+        const float amax = block_amax(x, QK8_1);
+        const float d = amax / 127.0f;
+        const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+        int sum = 0;
+        for (int j = 0; j < QK8_1; j++) {
+            y[i].qs[j] = (int8_t)nearest_int(x[j] * id);
+            sum += y[i].qs[j];
+        }
+        y[i].d = qrt_fp32_to_fp16(d);
+        y[i].s = qrt_fp32_to_fp16((float)sum * d);
+    }
+}
+
+
+static void act_q8_K(const float *x, void *vy, int64_t n) {
+    block_q8_K *y = vy;
+    for (int64_t i = 0; i < n / QK_K; i++, x += QK_K) {
+        float max = 0.0f, amax = 0.0f;
+        for (int j = 0; j < QK_K; j++) {
+            const float ax = fabsf(x[j]);
+            if (ax > amax) {
+                amax = ax;
+                max = x[j];
+            }
+        }
+        if (amax == 0.0f) {
+            memset(&y[i], 0, sizeof y[i]);
+            continue;
+        }
+        /* the largest-magnitude value maps to -127, so every quant fits int8 without clamping below */
+        const float iscale = -127.0f / max;
+        for (int j = 0; j < QK_K; j++) {
+            const int v = nearest_int(iscale * x[j]);
+            y[i].qs[j] = (int8_t)(v > 127 ? 127 : v);
+        }
+        for (int j = 0; j < QK_K / 16; j++) {
+            int sum = 0;
+            for (int k = 0; k < 16; k++) sum += y[i].qs[j * 16 + k];
+            y[i].bsums[j] = (int16_t)sum;
+        }
+        y[i].d = 1.0f / iscale;
+    }
+}
+
+void qrt_act_from_float(int act_type, const float *x, void *y, int64_t n) {
+    switch (act_type) {
+    case QRT_TYPE_F32: act_f32(x, y, n); break;
+    case QRT_TYPE_F16: act_f16(x, y, n); break;
+    case QRT_TYPE_BF16: act_bf16(x, y, n); break;
+    case QRT_TYPE_Q8_0: act_q8_0(x, y, n); break;
+    case QRT_TYPE_Q8_1: act_q8_1(x, y, n); break;
+    case QRT_TYPE_Q8_K: act_q8_K(x, y, n); break;
+    default: break;
+    }
+}
+
+/* ---- float types ---- */
+
+static float dot_f32(int64_t n, const void *vx, const void *vy) {
+    const float *x = vx, *y = vy;
+    double sum = 0.0;
+    for (int64_t i = 0; i < n; i++) sum += (double)x[i] * (double)y[i];
+    return (float)sum;
+}
+
+static float dot_f16(int64_t n, const void *vx, const void *vy) {
+    const qrt_half *x = vx, *y = vy;
+    double sum = 0.0;
+    for (int64_t i = 0; i < n; i++) sum += (double)qrt_fp16_to_fp32(x[i]) * (double)qrt_fp16_to_fp32(y[i]);
+    return (float)sum;
+}
+
+static float dot_bf16(int64_t n, const void *vx, const void *vy) {
+    const qrt_bf16 *x = vx, *y = vy;
+    double sum = 0.0;
+    for (int64_t i = 0; i < n; i++) sum += (double)qrt_bf16_to_fp32(x[i]) * (double)qrt_bf16_to_fp32(y[i]);
+    return (float)sum;
+}
+
+/* ---- 32-value block types ---- */
+
+static float dot_q4_0(int64_t n, const void *vx, const void *vy) {
+    const block_q4_0 *x = vx;
+    const block_q8_0 *y = vy;
+    float sum = 0.0f;
+    for (int64_t i = 0; i < n / QK4_0; i++) {
+        int32_t sumi = 0;
+        for (int j = 0; j < QK4_0 / 2; j++) {
+            sumi += ((x[i].qs[j] & 0xF) - 8) * y[i].qs[j];
+            sumi += ((x[i].qs[j] >> 4) - 8) * y[i].qs[j + QK4_0 / 2];
+        }
+        sum += (qrt_h2f(x[i].d) * qrt_h2f(y[i].d)) * (float)sumi;
+    }
+    return sum;
+}
+
+static float dot_q4_1(int64_t n, const void *vx, const void *vy) {
+    const block_q4_1 *x = vx;
+    const block_q8_1 *y = vy;
+    float sum = 0.0f;
+    for (int64_t i = 0; i < n / QK4_1; i++) {
+        int32_t sumi = 0;
+        for (int j = 0; j < QK4_1 / 2; j++) {
+            sumi += (x[i].qs[j] & 0xF) * y[i].qs[j];
+            sumi += (x[i].qs[j] >> 4) * y[i].qs[j + QK4_1 / 2];
+        }
+        sum += (qrt_h2f(x[i].d) * qrt_h2f(y[i].d)) * (float)sumi + qrt_h2f(x[i].m) * qrt_h2f(y[i].s);
+    }
+    return sum;
+}
+
+static float dot_q5_0(int64_t n, const void *vx, const void *vy) {
+    const block_q5_0 *x = vx;
+    const block_q8_0 *y = vy;
+    float sum = 0.0f;
+    for (int64_t i = 0; i < n / QK5_0; i++) {
+        uint32_t qh;
+        memcpy(&qh, x[i].qh, 4);
+        int32_t sumi = 0;
+        for (int j = 0; j < QK5_0 / 2; j++) {
+            const int lo = (x[i].qs[j] & 0xF) | (int)(((qh >> j) & 1u) << 4);
+            const int hi = (x[i].qs[j] >> 4) | (int)(((qh >> (j + 16)) & 1u) << 4);
+            sumi += (lo - 16) * y[i].qs[j] + (hi - 16) * y[i].qs[j + QK5_0 / 2];
+        }
+        sum += (qrt_h2f(x[i].d) * qrt_h2f(y[i].d)) * (float)sumi;
+    }
+    return sum;
+}
+
+static float dot_q5_1(int64_t n, const void *vx, const void *vy) {
+    const block_q5_1 *x = vx;
+    const block_q8_1 *y = vy;
+    float sum = 0.0f;
+    for (int64_t i = 0; i < n / QK5_1; i++) {
+        uint32_t qh;
+        memcpy(&qh, x[i].qh, 4);
+        int32_t sumi = 0;
+        for (int j = 0; j < QK5_1 / 2; j++) {
+            const int lo = (x[i].qs[j] & 0xF) | (int)(((qh >> j) & 1u) << 4);
+            const int hi = (x[i].qs[j] >> 4) | (int)(((qh >> (j + 16)) & 1u) << 4);
+            sumi += lo * y[i].qs[j] + hi * y[i].qs[j + QK5_1 / 2];
+        }
+        sum += (qrt_h2f(x[i].d) * qrt_h2f(y[i].d)) * (float)sumi + qrt_h2f(x[i].m) * qrt_h2f(y[i].s);
+    }
+    return sum;
+}
+
+static float dot_q8_0(int64_t n, const void *vx, const void *vy) {
+    const block_q8_0 *x = vx;
+    const block_q8_0 *y = vy;
+    float sum = 0.0f;
+    for (int64_t i = 0; i < n / QK8_0; i++) {
+        int32_t sumi = 0;
+        for (int j = 0; j < QK8_0; j++) sumi += x[i].qs[j] * y[i].qs[j];
+        sum += (qrt_h2f(x[i].d) * qrt_h2f(y[i].d)) * (float)sumi;
+    }
+    return sum;
+}
+
+static float dot_iq4_nl(int64_t n, const void *vx, const void *vy) {
+    const block_iq4_nl *x = vx;
+    const block_q8_0 *y = vy;
+    float sum = 0.0f;
+    for (int64_t i = 0; i < n / QK4_NL; i++) {
+        int32_t sumi = 0;
+        for (int j = 0; j < QK4_NL / 2; j++) {
+            sumi += qrt_kvalues_iq4nl[x[i].qs[j] & 0xF] * y[i].qs[j];
+            sumi += qrt_kvalues_iq4nl[x[i].qs[j] >> 4] * y[i].qs[j + QK4_NL / 2];
+        }
+        sum += (qrt_h2f(x[i].d) * qrt_h2f(y[i].d)) * (float)sumi;
+    }
+    return sum;
+}
+
+/* ---- k-quants: decode a super-block to (q, scale, min), then one exact integer sum ---- */
+
+static void decode_q2_K(const block_q2_K *x, qrt_kblock *b) {
+    b->d = qrt_h2f(x->d);
+    b->dmin = qrt_h2f(x->dmin);
+    for (int s = 0; s < 16; s++) {
+        b->scale[s] = x->scales[s] & 0xF;
+        b->min[s] = x->scales[s] >> 4;
+    }
+    /* each 128-value half reads 32 bytes of qs four times, two bits at a time */
+    for (int half = 0; half < 2; half++) {
+        const uint8_t *q = x->qs + 32 * half;
+        for (int j = 0; j < 4; j++)
+            for (int l = 0; l < 32; l++) b->q[128 * half + 32 * j + l] = (int8_t)((q[l] >> (2 * j)) & 3);
+    }
+}
+
+static void decode_q3_K(const block_q3_K *x, qrt_kblock *b) {
+    b->d = qrt_h2f(x->d);
+    b->dmin = 0.0f;
+    int8_t sc[16];
+    qrt_q3k_scales(x->scales, sc);
+    for (int s = 0; s < 16; s++) {
+        b->scale[s] = sc[s];
+        b->min[s] = 0;
+    }
+    /* low 2 bits as q2_K; the high bit (hmask bit j of byte l, j counting 2-bit planes) set means no -4 */
+    for (int half = 0; half < 2; half++) {
+        const uint8_t *q = x->qs + 32 * half;
+        for (int j = 0; j < 4; j++) {
+            const int plane = 4 * half + j;
+            for (int l = 0; l < 32; l++) {
+                const int lo = (q[l] >> (2 * j)) & 3;
+                const int hbit = (x->hmask[l] >> plane) & 1;
+                b->q[128 * half + 32 * j + l] = (int8_t)(lo - (hbit ? 0 : 4));
+            }
+        }
+    }
+}
+
+static void decode_q4_K(const block_q4_K *x, qrt_kblock *b) {
+    b->d = qrt_h2f(x->d);
+    b->dmin = qrt_h2f(x->dmin);
+    for (int j = 0; j < 8; j++) {
+        uint8_t sc, m;
+        qrt_scale_min_k4(j, x->scales, &sc, &m);
+        b->scale[2 * j] = b->scale[2 * j + 1] = sc;
+        b->min[2 * j] = b->min[2 * j + 1] = m;
+    }
+    for (int c = 0; c < 4; c++) /* 64 values per 32 bytes: low nibbles first, then high */
+        for (int l = 0; l < 32; l++) {
+            b->q[64 * c + l] = (int8_t)(x->qs[32 * c + l] & 0xF);
+            b->q[64 * c + 32 + l] = (int8_t)(x->qs[32 * c + l] >> 4);
+        }
+}
+
+static void decode_q5_K(const block_q5_K *x, qrt_kblock *b) {
+    b->d = qrt_h2f(x->d);
+    b->dmin = qrt_h2f(x->dmin);
+    for (int j = 0; j < 8; j++) {
+        uint8_t sc, m;
+        qrt_scale_min_k4(j, x->scales, &sc, &m);
+        b->scale[2 * j] = b->scale[2 * j + 1] = sc;
+        b->min[2 * j] = b->min[2 * j + 1] = m;
+    }
+    for (int c = 0; c < 4; c++)
+        for (int l = 0; l < 32; l++) {
+            const int h0 = (x->qh[l] >> (2 * c)) & 1, h1 = (x->qh[l] >> (2 * c + 1)) & 1;
+            b->q[64 * c + l] = (int8_t)((x->qs[32 * c + l] & 0xF) | (h0 << 4));
+            b->q[64 * c + 32 + l] = (int8_t)((x->qs[32 * c + l] >> 4) | (h1 << 4));
+        }
+}
+
+static void decode_q6_K(const block_q6_K *x, qrt_kblock *b) {
+    b->d = qrt_h2f(x->d);
+    b->dmin = 0.0f;
+    for (int s = 0; s < 16; s++) {
+        b->scale[s] = x->scales[s];
+        b->min[s] = 0;
+    }
+    for (int half = 0; half < 2; half++) {
+        const uint8_t *ql = x->ql + 64 * half, *qh = x->qh + 32 * half;
+        int8_t *q = b->q + 128 * half;
+        for (int l = 0; l < 32; l++) {
+            q[l] = (int8_t)(((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32);
+            q[l + 32] = (int8_t)(((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32);
+            q[l + 64] = (int8_t)(((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32);
+            q[l + 96] = (int8_t)(((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32);
+        }
+    }
+}
+
+static float kblock_dot(const qrt_kblock *b, const block_q8_K *y) {
+    int32_t sumi = 0, summ = 0;
+    for (int s = 0; s < 16; s++) {
+        int32_t part = 0;
+        for (int k = 0; k < 16; k++) part += b->q[16 * s + k] * y->qs[16 * s + k];
+        sumi += b->scale[s] * part;
+        summ += b->min[s] * y->bsums[s];
+    }
+    return qrt_kq_term(b->d, b->dmin, y->d, sumi, summ);
+}
+
+#define KQUANT_DOT(name, block_t, decode)                                                                         \
+    static float name(int64_t n, const void *vx, const void *vy) {                                              \
+        const block_t *x = vx;                                                                                   \
+        const block_q8_K *y = vy;                                                                                \
+        float sum = 0.0f;                                                                                        \
+        qrt_kblock b;                                                                                            \
+        for (int64_t i = 0; i < n / QK_K; i++) {                                                                 \
+            decode(&x[i], &b);                                                                                   \
+            sum += kblock_dot(&b, &y[i]);                                                                        \
+        }                                                                                                        \
+        return sum;                                                                                              \
+    }
+
+KQUANT_DOT(dot_q2_K, block_q2_K, decode_q2_K)
+KQUANT_DOT(dot_q3_K, block_q3_K, decode_q3_K)
+KQUANT_DOT(dot_q4_K, block_q4_K, decode_q4_K)
+KQUANT_DOT(dot_q5_K, block_q5_K, decode_q5_K)
+KQUANT_DOT(dot_q6_K, block_q6_K, decode_q6_K)
+
+void qrt_kernels_register_scalar(qrt_kernel_entry t[QRT_TYPE_COUNT]) {
+    static const struct {
+        int type, act;
+        qrt_vec_dot_fn fn;
+    } rows[] = {
+        {QRT_TYPE_F32, QRT_TYPE_F32, dot_f32},       {QRT_TYPE_F16, QRT_TYPE_F16, dot_f16},
+        {QRT_TYPE_BF16, QRT_TYPE_BF16, dot_bf16},    {QRT_TYPE_Q4_0, QRT_TYPE_Q8_0, dot_q4_0},
+        {QRT_TYPE_Q4_1, QRT_TYPE_Q8_1, dot_q4_1},    {QRT_TYPE_Q5_0, QRT_TYPE_Q8_0, dot_q5_0},
+        {QRT_TYPE_Q5_1, QRT_TYPE_Q8_1, dot_q5_1},    {QRT_TYPE_Q8_0, QRT_TYPE_Q8_0, dot_q8_0},
+        {QRT_TYPE_IQ4_NL, QRT_TYPE_Q8_0, dot_iq4_nl}, {QRT_TYPE_Q2_K, QRT_TYPE_Q8_K, dot_q2_K},
+        {QRT_TYPE_Q3_K, QRT_TYPE_Q8_K, dot_q3_K},    {QRT_TYPE_Q4_K, QRT_TYPE_Q8_K, dot_q4_K},
+        {QRT_TYPE_Q5_K, QRT_TYPE_Q8_K, dot_q5_K},    {QRT_TYPE_Q6_K, QRT_TYPE_Q8_K, dot_q6_K},
+    };
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+        t[rows[i].type].act_type = rows[i].act;
+        t[rows[i].type].vec_dot[QRT_VARIANT_SCALAR] = rows[i].fn;
+    }
+}

@@ -1,0 +1,678 @@
+/* model.c — open a GGUF as Config + Weights + RunState, and the llama-family forward pass.
+ *
+ * One forward call processes a batch of tokens (prompt chunks) or a single token (decode) with the same code:
+ * every matmul takes n_tokens activation rows, so a weight row is read once per batch. Buffers are allocated at
+ * open for n_batch tokens; the token loop allocates nothing.
+ */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "model.h"
+#include "ops.h"
+#include "qrt.h"
+
+struct qrt_model {
+    gguf_file *file;
+    Config config;
+    Weights weights;
+    RunState state;
+    qrt_threadpool *pool;
+    int n_threads;
+    int n_past;
+    int has_logits;
+    char path[512];
+    char describe[160];
+    char error[512];
+    double prompt_s, gen_s;
+    int prompt_tokens, gen_tokens;
+};
+
+/* ---- errors ---- */
+
+__attribute__((format(printf, 3, 4))) static int set_err(char *err, size_t errlen, const char *fmt, ...) {
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return -1;
+}
+
+/* ---- loading: Config ---- */
+
+typedef struct {
+    const char *arch;
+    int rope_style, qkv_bias, qk_norm;
+} arch_row;
+
+/* The architectures the forward pass runs, as data: adding a llama-like family is a row here. */
+static const arch_row ARCHS[] = {
+    {"llama", ROPE_NORM, 0, 0},
+    {"mistral", ROPE_NORM, 0, 0},
+    {"qwen2", ROPE_NEOX, 1, 0},
+    {"qwen3", ROPE_NEOX, 0, 1},
+};
+
+static int meta_u32(const gguf_file *f, const char *arch, const char *suffix, uint32_t *out, int required,
+                    const char *path, char *err, size_t errlen) {
+    char key[128];
+    snprintf(key, sizeof key, "%s.%s", arch, suffix);
+    int r = gguf_get_u32(f, key, out);
+    if (r == GGUF_OK) return 0;
+    if (r == GGUF_MISSING && !required) return 1;
+    return set_err(err, errlen, "%s: metadata '%s' is %s", path, key,
+                   r == GGUF_MISSING ? "missing" : "not an unsigned 32-bit integer");
+}
+
+static int meta_f32(const gguf_file *f, const char *arch, const char *suffix, float *out, const char *path,
+                    char *err, size_t errlen) {
+    char key[128];
+    snprintf(key, sizeof key, "%s.%s", arch, suffix);
+    int r = gguf_get_f32(f, key, out);
+    if (r == GGUF_WRONG_TYPE) return set_err(err, errlen, "%s: metadata '%s' is not a number", path, key);
+    return r == GGUF_OK ? 0 : 1;
+}
+
+static int read_config(const gguf_file *f, Config *c, const char *path, char *err, size_t errlen) {
+    gguf_str arch;
+    if (gguf_get_str(f, "general.architecture", &arch) != GGUF_OK)
+        return set_err(err, errlen, "%s: metadata 'general.architecture' is missing", path);
+    const arch_row *row = NULL;
+    for (size_t i = 0; i < sizeof ARCHS / sizeof ARCHS[0]; i++)
+        if (gguf_str_eq(arch, ARCHS[i].arch)) row = &ARCHS[i];
+    if (!row) {
+        char name[32];
+        snprintf(name, sizeof name, "%.*s", (int)(arch.len > 31 ? 31 : arch.len), arch.ptr);
+        return set_err(err, errlen, "%s: architecture '%s' is not supported (qrun runs: llama, mistral, qwen2, qwen3)",
+                       path, name);
+    }
+    snprintf(c->arch, sizeof c->arch, "%s", row->arch);
+    c->rope_style = row->rope_style;
+    c->has_qkv_bias = row->qkv_bias;
+    c->has_qk_norm = row->qk_norm;
+
+    uint32_t v;
+    if (meta_u32(f, c->arch, "embedding_length", &v, 1, path, err, errlen)) return -1;
+    c->dim = (int)v;
+    if (meta_u32(f, c->arch, "feed_forward_length", &v, 1, path, err, errlen)) return -1;
+    c->hidden_dim = (int)v;
+    if (meta_u32(f, c->arch, "block_count", &v, 1, path, err, errlen)) return -1;
+    c->n_layers = (int)v;
+    if (meta_u32(f, c->arch, "attention.head_count", &v, 1, path, err, errlen)) return -1;
+    c->n_heads = (int)v;
+    c->n_kv_heads = c->n_heads;
+    int r = meta_u32(f, c->arch, "attention.head_count_kv", &v, 0, path, err, errlen);
+    if (r < 0) return -1;
+    if (r == 0) c->n_kv_heads = (int)v;
+    if (c->dim <= 0 || c->dim > (1 << 16) || c->hidden_dim <= 0 || c->hidden_dim > (1 << 18) || c->n_layers <= 0 ||
+        c->n_layers > 1024 || c->n_heads <= 0 || c->n_heads > 1024 || c->n_kv_heads <= 0 ||
+        c->n_heads % c->n_kv_heads != 0)
+        return set_err(err, errlen, "%s: implausible shape (dim %d, ffn %d, layers %d, heads %d/%d)", path, c->dim,
+                       c->hidden_dim, c->n_layers, c->n_heads, c->n_kv_heads);
+    c->head_dim = c->dim / c->n_heads;
+    r = meta_u32(f, c->arch, "attention.key_length", &v, 0, path, err, errlen);
+    if (r < 0) return -1;
+    if (r == 0) c->head_dim = (int)v;
+    uint32_t vlen;
+    r = meta_u32(f, c->arch, "attention.value_length", &vlen, 0, path, err, errlen);
+    if (r < 0) return -1;
+    if (r == 0 && (int)vlen != c->head_dim)
+        return set_err(err, errlen, "%s: key_length %d != value_length %u is not supported", path, c->head_dim, vlen);
+    if (c->head_dim <= 0 || c->head_dim > 1024 || c->head_dim % 2)
+        return set_err(err, errlen, "%s: implausible head size %d", path, c->head_dim);
+    c->n_rot = c->head_dim;
+    r = meta_u32(f, c->arch, "rope.dimension_count", &v, 0, path, err, errlen);
+    if (r < 0) return -1;
+    if (r == 0) c->n_rot = (int)v;
+    if (c->n_rot <= 0 || c->n_rot > c->head_dim || c->n_rot % 2)
+        return set_err(err, errlen, "%s: rope dimension %d does not fit head size %d", path, c->n_rot, c->head_dim);
+    c->n_ctx_train = 2048;
+    r = meta_u32(f, c->arch, "context_length", &v, 0, path, err, errlen);
+    if (r < 0) return -1;
+    if (r == 0 && v > 0) c->n_ctx_train = v > (1u << 24) ? (1 << 24) : (int)v;
+    c->rms_eps = 1e-5f;
+    if (meta_f32(f, c->arch, "attention.layer_norm_rms_epsilon", &c->rms_eps, path, err, errlen) < 0) return -1;
+    c->rope_theta = 10000.0f;
+    if (meta_f32(f, c->arch, "rope.freq_base", &c->rope_theta, path, err, errlen) < 0) return -1;
+    c->rope_freq_scale = 1.0f;
+    char key[128];
+    snprintf(key, sizeof key, "%s.rope.scaling.type", c->arch);
+    gguf_str scaling;
+    if (gguf_get_str(f, key, &scaling) == GGUF_OK && !gguf_str_eq(scaling, "none")) {
+        if (!gguf_str_eq(scaling, "linear"))
+            return set_err(err, errlen, "%s: rope scaling type '%.*s' is not supported (qrun runs: none, linear)",
+                           path, (int)(scaling.len > 20 ? 20 : scaling.len), scaling.ptr);
+        float factor = 1.0f;
+        if (meta_f32(f, c->arch, "rope.scaling.factor", &factor, path, err, errlen) < 0) return -1;
+        if (factor > 0.0f) c->rope_freq_scale = 1.0f / factor;
+    }
+    /* vocabulary size: the embedding's rows are authoritative; checked against the tensor below */
+    c->vocab_size = 0;
+    return 0;
+}
+
+/* ---- loading: Weights ---- */
+
+typedef struct {
+    const gguf_file *f;
+    const char *path;
+    char *err;
+    size_t errlen;
+    Weights *w;
+} loader;
+
+static const gguf_tensor *find(loader *L, const char *name, int required) {
+    const gguf_tensor *t = gguf_find_tensor(L->f, name);
+    if (!t && required) set_err(L->err, L->errlen, "%s: tensor '%s' is missing", L->path, name);
+    return t;
+}
+
+static int get_matrix(loader *L, Matrix *m, const char *name, int64_t cols, int64_t rows, int required) {
+    memset(m, 0, sizeof *m);
+    const gguf_tensor *t = find(L, name, required);
+    if (!t) return required ? -1 : 1;
+    if (t->ne[0] != (uint64_t)cols || (rows >= 0 && t->ne[1] != (uint64_t)rows) || t->ne[2] != 1 || t->ne[3] != 1)
+        return set_err(L->err, L->errlen, "%s: tensor '%s' has shape [%llu, %llu, %llu, %llu], expected [%lld, %lld]",
+                       L->path, name, (unsigned long long)t->ne[0], (unsigned long long)t->ne[1],
+                       (unsigned long long)t->ne[2], (unsigned long long)t->ne[3], (long long)cols, (long long)rows);
+    if (qrt_kernel_act_type((int)t->type) < 0 || !qrt_traits((int)t->type)) {
+        const char *tn = gguf_type_name(t->type);
+        return set_err(L->err, L->errlen,
+                       "%s: tensor '%s' has type %s, which qrun does not run (it runs f32, f16, bf16, q4_0, q4_1, "
+                       "q5_0, q5_1, q8_0, q2_K, q3_K, q4_K, q5_K, q6_K, iq4_nl)",
+                       L->path, name, tn ? tn : "?");
+    }
+    m->data = t->data;
+    m->type = (int)t->type;
+    m->cols = (int64_t)t->ne[0];
+    m->rows = (int64_t)t->ne[1];
+    m->row_bytes = qrt_row_bytes(m->type, m->cols);
+    m->name = t->name.ptr; /* not NUL-terminated; only for debugging */
+    return 0;
+}
+
+/* A vector of n floats: in place when stored as aligned f32, else converted once into an owned buffer. */
+static int get_vector(loader *L, const float **out, const char *name, int64_t n, int required) {
+    *out = NULL;
+    const gguf_tensor *t = find(L, name, required);
+    if (!t) return required ? -1 : 1;
+    if (t->ne[0] != (uint64_t)n || t->ne[1] != 1 || t->ne[2] != 1 || t->ne[3] != 1)
+        return set_err(L->err, L->errlen, "%s: tensor '%s' has %llu x %llu values, expected %lld", L->path, name,
+                       (unsigned long long)t->ne[0], (unsigned long long)t->ne[1], (long long)n);
+    if (t->type == QRT_TYPE_F32 && ((uintptr_t)t->data % 4) == 0) {
+        *out = t->data;
+        return 0;
+    }
+    if (!qrt_traits((int)t->type) || t->type == QRT_TYPE_Q8_K)
+        return set_err(L->err, L->errlen, "%s: tensor '%s' has unsupported type %s", L->path, name,
+                       gguf_type_name(t->type) ? gguf_type_name(t->type) : "?");
+    float *buf = malloc((size_t)n * sizeof(float));
+    float **grown = realloc(L->w->owned, (size_t)(L->w->n_owned + 1) * sizeof(float *));
+    if (!buf || !grown) {
+        free(buf);
+        if (grown) L->w->owned = grown;
+        return set_err(L->err, L->errlen, "%s: out of memory", L->path);
+    }
+    L->w->owned = grown;
+    L->w->owned[L->w->n_owned++] = buf;
+    if (qrt_dequantize_row((int)t->type, t->data, buf, n) != 0)
+        return set_err(L->err, L->errlen, "%s: cannot convert tensor '%s'", L->path, name);
+    *out = buf;
+    return 0;
+}
+
+static int load_weights(loader *L, Config *c) {
+    Weights *w = L->w;
+    const gguf_tensor *embd = find(L, "token_embd.weight", 1);
+    if (!embd) return -1;
+    if (embd->ne[1] == 0 || embd->ne[1] > (1u << 24))
+        return set_err(L->err, L->errlen, "%s: token_embd.weight has %llu rows", L->path,
+                       (unsigned long long)embd->ne[1]);
+    c->vocab_size = (int)embd->ne[1];
+    if (get_matrix(L, &w->token_embd, "token_embd.weight", c->dim, c->vocab_size, 1)) return -1;
+    if (get_vector(L, &w->output_norm, "output_norm.weight", c->dim, 1)) return -1;
+    int r = get_matrix(L, &w->output, "output.weight", c->dim, c->vocab_size, 0);
+    if (r < 0) return -1;
+    if (r == 1) w->output = w->token_embd; /* tied head */
+    r = get_vector(L, &w->rope_freqs, "rope_freqs.weight", c->n_rot / 2, 0);
+    if (r < 0) return -1;
+
+    w->layers = calloc((size_t)c->n_layers, sizeof(LayerWeights));
+    if (!w->layers) return set_err(L->err, L->errlen, "%s: out of memory", L->path);
+    const int64_t q_dim = (int64_t)c->n_heads * c->head_dim, kv_dim = (int64_t)c->n_kv_heads * c->head_dim;
+    for (int l = 0; l < c->n_layers; l++) {
+        LayerWeights *lw = &w->layers[l];
+        char name[96];
+#define NAME(suffix) (snprintf(name, sizeof name, "blk.%d.%s", l, suffix), name)
+        if (get_vector(L, &lw->attn_norm, NAME("attn_norm.weight"), c->dim, 1) ||
+            get_vector(L, &lw->ffn_norm, NAME("ffn_norm.weight"), c->dim, 1) ||
+            get_matrix(L, &lw->wq, NAME("attn_q.weight"), c->dim, q_dim, 1) ||
+            get_matrix(L, &lw->wk, NAME("attn_k.weight"), c->dim, kv_dim, 1) ||
+            get_matrix(L, &lw->wv, NAME("attn_v.weight"), c->dim, kv_dim, 1) ||
+            get_matrix(L, &lw->wo, NAME("attn_output.weight"), q_dim, c->dim, 1) ||
+            get_matrix(L, &lw->w_gate, NAME("ffn_gate.weight"), c->dim, c->hidden_dim, 1) ||
+            get_matrix(L, &lw->w_up, NAME("ffn_up.weight"), c->dim, c->hidden_dim, 1) ||
+            get_matrix(L, &lw->w_down, NAME("ffn_down.weight"), c->hidden_dim, c->dim, 1))
+            return -1;
+        /* biases: required for qwen2, honoured for any arch that has them */
+        if (get_vector(L, &lw->bq, NAME("attn_q.bias"), q_dim, c->has_qkv_bias) < 0 ||
+            get_vector(L, &lw->bk, NAME("attn_k.bias"), kv_dim, c->has_qkv_bias) < 0 ||
+            get_vector(L, &lw->bv, NAME("attn_v.bias"), kv_dim, c->has_qkv_bias) < 0)
+            return -1;
+        if (get_vector(L, &lw->q_norm, NAME("attn_q_norm.weight"), c->head_dim, c->has_qk_norm) < 0 ||
+            get_vector(L, &lw->k_norm, NAME("attn_k_norm.weight"), c->head_dim, c->has_qk_norm) < 0)
+            return -1;
+#undef NAME
+    }
+    return 0;
+}
+
+/* ---- RunState ---- */
+
+static size_t act_bytes_for(const Matrix *m) { return qrt_row_bytes(qrt_kernel_act_type(m->type), m->cols); }
+
+static int alloc_state(qrt_model *mod, int n_batch, int n_ctx, int kv_f32, char *err, size_t errlen) {
+    const Config *c = &mod->config;
+    RunState *s = &mod->state;
+    s->n_batch = n_batch;
+    s->n_ctx = n_ctx;
+    s->kv_f32 = kv_f32;
+    const size_t q_dim = (size_t)c->n_heads * c->head_dim, kv_dim = (size_t)c->n_kv_heads * c->head_dim;
+    const size_t wide = q_dim > (size_t)c->dim ? q_dim : (size_t)c->dim;
+    size_t act = act_bytes_for(&mod->weights.output);
+    for (int l = 0; l < c->n_layers; l++) {
+        const LayerWeights *lw = &mod->weights.layers[l];
+        const Matrix *all[] = {&lw->wq, &lw->wk, &lw->wv, &lw->wo, &lw->w_gate, &lw->w_up, &lw->w_down};
+        for (int i = 0; i < 7; i++)
+            if (act_bytes_for(all[i]) > act) act = act_bytes_for(all[i]);
+    }
+    s->act_row_bytes = (act + 63) / 64 * 64;
+#define ALLOC(ptr, count)                                                                                           \
+    do {                                                                                                            \
+        size_t bytes_ = ((size_t)(count) * sizeof(*(ptr)) + 63) / 64 * 64;                                          \
+        (ptr) = aligned_alloc(64, bytes_ ? bytes_ : 64);                                                            \
+        if (!(ptr)) return set_err(err, errlen, "%s: out of memory for the run state", mod->path);                  \
+    } while (0)
+    ALLOC(s->x, (size_t)n_batch * c->dim);
+    ALLOC(s->xb, (size_t)n_batch * wide);
+    ALLOC(s->xb2, (size_t)n_batch * wide);
+    ALLOC(s->q, (size_t)n_batch * q_dim);
+    ALLOC(s->k, (size_t)n_batch * kv_dim);
+    ALLOC(s->v, (size_t)n_batch * kv_dim);
+    ALLOC(s->hb, (size_t)n_batch * c->hidden_dim);
+    ALLOC(s->hb2, (size_t)n_batch * c->hidden_dim);
+    ALLOC(s->att, (size_t)mod->n_threads * n_ctx);
+    ALLOC(s->rope_cos, (size_t)n_batch * (c->n_rot / 2));
+    ALLOC(s->rope_sin, (size_t)n_batch * (c->n_rot / 2));
+    ALLOC(s->logits, (size_t)c->vocab_size);
+    ALLOC(s->act, (size_t)n_batch * s->act_row_bytes);
+#undef ALLOC
+    const size_t elem = kv_f32 ? 4 : 2;
+    const size_t cache_bytes = (size_t)c->n_layers * n_ctx * kv_dim * elem;
+    s->key_cache = calloc(1, cache_bytes ? cache_bytes : 1);
+    s->value_cache = calloc(1, cache_bytes ? cache_bytes : 1);
+    if (!s->key_cache || !s->value_cache)
+        return set_err(err, errlen, "%s: out of memory for a KV cache of %d tokens (%zu MB)", mod->path, n_ctx,
+                       2 * cache_bytes >> 20);
+    return 0;
+}
+
+static void free_state(RunState *s) {
+    free(s->x), free(s->xb), free(s->xb2), free(s->q), free(s->k), free(s->v), free(s->hb), free(s->hb2);
+    free(s->att), free(s->rope_cos), free(s->rope_sin), free(s->logits), free(s->act);
+    free(s->key_cache), free(s->value_cache);
+}
+
+/* ---- open / free ---- */
+
+qrt_model_params qrt_model_default_params(void) {
+    qrt_model_params p = {2048, 0, 64, 0};
+    return p;
+}
+
+void qrt_model_free(qrt_model *m) {
+    if (!m) return;
+    free_state(&m->state);
+    for (int i = 0; i < m->weights.n_owned; i++) free(m->weights.owned[i]);
+    free(m->weights.owned);
+    free(m->weights.layers);
+    if (m->pool) qrt_threadpool_destroy(m->pool);
+    gguf_close(m->file);
+    free(m);
+}
+
+qrt_model *qrt_model_open(const char *path, const qrt_model_params *params, char *err, size_t errlen) {
+    qrt_model_params p = params ? *params : qrt_model_default_params();
+    qrt_model *m = calloc(1, sizeof *m);
+    if (!m) {
+        set_err(err, errlen, "%s: out of memory", path);
+        return NULL;
+    }
+    snprintf(m->path, sizeof m->path, "%s", path);
+    m->file = gguf_open(path, err, errlen);
+    if (!m->file) goto fail;
+    if (read_config(m->file, &m->config, path, err, errlen)) goto fail;
+    loader L = {m->file, path, err, errlen, &m->weights};
+    if (load_weights(&L, &m->config)) goto fail;
+
+    m->pool = qrt_threadpool_create(p.n_threads);
+    if (!m->pool) {
+        set_err(err, errlen, "%s: cannot start the thread pool", path);
+        goto fail;
+    }
+    m->n_threads = qrt_threadpool_size(m->pool);
+    int n_ctx = p.n_ctx > 0 ? p.n_ctx : 2048;
+    if (n_ctx > m->config.n_ctx_train) n_ctx = m->config.n_ctx_train;
+    int n_batch = p.n_batch > 0 ? p.n_batch : 64;
+    if (n_batch > 512) n_batch = 512;
+    if (alloc_state(m, n_batch, n_ctx, p.kv_f32, err, errlen)) goto fail;
+    const Config *c = &m->config;
+    snprintf(m->describe, sizeof m->describe, "%s, %d layers, %d hidden, %d ffn, %d/%d heads, vocab %d", c->arch,
+             c->n_layers, c->dim, c->hidden_dim, c->n_heads, c->n_kv_heads, c->vocab_size);
+    return m;
+fail:
+    qrt_model_free(m);
+    return NULL;
+}
+
+/* ---- matmul over the thread pool ---- */
+
+typedef struct {
+    const Matrix *w;
+    const uint8_t *act; /* n_tok rows of act_row_bytes */
+    size_t act_row_bytes;
+    float *out;      /* [n_tok][out_stride] */
+    int64_t out_stride;
+    int n_tok;
+    int64_t rows_per_task;
+    qrt_vec_dot_fn dot;
+} matmul_job;
+
+static void matmul_task(void *ctx, int task, int thread) {
+    (void)thread;
+    const matmul_job *j = ctx;
+    const int64_t r0 = task * j->rows_per_task;
+    const int64_t r1 = r0 + j->rows_per_task < j->w->rows ? r0 + j->rows_per_task : j->w->rows;
+    const int64_t cols = j->w->cols;
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t *wrow = j->w->data + (size_t)r * j->w->row_bytes;
+        for (int b = 0; b < j->n_tok; b++)
+            j->out[(size_t)b * j->out_stride + r] = j->dot(cols, wrow, j->act + (size_t)b * j->act_row_bytes);
+    }
+}
+
+/* The activation rows converted for a matmul; reused by consecutive matmuls with the same input. */
+typedef struct {
+    const float *src;
+    int act_type;
+    int n_tok;
+} act_cache;
+
+static void prepare_act(qrt_model *m, act_cache *cache, const float *x, int n_tok, int64_t cols, int act_type) {
+    if (cache->src == x && cache->act_type == act_type && cache->n_tok == n_tok) return;
+    RunState *s = &m->state;
+    for (int b = 0; b < n_tok; b++)
+        qrt_act_from_float(act_type, x + (size_t)b * cols, s->act + (size_t)b * s->act_row_bytes, cols);
+    cache->src = x;
+    cache->act_type = act_type;
+    cache->n_tok = n_tok;
+}
+
+/* out[b][r] = dot(w row r, x[b]) for b < n_tok; x rows are w->cols floats apart, out rows out_stride apart. */
+static void matmul(qrt_model *m, act_cache *cache, float *out, int64_t out_stride, const Matrix *w, const float *x,
+                   int n_tok) {
+    const int act_type = qrt_kernel_act_type(w->type);
+    prepare_act(m, cache, x, n_tok, w->cols, act_type);
+    matmul_job j = {w, m->state.act, m->state.act_row_bytes, out, out_stride, n_tok, 0, qrt_kernel_for(w->type, NULL)};
+    /* enough tasks to balance the threads, each a whole number of 16-row groups (cache-line friendly output) */
+    const int64_t target = (int64_t)m->n_threads * 4;
+    int64_t per = (w->rows + target - 1) / target;
+    per = (per + 15) / 16 * 16;
+    j.rows_per_task = per;
+    const int n_tasks = (int)((w->rows + per - 1) / per);
+    qrt_threadpool_run(m->pool, matmul_task, &j, n_tasks);
+}
+
+/* ---- attention ---- */
+
+typedef struct {
+    qrt_model *m;
+    int layer, pos0, n_tok;
+} attn_job;
+
+static float dot_f32(const float *a, const float *b, int n) {
+    float s = 0.0f;
+    for (int i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+static void attention_task(void *ctx, int task, int thread) {
+    const attn_job *j = ctx;
+    const Config *c = &j->m->config;
+    RunState *s = &j->m->state;
+    const int b = task / c->n_heads, h = task % c->n_heads;
+    const int hd = c->head_dim, kv_dim = c->n_kv_heads * hd;
+    const int kvh = h / (c->n_heads / c->n_kv_heads);
+    const int n_pos = j->pos0 + b + 1;
+    const float *q = s->q + (size_t)b * c->n_heads * hd + (size_t)h * hd;
+    float *att = s->att + (size_t)thread * s->n_ctx;
+    float *out = s->xb2 + (size_t)b * c->n_heads * hd + (size_t)h * hd;
+    const float scale = 1.0f / sqrtf((float)hd);
+    const size_t layer_off = (size_t)j->layer * s->n_ctx * kv_dim + (size_t)kvh * hd;
+    if (s->kv_f32) {
+        const float *kc = (const float *)s->key_cache + layer_off, *vc = (const float *)s->value_cache + layer_off;
+        for (int t = 0; t < n_pos; t++) att[t] = dot_f32(q, kc + (size_t)t * kv_dim, hd) * scale;
+        op_softmax(att, n_pos);
+        for (int i = 0; i < hd; i++) out[i] = 0.0f;
+        for (int t = 0; t < n_pos; t++) {
+            const float a = att[t], *v = vc + (size_t)t * kv_dim;
+            for (int i = 0; i < hd; i++) out[i] += a * v[i];
+        }
+    } else {
+        /* f16 cache: like ggml, the query and the attention weights are rounded to f16 before the dot products */
+        const qrt_half *kc = (const qrt_half *)s->key_cache + layer_off;
+        const qrt_half *vc = (const qrt_half *)s->value_cache + layer_off;
+        float qh[1024];
+        for (int i = 0; i < hd; i++) qh[i] = qrt_fp16_to_fp32(qrt_fp32_to_fp16(q[i]));
+        for (int t = 0; t < n_pos; t++) {
+            const qrt_half *k = kc + (size_t)t * kv_dim;
+            float sum = 0.0f;
+            for (int i = 0; i < hd; i++) sum += qh[i] * qrt_fp16_to_fp32(k[i]);
+            att[t] = sum * scale;
+        }
+        op_softmax(att, n_pos);
+        for (int i = 0; i < hd; i++) out[i] = 0.0f;
+        for (int t = 0; t < n_pos; t++) {
+            const float a = qrt_fp16_to_fp32(qrt_fp32_to_fp16(att[t]));
+            const qrt_half *v = vc + (size_t)t * kv_dim;
+            for (int i = 0; i < hd; i++) out[i] += a * qrt_fp16_to_fp32(v[i]);
+        }
+    }
+}
+
+static void store_kv(qrt_model *m, int layer, int pos0, int n_tok) {
+    const Config *c = &m->config;
+    RunState *s = &m->state;
+    const int kv_dim = c->n_kv_heads * c->head_dim;
+    for (int b = 0; b < n_tok; b++) {
+        const size_t off = ((size_t)layer * s->n_ctx + (size_t)(pos0 + b)) * kv_dim;
+        const float *k = s->k + (size_t)b * kv_dim, *v = s->v + (size_t)b * kv_dim;
+        if (s->kv_f32) {
+            memcpy((float *)s->key_cache + off, k, (size_t)kv_dim * sizeof(float));
+            memcpy((float *)s->value_cache + off, v, (size_t)kv_dim * sizeof(float));
+        } else {
+            qrt_half *kc = (qrt_half *)s->key_cache + off, *vc = (qrt_half *)s->value_cache + off;
+            for (int i = 0; i < kv_dim; i++) {
+                kc[i] = qrt_fp32_to_fp16(k[i]);
+                vc[i] = qrt_fp32_to_fp16(v[i]);
+            }
+        }
+    }
+}
+
+/* ---- the forward pass ---- */
+
+/* Run n_tok tokens at positions pos0..; logits of every token go to all_logits (if not NULL), the last token's
+ * to state.logits. */
+static void forward(qrt_model *m, const int32_t *tokens, int n_tok, int pos0, float *all_logits) {
+    const Config *c = &m->config;
+    const Weights *w = &m->weights;
+    RunState *s = &m->state;
+    const int dim = c->dim, hd = c->head_dim, ffn = c->hidden_dim;
+    const int q_dim = c->n_heads * hd, kv_dim = c->n_kv_heads * hd, half_rot = c->n_rot / 2;
+    act_cache cache = {0};
+
+    for (int b = 0; b < n_tok; b++) {
+        const uint8_t *row = w->token_embd.data + (size_t)tokens[b] * w->token_embd.row_bytes;
+        qrt_dequantize_row(w->token_embd.type, row, s->x + (size_t)b * dim, dim);
+        op_rope_angles(s->rope_cos + (size_t)b * half_rot, s->rope_sin + (size_t)b * half_rot, pos0 + b, c->n_rot,
+                       c->rope_theta, c->rope_freq_scale, w->rope_freqs);
+    }
+
+    for (int l = 0; l < c->n_layers; l++) {
+        const LayerWeights *lw = &w->layers[l];
+        /* attention */
+        for (int b = 0; b < n_tok; b++)
+            op_rmsnorm(s->xb + (size_t)b * dim, s->x + (size_t)b * dim, lw->attn_norm, dim, c->rms_eps);
+        matmul(m, &cache, s->q, q_dim, &lw->wq, s->xb, n_tok);
+        matmul(m, &cache, s->k, kv_dim, &lw->wk, s->xb, n_tok);
+        matmul(m, &cache, s->v, kv_dim, &lw->wv, s->xb, n_tok);
+        for (int b = 0; b < n_tok; b++) {
+            float *q = s->q + (size_t)b * q_dim, *k = s->k + (size_t)b * kv_dim, *v = s->v + (size_t)b * kv_dim;
+            if (lw->bq) op_add(q, lw->bq, q_dim), op_add(k, lw->bk, kv_dim), op_add(v, lw->bv, kv_dim);
+            if (lw->q_norm) {
+                for (int h = 0; h < c->n_heads; h++) op_rmsnorm(q + h * hd, q + h * hd, lw->q_norm, hd, c->rms_eps);
+                for (int h = 0; h < c->n_kv_heads; h++)
+                    op_rmsnorm(k + h * hd, k + h * hd, lw->k_norm, hd, c->rms_eps);
+            }
+            const float *cs = s->rope_cos + (size_t)b * half_rot, *sn = s->rope_sin + (size_t)b * half_rot;
+            op_rope(q, c->n_heads, hd, c->n_rot, cs, sn, c->rope_style == ROPE_NEOX);
+            op_rope(k, c->n_kv_heads, hd, c->n_rot, cs, sn, c->rope_style == ROPE_NEOX);
+        }
+        store_kv(m, l, pos0, n_tok);
+        attn_job aj = {m, l, pos0, n_tok};
+        qrt_threadpool_run(m->pool, attention_task, &aj, n_tok * c->n_heads);
+        matmul(m, &cache, s->xb, dim, &lw->wo, s->xb2, n_tok);
+        for (int b = 0; b < n_tok; b++) op_add(s->x + (size_t)b * dim, s->xb + (size_t)b * dim, dim);
+
+        /* SwiGLU feed-forward */
+        for (int b = 0; b < n_tok; b++)
+            op_rmsnorm(s->xb + (size_t)b * dim, s->x + (size_t)b * dim, lw->ffn_norm, dim, c->rms_eps);
+        cache.src = NULL; /* xb was rewritten */
+        matmul(m, &cache, s->hb, ffn, &lw->w_gate, s->xb, n_tok);
+        matmul(m, &cache, s->hb2, ffn, &lw->w_up, s->xb, n_tok);
+        for (int b = 0; b < n_tok; b++) op_swiglu(s->hb + (size_t)b * ffn, s->hb2 + (size_t)b * ffn, ffn);
+        matmul(m, &cache, s->xb, dim, &lw->w_down, s->hb, n_tok);
+        for (int b = 0; b < n_tok; b++) op_add(s->x + (size_t)b * dim, s->xb + (size_t)b * dim, dim);
+        cache.src = NULL;
+    }
+
+    /* head: all rows when asked for, else only the last token */
+    const int first = all_logits ? 0 : n_tok - 1;
+    for (int b = first; b < n_tok; b++)
+        op_rmsnorm(s->xb + (size_t)b * dim, s->x + (size_t)b * dim, w->output_norm, dim, c->rms_eps);
+    if (all_logits) {
+        matmul(m, &cache, all_logits, c->vocab_size, &w->output, s->xb, n_tok);
+        memcpy(s->logits, all_logits + (size_t)(n_tok - 1) * c->vocab_size, (size_t)c->vocab_size * sizeof(float));
+    } else {
+        matmul(m, &cache, s->logits, c->vocab_size, &w->output, s->xb + (size_t)(n_tok - 1) * dim, 1);
+    }
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+int qrt_model_eval(qrt_model *m, const int32_t *tokens, int n, float *all_logits) {
+    if (n <= 0) return set_err(m->error, sizeof m->error, "eval: no tokens");
+    if (n > m->state.n_ctx - m->n_past)
+        return set_err(m->error, sizeof m->error, "context full: %d tokens in the cache + %d new > context %d",
+                       m->n_past, n, m->state.n_ctx);
+    for (int i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= m->config.vocab_size)
+            return set_err(m->error, sizeof m->error, "token id %d at index %d is outside the vocabulary (0..%d)",
+                           tokens[i], i, m->config.vocab_size - 1);
+    const double t0 = now_s();
+    for (int done = 0; done < n;) {
+        const int chunk = n - done < m->state.n_batch ? n - done : m->state.n_batch;
+        forward(m, tokens + done, chunk, m->n_past, all_logits ? all_logits + (size_t)done * m->config.vocab_size : NULL);
+        m->n_past += chunk;
+        done += chunk;
+    }
+    m->has_logits = 1;
+    const double dt = now_s() - t0;
+    if (n > 1) {
+        m->prompt_s += dt;
+        m->prompt_tokens += n;
+    } else {
+        m->gen_s += dt;
+        m->gen_tokens += 1;
+    }
+    return 0;
+}
+
+/* ---- small accessors ---- */
+
+const char *qrt_model_error(const qrt_model *m) { return m->error; }
+const gguf_file *qrt_model_gguf(const qrt_model *m) { return m->file; }
+int qrt_model_n_vocab(const qrt_model *m) { return m->config.vocab_size; }
+int qrt_model_n_ctx(const qrt_model *m) { return m->state.n_ctx; }
+int qrt_model_n_ctx_train(const qrt_model *m) { return m->config.n_ctx_train; }
+int qrt_model_n_threads(const qrt_model *m) { return m->n_threads; }
+int qrt_model_n_past(const qrt_model *m) { return m->n_past; }
+const char *qrt_model_describe(const qrt_model *m) { return m->describe; }
+const float *qrt_model_logits(const qrt_model *m) { return m->has_logits ? m->state.logits : NULL; }
+size_t qrt_model_file_bytes(const qrt_model *m) { return m->file->size; }
+
+int qrt_model_set_n_past(qrt_model *m, int n_past) {
+    if (n_past < 0 || n_past > m->n_past)
+        return set_err(m->error, sizeof m->error, "set_n_past: %d is outside 0..%d", n_past, m->n_past);
+    m->n_past = n_past;
+    if (n_past == 0) m->has_logits = 0;
+    return 0;
+}
+
+size_t qrt_model_kv_bytes(const qrt_model *m) {
+    const Config *c = &m->config;
+    return 2 * (size_t)c->n_layers * m->state.n_ctx * c->n_kv_heads * c->head_dim * (m->state.kv_f32 ? 4 : 2);
+}
+
+int qrt_model_meta_str(const qrt_model *m, const char *key, const char **ptr, size_t *len) {
+    gguf_str s;
+    if (gguf_get_str(m->file, key, &s) != GGUF_OK) return -1;
+    *ptr = s.ptr;
+    *len = (size_t)s.len;
+    return 0;
+}
+
+int qrt_model_meta_int(const qrt_model *m, const char *key, int64_t *out) {
+    int64_t i = gguf_find_key(m->file, key);
+    if (i < 0) return -1;
+    const gguf_kv *kv = &m->file->kvs[i];
+    switch (kv->type) {
+    case GGUF_VT_INT8: case GGUF_VT_INT16: case GGUF_VT_INT32: case GGUF_VT_INT64: *out = kv->num.i64; return 0;
+    case GGUF_VT_UINT8: case GGUF_VT_UINT16: case GGUF_VT_UINT32: case GGUF_VT_UINT64: case GGUF_VT_BOOL:
+        *out = kv->num.u64 > INT64_MAX ? INT64_MAX : (int64_t)kv->num.u64;
+        return 0;
+    default: return -1;
+    }
+}
+
+void qrt_model_timings(const qrt_model *m, double *prompt_s, int *prompt_tokens, double *gen_s, int *gen_tokens) {
+    *prompt_s = m->prompt_s;
+    *prompt_tokens = m->prompt_tokens;
+    *gen_s = m->gen_s;
+    *gen_tokens = m->gen_tokens;
+}
+
+void qrt_model_reset_timings(qrt_model *m) {
+    m->prompt_s = m->gen_s = 0.0;
+    m->prompt_tokens = m->gen_tokens = 0;
+}

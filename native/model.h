@@ -1,0 +1,87 @@
+/* model.h — the model as three plain structs (internal header):
+ *   Config   — the shape, read from GGUF metadata;
+ *   Weights  — matrices pointing into the mapped file (used in place);
+ *   RunState — activation buffers for one batch and the KV cache, allocated once at open.
+ * model.c holds the loader glue and the forward pass; ops.c the small numeric helpers it calls.
+ */
+#ifndef QRT_MODEL_INTERNAL_H
+#define QRT_MODEL_INTERNAL_H
+#include <stddef.h>
+#include <stdint.h>
+
+#include "gguf.h"
+#include "kernels.h"
+#include "threadpool.h"
+#pragma GCC visibility push(hidden)
+
+enum rope_style {
+    ROPE_NORM = 0, /* rotate adjacent pairs (x[2i], x[2i+1]): llama, mistral */
+    ROPE_NEOX = 2, /* rotate halves (x[i], x[i + n_rot/2]): qwen2, qwen3 */
+};
+
+typedef struct {
+    char arch[32];
+    int dim;          /* embedding width */
+    int hidden_dim;   /* FFN width */
+    int n_layers;
+    int n_heads;
+    int n_kv_heads;
+    int head_dim;     /* key/value width per head */
+    int n_rot;        /* rotated dims per head (<= head_dim) */
+    int vocab_size;
+    int n_ctx_train;
+    float rms_eps;
+    float rope_theta;
+    float rope_freq_scale; /* 1 / linear scaling factor */
+    int rope_style;
+    int has_qkv_bias;  /* qwen2 */
+    int has_qk_norm;   /* qwen3 */
+} Config;
+
+/* A weight matrix of `rows` output rows, each `cols` values of GGUF type `type` (row_bytes bytes per row). */
+typedef struct {
+    const uint8_t *data;
+    int type;
+    int64_t rows, cols;
+    size_t row_bytes;
+    const char *name;
+} Matrix;
+
+typedef struct {
+    const float *attn_norm, *ffn_norm;       /* [dim] */
+    const float *q_norm, *k_norm;            /* [head_dim] (qwen3) or NULL */
+    const float *bq, *bk, *bv;               /* biases (qwen2) or NULL */
+    Matrix wq, wk, wv, wo;                   /* attention */
+    Matrix w_gate, w_up, w_down;             /* SwiGLU FFN */
+} LayerWeights;
+
+typedef struct {
+    Matrix token_embd; /* rows = vocab, cols = dim; any type, dequantized one row per token */
+    LayerWeights *layers;
+    const float *output_norm;
+    Matrix output; /* the head: its own tensor, or token_embd when tied */
+    const float *rope_freqs; /* [n_rot/2] frequency divisors, or NULL */
+    /* f32 copies of small vectors whose stored type is not f32 (norms/biases stored as f16) */
+    float **owned;
+    int n_owned;
+} Weights;
+
+typedef struct {
+    int n_batch;       /* rows of every activation buffer */
+    float *x;          /* [n_batch][dim] residual stream */
+    float *xb, *xb2;   /* [n_batch][max(dim, q_dim)] */
+    float *q, *k, *v;  /* [n_batch][q_dim], [n_batch][kv_dim] x2 */
+    float *hb, *hb2;   /* [n_batch][hidden_dim] */
+    float *att;        /* [n_threads][n_ctx] attention scores */
+    float *rope_cos, *rope_sin; /* [n_batch][n_rot/2] */
+    float *logits;     /* [vocab] last token */
+    uint8_t *act;      /* [n_batch][largest activation row in any act type] */
+    size_t act_row_bytes;
+    /* KV cache: [layer][position][kv_dim] of f32 or f16 */
+    void *key_cache, *value_cache;
+    int kv_f32;
+    int n_ctx;
+} RunState;
+
+#pragma GCC visibility pop
+#endif

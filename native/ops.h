@@ -1,0 +1,22 @@
+/* ops.h — the small numeric steps of the forward pass (ops.c), each a few lines, f32 in and out. */
+#ifndef QRT_OPS_H
+#define QRT_OPS_H
+#include <stdint.h>
+#pragma GCC visibility push(hidden)
+
+/* out = x / rms(x) * weight over n values (the mean square summed in double, as ggml does). */
+void op_rmsnorm(float *out, const float *x, const float *weight, int n, float eps);
+/* cos/sin of the rotation angles of position pos for n_rot/2 frequency pairs. */
+void op_rope_angles(float *cos_out, float *sin_out, int pos, int n_rot, float theta, float freq_scale,
+                    const float *freq_divisors);
+/* Rotate the first n_rot values of each of n_heads vectors of head_dim values in place. */
+void op_rope(float *x, int n_heads, int head_dim, int n_rot, const float *cos_t, const float *sin_t, int neox);
+/* x += y */
+void op_add(float *x, const float *y, int n);
+/* gate = silu(gate) * up */
+void op_swiglu(float *gate, const float *up, int n);
+/* in-place softmax of n scores */
+void op_softmax(float *x, int n);
+
+#pragma GCC visibility pop
+#endif

@@ -1,0 +1,68 @@
+/* qrt_model.h — public API of the model runtime: open a GGUF, evaluate tokens, read logits, pick kernels.
+ *
+ * Part of qrt.h (inlined into the cffi cdef: plain declarations only). Functions returning int give 0 on
+ * success and a negative value on error; the message is then available from qrt_model_error() (or written to
+ * err for qrt_model_open).
+ */
+
+typedef struct qrt_model qrt_model;
+/* The loaded GGUF file behind a model (also what the tokenizer reads its vocabulary from). */
+typedef struct gguf_file gguf_file;
+
+typedef struct {
+    int n_ctx;      /* KV-cache length in tokens; <= 0: 2048 (capped to the model's context length) */
+    int n_threads;  /* <= 0: all online CPUs */
+    int n_batch;    /* tokens per forward chunk during prompt processing; <= 0: 64 */
+    int kv_f32;     /* 1: f32 KV cache (exact comparisons); 0: f16 (half the memory, as llama.cpp) */
+} qrt_model_params;
+
+qrt_model_params qrt_model_default_params(void);
+
+/* NULL on failure with a one-line message in err naming the file and the problem (unsupported architecture or
+ * tensor type, missing tensor, corrupt file). */
+qrt_model *qrt_model_open(const char *path, const qrt_model_params *params, char *err, size_t errlen);
+void qrt_model_free(qrt_model *m);
+const char *qrt_model_error(const qrt_model *m);
+
+const gguf_file *qrt_model_gguf(const qrt_model *m);
+int qrt_model_n_vocab(const qrt_model *m);
+int qrt_model_n_ctx(const qrt_model *m);
+int qrt_model_n_ctx_train(const qrt_model *m);
+int qrt_model_n_threads(const qrt_model *m);
+/* Number of tokens currently in the KV cache (the position of the next token). */
+int qrt_model_n_past(const qrt_model *m);
+/* Forget the cache from position n_past on (0: start over). */
+int qrt_model_set_n_past(qrt_model *m, int n_past);
+/* Bytes of the KV cache and of the weights in the file. */
+size_t qrt_model_kv_bytes(const qrt_model *m);
+size_t qrt_model_file_bytes(const qrt_model *m);
+/* A short description: "llama 30 layers, 576 hidden, 9/3 heads, vocab 49152". */
+const char *qrt_model_describe(const qrt_model *m);
+
+/* Run n tokens at positions n_past.. and append them to the cache. If all_logits is non-NULL it receives
+ * n * n_vocab floats (row i = logits after token i); the last row is always kept in qrt_model_logits(). */
+int qrt_model_eval(qrt_model *m, const int32_t *tokens, int n, float *all_logits);
+/* Logits of the last evaluated token (n_vocab floats), NULL before any eval. */
+const float *qrt_model_logits(const qrt_model *m);
+
+/* Metadata helpers for the bindings: a string value (pointer into the mapping, not NUL-terminated). */
+int qrt_model_meta_str(const qrt_model *m, const char *key, const char **ptr, size_t *len);
+int qrt_model_meta_int(const qrt_model *m, const char *key, int64_t *out);
+
+/* Time spent (seconds) and tokens in prompt (n > 1) and single-token evals since open / the last reset. */
+void qrt_model_timings(const qrt_model *m, double *prompt_s, int *prompt_tokens, double *gen_s, int *gen_tokens);
+void qrt_model_reset_timings(qrt_model *m);
+
+/* ---- kernels ---- */
+
+/* Force a kernel variant for all later matmuls: "scalar", "avx2", "avx512", "neon" or "auto". -1 if unknown or
+ * this CPU cannot run it. The QRT_KERNEL environment variable does the same at start. */
+int qrt_kernels_force(const char *variant);
+int qrt_kernel_variant_supported(const char *variant);
+/* The variant a matmul with weights of this GGUF type uses now ("avx512", ...), NULL if the type has no kernel. */
+const char *qrt_kernel_variant_for_type(int type);
+/* 1 if this build and CPU have that variant's kernel for that type. */
+int qrt_kernel_has_variant(int type, const char *variant);
+/* One dot product through a given variant (NULL or "auto": the dispatched one): the weight row w_row of n
+ * values (GGUF type), the activation x (n floats) converted as a matmul would convert it. */
+int qrt_kernel_dot(int type, const char *variant, const void *w_row, const float *x, int64_t n, float *out);
