@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "quant_search.h"
+#include "quant_simd.h"
 #include "quant_types.h"
 
 /* ---------------------------------------------------------------- plain floats */
@@ -99,12 +100,17 @@ void qrt_quantize_row_q8_0(const float *x, void *vy, int64_t n, const float *imp
     (void)importance;
     block_q8_0 *y = vy;
     for (int64_t b = 0; b < n / QK8_0; b++, x += QK8_0) {
-        float amax = 0;
-        for (int j = 0; j < QK8_0; j++) amax = fmaxf(amax, fabsf(x[j]));
-        const float d = amax / 127;
-        const float id = d ? 1.0f / d : 0.0f;
+        v8f amax = v8_splat(0);
+        for (int j = 0; j < QK8_0; j += 8) amax = v8_max(amax, v8_abs(v8_load(x + j)));
+        const float d = v8_hmax(amax) / 127;
+        float id = d ? 1.0f / d : 0.0f;
+        if (id > 3.40282347e38f) id = 0; /* d subnormal: d stores as 0 anyway, and x * inf is no level */
         y[b].d = qrt_fp32_to_fp16(d);
-        for (int j = 0; j < QK8_0; j++) y[b].qs[j] = (int8_t)roundf(x[j] * id);
+        /* roundf(x * id), as llama.cpp and gguf-py: the blocks are byte-identical to theirs */
+        for (int j = 0; j < QK8_0; j += 8) {
+            const v8i q = v8_roundf_to_int(v8_load(x + j) * id);
+            for (int k = 0; k < 8; k++) y[b].qs[j + k] = (int8_t)q[k];
+        }
     }
 }
 

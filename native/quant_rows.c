@@ -7,6 +7,7 @@
 
 #include "qrt.h"
 #include "quant_ref.h"
+#include "quant_simd.h"
 #include "quant_types.h"
 #include "threadpool.h"
 
@@ -66,6 +67,20 @@ static int64_t rows_per_task(int64_t nrows, int64_t ncols, int nthreads) {
     return rows < 1 ? 1 : rows;
 }
 
+/* Index of the first NaN/Inf in x, or -1. One vector pass (the quantizers assume finite input). */
+static int64_t first_non_finite(const float *x, int64_t n) {
+    const int64_t n8 = n - n % 8;
+    v8i bad = {0};
+    for (int64_t i = 0; i < n8; i += 8) bad |= ~(v8_abs(v8_load(x + i)) <= 3.40282347e38f); /* NaN compares false */
+    int any = 0;
+    for (int j = 0; j < 8; j++) any |= bad[j];
+    for (int64_t i = n8; i < n; i++) any |= !isfinite(x[i]);
+    if (!any) return -1;
+    for (int64_t i = 0; i < n; i++)
+        if (!isfinite(x[i])) return i;
+    return -1;
+}
+
 typedef struct {
     const qrt_type_traits *traits;
     const float *src;
@@ -86,12 +101,11 @@ static void quantize_task(void *ctx, int task, int thread) {
     job->bad_row[task] = -1;
     for (int64_t r = r0; r < r1; r++) {
         const float *x = job->src + r * job->ncols;
-        for (int64_t c = 0; c < job->ncols; c++) {
-            if (!isfinite(x[c])) {
-                job->bad_row[task] = r;
-                job->bad_col[task] = c;
-                return;
-            }
+        const int64_t bad = first_non_finite(x, job->ncols);
+        if (bad >= 0) {
+            job->bad_row[task] = r;
+            job->bad_col[task] = bad;
+            return;
         }
         job->traits->quantize_row(x, job->dst + r * (int64_t)job->row_bytes, job->ncols, job->importance);
     }

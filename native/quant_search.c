@@ -2,69 +2,16 @@
  * steps), the code and the refinement passes are ours. */
 #include "quant_search.h"
 
-/* The v8f helpers are static: their by-value vector ABI never crosses a call boundary we export. */
-#pragma GCC diagnostic ignored "-Wpsabi"
-
+#include "quant_simd.h"
 #include "quant_types.h"
-
-#if defined(__SSE__)
-#include <xmmintrin.h>
-#elif defined(__ARM_NEON)
-#include <arm_neon.h>
-#endif
 
 enum { REFIT_ROUNDS = 2, QP_DESCENT_ROUNDS = 5 };
 
 /* ---- symmetric: x ~ scale * l, l in [-nmax, nmax - 1] ---- */
 
-/* 8 floats as one GCC/Clang vector: the candidate loops below are written on these, so they become SIMD on any
- * target (two SSE2/NEON registers or one AVX register) with exactly the scalar arithmetic per lane. Lanes are
- * summed in a fixed order at the end, so results never depend on the target. */
-typedef float v8f __attribute__((vector_size(32)));
-typedef int32_t v8i __attribute__((vector_size(32)));
-
-static inline v8f v8_load(const float *p) {
-    v8f v;
-    memcpy(&v, p, sizeof(v));
-    return v;
-}
-
-static inline void v8_store(float *p, v8f v) { memcpy(p, &v, sizeof(v)); }
-
-/* min/max need the target's instructions: written as masks, GCC turns them back into scalar branches. */
-static inline v8f v8_clamp(v8f v, float lo, float hi) {
-#if defined(__SSE__)
-    typedef float v4f __attribute__((vector_size(16)));
-    v4f half[2];
-    memcpy(half, &v, sizeof(v));
-    for (int k = 0; k < 2; k++)
-        half[k] = (v4f)_mm_min_ps(_mm_max_ps((__m128)half[k], _mm_set1_ps(lo)), _mm_set1_ps(hi));
-    memcpy(&v, half, sizeof(v));
-    return v;
-#elif defined(__ARM_NEON)
-    float32x4_t half[2];
-    memcpy(half, &v, sizeof(v));
-    for (int k = 0; k < 2; k++) half[k] = vminq_f32(vmaxq_f32(half[k], vdupq_n_f32(lo)), vdupq_n_f32(hi));
-    memcpy(&v, half, sizeof(v));
-    return v;
-#else
-    for (int j = 0; j < 8; j++) v[j] = v[j] < lo ? lo : v[j] > hi ? hi : v[j];
-    return v;
-#endif
-}
-
-/* Round to integers, ties to even, in float arithmetic: exact for |v| < 2^22. */
-static inline v8f v8_round(v8f v) { return (v + 12582912.f) - 12582912.f; }
-
-/* Pairwise, in a fixed order: short dependency chains (this sum is on the critical path of every candidate). */
-static inline float v8_sum(v8f v) {
-    const float a0 = v[0] + v[4], a1 = v[1] + v[5], a2 = v[2] + v[6], a3 = v[3] + v[7];
-    return (a0 + a2) + (a1 + a3);
-}
-
 /* Levels for one inverse scale and their weighted sums (n a multiple of 8); returns sum w*l*l and
  * *sumlx = sum w*x*l. */
-static float sym_levels(int n, int nmax, const float *x, const float *w, float iscale, float *l_out, float *sumlx) {
+static inline __attribute__((always_inline)) float sym_levels(int n, int nmax, const float *x, const float *w, float iscale, float *l_out, float *sumlx) {
     v8f lx = {0}, l2 = {0};
     for (int i = 0; i < n; i += 8) {
         const v8f xv = v8_load(x + i);
@@ -154,7 +101,7 @@ static float asym_sq_error(group_sums g, level_sums ls, float s, float m) {
     return s * s * ls.l2 + 2 * s * m * ls.l - 2 * s * ls.xl + m * m * g.w - 2 * m * g.x + g.x2;
 }
 
-static level_sums asym_levels(int n, int nmax, const float *x, const float *w, float iscale, float min, float *L) {
+static inline __attribute__((always_inline)) level_sums asym_levels(int n, int nmax, const float *x, const float *w, float iscale, float min, float *L) {
     v8f sl = {0}, sl2 = {0}, sxl = {0};
     for (int i = 0; i < n; i += 8) {
         const v8f xv = v8_load(x + i);
