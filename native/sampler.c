@@ -52,8 +52,31 @@ static inline void swap_candidates(sampler_candidate *a, sampler_candidate *b) {
     *b = t;
 }
 
+/* A heap with the worst candidate at the root (children are better than their parent). */
+static void sift_down_worst_root(sampler_candidate *c, int32_t root, int32_t n) {
+    for (;;) {
+        int32_t child = 2 * root + 1;
+        if (child >= n) return;
+        if (child + 1 < n && better(&c[child], &c[child + 1])) child++;
+        if (!better(&c[root], &c[child])) return;
+        swap_candidates(&c[root], &c[child]);
+        root = child;
+    }
+}
+
 void sampler_select_top(sampler_candidate *c, int32_t n, int32_t k) {
     if (k <= 0 || k >= n) return;
+    if (k <= 1024) {
+        /* small k (top-k sampling): one pass against the worst of the best k so far; most candidates lose
+         * that single comparison, so this is a near-branchless linear scan */
+        for (int32_t i = k / 2 - 1; i >= 0; i--) sift_down_worst_root(c, i, k);
+        for (int32_t i = k; i < n; i++)
+            if (better(&c[i], &c[0])) {
+                swap_candidates(&c[i], &c[0]);
+                sift_down_worst_root(c, 0, k);
+            }
+        return;
+    }
     int32_t lo = 0, hi = n - 1;
     while (lo < hi) {
         /* median of three as the pivot, moved to hi */
@@ -70,26 +93,6 @@ void sampler_select_top(sampler_candidate *c, int32_t n, int32_t k) {
         if (store == k || store == k - 1) return;
         if (store > k) hi = store - 1;
         else lo = store + 1;
-    }
-}
-
-/* Best first, in place: a heapsort (worst first on the heap), because glibc's qsort may allocate. */
-static void sift_down(sampler_candidate *c, int32_t root, int32_t n) {
-    for (;;) {
-        int32_t child = 2 * root + 1;
-        if (child >= n) return;
-        if (child + 1 < n && better(&c[child], &c[child + 1])) child++;
-        if (!better(&c[root], &c[child])) return;
-        swap_candidates(&c[root], &c[child]);
-        root = child;
-    }
-}
-
-static void sort_best_first(sampler_candidate *c, int32_t n) {
-    for (int32_t i = n / 2 - 1; i >= 0; i--) sift_down(c, i, n);
-    for (int32_t end = n - 1; end > 0; end--) {
-        swap_candidates(&c[0], &c[end]);
-        sift_down(c, 0, end);
     }
 }
 
@@ -193,26 +196,61 @@ static void apply_penalties(qrt_sampler *s) {
     }
 }
 
-/* top-p over c[0..n): sorts the smallest best-first prefix that reaches mass p; returns its length. */
-static int32_t top_p_prefix(sampler_candidate *c, int32_t n, float p) {
-    float max_logit = -INFINITY;
+static float max_logit_of(const sampler_candidate *c, int32_t n) {
+    float m = -INFINITY;
     for (int32_t i = 0; i < n; i++)
-        if (c[i].logit > max_logit) max_logit = c[i].logit;
-    double total = 0.0;
-    for (int32_t i = 0; i < n; i++) total += exp((double)c[i].logit - max_logit);
-    int32_t sorted = 0, k = n < 256 ? n : 256;
-    double cum = 0.0;
-    for (;;) {
-        sampler_select_top(c + sorted, n - sorted, k - sorted);
-        sort_best_first(c + sorted, k - sorted);
-        for (int32_t i = sorted; i < k; i++) {
-            cum += exp((double)c[i].logit - max_logit) / total;
-            if (cum >= p) return i + 1;
-        }
-        if (k == n) return n;
-        sorted = k;
-        k = (n - k) / 4 > k ? k * 4 : n;
+        if (c[i].logit > m) m = c[i].logit;
+    return m;
+}
+
+/* Move the candidates with logit >= min_logit to the front; returns how many there are. */
+static int32_t keep_at_least(sampler_candidate *c, int32_t n, float min_logit) {
+    int32_t kept = 0;
+    for (int32_t i = 0; i < n; i++)
+        if (c[i].logit >= min_logit) swap_candidates(&c[kept++], &c[i]);
+    return kept;
+}
+
+/* top-p over the distribution of c[0..n), searching only c[0..m) (the min-p survivors, a best-first prefix of
+ * the same order, so the final set is the shorter of the two prefixes). Moves the smallest set of best
+ * candidates whose mass reaches p to the front and returns its size (m if c[0..m) holds less than p). A
+ * quickselect on mass instead of a sort: expected linear time even when the set is most of the vocabulary. */
+static int32_t top_p_prefix(sampler_candidate *c, int32_t n, int32_t m, float p) {
+    float max_logit = max_logit_of(c, n);
+    double total = 0.0, kept_mass = 0.0;
+    for (int32_t i = 0; i < n; i++) {
+        c[i].weight = expf(c[i].logit - max_logit);
+        total += c[i].weight;
+        if (i < m) kept_mass += c[i].weight;
     }
+    double target = (double)p * total;
+    if (kept_mass < target) return m;
+    /* invariant: c[0..lo) beat everything in c[lo..hi), acc is their mass, acc + mass(c[lo..hi)) >= target */
+    int32_t lo = 0, hi = m;
+    double acc = 0.0;
+    while (hi - lo > 1) {
+        int32_t mid = lo + (hi - lo) / 2, last = hi - 1;
+        if (better(&c[mid], &c[lo])) swap_candidates(&c[mid], &c[lo]);
+        if (better(&c[last], &c[lo])) swap_candidates(&c[last], &c[lo]);
+        if (better(&c[mid], &c[last])) swap_candidates(&c[mid], &c[last]);
+        sampler_candidate pivot = c[last];
+        int32_t store = lo;
+        double better_mass = 0.0;
+        for (int32_t i = lo; i < last; i++)
+            if (better(&c[i], &pivot)) {
+                better_mass += c[i].weight;
+                swap_candidates(&c[i], &c[store++]);
+            }
+        swap_candidates(&c[store], &c[last]);
+        if (acc + better_mass >= target) {
+            hi = store;
+        } else {
+            acc += better_mass + pivot.weight;
+            if (acc >= target) return store + 1;
+            lo = store + 1;
+        }
+    }
+    return lo + 1;
 }
 
 int32_t qrt_sampler_sample(qrt_sampler *s, const float *logits, int32_t n_vocab) {
@@ -238,25 +276,21 @@ int32_t qrt_sampler_sample(qrt_sampler *s, const float *logits, int32_t n_vocab)
         sampler_select_top(c, n, p->top_k);
         n = p->top_k;
     }
-    if (p->top_p < 1.0f) n = top_p_prefix(c, n, p->top_p);
-    if (p->min_p > 0.0f) {
-        float max_logit = -INFINITY;
-        for (int32_t i = 0; i < n; i++)
-            if (c[i].logit > max_logit) max_logit = c[i].logit;
-        float min_logit = max_logit + logf(p->min_p);
-        int32_t kept = 0;
-        for (int32_t i = 0; i < n; i++)
-            if (c[i].logit >= min_logit) c[kept++] = c[i];
-        n = kept;
+    /* min-p keeps logit >= max + ln(min_p); the max survives top-p, so applying it after top-p (llama.cpp's
+     * order) or restricting top-p's search to its survivors gives the same set */
+    int32_t m = n;
+    if (p->min_p > 0.0f) m = keep_at_least(c, n, max_logit_of(c, n) + logf(p->min_p));
+    if (m == 0) { /* min_p > 1 asks for more than the best token has: keep the best */
+        sampler_select_top(c, n, 1);
+        m = 1;
     }
+    n = p->top_p < 1.0f ? top_p_prefix(c, n, m, p->top_p) : m;
 
-    float max_logit = -INFINITY;
-    for (int32_t i = 0; i < n; i++)
-        if (c[i].logit > max_logit) max_logit = c[i].logit;
+    float max_logit = max_logit_of(c, n);
     double total = 0.0;
     for (int32_t i = 0; i < n; i++) {
         /* the probability of each survivor, kept in its logit slot */
-        c[i].logit = (float)exp(((double)c[i].logit - max_logit) / p->temperature);
+        c[i].logit = expf((c[i].logit - max_logit) / p->temperature);
         total += c[i].logit;
     }
     double r = pcg32_uniform(&s->rng) * total, cum = 0.0;

@@ -21,6 +21,7 @@ double pcg32_uniform(pcg32 *rng);
 /* One candidate token during sampling. */
 typedef struct {
     float logit;
+    float weight; /* exp(logit - max logit), where top-p needs it */
     int32_t id;
 } sampler_candidate;
 
