@@ -634,8 +634,19 @@ static unsigned char byte_token_value(const qrt_tokenizer *t, int32_t id) {
     return (unsigned char)(hex_digit(s[3]) * 16 + hex_digit(s[4]));
 }
 
-/* The piece of a token as llama.cpp's token_to_piece(special = true). Writes to out (room for
- * 4 * text length + 64 bytes) and returns the length. */
+/* llama.cpp's marker for an unmappable codepoint repeats the token's text, which is quadratic in its length;
+ * past this length (never seen in real vocabularies) the text is left out so a hostile file cannot make the
+ * piece table huge. */
+#define MARKER_TEXT_MAX 32
+
+/* Room make_piece needs for a token text of len bytes. */
+static uint64_t piece_bound(vocab_kind kind, uint64_t len) {
+    if (kind == VOCAB_SPM) return len + 8;
+    return len * (21 + (len <= MARKER_TEXT_MAX ? len : 0)) + 64;
+}
+
+/* The piece of a token as llama.cpp's token_to_piece(special = true). Writes to out (piece_bound bytes) and
+ * returns the length. */
 static size_t make_piece(const qrt_tokenizer *t, int32_t id, char *out) {
     const char *text = tok_text(t, id);
     size_t len = t->text_len[id];
@@ -671,8 +682,10 @@ static size_t make_piece(const qrt_tokenizer *t, int32_t id, char *out) {
                 int k = utf8_encode(c, utf8);
                 n += (size_t)sprintf(out + n, "[UNK_BYTE_0x");
                 for (int j = 0; j < k; j++) n += (size_t)sprintf(out + n, "%02x", (unsigned char)utf8[j]);
-                memcpy(out + n, text, len);
-                n += len;
+                if (len <= MARKER_TEXT_MAX) { /* llama.cpp appends the whole token text to each marker */
+                    memcpy(out + n, text, len);
+                    n += len;
+                }
                 out[n++] = ']';
             }
         }
@@ -690,9 +703,7 @@ static int build_pieces(qrt_tokenizer *t) {
     uint64_t total = 0;
     size_t longest = 0;
     for (int32_t id = 0; id < t->n_vocab; id++) {
-        /* the UNK_BYTE marker can grow a byte-level piece to about (len + 20) per codepoint */
-        uint64_t bound = t->kind == VOCAB_BPE ? (uint64_t)t->text_len[id] * (t->text_len[id] + 24) + 64
-                                              : (uint64_t)t->text_len[id] + 8;
+        uint64_t bound = piece_bound(t->kind, t->text_len[id]);
         if (bound > longest) longest = (size_t)bound;
     }
     char *buf = malloc(longest);
