@@ -29,6 +29,7 @@ struct qrt_model {
     char error[512];
     double prompt_s, gen_s;
     int prompt_tokens, gen_tokens;
+    qrt_imatrix *imatrix; /* when set, every weight matmul's input rows are added to it (calibration) */
 };
 
 /* ---- errors ---- */
@@ -193,6 +194,7 @@ static int get_matrix(loader *L, Matrix *m, const char *name, int64_t cols, int6
     m->rows = (int64_t)t->ne[1];
     m->row_bytes = qrt_row_bytes(m->type, m->cols);
     m->name = t->name.ptr; /* not NUL-terminated; only for debugging */
+    m->name_len = t->name.len;
     return 0;
 }
 
@@ -426,6 +428,7 @@ static void prepare_act(qrt_model *m, act_cache *cache, const float *x, int n_to
 /* out[b][r] = dot(w row r, x[b]) for b < n_tok; x rows are w->cols floats apart, out rows out_stride apart. */
 static void matmul(qrt_model *m, act_cache *cache, float *out, int64_t out_stride, const Matrix *w, const float *x,
                    int n_tok) {
+    if (m->imatrix) qrt_imatrix_add(m->imatrix, w->name, w->name_len, x, n_tok, w->cols);
     const int act_type = qrt_kernel_act_type(w->type);
     prepare_act(m, cache, x, n_tok, w->cols, act_type);
     matmul_job j = {w, m->state.act, m->state.act_row_bytes, out, out_stride, n_tok, 0, qrt_kernel_for(w->type, NULL)};
@@ -445,12 +448,6 @@ typedef struct {
     int layer, pos0, n_tok;
 } attn_job;
 
-static float dot_f32(const float *a, const float *b, int n) {
-    float s = 0.0f;
-    for (int i = 0; i < n; i++) s += a[i] * b[i];
-    return s;
-}
-
 static void attention_task(void *ctx, int task, int thread) {
     const attn_job *j = ctx;
     const Config *c = &j->m->config;
@@ -465,14 +462,11 @@ static void attention_task(void *ctx, int task, int thread) {
     const float scale = 1.0f / sqrtf((float)hd);
     const size_t layer_off = (size_t)j->layer * s->n_ctx * kv_dim + (size_t)kvh * hd;
     if (s->kv_f32) {
+        /* summation orders of ggml's vec_dot_f32 (scores) and its tinyBLAS sgemm (weighted values) */
         const float *kc = (const float *)s->key_cache + layer_off, *vc = (const float *)s->value_cache + layer_off;
-        for (int t = 0; t < n_pos; t++) att[t] = dot_f32(q, kc + (size_t)t * kv_dim, hd) * scale;
+        for (int t = 0; t < n_pos; t++) att[t] = op_dot_f32_ggml(q, kc + (size_t)t * kv_dim, hd) * scale;
         op_softmax(att, n_pos);
-        for (int i = 0; i < hd; i++) out[i] = 0.0f;
-        for (int t = 0; t < n_pos; t++) {
-            const float a = att[t], *v = vc + (size_t)t * kv_dim;
-            for (int i = 0; i < hd; i++) out[i] += a * v[i];
-        }
+        op_weighted_sum_ggml(out, att, vc, n_pos, kv_dim, hd);
     } else {
         /* f16 cache: like ggml, the query and the attention weights are rounded to f16 before the dot products */
         const qrt_half *kc = (const qrt_half *)s->key_cache + layer_off;
@@ -619,6 +613,8 @@ int qrt_model_eval(qrt_model *m, const int32_t *tokens, int n, float *all_logits
 }
 
 /* ---- small accessors ---- */
+
+void qrt_model_set_imatrix(qrt_model *m, qrt_imatrix *im) { m->imatrix = im; }
 
 const char *qrt_model_error(const qrt_model *m) { return m->error; }
 const gguf_file *qrt_model_gguf(const qrt_model *m) { return m->file; }

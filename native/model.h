@@ -45,6 +45,7 @@ typedef struct {
     int64_t rows, cols;
     size_t row_bytes;
     const char *name;
+    size_t name_len; /* name is not NUL-terminated (it points into the file) */
 } Matrix;
 
 typedef struct {

@@ -19,5 +19,6 @@ const char *qrt_version(void);
 #include "qrt_model.h"
 #include "qrt_tokenizer.h"
 #include "qrt_blockwise.h"
+#include "qrt_imatrix.h"
 
 #endif
