@@ -12,6 +12,9 @@ typedef struct qrt_tokenizer qrt_tokenizer;
  * pre-tokenizer named by tokenizer.ggml.pre, or SentencePiece-style "llama"). Returns NULL and writes a
  * message (naming the file and e.g. the unsupported model/pre) into err on failure. */
 qrt_tokenizer *qrt_tokenizer_load(const char *gguf_path, char *err, size_t errlen);
+/* The same from a GGUF file already open (the model's: qrt_model_gguf()); `name` is used in messages. The
+ * tokenizer copies what it needs: the file may be closed afterwards. */
+qrt_tokenizer *qrt_tokenizer_from_gguf(const struct gguf_file *file, const char *name, char *err, size_t errlen);
 void qrt_tokenizer_free(qrt_tokenizer *tok);
 
 /* Tokenize text[0..len). add_special adds BOS/EOS as the vocabulary's add_bos/add_eos say; parse_special

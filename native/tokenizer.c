@@ -315,7 +315,7 @@ static int build_pieces(qrt_tokenizer *t);
         return NULL;                                                                                           \
     } while (0)
 
-qrt_tokenizer *tokenizer_from_gguf(const gguf_file *f, const char *name, char *err, size_t errlen) {
+qrt_tokenizer *qrt_tokenizer_from_gguf(const gguf_file *f, const char *name, char *err, size_t errlen) {
     init_byte_alphabet();
     qrt_tokenizer *t = calloc(1, sizeof *t);
     if (!t) {
@@ -563,7 +563,7 @@ qrt_tokenizer *tokenizer_from_gguf(const gguf_file *f, const char *name, char *e
 qrt_tokenizer *qrt_tokenizer_load(const char *gguf_path, char *err, size_t errlen) {
     gguf_file *f = gguf_open(gguf_path, err, errlen);
     if (!f) return NULL;
-    qrt_tokenizer *t = tokenizer_from_gguf(f, gguf_path, err, errlen);
+    qrt_tokenizer *t = qrt_tokenizer_from_gguf(f, gguf_path, err, errlen);
     gguf_close(f);
     return t;
 }

@@ -1,7 +1,7 @@
 /* tokenizer.h — internal view of the tokenizer (the public API is qrt_tokenizer.h).
  *
- * The model builds its tokenizer from the GGUF mapping it already has open: tokenizer_from_gguf() copies what
- * it needs, so the gguf_file may be closed afterwards.
+ * The model builds its tokenizer from the GGUF mapping it already has open with qrt_tokenizer_from_gguf()
+ * (public, in qrt_tokenizer.h); it copies what it needs, so the gguf_file may be closed afterwards.
  */
 #ifndef QRT_TOKENIZER_H
 #define QRT_TOKENIZER_H
@@ -23,7 +23,5 @@ enum {
     TOK_ATTR_RSTRIP = 1 << 8,
 };
 
-/* name: used in error messages (the file path). */
-qrt_tokenizer *tokenizer_from_gguf(const gguf_file *f, const char *name, char *err, size_t errlen);
 
 #endif

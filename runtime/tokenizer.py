@@ -23,6 +23,15 @@ class Tokenizer:
             raise FormatError(ffi.string(err).decode(errors="replace"))
         return cls(handle)
 
+    @classmethod
+    def from_open_gguf(cls, gguf_file, name: str) -> Tokenizer:
+        """From a `const gguf_file *` the caller already has open (e.g. lib.qrt_model_gguf(model))."""
+        err = ffi.new("char[512]")
+        handle = lib.qrt_tokenizer_from_gguf(gguf_file, name.encode(), err, len(err))
+        if handle == ffi.NULL:
+            raise FormatError(ffi.string(err).decode(errors="replace"))
+        return cls(handle)
+
     @property
     def n_vocab(self) -> int:
         return lib.qrt_tokenizer_n_vocab(self._handle)

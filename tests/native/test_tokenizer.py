@@ -167,3 +167,21 @@ def test_one_megabyte_tokenizes_well_under_a_second(which, request):
     print(f"{which}: 1 MB -> {len(ids)} tokens in {seconds:.3f} s")
     assert len(ids) > 200_000
     assert seconds < 1.0
+
+
+def test_tokenizer_from_the_models_open_gguf(smollm2_package_gguf, smollm):
+    from qconv.runtime._native import ffi, lib
+
+    if not hasattr(lib, "qrt_model_open"):
+        pytest.skip("libqrt built without the model API")
+    err = ffi.new("char[512]")
+    params = lib.qrt_model_default_params()
+    params.n_ctx = 64
+    model = lib.qrt_model_open(str(smollm2_package_gguf).encode(), ffi.new("qrt_model_params *", params), err, 512)
+    assert model != ffi.NULL, ffi.string(err)
+    try:
+        from_model = Tokenizer.from_open_gguf(lib.qrt_model_gguf(model), "smollm2")
+    finally:
+        lib.qrt_model_free(model)
+    # the tokenizer copied what it needs: still usable after the model (and its mapping) is gone
+    assert from_model.encode("Hello, world!", add_special=False) == smollm.encode("Hello, world!", add_special=False)
