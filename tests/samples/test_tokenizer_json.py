@@ -125,10 +125,10 @@ def smollm2_tokenizer(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def gemma3_tokenizer(tmp_path_factory):
-    from qconv.samples.gemma3 import build_gemma3_tokenizer, gemma3_gguf_path
+def gemma3_tokenizer():
+    from qconv.samples.gemma3 import cached_gemma3_tokenizer, gemma3_gguf_path
 
-    return gemma3_gguf_path(), build_gemma3_tokenizer(tmp_path_factory.mktemp("gemma3-tokenizer"))
+    return gemma3_gguf_path(), cached_gemma3_tokenizer()
 
 
 SMOLLM2_EXTRA = ["<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n", "<|endoftext|><repo_name>x<file_sep>"]
