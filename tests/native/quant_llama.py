@@ -207,3 +207,57 @@ def smollm2_rotated_tensors(names=("model.layers.0.mlp.down_proj.weight", "model
         for name in names:
             out[f"smollm2-rotated/{name}"] = f.get_tensor(name).float().numpy()
     return out
+
+
+# ---------------------------------------------------------------- ggml's quantizer in-process (for speed)
+
+
+def _ggml_base():
+    import ctypes
+    import os
+
+    import llama_cpp
+
+    lib = ctypes.CDLL(os.path.join(os.path.dirname(llama_cpp.__file__), "lib", "libggml-base.so"))
+    lib.ggml_quantize_chunk.restype = ctypes.c_size_t
+    lib.ggml_quantize_chunk.argtypes = [
+        ctypes.c_int,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_int64,
+        ctypes.c_int64,
+        ctypes.c_int64,
+        ctypes.c_void_p,
+    ]
+    return lib
+
+
+def ggml_quantize(x: np.ndarray, type_name: str, importance: np.ndarray | None = None, threads: int = 2):
+    """llama.cpp's quantizer called directly (ggml_quantize_chunk, what llama-quantize runs per chunk of rows),
+    rows split over `threads` Python threads (ctypes releases the GIL). For timing; same bytes as the file path."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    lib = _ggml_base()
+    t = quants.get_type(type_name)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    nrows, ncols = x.shape
+    out = np.empty((nrows, quants.row_bytes(type_name, ncols)), np.uint8)
+    imp = None if importance is None else np.ascontiguousarray(importance, dtype=np.float32)
+    bounds = np.linspace(0, nrows, threads + 1).astype(int)
+
+    def run(i):
+        r0, r1 = bounds[i], bounds[i + 1]
+        if r1 > r0:
+            lib.ggml_quantize_chunk(
+                t.type_id,
+                x[r0].ctypes.data,
+                out[r0].ctypes.data,
+                0,
+                r1 - r0,
+                ncols,
+                None if imp is None else imp.ctypes.data,
+            )
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(run, range(threads)))
+    return out
