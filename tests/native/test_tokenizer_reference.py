@@ -12,6 +12,8 @@ from __future__ import annotations
 import ctypes
 import json
 import random
+import shutil
+import struct
 import time
 from pathlib import Path
 
@@ -54,8 +56,8 @@ def random_texts(n: int, seed: int = 1) -> list[bytes]:
 RANDOM_TEXTS = random_texts(400)
 
 
-def write_vocab_only(source: Path, target: Path, pre: str) -> Path:
-    """A copy of a trusted sample GGUF's metadata (no tensors) with tokenizer.ggml.pre replaced."""
+def write_vocab_only(source: Path, target: Path, overrides: dict) -> Path:
+    """A copy of a trusted sample GGUF's metadata (no tensors) with some values replaced."""
     from gguf import GGUFReader, GGUFValueType, GGUFWriter
 
     reader = GGUFReader(source)
@@ -63,7 +65,7 @@ def write_vocab_only(source: Path, target: Path, pre: str) -> Path:
     for key, field in reader.fields.items():
         if key.startswith("GGUF.") or key == "general.architecture":
             continue
-        value = pre if key == "tokenizer.ggml.pre" else field.contents()
+        value = overrides[key] if key in overrides else field.contents()
         sub_type = field.types[1] if field.types[0] == GGUFValueType.ARRAY else None
         writer.add_key_value(key, value, field.types[0], sub_type=sub_type)
     writer.write_header_to_file()
@@ -80,8 +82,41 @@ def vocab_files(smollm2_package_gguf, tmp_path_factory) -> dict[str, Path]:
     files = {"smollm": Path(smollm2_package_gguf), "gemma3": gemma3_gguf_path()}
     folder = tmp_path_factory.mktemp("pre")
     for pre in OTHER_PRE:
-        files[f"smollm-as-{pre}"] = write_vocab_only(files["smollm"], folder / f"{pre}.gguf", pre)
+        files[f"smollm-as-{pre}"] = write_vocab_only(
+            files["smollm"], folder / f"{pre}.gguf", {"tokenizer.ggml.pre": pre}
+        )
+    # SentencePiece with the space prefix (llama-2 style; gemma3 turns it off)
+    target = folder / "gemma3-prefix.gguf"
+    shutil.copyfile(files["gemma3"], target)
+    files["gemma3-space-prefix"] = set_bool_in_place(target, "tokenizer.ggml.add_space_prefix", True)
     return files
+
+
+def replace_string(source: Path, target: Path, key: str, value: str) -> Path:
+    """Copy a tensor-less GGUF with one string value replaced (the file may change length: nothing follows)."""
+    data = source.read_bytes()
+    encoded = key.encode()
+    needle = struct.pack("<Q", len(encoded)) + encoded + struct.pack("<I", 8)  # GGUF value type 8: string
+    at = data.find(needle)
+    assert at > 0 and data.find(needle, at + 1) < 0, f"{source}: no single string {key}"
+    start = at + len(needle)
+    (old_len,) = struct.unpack_from("<Q", data, start)
+    new = value.encode()
+    target.write_bytes(data[:start] + struct.pack("<Q", len(new)) + new + data[start + 8 + old_len :])
+    return target
+
+
+def set_bool_in_place(path: Path, key: str, value: bool) -> Path:
+    """Flip a bool metadata value of a trusted GGUF in place (rewriting 262k tokens with gguf-py takes a minute)."""
+    encoded = key.encode()
+    needle = struct.pack("<Q", len(encoded)) + encoded + struct.pack("<I", 7)  # GGUF value type 7: bool
+    with open(path, "r+b") as file:
+        head = file.read(16 << 20)
+        at = head.find(needle)
+        assert at > 0 and head.find(needle, at + 1) < 0, f"{path}: no single bool {key}"
+        file.seek(at + len(needle))
+        file.write(bytes([value]))
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +143,9 @@ def reference_ids(reference, text: bytes, add_special: bool, parse_special: bool
         return reference.tokenize(text, add_bos=add_special, special=parse_special)
 
 
-@pytest.mark.parametrize("name", ["smollm", "gemma3", *[f"smollm-as-{pre}" for pre in OTHER_PRE]])
+@pytest.mark.parametrize(
+    "name", ["smollm", "gemma3", "gemma3-space-prefix", *[f"smollm-as-{pre}" for pre in OTHER_PRE]]
+)
 @pytest.mark.parametrize("parse_special", [True, False])
 def test_ids_equal_llama_cpp(vocab_files, load_both, name, parse_special):
     ours, reference = load_both(vocab_files[name])
@@ -123,7 +160,7 @@ def test_ids_equal_llama_cpp(vocab_files, load_both, name, parse_special):
     assert mismatches[:5] == []
 
 
-@pytest.mark.parametrize("name", ["smollm", "gemma3"])
+@pytest.mark.parametrize("name", ["smollm", "gemma3", "gemma3-space-prefix"])
 def test_add_special_equals_llama_cpp(vocab_files, load_both, name):
     ours, reference = load_both(vocab_files[name])
     for text in STRINGS[:80]:
@@ -158,7 +195,7 @@ def test_every_piece_equals_llama_cpp(vocab_files, load_both, name):
         assert wrong[:5] == [], f"special={special}"
 
 
-@pytest.mark.parametrize("name", ["smollm", "gemma3"])
+@pytest.mark.parametrize("name", ["smollm", "gemma3", "gemma3-space-prefix"])
 def test_detokenize_equals_llama_cpp(vocab_files, load_both, name):
     ours, reference = load_both(vocab_files[name])
     vocab = reference._model.vocab
