@@ -18,6 +18,7 @@ requires_transformers = pytest.mark.skipif(
 SHAPES = [
     dict(arch="llama"),
     dict(arch="llama", tied=True, n_heads=8, n_kv_heads=8, dtype="f32"),
+    dict(arch="llama", n_heads=4, n_kv_heads=1, head_dim=96),
     dict(arch="mistral", n_kv_heads=1, dtype="f16"),
     dict(arch="qwen2", tied=True),
     dict(arch="qwen3", head_dim=128, shard_bytes=400_000),
