@@ -7,6 +7,7 @@
 /* ---- tokenizer ------------------------------------------------------------------------------------------ */
 
 typedef struct qrt_tokenizer qrt_tokenizer;
+struct gguf_file; /* the loader's open file (qrt_model.h: qrt_model_gguf()) */
 
 /* Build the tokenizer from a GGUF file's tokenizer.ggml.* metadata (byte-level BPE "gpt2" with the
  * pre-tokenizer named by tokenizer.ggml.pre, or SentencePiece-style "llama"). Returns NULL and writes a

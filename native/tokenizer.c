@@ -92,6 +92,8 @@ struct qrt_tokenizer {
 
     int32_t bos, eos, eot, eom, unk, pad;
     int32_t byte_token[256]; /* SPM byte fallback */
+    uint32_t byte_to_cpt[256]; /* byte-level BPE alphabet (GPT-2's bytes_to_unicode) */
+    int16_t cpt_to_byte[324];
 
     int32_t *specials; /* matched whole before BPE; longest text first */
     uint32_t n_specials;
@@ -153,20 +155,15 @@ static int32_t merge_rank(const qrt_tokenizer *t, const char *l, size_t ln, cons
 
 /* ---- byte-level BPE alphabet (GPT-2's bytes_to_unicode) -------------------------------------------------- */
 
-static uint32_t byte_to_cpt[256];
-static int16_t cpt_to_byte[324]; /* every mapped codepoint is < 324 */
-
-static void init_byte_alphabet(void) {
-    static int done = 0;
-    if (done) return; /* idempotent: concurrent first calls write the same values */
+/* Printable bytes stand for themselves; the other 68 map, in byte order, to U+0100 and up (so below 324). */
+static void init_byte_alphabet(qrt_tokenizer *t) {
     uint32_t next = 256;
-    for (int i = 0; i < 324; i++) cpt_to_byte[i] = -1;
+    for (int i = 0; i < 324; i++) t->cpt_to_byte[i] = -1;
     for (int b = 0; b < 256; b++) {
         int printable = (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
-        byte_to_cpt[b] = printable ? (uint32_t)b : next++;
-        cpt_to_byte[byte_to_cpt[b]] = (int16_t)b;
+        t->byte_to_cpt[b] = printable ? (uint32_t)b : next++;
+        t->cpt_to_byte[t->byte_to_cpt[b]] = (int16_t)b;
     }
-    done = 1;
 }
 
 /* ---- pre-tokenizer table: tokenizer.ggml.pre -> regexes and vocabulary flags (llama-vocab.cpp) ----------- */
@@ -316,12 +313,12 @@ static int build_pieces(qrt_tokenizer *t);
     } while (0)
 
 qrt_tokenizer *qrt_tokenizer_from_gguf(const gguf_file *f, const char *name, char *err, size_t errlen) {
-    init_byte_alphabet();
     qrt_tokenizer *t = calloc(1, sizeof *t);
     if (!t) {
         snprintf(err, errlen, "%s: out of memory for the tokenizer", name);
         return NULL;
     }
+    init_byte_alphabet(t);
     gguf_str model, pre = {"", 0};
     if (gguf_get_str(f, "tokenizer.ggml.model", &model) != GGUF_OK)
         FAIL("%s: no tokenizer.ggml.model string in the metadata", name);
@@ -675,8 +672,8 @@ static size_t make_piece(const qrt_tokenizer *t, int32_t id, char *out) {
         size_t n_cpts = utf8_decode_lenient(text, len, cpts);
         for (size_t i = 0; i < n_cpts; i++) {
             uint32_t c = cpts[i];
-            if (c < 324 && cpt_to_byte[c] >= 0) {
-                out[n++] = (char)cpt_to_byte[c];
+            if (c < 324 && t->cpt_to_byte[c] >= 0) {
+                out[n++] = (char)t->cpt_to_byte[c];
             } else { /* llama.cpp's marker for a codepoint outside the byte alphabet */
                 char utf8[4];
                 int k = utf8_encode(c, utf8);
@@ -899,7 +896,7 @@ static int bpe_fragment(const qrt_tokenizer *t, const char *text, size_t len, bp
         for (size_t i = pos; i < pos + w->lengths[p]; i++) {
             char utf8[4];
             int k = utf8_encode(w->cpts[i], utf8);
-            for (int j = 0; j < k; j++) m += (size_t)utf8_encode(byte_to_cpt[(unsigned char)utf8[j]], w->word + m);
+            for (int j = 0; j < k; j++) m += (size_t)utf8_encode(t->byte_to_cpt[(unsigned char)utf8[j]], w->word + m);
         }
         pos += w->lengths[p];
         if (t->ignore_merges) {

@@ -161,10 +161,11 @@ def test_one_megabyte_tokenizes_well_under_a_second(which, request):
     tok = request.getfixturevalue(which)
     block = "\n".join(STRINGS).encode()
     text = (block * (1_000_000 // len(block) + 1))[:1_000_000]
-    start = time.perf_counter()
+    # CPU time: the shared test machine's load should not decide this
+    start = time.process_time()
     ids = tok.encode(text, add_special=False, parse_special=True)
-    seconds = time.perf_counter() - start
-    print(f"{which}: 1 MB -> {len(ids)} tokens in {seconds:.3f} s")
+    seconds = time.process_time() - start
+    print(f"{which}: 1 MB -> {len(ids)} tokens in {seconds:.3f} s CPU")
     assert len(ids) > 200_000
     assert seconds < 1.0
 
