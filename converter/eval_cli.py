@@ -1,0 +1,135 @@
+"""The click commands `qconv calibrate`, `qconv eval` and `qconv analyze` (registered in converter/cli.py)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from qconv.formats.errors import FormatError
+
+
+def user_errors(fn):
+    """User errors print one line and exit 1 (as converter/cli.py's commands; kept here so this module does not
+    import cli.py, which imports it)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except FormatError as e:
+            click.echo(f"qconv: error: {e}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("qconv: interrupted", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def _log(quiet: bool):
+    return None if quiet else (lambda msg: click.echo(msg, err=True))
+
+
+@click.command("calibrate")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option(
+    "--data", "data", type=click.Path(path_type=Path), multiple=True,
+    help="Calibration text: files or folders (repeatable). Default: the built-in calibration suites. "
+    "Text from your own task is the recommended calibration.",
+)  # fmt: skip
+@click.option("-c", "--ctx", type=int, default=512, show_default=True, help="Tokens per chunk (context window).")
+@click.option("--chunks", "max_chunks", type=int, default=None, help="Use at most this many chunks.")
+@click.option(
+    "-o", "--output", "out_path", type=click.Path(path_type=Path), required=True, help="imatrix.gguf to write"
+)
+@click.option("-t", "--threads", type=int, default=None)
+@click.option("-q", "--quiet", is_flag=True)
+@user_errors
+def calibrate_cmd(model: Path, data, ctx: int, max_chunks, out_path: Path, threads, quiet: bool) -> None:
+    """Importance matrix of MODEL (HF folder or f32/f16 GGUF): per matmul weight, the sum of squared input
+    activations per column and the token count, in llama.cpp's GGUF imatrix format."""
+    from qconv.converter.calibrate import calibrate
+
+    imatrix = calibrate(model, out_path, list(data) or None, ctx, threads, max_chunks, _log(quiet), not quiet)
+    click.echo(
+        f"{out_path}: {len(imatrix.sums)} weights, {imatrix.chunk_count} chunks of {imatrix.chunk_size} tokens "
+        f"({imatrix.datasets[0]})"
+    )
+
+
+@click.command("eval")
+@click.argument("quant", type=click.Path(path_type=Path))
+@click.option("--ref", "ref", type=click.Path(path_type=Path), required=True, help="HF folder or f32/f16/bf16 GGUF.")
+@click.option("--suite", "suite_names", multiple=True, help="Only these suites (repeatable; default: all).")
+@click.option("-c", "--ctx", type=int, default=512, show_default=True, help="Tokens per scored window.")
+@click.option("--max-tokens", type=int, default=None, help="Score at most this many tokens per suite (quick runs).")
+@click.option("--max-tasks", type=int, default=None, help="At most this many task items per task suite.")
+@click.option("--no-tasks", is_flag=True, help="Skip the greedy task checks.")
+@click.option(
+    "--gate", default=None, metavar="KEY=V,...",
+    help="Fail (exit 2) when a suite crosses a threshold: kld (mean), kld_p99, top1, ppl_ratio, task_drop. "
+    "E.g. kld=0.05,top1=0.90,task_drop=0.03",
+)  # fmt: skip
+@click.option(
+    "-o", "--output", "out_dir", type=click.Path(path_type=Path), default=None, help="Folder for report.json/html."
+)
+@click.option("-t", "--threads", type=int, default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print report.json instead of the table.")
+@click.option("-q", "--quiet", is_flag=True)
+@user_errors
+def eval_cmd(quant: Path, ref: Path, suite_names, ctx, max_tokens, max_tasks, no_tasks, gate, out_dir, threads,
+             as_json, quiet) -> None:  # fmt: skip
+    """What QUANT lost against REF, per capability: KL divergence, top-1 agreement and perplexity on the
+    held-out suites, and maths/JSON/passkey task accuracy."""
+    from qconv.converter.evaluate import EvalOptions, evaluate, gate_failures, parse_gates
+    from qconv.converter.report import format_table, write_report
+
+    gates = parse_gates(gate)  # before minutes of evaluation
+    options = EvalOptions(
+        suites=list(suite_names) or None, ctx=ctx, threads=threads, max_tokens=max_tokens, max_tasks=max_tasks,
+        tasks=not no_tasks, progress=not quiet,
+    )  # fmt: skip
+    report = evaluate(quant, ref, options, log=_log(quiet))
+    report["gates"] = gates
+    report["gate_failures"] = gate_failures(report, gates)
+    if out_dir is not None:
+        written = write_report(report, out_dir)
+        if not quiet:
+            click.echo(f"report: {written['html']}", err=True)
+    click.echo(json.dumps(report, indent=2, default=float) if as_json else format_table(report))
+    if report["gate_failures"]:
+        click.echo("qconv: gate failed: " + "; ".join(report["gate_failures"]), err=True)
+        sys.exit(2)
+
+
+@click.command("analyze")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--imatrix", type=click.Path(path_type=Path), default=None, help="Importance matrix (GGUF or .dat).")
+@click.option(
+    "--types", default="q2_k,q3_k,q4_k,q5_k,q6_k,q8_0", show_default=True, help="Candidate types (comma-separated)."
+)
+@click.option("-c", "--ctx", type=int, default=256, show_default=True)
+@click.option("--max-tokens", type=int, default=1024, show_default=True, help="Tokens scored per trial.")
+@click.option("--bands", type=int, default=3, show_default=True, help="Layer bands per role for the KLD trials.")
+@click.option("--no-kld", is_flag=True, help="Only the importance-weighted errors (no model runs).")
+@click.option("-o", "--output", "out_path", type=click.Path(path_type=Path), default=None, help="sensitivity.json")
+@click.option("-t", "--threads", type=int, default=None)
+@click.option("-q", "--quiet", is_flag=True)
+@user_errors
+def analyze_cmd(model: Path, imatrix, types, ctx, max_tokens, bands, no_kld, out_path, threads, quiet) -> None:
+    """Sensitivity of MODEL (HF folder or f32/f16 GGUF): the importance-weighted error of each candidate type per
+    tensor, and the KL divergence caused by quantizing one tensor group at a time, ranked."""
+    from qconv.converter.analyze import AnalyzeOptions, analyze, format_analysis
+
+    options = AnalyzeOptions(
+        imatrix=imatrix, types=[t.strip() for t in types.split(",") if t.strip()], ctx=ctx, max_tokens=max_tokens,
+        bands=bands, kld=not no_kld, threads=threads,
+    )  # fmt: skip
+    result = analyze(model, options, log=_log(quiet))
+    if out_path is not None:
+        Path(out_path).write_text(json.dumps(result, indent=2, default=float))
+    click.echo(format_analysis(result))

@@ -1,0 +1,405 @@
+"""`qconv eval`: run a quantized GGUF and its reference through the C runtime on the held-out suites and say, per
+capability, what quantization lost.
+
+Per suite: mean and 99th-percentile KL divergence KL(P_ref || P_quant) of the next-token distribution, top-1
+agreement, and the perplexity of each model on the text (ratio quant / ref). Per task suite: the accuracy of both
+models' greedy continuations (maths: exact answer; json: a tool call valid against the schema; passkey: the key).
+Gates (`kld=0.05,top1=0.90,task_drop=0.03`) turn the report into an exit code naming the failing suite.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from qconv.converter import suites as suite_table
+from qconv.formats.errors import FormatError
+
+DEFAULT_CTX = 512
+GATE_KEYS = {
+    "kld": "mean KL divergence above",
+    "kld_p99": "99th-percentile KL divergence above",
+    "top1": "top-1 agreement below",
+    "ppl_ratio": "perplexity ratio above",
+    "task_drop": "task accuracy drop above",
+}
+LONG_SCORED_TOKENS = 256  # of a long-context document, the last tokens are scored (the rest only fills the cache)
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    x = logits.astype(np.float64)
+    x -= x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+@dataclass
+class TokenStats:
+    """Per scored position: KL(ref || quant), whether the argmaxes agree, and each model's NLL of the next token."""
+
+    kld: list[np.ndarray] = field(default_factory=list)
+    top1: list[np.ndarray] = field(default_factory=list)
+    nll_ref: list[np.ndarray] = field(default_factory=list)
+    nll_quant: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, ref_logits: np.ndarray, quant_logits: np.ndarray, next_tokens: np.ndarray, rows: int = 64) -> None:
+        """Logits of the same positions from both models; next_tokens[i] follows position i (-1: none known)."""
+        for start in range(0, len(ref_logits), rows):  # in row blocks: float64 copies of a 49k vocabulary are large
+            r = log_softmax(ref_logits[start : start + rows])
+            q = log_softmax(quant_logits[start : start + rows])
+            self.kld.append(np.maximum((np.exp(r) * (r - q)).sum(axis=-1), 0.0))
+            self.top1.append(r.argmax(-1) == q.argmax(-1))
+            nxt = next_tokens[start : start + rows]
+            known = nxt >= 0
+            idx = np.nonzero(known)[0]
+            self.nll_ref.append(-r[idx, nxt[known]])
+            self.nll_quant.append(-q[idx, nxt[known]])
+
+    def summary(self) -> dict:
+        kld = np.concatenate(self.kld) if self.kld else np.zeros(0)
+        nll_r = np.concatenate(self.nll_ref) if self.nll_ref else np.zeros(0)
+        nll_q = np.concatenate(self.nll_quant) if self.nll_quant else np.zeros(0)
+        ppl_ref, ppl_quant = float(np.exp(nll_r.mean())), float(np.exp(nll_q.mean()))
+        return {
+            "tokens": int(kld.size),
+            "kld_mean": float(kld.mean()),
+            "kld_p99": float(np.percentile(kld, 99)),
+            "kld_median": float(np.median(kld)),
+            "top1": float(np.concatenate(self.top1).mean()),
+            "ppl_ref": ppl_ref,
+            "ppl_quant": ppl_quant,
+            "ppl_ratio": ppl_quant / ppl_ref,
+        }
+
+
+# ---------------------------------------------------------------- gates
+
+
+def parse_gates(spec: str | None) -> dict[str, float]:
+    """'kld=0.05,top1=0.90,task_drop=0.03' -> {key: threshold}; unknown keys and bad numbers are user errors."""
+    gates: dict[str, float] = {}
+    for item in filter(None, (s.strip() for s in (spec or "").split(","))):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if key not in GATE_KEYS:
+            raise FormatError(f"--gate: unknown key '{key}' in '{item}'; valid keys: {', '.join(GATE_KEYS)}")
+        try:
+            gates[key] = float(value)
+        except ValueError:
+            raise FormatError(f"--gate: '{item}' needs a number after '=' (e.g. {key}=0.05)") from None
+        if not sep:
+            raise FormatError(f"--gate: '{item}' needs KEY=VALUE")
+    return gates
+
+
+def gate_failures(report: dict, gates: dict[str, float]) -> list[str]:
+    """One line per (suite, gate) crossed: 'maths: task accuracy drop above 0.03 (0.150)'."""
+    failures = []
+    for s in report["suites"]:
+        values = {"kld": s["kld_mean"], "kld_p99": s["kld_p99"], "top1": s["top1"], "ppl_ratio": s["ppl_ratio"]}
+        task = report["tasks"].get(s["name"])
+        if task is not None:
+            values["task_drop"] = task["drop"]
+        for key, threshold in gates.items():
+            value = values.get(key)
+            if value is None:
+                continue
+            crossed = value < threshold if key == "top1" else value > threshold
+            if crossed:
+                failures.append(f"{s['name']}: {GATE_KEYS[key]} {threshold:g} ({value:.4f})")
+    return failures
+
+
+# ---------------------------------------------------------------- the two models
+
+
+def _gguf_identity(path: Path) -> dict:
+    from qconv.formats.gguf_read import read_gguf
+
+    with read_gguf(path) as g:
+        arch = g.architecture
+        tokens = g.metadata.get("tokenizer.ggml.tokens")
+        float_types = {"F32", "F16", "BF16"}
+        quantized = [t.name for t in g.tensors.values() if t.type_name not in float_types]
+        return {
+            "arch": arch,
+            "tokens": list(tokens) if tokens is not None else None,
+            "block_count": g.metadata.get(f"{arch}.block_count"),
+            "embedding_length": g.metadata.get(f"{arch}.embedding_length"),
+            "quantized": quantized,
+            "file_bytes": path.stat().st_size,
+        }
+
+
+def check_compatible(quant: Path, ref: Path) -> None:
+    """The reference must be the same network: architecture, shape and vocabulary."""
+    q, r = _gguf_identity(quant), _gguf_identity(ref)
+    if q["arch"] != r["arch"]:
+        raise FormatError(f"reference {ref} is a '{r['arch']}' model, {quant} is a '{q['arch']}' model")
+    for key in ("block_count", "embedding_length"):
+        if q[key] != r[key]:
+            raise FormatError(f"reference {ref} has {key} {r[key]}, {quant} has {q[key]}: not the same model")
+    qt, rt = q["tokens"] or [], r["tokens"] or []
+    if len(qt) != len(rt):
+        raise FormatError(f"reference {ref} has a vocabulary of {len(rt)} tokens, {quant} has {len(qt)}")
+    differ = next((i for i, (a, b) in enumerate(zip(qt, rt)) if a != b), None)
+    if differ is not None:
+        raise FormatError(
+            f"reference {ref} has another vocabulary: token {differ} is {rt[differ]!r}, not {qt[differ]!r}"
+        )
+
+
+def prepare_reference(ref: Path, workdir: Path, progress: bool = False) -> Path:
+    """An unquantized GGUF of REF: the file itself (f32/f16/bf16), or an HF folder converted to f32 in workdir."""
+    ref = Path(ref)
+    if ref.is_dir():
+        from qconv.converter.convert import convert_to_gguf
+
+        out = workdir / "reference-f32.gguf"
+        convert_to_gguf(ref, out, "f32", progress=progress)
+        return out
+    if not ref.is_file():
+        raise FormatError(f"reference {ref}: no such file or folder")
+    with open(ref, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise FormatError(f"reference {ref}: not a GGUF file nor a Hugging Face model folder")
+    quantized = _gguf_identity(ref)["quantized"]
+    if quantized:
+        raise FormatError(
+            f"reference {ref}: tensor '{quantized[0]}' is quantized; the reference must be an f32/f16/bf16 GGUF "
+            "or the Hugging Face folder"
+        )
+    return ref
+
+
+class Runner:
+    """One model in the C runtime (runtime.model.Model): fresh-context logits of a window, long prefixes whose
+    last positions alone are scored, greedy continuations, and plain runs (calibration). Time and tokens are
+    counted for the speed line."""
+
+    def __init__(self, path: Path, ctx: int, threads: int | None):
+        from qconv.runtime.model import Model
+        from qconv.runtime.tokenizer import Tokenizer
+
+        self.path = Path(path)
+        self.model = Model(str(path), threads=threads, ctx=ctx)
+        self.tokenizer = Tokenizer.from_gguf(path)
+        self.add_bos = self.tokenizer.add_bos
+        self.bos = self.tokenizer.bos
+        self.n_vocab = self.tokenizer.n_vocab
+        self.seconds = 0.0
+        self.tokens = 0
+
+    def tokenize(self, text: str, bos: bool) -> list[int]:
+        tokens = list(self.tokenizer.encode(text, add_special=False))
+        return ([self.bos] if bos else []) + tokens
+
+    def _eval(self, tokens: list[int], all_logits: bool) -> np.ndarray:
+        """Append tokens to the cache; the logits of every position, or only of the last."""
+        from qconv.runtime._native import ffi, lib
+        from qconv.runtime.imatrix import _model_handle
+
+        handle = _model_handle(self.model)
+        toks = np.ascontiguousarray(tokens, dtype=np.int32)
+        out = np.empty((len(toks) if all_logits else 1, self.n_vocab), dtype=np.float32)
+        out_ptr = ffi.from_buffer("float[]", out) if all_logits else ffi.NULL
+        if lib.qrt_model_eval(handle, ffi.from_buffer("int32_t[]", toks), len(toks), out_ptr) != 0:
+            raise FormatError(f"{self.path}: {ffi.string(lib.qrt_model_error(handle)).decode()}")
+        if not all_logits:
+            out[0] = np.frombuffer(ffi.buffer(lib.qrt_model_logits(handle), 4 * self.n_vocab), dtype=np.float32)
+        return out
+
+    def _reset(self) -> None:
+        from qconv.runtime._native import lib
+        from qconv.runtime.imatrix import _model_handle
+
+        lib.qrt_model_set_n_past(_model_handle(self.model), 0)
+
+    def logits(self, tokens: list[int], score_last: int | None = None) -> np.ndarray:
+        """Logits at every position of tokens from an empty cache (only the last score_last rows if given)."""
+        t0 = time.perf_counter()
+        if score_last is None or score_last >= len(tokens):
+            out = np.asarray(self.model.logits(tokens), dtype=np.float32)
+        else:
+            self._reset()
+            self._eval(tokens[: len(tokens) - score_last], all_logits=False)
+            out = self._eval(tokens[len(tokens) - score_last :], all_logits=True)
+        self.seconds += time.perf_counter() - t0
+        self.tokens += len(tokens)
+        return out
+
+    def run(self, tokens: list[int]) -> None:
+        """Evaluate tokens from an empty cache, only for their side effects (activation statistics)."""
+        t0 = time.perf_counter()
+        self._reset()
+        self._eval(tokens, all_logits=False)
+        self.seconds += time.perf_counter() - t0
+        self.tokens += len(tokens)
+
+    def greedy(self, tokens: list[int], max_new: int, stop: str = "\n") -> str:
+        """The greedy continuation of tokens, up to max_new tokens or the first stop string after some text."""
+        t0 = time.perf_counter()
+        self._reset()
+        last = self._eval(tokens, all_logits=False)[0]
+        out: list[int] = []
+        text = ""
+        for _ in range(max_new):
+            token = int(np.argmax(last))
+            if self.tokenizer.is_eog(token):
+                break
+            out.append(token)
+            text = self.tokenizer.decode(out)
+            if stop and stop in text.lstrip():
+                break
+            last = self._eval([token], all_logits=False)[0]
+        self.seconds += time.perf_counter() - t0
+        self.tokens += len(tokens) + len(out)
+        return text
+
+
+# ---------------------------------------------------------------- suites and tasks
+
+
+def suite_windows(runner: Runner, suite, ctx: int, max_tokens: int | None) -> list[tuple[list[int], int | None]]:
+    """(tokens, score_last) per window: ctx-sized windows of the suite's text (each starting with BOS when the
+    model adds one), or whole documents for long-context suites."""
+    bos = runner.add_bos
+    docs = suite.documents("eval")
+    if suite.whole_documents:  # with max_tokens: only the documents that short (at least the shortest)
+        windows = sorted((runner.tokenize(d, bos) for d in docs), key=len)
+        keep = [w for w in windows if not max_tokens or len(w) <= max_tokens] or windows[:1]
+        return [(w, min(LONG_SCORED_TOKENS, len(w) - 1)) for w in keep]
+    stream: list[int] = []
+    for doc in docs:
+        stream += runner.tokenize(doc + "\n\n", False)
+    if max_tokens:
+        stream = stream[:max_tokens]
+    bos_id = runner.bos
+    width = ctx - 1 if bos else ctx
+    return [(([bos_id] if bos else []) + stream[i : i + width], None) for i in range(0, len(stream), width)]
+
+
+def check_answer(kind: str, continuation: str, expected: str) -> bool:
+    if kind == "json":
+        return suite_table.valid_tool_call(continuation) is not None
+    numbers = re.findall(r"-?\d+", continuation)
+    return bool(numbers) and numbers[0] == expected
+
+
+def run_tasks(ref: Runner, quant: Runner, items, max_tasks: int | None) -> dict:
+    items = items[:max_tasks] if max_tasks else items
+    rows = []
+    for item in items:
+        tokens = ref.tokenize(item.prompt, ref.add_bos)
+        stop = "\n"
+        ref_text = ref.greedy(tokens, item.max_new_tokens, stop)
+        quant_text = quant.greedy(tokens, item.max_new_tokens, stop)
+        rows.append(
+            {
+                "expected": item.expected,
+                "ref": ref_text,
+                "quant": quant_text,
+                "ref_ok": check_answer(item.kind, ref_text, item.expected),
+                "quant_ok": check_answer(item.kind, quant_text, item.expected),
+            }
+        )
+    n = max(1, len(rows))
+    ref_acc = sum(r["ref_ok"] for r in rows) / n
+    quant_acc = sum(r["quant_ok"] for r in rows) / n
+    return {
+        "kind": items[0].kind if items else "",
+        "n": len(rows),
+        "ref_accuracy": ref_acc,
+        "quant_accuracy": quant_acc,
+        "drop": max(0.0, ref_acc - quant_acc),
+        "items": rows,
+    }
+
+
+@dataclass
+class EvalOptions:
+    suites: list[str] | None = None
+    ctx: int = DEFAULT_CTX
+    threads: int | None = None
+    max_tokens: int | None = None  # per suite, for quick runs
+    max_tasks: int | None = None  # per task suite
+    tasks: bool = True
+    layer_errors: bool = True  # per-layer weight error of the quantized file (for the report's chart)
+    progress: bool = False
+
+
+def evaluate(quant: Path, ref: Path, options: EvalOptions | None = None, log=None) -> dict:
+    """The report (a JSON-able dict) of QUANT against REF on the held-out suites."""
+    options = options or EvalOptions()
+    quant = Path(quant)
+    if not quant.is_file():
+        raise FormatError(f"{quant}: no such GGUF file")
+    chosen = suite_table.get_suites(options.suites) if options.suites else suite_table.get_suites()
+    say = log or (lambda msg: None)
+    with tempfile.TemporaryDirectory(prefix="qconv-eval-") as tmp:
+        ref_path = prepare_reference(Path(ref), Path(tmp), options.progress)
+        check_compatible(quant, ref_path)
+        long_ctx = max(
+            (len(d) for s in chosen if s.whole_documents for d in s.documents("eval")), default=0
+        )  # characters bound the token count from above
+        model_ctx = max(options.ctx, min(long_ctx + 64, 8192)) if long_ctx else options.ctx
+        ref_runner = Runner(ref_path, model_ctx, options.threads)
+        quant_runner = Runner(quant, model_ctx, options.threads)
+        report = {
+            "quant": str(quant),
+            "reference": str(ref),
+            "quant_bytes": quant.stat().st_size,
+            "reference_bytes": ref_path.stat().st_size,
+            "ctx": options.ctx,
+            "suites": [],
+            "tasks": {},
+            "provenance": suite_table.provenance(),
+        }
+        for suite in chosen:
+            stats = TokenStats()
+            for tokens, score_last in suite_windows(ref_runner, suite, options.ctx, options.max_tokens):
+                if len(tokens) < 2:
+                    continue
+                r = ref_runner.logits(tokens, score_last)
+                q = quant_runner.logits(tokens, score_last)
+                scored = tokens[len(tokens) - len(r) :]
+                next_tokens = np.array(scored[1:] + [-1], dtype=np.int64)
+                stats.add(r, q, next_tokens)
+                del r, q
+            row = {"name": suite.name, "description": suite.description, **stats.summary()}
+            report["suites"].append(row)
+            say(f"{suite.name}: {row['tokens']} tokens, KLD {row['kld_mean']:.4f}, top-1 {row['top1']:.3f}")
+            items = suite.tasks() if options.tasks else []
+            if items:
+                task = run_tasks(ref_runner, quant_runner, items, options.max_tasks)
+                report["tasks"][suite.name] = task
+                say(f"{suite.name} tasks: ref {task['ref_accuracy']:.2f}, quant {task['quant_accuracy']:.2f}")
+        report["speed"] = {
+            "ref_tokens": ref_runner.tokens,
+            "ref_seconds": ref_runner.seconds,
+            "quant_tokens": quant_runner.tokens,
+            "quant_seconds": quant_runner.seconds,
+        }
+        report["overall"] = overall(report)
+        if options.layer_errors:
+            from qconv.converter.report import layer_weight_errors
+
+            report["layer_errors"] = layer_weight_errors(quant, ref_path)
+    return report
+
+
+def overall(report: dict) -> dict:
+    rows = report["suites"]
+    n = sum(r["tokens"] for r in rows) or 1
+    return {
+        "tokens": sum(r["tokens"] for r in rows),
+        "kld_mean": sum(r["kld_mean"] * r["tokens"] for r in rows) / n,
+        "top1": sum(r["top1"] * r["tokens"] for r in rows) / n,
+    }

@@ -1,0 +1,71 @@
+"""Activation statistics from the C runtime (native/imatrix_collect.c): attach a collector to a model, run text
+through it, read back per weight the sum of squared inputs per column and the token count."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from qconv.runtime._native import ffi, lib
+
+
+@dataclass
+class WeightStats:
+    name: str
+    sums: np.ndarray  # float32 [cols]: sum over tokens of x_j^2
+    count: int  # tokens summed
+
+
+def _model_handle(model):
+    """The qrt_model* of a runtime Model (or a raw handle)."""
+    for attr in ("_handle", "handle", "_model", "_ptr"):
+        handle = getattr(model, attr, None)
+        if handle is not None and isinstance(handle, ffi.CData):
+            return handle
+    if isinstance(model, ffi.CData):
+        return model
+    raise TypeError(f"cannot find the native model handle of {type(model).__name__}")
+
+
+class ImatrixCollector:
+    """Sums of squared matmul inputs while attached: `with ImatrixCollector(model) as c: model.logits(...)`."""
+
+    def __init__(self, model=None):
+        self._handle = ffi.gc(lib.qrt_imatrix_new(), lib.qrt_imatrix_free)
+        if self._handle == ffi.NULL:
+            raise MemoryError("qrt_imatrix_new failed")
+        self._model = None
+        self._model_ref = None
+        if model is not None:
+            self.attach(model)
+
+    def attach(self, model) -> None:
+        self.detach()
+        self._model = _model_handle(model)
+        self._model_ref = model  # the collector must not outlive the model's use of it
+        lib.qrt_model_set_imatrix(self._model, self._handle)
+
+    def detach(self) -> None:
+        if self._model is not None:
+            lib.qrt_model_set_imatrix(self._model, ffi.NULL)
+            self._model = self._model_ref = None
+
+    def __enter__(self) -> ImatrixCollector:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.detach()
+
+    def reset(self) -> None:
+        lib.qrt_imatrix_reset(self._handle)
+
+    def stats(self) -> dict[str, WeightStats]:
+        out = {}
+        for i in range(lib.qrt_imatrix_n_entries(self._handle)):
+            name = ffi.string(lib.qrt_imatrix_entry_name(self._handle, i)).decode()
+            cols = lib.qrt_imatrix_entry_cols(self._handle, i)
+            sums = np.empty(cols, dtype=np.float32)
+            lib.qrt_imatrix_entry_sums(self._handle, i, ffi.from_buffer("float[]", sums))
+            out[name] = WeightStats(name, sums, int(lib.qrt_imatrix_entry_count(self._handle, i)))
+        return out
