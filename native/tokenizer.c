@@ -300,32 +300,25 @@ static int read_flag(const gguf_file *f, const char *key, int fallback) {
     return gguf_get_bool(f, key, &v) == GGUF_OK ? (v != 0) : fallback;
 }
 
-static int compare_specials_by_priority(const void *a, const void *b, void *ctx);
-
 static int build_specials(qrt_tokenizer *t);
 static int build_pieces(qrt_tokenizer *t);
 
+/* Each loading step returns 1, or 0 with a message in err. */
 #define FAIL(...)                                                                                              \
     do {                                                                                                       \
         snprintf(err, errlen, __VA_ARGS__);                                                                    \
-        qrt_tokenizer_free(t);                                                                                 \
-        return NULL;                                                                                           \
+        return 0;                                                                                              \
     } while (0)
 
-qrt_tokenizer *qrt_tokenizer_from_gguf(const gguf_file *f, const char *name, char *err, size_t errlen) {
-    qrt_tokenizer *t = calloc(1, sizeof *t);
-    if (!t) {
-        snprintf(err, errlen, "%s: out of memory for the tokenizer", name);
-        return NULL;
-    }
-    init_byte_alphabet(t);
+/* tokenizer.ggml.model / .pre -> the tokenizer kind, pre-tokenizer and llama.cpp's per-kind defaults. */
+static int read_kind(qrt_tokenizer *t, const gguf_file *f, const char *name, char *err, size_t errlen) {
     gguf_str model, pre = {"", 0};
     if (gguf_get_str(f, "tokenizer.ggml.model", &model) != GGUF_OK)
         FAIL("%s: no tokenizer.ggml.model string in the metadata", name);
     gguf_get_str(f, "tokenizer.ggml.pre", &pre);
     copy_gguf_str(t->model_name, sizeof t->model_name, model);
     copy_gguf_str(t->pre_name, sizeof t->pre_name, pre);
-
+    t->pad = t->eot = t->eom = -1;
     if (gguf_str_eq(model, "gpt2")) {
         t->kind = VOCAB_BPE;
         const char *pre_name = t->pre_name[0] ? t->pre_name : "default"; /* llama.cpp: missing pre -> default */
@@ -352,16 +345,31 @@ qrt_tokenizer *qrt_tokenizer_from_gguf(const gguf_file *f, const char *name, cha
         FAIL("%s: unsupported tokenizer.ggml.model '%.*s' (supported: gpt2, llama)", name, (int)model.len,
              model.ptr);
     }
-    t->pad = t->eot = t->eom = -1;
     t->add_space_prefix = read_flag(f, "tokenizer.ggml.add_space_prefix", t->add_space_prefix);
+    return 1;
+}
 
-    /* tokens, scores, types */
+/* GGUF token types -> llama.cpp attributes */
+static uint16_t attr_of_token_type(int64_t type) {
+    switch (type) {
+    case 1: return TOK_ATTR_NORMAL;
+    case 2: return TOK_ATTR_UNKNOWN;
+    case 3: return TOK_ATTR_CONTROL;
+    case 4: return TOK_ATTR_USER_DEFINED;
+    case 5: return TOK_ATTR_UNUSED;
+    case 6: return TOK_ATTR_BYTE;
+    default: return 0;
+    }
+}
+
+/* tokenizer.ggml.tokens / .scores / .token_type, and the text -> id map. */
+static int read_tokens(qrt_tokenizer *t, const gguf_file *f, const char *name, char *err, size_t errlen) {
     int64_t k_tokens = gguf_find_key(f, "tokenizer.ggml.tokens");
     if (k_tokens < 0 || f->kvs[k_tokens].type != GGUF_VT_ARRAY || f->kvs[k_tokens].arr_type != GGUF_VT_STRING)
         FAIL("%s: tokenizer.ggml.tokens is missing or not an array of strings", name);
     uint64_t n_vocab = f->kvs[k_tokens].arr_len;
-    if (n_vocab == 0 || n_vocab > (1u << 30)) FAIL("%s: tokenizer.ggml.tokens has %llu entries", name,
-                                                  (unsigned long long)n_vocab);
+    if (n_vocab == 0 || n_vocab > (1u << 30))
+        FAIL("%s: tokenizer.ggml.tokens has %llu entries", name, (unsigned long long)n_vocab);
     t->n_vocab = (int32_t)n_vocab;
     int64_t k_scores = gguf_find_key(f, "tokenizer.ggml.scores");
     if (k_scores >= 0 && (f->kvs[k_scores].type != GGUF_VT_ARRAY || f->kvs[k_scores].arr_len < n_vocab ||
@@ -377,6 +385,8 @@ qrt_tokenizer *qrt_tokenizer_from_gguf(const gguf_file *f, const char *name, cha
     uint64_t arena_bytes = 0;
     for (uint64_t i = 0; i < n_vocab; i++) {
         uint64_t len = f->kvs[k_tokens].arr_strs[i].len;
+        if (len > UINT32_MAX) FAIL("%s: token %llu is %llu bytes long", name, (unsigned long long)i,
+                                   (unsigned long long)len);
         arena_bytes += len ? len : 32; /* room for "[EMPTY_i]" */
     }
     t->text_arena = malloc(arena_bytes + 1);
@@ -395,77 +405,68 @@ qrt_tokenizer *qrt_tokenizer_from_gguf(const gguf_file *f, const char *name, cha
         gguf_str s = f->kvs[k_tokens].arr_strs[i];
         t->text_off[i] = off;
         if (s.len == 0) { /* llama.cpp renames empty tokens so they stay distinct */
-            int n = snprintf(t->text_arena + off, 32, "[EMPTY_%llu]", (unsigned long long)i);
-            t->text_len[i] = (uint32_t)n;
+            t->text_len[i] = (uint32_t)snprintf(t->text_arena + off, 32, "[EMPTY_%llu]", (unsigned long long)i);
         } else {
-            if (s.len > UINT32_MAX) FAIL("%s: token %llu is %llu bytes long", name, (unsigned long long)i,
-                                         (unsigned long long)s.len);
             memcpy(t->text_arena + off, s.ptr, s.len);
             t->text_len[i] = (uint32_t)s.len;
         }
         off += t->text_len[i];
         t->scores[i] = k_scores >= 0 ? (float)gguf_arr_float(f, k_scores, i) : 0.0f;
-        uint16_t attr = TOK_ATTR_NORMAL;
-        if (k_types >= 0) {
-            switch (gguf_arr_int(f, k_types, i)) { /* GGUF token types -> llama.cpp attributes */
-            case 1: attr = TOK_ATTR_NORMAL; break;
-            case 2: attr = TOK_ATTR_UNKNOWN; break;
-            case 3: attr = TOK_ATTR_CONTROL; break;
-            case 4: attr = TOK_ATTR_USER_DEFINED; break;
-            case 5: attr = TOK_ATTR_UNUSED; break;
-            case 6: attr = TOK_ATTR_BYTE; break;
-            default: attr = 0; break;
-            }
-        }
-        t->attr[i] = attr;
+        t->attr[i] = k_types >= 0 ? attr_of_token_type(gguf_arr_int(f, k_types, i)) : TOK_ATTR_NORMAL;
         id_map_insert(t, (int32_t)i);
     }
+    return 1;
+}
 
-    /* merges (gpt2) */
-    if (t->kind == VOCAB_BPE) {
-        int64_t k_merges = gguf_find_key(f, "tokenizer.ggml.merges");
-        if (k_merges < 0 || f->kvs[k_merges].type != GGUF_VT_ARRAY || f->kvs[k_merges].arr_type != GGUF_VT_STRING)
-            FAIL("%s: tokenizer.ggml.merges is missing or not an array of strings (needed by a gpt2 vocabulary)",
-                 name);
-        uint64_t n_merges = f->kvs[k_merges].arr_len;
-        if (n_merges > (1u << 30)) FAIL("%s: %llu merges", name, (unsigned long long)n_merges);
-        uint64_t merge_bytes = 0;
-        for (uint64_t i = 0; i < n_merges; i++) merge_bytes += f->kvs[k_merges].arr_strs[i].len;
-        t->merge_arena = malloc(merge_bytes + 1);
-        t->merges = malloc((n_merges + 1) * sizeof *t->merges);
-        uint32_t merge_slots = table_size_for(n_merges);
-        t->merge_slots = calloc(merge_slots, sizeof *t->merge_slots);
-        t->merge_mask = merge_slots - 1;
-        if (!t->merge_arena || !t->merges || !t->merge_slots)
-            FAIL("%s: out of memory for %llu merges", name, (unsigned long long)n_merges);
-        uint64_t moff = 0;
-        for (uint64_t i = 0; i < n_merges; i++) {
-            gguf_str s = f->kvs[k_merges].arr_strs[i];
-            /* "left right", split at the first space after the first byte (llama.cpp: word.find(' ', 1)) */
-            const char *space = s.len > 1 ? memchr(s.ptr + 1, ' ', s.len - 1) : NULL;
-            bpe_merge m = {0, 0, 0, 0};
-            if (space) {
-                size_t ln = (size_t)(space - s.ptr);
-                memcpy(t->merge_arena + moff, s.ptr, s.len);
-                m.left_off = (uint32_t)moff;
-                m.left_len = (uint32_t)ln;
-                m.right_off = (uint32_t)(moff + ln + 1);
-                m.right_len = (uint32_t)(s.len - ln - 1);
-                moff += s.len;
-            }
-            t->merges[i] = m;
-            if (!space) continue;
-            /* the first occurrence of a pair keeps its rank (llama.cpp: bpe_ranks.emplace) */
-            const char *l = t->merge_arena + m.left_off, *r = t->merge_arena + m.right_off;
-            if (merge_rank(t, l, m.left_len, r, m.right_len) >= 0) continue;
-            uint32_t j = (uint32_t)merge_hash(l, m.left_len, r, m.right_len) & t->merge_mask;
-            while (t->merge_slots[j]) j = (j + 1) & t->merge_mask;
-            t->merge_slots[j] = (uint32_t)i + 1;
-        }
-        t->n_merges = (uint32_t)n_merges;
+/* tokenizer.ggml.merges ("left right" strings, rank = index) into the pair -> rank map. */
+static int read_merges(qrt_tokenizer *t, const gguf_file *f, const char *name, char *err, size_t errlen) {
+    int64_t k_merges = gguf_find_key(f, "tokenizer.ggml.merges");
+    if (k_merges < 0 || f->kvs[k_merges].type != GGUF_VT_ARRAY || f->kvs[k_merges].arr_type != GGUF_VT_STRING)
+        FAIL("%s: tokenizer.ggml.merges is missing or not an array of strings (needed by a gpt2 vocabulary)", name);
+    uint64_t n_merges = f->kvs[k_merges].arr_len;
+    if (n_merges > (1u << 30)) FAIL("%s: %llu merges", name, (unsigned long long)n_merges);
+    uint64_t merge_bytes = 0;
+    for (uint64_t i = 0; i < n_merges; i++) merge_bytes += f->kvs[k_merges].arr_strs[i].len;
+    if (merge_bytes > UINT32_MAX) FAIL("%s: %llu bytes of merges", name, (unsigned long long)merge_bytes);
+    t->merge_arena = malloc(merge_bytes + 1);
+    t->merges = malloc((n_merges + 1) * sizeof *t->merges);
+    uint32_t merge_slots = table_size_for(n_merges);
+    t->merge_slots = calloc(merge_slots, sizeof *t->merge_slots);
+    t->merge_mask = merge_slots - 1;
+    if (!t->merge_arena || !t->merges || !t->merge_slots)
+        FAIL("%s: out of memory for %llu merges", name, (unsigned long long)n_merges);
+    uint64_t off = 0;
+    for (uint64_t i = 0; i < n_merges; i++) {
+        gguf_str s = f->kvs[k_merges].arr_strs[i];
+        /* split at the first space after the first byte (llama.cpp: word.find(' ', 1)) */
+        const char *space = s.len > 1 ? memchr(s.ptr + 1, ' ', s.len - 1) : NULL;
+        bpe_merge m = {0, 0, 0, 0};
+        t->merges[i] = m;
+        if (!space) continue;
+        size_t left_len = (size_t)(space - s.ptr);
+        memcpy(t->merge_arena + off, s.ptr, s.len);
+        m.left_off = (uint32_t)off;
+        m.left_len = (uint32_t)left_len;
+        m.right_off = (uint32_t)(off + left_len + 1);
+        m.right_len = (uint32_t)(s.len - left_len - 1);
+        off += s.len;
+        t->merges[i] = m;
+        /* the first occurrence of a pair keeps its rank (llama.cpp: bpe_ranks.emplace) */
+        const char *l = t->merge_arena + m.left_off, *r = t->merge_arena + m.right_off;
+        if (merge_rank(t, l, m.left_len, r, m.right_len) >= 0) continue;
+        uint32_t j = (uint32_t)merge_hash(l, m.left_len, r, m.right_len) & t->merge_mask;
+        while (t->merge_slots[j]) j = (j + 1) & t->merge_mask;
+        t->merge_slots[j] = (uint32_t)i + 1;
     }
+    t->n_merges = (uint32_t)n_merges;
+    return 1;
+}
 
-    /* special ids and flags */
+#undef FAIL
+
+/* Special ids from the metadata, then llama.cpp's detection by text: end-of-turn and fill-in-the-middle tokens
+ * (forced to control), the end-of-generation set, and its exceptions. */
+static void find_special_tokens(qrt_tokenizer *t, const gguf_file *f) {
     int32_t nv = t->n_vocab;
     t->bos = read_token_id(f, "tokenizer.ggml.bos_token_id", t->bos, nv);
     t->eos = read_token_id(f, "tokenizer.ggml.eos_token_id", t->eos, nv);
@@ -482,7 +483,6 @@ qrt_tokenizer *qrt_tokenizer_from_gguf(const gguf_file *f, const char *name, cha
     t->add_bos = read_flag(f, "tokenizer.ggml.add_bos_token", t->add_bos);
     t->add_eos = read_flag(f, "tokenizer.ggml.add_eos_token", t->add_eos);
 
-    /* llama.cpp finds end-of-turn and fill-in-the-middle tokens by their text and forces them to control */
     if (t->eot < 0 && (t->eot = find_any(t, EOT_TEXTS, COUNT_OF(EOT_TEXTS))) >= 0) mark_control(t, t->eot);
     if (t->eom < 0) {
         static const char *const eom[] = {"<|eom_id|>"};
@@ -512,36 +512,37 @@ qrt_tokenizer *qrt_tokenizer_from_gguf(const gguf_file *f, const char *name, cha
     if (t->eos >= 0) t->is_eog[t->eos] = 1;
     if (t->eot >= 0) t->is_eog[t->eot] = 1;
     if (t->eom >= 0) t->is_eog[t->eom] = 1;
-    {
-        /* o200k_harmony / solar-open: "<|end|>" is not end-of-generation when return/call tokens exist */
-        int has_return = 0, has_call = 0, has_flush = 0;
-        int32_t end_id = -1;
-        for (int32_t id = 0; id < nv; id++) {
-            if (!t->is_eog[id]) continue;
-            if (text_is(t, id, "<|return|>")) has_return = 1;
-            else if (text_is(t, id, "<|call|>") || text_is(t, id, "<|calls|>")) has_call = 1;
-            else if (text_is(t, id, "<|flush|>")) has_flush = 1;
-            else if (text_is(t, id, "<|end|>")) end_id = id;
-        }
-        if (end_id >= 0 && ((has_return && has_call) || (has_call && has_flush))) {
-            t->is_eog[end_id] = 0;
-            t->attr[end_id] = TOK_ATTR_USER_DEFINED;
-        }
-        /* gemma4 / plamo: "</s>" is a normal token */
-        int has_normal_s_marker = 0;
-        int32_t s_id = -1;
-        for (int32_t id = 0; id < nv; id++) {
-            if (!t->is_eog[id]) continue;
-            if (text_is(t, id, "<|tool_response>") || text_is(t, id, "<|plamo:eos|>")) has_normal_s_marker = 1;
-            else if (text_is(t, id, "</s>")) s_id = id;
-        }
-        if (has_normal_s_marker && s_id >= 0) {
-            t->is_eog[s_id] = 0;
-            t->attr[s_id] = TOK_ATTR_NORMAL;
-        }
-    }
 
-    /* SPM byte fallback: <0xXX>, else the byte itself as a token */
+    /* o200k_harmony / solar-open: "<|end|>" is not end-of-generation when return/call tokens exist */
+    int has_return = 0, has_call = 0, has_flush = 0;
+    int32_t end_id = -1;
+    for (int32_t id = 0; id < nv; id++) {
+        if (!t->is_eog[id]) continue;
+        if (text_is(t, id, "<|return|>")) has_return = 1;
+        else if (text_is(t, id, "<|call|>") || text_is(t, id, "<|calls|>")) has_call = 1;
+        else if (text_is(t, id, "<|flush|>")) has_flush = 1;
+        else if (text_is(t, id, "<|end|>")) end_id = id;
+    }
+    if (end_id >= 0 && ((has_return && has_call) || (has_call && has_flush))) {
+        t->is_eog[end_id] = 0;
+        t->attr[end_id] = TOK_ATTR_USER_DEFINED;
+    }
+    /* gemma4 / plamo: "</s>" is a normal token */
+    int has_normal_s_marker = 0;
+    int32_t s_id = -1;
+    for (int32_t id = 0; id < nv; id++) {
+        if (!t->is_eog[id]) continue;
+        if (text_is(t, id, "<|tool_response>") || text_is(t, id, "<|plamo:eos|>")) has_normal_s_marker = 1;
+        else if (text_is(t, id, "</s>")) s_id = id;
+    }
+    if (has_normal_s_marker && s_id >= 0) {
+        t->is_eog[s_id] = 0;
+        t->attr[s_id] = TOK_ATTR_NORMAL;
+    }
+}
+
+/* SentencePiece byte fallback: <0xXX>, else the byte itself as a token (llama.cpp's byte_to_token). */
+static void find_byte_tokens(qrt_tokenizer *t) {
     for (int b = 0; b < 256; b++) {
         char hex[8];
         snprintf(hex, sizeof hex, "<0x%02X>", b);
@@ -552,8 +553,27 @@ qrt_tokenizer *qrt_tokenizer_from_gguf(const gguf_file *f, const char *name, cha
         }
         t->byte_token[b] = id;
     }
+}
 
-    if (!build_specials(t) || !build_pieces(t)) FAIL("%s: out of memory building the tokenizer tables", name);
+qrt_tokenizer *qrt_tokenizer_from_gguf(const gguf_file *f, const char *name, char *err, size_t errlen) {
+    qrt_tokenizer *t = calloc(1, sizeof *t);
+    if (!t) {
+        snprintf(err, errlen, "%s: out of memory for the tokenizer", name);
+        return NULL;
+    }
+    init_byte_alphabet(t);
+    if (!read_kind(t, f, name, err, errlen) || !read_tokens(t, f, name, err, errlen) ||
+        (t->kind == VOCAB_BPE && !read_merges(t, f, name, err, errlen))) {
+        qrt_tokenizer_free(t);
+        return NULL;
+    }
+    find_special_tokens(t, f);
+    find_byte_tokens(t);
+    if (!build_specials(t) || !build_pieces(t)) {
+        snprintf(err, errlen, "%s: out of memory building the tokenizer tables", name);
+        qrt_tokenizer_free(t);
+        return NULL;
+    }
     return t;
 }
 
