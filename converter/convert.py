@@ -87,18 +87,36 @@ def convert_to_gguf(
             )
             with progress_bar as bar:  # closed (and cleared) before any error message is printed
                 for choice in plan.choices:
-                    weights = source.read_f32(choice.name)
-                    if not np.isfinite(weights).all():
-                        bad = np.argwhere(~np.isfinite(weights))[0].tolist()
-                        raise FormatError(f"{source.describe(choice.name)} holds NaN or Inf (first at {bad})")
                     importance = imatrix.mean_squares(choice.name) if imatrix is not None else None
-                    out.write(encode(weights, choice.ggml_type, options.threads, quants, importance))
-                    bar.update(choice.n_elements)
-                    del weights
+                    chunks = source.read_f32_chunks(choice.name)
+                    out.write_chunks(
+                        _encoded(
+                            chunks,
+                            source.describe(choice.name),
+                            choice.ggml_type,
+                            options.threads,
+                            quants,
+                            importance,
+                            bar,
+                        )
+                    )
             out.finish()
     finally:
         source.close()
     return ConvertResult(out_path, plan, source.source_types)
+
+
+def _encoded(chunks, what: str, ggml_type, threads, quants, importance, bar):
+    """Check and encode each row range as it is read: NaN/Inf is reported by tensor name and position."""
+    row = 0
+    for weights in chunks:
+        if not np.isfinite(weights).all():
+            bad = np.argwhere(~np.isfinite(weights))[0].tolist()
+            bad[0] += row
+            raise FormatError(f"{what} holds NaN or Inf (first at {bad})")
+        yield encode(weights, ggml_type, threads, quants, importance)
+        row += weights.shape[0] if weights.ndim > 1 else 0
+        bar.update(weights.size)
 
 
 def add_imatrix_metadata(writer: gguf.GGUFWriter, imatrix: ImportanceMatrix, plan: TypePlan) -> None:

@@ -66,7 +66,8 @@ class TokenStats:
         kld = np.concatenate(self.kld) if self.kld else np.zeros(0)
         nll_r = np.concatenate(self.nll_ref) if self.nll_ref else np.zeros(0)
         nll_q = np.concatenate(self.nll_quant) if self.nll_quant else np.zeros(0)
-        ppl_ref, ppl_quant = float(np.exp(nll_r.mean())), float(np.exp(nll_q.mean()))
+        ppl_ref = float(np.exp(nll_r.mean())) if nll_r.size else float("nan")
+        ppl_quant = float(np.exp(nll_q.mean())) if nll_q.size else float("nan")
         return {
             "tokens": int(kld.size),
             "kld_mean": float(kld.mean()),

@@ -17,7 +17,15 @@ from qconv.formats.tensor_names import gguf_name, permute_rope_rows, rope_permut
 from qconv.formats.tokenizer_meta import read_hf_tokenizer
 
 ROPE_FREQS = "rope_freqs.weight"
+CHUNK_BYTES = 64 * 2**20  # f32 bytes read, checked and quantized at a time: bounds memory on large tensors
 FLOAT_TYPES = (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16, gguf.GGMLQuantizationType.BF16)
+
+
+def row_chunks(shape: tuple[int, ...], chunk_bytes: int = CHUNK_BYTES):
+    """[start, stop) row ranges of a 2-D tensor holding at most chunk_bytes of f32 each."""
+    rows = shape[0]
+    step = max(1, chunk_bytes // (4 * max(1, shape[-1])))
+    return [(start, min(rows, start + step)) for start in range(0, rows, step)]
 
 
 def writing_order(name: str) -> tuple:
@@ -85,6 +93,15 @@ class HFSource:
             weights = permute_rope_rows(weights, getattr(self.spec, heads))
         return weights
 
+    def read_f32_chunks(self, name: str):
+        """The tensor as consecutive row ranges (whole when rows are permuted or it is 1-D)."""
+        shape = self.shapes[name]
+        if name == ROPE_FREQS or len(shape) == 1 or (self.spec.arch.rope_permute and rope_permute_heads(name)):
+            yield self.read_f32(name)
+            return
+        for rows in row_chunks(shape):
+            yield self.safetensors.read_f32(self.hf_names[name], rows)
+
     def describe(self, name: str) -> str:
         return f"tensor '{self.hf_names.get(name, name)}'"
 
@@ -140,6 +157,21 @@ class GGUFSource:
         if t.ggml_type == gguf.GGMLQuantizationType.F32:
             return raw.view(np.float32).reshape(t.shape).copy()
         return self._quants.dequantize(raw, t.type_name, t.shape)
+
+    def read_f32_chunks(self, name: str):
+        t = self.gguf.tensors[name]
+        if len(t.shape) == 1:
+            yield self.read_f32(name)
+            return
+        raw = self.gguf.tensor_data(name)
+        row_bytes = t.nbytes // t.shape[0]
+        for start, stop in row_chunks(t.shape):
+            chunk = raw[start * row_bytes : stop * row_bytes]
+            shape = (stop - start, *t.shape[1:])
+            if t.ggml_type == gguf.GGMLQuantizationType.F32:
+                yield chunk.view(np.float32).reshape(shape).copy()
+            else:
+                yield self._quants.dequantize(chunk, t.type_name, shape)
 
     def describe(self, name: str) -> str:
         return f"tensor '{name}' of {self.path.name}"

@@ -108,7 +108,25 @@ class StreamingGGUFWriter:
         self.writer.write_ti_data_to_file()
 
     def write(self, data: np.ndarray) -> None:
-        self.writer.write_tensor_data(np.ascontiguousarray(data))
+        self.write_chunks([data])
+
+    def write_chunks(self, chunks) -> None:
+        """The next declared tensor's data, given as consecutive pieces (row ranges), so a large tensor never has
+        to be held whole. Padding follows gguf-py's write_tensor_data: align before, then pad the size."""
+        w = self.writer
+        fout = w.fout[0]
+        name = next(iter(w.tensors[0]))
+        info = w.tensors[0].pop(name)
+        w.write_padding(fout, fout.tell())
+        written = 0
+        for chunk in chunks:
+            chunk = np.ascontiguousarray(chunk)
+            chunk.tofile(fout)
+            written += chunk.nbytes
+        if written != info.nbytes:
+            raise FormatError(f"{self.out_path}: tensor '{name}' has {written} bytes of data, declared {info.nbytes}")
+        w.write_padding(fout, written)
+        w.state = gguf.gguf_writer.WriterState.WEIGHTS
         self._written += 1
 
     def finish(self) -> Path:

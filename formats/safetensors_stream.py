@@ -141,19 +141,26 @@ class SafetensorsSource:
                 self._maps[path] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         return self._maps[path]
 
-    def read_f32(self, name: str) -> np.ndarray:
-        """A float32 copy of the tensor; its mapped pages are released before returning."""
+    def read_f32(self, name: str, rows: tuple[int, int] | None = None) -> np.ndarray:
+        """A float32 copy of the tensor, or of rows [start, stop) of its first axis; the mapped pages are released
+        before returning."""
         entry = self.entries[name]
         m = self._map(entry.file)
-        stored, _ = STORED_DTYPES[entry.dtype]
-        raw = np.frombuffer(m, dtype=stored, count=entry.n_elements, offset=entry.start)
-        if entry.dtype == "BF16":
-            out = (raw.astype(np.uint32) << 16).view(np.float32)
-        else:
-            out = raw.astype(np.float32)
+        stored, itemsize = STORED_DTYPES[entry.dtype]
+        shape, start, count = entry.shape, entry.start, entry.n_elements
+        if rows is not None:
+            row_elements = count // shape[0]
+            shape = (rows[1] - rows[0], *shape[1:])
+            start += rows[0] * row_elements * itemsize
+            count = shape[0] * row_elements
+        raw = np.frombuffer(m, dtype=stored, count=count, offset=start)
+        out = raw.astype(np.uint32 if entry.dtype == "BF16" else np.float32)
         del raw
-        self._release(m, entry.start, entry.end)
-        return out.reshape(entry.shape)
+        self._release(m, start, start + count * itemsize)
+        if entry.dtype == "BF16":
+            out <<= 16  # in place: the bf16 bits become the high half of a float32
+            out = out.view(np.float32)
+        return out.reshape(shape)
 
     @staticmethod
     def _release(m: mmap.mmap, start: int, end: int) -> None:

@@ -57,11 +57,20 @@ def prose(part: str) -> list[str]:
     ours = (HERE / f"prose_{part}.txt").read_text(encoding="utf-8")
     from pydoc_data.topics import topics
 
-    keys = sorted(topics)[PARTS.index(part) :: 2]
+    def paragraphs(key: str) -> list[str]:
+        found = [p.strip() for p in topics[key].split("\n\n") if p.strip() and not p.startswith((" ", "*", "="))]
+        return found[:3]
+
+    keys = sorted(topics)
+    # some topics repeat a sentence of another: evaluation paragraphs sharing a line with calibration are left out
+    calibration_lines = set()
+    if part == "eval":
+        for p in prose("calibration")[1].split("\n\n"):
+            calibration_lines |= {line.strip() for line in p.splitlines() if len(line.strip()) > 30}
     taken, size = [], 0
-    for key in keys:
-        paragraphs = [p for p in topics[key].split("\n\n") if p.strip() and not p.startswith((" ", "*", "="))]
-        text = "\n\n".join(p.strip() for p in paragraphs[:3])
+    for key in keys[PARTS.index(part) :: 2]:
+        kept = [p for p in paragraphs(key) if not {line.strip() for line in p.splitlines()} & calibration_lines]
+        text = "\n\n".join(kept)
         if len(text) > 200:
             taken.append(text)
             size += len(text)

@@ -1,0 +1,534 @@
+"""HF folder -> OUT_DIR: a llama-family decoder as ONNX with block-quantized int4/uint4/int8/uint8 weights.
+
+OUT_DIR holds model.onnx (+ model.onnx.data when the weights pass 2 GB), genai_config.json (so
+onnxruntime-genai loads the folder), the HF tokenizer files with the chat template, and tokenizer.gguf: a
+tensorless GGUF carrying the same tokenizer metadata as our GGUF files, so qconv's C tokenizer serves ONNX
+folders too (ids identical to llama.cpp's, no HF dependency at run time).
+
+The graph (standard ONNX ops, opset 21):
+- inputs input_ids [batch, seq], attention_mask [batch, total], position_ids [batch, seq],
+  past_key_values.{i}.key/value [batch, kv_heads, past, head_dim]; outputs logits [batch, seq, vocab] and
+  present.{i}.key/value [batch, kv_heads, total, head_dim] (optimum / onnxruntime-genai names).
+- every linear layer: K x N quantized initializer -> DequantizeLinear(axis 0, block_size) -> MatMul, which ONNX
+  Runtime fuses into MatMulNBits. Scales and zero points come from qconv's importance-weighted block search.
+- the embedding table is stored once, quantized, in the head's K x N layout ([hidden, vocab]). A lookup casts it
+  to 8-bit (Gather has no 4-bit types; ONNX Runtime folds the cast once at load), gathers the token columns and
+  their block scales, then dequantizes only those rows. A tied head reuses the same quantized initializer, so the
+  file holds the table once; its scales are stored twice (head layout [blocks, vocab] and lookup layout
+  [vocab, blocks]) because ONNX Runtime does not fuse a DequantizeLinear whose scales feed another node: that costs
+  vocab x hidden / block x 4 bytes (3.5 MB for SmolLM2-135M at block 32), where a separate head initializer would
+  cost 4.5 MB more than that.
+- RMSNorm in float in the pattern ONNX Runtime fuses (Pow, ReduceMean, Add, Sqrt, Div, Mul); rope (rotate-half,
+  HF's layout) from position_ids with the model's theta and linear/llama3/yarn scaling; grouped-query attention
+  with plain MatMul/Softmax over [batch, kv_heads, group * seq, head_dim] (no key/value copies per group) and a
+  mask built from attention_mask (padding) and the causal order of the total sequence.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gguf
+import numpy as np
+import onnx
+from onnx import TensorProto
+
+from qconv.converter.sources import HFSource
+from qconv.formats.errors import FormatError
+from qconv.formats.gguf_write import add_model_metadata, llama3_rope_factors
+from qconv.formats.hf_config import ModelSpec
+from qconv.formats.imatrix import ImportanceMatrix, read_imatrix
+from qconv.formats.onnx_graph import GATHERABLE, PROTO_LIMIT_BYTES, QUANT_TYPES, GraphBuilder
+from qconv.runtime.blockwise import BITS, BLOCK_SIZES, quantize_blockwise
+
+OPSET = 21
+MODEL_FILE = "model.onnx"
+DATA_FILE = "model.onnx.data"
+TOKENIZER_GGUF = "tokenizer.gguf"
+COPIED_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+# onnxruntime-genai's model type per GGUF architecture
+GENAI_TYPES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
+LINEAR_LAYERS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+MASK_MIN = float(np.finfo(np.float32).min)  # HF's masked score: exp() is 0 and a fully masked row stays finite
+
+
+@dataclass(frozen=True)
+class OnnxOptions:
+    bits: int = 4
+    block_size: int = 32
+    symmetric: bool = False
+    imatrix: Path | None = None
+    threads: int | None = None
+    external_data: bool | None = None  # None: only when the weights would pass the 2 GB protobuf limit
+
+    def check(self) -> None:
+        if self.bits not in BITS:
+            raise FormatError(f"unsupported --bits {self.bits}; valid: {', '.join(map(str, BITS))}")
+        if self.block_size not in BLOCK_SIZES:
+            raise FormatError(f"unsupported --block-size {self.block_size}; valid: {', '.join(map(str, BLOCK_SIZES))}")
+
+    @property
+    def onnx_type(self) -> int:
+        return QUANT_TYPES[(self.bits, self.symmetric)]
+
+
+@dataclass
+class ExportResult:
+    out_dir: Path
+    model_bytes: int
+    data_bytes: int
+    n_quantized: int  # linear layers stored as QDQ blocks (head included)
+    parameters: int
+    seconds: float
+    files: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- rope frequencies
+
+
+def rope_inv_freq(spec: ModelSpec) -> tuple[np.ndarray, float]:
+    """Inverse frequencies [head_dim / 2] and the cos/sin factor, as HF's rope init functions compute them."""
+    dim = spec.head_dim
+    base = spec.rope_theta
+    inv_freq = 1.0 / (base ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
+    scaling = spec.rope_scaling
+    kind = scaling.get("rope_type")
+    if kind == "linear":
+        return (inv_freq / float(scaling["factor"])).astype(np.float32), 1.0
+    if kind == "llama3":
+        return (inv_freq / llama3_rope_factors(spec).astype(np.float64)).astype(np.float32), 1.0
+    if kind == "yarn":
+        return _yarn(spec, inv_freq)
+    return inv_freq.astype(np.float32), 1.0
+
+
+def _yarn(spec: ModelSpec, inv_freq: np.ndarray) -> tuple[np.ndarray, float]:
+    """YaRN (Peng et al. 2023) as transformers implements it: blend interpolated and extrapolated frequencies
+    over a ramp of dimensions, and scale cos/sin by the attention factor."""
+    s, dim, base = spec.rope_scaling, spec.head_dim, spec.rope_theta
+    factor = float(s["factor"])
+    original = float(s.get("original_max_position_embeddings") or spec.context_length)
+
+    def mscale(scale: float, m: float = 1.0) -> float:
+        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+    attention = s.get("attention_factor")
+    if attention is None:
+        if s.get("mscale") and s.get("mscale_all_dim"):
+            attention = mscale(factor, s["mscale"]) / mscale(factor, s["mscale_all_dim"])
+        else:
+            attention = mscale(factor)
+    beta_fast, beta_slow = float(s.get("beta_fast") or 32), float(s.get("beta_slow") or 1)
+
+    def correction_dim(rotations: float) -> float:
+        return dim * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+    low, high = correction_dim(beta_fast), correction_dim(beta_slow)
+    if s.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001
+    ramp = np.clip((np.arange(dim // 2, dtype=np.float64) - low) / (high - low), 0, 1)
+    extrapolation = 1 - ramp
+    blended = inv_freq / factor * (1 - extrapolation) + inv_freq * extrapolation
+    return blended.astype(np.float32), float(attention)
+
+
+# ---------------------------------------------------------------- the graph
+
+
+class DecoderGraph:
+    """Builds the decoder into a GraphBuilder, one tensor read and quantized at a time."""
+
+    def __init__(
+        self,
+        source: HFSource,
+        options: OnnxOptions,
+        imatrix: ImportanceMatrix | None,
+        g: GraphBuilder,
+        progress: Callable[[str], None] | None = None,
+    ):
+        self.source, self.spec, self.options, self.imatrix, self.g = source, source.spec, options, imatrix, g
+        self.progress = progress or (lambda name: None)
+        self.n_quantized = 0
+        self.parameters = 0
+        self._consts: dict[tuple, str] = {}
+
+    # -- helpers
+
+    def const(self, values, dtype=np.int64) -> str:
+        array = np.asarray(values, dtype=dtype)
+        key = (array.dtype.str, array.shape, array.tobytes())
+        if key not in self._consts:
+            self._consts[key] = self.g.constant(self.g.fresh("const"), array)
+        return self._consts[key]
+
+    def read(self, hf_name: str) -> np.ndarray:
+        self.progress(hf_name)
+        values = self.source.safetensors.read_f32(hf_name)
+        self.parameters += values.size
+        return values
+
+    def importance(self, hf_name: str) -> np.ndarray | None:
+        if self.imatrix is None:
+            return None
+        from qconv.formats.tensor_names import gguf_name
+
+        return self.imatrix.mean_squares(gguf_name(hf_name))
+
+    def quantize_rows(self, hf_name: str, values: np.ndarray, importance_of: str | None = None):
+        o = self.options
+        imp = self.importance(importance_of or hf_name)
+        try:
+            return quantize_blockwise(values, o.bits, o.block_size, o.symmetric, imp, o.threads)
+        except ValueError as e:
+            raise FormatError(f"{self.source.safetensors.entries[hf_name].file}: tensor '{hf_name}': {e}") from None
+
+    def linear(self, x: str, hf_weight: str, hf_bias: str | None = None, out: str | None = None) -> str:
+        """x @ W^T (+ b) with W [out, in] quantized along `in` and stored K x N."""
+        quant = self.quantize_rows(hf_weight, self.read(hf_weight))
+        stem = hf_weight.removesuffix(".weight")
+        zp = None if quant.zero_points is None else quant.zero_points.T
+        w = self.g.dequantized_weight(
+            stem, quant.q.T, np.ascontiguousarray(quant.scales.T), zp, self.options.onnx_type, self.options.block_size
+        )
+        self.n_quantized += 1
+        if not hf_bias:
+            return self.g.node("MatMul", [x, w], [out] if out else 1, name=f"{stem}_MatMul")
+        y = self.g.node("MatMul", [x, w], name=f"{stem}_MatMul")
+        return self.g.node("Add", [y, self.g.constant(hf_bias, self.read(hf_bias))], [out] if out else 1)
+
+    def rms_norm(self, x: str, hf_weight: str) -> str:
+        g = self.g
+        gamma = g.constant(hf_weight, self.read(hf_weight))
+        square = g.node("Pow", [x, self.const(2.0, np.float32)])
+        mean = g.node("ReduceMean", [square, self.const([-1])], keepdims=1)
+        rms = g.node("Sqrt", [g.node("Add", [mean, self.const(self.spec.rms_eps, np.float32)])])
+        return g.node("Mul", [g.node("Div", [x, rms]), gamma])
+
+    # -- parts
+
+    def embedding(self, input_ids: str) -> str:
+        """Quantized table [hidden, vocab] (shared with a tied head) -> lookup of the tokens' columns only."""
+        g, o, spec = self.g, self.options, self.spec
+        name = "model.embed_tokens.weight"
+        tied_importance = "lm_head.weight" if spec.tied_embeddings else None
+        quant = self.quantize_rows(name, self.read(name), importance_of=tied_importance)
+        table = g.quantized("embed_tokens_q", quant.q.T, o.onnx_type)
+        gather_type = GATHERABLE[o.onnx_type]
+        lookup_table = table if gather_type == o.onnx_type else g.node("Cast", [table], to=gather_type)
+        columns = g.node("Gather", [lookup_table, input_ids], axis=1)  # [hidden, batch, seq]
+        rows = g.node("Transpose", [columns], perm=[1, 2, 0])  # [batch, seq, hidden]
+        dq_inputs = [rows, g.node("Gather", [g.constant("embed_tokens_lookup_scale", quant.scales), input_ids], axis=0)]
+        if quant.zero_points is not None:
+            dq_inputs.append(
+                g.node("Gather", [g.constant("embed_tokens_lookup_zp", quant.zero_points), input_ids], axis=0)
+            )
+        self.embed_quant, self.embed_table = quant, table
+        return g.node("DequantizeLinear", dq_inputs, axis=2, block_size=o.block_size)
+
+    def head(self, x: str) -> str:
+        g, o, spec = self.g, self.options, self.spec
+        if not spec.tied_embeddings:
+            return self.linear(x, "lm_head.weight", out="logits")
+        quant = self.embed_quant
+        inputs = [self.embed_table, g.constant("lm_head_scale", np.ascontiguousarray(quant.scales.T))]
+        if quant.zero_points is not None:
+            inputs.append(g.quantized("lm_head_zp", quant.zero_points.T, o.onnx_type))
+        w = g.node(
+            "DequantizeLinear", inputs, ["lm_head_dq"], name="lm_head_DequantizeLinear", axis=0, block_size=o.block_size
+        )
+        self.n_quantized += 1
+        return g.node("MatMul", [x, w], ["logits"], name="lm_head_MatMul")
+
+    def rope_tables(self, position_ids: str) -> tuple[str, str]:
+        """cos, sin [batch, 1, seq, head_dim] from position_ids."""
+        g = self.g
+        inv_freq, factor = rope_inv_freq(self.spec)
+        positions = g.node("Unsqueeze", [g.node("Cast", [position_ids], to=TensorProto.FLOAT), self.const([2])])
+        freqs = g.node("Mul", [positions, g.constant("rope_inv_freq", inv_freq)])  # [batch, seq, head_dim/2]
+        angles = g.node("Unsqueeze", [g.node("Concat", [freqs, freqs], axis=-1), self.const([1])])
+        cos, sin = g.node("Cos", [angles]), g.node("Sin", [angles])
+        if factor != 1.0:
+            cos = g.node("Mul", [cos, self.const(factor, np.float32)])
+            sin = g.node("Mul", [sin, self.const(factor, np.float32)])
+        return cos, sin
+
+    def attention_bias(self, input_ids: str, attention_mask: str) -> str:
+        """Additive mask [batch, 1, group * seq, total]: 0 where a query may see a key (causal over the total
+        sequence, and not padding), the float minimum elsewhere."""
+        g = self.g
+        total = g.node("Squeeze", [g.node("Shape", [attention_mask], start=1, end=2), self.const([0])])
+        seq = g.node("Squeeze", [g.node("Shape", [input_ids], start=1, end=2), self.const([0])])
+        past = g.node("Sub", [total, seq])
+        query_pos = g.node("Unsqueeze", [g.node("Range", [past, total, self.const(1)]), self.const([1])])
+        key_pos = g.node("Unsqueeze", [g.node("Range", [self.const(0), total, self.const(1)]), self.const([0])])
+        causal = g.node("LessOrEqual", [key_pos, query_pos])  # [seq, total]
+        keep = g.node("Unsqueeze", [g.node("Cast", [attention_mask], to=TensorProto.BOOL), self.const([1, 2])])
+        allowed = g.node("And", [causal, keep])  # [batch, 1, seq, total]
+        bias = g.node("Where", [allowed, self.const(0.0, np.float32), self.const(MASK_MIN, np.float32)])
+        # the query rows of one kv head are (group member, position): repeat the mask once per member
+        return g.node("Tile", [bias, self.const([1, 1, self.spec.n_heads // self.spec.n_kv_heads, 1])])
+
+    def rotate(self, x: str, cos: str, sin: str) -> str:
+        g, half = self.g, self.spec.head_dim // 2
+        x1, x2 = g.node("Split", [x, self.const([half, half])], 2, axis=-1)
+        rotated = g.node("Concat", [g.node("Neg", [x2]), x1], axis=-1)
+        return g.node("Add", [g.node("Mul", [x, cos]), g.node("Mul", [rotated, sin])])
+
+    def heads(self, x: str, n_heads: int, norm: str | None) -> str:
+        """[batch, seq, n_heads * head_dim] -> [batch, n_heads, seq, head_dim], with Qwen3's per-head norm."""
+        g = self.g
+        split = g.node("Reshape", [x, self.const([0, 0, n_heads, self.spec.head_dim])])
+        if norm:
+            split = self.rms_norm(split, norm)
+        return g.node("Transpose", [split], perm=[0, 2, 1, 3])
+
+    def attention(self, i: int, x: str, cos: str, sin: str, bias: str) -> str:
+        g, spec = self.g, self.spec
+        p = f"model.layers.{i}.self_attn."
+        bias_of = (lambda proj: p + f"{proj}.bias") if spec.attention_bias else (lambda proj: None)
+        qk_norm = spec.arch.qk_norm
+        q = self.heads(
+            self.linear(x, p + "q_proj.weight", bias_of("q_proj")),
+            spec.n_heads,
+            p + "q_norm.weight" if qk_norm else None,
+        )
+        k = self.heads(
+            self.linear(x, p + "k_proj.weight", bias_of("k_proj")),
+            spec.n_kv_heads,
+            p + "k_norm.weight" if qk_norm else None,
+        )
+        v = self.heads(self.linear(x, p + "v_proj.weight", bias_of("v_proj")), spec.n_kv_heads, None)
+        q = g.node("Mul", [self.rotate(q, cos, sin), self.const(1.0 / math.sqrt(spec.head_dim), np.float32)])
+        k = self.rotate(k, cos, sin)
+        key = g.node("Concat", [f"past_key_values.{i}.key", k], [f"present.{i}.key"], axis=2)
+        value = g.node("Concat", [f"past_key_values.{i}.value", v], [f"present.{i}.value"], axis=2)
+        # query heads h = kv * group + j share kv head kv: fold the group into the query rows
+        q_rows = g.node("Reshape", [q, self.const([0, spec.n_kv_heads, -1, spec.head_dim])])
+        scores = g.node("MatMul", [q_rows, g.node("Transpose", [key], perm=[0, 1, 3, 2])])  # [b, kv, g*s, t]
+        probs = g.node("Softmax", [g.node("Add", [scores, bias])], axis=-1)
+        out = g.node("MatMul", [probs, value])  # [b, kv, g*s, head_dim]
+        out = g.node("Reshape", [out, self.const([0, spec.n_heads, -1, spec.head_dim])])
+        out = g.node("Transpose", [out], perm=[0, 2, 1, 3])
+        out = g.node("Reshape", [out, self.const([0, 0, spec.n_heads * spec.head_dim])])
+        return self.linear(out, p + "o_proj.weight", p + "o_proj.bias" if spec.o_bias else None)
+
+    def mlp(self, i: int, x: str) -> str:
+        g, p = self.g, f"model.layers.{i}.mlp."
+        gate = self.linear(x, p + "gate_proj.weight")
+        up = self.linear(x, p + "up_proj.weight")
+        act = g.node("Mul", [g.node("Mul", [gate, g.node("Sigmoid", [gate])]), up])
+        return self.linear(act, p + "down_proj.weight")
+
+    def build(self) -> None:
+        g, spec = self.g, self.spec
+        input_ids = g.add_input("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"])
+        attention_mask = g.add_input("attention_mask", TensorProto.INT64, ["batch_size", "total_sequence_length"])
+        position_ids = g.add_input("position_ids", TensorProto.INT64, ["batch_size", "sequence_length"])
+        cache_shape = ["batch_size", spec.n_kv_heads, "past_sequence_length", spec.head_dim]
+        present_shape = ["batch_size", spec.n_kv_heads, "total_sequence_length", spec.head_dim]
+        g.add_output("logits", TensorProto.FLOAT, ["batch_size", "sequence_length", spec.vocab_size])
+        for i in range(spec.n_layers):
+            for kind in ("key", "value"):
+                g.add_input(f"past_key_values.{i}.{kind}", TensorProto.FLOAT, cache_shape)
+                g.add_output(f"present.{i}.{kind}", TensorProto.FLOAT, present_shape)
+        x = self.embedding(input_ids)
+        cos, sin = self.rope_tables(position_ids)
+        bias = self.attention_bias(input_ids, attention_mask)
+        for i in range(spec.n_layers):
+            p = f"model.layers.{i}."
+            x = g.node("Add", [x, self.attention(i, self.rms_norm(x, p + "input_layernorm.weight"), cos, sin, bias)])
+            x = g.node("Add", [x, self.mlp(i, self.rms_norm(x, p + "post_attention_layernorm.weight"))])
+        x = self.rms_norm(x, "model.norm.weight")
+        self.head(x)
+
+
+# ---------------------------------------------------------------- the folder
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """Fail before any work if OUT_DIR cannot receive a fresh export."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FormatError(f"{out_dir}: exists and is not a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        raise FormatError(f"{out_dir}: folder exists and is not empty; choose a new or empty output folder")
+    parent = out_dir.resolve().parent
+    if not parent.is_dir():
+        raise FormatError(f"{out_dir}: cannot write, folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise FormatError(f"{out_dir}: cannot write, folder {parent} is not writable")
+
+
+def estimated_bytes(spec: ModelSpec, options: OnnxOptions) -> int:
+    params = sum(math.prod(shape) for shape in spec.expected_shapes().values())
+    per_block = 4 + (0 if options.symmetric else options.bits / 8)
+    return int(params * options.bits / 8 + params / options.block_size * per_block)
+
+
+def write_tokenizer_gguf(source: HFSource, path: Path) -> None:
+    """Architecture and tokenizer metadata only, no tensors: what runtime.tokenizer.Tokenizer.from_gguf reads."""
+    writer = gguf.GGUFWriter(str(path), source.spec.gguf_arch)
+    add_model_metadata(writer, source.spec)
+    source.tokenizer.add_to(writer)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    writer.close()
+
+
+def genai_config(spec: ModelSpec, source_dir: Path) -> dict:
+    generation = {}
+    path = source_dir / "generation_config.json"
+    if path.is_file():
+        try:
+            generation = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            generation = {}
+    eos = generation.get("eos_token_id", spec.eos_token_id)
+    pad = generation.get("pad_token_id")
+    eos_first = eos[0] if isinstance(eos, list) else eos
+    return {
+        "model": {
+            "bos_token_id": spec.bos_token_id if spec.bos_token_id is not None else eos_first,
+            "context_length": spec.context_length,
+            "decoder": {
+                "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
+                "filename": MODEL_FILE,
+                "head_size": spec.head_dim,
+                "hidden_size": spec.hidden,
+                "inputs": {
+                    "input_ids": "input_ids",
+                    "attention_mask": "attention_mask",
+                    "position_ids": "position_ids",
+                    "past_key_names": "past_key_values.%d.key",
+                    "past_value_names": "past_key_values.%d.value",
+                },
+                "outputs": {
+                    "logits": "logits",
+                    "present_key_names": "present.%d.key",
+                    "present_value_names": "present.%d.value",
+                },
+                "num_attention_heads": spec.n_heads,
+                "num_hidden_layers": spec.n_layers,
+                "num_key_value_heads": spec.n_kv_heads,
+            },
+            "eos_token_id": eos,
+            "pad_token_id": pad if pad is not None else eos_first,
+            "type": GENAI_TYPES[spec.gguf_arch],
+            "vocab_size": spec.vocab_size,
+        },
+        "search": {
+            "diversity_penalty": 0.0,
+            "do_sample": False,
+            "early_stopping": True,
+            "length_penalty": 1.0,
+            "max_length": spec.context_length,
+            "min_length": 0,
+            "no_repeat_ngram_size": 0,
+            "num_beams": 1,
+            "num_return_sequences": 1,
+            "past_present_share_buffer": False,  # present = Concat(past, new): the cache grows, no shared buffer
+            "repetition_penalty": 1.0,
+            "temperature": 1.0,
+            "top_k": 1,
+            "top_p": 1.0,
+        },
+    }
+
+
+def export_onnx(
+    model_dir: Path, out_dir: Path, options: OnnxOptions, progress: Callable[[str], None] | None = None
+) -> ExportResult:
+    """Write OUT_DIR; on any error nothing is left behind (the folder is built beside it, then renamed)."""
+    start = time.perf_counter()
+    options.check()
+    out_dir = Path(out_dir)
+    source = HFSource(Path(model_dir))  # unsupported architectures and bad checkpoints fail here
+    try:
+        if source.spec.gguf_arch not in GENAI_TYPES:
+            raise FormatError(f"{model_dir}: architecture {source.spec.architecture} has no ONNX export")
+        check_out_dir(out_dir)
+        imatrix = None
+        if options.imatrix is not None:
+            imatrix = read_imatrix(Path(options.imatrix))
+            imatrix.check_against({g: s[-1] for g, s in source.shapes.items() if len(s) == 2})
+        external = options.external_data
+        if external is None:
+            external = estimated_bytes(source.spec, options) > PROTO_LIMIT_BYTES
+        parent = out_dir.resolve().parent
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".part", dir=parent))
+        try:
+            result = _write_folder(source, tmp, options, imatrix, external, progress)
+            if out_dir.is_dir():
+                out_dir.rmdir()  # checked empty above
+            os.chmod(tmp, 0o777 & ~_umask())
+            os.replace(tmp, out_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    finally:
+        source.close()
+    result.out_dir = out_dir
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _write_folder(
+    source: HFSource, folder: Path, options: OnnxOptions, imatrix: ImportanceMatrix | None, external: bool, progress
+) -> ExportResult:
+    g = GraphBuilder(folder / DATA_FILE if external else None)
+    try:
+        decoder = DecoderGraph(source, options, imatrix, g, progress)
+        decoder.build()
+    finally:
+        g.close()
+    spec = source.spec
+    metadata = {
+        "qconv.bits": str(options.bits),
+        "qconv.block_size": str(options.block_size),
+        "qconv.symmetric": str(int(options.symmetric)),
+        "qconv.imatrix": str(options.imatrix or ""),
+        "qconv.source": spec.name,
+    }
+    model = g.model(f"{spec.gguf_arch}_decoder", OPSET, "qconv", metadata)
+    onnx.save_model(model, str(folder / MODEL_FILE))
+    for name in COPIED_FILES:
+        if (source.path / name).is_file():
+            shutil.copyfile(source.path / name, folder / name)
+    write_tokenizer_gguf(source, folder / TOKENIZER_GGUF)
+    (folder / "genai_config.json").write_text(json.dumps(genai_config(spec, source.path), indent=4) + "\n")
+    model_bytes = (folder / MODEL_FILE).stat().st_size
+    data_bytes = (folder / DATA_FILE).stat().st_size if external else 0
+    return ExportResult(
+        folder,
+        model_bytes,
+        data_bytes,
+        decoder.n_quantized,
+        decoder.parameters,
+        0.0,
+        sorted(p.name for p in folder.iterdir()),
+    )
