@@ -1,8 +1,17 @@
-/* threadpool.c — see threadpool.h. */
+/* threadpool.c — see threadpool.h.
+ *
+ * One 64-bit atomic word describes the current job: generation (24 bits) | task count (20) | next task (20).
+ * Any thread claims a task with a compare-and-swap that bumps `next`; a claim can only succeed while its job
+ * is live, and the job cannot finish (so fn/ctx cannot change) before the claimed task is done, so fn/ctx read
+ * after a claim are that job's. `run` waits for the *tasks* to finish, never for idle workers to check in:
+ * a worker that is descheduled while the caller does all the work costs nothing (the machine may be
+ * oversubscribed), and a late worker finds no task to claim and goes back to sleep.
+ */
 #include "threadpool.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -15,23 +24,27 @@
 #define QRT_CPU_RELAX() ((void)0)
 #endif
 
-/* Spin this many rounds for a new job or for the last task before sleeping: long enough to bridge the gap
- * between consecutive matmuls of one forward pass, short enough not to steal a shared core for long. */
-enum { SPIN_ROUNDS = 1 << 14 };
+/* Spin this many rounds for a task or for the last task to finish before sleeping: bridges the gap between
+ * consecutive matmuls of one forward pass without holding a shared core for long. */
+enum { SPIN_ROUNDS = 4096 };
+
+#define TASK_BITS 20
+#define TASK_MASK ((UINT64_C(1) << TASK_BITS) - 1)
+#define MAX_TASKS ((int)TASK_MASK)
 
 struct qrt_threadpool {
     int n_threads;
     pthread_t *workers; /* n_threads - 1 */
     pthread_mutex_t mutex;
-    pthread_cond_t wake;      /* a new generation (job) or stop */
-    pthread_cond_t done;      /* pending reached 0 */
-    atomic_uint generation;   /* bumped once per run */
-    atomic_int next_task;     /* next task index to hand out */
-    atomic_int pending;       /* workers that have not finished the current job */
+    pthread_cond_t wake; /* a new job, or stop */
+    pthread_cond_t done; /* the last task of the job finished */
+    _Atomic uint64_t work;  /* generation | n_tasks | next task */
+    atomic_int finished;    /* tasks of the current job done */
+    atomic_int sleepers;    /* workers waiting on `wake` */
+    atomic_int caller_waiting;
     atomic_int stop;
     qrt_task_fn fn;
     void *ctx;
-    int n_tasks;
 };
 
 typedef struct {
@@ -39,13 +52,28 @@ typedef struct {
     int thread;
 } worker_arg;
 
-static void work_on_tasks(qrt_threadpool *pool, int thread) {
-    const int n_tasks = pool->n_tasks;
-    for (;;) {
-        const int task = atomic_fetch_add_explicit(&pool->next_task, 1, memory_order_relaxed);
-        if (task >= n_tasks) return;
-        pool->fn(pool->ctx, task, thread);
+static int claimable(uint64_t w) { return (w & TASK_MASK) < ((w >> TASK_BITS) & TASK_MASK); }
+
+/* Claim and run tasks until the current job has none left; returns how many this thread ran. */
+static int work_on_tasks(qrt_threadpool *pool, int thread) {
+    int ran = 0;
+    uint64_t w = atomic_load_explicit(&pool->work, memory_order_acquire);
+    while (claimable(w)) {
+        if (!atomic_compare_exchange_weak_explicit(&pool->work, &w, w + 1, memory_order_acq_rel,
+                                                   memory_order_acquire))
+            continue; /* w reloaded: another thread claimed, or a new job began */
+        const int n_tasks = (int)((w >> TASK_BITS) & TASK_MASK);
+        pool->fn(pool->ctx, (int)(w & TASK_MASK), thread);
+        ran++;
+        /* seq_cst pair with run(): either it sees this count or we see it waiting */
+        if (atomic_fetch_add(&pool->finished, 1) + 1 == n_tasks && atomic_load(&pool->caller_waiting)) {
+            pthread_mutex_lock(&pool->mutex);
+            pthread_cond_signal(&pool->done);
+            pthread_mutex_unlock(&pool->mutex);
+        }
+        w = atomic_load_explicit(&pool->work, memory_order_acquire);
     }
+    return ran;
 }
 
 static void *worker_main(void *arg_) {
@@ -53,27 +81,25 @@ static void *worker_main(void *arg_) {
     qrt_threadpool *pool = arg->pool;
     const int thread = arg->thread;
     free(arg);
-    unsigned seen = 0;
     for (;;) {
-        unsigned gen = atomic_load_explicit(&pool->generation, memory_order_acquire);
-        for (int spin = 0; gen == seen && spin < SPIN_ROUNDS && !atomic_load(&pool->stop); spin++) {
+        int spin = 0;
+        while (!claimable(atomic_load_explicit(&pool->work, memory_order_acquire)) && spin < SPIN_ROUNDS &&
+               !atomic_load_explicit(&pool->stop, memory_order_relaxed)) {
             QRT_CPU_RELAX();
-            gen = atomic_load_explicit(&pool->generation, memory_order_acquire);
-        }
-        if (gen == seen) {
-            pthread_mutex_lock(&pool->mutex);
-            while ((gen = atomic_load(&pool->generation)) == seen && !atomic_load(&pool->stop))
-                pthread_cond_wait(&pool->wake, &pool->mutex);
-            pthread_mutex_unlock(&pool->mutex);
+            spin++;
         }
         if (atomic_load(&pool->stop)) return NULL;
-        seen = gen;
-        work_on_tasks(pool, thread);
-        if (atomic_fetch_sub_explicit(&pool->pending, 1, memory_order_acq_rel) == 1) {
+        if (!claimable(atomic_load(&pool->work))) {
             pthread_mutex_lock(&pool->mutex);
-            pthread_cond_signal(&pool->done);
+            atomic_fetch_add(&pool->sleepers, 1);
+            /* seq_cst: either run() sees us sleeping and broadcasts, or we see its job here */
+            while (!claimable(atomic_load(&pool->work)) && !atomic_load(&pool->stop))
+                pthread_cond_wait(&pool->wake, &pool->mutex);
+            atomic_fetch_sub(&pool->sleepers, 1);
             pthread_mutex_unlock(&pool->mutex);
+            if (atomic_load(&pool->stop)) return NULL;
         }
+        work_on_tasks(pool, thread);
     }
 }
 
@@ -88,64 +114,64 @@ qrt_threadpool *qrt_threadpool_create(int n_threads) {
     pthread_mutex_init(&pool->mutex, NULL);
     pthread_cond_init(&pool->wake, NULL);
     pthread_cond_init(&pool->done, NULL);
-    atomic_init(&pool->generation, 0);
-    atomic_init(&pool->next_task, 0);
-    atomic_init(&pool->pending, 0);
+    atomic_init(&pool->work, 0);
+    atomic_init(&pool->finished, 0);
+    atomic_init(&pool->sleepers, 0);
+    atomic_init(&pool->caller_waiting, 0);
     atomic_init(&pool->stop, 0);
     if (n_threads > 1) {
         pool->workers = calloc((size_t)n_threads - 1, sizeof(pthread_t));
-        if (!pool->workers) goto fail;
-        for (int i = 1; i < n_threads; i++) {
-            worker_arg *arg = malloc(sizeof(*arg));
-            if (!arg) goto fail_threads;
-            arg->pool = pool;
-            arg->thread = i;
-            if (pthread_create(&pool->workers[i - 1], NULL, worker_main, arg) != 0) {
-                free(arg);
-                goto fail_threads;
-            }
-            continue;
-        fail_threads:
-            pool->n_threads = i; /* destroy joins the i - 1 workers started so far */
+        if (!pool->workers) {
+            pool->n_threads = 1;
             qrt_threadpool_destroy(pool);
             return NULL;
         }
+        for (int i = 1; i < n_threads; i++) {
+            worker_arg *arg = malloc(sizeof(*arg));
+            if (arg) {
+                arg->pool = pool;
+                arg->thread = i;
+            }
+            if (!arg || pthread_create(&pool->workers[i - 1], NULL, worker_main, arg) != 0) {
+                free(arg);
+                pool->n_threads = i; /* destroy joins the i - 1 workers started so far */
+                qrt_threadpool_destroy(pool);
+                return NULL;
+            }
+        }
     }
     return pool;
-fail:
-    pthread_cond_destroy(&pool->done);
-    pthread_cond_destroy(&pool->wake);
-    pthread_mutex_destroy(&pool->mutex);
-    free(pool);
-    return NULL;
 }
 
 int qrt_threadpool_size(const qrt_threadpool *pool) { return pool ? pool->n_threads : 1; }
 
 void qrt_threadpool_run(qrt_threadpool *pool, qrt_task_fn fn, void *ctx, int n_tasks) {
     if (n_tasks <= 0) return;
-    if (!pool || pool->n_threads == 1 || n_tasks == 1) {
+    if (!pool || pool->n_threads == 1 || n_tasks == 1 || n_tasks > MAX_TASKS) {
         for (int task = 0; task < n_tasks; task++) fn(ctx, task, 0);
         return;
     }
     pool->fn = fn;
     pool->ctx = ctx;
-    pool->n_tasks = n_tasks;
-    atomic_store_explicit(&pool->next_task, 0, memory_order_relaxed);
-    atomic_store_explicit(&pool->pending, pool->n_threads - 1, memory_order_relaxed);
-    pthread_mutex_lock(&pool->mutex);
-    atomic_fetch_add_explicit(&pool->generation, 1, memory_order_release); /* publishes fn/ctx/n_tasks */
-    pthread_cond_broadcast(&pool->wake);
-    pthread_mutex_unlock(&pool->mutex);
+    atomic_store_explicit(&pool->finished, 0, memory_order_relaxed);
+    const uint64_t generation = ((atomic_load_explicit(&pool->work, memory_order_relaxed) >> (2 * TASK_BITS)) + 1);
+    atomic_store(&pool->work, (generation << (2 * TASK_BITS)) | ((uint64_t)n_tasks << TASK_BITS)); /* publishes */
+    if (atomic_load(&pool->sleepers) > 0) {
+        pthread_mutex_lock(&pool->mutex);
+        pthread_cond_broadcast(&pool->wake);
+        pthread_mutex_unlock(&pool->mutex);
+    }
 
     work_on_tasks(pool, 0);
 
     for (int spin = 0; spin < SPIN_ROUNDS; spin++) {
-        if (atomic_load_explicit(&pool->pending, memory_order_acquire) == 0) return;
+        if (atomic_load_explicit(&pool->finished, memory_order_acquire) == n_tasks) return;
         QRT_CPU_RELAX();
     }
     pthread_mutex_lock(&pool->mutex);
-    while (atomic_load_explicit(&pool->pending, memory_order_acquire) != 0) pthread_cond_wait(&pool->done, &pool->mutex);
+    atomic_store(&pool->caller_waiting, 1);
+    while (atomic_load(&pool->finished) != n_tasks) pthread_cond_wait(&pool->done, &pool->mutex);
+    atomic_store(&pool->caller_waiting, 0);
     pthread_mutex_unlock(&pool->mutex);
 }
 
