@@ -1,10 +1,11 @@
 /* threadpool.h — a small persistent pthread pool: run n_tasks calls of one function, return when all are done.
  *
- * The calling thread works too, so a pool of n threads starts n - 1 workers; a pool of 1 runs everything on the
- * caller with no synchronisation. Tasks are handed out by an atomic counter (dynamic balancing), and `run`
- * is a barrier: when it returns every task has finished and no worker touches fn/ctx any more. Workers spin
- * briefly for the next job (matmul-sized jobs come back to back), then sleep on a condition variable, so an
- * idle pool costs nothing. One `run` at a time per pool (not reentrant, not for concurrent callers).
+ * The calling thread works too, so a pool of n threads starts n - 1 workers; a pool of 1 (or NULL) runs
+ * everything on the caller with no synchronisation. Tasks are claimed one at a time from a shared counter
+ * (dynamic balancing), and `run` returns when every task has finished; a worker never touches fn/ctx outside
+ * a task it claimed. Workers spin briefly for the next job (matmul-sized jobs come back to back), then sleep
+ * on a condition variable, so an idle pool costs nothing. One `run` at a time per pool (not reentrant, not for
+ * concurrent callers); at most 2^20 - 1 tasks per run (more run on the caller alone).
  */
 #ifndef QRT_THREADPOOL_H
 #define QRT_THREADPOOL_H
