@@ -174,7 +174,10 @@ class Sampler:
         self.n_vocab = n_vocab
 
     def sample(self, logits) -> int:
-        """logits: a float32 buffer (numpy array, array('f'), cffi float*) of n_vocab values."""
+        """logits: n_vocab float32 values: a cffi `float *` (e.g. lib.qrt_model_logits(model)) or a buffer
+        (numpy array, array('f'))."""
+        if isinstance(logits, ffi.CData):
+            return lib.qrt_sampler_sample(self._handle, logits, self.n_vocab)
         view = memoryview(logits).cast("B")
         if view.nbytes != 4 * self.n_vocab:
             raise ValueError(f"expected {self.n_vocab} float32 logits, got {view.nbytes} bytes")

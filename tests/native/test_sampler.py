@@ -156,6 +156,13 @@ def test_temperature_sharpens_and_flattens():
         assert abs(counts[0] / 10000 - a / (a + b)) < 0.02
 
 
+def test_logits_from_a_native_pointer():
+    from qconv.runtime._native import ffi
+
+    values = ffi.new("float[]", [0.0, 3.0, 1.0])
+    assert Sampler(3, temperature=0.0).sample(ffi.cast("const float *", values)) == 1
+
+
 def test_wrong_vocabulary_size_and_bad_params_are_refused():
     sampler = Sampler(10, temperature=1.0)
     with pytest.raises(ValueError):
