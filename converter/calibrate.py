@@ -90,8 +90,9 @@ def collect_imatrix(
             "give more text or a smaller -c"
         )
     chunks = chunks_of(tokens, ctx, runner.bos if runner.add_bos else None)
-    if max_chunks:
-        chunks = chunks[:max_chunks]
+    if max_chunks and max_chunks < len(chunks):  # spread over the whole text, so every suite is seen
+        step = len(chunks) / max_chunks
+        chunks = [chunks[int(i * step)] for i in range(max_chunks)]
     with ImatrixCollector(runner.model) as collector:
         for i, chunk in enumerate(chunks):
             runner.run(chunk)

@@ -294,11 +294,16 @@ def check_answer(kind: str, continuation: str, expected: str) -> bool:
     return bool(numbers) and numbers[0] == expected
 
 
-def run_tasks(ref: Runner, quant: Runner, items, max_tasks: int | None) -> dict:
-    items = items[:max_tasks] if max_tasks else items
+def run_tasks(ref: Runner, quant: Runner, items, max_tasks: int | None, max_tokens: int | None = None) -> dict:
+    """Both models' greedy answers to the items. With max_tokens, only prompts that short (at least the shortest)."""
+    prompts = [ref.tokenize(item.prompt, ref.add_bos) for item in items]
+    pairs = list(zip(items, prompts))
+    if max_tokens:
+        pairs = [p for p in pairs if len(p[1]) <= max_tokens] or sorted(pairs, key=lambda p: len(p[1]))[:1]
+    pairs = pairs[:max_tasks] if max_tasks else pairs
+    items = [item for item, _ in pairs]
     rows = []
-    for item in items:
-        tokens = ref.tokenize(item.prompt, ref.add_bos)
+    for item, tokens in pairs:
         stop = "\n"
         ref_text = ref.greedy(tokens, item.max_new_tokens, stop)
         quant_text = quant.greedy(tokens, item.max_new_tokens, stop)
@@ -379,7 +384,7 @@ def evaluate(quant: Path, ref: Path, options: EvalOptions | None = None, log=Non
             say(f"{suite.name}: {row['tokens']} tokens, KLD {row['kld_mean']:.4f}, top-1 {row['top1']:.3f}")
             items = suite.tasks() if options.tasks else []
             if items:
-                task = run_tasks(ref_runner, quant_runner, items, options.max_tasks)
+                task = run_tasks(ref_runner, quant_runner, items, options.max_tasks, options.max_tokens)
                 report["tasks"][suite.name] = task
                 say(f"{suite.name} tasks: ref {task['ref_accuracy']:.2f}, quant {task['quant_accuracy']:.2f}")
         report["speed"] = {
