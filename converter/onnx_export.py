@@ -71,20 +71,28 @@ MASK_MIN = float(np.finfo(np.float32).min)  # HF's masked score: exp() is 0 and 
 class OnnxOptions:
     bits: int = 4
     block_size: int = 32
+    head_bits: int = 8  # the embedding table and output head (as llama.cpp's mixtures keep the head at 6-8 bits)
     symmetric: bool = False
     imatrix: Path | None = None
     threads: int | None = None
     external_data: bool | None = None  # None: only when the weights would pass the 2 GB protobuf limit
+    quantize: bool = True  # False: float32 weights (the baseline other quantizers start from; not for shipping)
 
     def check(self) -> None:
         if self.bits not in BITS:
             raise FormatError(f"unsupported --bits {self.bits}; valid: {', '.join(map(str, BITS))}")
+        if self.head_bits not in BITS:
+            raise FormatError(f"unsupported --head-bits {self.head_bits}; valid: {', '.join(map(str, BITS))}")
         if self.block_size not in BLOCK_SIZES:
             raise FormatError(f"unsupported --block-size {self.block_size}; valid: {', '.join(map(str, BLOCK_SIZES))}")
 
     @property
     def onnx_type(self) -> int:
         return QUANT_TYPES[(self.bits, self.symmetric)]
+
+    @property
+    def head_type(self) -> int:
+        return QUANT_TYPES[(self.head_bits, self.symmetric)]
 
 
 @dataclass
@@ -162,13 +170,14 @@ class DecoderGraph:
         options: OnnxOptions,
         imatrix: ImportanceMatrix | None,
         g: GraphBuilder,
-        progress: Callable[[str], None] | None = None,
+        progress: Callable[[str, int, int], None] | None = None,
     ):
         self.source, self.spec, self.options, self.imatrix, self.g = source, source.spec, options, imatrix, g
-        self.progress = progress or (lambda name: None)
+        self.progress = progress or (lambda name, done, total: None)
         self.n_quantized = 0
         self.parameters = 0
         self._consts: dict[tuple, str] = {}
+        self._reads = 0
 
     # -- helpers
 
@@ -180,7 +189,8 @@ class DecoderGraph:
         return self._consts[key]
 
     def read(self, hf_name: str) -> np.ndarray:
-        self.progress(hf_name)
+        self._reads += 1
+        self.progress(hf_name, self._reads, len(self.source.hf_names))
         values = self.source.safetensors.read_f32(hf_name)
         self.parameters += values.size
         return values
@@ -192,26 +202,37 @@ class DecoderGraph:
 
         return self.imatrix.mean_squares(gguf_name(hf_name))
 
-    def quantize_rows(self, hf_name: str, values: np.ndarray, importance_of: str | None = None):
+    def quantize_rows(self, hf_name: str, values: np.ndarray, bits: int, importance_of: str | None = None):
         o = self.options
         imp = self.importance(importance_of or hf_name)
         try:
-            return quantize_blockwise(values, o.bits, o.block_size, o.symmetric, imp, o.threads)
+            return quantize_blockwise(values, bits, o.block_size, o.symmetric, imp, o.threads)
         except ValueError as e:
             raise FormatError(f"{self.source.safetensors.entries[hf_name].file}: tensor '{hf_name}': {e}") from None
 
-    def linear(self, x: str, hf_weight: str, hf_bias: str | None = None, out: str | None = None) -> str:
+    def linear(
+        self, x: str, hf_weight: str, hf_bias: str | None = None, out: str | None = None, head: bool = False
+    ) -> str:
         """x @ W^T (+ b) with W [out, in] quantized along `in` and stored K x N."""
-        quant = self.quantize_rows(hf_weight, self.read(hf_weight))
+        o = self.options
         stem = hf_weight.removesuffix(".weight")
+        if not o.quantize:
+            w = self.g.constant(hf_weight, np.ascontiguousarray(self.read(hf_weight).T))
+            return self.bias_add(
+                self.g.node("MatMul", [x, w], [out] if out and not hf_bias else 1, name=f"{stem}_MatMul"), hf_bias, out
+            )
+        quant = self.quantize_rows(hf_weight, self.read(hf_weight), o.head_bits if head else o.bits)
         zp = None if quant.zero_points is None else quant.zero_points.T
-        w = self.g.dequantized_weight(
-            stem, quant.q.T, np.ascontiguousarray(quant.scales.T), zp, self.options.onnx_type, self.options.block_size
-        )
+        qtype = o.head_type if head else o.onnx_type
+        w = self.g.dequantized_weight(stem, quant.q.T, np.ascontiguousarray(quant.scales.T), zp, qtype, o.block_size)
         self.n_quantized += 1
+        return self.bias_add(
+            self.g.node("MatMul", [x, w], [out] if out and not hf_bias else 1, name=f"{stem}_MatMul"), hf_bias, out
+        )
+
+    def bias_add(self, y: str, hf_bias: str | None, out: str | None) -> str:
         if not hf_bias:
-            return self.g.node("MatMul", [x, w], [out] if out else 1, name=f"{stem}_MatMul")
-        y = self.g.node("MatMul", [x, w], name=f"{stem}_MatMul")
+            return y
         return self.g.node("Add", [y, self.g.constant(hf_bias, self.read(hf_bias))], [out] if out else 1)
 
     def rms_norm(self, x: str, hf_weight: str) -> str:
@@ -229,10 +250,13 @@ class DecoderGraph:
         g, o, spec = self.g, self.options, self.spec
         name = "model.embed_tokens.weight"
         tied_importance = "lm_head.weight" if spec.tied_embeddings else None
-        quant = self.quantize_rows(name, self.read(name), importance_of=tied_importance)
-        table = g.quantized("embed_tokens_q", quant.q.T, o.onnx_type)
-        gather_type = GATHERABLE[o.onnx_type]
-        lookup_table = table if gather_type == o.onnx_type else g.node("Cast", [table], to=gather_type)
+        if not o.quantize:
+            self.embed_values = self.read(name)
+            return g.node("Gather", [g.constant(name, self.embed_values), input_ids], axis=0)
+        quant = self.quantize_rows(name, self.read(name), o.head_bits, importance_of=tied_importance)
+        table = g.quantized("embed_tokens_q", quant.q.T, o.head_type)
+        gather_type = GATHERABLE[o.head_type]
+        lookup_table = table if gather_type == o.head_type else g.node("Cast", [table], to=gather_type)
         columns = g.node("Gather", [lookup_table, input_ids], axis=1)  # [hidden, batch, seq]
         rows = g.node("Transpose", [columns], perm=[1, 2, 0])  # [batch, seq, hidden]
         dq_inputs = [rows, g.node("Gather", [g.constant("embed_tokens_lookup_scale", quant.scales), input_ids], axis=0)]
@@ -246,11 +270,14 @@ class DecoderGraph:
     def head(self, x: str) -> str:
         g, o, spec = self.g, self.options, self.spec
         if not spec.tied_embeddings:
-            return self.linear(x, "lm_head.weight", out="logits")
+            return self.linear(x, "lm_head.weight", out="logits", head=True)
+        if not o.quantize:  # a K x N copy, so that weight-only quantizers see the head as a MatMul weight
+            w = g.constant("lm_head.weight", np.ascontiguousarray(self.embed_values.T))
+            return g.node("MatMul", [x, w], ["logits"], name="lm_head_MatMul")
         quant = self.embed_quant
         inputs = [self.embed_table, g.constant("lm_head_scale", np.ascontiguousarray(quant.scales.T))]
         if quant.zero_points is not None:
-            inputs.append(g.quantized("lm_head_zp", quant.zero_points.T, o.onnx_type))
+            inputs.append(g.quantized("lm_head_zp", quant.zero_points.T, o.head_type))
         w = g.node(
             "DequantizeLinear", inputs, ["lm_head_dq"], name="lm_head_DequantizeLinear", axis=0, block_size=o.block_size
         )
@@ -379,8 +406,8 @@ def check_out_dir(out_dir: Path) -> None:
 
 def estimated_bytes(spec: ModelSpec, options: OnnxOptions) -> int:
     params = sum(math.prod(shape) for shape in spec.expected_shapes().values())
-    per_block = 4 + (0 if options.symmetric else options.bits / 8)
-    return int(params * options.bits / 8 + params / options.block_size * per_block)
+    per_block = 4 + (0 if options.symmetric else options.head_bits / 8)
+    return int(params * options.head_bits / 8 + params / options.block_size * per_block)  # an upper bound
 
 
 def write_tokenizer_gguf(source: HFSource, path: Path) -> None:
@@ -455,7 +482,7 @@ def genai_config(spec: ModelSpec, source_dir: Path) -> dict:
 
 
 def export_onnx(
-    model_dir: Path, out_dir: Path, options: OnnxOptions, progress: Callable[[str], None] | None = None
+    model_dir: Path, out_dir: Path, options: OnnxOptions, progress: Callable[[str, int, int], None] | None = None
 ) -> ExportResult:
     """Write OUT_DIR; on any error nothing is left behind (the folder is built beside it, then renamed)."""
     start = time.perf_counter()
@@ -509,6 +536,7 @@ def _write_folder(
     spec = source.spec
     metadata = {
         "qconv.bits": str(options.bits),
+        "qconv.head_bits": str(options.head_bits),
         "qconv.block_size": str(options.block_size),
         "qconv.symmetric": str(int(options.symmetric)),
         "qconv.imatrix": str(options.imatrix or ""),

@@ -1,0 +1,131 @@
+"""`qconv to-onnx`: the click command (registered on the `qconv` group by converter/cli.py)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from qconv.formats.errors import FormatError
+from qconv.runtime.blockwise import BITS, BLOCK_SIZES
+
+
+@click.command("to-onnx")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="The folder to write (must not exist or be empty).",
+)
+@click.option(
+    "--bits",
+    type=click.Choice([str(b) for b in BITS]),
+    default="4",
+    show_default=True,
+    help="Bits of the linear layers' weights.",
+)
+@click.option(
+    "--block-size",
+    type=click.Choice([str(b) for b in BLOCK_SIZES]),
+    default="32",
+    show_default=True,
+    help="Values per scale (along each layer's input dimension).",
+)
+@click.option(
+    "--head-bits",
+    type=click.Choice([str(b) for b in BITS]),
+    default="8",
+    show_default=True,
+    help="Bits of the embedding table and output head (shared when tied).",
+)
+@click.option(
+    "--symmetric",
+    is_flag=True,
+    help="Signed weights without zero points (int4/int8); default: uint4/uint8 with integer zero points.",
+)
+@click.option(
+    "--imatrix",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="llama.cpp importance matrix (GGUF or legacy .dat) weighting each column's rounding error.",
+)
+@click.option("-t", "--threads", type=int, default=None, help="Quantization threads (default: all cores).")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def to_onnx(
+    model: Path,
+    out_dir: Path,
+    bits: str,
+    block_size: str,
+    head_bits: str,
+    symmetric: bool,
+    imatrix: Path | None,
+    threads: int | None,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Export MODEL (a Hugging Face llama-family folder) to OUT_DIR: model.onnx with block-quantized weights
+    (DequantizeLinear -> MatMul, fused by ONNX Runtime into MatMulNBits), tokenizer files, chat template and
+    genai_config.json (loads in onnxruntime-genai and in `qrun OUT_DIR`)."""
+    from qconv.converter.onnx_export import OnnxOptions, export_onnx
+
+    options = OnnxOptions(
+        bits=int(bits),
+        block_size=int(block_size),
+        head_bits=int(head_bits),
+        symmetric=symmetric,
+        imatrix=imatrix,
+        threads=threads,
+    )
+    bar = None
+
+    def progress(name: str, done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = click.progressbar(
+                length=total, label="quantizing", file=sys.stderr, show_pos=True, item_show_func=lambda item: item
+            )
+        bar.update(1, name)
+
+    try:
+        result = export_onnx(model, out_dir, options, progress=None if quiet or as_json else progress)
+    except FormatError as e:
+        if bar is not None:
+            bar.render_finish()
+        click.echo(f"qconv: error: {e}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("qconv: interrupted", err=True)
+        sys.exit(130)
+    if bar is not None:
+        bar.render_finish()
+    summary = {
+        "out_dir": str(result.out_dir),
+        "files": result.files,
+        "model_bytes": result.model_bytes,
+        "data_bytes": result.data_bytes,
+        "parameters": result.parameters,
+        "quantized_layers": result.n_quantized,
+        "bits": options.bits,
+        "head_bits": options.head_bits,
+        "block_size": options.block_size,
+        "symmetric": options.symmetric,
+        "imatrix": str(imatrix) if imatrix else None,
+        "bits_per_weight": round(8 * (result.model_bytes + result.data_bytes) / max(1, result.parameters), 3),
+        "seconds": round(result.seconds, 2),
+    }
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        size = (result.model_bytes + result.data_bytes) / 2**20
+        click.echo(
+            f"{result.out_dir}: {result.parameters:,} weights, {size:.1f} MiB, {summary['bits_per_weight']} bits per "
+            f"weight ({options.bits}-bit blocks of {options.block_size}, head {options.head_bits}-bit, "
+            f"{'symmetric' if symmetric else 'zero points'}), {result.n_quantized} quantized layers, "
+            f"{result.seconds:.1f} s"
+        )
