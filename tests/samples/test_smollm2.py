@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from qconv.formats.safetensors_stream import SafetensorsSource
-from qconv.samples.smollm2 import unpermute_rotary_rows
+from qconv.formats.tensor_names import permute_rope_rows, unpermute_rope_rows
 
 requires_llama_cpp = pytest.mark.skipif(
     importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python is not installed"
@@ -41,7 +41,8 @@ def test_unpermute_inverts_llama_cpp_permute(n_head, head_dim):
     weights = np.random.default_rng(0).standard_normal((n_head * head_dim, 16)).astype(np.float32)
     permuted = llama_cpp_permute(weights, n_head)
     assert not np.array_equal(permuted, weights)
-    np.testing.assert_array_equal(unpermute_rotary_rows(permuted, n_head), weights)
+    np.testing.assert_array_equal(unpermute_rope_rows(permuted, n_head), weights)
+    np.testing.assert_array_equal(permute_rope_rows(weights, n_head), permuted)
     # Row 1 of a head (rotated with row 1 + head_dim/2 in HF's layout) sits next to row 0 after permuting.
     np.testing.assert_array_equal(permuted[1], weights[head_dim // 2])
 
