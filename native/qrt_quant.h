@@ -22,8 +22,9 @@ size_t qrt_row_bytes(int type, int64_t n);
 
 /* Quantize nrows rows of ncols floats (row-major, contiguous) into dst (nrows * qrt_row_bytes(type, ncols)
  * bytes). importance: ncols non-negative weights (E[x^2] of the activations feeding each column) or NULL.
- * nthreads <= 0: all CPUs. The result does not depend on nthreads. Fails without a partial guarantee on dst
- * if a row holds NaN/Inf (the message names the first such row and column). */
+ * nthreads <= 0: all CPUs. The result does not depend on nthreads. Fails (dst then undefined) if a row holds
+ * NaN/Inf (the message names the first such row and column) or values so large that the type's fp16 scales
+ * overflow (the message names the row). Groups of columns whose importance is all zero are weighted uniformly. */
 int qrt_quantize_rows(int type, const float *src, void *dst, int64_t nrows, int64_t ncols, const float *importance,
                       int nthreads, char *err, size_t errlen);
 

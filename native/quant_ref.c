@@ -57,9 +57,18 @@ static float sum_squares(const float *x, int64_t n) {
     return s;
 }
 
+/* A group whose columns all have zero importance (never activated during calibration) would otherwise get no
+ * say at all and collapse to zero; it is weighted as if its importance were uniform instead. */
+static int all_zero(int n, const float *imp) {
+    for (int i = 0; i < n; i++)
+        if (imp[i] != 0) return 0;
+    return 1;
+}
+
 /* w = imp * sqrt(sigma2 + x^2): llama.cpp's combination of importance and magnitude. */
 static void importance_weights(int n, const float *x, const float *imp, float sigma2, float *w) {
-    for (int i = 0; i < n; i++) w[i] = imp[i] * sqrtf(sigma2 + x[i] * x[i]);
+    const int uniform = all_zero(n, imp);
+    for (int i = 0; i < n; i++) w[i] = (uniform ? 1.f : imp[i]) * sqrtf(sigma2 + x[i] * x[i]);
 }
 
 static void square_weights(int n, const float *x, float *w) {
@@ -597,7 +606,7 @@ void qrt_quantize_row_q6_K(const float *x, void *vy, int64_t n, const float *imp
         for (int j = 0; j < 16; j++) {
             /* llama.cpp uses the importance directly here, and x^2 without it. Coordinate descent only with
              * importance: on the x^2 weighting it trades plain RMSE for the weighted error. */
-            if (importance)
+            if (importance && !all_zero(16, importance + QK_K * b + 16 * j))
                 memcpy(w, importance + QK_K * b + 16 * j, sizeof(w));
             else
                 square_weights(16, x + 16 * j, w);

@@ -67,18 +67,43 @@ static int64_t rows_per_task(int64_t nrows, int64_t ncols, int nthreads) {
     return rows < 1 ? 1 : rows;
 }
 
-/* Index of the first NaN/Inf in x, or -1. One vector pass (the quantizers assume finite input). */
-static int64_t first_non_finite(const float *x, int64_t n) {
+/* Index of the first NaN/Inf in x, or -1; *amax = the largest |x|. One vector pass (quantizers assume finite
+ * input). */
+static int64_t scan_row(const float *x, int64_t n, float *amax) {
     const int64_t n8 = n - n % 8;
     v8i bad = {0};
-    for (int64_t i = 0; i < n8; i += 8) bad |= ~(v8_abs(v8_load(x + i)) <= 3.40282347e38f); /* NaN compares false */
+    v8f vmax = v8_splat(0);
+    for (int64_t i = 0; i < n8; i += 8) {
+        const v8f a = v8_abs(v8_load(x + i));
+        bad |= ~(a <= 3.40282347e38f); /* NaN compares false */
+        vmax = v8_max(vmax, a);
+    }
     int any = 0;
     for (int j = 0; j < 8; j++) any |= bad[j];
-    for (int64_t i = n8; i < n; i++) any |= !isfinite(x[i]);
+    float m = v8_hmax(vmax);
+    for (int64_t i = n8; i < n; i++) {
+        any |= !isfinite(x[i]);
+        if (fabsf(x[i]) > m) m = fabsf(x[i]);
+    }
+    *amax = m;
     if (!any) return -1;
     for (int64_t i = 0; i < n; i++)
         if (!isfinite(x[i])) return i;
     return -1;
+}
+
+/* Beyond fp16's range the scales of every quantized type (and f16 itself) overflow to inf: such rows are
+ * dequantized again and rejected if anything came back non-finite, rather than written as inf/NaN. */
+#define FP16_MAX 65504.f
+
+static int row_round_trips(const qrt_type_traits *t, const void *row, int64_t n) {
+    float *back = malloc(sizeof(float) * (size_t)n);
+    if (!back) return 0;
+    t->dequantize_row(row, back, n);
+    int ok = 1;
+    for (int64_t i = 0; i < n && ok; i++) ok = isfinite(back[i]);
+    free(back);
+    return ok;
 }
 
 typedef struct {
@@ -88,8 +113,9 @@ typedef struct {
     const float *importance;
     int64_t nrows, ncols, rows_per_task;
     size_t row_bytes;
-    int64_t *bad_row; /* per task: first row with a non-finite value, or -1 */
-    int64_t *bad_col;
+    int64_t *bad_row; /* per task: first row that cannot be quantized, or -1 */
+    int64_t *bad_col; /* its first non-finite column, or -1 when its range overflows the type */
+    float *bad_amax;
 } quantize_job;
 
 static void quantize_task(void *ctx, int task, int thread) {
@@ -101,13 +127,21 @@ static void quantize_task(void *ctx, int task, int thread) {
     job->bad_row[task] = -1;
     for (int64_t r = r0; r < r1; r++) {
         const float *x = job->src + r * job->ncols;
-        const int64_t bad = first_non_finite(x, job->ncols);
+        uint8_t *y = job->dst + r * (int64_t)job->row_bytes;
+        float amax;
+        const int64_t bad = scan_row(x, job->ncols, &amax);
         if (bad >= 0) {
             job->bad_row[task] = r;
             job->bad_col[task] = bad;
             return;
         }
-        job->traits->quantize_row(x, job->dst + r * (int64_t)job->row_bytes, job->ncols, job->importance);
+        job->traits->quantize_row(x, y, job->ncols, job->importance);
+        if (amax > FP16_MAX && !row_round_trips(job->traits, y, job->ncols)) {
+            job->bad_row[task] = r;
+            job->bad_col[task] = -1;
+            job->bad_amax[task] = amax;
+            return;
+        }
     }
 }
 
@@ -141,7 +175,10 @@ int qrt_quantize_rows(int type, const float *src, void *dst, int64_t nrows, int6
     job.rows_per_task = rows_per_task(nrows, ncols, n_threads);
     const int64_t n_tasks = (nrows + job.rows_per_task - 1) / job.rows_per_task;
     job.bad_row = malloc(sizeof(int64_t) * 2 * (size_t)n_tasks);
-    if (!job.bad_row) {
+    job.bad_amax = malloc(sizeof(float) * (size_t)n_tasks);
+    if (!job.bad_row || !job.bad_amax) {
+        free(job.bad_row);
+        free(job.bad_amax);
         qrt_threadpool_destroy(pool);
         set_error(err, errlen, "out of memory");
         return -2;
@@ -152,15 +189,19 @@ int qrt_quantize_rows(int type, const float *src, void *dst, int64_t nrows, int6
 
     int rc = 0;
     for (int64_t i = 0; i < n_tasks; i++) {
-        if (job.bad_row[i] >= 0) {
-            const int64_t r = job.bad_row[i], c = job.bad_col[i];
+        if (job.bad_row[i] < 0) continue;
+        const int64_t r = job.bad_row[i], c = job.bad_col[i];
+        if (c >= 0)
             set_error(err, errlen, "row %lld, column %lld holds %g: cannot quantize a non-finite value", (long long)r,
                       (long long)c, (double)src[r * ncols + c]);
-            rc = -3;
-            break;
-        }
+        else
+            set_error(err, errlen, "row %lld holds values up to %g, beyond what %s can store (fp16 range)",
+                      (long long)r, (double)job.bad_amax[i], t->name);
+        rc = -3;
+        break;
     }
     free(job.bad_row);
+    free(job.bad_amax);
     return rc;
 }
 

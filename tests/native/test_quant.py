@@ -258,3 +258,26 @@ def test_row_length_must_fit_the_block():
         quants.quantize(np.zeros((2, 576), np.float32), "q4_k")
     with pytest.raises(ValueError, match="needs 288 bytes, got 144"):
         quants.dequantize(np.zeros(144, np.uint8), "q4_k", (2, 256))
+
+
+@pytest.mark.parametrize("type_name", ["Q8_0", "Q4_K", "Q6_K", "F16"])
+def test_values_beyond_the_fp16_scale_range_are_reported(type_name):
+    x = np.random.default_rng(14).standard_normal((8, 512)).astype(np.float32)
+    x[6, 300] = 1e9
+    with pytest.raises(ValueError, match=rf"row 6 holds values up to 1e\+09, beyond what {type_name} can store"):
+        quants.quantize(x, type_name)
+    x[6, 300] = 60000.0  # large but representable: fine
+    assert np.isfinite(quants.dequantize(quants.quantize(x, type_name), type_name, x.shape)).all()
+    assert np.isfinite(quants.dequantize(quants.quantize(x * 1e4, "BF16"), "BF16", x.shape)).all()
+
+
+@pytest.mark.parametrize("type_name", [t for t in QUANTIZED if t != "Q8_0"])
+def test_columns_with_zero_importance_are_not_zeroed(type_name):
+    """Columns never activated during calibration have importance 0: they must still be quantized."""
+    rng = np.random.default_rng(15)
+    x = rng.standard_normal((16, 512)).astype(np.float32)
+    imp = rng.lognormal(0, 1, 512).astype(np.float32)
+    imp[:256] = 0
+    y = quants.dequantize(quants.quantize(x, type_name, importance=imp), type_name, x.shape)
+    err = np.sqrt(((y - x)[:, :256] ** 2).mean() / (x[:, :256] ** 2).mean())
+    assert err < 0.6, f"relative RMSE {err:.2f} on the zero-importance columns"
