@@ -20,7 +20,7 @@ import numpy as np
 from qconv.converter.plan import T, fit_row, role_of, row_bytes
 from qconv.formats.errors import FormatError
 
-DEFAULT_TYPES = ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "q8_0")
+DEFAULT_TYPES = ("q2_k", "q3_k", "q4_0", "iq4_nl", "q4_1", "q4_k", "q5_0", "q5_1", "q5_k", "q6_k", "q8_0")
 CHOOSABLE_ROLES = (
     "attn_q",
     "attn_k",

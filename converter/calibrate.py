@@ -9,6 +9,7 @@ Only `blk.*` weights are kept (llama-imatrix leaves out the output head unless a
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,3 +120,14 @@ def calibrate(
     write_imatrix(out, imatrix)
     imatrix.path = Path(out)
     return imatrix
+
+
+@contextlib.contextmanager
+def calibrated_imatrix(model: Path, data: list[Path] | tuple = (), ctx: int = DEFAULT_CTX, threads=None, log=None):
+    """`to-gguf --calibrate DATA`: an importance matrix of MODEL over DATA ('builtin' or nothing: the built-in
+    suites) in a temporary file that lives as long as the context."""
+    paths = [Path(p) for p in data if str(p) != "builtin"] or None
+    with tempfile.TemporaryDirectory(prefix="qconv-imatrix-") as tmp:
+        out = Path(tmp) / "imatrix.gguf"
+        calibrate(model, out, paths, ctx, threads, log=log)
+        yield out

@@ -110,7 +110,7 @@ def eval_cmd(quant: Path, ref: Path, suite_names, ctx, max_tokens, max_tasks, no
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--imatrix", type=click.Path(path_type=Path), default=None, help="Importance matrix (GGUF or .dat).")
 @click.option(
-    "--types", default="q2_k,q3_k,q4_k,q5_k,q6_k,q8_0", show_default=True, help="Candidate types (comma-separated)."
+    "--types", default=None, help="Candidate types, comma-separated (default: q2_k..q8_0 and the 32-block types)."
 )
 @click.option("-c", "--ctx", type=int, default=256, show_default=True)
 @click.option("--max-tokens", type=int, default=1024, show_default=True, help="Tokens scored per trial.")
@@ -123,10 +123,11 @@ def eval_cmd(quant: Path, ref: Path, suite_names, ctx, max_tokens, max_tasks, no
 def analyze_cmd(model: Path, imatrix, types, ctx, max_tokens, bands, no_kld, out_path, threads, quiet) -> None:
     """Sensitivity of MODEL (HF folder or f32/f16 GGUF): the importance-weighted error of each candidate type per
     tensor, and the KL divergence caused by quantizing one tensor group at a time, ranked."""
-    from qconv.converter.analyze import AnalyzeOptions, analyze, format_analysis
+    from qconv.converter.analyze import DEFAULT_TYPES, AnalyzeOptions, analyze, format_analysis
 
     options = AnalyzeOptions(
-        imatrix=imatrix, types=[t.strip() for t in types.split(",") if t.strip()], ctx=ctx, max_tokens=max_tokens,
+        imatrix=imatrix, types=[t.strip() for t in types.split(",") if t.strip()] if types else list(DEFAULT_TYPES),
+        ctx=ctx, max_tokens=max_tokens,
         bands=bands, kld=not no_kld, threads=threads,
     )  # fmt: skip
     result = analyze(model, options, log=_log(quiet))

@@ -227,6 +227,7 @@ class Runner:
         """Logits at every position of tokens from an empty cache (only the last score_last rows if given)."""
         t0 = time.perf_counter()
         if score_last is None or score_last >= len(tokens):
+            self._reset()
             out = np.asarray(self.model.logits(tokens), dtype=np.float32)
         else:
             self._reset()

@@ -28,7 +28,7 @@ def errors_only(folder):
 
 
 def test_errors_fall_with_more_bits(errors_only):
-    order = ["q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "q8_0"]
+    order = ["q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "q8_0"]  # one family: fewer bits, more error
     assert len(errors_only["tensors"]) == 2 * 7 + 2  # the matmuls, the head and the embedding
     for name, e in errors_only["tensors"].items():
         errs = [e["options"][t]["error"] for t in order]
