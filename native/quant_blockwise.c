@@ -18,7 +18,7 @@
 #include "qrt.h"
 #include "threadpool.h"
 
-enum { MAX_BLOCK = 256, LANES = 8, GRID_BELOW = 16, GRID_ABOVE = 8, REFIT_ROUNDS = 4, DESCENT_ROUNDS = 8 };
+enum { MAX_BLOCK = 256, LANES = 8, GRID_BELOW = 16, GRID_ABOVE = 16, REFIT_ROUNDS = 4, DESCENT_ROUNDS = 8 };
 
 /* Candidate inverse scales are spaced (number of levels) / GRID_DIVISIONS apart: 0.1 levels at 4 bits. */
 static const float GRID_DIVISIONS = 160.f;

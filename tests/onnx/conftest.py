@@ -1,0 +1,62 @@
+"""Fixtures of the ONNX export tests: exported folders (built once per session) and ONNX Runtime helpers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+ort = pytest.importorskip("onnxruntime")
+
+
+def export(model_dir: Path, out_dir: Path, **options) -> Path:
+    from qconv.converter.onnx_export import OnnxOptions, export_onnx
+
+    export_onnx(model_dir, out_dir, OnnxOptions(**options))
+    return out_dir
+
+
+def optimized_graph(folder: Path, work: Path) -> onnx.ModelProto:
+    """The graph ONNX Runtime's CPU provider runs after its optimizations (what it fused, what it kept)."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.optimized_model_filepath = str(work / "optimized.onnx")
+    ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    return onnx.load(str(work / "optimized.onnx"), load_external_data=False)
+
+
+def float_initializer_shapes(model: onnx.ModelProto) -> set[tuple[int, ...]]:
+    return {tuple(t.dims) for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+
+
+def linear_shapes(config_dir: Path) -> list[tuple[int, int]]:
+    """K x N of every linear layer implied by config.json (head included)."""
+    from qconv.formats.hf_config import read_model_spec
+
+    spec = read_model_spec(config_dir)
+    shapes = [
+        (shape[1], shape[0])
+        for name, shape in spec.expected_shapes().items()
+        if len(shape) == 2 and name != "model.embed_tokens.weight"
+    ]
+    return shapes + ([(spec.hidden, spec.vocab_size)] if spec.tied_embeddings else [])
+
+
+def kld(ref: np.ndarray, test: np.ndarray) -> float:
+    """Mean KL(ref || test) over positions, from logits."""
+
+    def log_softmax(x):
+        x = x.astype(np.float64)
+        x = x - x.max(-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+    p, q = log_softmax(ref), log_softmax(test)
+    return float((np.exp(p) * (p - q)).sum(-1).mean())
+
+
+@pytest.fixture(scope="session")
+def smollm2_onnx(smollm2_dir, tmp_path_factory) -> Path:
+    """SmolLM2 exported with the defaults: 4-bit blocks of 32 with zero points, 8-bit shared embedding/head."""
+    return export(smollm2_dir, tmp_path_factory.mktemp("onnx") / "smollm2-q4")
