@@ -87,7 +87,7 @@ def test_llama_cpp_on_our_f32_equals_transformers(random_model_factory, tmp_path
     out = convert_to_gguf(folder, tmp_path / "m.gguf", "f32", progress=False).out_path
     tokens = np.random.default_rng(3).integers(0, shape["vocab"], size=48).tolist()
     ours = logits(load(out, n_ctx=128), tokens)
-    hf = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=torch.float32)
+    hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     hf.eval()
     with torch.no_grad():
         expected = hf(torch.tensor([tokens])).logits[0].numpy()
@@ -95,3 +95,22 @@ def test_llama_cpp_on_our_f32_equals_transformers(random_model_factory, tmp_path
     diff = np.abs(ours - expected).max()
     print(f"{shape['arch']}: max abs logit diff {diff:.2e} (logit std {expected.std():.3f})")
     assert diff < 1e-3
+
+
+@requires_torch
+def test_the_comparison_catches_a_missing_rope_permutation(random_model_factory, tmp_path, monkeypatch):
+    """Guard against a comparison too weak to fail: without the q/k permutation the logits must differ."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    import qconv.converter.sources as sources
+
+    shape = SHAPES[0]
+    folder = random_model_factory(dtype="f32", seed=7, **shape)
+    monkeypatch.setattr(sources, "permute_rope_rows", lambda w, n_heads: w)
+    out = convert_to_gguf(folder, tmp_path / "broken.gguf", "f32", progress=False).out_path
+    tokens = np.random.default_rng(3).integers(0, shape["vocab"], size=48).tolist()
+    hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    with torch.no_grad():
+        expected = hf(torch.tensor([tokens])).logits[0].numpy()
+    assert np.abs(logits(load(out, n_ctx=128), tokens) - expected).max() > 1e-2

@@ -34,7 +34,9 @@ def f32_model(request, smollm2_dir, random_model_factory, tmp_path_factory):
     if request.param == "smollm2":
         folder = smollm2_dir  # 576-wide rows: the fallback paths
     else:
-        folder = random_model_factory(arch="llama", hidden=512, n_layers=16, n_heads=8, n_kv_heads=2, ffn=1024, vocab=1024)
+        folder = random_model_factory(
+            arch="llama", hidden=512, n_layers=16, n_heads=8, n_kv_heads=2, ffn=1024, vocab=1024
+        )
     out = tmp_path_factory.mktemp("plan") / f"{request.param}-f32.gguf"
     return convert_to_gguf(folder, out, "f32", progress=False).out_path
 
@@ -42,6 +44,8 @@ def f32_model(request, smollm2_dir, random_model_factory, tmp_path_factory):
 @pytest.mark.parametrize("type_name", MIXTURES)
 def test_mixture_equals_llama_cpp(f32_model, tmp_path, type_name):
     expected = llama_cpp_types(f32_model, tmp_path / "ref.gguf", type_name)
-    ours = {c.name: c.ggml_type.name for c in make_plan_only(f32_model, ConvertOptions(type_name=type_name)).plan.choices}
+    ours = {
+        c.name: c.ggml_type.name for c in make_plan_only(f32_model, ConvertOptions(type_name=type_name)).plan.choices
+    }
     differing = {n: (ours[n], expected[n]) for n in expected if ours.get(n) != expected[n]}
     assert not differing, f"{len(differing)} tensors differ (ours, llama.cpp): {dict(list(differing.items())[:8])}"
