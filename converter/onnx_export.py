@@ -11,9 +11,10 @@ The graph (standard ONNX ops, opset 21):
   present.{i}.key/value [batch, kv_heads, total, head_dim] (optimum / onnxruntime-genai names).
 - every linear layer: K x N quantized initializer -> DequantizeLinear(axis 0, block_size) -> MatMul, which ONNX
   Runtime fuses into MatMulNBits. Scales and zero points come from qconv's importance-weighted block search.
-- the embedding table is stored once, quantized, in the head's K x N layout ([hidden, vocab]). A lookup casts it
-  to 8-bit (Gather has no 4-bit types; ONNX Runtime folds the cast once at load), gathers the token columns and
-  their block scales, then dequantizes only those rows. A tied head reuses the same quantized initializer, so the
+- the embedding table is stored once, quantized, in the head's K x N layout ([hidden, vocab]). A lookup takes
+  Transpose(Cast to 8-bit) of it (Gather has no 4-bit types; ONNX Runtime folds both once at load, into an 8-bit
+  [vocab, hidden] table beside the head's fused copy), gathers the token rows and their block scales, then
+  dequantizes only those rows. A tied head reuses the same quantized initializer, so the
   file holds the table once; its scales are stored twice (head layout [blocks, vocab] and lookup layout
   [vocab, blocks]) because ONNX Runtime does not fuse a DequantizeLinear whose scales feed another node: that costs
   vocab x hidden / block x 4 bytes (3.5 MB for SmolLM2-135M at block 32), where a separate head initializer would
@@ -256,9 +257,11 @@ class DecoderGraph:
         quant = self.quantize_rows(name, self.read(name), o.head_bits, importance_of=tied_importance)
         table = g.quantized("embed_tokens_q", quant.q.T, o.head_type)
         gather_type = GATHERABLE[o.head_type]
+        # [vocab, hidden] in a gatherable type. ONNX Runtime folds this once at load into its own initializer, so
+        # the head's DequantizeLinear keeps `table` to itself and still fuses into MatMulNBits.
         lookup_table = table if gather_type == o.head_type else g.node("Cast", [table], to=gather_type)
-        columns = g.node("Gather", [lookup_table, input_ids], axis=1)  # [hidden, batch, seq]
-        rows = g.node("Transpose", [columns], perm=[1, 2, 0])  # [batch, seq, hidden]
+        lookup_table = g.node("Transpose", [lookup_table], perm=[1, 0])
+        rows = g.node("Gather", [lookup_table, input_ids], axis=0)  # [batch, seq, hidden]
         dq_inputs = [rows, g.node("Gather", [g.constant("embed_tokens_lookup_scale", quant.scales), input_ids], axis=0)]
         if quant.zero_points is not None:
             dq_inputs.append(

@@ -1,0 +1,209 @@
+"""to-onnx on small random-weight folders of each family: graph validity, fusion, numerics, cache, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from qconv.converter.onnx_cli import to_onnx
+from qconv.runtime.onnx_backend import OnnxModel
+from tests.onnx.conftest import export, float_initializer_shapes, linear_shapes, optimized_graph
+from tests.onnx.numpy_reference import forward
+
+FAMILIES = {
+    "llama": dict(arch="llama", tied=True),
+    "qwen2": dict(arch="qwen2"),  # q/k/v biases
+    "qwen3": dict(arch="qwen3", head_dim=96),  # q/k norms, head_dim != hidden / heads
+}
+IDS = [5, 300, 17, 42, 260, 511, 3, 99, 128, 77, 250, 1, 400, 64, 33, 8]
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def exported(request, random_model_factory, tmp_path_factory):
+    model_dir = random_model_factory(**FAMILIES[request.param])
+    return model_dir, export(model_dir, tmp_path_factory.mktemp("onnx") / request.param, bits=4, block_size=32)
+
+
+def test_check_model_full(exported):
+    _, folder = exported
+    onnx.checker.check_model(str(folder / "model.onnx"), full_check=True)
+    names = {p.name for p in folder.iterdir()}
+    assert {"model.onnx", "genai_config.json", "tokenizer.json", "tokenizer.gguf", "tokenizer_config.json"} <= names
+    config = json.loads((folder / "genai_config.json").read_text())
+    assert config["model"]["decoder"]["inputs"]["past_key_names"] == "past_key_values.%d.key"
+
+
+def test_every_linear_layer_fuses_to_matmulnbits(exported, tmp_path):
+    model_dir, folder = exported
+    graph = optimized_graph(folder, tmp_path)
+    fused = [n for n in graph.graph.node if n.op_type == "MatMulNBits"]
+    expected = linear_shapes(model_dir)
+    assert len(fused) == len(expected)
+    fused_kn = sorted(
+        (next(a.i for a in n.attribute if a.name == "K"), next(a.i for a in n.attribute if a.name == "N"))
+        for n in fused
+    )
+    assert fused_kn == sorted(expected)
+    assert not [n for n in graph.graph.node if n.op_type == "DequantizeLinear" and n.output[0].endswith("_dq")]
+    # no float copy of any quantized weight (K x N, or the N x K the fusion could have left)
+    floats = float_initializer_shapes(graph)
+    assert not floats & ({s for s in expected} | {s[::-1] for s in expected})
+
+
+def test_logits_match_numpy_reference(exported):
+    model_dir, folder = exported
+    model = OnnxModel(folder, threads=2, accuracy_level=0)
+    ours = model.logits(IDS)
+    reference = forward(folder, IDS, model_dir)
+    assert ours.shape == (len(IDS), reference.shape[1])
+    assert np.abs(ours - reference).max() < 1e-3
+
+
+def test_cache_equals_recompute(exported):
+    _, folder = exported
+    model = OnnxModel(folder, threads=2, accuracy_level=0)
+    with_cache = model.generate_ids(IDS[:5], 12, use_cache=True)
+    assert with_cache == model.generate_ids(IDS[:5], 12, use_cache=False)
+    # chunked prefill through the cache gives the logits of one pass
+    model.reset()
+    first = model.eval(IDS[:7])
+    rest = model.eval(IDS[7:])
+    assert np.abs(np.concatenate([first, rest]) - model.logits(IDS)).max() < 1e-4
+
+
+def test_padding_mask_and_batch(exported):
+    """A left-padded batch row gives the same logits as the unpadded sequence (attention_mask and positions)."""
+    _, folder = exported
+    model = OnnxModel(folder, threads=2, accuracy_level=0)
+    spec = json.loads((folder / "genai_config.json").read_text())["model"]["decoder"]
+    short = IDS[:6]
+    pad = 3
+    ids = np.array([[0] * pad + short, IDS[: pad + len(short)]], dtype=np.int64)
+    mask = np.array([[0] * pad + [1] * len(short), [1] * (pad + len(short))], dtype=np.int64)
+    positions = np.array([[0] * pad + list(range(len(short))), list(range(pad + len(short)))], dtype=np.int64)
+    empty = np.zeros((2, spec["num_key_value_heads"], 0, spec["head_size"]), np.float32)
+    feed = {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
+    for i in range(spec["num_hidden_layers"]):
+        feed[f"past_key_values.{i}.key"] = feed[f"past_key_values.{i}.value"] = empty
+    logits = model.session.run(["logits"], feed)[0]
+    assert np.abs(logits[0, pad:] - model.logits(short)).max() < 1e-4
+    assert np.abs(logits[1] - model.logits(IDS[: pad + len(short)])).max() < 1e-4
+
+
+@pytest.mark.parametrize("bits,symmetric", [(8, True), (4, True), (8, False)])
+def test_other_widths_fuse_and_match(random_model_factory, tmp_path, bits, symmetric):
+    model_dir = random_model_factory(**FAMILIES["llama"])
+    folder = export(model_dir, tmp_path / "out", bits=bits, block_size=16, head_bits=bits, symmetric=symmetric)
+    graph = optimized_graph(folder, tmp_path)
+    assert sum(n.op_type == "MatMulNBits" for n in graph.graph.node) == len(linear_shapes(model_dir))
+    ours = OnnxModel(folder, threads=2, accuracy_level=0).logits(IDS)
+    assert np.abs(ours - forward(folder, IDS, model_dir)).max() < 1e-3
+
+
+def test_external_data(random_model_factory, tmp_path):
+    model_dir = random_model_factory(**FAMILIES["qwen2"])
+    folder = export(model_dir, tmp_path / "out", external_data=True, block_size=64)
+    assert (folder / "model.onnx.data").stat().st_size > (folder / "model.onnx").stat().st_size
+    onnx.checker.check_model(str(folder / "model.onnx"), full_check=True)
+    ours = OnnxModel(folder, threads=2, accuracy_level=0).logits(IDS)
+    assert np.abs(ours - forward(folder, IDS, model_dir)).max() < 1e-3
+
+
+def test_rope_scaling_matches_transformers():
+    torch = pytest.importorskip("torch")
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from qconv.converter.onnx_export import rope_inv_freq
+    from qconv.formats.hf_config import read_model_spec
+
+    scalings = [
+        {"rope_type": "linear", "factor": 4.0},
+        {
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
+        {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 4096},
+    ]
+    for scaling in scalings:
+        config = LlamaConfig(
+            hidden_size=512,
+            num_attention_heads=8,
+            rope_theta=500000.0,
+            max_position_embeddings=32768,
+            rope_scaling=dict(scaling),
+        )
+        theirs, factor = ROPE_INIT_FUNCTIONS[scaling["rope_type"]](config, torch.device("cpu"))
+        import tempfile
+        from pathlib import Path
+
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = config.to_dict() | {
+                "architectures": ["LlamaForCausalLM"],
+                "num_hidden_layers": 1,
+                "intermediate_size": 64,
+                "vocab_size": 32,
+            }
+            (Path(tmp) / "config.json").write_text(json.dumps(cfg))
+            ours, our_factor = rope_inv_freq(read_model_spec(Path(tmp)))
+        assert np.allclose(ours, theirs.numpy(), rtol=1e-5), scaling["rope_type"]
+        assert our_factor == pytest.approx(factor, rel=1e-6)
+
+
+def test_bad_bits_and_block_size_list_valid_ones(random_model_factory, tmp_path):
+    model_dir = random_model_factory(**FAMILIES["llama"])
+    runner = CliRunner()
+    result = runner.invoke(to_onnx, [str(model_dir), "-o", str(tmp_path / "a"), "--bits", "3"])
+    assert result.exit_code != 0 and "'4'" in result.output and "'8'" in result.output
+    result = runner.invoke(to_onnx, [str(model_dir), "-o", str(tmp_path / "b"), "--block-size", "48"])
+    assert result.exit_code != 0 and all(f"'{b}'" in result.output for b in (16, 32, 64, 128))
+    from qconv.converter.onnx_export import OnnxOptions, export_onnx
+    from qconv.formats.errors import FormatError
+
+    with pytest.raises(FormatError, match="valid: 16, 32, 64, 128"):
+        export_onnx(model_dir, tmp_path / "c", OnnxOptions(block_size=24))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+
+
+def test_unsupported_architecture_writes_nothing(random_model_factory, tmp_path):
+    model_dir = random_model_factory(**FAMILIES["llama"])
+    other = tmp_path / "gpt2"
+    other.mkdir()
+    for f in model_dir.iterdir():
+        (other / f.name).write_bytes(f.read_bytes())
+    config = json.loads((other / "config.json").read_text())
+    config["architectures"] = ["GPT2LMHeadModel"]
+    (other / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(to_onnx, [str(other), "-o", str(out)])
+    assert result.exit_code == 1
+    assert "GPT2LMHeadModel" in result.output and "LlamaForCausalLM" in result.output
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpt2"]  # no temporary folder left either
+
+
+def test_non_empty_output_folder_is_refused(random_model_factory, tmp_path):
+    model_dir = random_model_factory(**FAMILIES["llama"])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    result = CliRunner().invoke(to_onnx, [str(model_dir), "-o", str(out), "--json"])
+    assert result.exit_code == 1 and "not empty" in result.output
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_cli_json_summary(random_model_factory, tmp_path):
+    model_dir = (
+        random_model_factory(**FAMILIES["qwen3"], head_dim=96) if False else random_model_factory(**FAMILIES["qwen3"])
+    )
+    result = CliRunner().invoke(to_onnx, [str(model_dir), "-o", str(tmp_path / "o"), "--json", "--bits", "8"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["bits"] == 8 and summary["quantized_layers"] == len(linear_shapes(model_dir))
