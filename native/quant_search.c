@@ -2,6 +2,8 @@
  * steps), the code and the refinement passes are ours. */
 #include "quant_search.h"
 
+#include <pthread.h>
+
 #include "quant_simd.h"
 #include "quant_types.h"
 
@@ -257,20 +259,45 @@ int qrt_nearest_grid_index(int n, const int8_t *grid, float x) {
     return x - grid[hi - 1] < grid[hi] - x ? hi - 1 : hi;
 }
 
+/* Nearest-index table over half-units: every midpoint between neighbouring grid values is a multiple of 0.5,
+ * so within [h/2, (h+1)/2) the nearest grid value does not change (a tie at h/2 goes up, as the search does).
+ * Entry h + 256 covers v in [h/2, (h+1)/2) for v in [-128, 128). Built once, before any thread runs. */
+static uint8_t iq4nl_index_of_half[512];
+static pthread_once_t iq4nl_table_once = PTHREAD_ONCE_INIT;
+
+static void build_iq4nl_table(void) {
+    for (int h = -256; h < 256; h++)
+        iq4nl_index_of_half[h + 256] = (uint8_t)qrt_nearest_grid_index(16, qrt_kvalues_iq4nl, 0.5f * (float)h);
+}
+
+static inline int iq4nl_nearest(float v) {
+    v = v < -128.f ? -128.f : v;
+    v = v > 127.75f ? 127.75f : v;
+    const float v2 = 2.f * v; /* exact */
+    int h = (int)v2;          /* truncation; floor below */
+    h -= (float)h > v2;
+    return iq4nl_index_of_half[h + 256];
+}
+
 static float grid_sums(int n, const float *x, const float *w, float id, uint8_t *L, float *sumqx) {
-    float sqx = 0, sq2 = 0;
-    for (int i = 0; i < n; i++) {
-        const int l = qrt_nearest_grid_index(16, qrt_kvalues_iq4nl, id * x[i]);
-        const float q = qrt_kvalues_iq4nl[l];
-        L[i] = (uint8_t)l;
-        sqx += w[i] * q * x[i];
-        sq2 += w[i] * q * q;
+    v8f sqx = {0}, sq2 = {0};
+    for (int i = 0; i < n; i += 8) {
+        v8f q;
+        for (int j = 0; j < 8; j++) {
+            const int l = iq4nl_nearest(id * x[i + j]);
+            L[i + j] = (uint8_t)l;
+            q[j] = qrt_kvalues_iq4nl[l];
+        }
+        const v8f wq = v8_load(w + i) * q;
+        sqx += wq * v8_load(x + i);
+        sq2 += wq * q;
     }
-    *sumqx = sqx;
-    return sq2;
+    *sumqx = v8_sum(sqx);
+    return v8_sum(sq2);
 }
 
 float qrt_fit_iq4nl(int n, const float *x, const float *w, uint8_t *L, int ntry) {
+    pthread_once(&iq4nl_table_once, build_iq4nl_table);
     const int8_t *values = qrt_kvalues_iq4nl;
     float amax = 0, max = 0;
     for (int i = 0; i < n; i++) {
