@@ -68,15 +68,16 @@ def test_weighted_rmse_at_most_llama_cpp(llama_cpp, tensors, importances, type_n
     assert not failures, "weighted RMSE above 1.01x llama.cpp's:\n" + "\n".join(failures)
 
 
-def smollm2_real_tensors() -> dict[str, np.ndarray]:
-    return QL.smollm2_tensors(layers=(0, 15, 29)) | QL.smollm2_rotated_tensors()
+def real_tensors() -> dict[str, np.ndarray]:
+    minilm = {k: v for k, v in QL.minilm_tensors().items() if ".layer.1." in k or "pooler" in k}
+    return QL.smollm2_tensors(layers=(0, 15, 29)) | QL.smollm2_rotated_tensors() | minilm
 
 
 @pytest.mark.parametrize("type_name", TYPES + ["F16", "BF16"])
 def test_real_tensors_dequantize_like_gguf_py(type_name):
     block = quants.get_type(type_name).block_size
     checked = 0
-    for name, x in smollm2_real_tensors().items():
+    for name, x in real_tensors().items():
         if x.shape[1] % block:
             continue
         rows = x[:192]
