@@ -51,6 +51,23 @@ static void detect(void) {
 
 static void init(void) { pthread_once(&once, detect); }
 
+qrt_attn_scores_fn qrt_attn_scores(void) {
+    init();
+    const int v = forced >= 0 ? forced : QRT_VARIANT_AVX512;
+    return v == QRT_VARIANT_AVX512 && supported[v] ? qrt_attn_scores_avx512 : qrt_attn_scores_scalar;
+}
+
+qrt_attn_values_fn qrt_attn_values(void) {
+    init();
+    const int v = forced >= 0 ? forced : QRT_VARIANT_AVX512;
+    return v == QRT_VARIANT_AVX512 && supported[v] ? qrt_attn_values_avx512 : qrt_attn_values_scalar;
+}
+
+qrt_expf16_fn qrt_expf16(void) {
+    init();
+    return supported[QRT_VARIANT_AVX512] ? qrt_expf16_avx512 : qrt_expf16_scalar;
+}
+
 int qrt_variant_supported(int variant) {
     init();
     return variant >= 0 && variant < QRT_VARIANT_COUNT && supported[variant];

@@ -44,6 +44,35 @@ void qrt_kernels_register_avx512(qrt_kernel_entry table[QRT_TYPE_COUNT]);
 /* Activation conversion, scalar (done once per matmul input, shared by all variants so they see equal inputs). */
 void qrt_act_from_float(int act_type, const float *x, void *y, int64_t n);
 
+/* exp of 16 floats, bit-identical to ggml's AVX-512 ggml_v_expf (which llama.cpp's silu and softmax use on this
+ * class of CPU): matching it keeps the q8 activation rounding of both runtimes in step. */
+typedef void (*qrt_expf16_fn)(float *y, const float *x);
+void qrt_expf16_scalar(float *y, const float *x);
+void qrt_expf16_avx512(float *y, const float *x);
+qrt_expf16_fn qrt_expf16(void);
+
+/* Attention products in ggml's summation orders (so f32/f16 KV-cache results equal llama.cpp's):
+ *   vecdot = 1: ggml_vec_dot (4 accumulators x 16 lanes over blocks of 64, folded 0+2, 1+3, 0+1, then reduced),
+ *               what ggml runs for single-token decode, and for f32 scores;
+ *   vecdot = 0: tinyBLAS sgemm (one 16-lane accumulator over the reduced dimension), prompt batches.
+ * att[t] = scale * dot(q, k row t) for t < n_pos; out[i] = sum_t att[t] * v[t][i]. k/v rows are `stride`
+ * elements apart, f32 or f16 (f16 = 1). q and att arrive already rounded the way ggml rounds them. scratch holds
+ * 64 * hd floats. */
+typedef void (*qrt_attn_scores_fn)(float *att, const float *q, const void *k, int n_pos, int stride, int hd,
+                                   int f16, int vecdot, float scale);
+typedef void (*qrt_attn_values_fn)(float *out, const float *att, const void *v, int n_pos, int stride, int hd,
+                                   int f16, int vecdot, float *scratch);
+void qrt_attn_scores_scalar(float *att, const float *q, const void *k, int n_pos, int stride, int hd, int f16,
+                            int vecdot, float scale);
+void qrt_attn_values_scalar(float *out, const float *att, const void *v, int n_pos, int stride, int hd, int f16,
+                            int vecdot, float *scratch);
+void qrt_attn_scores_avx512(float *att, const float *q, const void *k, int n_pos, int stride, int hd, int f16,
+                            int vecdot, float scale);
+void qrt_attn_values_avx512(float *out, const float *att, const void *v, int n_pos, int stride, int hd, int f16,
+                            int vecdot, float *scratch);
+qrt_attn_scores_fn qrt_attn_scores(void);
+qrt_attn_values_fn qrt_attn_values(void);
+
 /* ---- dispatch (dispatch.c) ---- */
 
 /* The kernel chosen for a weight type under the current variant setting (falls back to the best available,
@@ -60,6 +89,15 @@ qrt_vec_dot_fn qrt_kernel_variant(int type, int variant);
 
 /* ---- shared pieces of the integer kernels ---- */
 
+/* The 32-value block types (q4_0, q4_1, q5_0, q5_1, q8_0, iq4_nl) accumulate like ggml's x86 kernels, so our
+ * dot products equal llama.cpp's bit for bit: 8 float lanes, lane l takes the exact integer sum of values
+ * 4l..4l+3 of each block times the block's scale with one fused multiply-add, and the lanes are summed in the
+ * tree order of ggml's hsum_float_8 at the end. */
+static inline float qrt_hsum8(const float a[8]) {
+    const float r0 = a[4] + a[0], r1 = a[5] + a[1], r2 = a[6] + a[2], r3 = a[7] + a[3];
+    return (r0 + r2) + (r1 + r3);
+}
+
 static inline float qrt_h2f(qrt_half h) { return qrt_fp16_to_fp32(h); }
 
 /* k-quant super-block decode into a common form: 256 int8 quants, 16 integer scales (one per 16 values) and
@@ -70,6 +108,12 @@ typedef struct {
     int16_t min[16];
     float d, dmin;
 } qrt_kblock;
+
+void qrt_decode_q2_K(const block_q2_K *x, qrt_kblock *b);
+void qrt_decode_q3_K(const block_q3_K *x, qrt_kblock *b);
+void qrt_decode_q4_K(const block_q4_K *x, qrt_kblock *b);
+void qrt_decode_q5_K(const block_q5_K *x, qrt_kblock *b);
+void qrt_decode_q6_K(const block_q6_K *x, qrt_kblock *b);
 
 /* The one float expression every variant of a k-quant kernel uses per super-block. */
 static inline float qrt_kq_term(float d, float dmin, float yd, int32_t sumi, int32_t summ) {

@@ -1,2 +1,241 @@
+/* kernels_avx512.c — AVX-512 (F/BW/VL/VNNI) kernels: integer dots use VNNI vpdpbusd on 256-bit registers (the
+ * lane structure the exactness rule of kernels.h fixes), float dots use 512-bit registers; also ggml's vector
+ * expf. Only called when dispatch.c saw AVX-512 with VNNI. */
+#if defined(__x86_64__)
+#pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")
+#include <math.h>
+#include <string.h>
+
 #include "kernels.h"
-void qrt_kernels_register_avx512(qrt_kernel_entry table[QRT_TYPE_COUNT]) { (void)table; }
+
+#define QRT_VNNI 1
+#define QRT_SUFFIX avx512
+#include "kernels_x86.inc"
+
+static float dot_f32(int64_t n, const void *vx, const void *vy) {
+    const float *x = vx, *y = vy;
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t i = 0;
+    for (; i + 64 <= n; i += 64) {
+        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i), a0);
+        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i + 16), _mm512_loadu_ps(y + i + 16), a1);
+        a2 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i + 32), _mm512_loadu_ps(y + i + 32), a2);
+        a3 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i + 48), _mm512_loadu_ps(y + i + 48), a3);
+    }
+    for (; i + 16 <= n; i += 16) a0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i), a0);
+    float sum = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+    for (; i < n; i++) sum += x[i] * y[i];
+    return sum;
+}
+
+static inline __m512 load_f16(const qrt_half *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
+static inline __m512 load_bf16(const qrt_bf16 *p) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
+}
+
+static float dot_f16(int64_t n, const void *vx, const void *vy) {
+    const qrt_half *x = vx, *y = vy;
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0;
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        a0 = _mm512_fmadd_ps(load_f16(x + i), load_f16(y + i), a0);
+        a1 = _mm512_fmadd_ps(load_f16(x + i + 16), load_f16(y + i + 16), a1);
+    }
+    for (; i + 16 <= n; i += 16) a0 = _mm512_fmadd_ps(load_f16(x + i), load_f16(y + i), a0);
+    float sum = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+    for (; i < n; i++) sum += qrt_fp16_to_fp32(x[i]) * qrt_fp16_to_fp32(y[i]);
+    return sum;
+}
+
+static float dot_bf16(int64_t n, const void *vx, const void *vy) {
+    const qrt_bf16 *x = vx, *y = vy;
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0;
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        a0 = _mm512_fmadd_ps(load_bf16(x + i), load_bf16(y + i), a0);
+        a1 = _mm512_fmadd_ps(load_bf16(x + i + 16), load_bf16(y + i + 16), a1);
+    }
+    for (; i + 16 <= n; i += 16) a0 = _mm512_fmadd_ps(load_bf16(x + i), load_bf16(y + i), a0);
+    float sum = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+    for (; i < n; i++) sum += qrt_bf16_to_fp32(x[i]) * qrt_bf16_to_fp32(y[i]);
+    return sum;
+}
+
+/* ggml's ggml_v_expf for AVX-512, operation for operation (see qrt_expf16_scalar) */
+void qrt_expf16_avx512(float *y, const float *xp) {
+    const __m512 x = _mm512_loadu_ps(xp);
+    const __m512 r = _mm512_set1_ps(0x1.8p23f);
+    const __m512 z = _mm512_fmadd_ps(x, _mm512_set1_ps(0x1.715476p+0f), r);
+    const __m512 n = _mm512_sub_ps(z, r);
+    const __m512 b = _mm512_fnmadd_ps(n, _mm512_set1_ps(0x1.7f7d1cp-20f),
+                                      _mm512_fnmadd_ps(n, _mm512_set1_ps(0x1.62e4p-1f), x));
+    const __mmask16 d = _mm512_cmp_ps_mask(_mm512_abs_ps(n), _mm512_set1_ps(192), _CMP_GT_OQ);
+    const __m512 u = _mm512_mul_ps(b, b);
+    const __m512 j = _mm512_fmadd_ps(
+        _mm512_fmadd_ps(_mm512_fmadd_ps(_mm512_set1_ps(0x1.0e4020p-7f), b, _mm512_set1_ps(0x1.573e2ep-5f)), u,
+                        _mm512_fmadd_ps(_mm512_set1_ps(0x1.555e66p-3f), b, _mm512_set1_ps(0x1.fffdb6p-2f))),
+        u, _mm512_fmadd_ps(_mm512_set1_ps(0x1.ffffecp-1f), b, _mm512_set1_ps(1.0f)));
+    __m512 res = _mm512_scalef_ps(j, n);
+    if (!_mm512_kortestz(d, d)) {
+        const __m512 alt = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(n, _mm512_setzero_ps(), _CMP_LE_OQ),
+                                                _mm512_set1_ps(INFINITY), _mm512_setzero_ps());
+        res = _mm512_mask_blend_ps(d, res, alt);
+    }
+    _mm512_storeu_ps(y, res);
+}
+
+/* ---- attention in ggml's orders (scalar reference: kernels_ref.c) ---- */
+
+static inline __m512 load_kv(const void *base, size_t index, int f16) {
+    return f16 ? load_f16((const qrt_half *)base + index) : _mm512_loadu_ps((const float *)base + index);
+}
+
+void qrt_attn_scores_avx512(float *att, const float *q, const void *k, int n_pos, int stride, int hd, int f16,
+                            int vecdot, float scale) {
+    if (hd % 64 != 0) {
+        qrt_attn_scores_scalar(att, q, k, n_pos, stride, hd, f16, vecdot, scale);
+        return;
+    }
+    for (int t = 0; t < n_pos; t++) {
+        const size_t row = (size_t)t * stride;
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        if (vecdot) {
+            for (int i = 0; i < hd; i += 64) {
+                a0 = _mm512_fmadd_ps(load_kv(k, row + i, f16), _mm512_loadu_ps(q + i), a0);
+                a1 = _mm512_fmadd_ps(load_kv(k, row + i + 16, f16), _mm512_loadu_ps(q + i + 16), a1);
+                a2 = _mm512_fmadd_ps(load_kv(k, row + i + 32, f16), _mm512_loadu_ps(q + i + 32), a2);
+                a3 = _mm512_fmadd_ps(load_kv(k, row + i + 48, f16), _mm512_loadu_ps(q + i + 48), a3);
+            }
+            a0 = _mm512_add_ps(a0, a2);
+            a1 = _mm512_add_ps(a1, a3);
+            a0 = _mm512_add_ps(a0, a1);
+        } else {
+            for (int i = 0; i < hd; i += 16) a0 = _mm512_fmadd_ps(load_kv(k, row + i, f16), _mm512_loadu_ps(q + i), a0);
+        }
+        att[t] = _mm512_reduce_add_ps(a0) * scale;
+    }
+}
+
+void qrt_attn_values_avx512(float *out, const float *att, const void *v, int n_pos, int stride, int hd, int f16,
+                            int vecdot, float *scratch) {
+    if (hd % 16 != 0 || hd > 1024) {
+        qrt_attn_values_scalar(out, att, v, n_pos, stride, hd, f16, vecdot, scratch);
+        return;
+    }
+    /* one accumulator row of hd floats per lane of ggml's reduction: 64 (vecdot) or 16 (tinyBLAS) rows */
+    const int rows = vecdot ? 64 : 16, mask = rows - 1;
+    const int used = n_pos < rows ? n_pos : rows;
+    for (int r = 0; r < rows; r++)
+        for (int i = 0; i < hd; i += 16) _mm512_storeu_ps(scratch + (size_t)r * hd + i, _mm512_setzero_ps());
+    (void)used;
+    for (int t = 0; t < n_pos; t++) {
+        float *acc = scratch + (size_t)(t & mask) * hd;
+        const __m512 w = _mm512_set1_ps(att[t]);
+        const size_t row = (size_t)t * stride;
+        for (int i = 0; i < hd; i += 16)
+            _mm512_storeu_ps(acc + i, _mm512_fmadd_ps(load_kv(v, row + i, f16), w, _mm512_loadu_ps(acc + i)));
+    }
+#define ROW(r) (scratch + (size_t)(r) * hd)
+    for (int i = 0; i < hd; i += 16) {
+        __m512 lane[16];
+        for (int l = 0; l < 16; l++) lane[l] = _mm512_loadu_ps(ROW(l) + i);
+        if (vecdot)
+            for (int l = 0; l < 16; l++) {
+                const __m512 s2 = _mm512_loadu_ps(ROW(32 + l) + i), s1 = _mm512_loadu_ps(ROW(16 + l) + i);
+                const __m512 s3 = _mm512_loadu_ps(ROW(48 + l) + i);
+                lane[l] = _mm512_add_ps(_mm512_add_ps(lane[l], s2), _mm512_add_ps(s1, s3));
+            }
+        for (int l = 0; l < 8; l++) lane[l] = _mm512_add_ps(lane[l + 8], lane[l]);
+        for (int l = 0; l < 4; l++) lane[l] = _mm512_add_ps(lane[l + 4], lane[l]);
+        _mm512_storeu_ps(out + i, _mm512_add_ps(_mm512_add_ps(lane[0], lane[2]), _mm512_add_ps(lane[1], lane[3])));
+    }
+#undef ROW
+}
+
+void qrt_kernels_register_avx512(qrt_kernel_entry t[QRT_TYPE_COUNT]) {
+    t[QRT_TYPE_F32].vec_dot[QRT_VARIANT_AVX512] = dot_f32;
+    t[QRT_TYPE_F16].vec_dot[QRT_VARIANT_AVX512] = dot_f16;
+    t[QRT_TYPE_BF16].vec_dot[QRT_VARIANT_AVX512] = dot_bf16;
+    register_int_avx512(t, QRT_VARIANT_AVX512);
+}
+#else
+#include "kernels.h"
+/* ---- attention in ggml's orders (scalar reference: kernels_ref.c) ---- */
+
+static inline __m512 load_kv(const void *base, size_t index, int f16) {
+    return f16 ? load_f16((const qrt_half *)base + index) : _mm512_loadu_ps((const float *)base + index);
+}
+
+void qrt_attn_scores_avx512(float *att, const float *q, const void *k, int n_pos, int stride, int hd, int f16,
+                            int vecdot, float scale) {
+    if (hd % 64 != 0) {
+        qrt_attn_scores_scalar(att, q, k, n_pos, stride, hd, f16, vecdot, scale);
+        return;
+    }
+    for (int t = 0; t < n_pos; t++) {
+        const size_t row = (size_t)t * stride;
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        if (vecdot) {
+            for (int i = 0; i < hd; i += 64) {
+                a0 = _mm512_fmadd_ps(load_kv(k, row + i, f16), _mm512_loadu_ps(q + i), a0);
+                a1 = _mm512_fmadd_ps(load_kv(k, row + i + 16, f16), _mm512_loadu_ps(q + i + 16), a1);
+                a2 = _mm512_fmadd_ps(load_kv(k, row + i + 32, f16), _mm512_loadu_ps(q + i + 32), a2);
+                a3 = _mm512_fmadd_ps(load_kv(k, row + i + 48, f16), _mm512_loadu_ps(q + i + 48), a3);
+            }
+            a0 = _mm512_add_ps(a0, a2);
+            a1 = _mm512_add_ps(a1, a3);
+            a0 = _mm512_add_ps(a0, a1);
+        } else {
+            for (int i = 0; i < hd; i += 16) a0 = _mm512_fmadd_ps(load_kv(k, row + i, f16), _mm512_loadu_ps(q + i), a0);
+        }
+        att[t] = _mm512_reduce_add_ps(a0) * scale;
+    }
+}
+
+void qrt_attn_values_avx512(float *out, const float *att, const void *v, int n_pos, int stride, int hd, int f16,
+                            int vecdot, float *scratch) {
+    if (hd % 16 != 0 || hd > 1024) {
+        qrt_attn_values_scalar(out, att, v, n_pos, stride, hd, f16, vecdot, scratch);
+        return;
+    }
+    /* one accumulator row of hd floats per lane of ggml's reduction: 64 (vecdot) or 16 (tinyBLAS) rows */
+    const int rows = vecdot ? 64 : 16, mask = rows - 1;
+    const int used = n_pos < rows ? n_pos : rows;
+    for (int r = 0; r < rows; r++)
+        for (int i = 0; i < hd; i += 16) _mm512_storeu_ps(scratch + (size_t)r * hd + i, _mm512_setzero_ps());
+    (void)used;
+    for (int t = 0; t < n_pos; t++) {
+        float *acc = scratch + (size_t)(t & mask) * hd;
+        const __m512 w = _mm512_set1_ps(att[t]);
+        const size_t row = (size_t)t * stride;
+        for (int i = 0; i < hd; i += 16)
+            _mm512_storeu_ps(acc + i, _mm512_fmadd_ps(load_kv(v, row + i, f16), w, _mm512_loadu_ps(acc + i)));
+    }
+#define ROW(r) (scratch + (size_t)(r) * hd)
+    for (int i = 0; i < hd; i += 16) {
+        __m512 lane[16];
+        for (int l = 0; l < 16; l++) lane[l] = _mm512_loadu_ps(ROW(l) + i);
+        if (vecdot)
+            for (int l = 0; l < 16; l++) {
+                const __m512 s2 = _mm512_loadu_ps(ROW(32 + l) + i), s1 = _mm512_loadu_ps(ROW(16 + l) + i);
+                const __m512 s3 = _mm512_loadu_ps(ROW(48 + l) + i);
+                lane[l] = _mm512_add_ps(_mm512_add_ps(lane[l], s2), _mm512_add_ps(s1, s3));
+            }
+        for (int l = 0; l < 8; l++) lane[l] = _mm512_add_ps(lane[l + 8], lane[l]);
+        for (int l = 0; l < 4; l++) lane[l] = _mm512_add_ps(lane[l + 4], lane[l]);
+        _mm512_storeu_ps(out + i, _mm512_add_ps(_mm512_add_ps(lane[0], lane[2]), _mm512_add_ps(lane[1], lane[3])));
+    }
+#undef ROW
+}
+
+void qrt_kernels_register_avx512(qrt_kernel_entry t[QRT_TYPE_COUNT]) { (void)t; }
+void qrt_expf16_avx512(float *y, const float *x) { qrt_expf16_scalar(y, x); }
+void qrt_attn_scores_avx512(float *att, const float *q, const void *k, int n_pos, int stride, int hd, int f16,
+                            int vecdot, float scale) {
+    qrt_attn_scores_scalar(att, q, k, n_pos, stride, hd, f16, vecdot, scale);
+}
+void qrt_attn_values_avx512(float *out, const float *att, const void *v, int n_pos, int stride, int hd, int f16,
+                            int vecdot, float *scratch) {
+    qrt_attn_values_scalar(out, att, v, n_pos, stride, hd, f16, vecdot, scratch);
+}
+#endif

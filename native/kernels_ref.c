@@ -127,104 +127,110 @@ static float dot_bf16(int64_t n, const void *vx, const void *vy) {
     return (float)sum;
 }
 
-/* ---- 32-value block types ---- */
+/* ---- 32-value block types: decode to int8 values, then the lane accumulation of kernels.h ---- */
+
+/* acc[l] = fma(scale, lane sum l, acc[l]) over the 32 products of one block */
+static inline void lanes_fma(float acc[8], float scale, const int8_t *xq, const int8_t *yq) {
+    for (int l = 0; l < 8; l++) {
+        int32_t lane = 0;
+        for (int k = 4 * l; k < 4 * l + 4; k++) lane += xq[k] * yq[k];
+        acc[l] = fmaf(scale, (float)lane, acc[l]);
+    }
+}
+
+/* element j < 16 is the low nibble of byte j, element j + 16 its high nibble */
+static inline void unpack_nibbles(const uint8_t *qs, int8_t *out, int offset) {
+    for (int j = 0; j < 16; j++) {
+        out[j] = (int8_t)((qs[j] & 0xF) - offset);
+        out[j + 16] = (int8_t)((qs[j] >> 4) - offset);
+    }
+}
+
+static inline void unpack_q5(const uint8_t *qs, const uint8_t *qh_bytes, int8_t *out, int offset) {
+    uint32_t qh;
+    memcpy(&qh, qh_bytes, 4);
+    for (int j = 0; j < 16; j++) {
+        out[j] = (int8_t)(((qs[j] & 0xF) | (int)(((qh >> j) & 1u) << 4)) - offset);
+        out[j + 16] = (int8_t)(((qs[j] >> 4) | (int)(((qh >> (j + 16)) & 1u) << 4)) - offset);
+    }
+}
 
 static float dot_q4_0(int64_t n, const void *vx, const void *vy) {
     const block_q4_0 *x = vx;
     const block_q8_0 *y = vy;
-    float sum = 0.0f;
+    float acc[8] = {0};
+    int8_t q[32];
     for (int64_t i = 0; i < n / QK4_0; i++) {
-        int32_t sumi = 0;
-        for (int j = 0; j < QK4_0 / 2; j++) {
-            sumi += ((x[i].qs[j] & 0xF) - 8) * y[i].qs[j];
-            sumi += ((x[i].qs[j] >> 4) - 8) * y[i].qs[j + QK4_0 / 2];
-        }
-        sum += (qrt_h2f(x[i].d) * qrt_h2f(y[i].d)) * (float)sumi;
+        unpack_nibbles(x[i].qs, q, 8);
+        lanes_fma(acc, qrt_h2f(x[i].d) * qrt_h2f(y[i].d), q, y[i].qs);
     }
-    return sum;
+    return qrt_hsum8(acc);
 }
 
 static float dot_q4_1(int64_t n, const void *vx, const void *vy) {
     const block_q4_1 *x = vx;
     const block_q8_1 *y = vy;
-    float sum = 0.0f;
+    float acc[8] = {0}, summs = 0.0f;
+    int8_t q[32];
     for (int64_t i = 0; i < n / QK4_1; i++) {
-        int32_t sumi = 0;
-        for (int j = 0; j < QK4_1 / 2; j++) {
-            sumi += (x[i].qs[j] & 0xF) * y[i].qs[j];
-            sumi += (x[i].qs[j] >> 4) * y[i].qs[j + QK4_1 / 2];
-        }
-        sum += (qrt_h2f(x[i].d) * qrt_h2f(y[i].d)) * (float)sumi + qrt_h2f(x[i].m) * qrt_h2f(y[i].s);
+        summs = fmaf(qrt_h2f(x[i].m), qrt_h2f(y[i].s), summs); /* ggml's build contracts this to an FMA */
+        unpack_nibbles(x[i].qs, q, 0);
+        lanes_fma(acc, qrt_h2f(x[i].d) * qrt_h2f(y[i].d), q, y[i].qs);
     }
-    return sum;
+    return qrt_hsum8(acc) + summs;
 }
 
 static float dot_q5_0(int64_t n, const void *vx, const void *vy) {
     const block_q5_0 *x = vx;
     const block_q8_0 *y = vy;
-    float sum = 0.0f;
+    float acc[8] = {0};
+    int8_t q[32];
     for (int64_t i = 0; i < n / QK5_0; i++) {
-        uint32_t qh;
-        memcpy(&qh, x[i].qh, 4);
-        int32_t sumi = 0;
-        for (int j = 0; j < QK5_0 / 2; j++) {
-            const int lo = (x[i].qs[j] & 0xF) | (int)(((qh >> j) & 1u) << 4);
-            const int hi = (x[i].qs[j] >> 4) | (int)(((qh >> (j + 16)) & 1u) << 4);
-            sumi += (lo - 16) * y[i].qs[j] + (hi - 16) * y[i].qs[j + QK5_0 / 2];
-        }
-        sum += (qrt_h2f(x[i].d) * qrt_h2f(y[i].d)) * (float)sumi;
+        unpack_q5(x[i].qs, x[i].qh, q, 16);
+        lanes_fma(acc, qrt_h2f(x[i].d) * qrt_h2f(y[i].d), q, y[i].qs);
     }
-    return sum;
+    return qrt_hsum8(acc);
 }
 
 static float dot_q5_1(int64_t n, const void *vx, const void *vy) {
     const block_q5_1 *x = vx;
     const block_q8_1 *y = vy;
-    float sum = 0.0f;
+    float acc[8] = {0}, summs = 0.0f;
+    int8_t q[32];
     for (int64_t i = 0; i < n / QK5_1; i++) {
-        uint32_t qh;
-        memcpy(&qh, x[i].qh, 4);
-        int32_t sumi = 0;
-        for (int j = 0; j < QK5_1 / 2; j++) {
-            const int lo = (x[i].qs[j] & 0xF) | (int)(((qh >> j) & 1u) << 4);
-            const int hi = (x[i].qs[j] >> 4) | (int)(((qh >> (j + 16)) & 1u) << 4);
-            sumi += lo * y[i].qs[j] + hi * y[i].qs[j + QK5_1 / 2];
-        }
-        sum += (qrt_h2f(x[i].d) * qrt_h2f(y[i].d)) * (float)sumi + qrt_h2f(x[i].m) * qrt_h2f(y[i].s);
+        summs = fmaf(qrt_h2f(x[i].m), qrt_h2f(y[i].s), summs); /* ggml's build contracts this to an FMA */
+        unpack_q5(x[i].qs, x[i].qh, q, 0);
+        lanes_fma(acc, qrt_h2f(x[i].d) * qrt_h2f(y[i].d), q, y[i].qs);
     }
-    return sum;
+    return qrt_hsum8(acc) + summs;
 }
 
 static float dot_q8_0(int64_t n, const void *vx, const void *vy) {
     const block_q8_0 *x = vx;
     const block_q8_0 *y = vy;
-    float sum = 0.0f;
-    for (int64_t i = 0; i < n / QK8_0; i++) {
-        int32_t sumi = 0;
-        for (int j = 0; j < QK8_0; j++) sumi += x[i].qs[j] * y[i].qs[j];
-        sum += (qrt_h2f(x[i].d) * qrt_h2f(y[i].d)) * (float)sumi;
-    }
-    return sum;
+    float acc[8] = {0};
+    for (int64_t i = 0; i < n / QK8_0; i++) lanes_fma(acc, qrt_h2f(x[i].d) * qrt_h2f(y[i].d), x[i].qs, y[i].qs);
+    return qrt_hsum8(acc);
 }
 
 static float dot_iq4_nl(int64_t n, const void *vx, const void *vy) {
     const block_iq4_nl *x = vx;
     const block_q8_0 *y = vy;
-    float sum = 0.0f;
+    float acc[8] = {0};
+    int8_t q[32];
     for (int64_t i = 0; i < n / QK4_NL; i++) {
-        int32_t sumi = 0;
-        for (int j = 0; j < QK4_NL / 2; j++) {
-            sumi += qrt_kvalues_iq4nl[x[i].qs[j] & 0xF] * y[i].qs[j];
-            sumi += qrt_kvalues_iq4nl[x[i].qs[j] >> 4] * y[i].qs[j + QK4_NL / 2];
+        for (int j = 0; j < 16; j++) {
+            q[j] = qrt_kvalues_iq4nl[x[i].qs[j] & 0xF];
+            q[j + 16] = qrt_kvalues_iq4nl[x[i].qs[j] >> 4];
         }
-        sum += (qrt_h2f(x[i].d) * qrt_h2f(y[i].d)) * (float)sumi;
+        lanes_fma(acc, qrt_h2f(x[i].d) * qrt_h2f(y[i].d), q, y[i].qs);
     }
-    return sum;
+    return qrt_hsum8(acc);
 }
 
 /* ---- k-quants: decode a super-block to (q, scale, min), then one exact integer sum ---- */
 
-static void decode_q2_K(const block_q2_K *x, qrt_kblock *b) {
+void qrt_decode_q2_K(const block_q2_K *x, qrt_kblock *b) {
     b->d = qrt_h2f(x->d);
     b->dmin = qrt_h2f(x->dmin);
     for (int s = 0; s < 16; s++) {
@@ -239,7 +245,7 @@ static void decode_q2_K(const block_q2_K *x, qrt_kblock *b) {
     }
 }
 
-static void decode_q3_K(const block_q3_K *x, qrt_kblock *b) {
+void qrt_decode_q3_K(const block_q3_K *x, qrt_kblock *b) {
     b->d = qrt_h2f(x->d);
     b->dmin = 0.0f;
     int8_t sc[16];
@@ -262,7 +268,7 @@ static void decode_q3_K(const block_q3_K *x, qrt_kblock *b) {
     }
 }
 
-static void decode_q4_K(const block_q4_K *x, qrt_kblock *b) {
+void qrt_decode_q4_K(const block_q4_K *x, qrt_kblock *b) {
     b->d = qrt_h2f(x->d);
     b->dmin = qrt_h2f(x->dmin);
     for (int j = 0; j < 8; j++) {
@@ -278,7 +284,7 @@ static void decode_q4_K(const block_q4_K *x, qrt_kblock *b) {
         }
 }
 
-static void decode_q5_K(const block_q5_K *x, qrt_kblock *b) {
+void qrt_decode_q5_K(const block_q5_K *x, qrt_kblock *b) {
     b->d = qrt_h2f(x->d);
     b->dmin = qrt_h2f(x->dmin);
     for (int j = 0; j < 8; j++) {
@@ -295,7 +301,7 @@ static void decode_q5_K(const block_q5_K *x, qrt_kblock *b) {
         }
 }
 
-static void decode_q6_K(const block_q6_K *x, qrt_kblock *b) {
+void qrt_decode_q6_K(const block_q6_K *x, qrt_kblock *b) {
     b->d = qrt_h2f(x->d);
     b->dmin = 0.0f;
     for (int s = 0; s < 16; s++) {
@@ -338,11 +344,11 @@ static float kblock_dot(const qrt_kblock *b, const block_q8_K *y) {
         return sum;                                                                                              \
     }
 
-KQUANT_DOT(dot_q2_K, block_q2_K, decode_q2_K)
-KQUANT_DOT(dot_q3_K, block_q3_K, decode_q3_K)
-KQUANT_DOT(dot_q4_K, block_q4_K, decode_q4_K)
-KQUANT_DOT(dot_q5_K, block_q5_K, decode_q5_K)
-KQUANT_DOT(dot_q6_K, block_q6_K, decode_q6_K)
+KQUANT_DOT(dot_q2_K, block_q2_K, qrt_decode_q2_K)
+KQUANT_DOT(dot_q3_K, block_q3_K, qrt_decode_q3_K)
+KQUANT_DOT(dot_q4_K, block_q4_K, qrt_decode_q4_K)
+KQUANT_DOT(dot_q5_K, block_q5_K, qrt_decode_q5_K)
+KQUANT_DOT(dot_q6_K, block_q6_K, qrt_decode_q6_K)
 
 void qrt_kernels_register_scalar(qrt_kernel_entry t[QRT_TYPE_COUNT]) {
     static const struct {
@@ -360,5 +366,79 @@ void qrt_kernels_register_scalar(qrt_kernel_entry t[QRT_TYPE_COUNT]) {
     for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
         t[rows[i].type].act_type = rows[i].act;
         t[rows[i].type].vec_dot[QRT_VARIANT_SCALAR] = rows[i].fn;
+    }
+}
+
+/* ---- ggml's vector expf, one lane at a time (fmaf is exactly the fused multiply-add of the SIMD version) ---- */
+
+void qrt_expf16_scalar(float *y, const float *x) {
+    for (int i = 0; i < 16; i++) {
+        const float r = 0x1.8p23f;
+        const float z = fmaf(x[i], 0x1.715476p+0f, r);
+        const float n = z - r;
+        const float b = fmaf(-n, 0x1.7f7d1cp-20f, fmaf(-n, 0x1.62e4p-1f, x[i]));
+        const float u = b * b;
+        const float j = fmaf(fmaf(fmaf(0x1.0e4020p-7f, b, 0x1.573e2ep-5f), u, fmaf(0x1.555e66p-3f, b, 0x1.fffdb6p-2f)),
+                             u, fmaf(0x1.ffffecp-1f, b, 1.0f));
+        if (n != n)
+            y[i] = n;
+        else if (fabsf(n) > 192.0f)
+            y[i] = n <= 0.0f ? 0.0f : INFINITY;
+        else
+            y[i] = ldexpf(j, (int)n);
+    }
+}
+
+/* ---- attention products in ggml's orders (kernels.h) ---- */
+
+static float reduce16(const float *v) {
+    float a[8], b[4];
+    for (int i = 0; i < 8; i++) a[i] = v[i + 8] + v[i];
+    for (int i = 0; i < 4; i++) b[i] = a[i + 4] + a[i];
+    return (b[0] + b[2]) + (b[1] + b[3]);
+}
+
+/* fold ggml's four 16-lane accumulators (rows 0..63 of lanes) and reduce */
+static float fold64(float lanes[64]) {
+    for (int l = 0; l < 16; l++) {
+        lanes[l] += lanes[32 + l];
+        lanes[16 + l] += lanes[48 + l];
+        lanes[l] += lanes[16 + l];
+    }
+    return reduce16(lanes);
+}
+
+static inline float kv_at(const void *base, size_t index, int f16) {
+    return f16 ? qrt_fp16_to_fp32(((const qrt_half *)base)[index]) : ((const float *)base)[index];
+}
+
+void qrt_attn_scores_scalar(float *att, const float *q, const void *k, int n_pos, int stride, int hd, int f16,
+                            int vecdot, float scale) {
+    for (int t = 0; t < n_pos; t++) {
+        const size_t row = (size_t)t * stride;
+        float lanes[64] = {0};
+        float sum;
+        if (vecdot) {
+            const int np = hd & ~63;
+            for (int i = 0; i < np; i++) lanes[i & 63] = fmaf(kv_at(k, row + i, f16), q[i], lanes[i & 63]);
+            sum = fold64(lanes);
+            for (int i = np; i < hd; i++) sum = fmaf(kv_at(k, row + i, f16), q[i], sum);
+        } else {
+            for (int i = 0; i < hd; i++) lanes[i & 15] = fmaf(kv_at(k, row + i, f16), q[i], lanes[i & 15]);
+            sum = reduce16(lanes);
+        }
+        att[t] = sum * scale;
+    }
+}
+
+void qrt_attn_values_scalar(float *out, const float *att, const void *v, int n_pos, int stride, int hd, int f16,
+                            int vecdot, float *scratch) {
+    (void)scratch;
+    for (int i = 0; i < hd; i++) {
+        float lanes[64] = {0};
+        const int mask = vecdot ? 63 : 15;
+        for (int t = 0; t < n_pos; t++)
+            lanes[t & mask] = fmaf(kv_at(v, (size_t)t * stride + i, f16), att[t], lanes[t & mask]);
+        out[i] = vecdot ? fold64(lanes) : reduce16(lanes);
     }
 }

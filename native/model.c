@@ -309,6 +309,7 @@ static int alloc_state(qrt_model *mod, int n_batch, int n_ctx, int kv_f32, char 
     ALLOC(s->hb, (size_t)n_batch * c->hidden_dim);
     ALLOC(s->hb2, (size_t)n_batch * c->hidden_dim);
     ALLOC(s->att, (size_t)mod->n_threads * n_ctx);
+    ALLOC(s->attn_scratch, (size_t)mod->n_threads * 64 * c->head_dim);
     ALLOC(s->rope_cos, (size_t)n_batch * (c->n_rot / 2));
     ALLOC(s->rope_sin, (size_t)n_batch * (c->n_rot / 2));
     ALLOC(s->logits, (size_t)c->vocab_size);
@@ -326,7 +327,7 @@ static int alloc_state(qrt_model *mod, int n_batch, int n_ctx, int kv_f32, char 
 
 static void free_state(RunState *s) {
     free(s->x), free(s->xb), free(s->xb2), free(s->q), free(s->k), free(s->v), free(s->hb), free(s->hb2);
-    free(s->att), free(s->rope_cos), free(s->rope_sin), free(s->logits), free(s->act);
+    free(s->att), free(s->attn_scratch), free(s->rope_cos), free(s->rope_sin), free(s->logits), free(s->act);
     free(s->key_cache), free(s->value_cache);
 }
 
@@ -461,32 +462,19 @@ static void attention_task(void *ctx, int task, int thread) {
     float *out = s->xb2 + (size_t)b * c->n_heads * hd + (size_t)h * hd;
     const float scale = 1.0f / sqrtf((float)hd);
     const size_t layer_off = (size_t)j->layer * s->n_ctx * kv_dim + (size_t)kvh * hd;
-    if (s->kv_f32) {
-        /* summation orders of ggml's vec_dot_f32 (scores) and its tinyBLAS sgemm (weighted values) */
-        const float *kc = (const float *)s->key_cache + layer_off, *vc = (const float *)s->value_cache + layer_off;
-        for (int t = 0; t < n_pos; t++) att[t] = op_dot_f32_ggml(q, kc + (size_t)t * kv_dim, hd) * scale;
-        op_softmax(att, n_pos);
-        op_weighted_sum_ggml(out, att, vc, n_pos, kv_dim, hd);
-    } else {
-        /* f16 cache: like ggml, the query and the attention weights are rounded to f16 before the dot products */
-        const qrt_half *kc = (const qrt_half *)s->key_cache + layer_off;
-        const qrt_half *vc = (const qrt_half *)s->value_cache + layer_off;
-        float qh[1024];
-        for (int i = 0; i < hd; i++) qh[i] = qrt_fp16_to_fp32(qrt_fp32_to_fp16(q[i]));
-        for (int t = 0; t < n_pos; t++) {
-            const qrt_half *k = kc + (size_t)t * kv_dim;
-            float sum = 0.0f;
-            for (int i = 0; i < hd; i++) sum += qh[i] * qrt_fp16_to_fp32(k[i]);
-            att[t] = sum * scale;
-        }
-        op_softmax(att, n_pos);
-        for (int i = 0; i < hd; i++) out[i] = 0.0f;
-        for (int t = 0; t < n_pos; t++) {
-            const float a = qrt_fp16_to_fp32(qrt_fp32_to_fp16(att[t]));
-            const qrt_half *v = vc + (size_t)t * kv_dim;
-            for (int i = 0; i < hd; i++) out[i] += a * qrt_fp16_to_fp32(v[i]);
-        }
-    }
+    /* ggml's paths: prompt batches go through tinyBLAS (except f32 scores: the permuted query is not contiguous),
+     * single tokens through ggml_vec_dot; with an f16 cache the query and the weights are rounded to f16 */
+    const int f16 = !s->kv_f32, decode = j->n_tok == 1;
+    const void *kc = (const uint8_t *)s->key_cache + layer_off * (f16 ? 2 : 4);
+    const void *vc = (const uint8_t *)s->value_cache + layer_off * (f16 ? 2 : 4);
+    float qr[1024];
+    for (int i = 0; i < hd; i++) qr[i] = f16 ? qrt_fp16_to_fp32(qrt_fp32_to_fp16(q[i])) : q[i];
+    qrt_attn_scores()(att, qr, kc, n_pos, kv_dim, hd, f16, decode || !f16, scale);
+    op_softmax(att, n_pos);
+    if (f16)
+        for (int t = 0; t < n_pos; t++) att[t] = qrt_fp16_to_fp32(qrt_fp32_to_fp16(att[t]));
+    float *scratch = s->attn_scratch + (size_t)thread * 64 * hd;
+    qrt_attn_values()(out, att, vc, n_pos, kv_dim, hd, f16, decode, scratch);
 }
 
 static void store_kv(qrt_model *m, int layer, int pos0, int n_tok) {
@@ -595,7 +583,8 @@ int qrt_model_eval(qrt_model *m, const int32_t *tokens, int n, float *all_logits
                            tokens[i], i, m->config.vocab_size - 1);
     const double t0 = now_s();
     for (int done = 0; done < n;) {
-        const int chunk = n - done < m->state.n_batch ? n - done : m->state.n_batch;
+        int chunk = n - done < m->state.n_batch ? n - done : m->state.n_batch;
+        if (n - done - chunk == 1) chunk--; /* no 1-token tail: ggml treats single tokens differently (decode) */
         forward(m, tokens + done, chunk, m->n_past, all_logits ? all_logits + (size_t)done * m->config.vocab_size : NULL);
         m->n_past += chunk;
         done += chunk;

@@ -74,6 +74,7 @@ typedef struct {
     float *q, *k, *v;  /* [n_batch][q_dim], [n_batch][kv_dim] x2 */
     float *hb, *hb2;   /* [n_batch][hidden_dim] */
     float *att;        /* [n_threads][n_ctx] attention scores */
+    float *attn_scratch; /* [n_threads][64 * head_dim] accumulators of the weighted value sum */
     float *rope_cos, *rope_sin; /* [n_batch][n_rot/2] */
     float *logits;     /* [vocab] last token */
     uint8_t *act;      /* [n_batch][largest activation row in any act type] */

@@ -4,6 +4,8 @@
 
 #include <math.h>
 
+#include "kernels.h"
+
 void op_rmsnorm(float *out, const float *x, const float *weight, int n, float eps) {
     double sum = 0.0;
     for (int i = 0; i < n; i++) sum += (double)(x[i] * x[i]);
@@ -33,8 +35,9 @@ void op_rope(float *x, int n_heads, int head_dim, int n_rot, const float *cos_t,
             const int a = neox ? i : 2 * i;
             const int b = neox ? i + n_rot / 2 : 2 * i + 1;
             const float x0 = v[a], x1 = v[b];
-            v[a] = x0 * cos_t[i] - x1 * sin_t[i];
-            v[b] = x0 * sin_t[i] + x1 * cos_t[i];
+            /* ggml's build contracts these two expressions into exactly these fused multiply-adds */
+            v[a] = fmaf(x0, cos_t[i], -(x1 * sin_t[i]));
+            v[b] = fmaf(x0, sin_t[i], x1 * cos_t[i]);
         }
     }
 }
@@ -43,21 +46,69 @@ void op_add(float *x, const float *y, int n) {
     for (int i = 0; i < n; i++) x[i] += y[i];
 }
 
+/* silu through ggml's vector expf in blocks of 16 (libm expf for a tail), as ggml_vec_swiglu_f32 */
 void op_swiglu(float *gate, const float *up, int n) {
-    for (int i = 0; i < n; i++) {
+    const qrt_expf16_fn exp16 = qrt_expf16();
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        float neg[16], e[16];
+        for (int k = 0; k < 16; k++) neg[k] = -gate[i + k];
+        exp16(e, neg);
+        for (int k = 0; k < 16; k++) gate[i + k] = (gate[i + k] / (1.0f + e[k])) * up[i + k];
+    }
+    for (; i < n; i++) {
         const float g = gate[i];
         gate[i] = (g / (1.0f + expf(-g))) * up[i];
     }
 }
 
+/* 16-lane float sum in the tree order of _mm512_reduce_add_ps */
+float op_reduce16(const float *v) {
+    float a[8], b[4];
+    for (int i = 0; i < 8; i++) a[i] = v[i + 8] + v[i];
+    for (int i = 0; i < 4; i++) b[i] = a[i + 4] + a[i];
+    return (b[0] + b[2]) + (b[1] + b[3]);
+}
+
+/* As ggml_vec_soft_max_f32 over a KV row padded with masked (zero-weight) positions: exp in blocks of 16,
+ * each block summed in float, block sums accumulated in double. */
 void op_softmax(float *x, int n) {
+    const qrt_expf16_fn exp16 = qrt_expf16();
     float max = -INFINITY;
     for (int i = 0; i < n; i++) max = x[i] > max ? x[i] : max;
     double sum = 0.0;
-    for (int i = 0; i < n; i++) {
-        x[i] = expf(x[i] - max);
-        sum += x[i];
+    for (int i = 0; i < n; i += 16) {
+        float in[16], e[16];
+        const int len = n - i < 16 ? n - i : 16;
+        for (int k = 0; k < 16; k++) in[k] = k < len ? x[i + k] - max : -INFINITY;
+        exp16(e, in);
+        for (int k = 0; k < len; k++) x[i + k] = e[k];
+        sum += (double)op_reduce16(e);
     }
     const float inv = (float)(1.0 / sum);
     for (int i = 0; i < n; i++) x[i] *= inv;
+}
+
+float op_dot_f32_ggml(const float *x, const float *y, int n) {
+    float lanes[4][16] = {{0}};
+    const int np = n & ~63;
+    for (int i = 0; i < np; i += 64)
+        for (int j = 0; j < 4; j++)
+            for (int l = 0; l < 16; l++) lanes[j][l] = fmaf(x[i + 16 * j + l], y[i + 16 * j + l], lanes[j][l]);
+    for (int l = 0; l < 16; l++) {
+        lanes[0][l] += lanes[2][l];
+        lanes[1][l] += lanes[3][l];
+        lanes[0][l] += lanes[1][l];
+    }
+    float sum = op_reduce16(lanes[0]);
+    for (int i = np; i < n; i++) sum = fmaf(x[i], y[i], sum);
+    return sum;
+}
+
+void op_weighted_sum_ggml(float *out, const float *w, const float *v, int n_pos, int stride, int n) {
+    for (int i = 0; i < n; i++) {
+        float lanes[16] = {0};
+        for (int t = 0; t < n_pos; t++) lanes[t & 15] = fmaf(v[(size_t)t * stride + i], w[t], lanes[t & 15]);
+        out[i] = op_reduce16(lanes);
+    }
 }

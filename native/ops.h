@@ -15,6 +15,12 @@ void op_rope(float *x, int n_heads, int head_dim, int n_rot, const float *cos_t,
 void op_add(float *x, const float *y, int n);
 /* gate = silu(gate) * up */
 void op_swiglu(float *gate, const float *up, int n);
+/* dot product in the summation order of ggml's AVX-512 ggml_vec_dot_f32 (4 x 16 lanes, tree reduce) */
+float op_dot_f32_ggml(const float *x, const float *y, int n);
+/* out[i] = sum_t w[t] * v[t * stride + i] for i < n, t < n_pos, in tinyBLAS's order (16 lanes over t, fused) */
+void op_weighted_sum_ggml(float *out, const float *w, const float *v, int n_pos, int stride, int n);
+/* sum of 16 floats in the tree order of _mm512_reduce_add_ps */
+float op_reduce16(const float *v);
 /* in-place softmax of n scores */
 void op_softmax(float *x, int n);
 
