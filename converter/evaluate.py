@@ -330,6 +330,21 @@ def run_tasks(ref: Runner, quant: Runner, items, max_tasks: int | None, max_toke
     }
 
 
+def longest_input(quant: Path, chosen, options) -> int:
+    """Tokens the KV cache must hold: the longest whole document or task prompt plus its answer."""
+    from qconv.runtime.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.from_gguf(quant)
+    longest = 0
+    for suite in chosen:
+        if suite.whole_documents:
+            longest = max([longest] + [len(tokenizer.encode(d)) + 1 for d in suite.documents("eval")])
+        if options.tasks:
+            items = suite.tasks()
+            longest = max([longest] + [len(tokenizer.encode(t.prompt)) + 1 + t.max_new_tokens for t in items])
+    return longest
+
+
 @dataclass
 class EvalOptions:
     suites: list[str] | None = None
@@ -353,10 +368,7 @@ def evaluate(quant: Path, ref: Path, options: EvalOptions | None = None, log=Non
     with tempfile.TemporaryDirectory(prefix="qconv-eval-") as tmp:
         ref_path = prepare_reference(Path(ref), Path(tmp), options.progress)
         check_compatible(quant, ref_path)
-        long_ctx = max(
-            (len(d) for s in chosen if s.whole_documents for d in s.documents("eval")), default=0
-        )  # characters bound the token count from above
-        model_ctx = max(options.ctx, min(long_ctx + 64, 8192)) if long_ctx else options.ctx
+        model_ctx = max(options.ctx, longest_input(quant, chosen, options) + 8)
         ref_runner = Runner(ref_path, model_ctx, options.threads)
         quant_runner = Runner(quant, model_ctx, options.threads)
         report = {

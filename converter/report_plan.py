@@ -7,8 +7,10 @@ from pathlib import Path
 
 from qconv.converter.plan import FILE_TYPES, TypePlan, make_plan
 
-# Single-type files a mixture is compared with: if one of these, at more nominal bits, is no larger, say so.
+# Single-type files a mixture is compared with: if one of these, at more nominal bits, is no larger (or less than
+# NEARLY_AS_SMALL larger), the mixture buys almost nothing and the user should know.
 SIMPLER_TYPES = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0")
+NEARLY_AS_SMALL = 0.05
 
 
 def nominal_bits(type_name: str) -> float:
@@ -26,7 +28,7 @@ def no_smaller_than(plan: TypePlan) -> tuple[str, int] | None:
         if simpler == plan.type_name or nominal_bits(simpler) <= requested:
             continue
         size = make_plan(shapes, simpler).nbytes
-        if plan.nbytes >= size:
+        if plan.nbytes >= size * (1 - NEARLY_AS_SMALL):
             return simpler, size
     return None
 
@@ -81,8 +83,9 @@ def plan_table(plan: TypePlan, out_path: Path | None = None) -> str:
     if summary["no_smaller_than"]:
         other = summary["no_smaller_than"]
         lines.append(
-            f"warning: this --type {plan.type_name} file ({plan.nbytes / 2**20:.1f} MiB) is no smaller than "
-            f"--type {other['type']} would be ({other['bytes'] / 2**20:.1f} MiB)"
+            f"warning: this --type {plan.type_name} file ({plan.nbytes / 2**20:.1f} MiB) is "
+            f"{'no smaller than' if plan.nbytes >= other['bytes'] else 'hardly smaller than'} --type {other['type']} "
+            f"({other['bytes'] / 2**20:.1f} MiB), which has more bits per weight"
         )
     where = f" -> {out_path}" if out_path else ""
     lines.append(

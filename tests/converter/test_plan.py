@@ -76,3 +76,13 @@ def test_overrides_and_pure():
 def test_use_more_bits_matches_llama_cpp_pattern():
     picked = [i for i in range(32) if use_more_bits(Position(i, 32, 1, False))]
     assert picked == [0, 1, 2, 3, 6, 9, 12, 15, 18, 21, 24, 27, 28, 29, 30, 31]
+
+
+def test_warns_when_a_mixture_is_no_smaller_than_a_simpler_type():
+    from qconv.converter.report_plan import plan_summary, plan_table
+
+    small_rows = shapes(hidden=576, ffn=1536, kv=192, tied=True)
+    plan = make_plan(small_rows, "q3_k_m", n_layers=8)
+    assert plan_summary(plan)["no_smaller_than"]["type"] == "q4_0"
+    assert "no smaller than --type q4_0" in plan_table(plan)
+    assert plan_summary(make_plan(shapes(), "q3_k_m", n_layers=8))["no_smaller_than"] is None
