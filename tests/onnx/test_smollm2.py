@@ -1,0 +1,88 @@
+"""to-onnx on the SmolLM2 sample: the acceptance checks of the format (size, fusion, numerics, cache, genai)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+import pytest
+
+from qconv.runtime.onnx_backend import OnnxModel
+from tests.conftest import have
+from tests.onnx.conftest import float_initializer_shapes, linear_shapes, optimized_graph
+from tests.onnx.numpy_reference import forward
+
+pytestmark = pytest.mark.reference
+
+
+def test_check_model_and_size(smollm2_onnx, smollm2_dir):
+    from qconv.formats.hf_config import read_model_spec
+
+    onnx.checker.check_model(str(smollm2_onnx / "model.onnx"), full_check=True)
+    spec = read_model_spec(smollm2_dir)
+    shapes = spec.expected_shapes()
+    block, bits, head_bits = 32, 4, 8
+    expected = 0.0
+    for name, shape in shapes.items():
+        n = math.prod(shape)
+        if len(shape) == 1:
+            expected += 4 * n
+            continue
+        b = head_bits if name in ("model.embed_tokens.weight", "lm_head.weight") else bits
+        n_blocks = shape[0] * -(-shape[1] // block)
+        expected += n * b / 8 + n_blocks * (4 + b / 8)  # values, float32 scales, zero points
+    size = (smollm2_onnx / "model.onnx").stat().st_size
+    print(
+        f"\nSmolLM2 4-bit b32: {size / 2**20:.1f} MiB, expected {expected / 2**20:.1f} MiB "
+        f"({size / expected:.3f}x), {8 * size / sum(math.prod(s) for s in shapes.values()):.2f} bits/weight"
+    )
+    assert abs(size / expected - 1) < 0.10
+
+
+def test_every_linear_layer_is_matmulnbits(smollm2_onnx, smollm2_dir, tmp_path):
+    graph = optimized_graph(smollm2_onnx, tmp_path)
+    assert sum(n.op_type == "MatMulNBits" for n in graph.graph.node) == len(linear_shapes(smollm2_dir)) == 211
+    expected = set(linear_shapes(smollm2_dir))
+    assert not float_initializer_shapes(graph) & (expected | {s[::-1] for s in expected})
+
+
+def test_logits_match_numpy_reference(smollm2_onnx, smollm2_dir, fixed_text):
+    model = OnnxModel(smollm2_onnx, threads=2, accuracy_level=0)
+    ids = model.tokenize(fixed_text)[:256]
+    assert len(ids) == 256
+    ours = model.logits(ids)
+    reference = forward(smollm2_onnx, ids, smollm2_dir)
+    assert np.abs(ours - reference).max() < 1e-3
+
+
+def test_greedy_generation_with_cache_equals_without(smollm2_onnx):
+    model = OnnxModel(smollm2_onnx, threads=2, accuracy_level=0)
+    prompt = model.tokenize("<|im_start|>user\nName three colours.<|im_end|>\n<|im_start|>assistant\n")
+    assert model.generate_ids(prompt, 32, use_cache=True) == model.generate_ids(prompt, 32, use_cache=False)
+
+
+def test_tokenizer_matches_hf(smollm2_onnx, fixed_text):
+    tokenizers = pytest.importorskip("tokenizers")
+    hf = tokenizers.Tokenizer.from_file(str(smollm2_onnx / "tokenizer.json"))
+    model = OnnxModel(smollm2_onnx, threads=1)
+    assert model.tokenize(fixed_text) == hf.encode(fixed_text).ids
+    assert model.detokenize(model.tokenize(fixed_text)) == fixed_text
+
+
+@pytest.mark.skipif(not have("onnxruntime_genai"), reason="onnxruntime-genai is not installed")
+def test_onnxruntime_genai_loads_the_folder(smollm2_onnx):
+    import onnxruntime_genai as og
+
+    model = og.Model(str(smollm2_onnx))
+    ours = OnnxModel(smollm2_onnx, threads=2)
+    prompt = ours.tokenize("<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n")
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(prompt) + 12, do_sample=False)
+    generator = og.Generator(model, params)
+    generator.append_tokens(prompt)
+    tokens = []
+    while not generator.is_done():
+        generator.generate_next_token()
+        tokens.append(int(generator.get_next_tokens()[0]))
+    assert tokens[:8] == ours.generate_ids(prompt, 8)
