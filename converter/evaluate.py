@@ -187,11 +187,10 @@ class Runner:
 
     def __init__(self, path: Path, ctx: int, threads: int | None):
         from qconv.runtime.model import Model
-        from qconv.runtime.tokenizer import Tokenizer
 
         self.path = Path(path)
         self.model = Model(str(path), threads=threads, ctx=ctx)
-        self.tokenizer = Tokenizer.from_gguf(path)
+        self.tokenizer = self.model.tokenizer
         self.add_bos = self.tokenizer.add_bos
         self.bos = self.tokenizer.bos
         self.n_vocab = self.tokenizer.n_vocab
@@ -218,17 +217,13 @@ class Runner:
         return out
 
     def _reset(self) -> None:
-        from qconv.runtime._native import lib
-        from qconv.runtime.imatrix import _model_handle
-
-        lib.qrt_model_set_n_past(_model_handle(self.model), 0)
+        self.model.reset()
 
     def logits(self, tokens: list[int], score_last: int | None = None) -> np.ndarray:
         """Logits at every position of tokens from an empty cache (only the last score_last rows if given)."""
         t0 = time.perf_counter()
         if score_last is None or score_last >= len(tokens):
-            self._reset()
-            out = np.asarray(self.model.logits(tokens), dtype=np.float32)
+            out = np.asarray(self.model.logits(tokens), dtype=np.float32)  # from an empty cache
         else:
             self._reset()
             self._eval(tokens[: len(tokens) - score_last], all_logits=False)

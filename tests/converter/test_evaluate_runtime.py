@@ -66,6 +66,6 @@ def test_unknown_gate_fails_before_running(smollm2_f32_and_q2k):
 
 def test_reference_with_another_vocabulary_is_refused(smollm2_f32_and_q2k, random_model_factory):
     _, q2k = smollm2_f32_and_q2k
-    other = random_model_factory(arch="llama", hidden=64, n_layers=1, n_heads=2, n_kv_heads=1, ffn=128, vocab=256)
+    other = random_model_factory(arch="llama", hidden=64, n_layers=1, n_heads=2, n_kv_heads=1, ffn=128, vocab=512)
     result = run_eval([q2k, "--ref", other, "--suite", "maths", "-q"])
     assert result.exit_code == 1 and "error:" in result.output and "reference" in result.output
