@@ -465,12 +465,14 @@ void qrt_quantize_row_q3_K(const float *x, void *vy, int64_t n, const float *imp
             for (int l = 0; l < 16; l++)
                 L[16 * j + l] = (uint8_t)(qrt_clamp_int(qrt_nearest_int(x[16 * j + l] / d), -4, 3) + 4);
         }
-        memset(y[b].hmask, 0, sizeof(y[b].hmask));
-        for (int i = 0; i < QK_K; i++) {
-            if (L[i] > 3) {
-                y[b].hmask[i % 32] |= (uint8_t)(1 << (i / 32));
-                L[i] -= 4;
+        /* level bit 2 of element i goes to bit i/32 of hmask[i%32]; levels keep their low 2 bits */
+        for (int m = 0; m < 32; m++) {
+            uint8_t h = 0;
+            for (int k = 0; k < 8; k++) {
+                h |= (uint8_t)((L[32 * k + m] >> 2) << k);
+                L[32 * k + m] &= 3;
             }
+            y[b].hmask[m] = h;
         }
         pack_2bit_planes(L, y[b].qs);
     }
