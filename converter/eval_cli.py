@@ -77,12 +77,16 @@ def calibrate_cmd(model: Path, data, ctx: int, max_chunks, out_path: Path, threa
 @click.option(
     "-o", "--output", "out_dir", type=click.Path(path_type=Path), default=None, help="Folder for report.json/html."
 )
+@click.option(
+    "--sensitivity", type=click.Path(path_type=Path), default=None,
+    help="A `qconv analyze -o` JSON whose group KLDs the report charts.",
+)  # fmt: skip
 @click.option("-t", "--threads", type=int, default=None)
 @click.option("--json", "as_json", is_flag=True, help="Print report.json instead of the table.")
 @click.option("-q", "--quiet", is_flag=True)
 @user_errors
-def eval_cmd(quant: Path, ref: Path, suite_names, ctx, max_tokens, max_tasks, no_tasks, gate, out_dir, threads,
-             as_json, quiet) -> None:  # fmt: skip
+def eval_cmd(quant: Path, ref: Path, suite_names, ctx, max_tokens, max_tasks, no_tasks, gate, out_dir, sensitivity,
+             threads, as_json, quiet) -> None:  # fmt: skip
     """What QUANT lost against REF, per capability: KL divergence, top-1 agreement and perplexity on the
     held-out suites, and maths/JSON/passkey task accuracy."""
     from qconv.converter.evaluate import EvalOptions, evaluate, gate_failures, parse_gates
@@ -93,7 +97,15 @@ def eval_cmd(quant: Path, ref: Path, suite_names, ctx, max_tokens, max_tasks, no
         suites=list(suite_names) or None, ctx=ctx, threads=threads, max_tokens=max_tokens, max_tasks=max_tasks,
         tasks=not no_tasks, progress=not quiet,
     )  # fmt: skip
+    groups = None
+    if sensitivity is not None:
+        try:
+            groups = json.loads(Path(sensitivity).read_text())["groups"]
+        except (OSError, ValueError, KeyError) as e:
+            raise FormatError(f"--sensitivity {sensitivity}: not a `qconv analyze` JSON ({e})") from None
     report = evaluate(quant, ref, options, log=_log(quiet))
+    if groups:
+        report["sensitivity"] = groups
     report["gates"] = gates
     report["gate_failures"] = gate_failures(report, gates)
     if out_dir is not None:
