@@ -13,7 +13,9 @@ enum { REFIT_ROUNDS = 2, QP_DESCENT_ROUNDS = 5 };
 
 /* Levels for one inverse scale and their weighted sums (n a multiple of 8); returns sum w*l*l and
  * *sumlx = sum w*x*l. */
-static inline __attribute__((always_inline)) float sym_levels(int n, int nmax, const float *x, const float *w, float iscale, float *l_out, float *sumlx) {
+/* always_inline: inlined into the candidate loop, its splats and setup are hoisted out of it (measured 2x) */
+static inline __attribute__((always_inline)) float sym_levels(int n, int nmax, const float *x, const float *w,
+                                                             float iscale, float *l_out, float *sumlx) {
     v8f lx = {0}, l2 = {0};
     for (int i = 0; i < n; i += 8) {
         const v8f xv = v8_load(x + i);
@@ -103,7 +105,8 @@ static float asym_sq_error(group_sums g, level_sums ls, float s, float m) {
     return s * s * ls.l2 + 2 * s * m * ls.l - 2 * s * ls.xl + m * m * g.w - 2 * m * g.x + g.x2;
 }
 
-static inline __attribute__((always_inline)) level_sums asym_levels(int n, int nmax, const float *x, const float *w, float iscale, float min, float *L) {
+static inline __attribute__((always_inline)) level_sums asym_levels(int n, int nmax, const float *x, const float *w,
+                                                                    float iscale, float min, float *L) {
     v8f sl = {0}, sl2 = {0}, sxl = {0};
     for (int i = 0; i < n; i += 8) {
         const v8f xv = v8_load(x + i);

@@ -2,9 +2,10 @@
  *
  * Each fit chooses integer levels L and a scale (and for asymmetric types a min) minimising
  * sum_i w[i] * (x[i] - (scale * L[i] + min))^2 over one group. The candidate grids are those of llama.cpp's
- * make_qx_quants / make_qkx2_quants / make_qkx3_quants / make_qp_quants (so we never search less), each
- * followed by alternating refits (round to the fitted scale, refit by least squares) kept only when they lower
- * the weighted error.
+ * make_qx_quants / make_qkx2_quants / make_qkx3_quants / make_qp_quants (so we never search less), followed
+ * by refinements kept only when they lower the weighted error: coordinate descent for the symmetric fits,
+ * rounding to the fitted scale and refitting for the asymmetric ones. Candidate loops run on 8-float vectors
+ * (quant_simd.h) and need n to be a multiple of 8.
  */
 #ifndef QRT_QUANT_SEARCH_H
 #define QRT_QUANT_SEARCH_H
