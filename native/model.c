@@ -661,3 +661,20 @@ void qrt_model_reset_timings(qrt_model *m) {
     m->prompt_s = m->gen_s = 0.0;
     m->prompt_tokens = m->gen_tokens = 0;
 }
+
+int qrt_model_weight_types(const qrt_model *m, int *types, int cap) {
+    int seen[QRT_TYPE_COUNT] = {0}, n = 0;
+    const Weights *w = &m->weights;
+    seen[w->token_embd.type] = seen[w->output.type] = 1;
+    for (int l = 0; l < m->config.n_layers; l++) {
+        const LayerWeights *lw = &w->layers[l];
+        const Matrix *all[] = {&lw->wq, &lw->wk, &lw->wv, &lw->wo, &lw->w_gate, &lw->w_up, &lw->w_down};
+        for (int i = 0; i < 7; i++) seen[all[i]->type] = 1;
+    }
+    for (int t = 0; t < QRT_TYPE_COUNT; t++)
+        if (seen[t]) {
+            if (n < cap) types[n] = t;
+            n++;
+        }
+    return n < cap ? n : cap;
+}

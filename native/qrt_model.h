@@ -45,6 +45,9 @@ int qrt_model_eval(qrt_model *m, const int32_t *tokens, int n, float *all_logits
 /* Logits of the last evaluated token (n_vocab floats), NULL before any eval. */
 const float *qrt_model_logits(const qrt_model *m);
 
+/* The distinct GGUF types of the weight matrices (for reporting kernels); returns how many (<= cap written). */
+int qrt_model_weight_types(const qrt_model *m, int *types, int cap);
+
 /* Metadata helpers for the bindings: a string value (pointer into the mapping, not NUL-terminated). */
 int qrt_model_meta_str(const qrt_model *m, const char *key, const char **ptr, size_t *len);
 int qrt_model_meta_int(const qrt_model *m, const char *key, int64_t *out);

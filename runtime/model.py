@@ -1,0 +1,283 @@
+"""`Model`: a GGUF run by libqrt — tokenize, evaluate (all-position logits for evaluation), generate a token
+stream, render chats with the file's own template.
+
+    m = Model("model.gguf", threads=2, ctx=2048)
+    ids = m.tokenize("Hello")
+    logits = m.logits(ids)                     # (len(ids), n_vocab) float32, one row per position
+    for piece in m.generate("Once upon a time", max_tokens=32, temperature=0):
+        print(piece, end="")
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from qconv.formats.errors import FormatError
+from qconv.runtime._native import ffi, lib
+from qconv.runtime.chat import render_chat
+from qconv.runtime.tokenizer import Sampler, Tokenizer
+
+TYPE_NAMES = {
+    0: "f32",
+    1: "f16",
+    2: "q4_0",
+    3: "q4_1",
+    6: "q5_0",
+    7: "q5_1",
+    8: "q8_0",
+    10: "q2_K",
+    11: "q3_K",
+    12: "q4_K",
+    13: "q5_K",
+    14: "q6_K",
+    20: "iq4_nl",
+    30: "bf16",
+}
+
+
+@dataclass
+class Timings:
+    prompt_tokens: int
+    prompt_seconds: float
+    gen_tokens: int
+    gen_seconds: float
+
+    @property
+    def prompt_tps(self) -> float:
+        return self.prompt_tokens / self.prompt_seconds if self.prompt_seconds > 0 else 0.0
+
+    @property
+    def gen_tps(self) -> float:
+        return self.gen_tokens / self.gen_seconds if self.gen_seconds > 0 else 0.0
+
+
+class Model:
+    """A loaded GGUF model. `threads=None` uses every CPU; `ctx` is the KV-cache length in tokens;
+    `kv_f32=True` keeps the cache in f32 (exact comparisons), else f16 as llama.cpp does."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        threads: int | None = None,
+        ctx: int = 2048,
+        *,
+        kv_f32: bool = False,
+        n_batch: int = 64,
+    ) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FormatError(f"{self.path}: no such file")
+        params = lib.qrt_model_default_params()
+        params.n_ctx = int(ctx)
+        params.n_threads = int(threads) if threads else 0
+        params.n_batch = int(n_batch)
+        params.kv_f32 = 1 if kv_f32 else 0
+        err = ffi.new("char[1024]")
+        handle = lib.qrt_model_open(str(self.path).encode(), ffi.new("qrt_model_params *", params), err, len(err))
+        if handle == ffi.NULL:
+            raise FormatError(ffi.string(err).decode(errors="replace"))
+        self._handle = ffi.gc(handle, lib.qrt_model_free)
+        self.tokenizer = Tokenizer.from_open_gguf(lib.qrt_model_gguf(self._handle), str(self.path))
+        self.n_vocab = lib.qrt_model_n_vocab(self._handle)
+        self.n_ctx = lib.qrt_model_n_ctx(self._handle)
+        self._cached: list[int] = []  # the tokens whose keys/values are in the cache, in order
+
+    # ---- metadata ----
+
+    @property
+    def threads(self) -> int:
+        return lib.qrt_model_n_threads(self._handle)
+
+    @property
+    def description(self) -> str:
+        return ffi.string(lib.qrt_model_describe(self._handle)).decode()
+
+    @property
+    def file_bytes(self) -> int:
+        return lib.qrt_model_file_bytes(self._handle)
+
+    @property
+    def kv_bytes(self) -> int:
+        return lib.qrt_model_kv_bytes(self._handle)
+
+    def meta_str(self, key: str) -> str | None:
+        ptr, length = ffi.new("const char **"), ffi.new("size_t *")
+        if lib.qrt_model_meta_str(self._handle, key.encode(), ptr, length) != 0:
+            return None
+        return ffi.unpack(ptr[0], length[0]).decode("utf-8", errors="replace")
+
+    @property
+    def chat_template(self) -> str | None:
+        return self.meta_str("tokenizer.chat_template")
+
+    def kernel_variants(self) -> dict[str, str]:
+        """Weight type -> the kernel variant its matmuls dispatch to on this machine."""
+        types = ffi.new("int[32]")
+        n = lib.qrt_model_weight_types(self._handle, types, 32)
+        out = {}
+        for t in types[0:n]:
+            variant = lib.qrt_kernel_variant_for_type(t)
+            out[TYPE_NAMES.get(t, str(t))] = ffi.string(variant).decode() if variant != ffi.NULL else "none"
+        return out
+
+    # ---- text ----
+
+    def tokenize(self, text: str | bytes, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        return self.tokenizer.encode(text, add_special=add_special, parse_special=parse_special)
+
+    def detokenize(self, ids: Sequence[int], special: bool = False) -> str:
+        return self.tokenizer.decode(list(ids), unparse_special=special)
+
+    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        template = self.chat_template
+        if template is None:
+            raise FormatError(f"{self.path}: the file has no tokenizer.chat_template")
+        tok = self.tokenizer
+
+        def text(token: int) -> str:
+            return tok.token_text(token).decode("utf-8", errors="replace") if token >= 0 else ""
+
+        return render_chat(
+            template,
+            messages,
+            add_generation_prompt=add_generation_prompt,
+            bos_token=text(tok.bos),
+            eos_token=text(tok.eos),
+        )
+
+    # ---- evaluation ----
+
+    def reset(self) -> None:
+        """Empty the KV cache."""
+        lib.qrt_model_set_n_past(self._handle, 0)
+        self._cached = []
+
+    @property
+    def n_past(self) -> int:
+        return lib.qrt_model_n_past(self._handle)
+
+    def _eval(self, tokens: Sequence[int], all_logits: np.ndarray | None = None) -> None:
+        if not tokens:
+            return
+        if len(self._cached) + len(tokens) > self.n_ctx:
+            raise FormatError(
+                f"context full: {len(self._cached)} cached + {len(tokens)} new tokens > context {self.n_ctx} (use a larger ctx)"
+            )
+        arr = np.ascontiguousarray(tokens, dtype=np.int32)
+        out = ffi.NULL if all_logits is None else ffi.from_buffer("float[]", all_logits)
+        if lib.qrt_model_eval(self._handle, ffi.from_buffer("int32_t[]", arr), len(arr), out) != 0:
+            raise FormatError(ffi.string(lib.qrt_model_error(self._handle)).decode(errors="replace"))
+        self._cached.extend(int(t) for t in tokens)
+
+    def eval(self, tokens: Sequence[int]) -> np.ndarray:
+        """Append tokens to the cache; returns the logits after the last one (a copy)."""
+        self._eval(tokens)
+        return self.last_logits()
+
+    def last_logits(self) -> np.ndarray:
+        ptr = lib.qrt_model_logits(self._handle)
+        if ptr == ffi.NULL:
+            raise FormatError("no logits yet: evaluate some tokens first")
+        return np.frombuffer(ffi.buffer(ptr, 4 * self.n_vocab), dtype=np.float32).copy()
+
+    def logits(self, tokens: Sequence[int]) -> np.ndarray:
+        """Logits at every position of `tokens` from an empty cache: shape (len(tokens), n_vocab)."""
+        self.reset()
+        out = np.empty((len(tokens), self.n_vocab), dtype=np.float32)
+        self._eval(tokens, out)
+        return out
+
+    def _feed_prompt(self, tokens: list[int]) -> None:
+        """Evaluate a prompt, reusing the cached prefix it shares with what was evaluated before."""
+        common = 0
+        for a, b in zip(self._cached, tokens):
+            if a != b:
+                break
+            common += 1
+        common = min(common, len(tokens) - 1)  # at least one token to get fresh logits
+        lib.qrt_model_set_n_past(self._handle, common)
+        self._cached = self._cached[:common]
+        self._eval(tokens[common:])
+
+    def timings(self) -> Timings:
+        ps, pt, gs, gt = ffi.new("double *"), ffi.new("int *"), ffi.new("double *"), ffi.new("int *")
+        lib.qrt_model_timings(self._handle, ps, pt, gs, gt)
+        return Timings(pt[0], ps[0], gt[0], gs[0])
+
+    def reset_timings(self) -> None:
+        lib.qrt_model_reset_timings(self._handle)
+
+    # ---- generation ----
+
+    def generate(
+        self,
+        prompt: str | Sequence[int],
+        max_tokens: int = 256,
+        *,
+        temperature: float = 0.8,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        repeat_penalty: float = 1.0,
+        repeat_last_n: int = 64,
+        seed: int = 0,
+        stop: Sequence[str] = (),
+        ignore_eos: bool = False,
+        add_special: bool = True,
+        parse_special: bool = True,
+        token_ids: list[int] | None = None,
+    ) -> Iterator[str]:
+        """Stream the text of up to `max_tokens` generated tokens (temperature <= 0: greedy). Generation ends
+        at an end-of-generation token (unless ignore_eos), at a stop string (not included), or when the
+        context is full. `token_ids`, if given, receives the generated ids."""
+        tokens = list(prompt) if not isinstance(prompt, str) else self.tokenize(prompt, add_special, parse_special)
+        if not tokens:
+            raise FormatError("empty prompt")
+        sampler = Sampler(
+            self.n_vocab,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            min_p=min_p,
+            repeat_penalty=repeat_penalty,
+            repeat_last_n=repeat_last_n,
+            seed=seed,
+        )
+        for t in tokens:
+            sampler.accept(t)
+        self._feed_prompt(tokens)
+        detok = self.tokenizer.stream(special=False)
+        held = ""  # text that might be the start of a stop string
+        stops = [s for s in stop if s]
+        for _ in range(max_tokens):
+            token = sampler.sample(lib.qrt_model_logits(self._handle))
+            if not ignore_eos and self.tokenizer.is_eog(token):
+                break
+            sampler.accept(token)
+            if token_ids is not None:
+                token_ids.append(token)
+            held += detok.feed(token)
+            if stops:
+                cut = min((i for i in (held.find(s) for s in stops) if i >= 0), default=-1)
+                if cut >= 0:
+                    if held[:cut]:
+                        yield held[:cut]
+                    return
+                keep = max((k for s in stops for k in range(1, len(s)) if held.endswith(s[:k])), default=0)
+                if len(held) > keep:
+                    yield held[: len(held) - keep]
+                    held = held[len(held) - keep :]
+            elif held:
+                yield held
+                held = ""
+            if len(self._cached) >= self.n_ctx:
+                break
+            self._eval([token])
+        tail = held + detok.flush()
+        if tail:
+            yield tail
