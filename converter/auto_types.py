@@ -141,6 +141,7 @@ def add_metadata_in_place(path, metadata: dict) -> None:
             writer.write_kv_data_to_file()
             writer.write_tensors_to_file()
             writer.close()
+            del writer, raw  # they hold views of the mapping, which closes when the block ends
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
