@@ -18,9 +18,7 @@
 #endif
 
 /* These helpers are static inline: their by-value vector ABI never crosses an exported call. */
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wpsabi"
-#endif
+#pragma GCC diagnostic ignored "-Wpsabi" /* GCC and Clang both know it */
 
 typedef float v8f __attribute__((vector_size(32)));
 typedef int32_t v8i __attribute__((vector_size(32)));
