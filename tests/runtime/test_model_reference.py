@@ -1,0 +1,129 @@
+"""qrun vs llama.cpp (llama-cpp-python) on the same files: next-token logits over 512 tokens of the fixed text
+and greedy 64-token continuations (raw text and a chat prompt).
+
+Files: the package's own Q4_1 SmolLM2 and the converter's f32 / q8_0 conversions of the SmolLM2 HF folder.
+Both runtimes use an f32 KV cache for the logits check; the continuation check uses the defaults (f16 cache).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import requires_llama_cpp
+
+pytestmark = [pytest.mark.reference, requires_llama_cpp]
+
+N_TOKENS = 512
+
+
+def llama(path: Path, f32_kv: bool, n_ctx: int = 1024):
+    """llama.cpp with its extra (AMX/repack) buffer types off: the AMX kernels crash on this machine."""
+    import llama_cpp
+    import llama_cpp.llama_cpp as C
+
+    from tests.llama_ref import quiet_stderr
+
+    defaults = C.llama_model_default_params
+
+    def no_extra_bufts():
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    C.llama_model_default_params = no_extra_bufts
+    try:
+        kwargs = dict(n_ctx=n_ctx, n_batch=512, logits_all=True, verbose=False, n_threads=2, n_threads_batch=2)
+        if f32_kv:
+            kwargs |= dict(type_k=0, type_v=0)
+        with quiet_stderr():
+            return llama_cpp.Llama(str(path), **kwargs)
+    finally:
+        C.llama_model_default_params = defaults
+
+
+@pytest.fixture(scope="module")
+def converted(smollm2_dir, tmp_path_factory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("converted")
+    files = {}
+    for type_name in ("f32", "q8_0"):
+        path = out / f"smollm2-{type_name}.gguf"
+        run = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "qconv.converter.cli",
+                "to-gguf",
+                str(smollm2_dir),
+                "-o",
+                str(path),
+                "--type",
+                type_name,
+            ],
+            capture_output=True,
+            text=True,
+        )
+        assert run.returncode == 0, run.stderr[-2000:]
+        files[type_name] = path
+    return files
+
+
+def model_file(name: str, converted, smollm2_package_gguf) -> Path:
+    return smollm2_package_gguf if name == "package-q4_1" else converted[name]
+
+
+@pytest.mark.parametrize("name", ["package-q4_1", "f32", "q8_0"])
+def test_logits_match_llama_cpp(name, converted, smollm2_package_gguf, fixed_text):
+    from qconv.runtime.model import Model
+    from tests.llama_ref import logits as llama_logits
+
+    path = model_file(name, converted, smollm2_package_gguf)
+    ref_model = llama(path, f32_kv=True)
+    tokens = ref_model.tokenize(fixed_text.encode(), add_bos=True)[:N_TOKENS]
+    assert len(tokens) == N_TOKENS
+    ref = llama_logits(ref_model, tokens)
+    ours = Model(path, threads=2, ctx=1024, kv_f32=True)
+    assert ours.tokenize(fixed_text)[:N_TOKENS] == tokens
+    got = ours.logits(tokens)
+    top1 = float((got.argmax(-1) == ref.argmax(-1)).mean())
+    max_diff = float(np.abs(got - ref).max())
+    print(f"{name}: top-1 agreement {top1:.4f}, max |logit diff| {max_diff:.3g}")
+    assert top1 >= 0.99
+    if name == "f32":
+        assert max_diff < 1e-2
+
+
+def greedy_ids(model, prompt_ids: list[int], n: int) -> list[int]:
+    from tests.llama_ref import quiet_stderr
+
+    model.reset()
+    out = []
+    with quiet_stderr():
+        model.eval(prompt_ids)
+        for _ in range(n):
+            token = int(np.argmax(model.scores[model.n_tokens - 1]))
+            out.append(token)
+            model.eval([token])
+    return out
+
+
+@pytest.mark.parametrize("name", ["f32", "q8_0", "package-q4_1"])
+def test_greedy_continuations_identical(name, converted, smollm2_package_gguf):
+    from qconv.runtime.model import Model
+
+    path = model_file(name, converted, smollm2_package_gguf)
+    ref_model = llama(path, f32_kv=False)
+    ours = Model(path, threads=2, ctx=1024)
+    chat = ours.render_chat([{"role": "user", "content": "Write a short poem about the sea."}])
+    for prompt in ("The history of the Roman Empire", chat):
+        prompt_ids = ours.tokenize(prompt)
+        assert prompt_ids == ref_model.tokenize(prompt.encode(), add_bos=True, special=True)
+        ref = greedy_ids(ref_model, prompt_ids, 64)
+        got: list[int] = []
+        for _ in ours.generate(prompt_ids, 64, temperature=0, ignore_eos=True, token_ids=got):
+            pass
+        assert got == ref, f"{name}: diverges at token {next(i for i in range(64) if got[i] != ref[i])}"
