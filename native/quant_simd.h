@@ -20,6 +20,12 @@
 /* These helpers are static inline: their by-value vector ABI never crosses an exported call. */
 #pragma GCC diagnostic ignored "-Wpsabi" /* GCC and Clang both know it */
 
+/* No fused multiply-adds: results must not depend on the compiler (dequantized floats are compared bit for bit
+ * with gguf-py). GCC does not contract under -std=c11; Clang does unless told. */
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#endif
+
 typedef float v8f __attribute__((vector_size(32)));
 typedef int32_t v8i __attribute__((vector_size(32)));
 
