@@ -49,6 +49,7 @@ from qconv.formats.gguf_write import add_model_metadata, llama3_rope_factors
 from qconv.formats.hf_config import ModelSpec
 from qconv.formats.imatrix import ImportanceMatrix, read_imatrix
 from qconv.formats.onnx_graph import GATHERABLE, PROTO_LIMIT_BYTES, QUANT_TYPES, GraphBuilder
+from qconv.formats.tensor_names import gguf_name
 from qconv.runtime.blockwise import BITS, BLOCK_SIZES, quantize_blockwise
 
 OPSET = 21
@@ -200,13 +201,14 @@ class DecoderGraph:
     def importance(self, hf_name: str) -> np.ndarray | None:
         if self.imatrix is None:
             return None
-        from qconv.formats.tensor_names import gguf_name
+        found = self.imatrix.mean_squares(gguf_name(hf_name))
+        if found is None and hf_name == "model.embed_tokens.weight" and self.spec.tied_embeddings:
+            found = self.imatrix.mean_squares("output.weight")  # the tied head's activations, under either name
+        return found
 
-        return self.imatrix.mean_squares(gguf_name(hf_name))
-
-    def quantize_rows(self, hf_name: str, values: np.ndarray, bits: int, importance_of: str | None = None):
+    def quantize_rows(self, hf_name: str, values: np.ndarray, bits: int):
         o = self.options
-        imp = self.importance(importance_of or hf_name)
+        imp = self.importance(hf_name)
         try:
             return quantize_blockwise(values, bits, o.block_size, o.symmetric, imp, o.threads)
         except ValueError as e:
@@ -248,14 +250,13 @@ class DecoderGraph:
     # -- parts
 
     def embedding(self, input_ids: str) -> str:
-        """Quantized table [hidden, vocab] (shared with a tied head) -> lookup of the tokens' columns only."""
-        g, o, spec = self.g, self.options, self.spec
+        """Quantized table [hidden, vocab] (shared with a tied head) -> lookup of the tokens' rows only."""
+        g, o = self.g, self.options
         name = "model.embed_tokens.weight"
-        tied_importance = "lm_head.weight" if spec.tied_embeddings else None
         if not o.quantize:
             self.embed_values = self.read(name)
             return g.node("Gather", [g.constant(name, self.embed_values), input_ids], axis=0)
-        quant = self.quantize_rows(name, self.read(name), o.head_bits, importance_of=tied_importance)
+        quant = self.quantize_rows(name, self.read(name), o.head_bits)
         table = g.quantized("embed_tokens_q", quant.q.T, o.head_type)
         gather_type = GATHERABLE[o.head_type]
         # [vocab, hidden] in a gatherable type. ONNX Runtime folds this once at load into its own initializer, so

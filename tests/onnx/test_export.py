@@ -207,3 +207,40 @@ def test_cli_json_summary(random_model_factory, tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
     assert summary["bits"] == 8 and summary["quantized_layers"] == len(linear_shapes(model_dir))
+
+
+def test_imatrix_weights_the_search(random_model_factory, tmp_path):
+    """An importance matrix changes the scales, and lowers the importance-weighted error of a layer."""
+    from onnx import numpy_helper
+
+    from qconv.formats.hf_config import read_model_spec
+    from qconv.formats.imatrix import ImportanceMatrix, write_imatrix
+    from qconv.formats.safetensors_stream import SafetensorsSource
+    from qconv.formats.tensor_names import gguf_name
+
+    model_dir = random_model_factory(**FAMILIES["qwen2"])
+    spec = read_model_spec(model_dir)
+    rng = np.random.default_rng(3)
+    sums = {
+        gguf_name(name): (rng.random(shape[1]) ** 4 * 100).astype(np.float32)
+        for name, shape in spec.expected_shapes().items()
+        if len(shape) == 2 and name != "model.embed_tokens.weight"
+    }
+    imatrix = write_imatrix(tmp_path / "imatrix.gguf", ImportanceMatrix(sums, {n: 1.0 for n in sums}, ["test"], 1, 1))
+    plain = export(model_dir, tmp_path / "plain")
+    weighted = export(model_dir, tmp_path / "weighted", imatrix=imatrix)
+    stem = "model.layers.1.mlp.down_proj"
+    with SafetensorsSource(model_dir) as source:
+        w = source.read_f32(stem + ".weight").T.astype(np.float64)  # K x N
+    importance = sums[gguf_name(stem + ".weight")].astype(np.float64)[:, None]
+
+    def error(folder):
+        arrays = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(folder / "model.onnx")).graph.initializer}
+        from tests.onnx.numpy_reference import dequantize_kn
+
+        deq = dequantize_kn(arrays[stem + "_q"], arrays[stem + "_scale"], arrays[stem + "_zp"], 32)
+        return float((importance * (w - deq) ** 2).sum())
+
+    assert error(weighted) < error(plain)
+    result = CliRunner().invoke(to_onnx, [str(model_dir), "-o", str(tmp_path / "cli"), "--imatrix", str(imatrix), "-q"])
+    assert result.exit_code == 0, result.output
