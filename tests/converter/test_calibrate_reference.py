@@ -72,6 +72,7 @@ def test_our_imatrix_equals_llama_imatrix(tools, f32_gguf, calibration_file, tmp
         assert my_count == count, name
         rel = np.abs(mine - values) / np.maximum(np.abs(values), 1e-6 * values.max())
         worst = max(worst, float(rel.max()))
+    print(f"imatrix vs llama-imatrix: {len(ours)} entries, largest relative difference {worst:.2e}")
     assert worst < 1e-2, f"largest relative difference {worst:.2e}"
 
 
