@@ -19,13 +19,10 @@ class WeightStats:
 
 def _model_handle(model):
     """The qrt_model* of a runtime Model (or a raw handle)."""
-    for attr in ("_handle", "handle", "_model", "_ptr"):
-        handle = getattr(model, attr, None)
-        if handle is not None and isinstance(handle, ffi.CData):
-            return handle
-    if isinstance(model, ffi.CData):
-        return model
-    raise TypeError(f"cannot find the native model handle of {type(model).__name__}")
+    handle = getattr(model, "_handle", model)
+    if not isinstance(handle, ffi.CData):
+        raise TypeError(f"{type(model).__name__} is not a runtime Model")
+    return handle
 
 
 class ImatrixCollector:
