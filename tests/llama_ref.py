@@ -53,3 +53,32 @@ def greedy_chat(model, prompt: str, max_tokens: int = 48) -> str:
 
 def top1_agreement(a: np.ndarray, b: np.ndarray) -> float:
     return float((a.argmax(-1) == b.argmax(-1)).mean())
+
+
+def kl_divergence(ref_logits: np.ndarray, logits: np.ndarray) -> np.ndarray:
+    """Per-position KL(ref || model) of the next-token distributions, in nats."""
+    ref = ref_logits.astype(np.float64)
+    out = logits.astype(np.float64)
+    ref_logp = ref - ref.max(-1, keepdims=True)
+    ref_logp -= np.log(np.exp(ref_logp).sum(-1, keepdims=True))
+    out_logp = out - out.max(-1, keepdims=True)
+    out_logp -= np.log(np.exp(out_logp).sum(-1, keepdims=True))
+    return (np.exp(ref_logp) * (ref_logp - out_logp)).sum(-1)
+
+
+def quantize_file(src: Path, dst: Path, type_name: str, threads: int = 2) -> Path:
+    """llama.cpp's own quantization of a GGUF (llama_model_quantize) with its type-mixture rules."""
+    import ctypes
+
+    import llama_cpp
+
+    from qconv.converter.plan import FILE_TYPES, parse_type
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = int(FILE_TYPES[parse_type(type_name)][0])
+    params.nthread = threads
+    with quiet_stderr():
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    if rc != 0:
+        raise RuntimeError(f"llama_model_quantize({src}, {type_name}) failed with {rc}")
+    return Path(dst)

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+# Run as a script, this file's folder heads sys.path and its name would shadow the onnx package.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests.bench.measure import median, table  # noqa: E402
 
