@@ -115,6 +115,9 @@ void qrt_decode_q4_K(const block_q4_K *x, qrt_kblock *b);
 void qrt_decode_q5_K(const block_q5_K *x, qrt_kblock *b);
 void qrt_decode_q6_K(const block_q6_K *x, qrt_kblock *b);
 
+/* q4_K's min terms of one super-block into ggml's 4 float lanes (kernels_ref.c) */
+void qrt_q4k_mins(const block_q4_K *x, const block_q8_K *y, float accm[4]);
+
 /* The one float expression every variant of a k-quant kernel uses per super-block. */
 static inline float qrt_kq_term(float d, float dmin, float yd, int32_t sumi, int32_t summ) {
     return (d * yd) * (float)sumi - (dmin * yd) * (float)summ;

@@ -346,9 +346,65 @@ static float kblock_dot(const qrt_kblock *b, const block_q8_K *y) {
 
 KQUANT_DOT(dot_q2_K, block_q2_K, qrt_decode_q2_K)
 KQUANT_DOT(dot_q3_K, block_q3_K, qrt_decode_q3_K)
-KQUANT_DOT(dot_q4_K, block_q4_K, qrt_decode_q4_K)
 KQUANT_DOT(dot_q5_K, block_q5_K, qrt_decode_q5_K)
-KQUANT_DOT(dot_q6_K, block_q6_K, qrt_decode_q6_K)
+
+/* q4_K and q6_K, the k-quants of llama.cpp's common mixtures, accumulate exactly as ggml's x86 kernels: 8
+ * integer lanes per super-block (lane l: values 4l..4l+3 of every 32-value chunk, times their sub-block scale),
+ * fused into 8 float lanes with the super-block scale; q4_K's mins go to 4 more lanes (kernels.h). */
+void qrt_q4k_mins(const block_q4_K *x, const block_q8_K *y, float accm[4]) {
+    uint8_t sc, m[8];
+    for (int j = 0; j < 8; j++) qrt_scale_min_k4(j, x->scales, &sc, &m[j]);
+    const float dmin = -y->d * qrt_h2f(x->dmin);
+    for (int p = 0; p < 4; p++) {
+        const int32_t prod = m[2 * p] * (y->bsums[4 * p] + y->bsums[4 * p + 1]) +
+                             m[2 * p + 1] * (y->bsums[4 * p + 2] + y->bsums[4 * p + 3]);
+        accm[p] = fmaf(dmin, (float)prod, accm[p]);
+    }
+}
+
+static float dot_q4_K(int64_t n, const void *vx, const void *vy) {
+    const block_q4_K *x = vx;
+    const block_q8_K *y = vy;
+    float acc[8] = {0}, accm[4] = {0};
+    qrt_kblock b;
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        qrt_decode_q4_K(&x[i], &b);
+        qrt_q4k_mins(&x[i], &y[i], accm);
+        int32_t lanes[8] = {0};
+        for (int c = 0; c < 8; c++) /* 32-value chunks, sub-blocks 2c and 2c+1 share a scale here */
+            for (int l = 0; l < 8; l++) {
+                int32_t part = 0;
+                for (int k = 4 * l; k < 4 * l + 4; k++) part += b.q[32 * c + k] * y[i].qs[32 * c + k];
+                lanes[l] += b.scale[2 * c] * part;
+            }
+        const float d = y[i].d * b.d;
+        for (int l = 0; l < 8; l++) acc[l] = fmaf(d, (float)lanes[l], acc[l]);
+    }
+    return qrt_hsum8(acc) + ((accm[0] + accm[2]) + (accm[1] + accm[3]));
+}
+
+static float dot_q6_K(int64_t n, const void *vx, const void *vy) {
+    const block_q6_K *x = vx;
+    const block_q8_K *y = vy;
+    float acc[8] = {0};
+    qrt_kblock b;
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        qrt_decode_q6_K(&x[i], &b);
+        const int8_t *sc = x[i].scales;
+        int32_t lanes[8];
+        for (int l = 0; l < 8; l++) /* the -32 of every quant, per lane as ggml takes it out */
+            lanes[l] = -32 * (y[i].bsums[2 * l] * sc[2 * l] + y[i].bsums[2 * l + 1] * sc[2 * l + 1]);
+        for (int c = 0; c < 8; c++)
+            for (int l = 0; l < 8; l++) {
+                int32_t part = 0;
+                for (int k = 4 * l; k < 4 * l + 4; k++) part += (b.q[32 * c + k] + 32) * y[i].qs[32 * c + k];
+                lanes[l] += sc[2 * c + (l >= 4)] * part;
+            }
+        const float d = y[i].d * b.d;
+        for (int l = 0; l < 8; l++) acc[l] = fmaf(d, (float)lanes[l], acc[l]);
+    }
+    return qrt_hsum8(acc);
+}
 
 void qrt_kernels_register_scalar(qrt_kernel_entry t[QRT_TYPE_COUNT]) {
     static const struct {
