@@ -134,9 +134,14 @@ def add_metadata_in_place(path, metadata: dict) -> None:
                 else:
                     writer.add_float32(key, float(value))
             for name, t in g.tensors.items():
-                raw = g.tensor_data(name)
-                writer.add_tensor(name, raw, raw_shape=raw.shape if t.type_name == "F32" else None,
-                                  raw_dtype=gguf.GGMLQuantizationType[t.type_name])  # fmt: skip
+                raw = g.tensor_data(name).view(np.uint8)
+                if t.type_name in ("F32", "F16"):
+                    writer.add_tensor(
+                        name, raw.view(np.float32 if t.type_name == "F32" else np.float16).reshape(t.shape)
+                    )
+                else:  # bytes shaped (rows..., row bytes): gguf-py derives the element shape from it
+                    raw = raw.reshape(*t.shape[:-1], -1)
+                    writer.add_tensor(name, raw, raw_dtype=gguf.GGMLQuantizationType[t.type_name])
             writer.write_header_to_file()
             writer.write_kv_data_to_file()
             writer.write_tensors_to_file()

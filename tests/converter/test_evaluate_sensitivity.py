@@ -80,4 +80,9 @@ def test_group_trials_and_auto_file(folder, tmp_path):
     assert float(reader.fields["qconv.auto.measured_kld"].parts[-1][0]) == pytest.approx(measured, rel=1e-6)
     written = {t.name: t.tensor_type.name.lower() for t in reader.tensors}
     assert all(written[n] == t for n, t in choice.types.items())
+    shapes = {n: e["shape"] for n, e in result["tensors"].items()}
+    assert all(list(reversed(t.shape.tolist())) == shapes[t.name] for t in reader.tensors if t.name in shapes)
+    from qconv.runtime.model import Model
+
+    assert Model(out, threads=1, ctx=32).logits([1, 2, 3]).shape == (3, SHAPE["vocab"])
     assert np.isfinite(measured) and measured >= 0
