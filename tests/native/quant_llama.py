@@ -261,3 +261,33 @@ def ggml_quantize(x: np.ndarray, type_name: str, importance: np.ndarray | None =
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(run, range(threads)))
     return out
+
+
+# ---------------------------------------------------------------- llama-quantize --imatrix (the CLI path)
+
+
+def llama_quantize_cli(
+    tensors: list[np.ndarray], type_name: str, workdir: Path, importance: list[np.ndarray], threads: int = 2
+) -> list[np.ndarray]:
+    """llama.cpp's blocks through `llama-quantize --imatrix FILE --pure` (tests/llama_tools builds it), the
+    importance written as a GGUF imatrix file with counts 1 so that llama-quantize's mean is our vector exactly."""
+    import subprocess
+
+    from qconv.formats.imatrix import ImportanceMatrix, write_imatrix
+    from tests.llama_tools import build_tools
+
+    tool = build_tools(("llama-quantize",))["llama-quantize"]
+    src, dst, imat = workdir / "cli-in-f32.gguf", workdir / f"cli-out-{type_name}.gguf", workdir / "imatrix.gguf"
+    write_f32_gguf(src, tensors)
+    sums = {tensor_name(i): np.asarray(v, dtype=np.float32) for i, v in enumerate(importance)}
+    write_imatrix(imat, ImportanceMatrix(sums=sums, counts={k: 1.0 for k in sums}, chunk_count=1, chunk_size=1))
+    ftype = FTYPE_FOR_TYPE[type_name.upper()].name.removeprefix("MOSTLY_")
+    command = [str(tool), "--imatrix", str(imat), "--pure", str(src), str(dst), ftype, str(threads)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-2000:]}")
+    reader = gguf.GGUFReader(str(dst))
+    by_name = {t.name: t for t in reader.tensors}
+    return [
+        np.array(by_name[tensor_name(i)].data, dtype=np.uint8).reshape(t.shape[0], -1) for i, t in enumerate(tensors)
+    ]

@@ -87,3 +87,23 @@ def test_real_tensors_dequantize_like_gguf_py(type_name):
         assert np.array_equal(ours.view(np.uint32), theirs.astype(np.float32).view(np.uint32)), name
         checked += 1
     assert checked >= 3
+
+
+@pytest.mark.parametrize("type_name", ["Q4_0", "Q2_K", "Q4_K", "Q6_K", "IQ4_NL"])
+def test_llama_quantize_cli_with_imatrix_file_equals_the_c_api_reference(
+    llama_cpp, tensors, importances, type_name, tmp_path
+):
+    """The reference above passes importance through llama_model_quantize's C API; llama-quantize --imatrix
+    (built with cmake from the vendored source) reading a GGUF imatrix file gives the same bytes, so the RMSE
+    comparison holds for the command-line path too."""
+    from tests.llama_tools import tools_missing_reason
+
+    if reason := tools_missing_reason():
+        pytest.skip(reason)
+    names = [n for n, t in tensors.items() if t.shape[1] % quants.get_type(type_name).block_size == 0][:3]
+    arrays = [tensors[n] for n in names]
+    imps = [importances[n] for n in names]
+    via_api = QL.llama_quantize(arrays, type_name, tmp_path, importance=imps)
+    via_cli = QL.llama_quantize_cli(arrays, type_name, tmp_path, importance=imps)
+    for name, a, b in zip(names, via_api, via_cli, strict=True):
+        assert np.array_equal(a, b), name
