@@ -46,8 +46,10 @@ ffibuilder.set_source(
     '#include "qrt.h"',
     sources=_sources(),
     include_dirs=[str(NATIVE)],
+    depends=[str(h) for h in sorted(NATIVE.glob("*.h"))],  # a header-only change rebuilds the extension
     extra_compile_args=EXTRA_CFLAGS,
-    extra_link_args=["-pthread", "-lm"] + (["-fsanitize=address,undefined"] if os.environ.get("QCONV_SANITIZE") else []),
+    extra_link_args=["-pthread", "-lm"]
+    + (["-fsanitize=address,undefined"] if os.environ.get("QCONV_SANITIZE") else []),
 )
 
 if __name__ == "__main__":
