@@ -200,9 +200,7 @@ def test_non_empty_output_folder_is_refused(random_model_factory, tmp_path):
 
 
 def test_cli_json_summary(random_model_factory, tmp_path):
-    model_dir = (
-        random_model_factory(**FAMILIES["qwen3"], head_dim=96) if False else random_model_factory(**FAMILIES["qwen3"])
-    )
+    model_dir = random_model_factory(**FAMILIES["qwen3"])
     result = CliRunner().invoke(to_onnx, [str(model_dir), "-o", str(tmp_path / "o"), "--json", "--bits", "8"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
