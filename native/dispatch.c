@@ -97,6 +97,13 @@ qrt_vec_dot_fn qrt_kernel_for(int type, int *variant_out) {
     return NULL;
 }
 
+qrt_vec_dot_fn qrt_kernel_for_batch(int type, int n_tok) {
+    int v = 0;
+    qrt_vec_dot_fn fn = qrt_kernel_for(type, &v);
+    if (fn && n_tok > 1 && table[type].batch_dot[v]) return table[type].batch_dot[v];
+    return fn;
+}
+
 int qrt_kernel_act_type(int type) {
     init();
     return type >= 0 && type < QRT_TYPE_COUNT ? table[type].act_type : -1;
@@ -127,6 +134,20 @@ const char *qrt_kernel_variant_for_type(int type) {
 int qrt_kernel_has_variant(int type, const char *variant) {
     int v = variant_from_name(variant);
     return v >= 0 && qrt_kernel_variant(type, v) != NULL;
+}
+
+int qrt_kernel_dot_batch(int type, const char *variant, const void *w_row, const float *x, int64_t n, float *out) {
+    init();
+    int v = variant_from_name(variant);
+    if (v < 0 || type < 0 || type >= QRT_TYPE_COUNT || !supported[v] || !table[type].batch_dot[v]) return -1;
+    int act = qrt_kernel_act_type(type);
+    size_t bytes = qrt_row_bytes(act, n);
+    void *y = aligned_alloc(64, (bytes + 63) / 64 * 64);
+    if (!y) return -1;
+    qrt_act_from_float(act, x, y, n);
+    *out = table[type].batch_dot[v](n, w_row, y);
+    free(y);
+    return 0;
 }
 
 int qrt_kernel_dot(int type, const char *variant, const void *w_row, const float *x, int64_t n, float *out) {

@@ -34,6 +34,9 @@ typedef void (*qrt_act_from_float_fn)(const float *x, void *y, int64_t n);
 typedef struct {
     int act_type;                               /* activation type id; -1: no kernel for this weight type */
     qrt_vec_dot_fn vec_dot[QRT_VARIANT_COUNT]; /* NULL where a variant has no kernel for this type */
+    /* f32/f16 only: the dot used for prompt batches, in the order of ggml's tinyBLAS sgemm (one 16-lane
+     * accumulator), where vec_dot follows ggml_vec_dot (4 x 16 lanes) as llama.cpp's single-token decode does */
+    qrt_vec_dot_fn batch_dot[QRT_VARIANT_COUNT];
 } qrt_kernel_entry;
 
 /* Filled by each kernel file: entries for the types that file implements (others left NULL). */
@@ -79,6 +82,8 @@ qrt_attn_values_fn qrt_attn_values(void);
  * then to scalar, per type). NULL if the type has no kernel at all. */
 qrt_vec_dot_fn qrt_kernel_for(int type, int *variant_out);
 int qrt_kernel_act_type(int type);
+/* The kernel for a batch of n_tok activation rows: batch_dot when the type has one and n_tok > 1. */
+qrt_vec_dot_fn qrt_kernel_for_batch(int type, int n_tok);
 const char *qrt_variant_name(int variant);
 /* 1 when the CPU runs this variant. */
 int qrt_variant_supported(int variant);

@@ -12,39 +12,58 @@
 #define QRT_SUFFIX avx512
 #include "kernels_x86.inc"
 
-static float dot_f32(int64_t n, const void *vx, const void *vy) {
-    const float *x = vx, *y = vy;
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    int64_t i = 0;
-    for (; i + 64 <= n; i += 64) {
-        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i), a0);
-        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i + 16), _mm512_loadu_ps(y + i + 16), a1);
-        a2 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i + 32), _mm512_loadu_ps(y + i + 32), a2);
-        a3 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i + 48), _mm512_loadu_ps(y + i + 48), a3);
-    }
-    for (; i + 16 <= n; i += 16) a0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i), a0);
-    float sum = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
-    for (; i < n; i++) sum += x[i] * y[i];
-    return sum;
-}
-
 static inline __m512 load_f16(const qrt_half *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
 static inline __m512 load_bf16(const qrt_bf16 *p) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
 }
 
+/* the orders of kernels_ref.c's vecdot_order / sgemm_order, as ggml's AVX-512 code runs them */
+static float dot_f32(int64_t n, const void *vx, const void *vy) {
+    const float *x = vx, *y = vy;
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    const int64_t np = n & ~(int64_t)63;
+    for (int64_t i = 0; i < np; i += 64) {
+        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i), a0);
+        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i + 16), _mm512_loadu_ps(y + i + 16), a1);
+        a2 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i + 32), _mm512_loadu_ps(y + i + 32), a2);
+        a3 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i + 48), _mm512_loadu_ps(y + i + 48), a3);
+    }
+    a0 = _mm512_add_ps(_mm512_add_ps(a0, a2), _mm512_add_ps(a1, a3));
+    float sum = _mm512_reduce_add_ps(a0);
+    for (int64_t i = np; i < n; i++) sum = fmaf(x[i], y[i], sum);
+    return sum;
+}
+
 static float dot_f16(int64_t n, const void *vx, const void *vy) {
     const qrt_half *x = vx, *y = vy;
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0;
-    int64_t i = 0;
-    for (; i + 32 <= n; i += 32) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    const int64_t np = n & ~(int64_t)63;
+    for (int64_t i = 0; i < np; i += 64) {
         a0 = _mm512_fmadd_ps(load_f16(x + i), load_f16(y + i), a0);
         a1 = _mm512_fmadd_ps(load_f16(x + i + 16), load_f16(y + i + 16), a1);
+        a2 = _mm512_fmadd_ps(load_f16(x + i + 32), load_f16(y + i + 32), a2);
+        a3 = _mm512_fmadd_ps(load_f16(x + i + 48), load_f16(y + i + 48), a3);
     }
-    for (; i + 16 <= n; i += 16) a0 = _mm512_fmadd_ps(load_f16(x + i), load_f16(y + i), a0);
-    float sum = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
-    for (; i < n; i++) sum += qrt_fp16_to_fp32(x[i]) * qrt_fp16_to_fp32(y[i]);
-    return sum;
+    a0 = _mm512_add_ps(_mm512_add_ps(a0, a2), _mm512_add_ps(a1, a3));
+    double sum = _mm512_reduce_add_ps(a0);
+    for (int64_t i = np; i < n; i++) sum += (double)(qrt_fp16_to_fp32(x[i]) * qrt_fp16_to_fp32(y[i]));
+    return (float)sum;
+}
+
+static float batch_dot_f32(int64_t n, const void *vx, const void *vy) {
+    if (n % 16) return dot_f32(n, vx, vy);
+    const float *x = vx, *y = vy;
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i), acc);
+    return _mm512_reduce_add_ps(acc);
+}
+
+static float batch_dot_f16(int64_t n, const void *vx, const void *vy) {
+    if (n % 16) return dot_f16(n, vx, vy);
+    const qrt_half *x = vx, *y = vy;
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n; i += 16) acc = _mm512_fmadd_ps(load_f16(x + i), load_f16(y + i), acc);
+    return _mm512_reduce_add_ps(acc);
 }
 
 static float dot_bf16(int64_t n, const void *vx, const void *vy) {
@@ -155,6 +174,8 @@ void qrt_attn_values_avx512(float *out, const float *att, const void *v, int n_p
 void qrt_kernels_register_avx512(qrt_kernel_entry t[QRT_TYPE_COUNT]) {
     t[QRT_TYPE_F32].vec_dot[QRT_VARIANT_AVX512] = dot_f32;
     t[QRT_TYPE_F16].vec_dot[QRT_VARIANT_AVX512] = dot_f16;
+    t[QRT_TYPE_F32].batch_dot[QRT_VARIANT_AVX512] = batch_dot_f32;
+    t[QRT_TYPE_F16].batch_dot[QRT_VARIANT_AVX512] = batch_dot_f16;
     t[QRT_TYPE_BF16].vec_dot[QRT_VARIANT_AVX512] = dot_bf16;
     register_int_avx512(t, QRT_VARIANT_AVX512);
 }

@@ -106,18 +106,51 @@ void qrt_act_from_float(int act_type, const float *x, void *y, int64_t n) {
 
 /* ---- float types ---- */
 
-static float dot_f32(int64_t n, const void *vx, const void *vy) {
-    const float *x = vx, *y = vy;
-    double sum = 0.0;
-    for (int64_t i = 0; i < n; i++) sum += (double)x[i] * (double)y[i];
-    return (float)sum;
+/* ggml_vec_dot_f32/f16 order: 4 accumulators of 16 lanes over blocks of 64, folded (0+2, 1+3, 0+1) and reduced
+ * in _mm512_reduce_add_ps's tree; the tail after the last block of 64 is added one product at a time. */
+static float reduce16_tree(const float *v) {
+    float a[8], b[4];
+    for (int i = 0; i < 8; i++) a[i] = v[i + 8] + v[i];
+    for (int i = 0; i < 4; i++) b[i] = a[i + 4] + a[i];
+    return (b[0] + b[2]) + (b[1] + b[3]);
 }
 
-static float dot_f16(int64_t n, const void *vx, const void *vy) {
-    const qrt_half *x = vx, *y = vy;
-    double sum = 0.0;
-    for (int64_t i = 0; i < n; i++) sum += (double)qrt_fp16_to_fp32(x[i]) * (double)qrt_fp16_to_fp32(y[i]);
-    return (float)sum;
+static float vecdot_order(int64_t n, float (*at)(const void *, int64_t), const void *x, const void *y, int tail_double) {
+    float lanes[64] = {0};
+    const int64_t np = n & ~(int64_t)63;
+    for (int64_t i = 0; i < np; i++) lanes[i & 63] = fmaf(at(x, i), at(y, i), lanes[i & 63]);
+    for (int l = 0; l < 16; l++) {
+        lanes[l] += lanes[32 + l];
+        lanes[16 + l] += lanes[48 + l];
+        lanes[l] += lanes[16 + l];
+    }
+    float sum = reduce16_tree(lanes);
+    if (tail_double) { /* ggml_vec_dot_f16 keeps its sum in double */
+        double d = sum;
+        for (int64_t i = np; i < n; i++) d += (double)(at(x, i) * at(y, i));
+        return (float)d;
+    }
+    for (int64_t i = np; i < n; i++) sum = fmaf(at(x, i), at(y, i), sum);
+    return sum;
+}
+
+/* tinyBLAS order: one 16-lane accumulator over the whole row (n % 16 == 0, else ggml falls back to vec_dot) */
+static float sgemm_order(int64_t n, float (*at)(const void *, int64_t), const void *x, const void *y) {
+    float lanes[16] = {0};
+    for (int64_t i = 0; i < n; i++) lanes[i & 15] = fmaf(at(x, i), at(y, i), lanes[i & 15]);
+    return reduce16_tree(lanes);
+}
+
+static float at_f32(const void *p, int64_t i) { return ((const float *)p)[i]; }
+static float at_f16(const void *p, int64_t i) { return qrt_fp16_to_fp32(((const qrt_half *)p)[i]); }
+
+static float dot_f32(int64_t n, const void *x, const void *y) { return vecdot_order(n, at_f32, x, y, 0); }
+static float dot_f16(int64_t n, const void *x, const void *y) { return vecdot_order(n, at_f16, x, y, 1); }
+static float batch_dot_f32(int64_t n, const void *x, const void *y) {
+    return n % 16 ? dot_f32(n, x, y) : sgemm_order(n, at_f32, x, y);
+}
+static float batch_dot_f16(int64_t n, const void *x, const void *y) {
+    return n % 16 ? dot_f16(n, x, y) : sgemm_order(n, at_f16, x, y);
 }
 
 static float dot_bf16(int64_t n, const void *vx, const void *vy) {
@@ -423,6 +456,8 @@ void qrt_kernels_register_scalar(qrt_kernel_entry t[QRT_TYPE_COUNT]) {
         t[rows[i].type].act_type = rows[i].act;
         t[rows[i].type].vec_dot[QRT_VARIANT_SCALAR] = rows[i].fn;
     }
+    t[QRT_TYPE_F32].batch_dot[QRT_VARIANT_SCALAR] = batch_dot_f32;
+    t[QRT_TYPE_F16].batch_dot[QRT_VARIANT_SCALAR] = batch_dot_f16;
 }
 
 /* ---- ggml's vector expf, one lane at a time (fmaf is exactly the fused multiply-add of the SIMD version) ---- */

@@ -432,7 +432,8 @@ static void matmul(qrt_model *m, act_cache *cache, float *out, int64_t out_strid
     if (m->imatrix) qrt_imatrix_add(m->imatrix, w->name, w->name_len, x, n_tok, w->cols);
     const int act_type = qrt_kernel_act_type(w->type);
     prepare_act(m, cache, x, n_tok, w->cols, act_type);
-    matmul_job j = {w, m->state.act, m->state.act_row_bytes, out, out_stride, n_tok, 0, qrt_kernel_for(w->type, NULL)};
+    matmul_job j = {w, m->state.act, m->state.act_row_bytes, out, out_stride, n_tok, 0,
+                    qrt_kernel_for_batch(w->type, n_tok)};
     /* enough tasks to balance the threads, each a whole number of 16-row groups (cache-line friendly output) */
     const int64_t target = (int64_t)m->n_threads * 4;
     int64_t per = (w->rows + target - 1) / target;

@@ -69,3 +69,5 @@ int qrt_kernel_has_variant(int type, const char *variant);
 /* One dot product through a given variant (NULL or "auto": the dispatched one): the weight row w_row of n
  * values (GGUF type), the activation x (n floats) converted as a matmul would convert it. */
 int qrt_kernel_dot(int type, const char *variant, const void *w_row, const float *x, int64_t n, float *out);
+/* The prompt-batch kernel of f32/f16 weights (another summation order); -1 where a variant has none. */
+int qrt_kernel_dot_batch(int type, const char *variant, const void *w_row, const float *x, int64_t n, float *out);
