@@ -242,3 +242,17 @@ def test_imatrix_weights_the_search(random_model_factory, tmp_path):
     assert error(weighted) < error(plain)
     result = CliRunner().invoke(to_onnx, [str(model_dir), "-o", str(tmp_path / "cli"), "--imatrix", str(imatrix), "-q"])
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_size_is_bits_times_parameters_plus_scales(random_model_factory, tmp_path, symmetric):
+    """With the head at the same bits, the file is bits/8 x parameters + scales (+ zero points), within 10%."""
+    import math
+
+    from qconv.formats.hf_config import read_model_spec
+
+    model_dir = random_model_factory(**FAMILIES["llama"])
+    folder = export(model_dir, tmp_path / "out", bits=4, head_bits=4, block_size=32, symmetric=symmetric)
+    params = sum(math.prod(s) for s in read_model_spec(model_dir).expected_shapes().values())
+    expected = params * 4 / 8 + params / 32 * (4 + (0 if symmetric else 0.5))
+    assert abs((folder / "model.onnx").stat().st_size / expected - 1) < 0.10
