@@ -180,5 +180,16 @@ def sample_random(out_dir: Path, shard_mb: int | None, **shape) -> None:
     click.echo(build_random_model(out_dir, shard_bytes=shard_bytes, **shape))
 
 
+def _register_commands() -> None:
+    """Commands that live in their own modules (one file per job)."""
+    from qconv.converter.eval_cli import analyze_cmd, calibrate_cmd, eval_cmd
+    from qconv.converter.onnx_cli import to_onnx
+
+    for command in (to_onnx, calibrate_cmd, eval_cmd, analyze_cmd):
+        main.add_command(command)
+
+
+_register_commands()
+
 if __name__ == "__main__":
     main()
