@@ -127,3 +127,24 @@ def test_greedy_continuations_identical(name, converted, smollm2_package_gguf):
         for _ in ours.generate(prompt_ids, 64, temperature=0, ignore_eos=True, token_ids=got):
             pass
         assert got == ref, f"{name}: diverges at token {next(i for i in range(64) if got[i] != ref[i])}"
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3"])
+def test_architectures_match_llama_cpp(arch, random_model_factory, tmp_path):
+    """Random-weight models of each family (qwen2 q/k/v biases, qwen3 q/k norms, neox rope) at f32."""
+    from qconv.runtime.model import Model
+    from tests.llama_ref import logits as llama_logits
+
+    folder = random_model_factory(arch=arch, hidden=256, n_layers=2, n_heads=4, n_kv_heads=2, ffn=512, vocab=512)
+    path = tmp_path / f"{arch}.gguf"
+    run = subprocess.run(
+        [sys.executable, "-m", "qconv.converter.cli", "to-gguf", str(folder), "-o", str(path), "--type", "f32"],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    tokens = [int(t) for t in np.random.default_rng(0).integers(3, 500, 64)]
+    ref = llama_logits(llama(path, f32_kv=True, n_ctx=256), tokens)
+    got = Model(path, threads=2, ctx=256, kv_f32=True).logits(tokens)
+    assert float((got.argmax(-1) == ref.argmax(-1)).mean()) == 1.0
+    assert float(np.abs(got - ref).max()) < 1e-3
