@@ -3,6 +3,7 @@ read -> quantize -> write one tensor at a time into a temporary file renamed at 
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,9 +87,11 @@ def convert_to_gguf(
                 total=plan.n_elements, unit="w", unit_scale=True, desc="converting", disable=not progress, leave=False
             )
             with progress_bar as bar:  # closed (and cleared) before any error message is printed
+                # reading (and bf16 decoding) of the next row range overlaps the quantization of this one
+                stream = _prefetched((c.name, chunk) for c in plan.choices for chunk in source.read_f32_chunks(c.name))
                 for choice in plan.choices:
                     importance = imatrix.mean_squares(choice.name) if imatrix is not None else None
-                    chunks = source.read_f32_chunks(choice.name)
+                    chunks = stream.chunks_of(choice.name)
                     out.write_chunks(
                         _encoded(
                             chunks,
@@ -106,15 +109,42 @@ def convert_to_gguf(
     return ConvertResult(out_path, plan, source.source_types)
 
 
+class _prefetched:
+    """(tensor name, chunk) pairs produced one ahead on a background thread; chunks_of(name) takes one tensor's."""
+
+    def __init__(self, pairs):
+        self._pairs = iter(pairs)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qconv-read")
+        self._next = self._pool.submit(next, self._pairs, None)
+
+    def chunks_of(self, name: str):
+        while True:
+            pair = self._next.result()
+            if pair is None or pair[0] != name:
+                return
+            self._next = self._pool.submit(next, self._pairs, None)
+            yield pair[1]
+
+    def __del__(self):
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
 def _encoded(chunks, what: str, ggml_type, threads, quants, importance, bar):
-    """Check and encode each row range as it is read: NaN/Inf is reported by tensor name and position."""
+    """Encode each row range as it is read. NaN/Inf is reported by tensor name and position: the C quantizers
+    refuse non-finite rows themselves, so the (slower) numpy scan runs only for f32 output or to locate a refusal."""
     row = 0
     for weights in chunks:
-        if not np.isfinite(weights).all():
-            bad = np.argwhere(~np.isfinite(weights))[0].tolist()
-            bad[0] += row
-            raise FormatError(f"{what} holds NaN or Inf (first at {bad})")
-        yield encode(weights, ggml_type, threads, quants, importance)
+        try:
+            if ggml_type == gguf.GGMLQuantizationType.F32 and not np.isfinite(weights).all():
+                raise ValueError("non-finite value")
+            encoded = encode(weights, ggml_type, threads, quants, importance)
+        except ValueError as e:
+            if not np.isfinite(weights).all():
+                bad = np.argwhere(~np.isfinite(weights))[0].tolist()
+                bad[0] += row
+                raise FormatError(f"{what} holds NaN or Inf (first at {bad})") from None
+            raise FormatError(f"{what}: {e}") from None
+        yield encoded
         row += weights.shape[0] if weights.ndim > 1 else 0
         bar.update(weights.size)
 
