@@ -1,0 +1,107 @@
+/* kernels_neon.c — baseline ARMv8-A NEON dot kernels (every aarch64 CPU has them): the integer kernels of
+ * kernels_neon.inc with the widening-multiply lanes, and the f32/f16/bf16 kernels. Registered in the "neon"
+ * slot. Compiles to a stub elsewhere (the 32-bit armv7 build runs the scalar reference). */
+#if defined(__aarch64__)
+#include <math.h>
+#include <string.h>
+
+#include "kernels.h"
+
+#define QRT_NEON_DOT4 1
+#define QRT_SUFFIX neon
+#include "kernels_neon.inc"
+
+/* ---- float kernels: the reference's lane orders (ggml_vec_dot: 64 lanes folded; tinyBLAS: 16 lanes), in
+ * registers of 4 lanes, with the same fused multiply-adds: bit-identical to kernels_ref.c ---- */
+
+static float reduce16_tree(const float *v) {
+    float a[8], b[4];
+    for (int i = 0; i < 8; i++) a[i] = v[i + 8] + v[i];
+    for (int i = 0; i < 4; i++) b[i] = a[i + 4] + a[i];
+    return (b[0] + b[2]) + (b[1] + b[3]);
+}
+
+static inline float32x4_t load4_f32(const void *p, int64_t i) { return vld1q_f32((const float *)p + i); }
+static inline float32x4_t load4_f16(const void *p, int64_t i) {
+    return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16((const uint16_t *)p + i)));
+}
+
+static float vecdot_lanes64(int64_t n, const void *x, const void *y, float32x4_t (*load)(const void *, int64_t),
+                            int64_t *done) {
+    float32x4_t acc[16];
+    for (int r = 0; r < 16; r++) acc[r] = vdupq_n_f32(0);
+    const int64_t np = n & ~(int64_t)63;
+    for (int64_t i = 0; i < np; i += 64)
+        for (int r = 0; r < 16; r++) acc[r] = vfmaq_f32(acc[r], load(x, i + 4 * r), load(y, i + 4 * r));
+    float lanes[64];
+    for (int r = 0; r < 16; r++) vst1q_f32(lanes + 4 * r, acc[r]);
+    for (int l = 0; l < 16; l++) {
+        lanes[l] += lanes[32 + l];
+        lanes[16 + l] += lanes[48 + l];
+        lanes[l] += lanes[16 + l];
+    }
+    *done = np;
+    return reduce16_tree(lanes);
+}
+
+static float dot_f32(int64_t n, const void *vx, const void *vy) {
+    const float *x = vx, *y = vy;
+    int64_t i;
+    float sum = vecdot_lanes64(n, vx, vy, load4_f32, &i);
+    for (; i < n; i++) sum = fmaf(x[i], y[i], sum);
+    return sum;
+}
+
+static float dot_f16(int64_t n, const void *vx, const void *vy) {
+    const qrt_half *x = vx, *y = vy;
+    int64_t i;
+    double sum = vecdot_lanes64(n, vx, vy, load4_f16, &i); /* ggml_vec_dot_f16 keeps the tail in double */
+    for (; i < n; i++) sum += (double)(qrt_fp16_to_fp32(x[i]) * qrt_fp16_to_fp32(y[i]));
+    return (float)sum;
+}
+
+static float sgemm_lanes16(int64_t n, const void *x, const void *y, float32x4_t (*load)(const void *, int64_t)) {
+    float32x4_t acc[4] = {vdupq_n_f32(0), vdupq_n_f32(0), vdupq_n_f32(0), vdupq_n_f32(0)};
+    for (int64_t i = 0; i < n; i += 16)
+        for (int r = 0; r < 4; r++) acc[r] = vfmaq_f32(acc[r], load(x, i + 4 * r), load(y, i + 4 * r));
+    float lanes[16];
+    for (int r = 0; r < 4; r++) vst1q_f32(lanes + 4 * r, acc[r]);
+    return reduce16_tree(lanes);
+}
+
+static float batch_dot_f32(int64_t n, const void *x, const void *y) {
+    return n % 16 ? dot_f32(n, x, y) : sgemm_lanes16(n, x, y, load4_f32);
+}
+
+static float batch_dot_f16(int64_t n, const void *x, const void *y) {
+    return n % 16 ? dot_f16(n, x, y) : sgemm_lanes16(n, x, y, load4_f16);
+}
+
+/* bf16: the reference sums exact double products in order; here two double lanes per register (reordered
+ * sums, within the float tolerance of the tests) */
+static float dot_bf16(int64_t n, const void *vx, const void *vy) {
+    const qrt_bf16 *x = vx, *y = vy;
+    float64x2_t a0 = vdupq_n_f64(0), a1 = a0;
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        const float32x4_t xf = vreinterpretq_f32_u32(vshll_n_u16(vld1_u16((const uint16_t *)x + i), 16));
+        const float32x4_t yf = vreinterpretq_f32_u32(vshll_n_u16(vld1_u16((const uint16_t *)y + i), 16));
+        a0 = vaddq_f64(a0, vmulq_f64(vcvt_f64_f32(vget_low_f32(xf)), vcvt_f64_f32(vget_low_f32(yf))));
+        a1 = vaddq_f64(a1, vmulq_f64(vcvt_high_f64_f32(xf), vcvt_high_f64_f32(yf)));
+    }
+    double sum = vaddvq_f64(vaddq_f64(a0, a1));
+    for (; i < n; i++) sum += (double)qrt_bf16_to_fp32(x[i]) * (double)qrt_bf16_to_fp32(y[i]);
+    return (float)sum;
+}
+
+void qrt_kernels_register_neon(qrt_kernel_entry t[QRT_TYPE_COUNT]) {
+    t[QRT_TYPE_F32].vec_dot[QRT_VARIANT_NEON] = dot_f32;
+    t[QRT_TYPE_F16].vec_dot[QRT_VARIANT_NEON] = dot_f16;
+    t[QRT_TYPE_BF16].vec_dot[QRT_VARIANT_NEON] = dot_bf16;
+    t[QRT_TYPE_F32].batch_dot[QRT_VARIANT_NEON] = batch_dot_f32;
+    t[QRT_TYPE_F16].batch_dot[QRT_VARIANT_NEON] = batch_dot_f16;
+    register_int_neon(t, QRT_VARIANT_NEON);
+}
+#else
+typedef int qrt_kernels_neon_empty; /* ISO C forbids an empty translation unit */
+#endif
