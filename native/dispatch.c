@@ -1,6 +1,6 @@
 /* dispatch.c — CPU feature detection (once) and the kernel table: for each weight type, the scalar reference and
  * the SIMD variants this build has; the variant used is the best one the CPU runs, unless forced by the
- * QRT_KERNEL environment variable (scalar|avx2|avx512|neon) or qrt_kernels_force() — the tests force each one.
+ * QRT_KERNEL environment variable (scalar|avx2|avx512|neon|neon-i8mm|neon-dotprod) or qrt_kernels_force() — the tests force each one.
  */
 #include <pthread.h>
 #include <stdlib.h>
@@ -8,13 +8,23 @@
 
 #include "kernels.h"
 #include "qrt.h"
+#if defined(__aarch64__)
+#include <sys/auxv.h>
+#ifndef HWCAP_ASIMDDP
+#define HWCAP_ASIMDDP (1 << 20)
+#endif
+#ifndef HWCAP2_I8MM
+#define HWCAP2_I8MM (1 << 13)
+#endif
+#endif
 
 static qrt_kernel_entry table[QRT_TYPE_COUNT];
 static int supported[QRT_VARIANT_COUNT];
 static int forced = -1;
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 
-static const char *const VARIANT_NAMES[QRT_VARIANT_COUNT] = {"scalar", "avx2", "avx512", "neon"};
+static const char *const VARIANT_NAMES[QRT_VARIANT_COUNT] = {"scalar", "avx2", "avx512", "neon",
+                                                                  "neon-i8mm", "neon-dotprod"};
 
 const char *qrt_variant_name(int variant) {
     return variant >= 0 && variant < QRT_VARIANT_COUNT ? VARIANT_NAMES[variant] : "none";
@@ -38,11 +48,25 @@ static void detect(void) {
                                     __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
                                     __builtin_cpu_supports("avx512vnni");
 #endif
+#if defined(__aarch64__)
+    /* QRT_HWCAP_MASK (hex) clears HWCAP bits, to test the fallback a CPU without dotprod/i8mm takes */
+    const char *mask_env = getenv("QRT_HWCAP_MASK");
+    const unsigned long mask = mask_env ? strtoul(mask_env, NULL, 16) : 0;
+    const unsigned long hwcap = getauxval(AT_HWCAP) & ~mask, hwcap2 = getauxval(AT_HWCAP2);
+    supported[QRT_VARIANT_NEON] = 1;
+    supported[QRT_VARIANT_NEON_DOTPROD] = (hwcap & HWCAP_ASIMDDP) != 0;
+    supported[QRT_VARIANT_NEON_I8MM] = supported[QRT_VARIANT_NEON_DOTPROD] && (hwcap2 & HWCAP2_I8MM) != 0;
+#endif
     for (int t = 0; t < QRT_TYPE_COUNT; t++) table[t].act_type = -1;
     qrt_kernels_register_scalar(table);
 #if defined(__x86_64__)
     if (supported[QRT_VARIANT_AVX2]) qrt_kernels_register_avx2(table);
     if (supported[QRT_VARIANT_AVX512]) qrt_kernels_register_avx512(table);
+#endif
+#if defined(__aarch64__)
+    qrt_kernels_register_neon(table);
+    if (supported[QRT_VARIANT_NEON_DOTPROD]) qrt_kernels_register_neon_dotprod(table);
+    if (supported[QRT_VARIANT_NEON_I8MM]) qrt_kernels_register_neon_i8mm(table);
 #endif
     const char *env = getenv("QRT_KERNEL");
     int v = variant_from_name(env);

@@ -23,7 +23,11 @@ enum qrt_variant {
     QRT_VARIANT_AVX2 = 1,
     QRT_VARIANT_AVX512 = 2, /* AVX-512 F/BW/VL, plus VNNI dot instructions where the CPU has them */
     QRT_VARIANT_NEON = 3,
-    QRT_VARIANT_COUNT = 4,
+    /* aarch64 extensions; auto dispatch tries the highest slot first, so dotprod (faster per row) sits above
+     * i8mm, whose SMMLA only pays off on 2x2 row tiles */
+    QRT_VARIANT_NEON_I8MM = 4,
+    QRT_VARIANT_NEON_DOTPROD = 5,
+    QRT_VARIANT_COUNT = 6,
 };
 
 /* s = dot(weight row x of n values, activation row y already in act_type). */
@@ -43,6 +47,9 @@ typedef struct {
 void qrt_kernels_register_scalar(qrt_kernel_entry table[QRT_TYPE_COUNT]);
 void qrt_kernels_register_avx2(qrt_kernel_entry table[QRT_TYPE_COUNT]);
 void qrt_kernels_register_avx512(qrt_kernel_entry table[QRT_TYPE_COUNT]);
+void qrt_kernels_register_neon(qrt_kernel_entry table[QRT_TYPE_COUNT]);
+void qrt_kernels_register_neon_dotprod(qrt_kernel_entry table[QRT_TYPE_COUNT]);
+void qrt_kernels_register_neon_i8mm(qrt_kernel_entry table[QRT_TYPE_COUNT]);
 
 /* Activation conversion, scalar (done once per matmul input, shared by all variants so they see equal inputs). */
 void qrt_act_from_float(int act_type, const float *x, void *y, int64_t n);
