@@ -179,8 +179,6 @@ void qrt_kernels_register_avx512(qrt_kernel_entry t[QRT_TYPE_COUNT]) {
     t[QRT_TYPE_BF16].vec_dot[QRT_VARIANT_AVX512] = dot_bf16;
     register_int_avx512(t, QRT_VARIANT_AVX512);
 }
-#else
-#include "kernels.h"
 /* ---- attention in ggml's orders (scalar reference: kernels_ref.c) ---- */
 
 static inline __m512 load_kv(const void *base, size_t index, int f16) {
@@ -248,6 +246,8 @@ void qrt_attn_values_avx512(float *out, const float *att, const void *v, int n_p
     }
 #undef ROW
 }
+#else
+#include "kernels.h"
 
 void qrt_kernels_register_avx512(qrt_kernel_entry t[QRT_TYPE_COUNT]) { (void)t; }
 void qrt_expf16_avx512(float *y, const float *x) { qrt_expf16_scalar(y, x); }
