@@ -18,16 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qconv.formats.errors import FormatError
-
-# tokenizer.ggml.token_type values (llama.cpp's llama_token_type).
-TOKEN_NORMAL = 1
-TOKEN_UNKNOWN = 2
-TOKEN_CONTROL = 3
-TOKEN_USER_DEFINED = 4
-TOKEN_UNUSED = 5
-TOKEN_BYTE = 6
-
-SPIECE_SPACE = "\u2581"
+from qconv.formats.tokenizer_meta import (  # noqa: F401 - the token types are shared by both directions
+    SPIECE_SPACE,
+    TOKEN_BYTE,
+    TOKEN_CONTROL,
+    TOKEN_NORMAL,
+    TOKEN_UNKNOWN,
+    TOKEN_UNUSED,
+    TOKEN_USER_DEFINED,
+)
 
 
 @dataclass
