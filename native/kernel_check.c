@@ -1,0 +1,151 @@
+/* kernel_check.c — every SIMD dot kernel this build and CPU have, against the scalar reference (a device-side
+ * test driver: the cross-built copy runs under qemu in tests/arm/, where Python is not available).
+ *
+ *   kernel-check [MODEL.gguf]
+ *
+ * For each weight type and each variant the CPU runs: rows quantized from random normal values (with small-scale
+ * and outlier rows), rows of random bytes (finite fp16 scales), and, given a GGUF, rows of each of its weight
+ * tensors. Integer kernels and the NEON/AVX-512 f32/f16 kernels must equal the reference exactly; the AVX2 float
+ * kernels and bf16 within 1e-5 of the sum of |products|. Prints one line per type and variant
+ * ("q4_K neon-dotprod: 96 rows, 0 mismatches") and exits 1 on any mismatch.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gguf.h"
+#include "kernels.h"
+#include "qrt.h"
+
+enum { N = 1024, ROWS = 32 };
+
+static const int TYPES[] = {QRT_TYPE_F32,  QRT_TYPE_F16,  QRT_TYPE_BF16, QRT_TYPE_Q4_0, QRT_TYPE_Q4_1,
+                            QRT_TYPE_Q5_0, QRT_TYPE_Q5_1, QRT_TYPE_Q8_0, QRT_TYPE_Q2_K, QRT_TYPE_Q3_K,
+                            QRT_TYPE_Q4_K, QRT_TYPE_Q5_K, QRT_TYPE_Q6_K, QRT_TYPE_IQ4_NL};
+
+static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
+static uint64_t next_u64(void) { /* xorshift64*: deterministic across architectures */
+    rng_state ^= rng_state >> 12;
+    rng_state ^= rng_state << 25;
+    rng_state ^= rng_state >> 27;
+    return rng_state * 0x2545F4914F6CDD1Dull;
+}
+static float uniform(void) { return (float)((next_u64() >> 40) + 0.5) / 16777216.0f; }
+static float normal(void) { return sqrtf(-2.0f * logf(uniform())) * cosf(6.2831853f * uniform()); }
+
+static void random_floats(float *x, int row) {
+    for (int i = 0; i < N; i++) x[i] = normal();
+    if (row % 4 == 1)
+        for (int i = 0; i < N; i++) x[i] *= 1e-3f;
+    if (row % 4 == 2)
+        for (int i = 0; i < N; i += 7) x[i] *= 40.0f;
+}
+
+static int is_exact(int type, int variant) {
+    if (type == QRT_TYPE_BF16) return 0;
+    if (type == QRT_TYPE_F32 || type == QRT_TYPE_F16) return variant != QRT_VARIANT_AVX2;
+    return 1;
+}
+
+/* random bytes with every fp16 scale field replaced by a finite value (all block structs start with theirs) */
+static void random_blocks(int type, uint8_t *row, size_t bytes) {
+    for (size_t i = 0; i < bytes; i++) row[i] = (uint8_t)next_u64();
+    if (type == QRT_TYPE_F32 || type == QRT_TYPE_F16 || type == QRT_TYPE_BF16) {
+        float x[N];
+        random_floats(x, 0);
+        qrt_quantize_rows(type, x, row, 1, N, NULL, 1, NULL, 0);
+        return;
+    }
+    qrt_type_info_t info;
+    qrt_type_info(type, &info);
+    for (size_t b = 0; b + (size_t)info.block_bytes <= bytes; b += (size_t)info.block_bytes) {
+        uint8_t *blk = row + b;
+        const qrt_half scale = qrt_fp32_to_fp16(ldexpf(uniform() + 0.5f, -8));
+        switch (type) {
+        case QRT_TYPE_Q2_K: memcpy(blk + 80, &scale, 2); memcpy(blk + 82, &scale, 2); break;
+        case QRT_TYPE_Q3_K: memcpy(blk + 108, &scale, 2); break;
+        case QRT_TYPE_Q6_K: memcpy(blk + 208, &scale, 2); break;
+        case QRT_TYPE_Q4_1: case QRT_TYPE_Q5_1: case QRT_TYPE_Q4_K: case QRT_TYPE_Q5_K: /* d, then m/dmin */
+            memcpy(blk, &scale, 2); memcpy(blk + 2, &scale, 2); break;
+        default: memcpy(blk, &scale, 2); break;
+        }
+    }
+}
+
+typedef struct {
+    long rows, bad;
+    double worst;
+} tally;
+
+static void check_row(int type, int variant, const void *w, const float *x, int64_t n, tally *t) {
+    float ref = 0, got = 0;
+    qrt_kernel_dot(type, "scalar", w, x, n, &ref);
+    qrt_kernel_dot(type, qrt_variant_name(variant), w, x, n, &got);
+    t->rows++;
+    if (is_exact(type, variant)) {
+        if (memcmp(&ref, &got, sizeof ref) != 0) {
+            if (t->bad < 3) fprintf(stderr, "  %s %s: %.9g != %.9g\n", gguf_type_name(type), qrt_variant_name(variant), got, ref);
+            t->bad++;
+        }
+    } else {
+        float wf[N];
+        qrt_dequantize_row(type, w, wf, n);
+        double mag = 0;
+        for (int i = 0; i < n; i++) mag += fabs((double)wf[i] * x[i]);
+        const double err = fabs((double)got - ref) / (mag > 0 ? mag : 1);
+        if (err > t->worst) t->worst = err;
+        if (!(err <= 1e-5)) t->bad++;
+    }
+}
+
+int main(int argc, char **argv) {
+    gguf_file *model = NULL;
+    char err[512];
+    if (argc > 1 && !(model = gguf_open(argv[1], err, sizeof err))) {
+        fprintf(stderr, "kernel-check: %s\n", err);
+        return 2;
+    }
+    long failures = 0, checked = 0;
+    static uint8_t row[ROWS][N * 4];
+    static float acts[ROWS][N], vals[ROWS][N];
+    for (size_t ti = 0; ti < sizeof TYPES / sizeof TYPES[0]; ti++) {
+        const int type = TYPES[ti];
+        const size_t bytes = qrt_row_bytes(type, N);
+        for (int r = 0; r < ROWS; r++) {
+            random_floats(acts[r], r + 1);
+            random_floats(vals[r], r);
+        }
+        if (qrt_quantize_rows(type, &vals[0][0], row, ROWS / 2, N, NULL, 1, err, sizeof err) != 0) {
+            fprintf(stderr, "kernel-check: quantize %s: %s\n", gguf_type_name(type), err);
+            return 2;
+        }
+        /* rows stay packed at `bytes` apart after quantize: move them to their slots */
+        for (int r = ROWS / 2 - 1; r >= 0; r--) memmove(row[r], (uint8_t *)row + (size_t)r * bytes, bytes);
+        for (int r = ROWS / 2; r < ROWS; r++) random_blocks(type, row[r], bytes);
+        for (int v = 1; v < QRT_VARIANT_COUNT; v++) {
+            if (!qrt_variant_supported(v) || !qrt_kernel_variant(type, v)) continue;
+            tally t = {0, 0, 0};
+            for (int r = 0; r < ROWS; r++) check_row(type, v, row[r], acts[r], N, &t);
+            long real = 0;
+            for (uint64_t k = 0; model && k < model->n_tensors; k++) {
+                const gguf_tensor *g = &model->tensors[k];
+                /* the first n values of each row: the largest multiple of 256 up to N that the row holds */
+                const int64_t n = (int64_t)(g->ne[0] < N ? g->ne[0] : N) / 256 * 256;
+                if (g->type != (uint32_t)type || n == 0 || g->n_dims < 2) continue;
+                const size_t row_bytes = qrt_row_bytes(type, (int64_t)g->ne[0]);
+                for (int r = 0; r < 4 && (uint64_t)r < g->ne[1]; r++, real++)
+                    check_row(type, v, (const uint8_t *)g->data + (size_t)r * 97 % g->ne[1] * row_bytes,
+                              acts[r], n, &t);
+            }
+            printf("%s %s: %ld rows (%ld from the model), %ld mismatches%s", gguf_type_name(type),
+                   qrt_variant_name(v), t.rows, real, t.bad, is_exact(type, v) ? " (exact)\n" : "");
+            if (!is_exact(type, v)) printf(" (worst relative error %.2g)\n", t.worst);
+            failures += t.bad;
+            checked++;
+        }
+    }
+    printf("kernel-check: %ld type/variant pairs, %ld mismatches\n", checked, failures);
+    if (model) gguf_close(model);
+    return failures || !checked ? 1 : 0;
+}

@@ -1,0 +1,265 @@
+/* qrun_main.c — qrun-native: the device CLI over qrt.h, for boards without Python (Raspberry Pi, Jetson).
+ *
+ *   qrun-native MODEL.gguf -p "Why is the sky blue?"        # one chat turn (ChatML / llama-2 / llama-3 prompt)
+ *   qrun-native MODEL.gguf --raw -p "Once upon a time" -n 32 --temp 0
+ *
+ * Follows qrun (runtime/cli.py): stdout gets only the generated text, streamed, then a newline; the speed line
+ * ("prompt: N tokens, X tok/s | generation: ...") goes to stderr; same flags and defaults, same sampler. With
+ * --raw the output equals qrun's for the same arguments. Chat prompts are rendered by the C templates below (the
+ * GGUF's Jinja template is not run; its family is recognised from its marker tokens, and a default system
+ * message written in it, as SmolLM2's, is used when --system is not given).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "qrt.h"
+
+typedef struct {
+    const char *model, *prompt, *system, *kernel;
+    int raw, n_predict, top_k, repeat_last_n, threads, ctx, kv_f32, ignore_eos, verbose;
+    float temp, top_p, min_p, repeat_penalty;
+    unsigned long long seed;
+} options;
+
+static void usage(FILE *out) {
+    fprintf(out,
+            "usage: qrun-native MODEL.gguf -p PROMPT [--raw] [--system TEXT] [-n N] [--temp T] [--top-k K]\n"
+            "                   [--top-p P] [--min-p P] [--repeat-penalty R] [--repeat-last-n N] [--seed S]\n"
+            "                   [--ignore-eos] [-t THREADS] [-c CTX] [--kv-f32] [--kernel VARIANT] [-v]\n"
+            "  VARIANT: auto, scalar, neon, neon-dotprod, neon-i8mm, avx2, avx512 (also env QRT_KERNEL)\n");
+}
+
+static int fail(const char *msg, const char *arg) {
+    fprintf(stderr, "qrun-native: error: %s%s%s\n", msg, arg ? ": " : "", arg ? arg : "");
+    return 1;
+}
+
+static int parse_args(int argc, char **argv, options *o) {
+    *o = (options){.n_predict = 256, .top_k = 40, .repeat_last_n = 64, .ctx = 2048, .temp = 0.8f,
+                   .top_p = 0.95f, .min_p = 0.05f, .repeat_penalty = 1.0f};
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+#define FLAG(s) (strcmp(a, s) == 0)
+#define VALUE(s, l) ((FLAG(s) || FLAG(l)) && v && ++i)
+        if (FLAG("-h") || FLAG("--help")) {
+            usage(stdout);
+            exit(0);
+        } else if (FLAG("--raw")) o->raw = 1;
+        else if (FLAG("--ignore-eos")) o->ignore_eos = 1;
+        else if (FLAG("--kv-f32")) o->kv_f32 = 1;
+        else if (FLAG("-v") || FLAG("--verbose")) o->verbose = 1;
+        else if (VALUE("-p", "--prompt")) o->prompt = v;
+        else if (VALUE("--system", "--system")) o->system = v;
+        else if (VALUE("--kernel", "--kernel")) o->kernel = v;
+        else if (VALUE("-n", "--n-predict")) o->n_predict = atoi(v);
+        else if (VALUE("--temp", "--temp")) o->temp = strtof(v, NULL);
+        else if (VALUE("--top-k", "--top-k")) o->top_k = atoi(v);
+        else if (VALUE("--top-p", "--top-p")) o->top_p = strtof(v, NULL);
+        else if (VALUE("--min-p", "--min-p")) o->min_p = strtof(v, NULL);
+        else if (VALUE("--repeat-penalty", "--repeat-penalty")) o->repeat_penalty = strtof(v, NULL);
+        else if (VALUE("--repeat-last-n", "--repeat-last-n")) o->repeat_last_n = atoi(v);
+        else if (VALUE("--seed", "--seed")) o->seed = strtoull(v, NULL, 10);
+        else if (VALUE("-t", "--threads")) o->threads = atoi(v);
+        else if (VALUE("-c", "--ctx")) o->ctx = atoi(v);
+        else if (a[0] == '-' && a[1]) return fail("unknown or incomplete option", a);
+        else if (!o->model) o->model = a;
+        else return fail("unexpected argument", a);
+#undef FLAG
+#undef VALUE
+    }
+    if (!o->model) {
+        usage(stderr);
+        return 1;
+    }
+    if (!o->prompt) return fail("-p PROMPT is required (qrun-native has no interactive chat)", NULL);
+    if (o->n_predict < 0 || o->ctx <= 0 || o->threads < 0) return fail("-n must be >= 0, -c and -t positive", NULL);
+    return 0;
+}
+
+/* ---- chat templates ---- */
+
+typedef struct {
+    char *s;
+    size_t len, cap;
+} text;
+
+static void put(text *t, const char *s, size_t n) {
+    if (t->len + n + 1 > t->cap) {
+        t->cap = (t->len + n + 1) * 2;
+        t->s = realloc(t->s, t->cap);
+        if (!t->s) abort();
+    }
+    memcpy(t->s + t->len, s, n);
+    t->len += n;
+    t->s[t->len] = 0;
+}
+static void puts_(text *t, const char *s) { put(t, s, strlen(s)); }
+
+/* A default system message written literally in a ChatML template: the text between "<|im_start|>system" plus
+ * its newline (a real one, or the two characters of a Jinja "\\n" escape) and "<|im_end|>" (SmolLM2's "You are
+ * a helpful AI assistant named SmolLM, ..."). */
+static int default_system(const char *tmpl, size_t n, const char **start, size_t *len) {
+    static const char open[] = "<|im_start|>system";
+    const char *end = tmpl + n, *p = NULL;
+    for (size_t i = 0; i + sizeof open - 1 <= n; i++)
+        if (memcmp(tmpl + i, open, sizeof open - 1) == 0) {
+            p = tmpl + i + sizeof open - 1;
+            break;
+        }
+    if (!p) return 0;
+    if (p < end && *p == '\n') p++;
+    else if (p + 1 < end && p[0] == '\\' && p[1] == 'n') p += 2;
+    else return 0; /* "<|im_start|>system" followed by a variable, not literal text */
+    const char *q = p;
+    while (q + 10 <= end && memcmp(q, "<|im_end|>", 10) != 0) {
+        if (*q == '{' || *q == '\'') return 0; /* a Jinja expression, not a literal message */
+        q++;
+    }
+    if (q + 10 > end || q == p) return 0;
+    *start = p;
+    *len = (size_t)(q - p);
+    return 1;
+}
+
+static int contains(const char *s, size_t n, const char *needle) {
+    const size_t m = strlen(needle);
+    for (size_t i = 0; i + m <= n; i++)
+        if (memcmp(s + i, needle, m) == 0) return 1;
+    return 0;
+}
+
+/* Render one user turn (plus system) in the template family of the GGUF; 0 if the file has no template. */
+static int render_chat(const qrt_model *m, const options *o, text *out) {
+    const char *tmpl;
+    size_t n;
+    if (qrt_model_meta_str(m, "tokenizer.chat_template", &tmpl, &n) != 0) return 0;
+    if (contains(tmpl, n, "<|im_start|>")) {
+        const char *sys = o->system;
+        size_t sys_len = sys ? strlen(sys) : 0;
+        if (!sys) default_system(tmpl, n, &sys, &sys_len);
+        if (sys) {
+            puts_(out, "<|im_start|>system\n");
+            put(out, sys, sys_len);
+            puts_(out, "<|im_end|>\n");
+        }
+        puts_(out, "<|im_start|>user\n");
+        puts_(out, o->prompt);
+        puts_(out, "<|im_end|>\n<|im_start|>assistant\n");
+    } else if (contains(tmpl, n, "<|start_header_id|>")) {
+        if (o->system) {
+            puts_(out, "<|start_header_id|>system<|end_header_id|>\n\n");
+            puts_(out, o->system);
+            puts_(out, "<|eot_id|>");
+        }
+        puts_(out, "<|start_header_id|>user<|end_header_id|>\n\n");
+        puts_(out, o->prompt);
+        puts_(out, "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n");
+    } else if (contains(tmpl, n, "[INST]")) {
+        puts_(out, "[INST] ");
+        if (o->system) {
+            puts_(out, "<<SYS>>\n");
+            puts_(out, o->system);
+            puts_(out, "\n<</SYS>>\n\n");
+        }
+        puts_(out, o->prompt);
+        puts_(out, " [/INST]");
+    } else {
+        fprintf(stderr, "qrun-native: the file's chat template is not ChatML/llama-style: using --raw\n");
+        return 0;
+    }
+    return 1;
+}
+
+/* ---- generation ---- */
+
+int main(int argc, char **argv) {
+    options o;
+    if (parse_args(argc, argv, &o) != 0) return 1;
+    if (o.kernel && qrt_kernels_force(o.kernel) != 0)
+        fprintf(stderr, "qrun-native: kernel variant '%s' not available on this CPU: using the best one\n",
+                o.kernel);
+
+    qrt_model_params params = qrt_model_default_params();
+    params.n_ctx = o.ctx;
+    params.n_threads = o.threads;
+    params.kv_f32 = o.kv_f32;
+    char err[1024];
+    qrt_model *m = qrt_model_open(o.model, &params, err, sizeof err);
+    if (!m) return fail(err, NULL);
+    qrt_tokenizer *tok = qrt_tokenizer_from_gguf(qrt_model_gguf(m), o.model, err, sizeof err);
+    if (!tok) return fail(err, NULL);
+    if (o.verbose) {
+        fprintf(stderr, "qrun-native: %s: %s\n", o.model, qrt_model_describe(m));
+        fprintf(stderr, "qrun-native: %d threads, context %d, KV cache %zu MiB\n", qrt_model_n_threads(m),
+                qrt_model_n_ctx(m), qrt_model_kv_bytes(m) >> 20);
+        int types[32];
+        const int nt = qrt_model_weight_types(m, types, 32);
+        for (int i = 0; i < nt; i++) {
+            qrt_type_info_t info;
+            const char *variant = qrt_kernel_variant_for_type(types[i]);
+            if (qrt_type_info(types[i], &info) == 0)
+                fprintf(stderr, "qrun-native: kernel %s: %s\n", info.name, variant ? variant : "none");
+        }
+    }
+
+    text prompt = {0};
+    if (o.raw || !render_chat(m, &o, &prompt)) puts_(&prompt, o.prompt);
+    int32_t cap = (int32_t)prompt.len + 8;
+    int32_t *ids = malloc(sizeof *ids * (size_t)cap);
+    int32_t n_ids = ids ? qrt_tokenizer_encode(tok, prompt.s, prompt.len, 1, 1, ids, cap) : INT32_MIN;
+    if (n_ids < 0 && n_ids != INT32_MIN) {
+        cap = -n_ids;
+        ids = realloc(ids, sizeof *ids * (size_t)cap);
+        n_ids = ids ? qrt_tokenizer_encode(tok, prompt.s, prompt.len, 1, 1, ids, cap) : INT32_MIN;
+    }
+    if (n_ids < 0) return fail("out of memory tokenizing the prompt", NULL);
+    if (n_ids == 0) return fail("empty prompt", NULL);
+    if (n_ids > qrt_model_n_ctx(m)) return fail("the prompt does not fit the context (use a larger -c)", NULL);
+
+    qrt_sampler_params sp = qrt_sampler_default_params();
+    sp.temperature = o.temp;
+    sp.top_k = o.top_k;
+    sp.top_p = o.top_p;
+    sp.min_p = o.min_p;
+    sp.repeat_penalty = o.repeat_penalty;
+    sp.repeat_last_n = o.repeat_last_n;
+    sp.seed = o.seed;
+    const int n_vocab = qrt_model_n_vocab(m);
+    qrt_sampler *s = qrt_sampler_new(&sp, n_vocab);
+    qrt_detokenizer *detok = qrt_detokenizer_new(tok, 0);
+    if (!s || !detok) return fail("bad sampler parameters or out of memory", NULL);
+    for (int i = 0; i < n_ids; i++) qrt_sampler_accept(s, ids[i]);
+    if (qrt_model_eval(m, ids, n_ids, NULL) != 0) return fail(qrt_model_error(m), NULL);
+
+    for (int i = 0; i < o.n_predict; i++) {
+        const int32_t token = qrt_sampler_sample(s, qrt_model_logits(m), n_vocab);
+        if (!o.ignore_eos && qrt_tokenizer_is_eog(tok, token)) break;
+        qrt_sampler_accept(s, token);
+        size_t len;
+        const char *piece = qrt_detokenizer_feed(detok, token, &len);
+        fwrite(piece, 1, len, stdout);
+        fflush(stdout);
+        if (qrt_model_n_past(m) >= qrt_model_n_ctx(m)) break;
+        if (qrt_model_eval(m, &token, 1, NULL) != 0) return fail(qrt_model_error(m), NULL);
+    }
+    size_t len;
+    const char *tail = qrt_detokenizer_flush(detok, &len);
+    fwrite(tail, 1, len, stdout);
+    fputc('\n', stdout);
+    fflush(stdout);
+
+    double ps, gs;
+    int pt, gt;
+    qrt_model_timings(m, &ps, &pt, &gs, &gt);
+    fprintf(stderr, "prompt: %d tokens, %.1f tok/s | generation: %d tokens, %.1f tok/s\n", pt, ps > 0 ? pt / ps : 0.0,
+            gt, gs > 0 ? gt / gs : 0.0);
+    qrt_detokenizer_free(detok);
+    qrt_sampler_free(s);
+    qrt_tokenizer_free(tok);
+    qrt_model_free(m);
+    free(ids);
+    free(prompt.s);
+    return 0;
+}
