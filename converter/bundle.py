@@ -1,0 +1,149 @@
+"""Deploy bundles: one tar.gz with the device binary for a board, the model and a run.sh.
+
+    qconv bundle model.gguf --target rpi5 -o bundle.tar.gz
+    # on the board: tar xzf bundle.tar.gz && ./qconv-bundle-rpi5/run.sh -p "Why is the sky blue?"
+
+The binary is `qrun-native` cross-built from native/ (`make -C native TARGET=...`, static, so it runs on the
+board's older glibc). Each aarch64 binary carries the baseline NEON, SDOT and SMMLA kernels and picks the best
+the CPU reports at start (getauxval), falling back to baseline NEON on a CPU without the extensions; the target
+table below says which variant a board should get, and run.sh prints it with -v. A model the target cannot run
+(a tensor type without a kernel, an architecture the runtime does not know, a file larger than the board's
+memory or a 32-bit address space) is refused with a message naming the reason.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from qconv.formats.errors import FormatError
+from qconv.formats.gguf_read import read_gguf
+
+NATIVE_DIR = Path(__file__).resolve().parent.parent / "native"
+
+# GGUF type names with a dot kernel in libqrt (kernels_ref.c for all; SIMD variants per architecture)
+KERNEL_TYPES = frozenset(
+    {"F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL"}
+)
+ARCHITECTURES = frozenset({"llama", "mistral", "qwen2", "qwen3"})  # native/model.c's table
+GIB = 1 << 30
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    arch: str  # native/Makefile TARGET
+    board: str
+    kernel: str  # the variant the board's CPU dispatches to
+    qemu_cpu: str  # a qemu -cpu model with the same features, for testing without the board
+    memory_bytes: int  # the largest model file it can hold (RAM of the largest board, or the address space)
+
+
+TARGETS = {
+    t.name: t
+    for t in (
+        Target("rpi5", "aarch64", "Raspberry Pi 5 (Cortex-A76, 64-bit OS)", "neon-dotprod", "cortex-a76", 16 * GIB),
+        Target("rpi4", "aarch64", "Raspberry Pi 4 (Cortex-A72, 64-bit OS)", "neon", "cortex-a72", 8 * GIB),
+        Target("jetson-orin", "aarch64", "Jetson Orin (Cortex-A78AE)", "neon-dotprod", "max", 64 * GIB),
+        Target("aarch64", "aarch64", "any ARMv8-A Linux (64-bit)", "best of neon/neon-dotprod", "max", 1 << 62),
+        Target("armv7", "armv7", "32-bit Raspberry Pi OS (ARMv7 + NEON)", "scalar", "max", 2 * GIB),
+        Target("x86_64", "x86_64", "x86-64 Linux", "best of avx2/avx512", "max", 1 << 62),
+    )
+}
+
+
+@dataclass(frozen=True)
+class BundleResult:
+    path: Path
+    target: Target
+    model_bytes: int
+    binary: Path
+
+
+def check_model(model: Path, target: Target) -> None:
+    """Raise FormatError if `target` cannot run `model`."""
+    with read_gguf(model) as g:
+        arch = g.architecture
+        if arch not in ARCHITECTURES:
+            raise FormatError(
+                f"{model}: architecture {arch!r} is not run by qrun-native (runs: {', '.join(sorted(ARCHITECTURES))})"
+            )
+        for t in g.tensors.values():
+            if len(t.shape) >= 2 and t.type_name not in KERNEL_TYPES:
+                raise FormatError(
+                    f"{model}: tensor {t.name!r} is {t.type_name}, which has no kernel for target {target.name} "
+                    f"({target.arch}); re-quantize it, e.g. qconv to-gguf --type q4_k_m"
+                )
+    size = model.stat().st_size
+    if size > target.memory_bytes:
+        raise FormatError(
+            f"{model}: {size / GIB:.1f} GiB does not fit target {target.name} ({target.board}: at most "
+            f"{target.memory_bytes / GIB:.0f} GiB)"
+        )
+
+
+def build_binary(arch: str, native_dir: Path = NATIVE_DIR) -> Path:
+    """`make -C native TARGET=arch`; the path of qrun-native."""
+    if not (native_dir / "Makefile").is_file():
+        raise FormatError(f"{native_dir}: the native sources are needed to build qrun-native for {arch}")
+    cmd = ["make", "-s", "-C", str(native_dir), f"TARGET={arch}", f"build/{arch}/qrun-native"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        hint = (
+            " (install the cross compiler: see the README's deployment section)" if arch != os.uname().machine else ""
+        )
+        raise FormatError(f"building qrun-native for {arch} failed{hint}:\n{proc.stderr.strip()[-2000:]}")
+    return native_dir / "build" / arch / "qrun-native"
+
+
+RUN_SH = """#!/bin/sh
+# {board}: runs {model} with qrun-native (kernel variant on this board: {kernel}).
+#   ./run.sh -p "Why is the sky blue?"            one chat turn
+#   ./run.sh --raw -p "Once upon a time" -n 64    plain continuation; any qrun-native flag works (-h)
+# QEMU=qemu-aarch64 ./run.sh ... runs the binary under user-mode emulation (testing on another machine).
+here=$(cd "$(dirname "$0")" && pwd)
+if [ $# -eq 0 ]; then set -- -p "Hello! Who are you?"; fi
+exec ${{QEMU:+$QEMU}} "$here/qrun-native" "$here/{model}" "$@"
+"""
+
+
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mode: int) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = mode
+    tar.addfile(info, io.BytesIO(data))
+
+
+def make_bundle(model: Path, target_name: str, output: Path, binary: Path | None = None) -> BundleResult:
+    """Check, build and write the bundle; `binary` overrides the built qrun-native (must match the target)."""
+    if target_name not in TARGETS:
+        raise FormatError(f"unknown target {target_name!r} (targets: {', '.join(TARGETS)})")
+    target = TARGETS[target_name]
+    model = Path(model)
+    if not model.is_file():
+        raise FormatError(f"{model}: no such file")
+    check_model(model, target)
+    binary = Path(binary) if binary else build_binary(target.arch)
+    top = f"qconv-bundle-{target.name}"
+    manifest = {
+        "target": target.name,
+        "board": target.board,
+        "arch": target.arch,
+        "kernel": target.kernel,
+        "model": model.name,
+        "model_bytes": model.stat().st_size,
+    }
+    tmp = output.with_name(output.name + ".tmp")
+    with tarfile.open(tmp, "w:gz", compresslevel=1) as tar:
+        tar.add(binary, f"{top}/qrun-native")
+        tar.add(model, f"{top}/{model.name}")
+        run_sh = RUN_SH.format(board=target.board, model=model.name, kernel=target.kernel)
+        _add_bytes(tar, f"{top}/run.sh", run_sh.encode(), 0o755)
+        _add_bytes(tar, f"{top}/bundle.json", (json.dumps(manifest, indent=2) + "\n").encode(), 0o644)
+    tmp.replace(output)
+    return BundleResult(output, target, manifest["model_bytes"], binary)
