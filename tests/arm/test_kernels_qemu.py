@@ -1,0 +1,49 @@
+"""Under qemu, every NEON kernel (baseline, SDOT, SMMLA) equals the scalar reference on random blocks, quantized
+blocks and rows of the package's real GGUF (native/kernel_check.c); a CPU without the extensions falls back."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.arm.conftest import run
+
+TYPES = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL"]
+INTEGER = set(TYPES) - {"F32", "F16", "BF16"}
+LINE = re.compile(r"^(\S+) (\S+): (\d+) rows \((\d+) from the model\), (\d+) mismatches", re.M)
+
+
+def kernel_check(build, cpu, model=None, env=None) -> dict[tuple[str, str], tuple[int, int, int]]:
+    proc = run(["qemu-aarch64", "-cpu", cpu, build / "kernel-check", *([model] if model else [])], env=env)
+    print(proc.stdout)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return {(m[1].upper(), m[2]): (int(m[3]), int(m[4]), int(m[5])) for m in LINE.finditer(proc.stdout)}
+
+
+def test_every_neon_kernel_equals_scalar(aarch64_build, smollm2_package_gguf):
+    results = kernel_check(aarch64_build, "max", smollm2_package_gguf)
+    for t in TYPES:
+        assert results[(t, "neon")][2] == 0
+    for variant in ("neon-dotprod", "neon-i8mm"):
+        for t in INTEGER:
+            rows, real, bad = results[(t, variant)]
+            assert bad == 0 and rows >= 32, (t, variant)
+    # real rows: the package file's Q4_1 matrices and Q8_0 embedding went through every variant
+    assert results[("Q4_1", "neon-i8mm")][1] > 0 and results[("Q8_0", "neon-dotprod")][1] > 0
+
+
+@pytest.mark.parametrize("cpu", ["cortex-a53", "cortex-a72"])
+def test_cpu_without_dotprod_runs_baseline_neon(aarch64_build, cpu):
+    results = kernel_check(aarch64_build, cpu)
+    assert {v for _, v in results} == {"neon"}
+
+
+def test_hwcap_mask_hides_dotprod(aarch64_build):
+    results = kernel_check(aarch64_build, "max", env={"QRT_HWCAP_MASK": "100000"})
+    assert {v for _, v in results} == {"neon"}
+
+
+def test_armv7_build_runs_scalar(armv7_build):
+    proc = run(["qemu-arm", armv7_build / "kernel-check"])
+    assert proc.returncode == 0 and "0 type/variant pairs, 0 mismatches" in proc.stdout, proc.stdout
