@@ -64,3 +64,15 @@ def test_qrun_native_raw_equals_qrun(host_build, sample_ggufs):
         theirs = run([sys.executable, "-m", "qconv.runtime.cli", model, *args])
         assert theirs.returncode == 0, theirs.stderr
         assert ours.stdout == theirs.stdout, args
+
+
+@pytest.mark.parametrize("qtype", ["q4_0", "q4_k_m"])
+def test_kernels_on_real_rows_of_converted_files(qtype, aarch64_build, sample_ggufs):
+    """kernel-check on rows of qconv's own q4_0 / q4_k_m files (Q4_0, Q4_K, Q5_0, Q6_K, Q8_0 real blocks)."""
+    proc = run(["qemu-aarch64", "-cpu", "max", aarch64_build / "kernel-check", sample_ggufs[qtype]])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    real = {"q4_0": ["q4_0"], "q4_k_m": ["q4_K", "q6_K"]}[qtype]
+    for t in real:
+        for v in ("neon", "neon-dotprod", "neon-i8mm"):
+            line = next(ln for ln in proc.stdout.splitlines() if ln.startswith(f"{t} {v}:"))
+            assert " 0 mismatches" in line and "(0 from the model)" not in line, line
