@@ -103,7 +103,8 @@ def test_auto_beats_llama_cpp_q4_k_m_at_its_size(sample, held_out_windows, tmp_p
     n_elements = sum(int(np.prod(t.shape)) for t in reader.tensors)
     their_bpw = 8 * sum(int(t.n_bytes) for t in reader.tensors) / n_elements
     del reader
-    analysis = analyze(f32, AnalyzeOptions(imatrix=imatrix, threads=2, kld=False))
+    # one layer band per role and 256 scored tokens per trial keep the group trials to a few minutes
+    analysis = analyze(f32, AnalyzeOptions(imatrix=imatrix, threads=2, bands=1, max_tokens=256, ctx=256))
     ours = tmp_path / "auto.gguf"
     choice, _ = convert_auto(folder, ours, target_bpw=their_bpw, imatrix=imatrix, threads=2, analysis=analysis,
                              kld_tokens=256)  # fmt: skip
