@@ -105,26 +105,16 @@ def run_qrun(path: Path, threads: int) -> tuple[float, float]:
 
 
 def llama_model(path: Path, threads: int):
+    """llama.cpp at full strength: its weight repacking (extra buffer types) on. Our llama-cpp-python build has no
+    AMX kernels (tests/llama_cpp_cmake_args.sh), which were what crashed on this machine."""
     import llama_cpp
-    import llama_cpp.llama_cpp as C
 
     from tests.llama_ref import quiet_stderr
 
-    defaults = C.llama_model_default_params
-
-    def no_extra_bufts():
-        params = defaults()
-        params.use_extra_bufts = False
-        return params
-
-    C.llama_model_default_params = no_extra_bufts
-    try:
-        with quiet_stderr():
-            return llama_cpp.Llama(
-                str(path), n_ctx=512, n_batch=512, n_threads=threads, n_threads_batch=threads, verbose=False
-            )
-    finally:
-        C.llama_model_default_params = defaults
+    with quiet_stderr():
+        return llama_cpp.Llama(
+            str(path), n_ctx=512, n_batch=512, n_threads=threads, n_threads_batch=threads, verbose=False
+        )
 
 
 def run_llama(model) -> tuple[float, float]:

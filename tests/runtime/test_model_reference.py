@@ -22,7 +22,8 @@ N_TOKENS = 512
 
 
 def llama(path: Path, f32_kv: bool, n_ctx: int = 1024):
-    """llama.cpp with its extra (AMX/repack) buffer types off: the AMX kernels crash on this machine."""
+    """llama.cpp with its extra (repack) buffer types off, so its summation orders are the plain CPU backend's that
+    qrt reproduces bit for bit (the speed comparison in tests/bench/run.py keeps them on)."""
     import llama_cpp
     import llama_cpp.llama_cpp as C
 
