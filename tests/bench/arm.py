@@ -4,8 +4,10 @@
 
 Debian's qemu 7.2 has no TCG plugins, so work is measured two ways, each as the difference between a run that
 generates 1 token and one that generates 1 + --tokens (load and prompt cancel out), divided by --tokens:
-  * executed translation blocks (`-d exec,nochain`, one log line per block run, counted through a FIFO) on a
-    small random llama (hidden 512, ffn 1536, 4 layers) — exact, but slow to log, hence the small model;
+  * guest instructions and translation blocks executed (`-d in_asm,exec,nochain`: each block's instructions are
+    listed when it is translated, one line is logged per block run; counted through a FIFO) on a small random
+    llama (hidden 512, ffn 1536, 4 layers): exact, but slow to log, hence the small model. Blocks alone cannot
+    tell SDOT from the baseline (a loop body is one block either way); instructions can;
   * qemu's CPU seconds (user + sys of the emulator) on the sample model (SmolLM2-135M), a coarser proxy.
 One aarch64 binary serves every row: QRT_KERNEL forces the variant (what a build without the others would run).
 Ratios are scalar / variant (higher = less work than the scalar build).
@@ -31,7 +33,7 @@ VARIANTS = ["scalar", "neon", "neon-dotprod", "neon-i8mm"]
 def qemu_cmd(binary: Path, model: Path, n: int, log: Path | None = None) -> list[str]:
     cmd = ["qemu-aarch64", "-cpu", "max"]
     if log:
-        cmd += ["-d", "exec,nochain", "-D", str(log)]
+        cmd += ["-d", "in_asm,exec,nochain", "-D", str(log)]
     return cmd + [str(binary), str(model), "--raw", "-p", "The", "-n", str(n), "--temp", "0", "-t", "1", "--ignore-eos"]
 
 
@@ -39,22 +41,37 @@ def run_env(variant: str) -> dict:
     return {**{k: v for k, v in os.environ.items() if not k.startswith("QRT_")}, "QRT_KERNEL": variant}
 
 
-def count_blocks(binary: Path, model: Path, n: int, variant: str) -> int:
+def count_work(binary: Path, model: Path, n: int, variant: str) -> tuple[int, int]:
+    """(translation blocks executed, guest instructions executed): `-d in_asm` lists each block's instructions
+    once when it is translated, `-d exec,nochain` logs one line per block run; both stream through a FIFO."""
     with tempfile.TemporaryDirectory() as tmp:
         fifo = Path(tmp) / "exec.log"
         os.mkfifo(fifo)
-        count = [0]
+        totals = [0, 0]
 
         def reader():
-            with open(fifo, "rb") as f:
-                while chunk := f.read(1 << 20):
-                    count[0] += chunk.count(b"\n")
+            insns_at: dict[bytes, int] = {}
+            current, size = None, 0
+            blocks = insns = 0
+            with open(fifo, "rb", buffering=1 << 20) as f:
+                for line in f:
+                    if line.startswith(b"Trace"):
+                        blocks += 1
+                        insns += insns_at.get(line.split(b"/", 2)[1], 0)
+                    elif line.startswith(b"0x"):
+                        if current is None:
+                            current = line[2 : line.index(b":")].rjust(16, b"0")
+                        size += 1
+                    elif current is not None:
+                        insns_at[current] = size
+                        current, size = None, 0
+            totals[0], totals[1] = blocks, insns
 
         t = threading.Thread(target=reader)
         t.start()
         subprocess.run(qemu_cmd(binary, model, n, fifo), env=run_env(variant), check=True, capture_output=True)
         t.join()
-        return count[0]
+        return totals[0], totals[1]
 
 
 def cpu_seconds(binary: Path, model: Path, n: int, variant: str) -> float:
@@ -98,33 +115,30 @@ def main() -> None:
     for qtype in ("q4_0", "q4_k_m"):
         small = convert(small_src, qtype, work / f"small-{qtype}.gguf")
         sample = convert(sample_src, qtype, work / f"smollm2-{qtype}.gguf")
-        blocks, secs = {}, {}
+        blocks, insns, secs = {}, {}, {}
         for v in VARIANTS:
-            blocks[v] = (
-                count_blocks(binary, small, 1 + args.tokens, v) - count_blocks(binary, small, 1, v)
-            ) / args.tokens
+            (b1, i1), (b0, i0) = count_work(binary, small, 1 + args.tokens, v), count_work(binary, small, 1, v)
+            blocks[v], insns[v] = (b1 - b0) / args.tokens, (i1 - i0) / args.tokens
             long_runs = [cpu_seconds(binary, sample, 1 + args.tokens, v) for _ in range(args.repeats)]
             short_runs = [cpu_seconds(binary, sample, 1, v) for _ in range(args.repeats)]
             secs[v] = (median(long_runs) - median(short_runs)) / args.tokens
-            print(f"{qtype} {v}: {blocks[v]:.0f} blocks/token, {secs[v]:.3f} qemu CPU s/token", file=sys.stderr)
+            print(f"{qtype} {v}: {blocks[v]:.0f} TBs, {insns[v]:.0f} insns, {secs[v]:.3f} s per token", file=sys.stderr)
         for v in VARIANTS:
             rows.append(
-                [qtype, v, f"{blocks[v] / 1e3:.0f}k", blocks["scalar"] / blocks[v], secs[v], secs["scalar"] / secs[v]]
+                [
+                    qtype,
+                    v,
+                    f"{insns[v] / 1e6:.1f}M",
+                    insns["scalar"] / insns[v],
+                    f"{blocks[v] / 1e6:.2f}M",
+                    blocks["scalar"] / blocks[v],
+                    secs[v],
+                    secs["scalar"] / secs[v],
+                ]
             )
-    print(f"qemu-aarch64 -cpu max, 1 thread, {args.tokens} generated tokens per point")
-    print(
-        table(
-            [
-                "model type",
-                "kernel",
-                "TBs/token (small llama)",
-                "scalar/this",
-                "qemu CPU s/token (SmolLM2-135M)",
-                "scalar/this",
-            ],
-            rows,
-        )
-    )
+    print(f"qemu-aarch64 -cpu max, 1 thread, {args.tokens} generated tokens per point; ratios: scalar / this")
+    header = ["type", "kernel", "insns/token (small llama)", "ratio", "TBs/token", "ratio"]
+    print(table(header + ["qemu CPU s/token (SmolLM2-135M)", "ratio"], rows))
 
 
 if __name__ == "__main__":
