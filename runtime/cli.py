@@ -31,7 +31,7 @@ def _speed_line(model) -> str:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("model_path", metavar="MODEL.gguf", type=click.Path(dir_okay=False))
+@click.argument("model_path", metavar="MODEL", type=click.Path())
 @click.option("-p", "--prompt", help="Answer this prompt (as a chat turn if the file has a chat template) and exit.")
 @click.option("--raw", is_flag=True, help="Feed --prompt as plain text instead of a chat turn.")
 @click.option("--system", "system_prompt", help="System message for chat turns.")
@@ -71,13 +71,17 @@ def main(
     as_json,
     verbose,
 ) -> None:
-    """Generate text with MODEL.gguf."""
+    """Generate text with MODEL: a GGUF file (the C runtime), or a folder written by `qconv to-onnx` (ONNX Runtime)."""
     from qconv.runtime.model import Model
+    from qconv.runtime.onnx_backend import OnnxModel, is_onnx_folder
 
     if max_tokens < 0 or ctx <= 0 or (threads is not None and threads <= 0):
         _fail("-n must be >= 0, -c and -t must be positive")
     try:
-        model = Model(model_path, threads=threads, ctx=ctx, kv_f32=kv_f32)
+        if is_onnx_folder(model_path):
+            model = OnnxModel(model_path, threads=threads)
+        else:
+            model = Model(model_path, threads=threads, ctx=ctx, kv_f32=kv_f32)
     except FormatError as exc:
         _fail(str(exc))
     if verbose:

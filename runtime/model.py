@@ -20,7 +20,8 @@ import numpy as np
 from qconv.formats.errors import FormatError
 from qconv.runtime._native import ffi, lib
 from qconv.runtime.chat import render_chat
-from qconv.runtime.tokenizer import Sampler, Tokenizer
+from qconv.runtime.generation import generate
+from qconv.runtime.tokenizer import Tokenizer
 
 TYPE_NAMES = {
     0: "f32",
@@ -214,70 +215,10 @@ class Model:
 
     # ---- generation ----
 
-    def generate(
-        self,
-        prompt: str | Sequence[int],
-        max_tokens: int = 256,
-        *,
-        temperature: float = 0.8,
-        top_k: int = 40,
-        top_p: float = 0.95,
-        min_p: float = 0.05,
-        repeat_penalty: float = 1.0,
-        repeat_last_n: int = 64,
-        seed: int = 0,
-        stop: Sequence[str] = (),
-        ignore_eos: bool = False,
-        add_special: bool = True,
-        parse_special: bool = True,
-        token_ids: list[int] | None = None,
-    ) -> Iterator[str]:
-        """Stream the text of up to `max_tokens` generated tokens (temperature <= 0: greedy). Generation ends
-        at an end-of-generation token (unless ignore_eos), at a stop string (not included), or when the
-        context is full. `token_ids`, if given, receives the generated ids."""
-        tokens = list(prompt) if not isinstance(prompt, str) else self.tokenize(prompt, add_special, parse_special)
-        if not tokens:
-            raise FormatError("empty prompt")
-        sampler = Sampler(
-            self.n_vocab,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            min_p=min_p,
-            repeat_penalty=repeat_penalty,
-            repeat_last_n=repeat_last_n,
-            seed=seed,
-        )
-        for t in tokens:
-            sampler.accept(t)
-        self._feed_prompt(tokens)
-        detok = self.tokenizer.stream(special=False)
-        held = ""  # text that might be the start of a stop string
-        stops = [s for s in stop if s]
-        for _ in range(max_tokens):
-            token = sampler.sample(lib.qrt_model_logits(self._handle))
-            if not ignore_eos and self.tokenizer.is_eog(token):
-                break
-            sampler.accept(token)
-            if token_ids is not None:
-                token_ids.append(token)
-            held += detok.feed(token)
-            if stops:
-                cut = min((i for i in (held.find(s) for s in stops) if i >= 0), default=-1)
-                if cut >= 0:
-                    if held[:cut]:
-                        yield held[:cut]
-                    return
-                keep = max((k for s in stops for k in range(1, len(s)) if held.endswith(s[:k])), default=0)
-                if len(held) > keep:
-                    yield held[: len(held) - keep]
-                    held = held[len(held) - keep :]
-            elif held:
-                yield held
-                held = ""
-            if len(self._cached) >= self.n_ctx:
-                break
-            self._eval([token])
-        tail = held + detok.flush()
-        if tail:
-            yield tail
+    def generate(self, prompt: str | Sequence[int], max_tokens: int = 256, **options) -> Iterator[str]:
+        """Stream generated text; see qconv.runtime.generation.generate for the options."""
+        return generate(self, prompt, max_tokens, **options)
+
+    def current_logits(self):
+        """The logits after the last evaluated token, as the sampler takes them (a pointer into the run state)."""
+        return lib.qrt_model_logits(self._handle)

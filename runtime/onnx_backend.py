@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from qconv.formats.errors import FormatError
-from qconv.runtime.tokenizer import Sampler, Tokenizer
+from qconv.formats.gguf_read import read_gguf
+from qconv.runtime.chat import render_chat
+from qconv.runtime.generation import generate
+from qconv.runtime.model import Timings
+from qconv.runtime.tokenizer import Tokenizer
 
 MODEL_FILE = "model.onnx"
 TOKENIZER_GGUF = "tokenizer.gguf"
@@ -44,6 +49,7 @@ class OnnxModel:
             self.n_layers = int(decoder["num_hidden_layers"])
             self.n_kv_heads = int(decoder["num_key_value_heads"])
             self.head_dim = int(decoder["head_size"])
+            self.max_length = int(json.loads((self.path / GENAI_CONFIG).read_text())["search"]["max_length"])
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             raise FormatError(f"{self.path / GENAI_CONFIG}: missing or malformed decoder fields ({e})") from None
         self.tokenizer = Tokenizer.from_gguf(self.path / TOKENIZER_GGUF)
@@ -56,6 +62,14 @@ class OnnxModel:
             options.add_session_config_entry(ACCURACY_KEY, str(int(accuracy_level)))
         self.session = ort.InferenceSession(str(self.path / MODEL_FILE), options, providers=["CPUExecutionProvider"])
         self._output_names = [o.name for o in self.session.get_outputs()]
+        self.threads = options.intra_op_num_threads
+        self.n_ctx = self.max_length
+        self.kv_bytes = 0  # grows with the sequence: ONNX Runtime allocates present.* per call
+        with read_gguf(self.path / TOKENIZER_GGUF) as meta:
+            template = meta.metadata.get("tokenizer.chat_template")
+        self._chat_template = template if isinstance(template, str) else None
+        self._last = None
+        self.reset_timings()
         self.reset()
 
     # -- tokens
@@ -82,6 +96,7 @@ class OnnxModel:
 
     def reset(self) -> None:
         """Empty the KV cache."""
+        self._cached = []
         empty = np.zeros((1, self.n_kv_heads, 0, self.head_dim), dtype=np.float32)
         self._past = [empty] * (2 * self.n_layers)
 
@@ -112,53 +127,56 @@ class OnnxModel:
 
     # -- generation
 
-    def generate(
-        self,
-        prompt: str | list[int],
-        max_tokens: int = 128,
-        temperature: float = 0.8,
-        top_k: int = 40,
-        top_p: float = 0.95,
-        min_p: float = 0.05,
-        repeat_penalty: float = 1.0,
-        seed: int = 0,
-        use_cache: bool = True,
-        add_special: bool = True,
-    ) -> Iterator[str]:
-        """Text pieces of the continuation of prompt (text or ids), stopping at an end-of-generation token.
+    # -- the interface qrun and the shared token loop use (runtime.generation)
 
-        temperature <= 0 is greedy. use_cache=False recomputes the whole sequence each step (a check of the
-        cache, not a mode to use)."""
-        ids = self.tokenize(prompt, add_special=add_special) if isinstance(prompt, str) else list(prompt)
-        if not ids:
-            raise ValueError("empty prompt")
-        sampler = Sampler(
-            self.n_vocab,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            min_p=min_p,
-            repeat_penalty=repeat_penalty,
-            seed=seed,
-        )
-        for token in ids:
-            sampler.accept(token)
-        detok = self.tokenizer.stream()
-        sequence = list(ids)
-        last = self.logits(ids)[-1]
-        for _ in range(max_tokens):
-            token = sampler.sample(np.ascontiguousarray(last, dtype=np.float32))
-            if self.tokenizer.is_eog(token):
-                break
-            sampler.accept(token)
-            sequence.append(token)
-            piece = detok.feed(token)
-            if piece:
-                yield piece
-            last = self.eval([token])[-1] if use_cache else self.logits(sequence)[-1]
-        rest = detok.flush()
-        if rest:
-            yield rest
+    def _feed_prompt(self, tokens: list[int]) -> None:
+        start = time.perf_counter()
+        self._last = self.logits(tokens)[-1]
+        self._cached = list(tokens)
+        self._timings[0] += len(tokens)
+        self._timings[1] += time.perf_counter() - start
+
+    def _eval(self, tokens: list[int]) -> None:
+        start = time.perf_counter()
+        self._last = self.eval(tokens)[-1]
+        self._cached.extend(tokens)
+        self._timings[2] += len(tokens)
+        self._timings[3] += time.perf_counter() - start
+
+    def current_logits(self) -> np.ndarray:
+        return np.ascontiguousarray(self._last, dtype=np.float32)
+
+    def generate(self, prompt: str | list[int], max_tokens: int = 128, **options) -> Iterator[str]:
+        """Stream generated text; see qconv.runtime.generation.generate for the options."""
+        return generate(self, prompt, max_tokens, **options)
+
+    @property
+    def chat_template(self) -> str | None:
+        return self._chat_template
+
+    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        if self._chat_template is None:
+            raise FormatError(f"{self.path}: the folder has no chat template")
+        text = self.tokenizer.token_text
+        return render_chat(
+            self._chat_template, messages, add_generation_prompt=add_generation_prompt,
+            bos_token=text(self.bos).decode("utf-8", "replace") if self.bos >= 0 else "",
+            eos_token=text(self.eos).decode("utf-8", "replace") if self.eos >= 0 else "",
+        )  # fmt: skip
+
+    def timings(self) -> Timings:
+        prompt_tokens, prompt_s, gen_tokens, gen_s = self._timings
+        return Timings(int(prompt_tokens), prompt_s, int(gen_tokens), gen_s)
+
+    def reset_timings(self) -> None:
+        self._timings = [0, 0.0, 0, 0.0]
+
+    @property
+    def description(self) -> str:
+        return f"ONNX decoder, {self.n_layers} layers, vocab {self.n_vocab} (ONNX Runtime, CPU)"
+
+    def kernel_variants(self) -> dict[str, str]:
+        return {"onnx": "onnxruntime CPUExecutionProvider"}
 
     def generate_ids(self, prompt_ids: list[int], max_tokens: int, use_cache: bool = True) -> list[int]:
         """Greedy continuation ids (no text), for checks."""
