@@ -38,7 +38,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                     touch(s.ptr, s.len);
                 } else {
                     sink += (uint64_t)gguf_arr_int(f, (int64_t)i, j);
-                    sink += (uint64_t)gguf_arr_float(f, (int64_t)i, j);
+                    float v = (float)gguf_arr_float(f, (int64_t)i, j);
+                    uint32_t bits; /* the value's bits: converting an out-of-range float to an integer is UB */
+                    memcpy(&bits, &v, sizeof bits);
+                    sink += bits;
                 }
             }
         }
