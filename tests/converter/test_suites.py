@@ -79,7 +79,8 @@ def test_tool_calls_follow_the_schema():
 def test_valid_tool_call_rejects_broken_json():
     assert suites.valid_tool_call('{"name": "x", "arguments": {}}') == "x"
     assert suites.valid_tool_call('{"name": "x", "arguments": {"a": 1}') is None
-    assert suites.valid_tool_call('{"name": "x"}') is None
+    assert suites.valid_tool_call('{"tool": "x"}') is None
+    assert not suites.matches_schema('{"name": "get_weather", "parameters": {"city": "Oslo", "unit": "celsius"}}')
     assert suites.valid_tool_call("[1, 2]") is None
     assert not suites.matches_schema(json.dumps({"name": "get_weather", "arguments": {"city": "Oslo"}}))
 
