@@ -128,6 +128,17 @@ qrt_vec_dot_fn qrt_kernel_for_batch(int type, int n_tok) {
     return fn;
 }
 
+qrt_tile_fn qrt_tile_for(int type, int n_tok, int *nr) {
+    int v = 0;
+    if (!qrt_kernel_for(type, &v)) return NULL;
+    if (n_tok > 1) {
+        *nr = table[type].tile_nr[v];
+        return table[type].tile[v];
+    }
+    *nr = QRT_ROWS_NR;
+    return table[type].rows[v];
+}
+
 int qrt_kernel_act_type(int type) {
     init();
     return type >= 0 && type < QRT_TYPE_COUNT ? table[type].act_type : -1;

@@ -35,12 +35,24 @@ typedef float (*qrt_vec_dot_fn)(int64_t n, const void *x, const void *y);
 /* Convert n floats (a multiple of the act type's block size) to the activation type. */
 typedef void (*qrt_act_from_float_fn)(const float *x, void *y, int64_t n);
 
+/* Tile of nr weight rows (x_stride bytes apart) times nt activation rows (y_stride bytes apart):
+ * out[t * out_stride + r] = dot(row r, activation t), each bit-identical to vec_dot of the same variant. */
+typedef void (*qrt_tile_fn)(int64_t n, const void *x, size_t x_stride, const void *y, size_t y_stride, float *out,
+                            size_t out_stride);
+#define QRT_TILE_NT 4 /* activation rows per prompt tile */
+#define QRT_ROWS_NR 4 /* weight rows per decode tile (one activation row) */
+
 typedef struct {
     int act_type;                               /* activation type id; -1: no kernel for this weight type */
     qrt_vec_dot_fn vec_dot[QRT_VARIANT_COUNT]; /* NULL where a variant has no kernel for this type */
     /* f32/f16 only: the dot used for prompt batches, in the order of ggml's tinyBLAS sgemm (one 16-lane
      * accumulator), where vec_dot follows ggml_vec_dot (4 x 16 lanes) as llama.cpp's single-token decode does */
     qrt_vec_dot_fn batch_dot[QRT_VARIANT_COUNT];
+    /* integer types, optional: prompt tiles of tile_nr rows x QRT_TILE_NT tokens, decode tiles of QRT_ROWS_NR
+     * rows x 1 token */
+    qrt_tile_fn tile[QRT_VARIANT_COUNT];
+    int tile_nr[QRT_VARIANT_COUNT];
+    qrt_tile_fn rows[QRT_VARIANT_COUNT];
 } qrt_kernel_entry;
 
 /* Filled by each kernel file: entries for the types that file implements (others left NULL). */
@@ -91,6 +103,9 @@ qrt_vec_dot_fn qrt_kernel_for(int type, int *variant_out);
 int qrt_kernel_act_type(int type);
 /* The kernel for a batch of n_tok activation rows: batch_dot when the type has one and n_tok > 1. */
 qrt_vec_dot_fn qrt_kernel_for_batch(int type, int n_tok);
+/* The tile kernel for n_tok activation rows under the variant qrt_kernel_for picks (prompt tile when n_tok > 1,
+ * else the decode tile), with its number of weight rows in *nr; NULL when that variant has none. */
+qrt_tile_fn qrt_tile_for(int type, int n_tok, int *nr);
 const char *qrt_variant_name(int variant);
 /* 1 when the CPU runs this variant. */
 int qrt_variant_supported(int variant);

@@ -394,6 +394,8 @@ typedef struct {
     int n_tok;
     int64_t rows_per_task;
     qrt_vec_dot_fn dot;
+    qrt_tile_fn tile; /* optional: tile_nr rows x tile_nt tokens per call, results equal to dot's */
+    int tile_nr, tile_nt;
 } matmul_job;
 
 static void matmul_task(void *ctx, int task, int thread) {
@@ -402,10 +404,23 @@ static void matmul_task(void *ctx, int task, int thread) {
     const int64_t r0 = task * j->rows_per_task;
     const int64_t r1 = r0 + j->rows_per_task < j->w->rows ? r0 + j->rows_per_task : j->w->rows;
     const int64_t cols = j->w->cols;
-    for (int64_t r = r0; r < r1; r++) {
-        const uint8_t *wrow = j->w->data + (size_t)r * j->w->row_bytes;
-        for (int b = 0; b < j->n_tok; b++)
-            j->out[(size_t)b * j->out_stride + r] = j->dot(cols, wrow, j->act + (size_t)b * j->act_row_bytes);
+    const size_t rb = j->w->row_bytes, ab = j->act_row_bytes, os = (size_t)j->out_stride;
+    int64_t r = r0;
+    if (j->tile) {
+        const int nr = j->tile_nr, nt = j->tile_nt;
+        const int b_tiled = j->n_tok / nt * nt;
+        for (; r + nr <= r1; r += nr) {
+            const uint8_t *wrow = j->w->data + (size_t)r * rb;
+            for (int b = 0; b < b_tiled; b += nt)
+                j->tile(cols, wrow, rb, j->act + (size_t)b * ab, ab, j->out + (size_t)b * os + r, os);
+            for (int rr = 0; rr < nr; rr++)
+                for (int b = b_tiled; b < j->n_tok; b++)
+                    j->out[(size_t)b * os + r + rr] = j->dot(cols, wrow + (size_t)rr * rb, j->act + (size_t)b * ab);
+        }
+    }
+    for (; r < r1; r++) {
+        const uint8_t *wrow = j->w->data + (size_t)r * rb;
+        for (int b = 0; b < j->n_tok; b++) j->out[(size_t)b * os + r] = j->dot(cols, wrow, j->act + (size_t)b * ab);
     }
 }
 
@@ -433,7 +448,10 @@ static void matmul(qrt_model *m, act_cache *cache, float *out, int64_t out_strid
     const int act_type = qrt_kernel_act_type(w->type);
     prepare_act(m, cache, x, n_tok, w->cols, act_type);
     matmul_job j = {w, m->state.act, m->state.act_row_bytes, out, out_stride, n_tok, 0,
-                    qrt_kernel_for_batch(w->type, n_tok)};
+                    qrt_kernel_for_batch(w->type, n_tok), NULL, 0, 0};
+    j.tile = qrt_tile_for(w->type, n_tok, &j.tile_nr);
+    j.tile_nt = n_tok > 1 ? QRT_TILE_NT : 1;
+    if (j.tile && n_tok > 1 && n_tok < QRT_TILE_NT) j.tile = NULL;
     /* enough tasks to balance the threads, each a whole number of 16-row groups (cache-line friendly output) */
     const int64_t target = (int64_t)m->n_threads * 4;
     int64_t per = (w->rows + target - 1) / target;
