@@ -182,10 +182,11 @@ def sample_random(out_dir: Path, shard_mb: int | None, **shape) -> None:
 
 def _register_commands() -> None:
     """Commands that live in their own modules (one file per job)."""
+    from qconv.converter.bundle_cli import bundle
     from qconv.converter.eval_cli import analyze_cmd, calibrate_cmd, eval_cmd
     from qconv.converter.onnx_cli import to_onnx
 
-    for command in (to_onnx, calibrate_cmd, eval_cmd, analyze_cmd):
+    for command in (to_onnx, calibrate_cmd, eval_cmd, analyze_cmd, bundle):
         main.add_command(command)
 
 

@@ -242,7 +242,7 @@ static gguf_file *parse(const uint8_t *base, size_t size, const char *name, char
     f->size = size;
     f->alignment = GGUF_DEFAULT_ALIGNMENT;
 
-    char magic[4];
+    char magic[4] = {0};
     if (read_bytes(&c, magic, 4, "the magic")) goto bad;
     if (memcmp(magic, "GGUF", 4) != 0) {
         fail(&c, "not a GGUF file (magic %02x %02x %02x %02x, expected 'GGUF')", (unsigned char)magic[0],
