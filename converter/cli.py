@@ -78,13 +78,42 @@ def conversion_options(fn):
 @conversion_options
 @click.option("-t", "--threads", type=int, default=None, help="Quantization threads (default: all cores).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option(
+    "--calibrate", "calibrate_data", multiple=True, type=click.Path(path_type=Path),
+    help="Compute an importance matrix over this text (files/folders, or 'builtin' for the built-in suites) and "
+    "quantize with it.",
+)  # fmt: skip
+@click.option("--target-bpw", type=float, default=None, help="--type auto: bits per weight of the file.")
+@click.option("--max-kld", type=float, default=None, help="--type auto: the smallest file under this predicted KLD.")
 @user_errors
-def to_gguf(model: Path, out_path: Path, as_json: bool, quiet: bool, **options) -> None:
-    """Convert MODEL (a Hugging Face folder, or an f32/f16/bf16 GGUF to re-quantize) to a GGUF file."""
+def to_gguf(
+    model: Path, out_path: Path, as_json: bool, quiet: bool, calibrate_data, target_bpw, max_kld, **options
+) -> None:
+    """Convert MODEL (a Hugging Face folder, or an f32/f16/bf16 GGUF to re-quantize) to a GGUF file.
+
+    --type auto chooses each tensor's type from measured sensitivity to meet --target-bpw (or --max-kld)."""
+    import contextlib
+
     from qconv.converter.convert import ConvertOptions, convert_to_gguf
     from qconv.converter.report_plan import plan_summary, plan_table
 
-    result = convert_to_gguf(model, out_path, ConvertOptions(**options), progress=not (quiet or as_json))
+    log = None if quiet or as_json else (lambda msg: click.echo(msg, err=True))
+    with contextlib.ExitStack() as stack:
+        if calibrate_data:
+            from qconv.converter.calibrate import calibrated_imatrix
+
+            options["imatrix"] = stack.enter_context(
+                calibrated_imatrix(model, calibrate_data, threads=options["threads"], log=log)
+            )
+        if options["type_name"].lower() == "auto":
+            from qconv.converter.auto_types import convert_auto
+
+            choice, measured = convert_auto(
+                model, out_path, target_bpw, max_kld, imatrix=options["imatrix"], threads=options["threads"], log=log
+            )
+            click.echo(f"{out_path}: --type auto, {choice.bits_per_weight:.3f} bits per weight, KLD {measured:.4f}")
+            return
+        result = convert_to_gguf(model, out_path, ConvertOptions(**options), progress=not (quiet or as_json))
     if as_json:
         click.echo(json.dumps(plan_summary(result.plan, result.out_path), indent=2))
     else:
