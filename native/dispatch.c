@@ -139,6 +139,31 @@ qrt_tile_fn qrt_tile_for(int type, int n_tok, int *nr) {
     return table[type].rows[v];
 }
 
+static void act_scalar(int act_type, const float *x, void *y, int64_t n) { qrt_act_from_float(act_type, x, y, n); }
+#define ACT_SCALAR(T) static void act_scalar_##T(const float *x, void *y, int64_t n) { act_scalar(QRT_TYPE_##T, x, y, n); }
+ACT_SCALAR(F32)
+ACT_SCALAR(F16)
+ACT_SCALAR(BF16)
+ACT_SCALAR(Q8_0)
+ACT_SCALAR(Q8_1)
+ACT_SCALAR(Q8_K)
+
+qrt_act_from_float_fn qrt_act_converter(int act_type) {
+    init();
+    if (act_type < 0 || act_type >= QRT_TYPE_COUNT) return NULL;
+    for (int v = forced >= 0 ? forced : QRT_VARIANT_COUNT - 1; v > 0; v--)
+        if (supported[v] && table[act_type].act_conv[v]) return table[act_type].act_conv[v];
+    switch (act_type) {
+    case QRT_TYPE_F32: return act_scalar_F32;
+    case QRT_TYPE_F16: return act_scalar_F16;
+    case QRT_TYPE_BF16: return act_scalar_BF16;
+    case QRT_TYPE_Q8_0: return act_scalar_Q8_0;
+    case QRT_TYPE_Q8_1: return act_scalar_Q8_1;
+    case QRT_TYPE_Q8_K: return act_scalar_Q8_K;
+    default: return NULL;
+    }
+}
+
 int qrt_kernel_act_type(int type) {
     init();
     return type >= 0 && type < QRT_TYPE_COUNT ? table[type].act_type : -1;

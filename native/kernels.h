@@ -53,6 +53,8 @@ typedef struct {
     qrt_tile_fn tile[QRT_VARIANT_COUNT];
     int tile_nr[QRT_VARIANT_COUNT];
     qrt_tile_fn rows[QRT_VARIANT_COUNT];
+    /* indexed by activation type: vectorized conversion from float, byte-identical to qrt_act_from_float */
+    qrt_act_from_float_fn act_conv[QRT_VARIANT_COUNT];
 } qrt_kernel_entry;
 
 /* Filled by each kernel file: entries for the types that file implements (others left NULL). */
@@ -106,6 +108,8 @@ qrt_vec_dot_fn qrt_kernel_for_batch(int type, int n_tok);
 /* The tile kernel for n_tok activation rows under the variant qrt_kernel_for picks (prompt tile when n_tok > 1,
  * else the decode tile), with its number of weight rows in *nr; NULL when that variant has none. */
 qrt_tile_fn qrt_tile_for(int type, int n_tok, int *nr);
+/* The activation converter for act_type under the current variant setting (qrt_act_from_float's equal). */
+qrt_act_from_float_fn qrt_act_converter(int act_type);
 const char *qrt_variant_name(int variant);
 /* 1 when the CPU runs this variant. */
 int qrt_variant_supported(int variant);

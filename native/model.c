@@ -434,8 +434,8 @@ typedef struct {
 static void prepare_act(qrt_model *m, act_cache *cache, const float *x, int n_tok, int64_t cols, int act_type) {
     if (cache->src == x && cache->act_type == act_type && cache->n_tok == n_tok) return;
     RunState *s = &m->state;
-    for (int b = 0; b < n_tok; b++)
-        qrt_act_from_float(act_type, x + (size_t)b * cols, s->act + (size_t)b * s->act_row_bytes, cols);
+    const qrt_act_from_float_fn conv = qrt_act_converter(act_type);
+    for (int b = 0; b < n_tok; b++) conv(x + (size_t)b * cols, s->act + (size_t)b * s->act_row_bytes, cols);
     cache->src = x;
     cache->act_type = act_type;
     cache->n_tok = n_tok;
