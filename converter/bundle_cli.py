@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
 from qconv.converter.bundle import TARGETS, make_bundle
-from qconv.formats.errors import FormatError
+from qconv.converter.cli_errors import user_errors
 
 
 @click.command("bundle")
@@ -16,13 +15,10 @@ from qconv.formats.errors import FormatError
 @click.option("--target", "target_name", required=True, type=click.Choice(list(TARGETS)), help="The board.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="bundle.tar.gz")
 @click.option("--binary", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Use this qrun-native.")
+@user_errors
 def bundle(model: Path, target_name: str, output: Path, binary: Path | None) -> None:
     """Pack MODEL (a GGUF) with qrun-native for a board into a tar.gz with a run.sh."""
-    try:
-        result = make_bundle(model, target_name, output, binary)
-    except FormatError as exc:
-        click.echo(f"qconv bundle: error: {exc}", err=True)
-        sys.exit(1)
+    result = make_bundle(model, target_name, output, binary)
     t = result.target
     click.echo(
         f"{result.path}: {t.board}, {t.arch} qrun-native (kernels: {t.kernel}), {model.name} "

@@ -2,31 +2,12 @@
 
 from __future__ import annotations
 
-import functools
 import json
-import sys
 from pathlib import Path
 
 import click
 
-from qconv.formats.errors import FormatError
-
-
-def user_errors(fn):
-    """User errors print one line and exit 1; no traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except FormatError as e:
-            click.echo(f"qconv: error: {e}", err=True)
-            sys.exit(1)
-        except KeyboardInterrupt:
-            click.echo("qconv: interrupted", err=True)
-            sys.exit(130)
-
-    return wrapper
+from qconv.converter.cli_errors import user_errors
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

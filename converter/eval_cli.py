@@ -2,32 +2,14 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 from pathlib import Path
 
 import click
 
+from qconv.converter.cli_errors import user_errors
 from qconv.formats.errors import FormatError
-
-
-def user_errors(fn):
-    """User errors print one line and exit 1 (as converter/cli.py's commands; kept here so this module does not
-    import cli.py, which imports it)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except FormatError as e:
-            click.echo(f"qconv: error: {e}", err=True)
-            sys.exit(1)
-        except KeyboardInterrupt:
-            click.echo("qconv: interrupted", err=True)
-            sys.exit(130)
-
-    return wrapper
 
 
 def _log(quiet: bool):
