@@ -441,24 +441,60 @@ static void prepare_act(qrt_model *m, act_cache *cache, const float *x, int n_to
     cache->n_tok = n_tok;
 }
 
-/* out[b][r] = dot(w row r, x[b]) for b < n_tok; x rows are w->cols floats apart, out rows out_stride apart. */
-static void matmul(qrt_model *m, act_cache *cache, float *out, int64_t out_stride, const Matrix *w, const float *x,
-                   int n_tok) {
+/* Set up out[b][r] = dot(w row r, x[b]) for b < n_tok (x rows are w->cols floats apart, out rows out_stride
+ * apart) as a job; returns its number of tasks. */
+static int matmul_setup(qrt_model *m, act_cache *cache, matmul_job *j, float *out, int64_t out_stride,
+                        const Matrix *w, const float *x, int n_tok) {
     if (m->imatrix) qrt_imatrix_add(m->imatrix, w->name, w->name_len, x, n_tok, w->cols);
     const int act_type = qrt_kernel_act_type(w->type);
     prepare_act(m, cache, x, n_tok, w->cols, act_type);
-    matmul_job j = {w, m->state.act, m->state.act_row_bytes, out, out_stride, n_tok, 0,
-                    qrt_kernel_for_batch(w->type, n_tok), NULL, 0, 0};
-    j.tile = qrt_tile_for(w->type, n_tok, &j.tile_nr);
-    j.tile_nt = n_tok > 1 ? QRT_TILE_NT : 1;
-    if (j.tile && n_tok > 1 && n_tok < QRT_TILE_NT) j.tile = NULL;
+    *j = (matmul_job){w, m->state.act, m->state.act_row_bytes, out, out_stride, n_tok, 0,
+                      qrt_kernel_for_batch(w->type, n_tok), NULL, 0, 0};
+    j->tile = qrt_tile_for(w->type, n_tok, &j->tile_nr);
+    j->tile_nt = n_tok > 1 ? QRT_TILE_NT : 1;
+    if (j->tile && n_tok > 1 && n_tok < QRT_TILE_NT) j->tile = NULL;
     /* enough tasks to balance the threads, each a whole number of 16-row groups (cache-line friendly output) */
     const int64_t target = (int64_t)m->n_threads * 4;
     int64_t per = (w->rows + target - 1) / target;
     per = (per + 15) / 16 * 16;
-    j.rows_per_task = per;
-    const int n_tasks = (int)((w->rows + per - 1) / per);
+    j->rows_per_task = per;
+    return (int)((w->rows + per - 1) / per);
+}
+
+static void matmul(qrt_model *m, act_cache *cache, float *out, int64_t out_stride, const Matrix *w, const float *x,
+                   int n_tok) {
+    matmul_job j;
+    const int n_tasks = matmul_setup(m, cache, &j, out, out_stride, w, x, n_tok);
     qrt_threadpool_run(m->pool, matmul_task, &j, n_tasks);
+}
+
+/* Up to 3 matmuls of the same input (q/k/v, gate/up) in one pool run: one synchronisation instead of several.
+ * Each output is computed exactly as by matmul(). */
+typedef struct {
+    matmul_job jobs[3];
+    int first_task[4];
+} matmul_group;
+
+static void matmul_group_task(void *ctx, int task, int thread) {
+    matmul_group *g = ctx;
+    int k = 0;
+    while (task >= g->first_task[k + 1]) k++;
+    matmul_task(&g->jobs[k], task - g->first_task[k], thread);
+}
+
+static void matmul_many(qrt_model *m, act_cache *cache, int n, float *const outs[], const int64_t strides[],
+                        const Matrix *const ws[], const float *x, int n_tok) {
+    int same = 1;
+    for (int k = 1; k < n; k++) same &= qrt_kernel_act_type(ws[k]->type) == qrt_kernel_act_type(ws[0]->type);
+    if (!same || m->n_threads == 1) { /* one act buffer; and nothing to save without threads */
+        for (int k = 0; k < n; k++) matmul(m, cache, outs[k], strides[k], ws[k], x, n_tok);
+        return;
+    }
+    matmul_group g;
+    g.first_task[0] = 0;
+    for (int k = 0; k < n; k++)
+        g.first_task[k + 1] = g.first_task[k] + matmul_setup(m, cache, &g.jobs[k], outs[k], strides[k], ws[k], x, n_tok);
+    qrt_threadpool_run(m->pool, matmul_group_task, &g, g.first_task[n]);
 }
 
 /* ---- attention ---- */
@@ -540,9 +576,12 @@ static void forward(qrt_model *m, const int32_t *tokens, int n_tok, int pos0, fl
         /* attention */
         for (int b = 0; b < n_tok; b++)
             op_rmsnorm(s->xb + (size_t)b * dim, s->x + (size_t)b * dim, lw->attn_norm, dim, c->rms_eps);
-        matmul(m, &cache, s->q, q_dim, &lw->wq, s->xb, n_tok);
-        matmul(m, &cache, s->k, kv_dim, &lw->wk, s->xb, n_tok);
-        matmul(m, &cache, s->v, kv_dim, &lw->wv, s->xb, n_tok);
+        {
+            float *const outs[] = {s->q, s->k, s->v};
+            const int64_t strides[] = {q_dim, kv_dim, kv_dim};
+            const Matrix *const ws[] = {&lw->wq, &lw->wk, &lw->wv};
+            matmul_many(m, &cache, 3, outs, strides, ws, s->xb, n_tok);
+        }
         for (int b = 0; b < n_tok; b++) {
             float *q = s->q + (size_t)b * q_dim, *k = s->k + (size_t)b * kv_dim, *v = s->v + (size_t)b * kv_dim;
             if (lw->bq) op_add(q, lw->bq, q_dim), op_add(k, lw->bk, kv_dim), op_add(v, lw->bv, kv_dim);
@@ -565,8 +604,12 @@ static void forward(qrt_model *m, const int32_t *tokens, int n_tok, int pos0, fl
         for (int b = 0; b < n_tok; b++)
             op_rmsnorm(s->xb + (size_t)b * dim, s->x + (size_t)b * dim, lw->ffn_norm, dim, c->rms_eps);
         cache.src = NULL; /* xb was rewritten */
-        matmul(m, &cache, s->hb, ffn, &lw->w_gate, s->xb, n_tok);
-        matmul(m, &cache, s->hb2, ffn, &lw->w_up, s->xb, n_tok);
+        {
+            float *const outs[] = {s->hb, s->hb2};
+            const int64_t strides[] = {ffn, ffn};
+            const Matrix *const ws[] = {&lw->w_gate, &lw->w_up};
+            matmul_many(m, &cache, 2, outs, strides, ws, s->xb, n_tok);
+        }
         for (int b = 0; b < n_tok; b++) op_swiglu(s->hb + (size_t)b * ffn, s->hb2 + (size_t)b * ffn, ffn);
         matmul(m, &cache, s->xb, dim, &lw->w_down, s->hb, n_tok);
         for (int b = 0; b < n_tok; b++) op_add(s->x + (size_t)b * dim, s->xb + (size_t)b * dim, dim);
