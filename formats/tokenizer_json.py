@@ -14,7 +14,6 @@ inside a GGUF. Two tokenizer families:
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 from qconv.formats.errors import FormatError
@@ -26,29 +25,8 @@ from qconv.formats.tokenizer_meta import (  # noqa: F401 - the token types are s
     TOKEN_UNKNOWN,
     TOKEN_UNUSED,
     TOKEN_USER_DEFINED,
+    TokenizerMeta,
 )
-
-
-@dataclass
-class TokenizerFields:
-    """The ``tokenizer.*`` values of a GGUF file that define a tokenizer."""
-
-    model: str  # tokenizer.ggml.model: "gpt2" or "llama"
-    tokens: list[str]
-    token_types: list[int]
-    pre: str | None = None  # tokenizer.ggml.pre
-    merges: list[str] | None = None  # gpt2 only: "left right"
-    scores: list[float] | None = None  # llama only
-    bos_id: int | None = None
-    eos_id: int | None = None
-    unk_id: int | None = None
-    pad_id: int | None = None
-    add_bos: bool | None = None
-    add_eos: bool | None = None
-    add_space_prefix: bool | None = None
-    chat_template: str | None = None
-    model_max_length: int | None = None
-
 
 # Pre-tokenizers of the byte-level families, keyed by tokenizer.ggml.pre. The regexes are the ones llama.cpp's
 # llama-vocab.cpp uses for the same names (and the families' own tokenizer.json files).
@@ -77,7 +55,7 @@ BYTE_LEVEL_PRE_TOKENIZERS: dict[str, dict] = {
 }
 
 
-def _added_tokens(fields: TokenizerFields) -> list[dict]:
+def _added_tokens(fields: TokenizerMeta) -> list[dict]:
     added = []
     for token_id, (text, kind) in enumerate(zip(fields.tokens, fields.token_types, strict=True)):
         if kind not in (TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNKNOWN):
@@ -96,7 +74,7 @@ def _added_tokens(fields: TokenizerFields) -> list[dict]:
     return added
 
 
-def _vocab(fields: TokenizerFields) -> dict[str, int]:
+def _vocab(fields: TokenizerMeta) -> dict[str, int]:
     vocab: dict[str, int] = {}
     for token_id, text in enumerate(fields.tokens):
         if text in vocab:
@@ -105,7 +83,7 @@ def _vocab(fields: TokenizerFields) -> dict[str, int]:
     return vocab
 
 
-def _bos_template(fields: TokenizerFields) -> dict | None:
+def _bos_template(fields: TokenizerMeta) -> dict | None:
     """A TemplateProcessing post-processor adding bos/eos when the GGUF asks for them, else None."""
     prefix = [fields.bos_id] if fields.add_bos and fields.bos_id is not None else []
     suffix = [fields.eos_id] if fields.add_eos and fields.eos_id is not None else []
@@ -129,7 +107,7 @@ def _bos_template(fields: TokenizerFields) -> dict | None:
     }
 
 
-def _gpt2_tokenizer(fields: TokenizerFields) -> dict:
+def _gpt2_tokenizer(fields: TokenizerMeta) -> dict:
     pre = fields.pre
     if pre not in BYTE_LEVEL_PRE_TOKENIZERS:
         known = ", ".join(sorted(BYTE_LEVEL_PRE_TOKENIZERS))
@@ -194,7 +172,7 @@ def sentencepiece_merges(tokens: list[str], token_types: list[int], scores: list
     return [[left, right] for _, _, _, left, right in ranked]
 
 
-def _llama_tokenizer(fields: TokenizerFields) -> dict:
+def _llama_tokenizer(fields: TokenizerMeta) -> dict:
     if fields.scores is None:
         raise FormatError("tokenizer: model 'llama' needs tokenizer.ggml.scores")
     normalizers = [{"type": "Replace", "pattern": {"String": " "}, "content": SPIECE_SPACE}]
@@ -234,7 +212,7 @@ def _llama_tokenizer(fields: TokenizerFields) -> dict:
 TOKENIZER_BUILDERS = {"gpt2": _gpt2_tokenizer, "llama": _llama_tokenizer}
 
 
-def hf_tokenizer_json(fields: TokenizerFields) -> dict:
+def hf_tokenizer_json(fields: TokenizerMeta) -> dict:
     if len(fields.tokens) != len(fields.token_types):
         raise FormatError(f"tokenizer: {len(fields.tokens)} tokens but {len(fields.token_types)} token types")
     builder = TOKENIZER_BUILDERS.get(fields.model)
@@ -245,7 +223,7 @@ def hf_tokenizer_json(fields: TokenizerFields) -> dict:
     return builder(fields)
 
 
-def _special_tokens(fields: TokenizerFields) -> dict[str, str]:
+def _special_tokens(fields: TokenizerMeta) -> dict[str, str]:
     named = {
         "bos_token": fields.bos_id,
         "eos_token": fields.eos_id,
@@ -255,7 +233,7 @@ def _special_tokens(fields: TokenizerFields) -> dict[str, str]:
     return {key: fields.tokens[token_id] for key, token_id in named.items() if token_id is not None}
 
 
-def hf_tokenizer_config(fields: TokenizerFields) -> dict:
+def hf_tokenizer_config(fields: TokenizerMeta, model_max_length: int | None = None) -> dict:
     added = {
         str(entry["id"]): {key: value for key, value in entry.items() if key != "id"} for entry in _added_tokens(fields)
     }
@@ -268,20 +246,20 @@ def hf_tokenizer_config(fields: TokenizerFields) -> dict:
         # The generic fast tokenizer: tokenization is exactly tokenizer.json, with no class-specific extras.
         "tokenizer_class": "PreTrainedTokenizerFast",
     }
-    if fields.model_max_length is not None:
-        config["model_max_length"] = fields.model_max_length
+    if model_max_length is not None:
+        config["model_max_length"] = model_max_length
     if fields.chat_template is not None:
         config["chat_template"] = fields.chat_template
     return config
 
 
-def write_hf_tokenizer(fields: TokenizerFields, out_dir: Path) -> None:
+def write_hf_tokenizer(fields: TokenizerMeta, out_dir: Path, model_max_length: int | None = None) -> None:
     """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json into ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {
         "tokenizer.json": hf_tokenizer_json(fields),
-        "tokenizer_config.json": hf_tokenizer_config(fields),
+        "tokenizer_config.json": hf_tokenizer_config(fields, model_max_length),
         "special_tokens_map.json": _special_tokens(fields),
     }
     for name, content in files.items():

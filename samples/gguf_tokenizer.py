@@ -1,4 +1,4 @@
-"""Read the tokenizer.* values of a trusted GGUF (a sample package's own file) into TokenizerFields.
+"""Read the tokenizer.* values of a trusted GGUF (a sample package's own file) into TokenizerMeta (the same record the converter writes).
 
 gguf-py's reader is only pointed at files shipped by the sample packages, never at user files.
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from gguf import GGUFReader
 
-from qconv.formats.tokenizer_json import TokenizerFields
+from qconv.formats.tokenizer_meta import TokenizerMeta
 
 
 def _value(reader: GGUFReader, key: str):
@@ -15,9 +15,8 @@ def _value(reader: GGUFReader, key: str):
     return None if field is None else field.contents()
 
 
-def read_tokenizer_fields(reader: GGUFReader) -> TokenizerFields:
-    arch = _value(reader, "general.architecture")
-    return TokenizerFields(
+def read_tokenizer_fields(reader: GGUFReader) -> TokenizerMeta:
+    return TokenizerMeta(
         model=_value(reader, "tokenizer.ggml.model"),
         pre=_value(reader, "tokenizer.ggml.pre"),
         tokens=list(_value(reader, "tokenizer.ggml.tokens")),
@@ -32,5 +31,4 @@ def read_tokenizer_fields(reader: GGUFReader) -> TokenizerFields:
         add_eos=_value(reader, "tokenizer.ggml.add_eos_token"),
         add_space_prefix=_value(reader, "tokenizer.ggml.add_space_prefix"),
         chat_template=_value(reader, "tokenizer.chat_template"),
-        model_max_length=_value(reader, f"{arch}.context_length"),
     )

@@ -129,7 +129,7 @@ def build_smollm2(out_dir: Path) -> Path:
     write_safetensors(out_dir / "model.safetensors", entries, produce)
     write_json(out_dir / "config.json", config)
     write_json(out_dir / "generation_config.json", generation_config(config))
-    write_hf_tokenizer(read_tokenizer_fields(reader), out_dir)
+    write_hf_tokenizer(read_tokenizer_fields(reader), out_dir, model_max_length=config["max_position_embeddings"])
     return out_dir
 
 

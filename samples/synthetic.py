@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from qconv.formats.tokenizer_json import TOKEN_CONTROL, TOKEN_NORMAL, TokenizerFields, write_hf_tokenizer
+from qconv.formats.tokenizer_json import write_hf_tokenizer
+from qconv.formats.tokenizer_meta import TOKEN_CONTROL, TOKEN_NORMAL, TokenizerMeta
 from qconv.samples.safetensors_write import DTYPE_NAMES, TensorEntry, write_safetensors
 
 
@@ -185,7 +186,7 @@ def synthetic_bpe(n_merges: int) -> tuple[list[str], list[str]]:
     return tokens, merges
 
 
-def synthetic_tokenizer_fields(vocab: int, pre: str) -> TokenizerFields:
+def synthetic_tokenizer_fields(vocab: int, pre: str) -> TokenizerMeta:
     n_merges = vocab - 256 - len(SPECIAL_TOKENS)
     if n_merges < 0:
         raise ValueError(f"vocab {vocab} is too small: need at least {256 + len(SPECIAL_TOKENS)} (bytes + specials)")
@@ -193,18 +194,18 @@ def synthetic_tokenizer_fields(vocab: int, pre: str) -> TokenizerFields:
     specials_start = len(tokens)
     tokens += SPECIAL_TOKENS
     types = [TOKEN_NORMAL] * specials_start + [TOKEN_CONTROL] * len(SPECIAL_TOKENS)
-    return TokenizerFields(
+    return TokenizerMeta(
         model="gpt2",
         pre=pre,
         tokens=tokens,
         token_types=types,
         merges=merges,
+        scores=None,
         bos_id=specials_start,
         eos_id=specials_start + 2,
         pad_id=specials_start,
         add_bos=False,
         chat_template=CHATML_TEMPLATE,
-        model_max_length=4096,
     )
 
 
@@ -305,7 +306,7 @@ def build_random_model(
     _write_json(out_dir / "config.json", config)
     generation = {key: config[key] for key in ("bos_token_id", "eos_token_id", "pad_token_id")}
     _write_json(out_dir / "generation_config.json", generation)
-    write_hf_tokenizer(synthetic_tokenizer_fields(vocab, traits.pre_tokenizer), out_dir)
+    write_hf_tokenizer(synthetic_tokenizer_fields(vocab, traits.pre_tokenizer), out_dir, model_max_length=4096)
     return out_dir
 
 

@@ -18,7 +18,7 @@ from qconv.formats.tokenizer_json import (
     TOKEN_BYTE,
     TOKEN_CONTROL,
     TOKEN_NORMAL,
-    TokenizerFields,
+    TokenizerMeta,
     sentencepiece_merges,
     write_hf_tokenizer,
 )
@@ -71,13 +71,13 @@ def test_pre_tokenizer_names_agree_with_the_gguf_writer(tmp_path, pre):
 def test_bad_metadata_is_a_format_error(tmp_path):
     fields = synthetic_tokenizer_fields(300, "gpt-2")
     with pytest.raises(FormatError, match="pre-tokenizer 'nonesuch' is not supported"):
-        write_hf_tokenizer(TokenizerFields(**{**fields.__dict__, "pre": "nonesuch"}), tmp_path)
+        write_hf_tokenizer(TokenizerMeta(**{**fields.__dict__, "pre": "nonesuch"}), tmp_path)
     with pytest.raises(FormatError, match="model 'rwkv' is not supported"):
-        write_hf_tokenizer(TokenizerFields(**{**fields.__dict__, "model": "rwkv"}), tmp_path)
+        write_hf_tokenizer(TokenizerMeta(**{**fields.__dict__, "model": "rwkv"}), tmp_path)
     tokens = list(fields.tokens)
     tokens[299] = tokens[5]
     with pytest.raises(FormatError, match="token 299 .* repeats token 5"):
-        write_hf_tokenizer(TokenizerFields(**{**fields.__dict__, "tokens": tokens}), tmp_path)
+        write_hf_tokenizer(TokenizerMeta(**{**fields.__dict__, "tokens": tokens}), tmp_path)
 
 
 def _test_strings(extra: list[str]) -> list[str]:
