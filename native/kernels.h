@@ -64,6 +64,9 @@ void qrt_kernels_register_avx512(qrt_kernel_entry table[QRT_TYPE_COUNT]);
 void qrt_kernels_register_neon(qrt_kernel_entry table[QRT_TYPE_COUNT]);
 void qrt_kernels_register_neon_dotprod(qrt_kernel_entry table[QRT_TYPE_COUNT]);
 void qrt_kernels_register_neon_i8mm(qrt_kernel_entry table[QRT_TYPE_COUNT]);
+/* f32/f16 prompt tiles (kernels_float_tiles.c), called at the end of the AVX-512 / AVX2 registration */
+void qrt_float_tiles_register_avx512(qrt_kernel_entry table[QRT_TYPE_COUNT]);
+void qrt_float_tiles_register_avx2(qrt_kernel_entry table[QRT_TYPE_COUNT]);
 
 /* Activation conversion, scalar (done once per matmul input, shared by all variants so they see equal inputs). */
 void qrt_act_from_float(int act_type, const float *x, void *y, int64_t n);

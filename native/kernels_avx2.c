@@ -70,6 +70,7 @@ void qrt_kernels_register_avx2(qrt_kernel_entry t[QRT_TYPE_COUNT]) {
     t[QRT_TYPE_F16].vec_dot[QRT_VARIANT_AVX2] = dot_f16;
     t[QRT_TYPE_BF16].vec_dot[QRT_VARIANT_AVX2] = dot_bf16;
     register_int_avx2(t, QRT_VARIANT_AVX2);
+    qrt_float_tiles_register_avx2(t);
 }
 #else
 #include "kernels.h"

@@ -178,6 +178,7 @@ void qrt_kernels_register_avx512(qrt_kernel_entry t[QRT_TYPE_COUNT]) {
     t[QRT_TYPE_F16].batch_dot[QRT_VARIANT_AVX512] = batch_dot_f16;
     t[QRT_TYPE_BF16].vec_dot[QRT_VARIANT_AVX512] = dot_bf16;
     register_int_avx512(t, QRT_VARIANT_AVX512);
+    qrt_float_tiles_register_avx512(t);
 }
 #else
 #include "kernels.h"

@@ -20,5 +20,6 @@ const char *qrt_version(void);
 #include "qrt_tokenizer.h"
 #include "qrt_blockwise.h"
 #include "qrt_imatrix.h"
+#include "qrt_kernel_tiles.h"
 
 #endif
