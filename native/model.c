@@ -11,8 +11,12 @@
 #include <string.h>
 #include <time.h>
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include "model.h"
 #include "ops.h"
+#include "packed.h"
 #include "qrt.h"
 
 struct qrt_model {
@@ -314,6 +318,12 @@ static int alloc_state(qrt_model *mod, int n_batch, int n_ctx, int kv_f32, char 
     ALLOC(s->rope_sin, (size_t)n_batch * (c->n_rot / 2));
     ALLOC(s->logits, (size_t)c->vocab_size);
     ALLOC(s->act, (size_t)n_batch * s->act_row_bytes);
+    /* the most block sums any activation row needs (qrt_packed_sums_per_row of the widest row) */
+    const int64_t widest = (int64_t)(wide > (size_t)c->hidden_dim ? wide : (size_t)c->hidden_dim);
+    const int64_t sums_q8_0 = qrt_packed_sums_per_row(QRT_TYPE_Q8_0, widest / 32 * 32);
+    const int64_t sums_q8_K = qrt_packed_sums_per_row(QRT_TYPE_Q8_K, widest / QK_K * QK_K);
+    s->act_sums_stride = (size_t)(sums_q8_0 > sums_q8_K ? sums_q8_0 : sums_q8_K) + 16;
+    ALLOC(s->act_sums, (size_t)n_batch * s->act_sums_stride);
 #undef ALLOC
     const size_t elem = kv_f32 ? 4 : 2;
     const size_t cache_bytes = (size_t)c->n_layers * n_ctx * kv_dim * elem;
@@ -328,13 +338,72 @@ static int alloc_state(qrt_model *mod, int n_batch, int n_ctx, int kv_f32, char 
 static void free_state(RunState *s) {
     free(s->x), free(s->xb), free(s->xb2), free(s->q), free(s->k), free(s->v), free(s->hb), free(s->hb2);
     free(s->att), free(s->attn_scratch), free(s->rope_cos), free(s->rope_sin), free(s->logits), free(s->act);
+    free(s->act_sums);
     free(s->key_cache), free(s->value_cache);
+}
+
+/* ---- repacking (packed.h) ---- */
+
+/* The matrices a forward pass multiplies with (the head last; token_embd itself is only read row by row). */
+static int weight_matrices(Weights *w, const Config *c, Matrix **out) {
+    int n = 0;
+    for (int l = 0; l < c->n_layers; l++) {
+        LayerWeights *lw = &w->layers[l];
+        Matrix *all[] = {&lw->wq, &lw->wk, &lw->wv, &lw->wo, &lw->w_gate, &lw->w_up, &lw->w_down};
+        for (int i = 0; i < 7; i++) out[n++] = all[i];
+    }
+    out[n++] = &w->output;
+    return n;
+}
+
+/* Give the pages of a stored matrix back to the kernel once its packed copy exists (file-backed: they are
+ * re-read from the file if anything touches them again), so the resident size stays one copy of the weights. */
+static void release_pages(const uint8_t *data, size_t bytes) {
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    const uintptr_t start = ((uintptr_t)data + page - 1) / page * page, end = ((uintptr_t)data + bytes) / page * page;
+    if (end > start) madvise((void *)start, end - start, MADV_DONTNEED);
+}
+
+/* Repack every matrix whose type has an x16 layout with a SIMD kernel on this CPU into one owned buffer. */
+static int pack_weights(qrt_model *m, char *err, size_t errlen) {
+    const Config *c = &m->config;
+    Weights *w = &m->weights;
+    Matrix **list = malloc(((size_t)c->n_layers * 7 + 1) * sizeof *list);
+    if (!list) return set_err(err, errlen, "%s: out of memory", m->path);
+    const int n = weight_matrices(w, c, list);
+    size_t total = 0;
+    for (int i = 0; i < n; i++)
+        if (qrt_packed_worthwhile(list[i]->type))
+            total += (qrt_packed_bytes(list[i]->type, list[i]->rows, list[i]->cols) + 63) / 64 * 64;
+    if (total == 0) {
+        free(list);
+        return 0;
+    }
+    w->packed = aligned_alloc(64, total);
+    if (!w->packed) {
+        free(list);
+        return set_err(err, errlen, "%s: out of memory repacking %zu MB of weights (QRT_PACK=0 skips it)", m->path,
+                       total >> 20);
+    }
+    size_t off = 0;
+    for (int i = 0; i < n; i++) {
+        Matrix *mat = list[i];
+        const size_t bytes = qrt_packed_worthwhile(mat->type) ? qrt_packed_bytes(mat->type, mat->rows, mat->cols) : 0;
+        if (bytes == 0) continue;
+        qrt_pack_matrix(mat->type, mat->data, mat->row_bytes, mat->rows, mat->cols, w->packed + off);
+        mat->packed = w->packed + off;
+        mat->packed_group_bytes = bytes / (size_t)(mat->rows / QRT_PACK_ROWS);
+        if (mat->data != w->token_embd.data) release_pages(mat->data, (size_t)mat->rows * mat->row_bytes);
+        off += (bytes + 63) / 64 * 64;
+    }
+    free(list);
+    return 0;
 }
 
 /* ---- open / free ---- */
 
 qrt_model_params qrt_model_default_params(void) {
-    qrt_model_params p = {2048, 0, 64, 0};
+    qrt_model_params p = {2048, 0, 64, 0, 0};
     return p;
 }
 
@@ -343,6 +412,7 @@ void qrt_model_free(qrt_model *m) {
     free_state(&m->state);
     for (int i = 0; i < m->weights.n_owned; i++) free(m->weights.owned[i]);
     free(m->weights.owned);
+    free(m->weights.packed);
     free(m->weights.layers);
     if (m->pool) qrt_threadpool_destroy(m->pool);
     gguf_close(m->file);
@@ -362,6 +432,8 @@ qrt_model *qrt_model_open(const char *path, const qrt_model_params *params, char
     if (read_config(m->file, &m->config, path, err, errlen)) goto fail;
     loader L = {m->file, path, err, errlen, &m->weights};
     if (load_weights(&L, &m->config)) goto fail;
+    const char *pack_env = getenv("QRT_PACK");
+    if (!p.no_pack && !(pack_env && strcmp(pack_env, "0") == 0) && pack_weights(m, err, errlen)) goto fail;
 
     m->pool = qrt_threadpool_create(p.n_threads);
     if (!m->pool) {
@@ -396,6 +468,9 @@ typedef struct {
     qrt_vec_dot_fn dot;
     qrt_tile_fn tile; /* optional: tile_nr rows x tile_nt tokens per call, results equal to dot's */
     int tile_nr, tile_nt;
+    qrt_packed_fn packed; /* set when w->packed: one call per 16-row group for all tokens */
+    const int32_t *sums;
+    size_t sums_stride;
 } matmul_job;
 
 static void matmul_task(void *ctx, int task, int thread) {
@@ -406,6 +481,12 @@ static void matmul_task(void *ctx, int task, int thread) {
     const int64_t cols = j->w->cols;
     const size_t rb = j->w->row_bytes, ab = j->act_row_bytes, os = (size_t)j->out_stride;
     int64_t r = r0;
+    if (j->packed) { /* rows_per_task is a multiple of 16, and so are the rows of a packed matrix */
+        for (; r < r1; r += QRT_PACK_ROWS)
+            j->packed(cols, j->w->packed + (size_t)(r / QRT_PACK_ROWS) * j->w->packed_group_bytes, j->act, ab,
+                      j->sums, j->sums_stride, j->n_tok, j->out + r, os);
+        return;
+    }
     if (j->tile) {
         const int nr = j->tile_nr, nt = j->tile_nt;
         const int b_tiled = j->n_tok / nt * nt;
@@ -429,6 +510,7 @@ typedef struct {
     const float *src;
     int act_type;
     int n_tok;
+    int has_sums; /* state.act_sums holds the block sums of these rows */
 } act_cache;
 
 static void prepare_act(qrt_model *m, act_cache *cache, const float *x, int n_tok, int64_t cols, int act_type) {
@@ -439,6 +521,16 @@ static void prepare_act(qrt_model *m, act_cache *cache, const float *x, int n_to
     cache->src = x;
     cache->act_type = act_type;
     cache->n_tok = n_tok;
+    cache->has_sums = 0;
+}
+
+static void prepare_sums(qrt_model *m, act_cache *cache, int64_t cols) {
+    if (cache->has_sums) return;
+    RunState *s = &m->state;
+    for (int b = 0; b < cache->n_tok; b++)
+        qrt_packed_act_sums(cache->act_type, s->act + (size_t)b * s->act_row_bytes, cols,
+                            s->act_sums + (size_t)b * s->act_sums_stride);
+    cache->has_sums = 1;
 }
 
 /* Set up out[b][r] = dot(w row r, x[b]) for b < n_tok (x rows are w->cols floats apart, out rows out_stride
@@ -449,7 +541,13 @@ static int matmul_setup(qrt_model *m, act_cache *cache, matmul_job *j, float *ou
     const int act_type = qrt_kernel_act_type(w->type);
     prepare_act(m, cache, x, n_tok, w->cols, act_type);
     *j = (matmul_job){w, m->state.act, m->state.act_row_bytes, out, out_stride, n_tok, 0,
-                      qrt_kernel_for_batch(w->type, n_tok), NULL, 0, 0};
+                      qrt_kernel_for_batch(w->type, n_tok), NULL, 0, 0, NULL, NULL, 0};
+    if (w->packed) {
+        prepare_sums(m, cache, w->cols);
+        j->packed = qrt_packed_kernel(w->type, NULL);
+        j->sums = m->state.act_sums;
+        j->sums_stride = m->state.act_sums_stride;
+    }
     j->tile = qrt_tile_for(w->type, n_tok, &j->tile_nr);
     j->tile_nt = n_tok > 1 ? QRT_TILE_NT : 1;
     if (j->tile && n_tok > 1 && n_tok < QRT_TILE_NT) j->tile = NULL;

@@ -46,6 +46,9 @@ typedef struct {
     size_t row_bytes;
     const char *name;
     size_t name_len; /* name is not NUL-terminated (it points into the file) */
+    /* the same rows repacked into x16 groups (packed.h) at open, or NULL: matmuls then use the packed kernels */
+    const uint8_t *packed;
+    size_t packed_group_bytes;
 } Matrix;
 
 typedef struct {
@@ -65,6 +68,7 @@ typedef struct {
     /* f32 copies of small vectors whose stored type is not f32 (norms/biases stored as f16) */
     float **owned;
     int n_owned;
+    uint8_t *packed; /* one buffer holding every packed matrix */
 } Weights;
 
 typedef struct {
@@ -79,6 +83,8 @@ typedef struct {
     float *logits;     /* [vocab] last token */
     uint8_t *act;      /* [n_batch][largest activation row in any act type] */
     size_t act_row_bytes;
+    int32_t *act_sums; /* [n_batch][act_sums_stride]: block sums of act for the packed kernels */
+    size_t act_sums_stride;
     /* KV cache: [layer][position][kv_dim] of f32 or f16 */
     void *key_cache, *value_cache;
     int kv_f32;

@@ -14,6 +14,8 @@ typedef struct {
     int n_threads;  /* <= 0: all online CPUs */
     int n_batch;    /* tokens per forward chunk during prompt processing; <= 0: 64 */
     int kv_f32;     /* 1: f32 KV cache (exact comparisons); 0: f16 (half the memory, as llama.cpp) */
+    int no_pack;    /* 1: keep the weights as stored; 0: repack q4_0/q8_0/q4_K/q6_K matrices into 16-row groups
+                       where this CPU has a kernel for them (faster; also QRT_PACK=0 in the environment) */
 } qrt_model_params;
 
 qrt_model_params qrt_model_default_params(void);
@@ -69,5 +71,11 @@ int qrt_kernel_has_variant(int type, const char *variant);
 /* One dot product through a given variant (NULL or "auto": the dispatched one): the weight row w_row of n
  * values (GGUF type), the activation x (n floats) converted as a matmul would convert it. */
 int qrt_kernel_dot(int type, const char *variant, const void *w_row, const float *x, int64_t n, float *out);
+/* Test probe of the x16 packed kernels: pack rows x n weights of GGUF type `type` (row-major, rows a multiple of
+ * 16), convert n_tok activation rows x (n floats each) as a matmul converts them, and run one variant's packed
+ * kernel ("scalar", "avx2", "avx512"; NULL or "auto": the dispatched one) into out[t * rows + r]. Returns 0, or
+ * -1 when the type or the variant has no packed kernel, or the shape does not fit. */
+int qrt_packed_matmul(int type, const char *variant, const void *w, int64_t rows, int64_t n, const float *x,
+                      int n_tok, float *out);
 /* The prompt-batch kernel of f32/f16 weights (another summation order); -1 where a variant has none. */
 int qrt_kernel_dot_batch(int type, const char *variant, const void *w_row, const float *x, int64_t n, float *out);

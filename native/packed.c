@@ -1,0 +1,301 @@
+/* packed.c — the x16 layouts of packed.h: repacking GGUF rows, the activation sums, the scalar reference kernels
+ * (which define every packed kernel's result) and the per-type table with its dispatch. */
+#include "packed.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "qrt.h"
+
+/* ---- repacking: 16 GGUF rows -> one group of x16 blocks ---- */
+
+static void pack_q4_0(const void *rows, size_t row_bytes, int64_t n, void *group) {
+    block_q4_0x16 *dst = group;
+    for (int64_t i = 0; i < n / QK4_0; i++)
+        for (int r = 0; r < QRT_PACK_ROWS; r++) {
+            const block_q4_0 *x = (const block_q4_0 *)((const uint8_t *)rows + r * row_bytes) + i;
+            dst[i].d[r] = x->d;
+            for (int k = 0; k < 4; k++) memcpy(dst[i].qs[k][r], x->qs + 4 * k, 4);
+        }
+}
+
+static void pack_q8_0(const void *rows, size_t row_bytes, int64_t n, void *group) {
+    block_q8_0x16 *dst = group;
+    for (int64_t i = 0; i < n / QK8_0; i++)
+        for (int r = 0; r < QRT_PACK_ROWS; r++) {
+            const block_q8_0 *x = (const block_q8_0 *)((const uint8_t *)rows + r * row_bytes) + i;
+            dst[i].d[r] = x->d;
+            for (int k = 0; k < 8; k++)
+                for (int b = 0; b < 4; b++) dst[i].qs[k][r][b] = (uint8_t)(x->qs[4 * k + b] + 128);
+        }
+}
+
+static void pack_q4_K(const void *rows, size_t row_bytes, int64_t n, void *group) {
+    block_q4_Kx16 *dst = group;
+    for (int64_t i = 0; i < n / QK_K; i++)
+        for (int r = 0; r < QRT_PACK_ROWS; r++) {
+            const block_q4_K *x = (const block_q4_K *)((const uint8_t *)rows + r * row_bytes) + i;
+            dst[i].d[r] = x->d;
+            dst[i].dmin[r] = x->dmin;
+            for (int j = 0; j < 8; j++) {
+                uint8_t sc, m;
+                qrt_scale_min_k4(j, x->scales, &sc, &m);
+                dst[i].sc[j][r] = sc;
+                dst[i].mins[j / 2][r][j % 2] = m;
+            }
+            for (int c = 0; c < 4; c++)
+                for (int k = 0; k < 8; k++) memcpy(dst[i].qs[c][k][r], x->qs + 32 * c + 4 * k, 4);
+        }
+}
+
+static void pack_q6_K(const void *rows, size_t row_bytes, int64_t n, void *group) {
+    block_q6_Kx16 *dst = group;
+    for (int64_t i = 0; i < n / QK_K; i++)
+        for (int r = 0; r < QRT_PACK_ROWS; r++) {
+            const block_q6_K *x = (const block_q6_K *)((const uint8_t *)rows + r * row_bytes) + i;
+            dst[i].d[r] = x->d;
+            for (int j = 0; j < 16; j++) dst[i].sc[j][r] = x->scales[j];
+            for (int h = 0; h < 2; h++)
+                for (int k = 0; k < 8; k++) {
+                    memcpy(dst[i].ql[h][0][k][r], x->ql + 64 * h + 4 * k, 4);
+                    memcpy(dst[i].ql[h][1][k][r], x->ql + 64 * h + 32 + 4 * k, 4);
+                    memcpy(dst[i].qh[h][k][r], x->qh + 32 * h + 4 * k, 4);
+                }
+        }
+}
+
+/* ---- activation sums ---- */
+
+int64_t qrt_packed_sums_per_row(int act_type, int64_t n) {
+    if (act_type == QRT_TYPE_Q8_0) return n / QK8_0 * 9;
+    if (act_type == QRT_TYPE_Q8_K) return n / QK_K * 4;
+    return 0;
+}
+
+void qrt_packed_act_sums(int act_type, const void *act_row, int64_t n, int32_t *sums) {
+    if (act_type == QRT_TYPE_Q8_0) {
+        const block_q8_0 *y = act_row;
+        for (int64_t i = 0; i < n / QK8_0; i++) {
+            int32_t total = 0;
+            for (int k = 0; k < 8; k++) {
+                const int8_t *q = y[i].qs + 4 * k;
+                sums[9 * i + k] = q[0] + q[1] + q[2] + q[3];
+                total += sums[9 * i + k];
+            }
+            sums[9 * i + 8] = total;
+        }
+    } else if (act_type == QRT_TYPE_Q8_K) {
+        const block_q8_K *y = act_row;
+        for (int64_t i = 0; i < n / QK_K; i++)
+            for (int p = 0; p < 4; p++) {
+                const int16_t *b = y[i].bsums + 4 * p;
+                const uint16_t lo = (uint16_t)(b[0] + b[1]), hi = (uint16_t)(b[2] + b[3]);
+                sums[4 * i + p] = (int32_t)((uint32_t)lo | ((uint32_t)hi << 16));
+            }
+    }
+}
+
+/* ---- scalar reference kernels: the result rule of packed.h, spelled out ---- */
+
+static const block_q8_0 *act_q8_0(const void *act, size_t act_stride, int t) {
+    return (const block_q8_0 *)((const uint8_t *)act + (size_t)t * act_stride);
+}
+
+static const block_q8_K *act_q8_K(const void *act, size_t act_stride, int t) {
+    return (const block_q8_K *)((const uint8_t *)act + (size_t)t * act_stride);
+}
+
+static void gemm_q4_0_scalar(int64_t n, const void *group, const void *act, size_t as, const int32_t *sums,
+                             size_t ss, int n_tok, float *out, size_t os) {
+    const block_q4_0x16 *x = group;
+    for (int t = 0; t < n_tok; t++) {
+        const block_q8_0 *y = act_q8_0(act, as, t);
+        for (int r = 0; r < QRT_PACK_ROWS; r++) {
+            float acc = 0.0f;
+            for (int64_t i = 0; i < n / QK4_0; i++) {
+                int32_t sumi = -8 * sums[t * ss + 9 * i + 8];
+                for (int k = 0; k < 4; k++)
+                    for (int b = 0; b < 4; b++) {
+                        const uint8_t q = x[i].qs[k][r][b];
+                        sumi += (q & 0x0F) * y[i].qs[4 * k + b] + (q >> 4) * y[i].qs[16 + 4 * k + b];
+                    }
+                acc = fmaf((float)sumi, qrt_fp16_to_fp32(x[i].d[r]) * qrt_fp16_to_fp32(y[i].d), acc);
+            }
+            out[t * os + r] = acc;
+        }
+    }
+}
+
+static void gemm_q8_0_scalar(int64_t n, const void *group, const void *act, size_t as, const int32_t *sums,
+                             size_t ss, int n_tok, float *out, size_t os) {
+    (void)sums, (void)ss;
+    const block_q8_0x16 *x = group;
+    for (int t = 0; t < n_tok; t++) {
+        const block_q8_0 *y = act_q8_0(act, as, t);
+        for (int r = 0; r < QRT_PACK_ROWS; r++) {
+            float acc[8] = {0};
+            for (int64_t i = 0; i < n / QK8_0; i++) {
+                const float d = qrt_fp16_to_fp32(x[i].d[r]) * qrt_fp16_to_fp32(y[i].d);
+                for (int k = 0; k < 8; k++) {
+                    int32_t lane = 0;
+                    for (int b = 0; b < 4; b++) lane += (x[i].qs[k][r][b] - 128) * y[i].qs[4 * k + b];
+                    acc[k] = fmaf((float)lane, d, acc[k]);
+                }
+            }
+            out[t * os + r] = qrt_hsum8(acc);
+        }
+    }
+}
+
+static void gemm_q4_K_scalar(int64_t n, const void *group, const void *act, size_t as, const int32_t *sums,
+                             size_t ss, int n_tok, float *out, size_t os) {
+    (void)sums, (void)ss;
+    const block_q4_Kx16 *x = group;
+    for (int t = 0; t < n_tok; t++) {
+        const block_q8_K *y = act_q8_K(act, as, t);
+        for (int r = 0; r < QRT_PACK_ROWS; r++) {
+            float acc = 0.0f;
+            for (int64_t i = 0; i < n / QK_K; i++) {
+                int32_t sumi = 0, summ = 0;
+                for (int c = 0; c < 4; c++) {
+                    int32_t lo = 0, hi = 0;
+                    for (int k = 0; k < 8; k++)
+                        for (int b = 0; b < 4; b++) {
+                            const uint8_t q = x[i].qs[c][k][r][b];
+                            lo += (q & 0x0F) * y[i].qs[64 * c + 4 * k + b];
+                            hi += (q >> 4) * y[i].qs[64 * c + 32 + 4 * k + b];
+                        }
+                    sumi += x[i].sc[2 * c][r] * lo + x[i].sc[2 * c + 1][r] * hi;
+                }
+                for (int j = 0; j < 8; j++)
+                    summ += x[i].mins[j / 2][r][j % 2] * (y[i].bsums[2 * j] + y[i].bsums[2 * j + 1]);
+                acc = fmaf((float)sumi, qrt_fp16_to_fp32(x[i].d[r]) * y[i].d, acc);
+                acc = fmaf(-(float)summ, qrt_fp16_to_fp32(x[i].dmin[r]) * y[i].d, acc);
+            }
+            out[t * os + r] = acc;
+        }
+    }
+}
+
+static void gemm_q6_K_scalar(int64_t n, const void *group, const void *act, size_t as, const int32_t *sums,
+                             size_t ss, int n_tok, float *out, size_t os) {
+    (void)sums, (void)ss;
+    const block_q6_Kx16 *x = group;
+    for (int t = 0; t < n_tok; t++) {
+        const block_q8_K *y = act_q8_K(act, as, t);
+        for (int r = 0; r < QRT_PACK_ROWS; r++) {
+            float acc = 0.0f;
+            for (int64_t i = 0; i < n / QK_K; i++) {
+                int32_t sumi = 0;
+                for (int j = 0; j < 16; j++) {
+                    const int h = j / 8, m = (j % 8) / 2, half = j % 2;
+                    int32_t isum = -32 * y[i].bsums[j];
+                    for (int k = 4 * half; k < 4 * half + 4; k++)
+                        for (int b = 0; b < 4; b++) {
+                            const int lo = (x[i].ql[h][m & 1][k][r][b] >> (4 * (m >> 1))) & 0x0F;
+                            const int hi = (x[i].qh[h][k][r][b] >> (2 * m)) & 3;
+                            isum += (lo | hi << 4) * y[i].qs[128 * h + 32 * m + 4 * k + b];
+                        }
+                    sumi += x[i].sc[j][r] * isum;
+                }
+                acc = fmaf((float)sumi, qrt_fp16_to_fp32(x[i].d[r]) * y[i].d, acc);
+            }
+            out[t * os + r] = acc;
+        }
+    }
+}
+
+/* ---- the table ---- */
+
+static qrt_packed_entry table[QRT_TYPE_COUNT];
+static pthread_once_t once = PTHREAD_ONCE_INIT;
+
+static void fill(void) {
+    table[QRT_TYPE_Q4_0] = (qrt_packed_entry){sizeof(block_q4_0x16), pack_q4_0, {gemm_q4_0_scalar}};
+    table[QRT_TYPE_Q8_0] = (qrt_packed_entry){sizeof(block_q8_0x16), pack_q8_0, {gemm_q8_0_scalar}};
+    table[QRT_TYPE_Q4_K] = (qrt_packed_entry){sizeof(block_q4_Kx16), pack_q4_K, {gemm_q4_K_scalar}};
+    table[QRT_TYPE_Q6_K] = (qrt_packed_entry){sizeof(block_q6_Kx16), pack_q6_K, {gemm_q6_K_scalar}};
+#if defined(__x86_64__)
+    if (qrt_variant_supported(QRT_VARIANT_AVX2)) qrt_packed_register_avx2(table);
+    if (qrt_variant_supported(QRT_VARIANT_AVX512)) qrt_packed_register_avx512(table);
+#endif
+}
+
+const qrt_packed_entry *qrt_packed_entry_for(int type) {
+    pthread_once(&once, fill);
+    return type >= 0 && type < QRT_TYPE_COUNT && table[type].pack ? &table[type] : NULL;
+}
+
+static int64_t block_values(int type) { return type == QRT_TYPE_Q4_K || type == QRT_TYPE_Q6_K ? QK_K : QK8_0; }
+
+size_t qrt_packed_bytes(int type, int64_t rows, int64_t n) {
+    const qrt_packed_entry *e = qrt_packed_entry_for(type);
+    if (!e || rows <= 0 || rows % QRT_PACK_ROWS || n <= 0 || n % block_values(type)) return 0;
+    return (size_t)(rows / QRT_PACK_ROWS) * (size_t)(n / block_values(type)) * e->block_bytes;
+}
+
+void qrt_pack_matrix(int type, const void *src, size_t row_bytes, int64_t rows, int64_t n, void *dst) {
+    const qrt_packed_entry *e = qrt_packed_entry_for(type);
+    const size_t group_bytes = (size_t)(n / block_values(type)) * e->block_bytes;
+    for (int64_t g = 0; g < rows / QRT_PACK_ROWS; g++)
+        e->pack((const uint8_t *)src + (size_t)g * QRT_PACK_ROWS * row_bytes, row_bytes, n,
+                (uint8_t *)dst + (size_t)g * group_bytes);
+}
+
+qrt_packed_fn qrt_packed_kernel(int type, int *variant_out) {
+    const qrt_packed_entry *e = qrt_packed_entry_for(type);
+    if (!e) return NULL;
+    const int forced = qrt_kernels_forced();
+    for (int v = forced >= 0 ? forced : QRT_VARIANT_COUNT - 1; v > 0; v--)
+        if (qrt_variant_supported(v) && e->gemm[v]) {
+            if (variant_out) *variant_out = v;
+            return e->gemm[v];
+        }
+    if (variant_out) *variant_out = QRT_VARIANT_SCALAR;
+    return e->gemm[QRT_VARIANT_SCALAR];
+}
+
+int qrt_packed_worthwhile(int type) {
+    int v = 0;
+    return qrt_packed_kernel(type, &v) != NULL && v != QRT_VARIANT_SCALAR;
+}
+
+/* ---- test probe (qrt_model.h) ---- */
+
+int qrt_packed_matmul(int type, const char *variant, const void *w, int64_t rows, int64_t n, const float *x,
+                      int n_tok, float *out) {
+    const qrt_packed_entry *e = qrt_packed_entry_for(type);
+    const size_t bytes = qrt_packed_bytes(type, rows, n);
+    if (!e || !bytes || n_tok <= 0) return -1;
+    qrt_packed_fn fn = NULL;
+    if (!variant || strcmp(variant, "auto") == 0) {
+        fn = qrt_packed_kernel(type, NULL);
+    } else {
+        for (int v = 0; v < QRT_VARIANT_COUNT; v++)
+            if (strcmp(variant, qrt_variant_name(v)) == 0 && qrt_variant_supported(v)) fn = e->gemm[v];
+    }
+    if (!fn) return -1;
+    const int act_type = qrt_kernel_act_type(type);
+    const size_t act_bytes = (qrt_row_bytes(act_type, n) + 63) / 64 * 64;
+    const int64_t n_sums = qrt_packed_sums_per_row(act_type, n);
+    uint8_t *packed = aligned_alloc(64, (bytes + 63) / 64 * 64);
+    uint8_t *act = aligned_alloc(64, act_bytes * (size_t)n_tok);
+    int32_t *sums = malloc(((size_t)n_sums + 1) * (size_t)n_tok * sizeof(int32_t));
+    int rc = -1;
+    if (packed && act && sums) {
+        const size_t row_bytes = qrt_row_bytes(type, n), group_bytes = bytes / (size_t)(rows / QRT_PACK_ROWS);
+        qrt_pack_matrix(type, w, row_bytes, rows, n, packed);
+        for (int t = 0; t < n_tok; t++) {
+            qrt_act_from_float(act_type, x + (size_t)t * n, act + (size_t)t * act_bytes, n);
+            qrt_packed_act_sums(act_type, act + (size_t)t * act_bytes, n, sums + (size_t)t * (n_sums + 1));
+        }
+        for (int64_t g = 0; g < rows / QRT_PACK_ROWS; g++)
+            fn(n, packed + (size_t)g * group_bytes, act, act_bytes, sums, (size_t)n_sums + 1, n_tok,
+               out + g * QRT_PACK_ROWS, (size_t)rows);
+        rc = 0;
+    }
+    free(packed), free(act), free(sums);
+    return rc;
+}

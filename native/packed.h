@@ -1,0 +1,109 @@
+/* packed.h — weights repacked at load into groups of 16 interleaved rows, for matmuls that read each weight
+ * byte once per group instead of once per (row, token) pair (internal header).
+ *
+ * Why: a plain row-major quantized matrix makes the integer kernels reduce every (row, token) dot product on
+ * its own — per 32 values: one multiply-add instruction, a conversion, a scale and a reduction per pair.
+ * In an x16 layout the four consecutive quants of 16 rows fill one 512-bit register, so one vpdpbusd with four
+ * broadcast activation bytes advances 16 rows at once, and the block's float step (convert, scale, add) is
+ * shared by the 16 rows. llama.cpp repacks q4_0/q4_K the same way on x86 (ggml-cpu "repack" buffers).
+ *
+ * Each x16 block holds the same values as 16 GGUF blocks of the same column range, rearranged:
+ *   chunk[k][r][0..3] = 4 consecutive quant bytes of row r (as stored in the GGUF block, nibbles still packed),
+ * so a 64-byte chunk is one vector of 16 lanes (AVX-512) or two of 8 (AVX2: rows 0-7, then 8-15).
+ *
+ * Result rules shared by every variant (the scalar reference in packed.c and the SIMD ones), so all variants are
+ * bit-identical and the tests compare with ==:
+ *   q4_0, q4_K, q6_K: per row and token, each block's (or super-block's) integer sum is exact, and the float
+ *     result is accumulated block by block as acc = fma((float)sumi, d_row * d_act, acc) from 0 (q4_K adds a
+ *     second fma for its mins). That is the order of llama.cpp's own repacked q4_0 kernels, which it uses by
+ *     default on x86, so qrun's q4_0 logits track llama.cpp's to float rounding.
+ *   q8_0: llama.cpp does not repack q8_0 on x86, so the packed kernel keeps ggml_vec_dot_q8_0_q8_0's order: 8
+ *     float lanes per row, lane k accumulating fma((float)(exact sum of values 4k..4k+3), d_row * d_act) block by
+ *     block, summed at the end in the tree order of ggml's hsum_float_8 (qrt_hsum8). Bit-identical to the
+ *     unpacked kernels and to llama.cpp.
+ */
+#ifndef QRT_PACKED_H
+#define QRT_PACKED_H
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kernels.h"
+#include "quant_types.h"
+#pragma GCC visibility push(hidden)
+
+#define QRT_PACK_ROWS 16
+
+/* q4_0: qs[k][r] = bytes 4k..4k+3 of row r's qs: low nibbles are values 4k.., high nibbles values 16+4k.. */
+typedef struct {
+    qrt_half d[QRT_PACK_ROWS];
+    uint8_t qs[4][QRT_PACK_ROWS][4];
+} block_q4_0x16;
+_Static_assert(sizeof(block_q4_0x16) == QRT_PACK_ROWS * sizeof(block_q4_0), "block_q4_0x16 size");
+
+/* q8_0: qs[k][r] = values 4k..4k+3 of row r, stored as q + 128 (unsigned: the left operand of vpdpbusd) */
+typedef struct {
+    qrt_half d[QRT_PACK_ROWS];
+    uint8_t qs[8][QRT_PACK_ROWS][4];
+} block_q8_0x16;
+_Static_assert(sizeof(block_q8_0x16) == QRT_PACK_ROWS * sizeof(block_q8_0), "block_q8_0x16 size");
+
+/* q4_K: the 6-bit scales and mins unpacked to bytes (4 bytes more per row and super-block than the GGUF
+ * block); mins in pairs (m[2p], m[2p+1]) per row, one 16-bit pair per 32-bit lane after widening;
+ * qs[c][k][r] = bytes 32c+4k.. of row r: low nibbles are values 64c+4k.. (sub-block 2c), high nibbles values
+ * 64c+32+4k.. (sub-block 2c+1). */
+typedef struct {
+    qrt_half d[QRT_PACK_ROWS];
+    qrt_half dmin[QRT_PACK_ROWS];
+    uint8_t sc[8][QRT_PACK_ROWS];
+    uint8_t mins[4][QRT_PACK_ROWS][2];
+    uint8_t qs[4][8][QRT_PACK_ROWS][4];
+} block_q4_Kx16;
+_Static_assert(sizeof(block_q4_Kx16) == QRT_PACK_ROWS * (sizeof(block_q4_K) + 4), "block_q4_Kx16 size");
+
+/* q6_K: sc[j][r] = scale of sub-block j (16 values) of row r; ql[h][m1][k][r] = ql bytes 64h+32m1+4k.. of row
+ * r; qh[h][k][r] = qh bytes 32h+4k.. of row r. Value 128h + 32m + l (l = 4k + b) has low bits in
+ * ql[h][m & 1][k][r][b] >> 4(m >> 1) and high bits in qh[h][k][r][b] >> 2m, as in the GGUF block. */
+typedef struct {
+    qrt_half d[QRT_PACK_ROWS];
+    int8_t sc[16][QRT_PACK_ROWS];
+    uint8_t ql[2][2][8][QRT_PACK_ROWS][4];
+    uint8_t qh[2][8][QRT_PACK_ROWS][4];
+} block_q6_Kx16;
+_Static_assert(sizeof(block_q6_Kx16) == QRT_PACK_ROWS * sizeof(block_q6_K), "block_q6_Kx16 size");
+
+/* Activation sums the packed kernels need besides the activation blocks, per activation row:
+ *   q8_0 rows: per block nine int32: the sums of quants 4k..4k+3 (k < 8, q8_0's +128 offset per lane), then the
+ *              sum of all 32 (q4_0's -8 offset);
+ *   q8_K rows: per super-block four int32 words, each two int16 sums of 32 quants (sub-blocks 2p, 2p+1),
+ *              for q4_K's mins (vpmaddwd against the row's min pairs). */
+int64_t qrt_packed_sums_per_row(int act_type, int64_t n);
+void qrt_packed_act_sums(int act_type, const void *act_row, int64_t n, int32_t *sums);
+
+/* One group of 16 rows times n_tok activation rows: out[t * out_stride + r] for r < 16, t < n_tok.
+ * group: the group's packed blocks (n / block values of them), act: activation rows act_stride bytes apart,
+ * sums: their qrt_packed_act_sums rows sums_stride int32s apart. */
+typedef void (*qrt_packed_fn)(int64_t n, const void *group, const void *act, size_t act_stride, const int32_t *sums,
+                              size_t sums_stride, int n_tok, float *out, size_t out_stride);
+
+typedef struct {
+    size_t block_bytes; /* bytes of one x16 block (16 GGUF blocks) */
+    void (*pack)(const void *rows, size_t row_bytes, int64_t n, void *group); /* 16 GGUF rows -> one group */
+    qrt_packed_fn gemm[QRT_VARIANT_COUNT]; /* NULL where a variant has no kernel; the scalar one always exists */
+} qrt_packed_entry;
+
+void qrt_packed_register_avx2(qrt_packed_entry table[QRT_TYPE_COUNT]);
+void qrt_packed_register_avx512(qrt_packed_entry table[QRT_TYPE_COUNT]);
+
+/* The entry of a weight type, or NULL when the type has no packed layout. */
+const qrt_packed_entry *qrt_packed_entry_for(int type);
+/* Bytes of a matrix of rows x n packed (rows % 16 == 0), 0 if it cannot be packed. */
+size_t qrt_packed_bytes(int type, int64_t rows, int64_t n);
+/* Pack rows x n (row_bytes apart) into dst (qrt_packed_bytes of them). */
+void qrt_pack_matrix(int type, const void *src, size_t row_bytes, int64_t rows, int64_t n, void *dst);
+/* The kernel for the current variant setting (falls back to the scalar reference), and its variant. */
+qrt_packed_fn qrt_packed_kernel(int type, int *variant_out);
+/* 1 when the best variant this CPU runs has a SIMD packed kernel for the type (packing then pays off). */
+int qrt_packed_worthwhile(int type);
+
+#pragma GCC visibility pop
+#endif
