@@ -21,5 +21,6 @@ const char *qrt_version(void);
 #include "qrt_blockwise.h"
 #include "qrt_imatrix.h"
 #include "qrt_kernel_tiles.h"
+#include "qrt_eval.h"
 
 #endif
