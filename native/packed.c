@@ -156,7 +156,7 @@ static void gemm_q4_K_scalar(int64_t n, const void *group, const void *act, size
     for (int t = 0; t < n_tok; t++) {
         const block_q8_K *y = act_q8_K(act, as, t);
         for (int r = 0; r < QRT_PACK_ROWS; r++) {
-            float acc = 0.0f;
+            float acc = 0.0f, accm = 0.0f;
             for (int64_t i = 0; i < n / QK_K; i++) {
                 int32_t sumi = 0, summ = 0;
                 for (int c = 0; c < 4; c++) {
@@ -172,9 +172,9 @@ static void gemm_q4_K_scalar(int64_t n, const void *group, const void *act, size
                 for (int j = 0; j < 8; j++)
                     summ += x[i].mins[j / 2][r][j % 2] * (y[i].bsums[2 * j] + y[i].bsums[2 * j + 1]);
                 acc = fmaf((float)sumi, qrt_fp16_to_fp32(x[i].d[r]) * y[i].d, acc);
-                acc = fmaf(-(float)summ, qrt_fp16_to_fp32(x[i].dmin[r]) * y[i].d, acc);
+                accm = fmaf((float)summ, qrt_fp16_to_fp32(x[i].dmin[r]) * y[i].d, accm);
             }
-            out[t * os + r] = acc;
+            out[t * os + r] = acc - accm;
         }
     }
 }
@@ -213,10 +213,10 @@ static qrt_packed_entry table[QRT_TYPE_COUNT];
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 
 static void fill(void) {
-    table[QRT_TYPE_Q4_0] = (qrt_packed_entry){sizeof(block_q4_0x16), pack_q4_0, {gemm_q4_0_scalar}};
-    table[QRT_TYPE_Q8_0] = (qrt_packed_entry){sizeof(block_q8_0x16), pack_q8_0, {gemm_q8_0_scalar}};
-    table[QRT_TYPE_Q4_K] = (qrt_packed_entry){sizeof(block_q4_Kx16), pack_q4_K, {gemm_q4_K_scalar}};
-    table[QRT_TYPE_Q6_K] = (qrt_packed_entry){sizeof(block_q6_Kx16), pack_q6_K, {gemm_q6_K_scalar}};
+    table[QRT_TYPE_Q4_0] = (qrt_packed_entry){sizeof(block_q4_0x16), pack_q4_0, {gemm_q4_0_scalar}, 1};
+    table[QRT_TYPE_Q8_0] = (qrt_packed_entry){sizeof(block_q8_0x16), pack_q8_0, {gemm_q8_0_scalar}, 1};
+    table[QRT_TYPE_Q4_K] = (qrt_packed_entry){sizeof(block_q4_Kx16), pack_q4_K, {gemm_q4_K_scalar}, 1};
+    table[QRT_TYPE_Q6_K] = (qrt_packed_entry){sizeof(block_q6_Kx16), pack_q6_K, {gemm_q6_K_scalar}, 0};
 #if defined(__x86_64__)
     if (qrt_variant_supported(QRT_VARIANT_AVX2)) qrt_packed_register_avx2(table);
     if (qrt_variant_supported(QRT_VARIANT_AVX512)) qrt_packed_register_avx512(table);
@@ -257,9 +257,14 @@ qrt_packed_fn qrt_packed_kernel(int type, int *variant_out) {
     return e->gemm[QRT_VARIANT_SCALAR];
 }
 
-int qrt_packed_worthwhile(int type) {
-    int v = 0;
-    return qrt_packed_kernel(type, &v) != NULL && v != QRT_VARIANT_SCALAR;
+int qrt_packed_worthwhile(int type, int all) {
+    /* the CPU's best variant, not a forced one: a run forced to the scalar reference computes on the same
+     * packed layout, so every variant gives the same logits for the same file */
+    const qrt_packed_entry *e = qrt_packed_entry_for(type);
+    if (!e || !(all || e->by_default)) return 0;
+    for (int v = QRT_VARIANT_COUNT - 1; v > 0; v--)
+        if (qrt_variant_supported(v) && e->gemm[v]) return 1;
+    return 0;
 }
 
 /* ---- test probe (qrt_model.h) ---- */

@@ -14,9 +14,9 @@
  * Result rules shared by every variant (the scalar reference in packed.c and the SIMD ones), so all variants are
  * bit-identical and the tests compare with ==:
  *   q4_0, q4_K, q6_K: per row and token, each block's (or super-block's) integer sum is exact, and the float
- *     result is accumulated block by block as acc = fma((float)sumi, d_row * d_act, acc) from 0 (q4_K adds a
- *     second fma for its mins). That is the order of llama.cpp's own repacked q4_0 kernels, which it uses by
- *     default on x86, so qrun's q4_0 logits track llama.cpp's to float rounding.
+ *     result is accumulated block by block as acc = fma((float)sumi, d_row * d_act, acc) from 0 (q4_K
+ *     accumulates its mins term the same way in a second sum, subtracted at the end). That is the order of llama.cpp's own repacked q4_0 and q4_K kernels, which it uses by
+ *     default on x86, so qrun's logits track llama.cpp's to float rounding.
  *   q8_0: llama.cpp does not repack q8_0 on x86, so the packed kernel keeps ggml_vec_dot_q8_0_q8_0's order: 8
  *     float lanes per row, lane k accumulating fma((float)(exact sum of values 4k..4k+3), d_row * d_act) block by
  *     block, summed at the end in the tree order of ggml's hsum_float_8 (qrt_hsum8). Bit-identical to the
@@ -89,6 +89,9 @@ typedef struct {
     size_t block_bytes; /* bytes of one x16 block (16 GGUF blocks) */
     void (*pack)(const void *rows, size_t row_bytes, int64_t n, void *group); /* 16 GGUF rows -> one group */
     qrt_packed_fn gemm[QRT_VARIANT_COUNT]; /* NULL where a variant has no kernel; the scalar one always exists */
+    /* 0: packed only on request (QRT_PACK=all): the block-order result departs from the 8-lane order of
+     * ggml's own kernel for the type, which llama.cpp runs on x86, and with it agreement with llama.cpp */
+    int by_default;
 } qrt_packed_entry;
 
 void qrt_packed_register_avx2(qrt_packed_entry table[QRT_TYPE_COUNT]);
@@ -102,8 +105,9 @@ size_t qrt_packed_bytes(int type, int64_t rows, int64_t n);
 void qrt_pack_matrix(int type, const void *src, size_t row_bytes, int64_t rows, int64_t n, void *dst);
 /* The kernel for the current variant setting (falls back to the scalar reference), and its variant. */
 qrt_packed_fn qrt_packed_kernel(int type, int *variant_out);
-/* 1 when the best variant this CPU runs has a SIMD packed kernel for the type (packing then pays off). */
-int qrt_packed_worthwhile(int type);
+/* 1 when a variant this CPU runs (forced or not) has a SIMD packed kernel for the type (packing then pays off) and the
+ * type is packed by default (all = 1: also the others). */
+int qrt_packed_worthwhile(int type, int all);
 
 #pragma GCC visibility pop
 #endif

@@ -31,9 +31,9 @@ typedef __m256 VF;
 #define V_U8_TO_I16(p) _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(p)))
 #define V_CVT(a) _mm256_cvtepi32_ps(a)
 #define V_ADDF(a, b) _mm256_add_ps(a, b)
+#define V_SUBF(a, b) _mm256_sub_ps(a, b)
 #define V_MUL(a, b) _mm256_mul_ps(a, b)
 #define V_FMA(a, b, c) _mm256_fmadd_ps(a, b, c)
-#define V_FNMA(a, b, c) _mm256_fnmadd_ps(a, b, c)
 #define V_DOT_U4(acc, u, s) _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)))
 /* q8_0: q + 128 would saturate vpmaddubsw, so the weights go back to signed and the sign moves to y */
 #define V_Q8_PREP(v) _mm256_xor_si256(v, _mm256_set1_epi8((char)0x80))

@@ -30,9 +30,9 @@ typedef __m512 VF;
 #define V_U8_TO_I16(p) _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(p)))
 #define V_CVT(a) _mm512_cvtepi32_ps(a)
 #define V_ADDF(a, b) _mm512_add_ps(a, b)
+#define V_SUBF(a, b) _mm512_sub_ps(a, b)
 #define V_MUL(a, b) _mm512_mul_ps(a, b)
 #define V_FMA(a, b, c) _mm512_fmadd_ps(a, b, c)
-#define V_FNMA(a, b, c) _mm512_fnmadd_ps(a, b, c)
 /* unsigned weight bytes (<= 15 or 63) times signed activation bytes, 4 per lane, into int32 */
 #define V_DOT_U4(acc, u, s) _mm512_dpbusd_epi32(acc, u, s)
 /* q8_0 weights stored as q + 128: the same vpdpbusd, started at -128 * sum(y) */

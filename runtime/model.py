@@ -59,7 +59,8 @@ class Timings:
 
 class Model:
     """A loaded GGUF model. `threads=None` uses every CPU; `ctx` is the KV-cache length in tokens;
-    `kv_f32=True` keeps the cache in f32 (exact comparisons), else f16 as llama.cpp does."""
+    `kv_f32=True` keeps the cache in f32 (exact comparisons), else f16 as llama.cpp does; `pack=False` keeps the
+    weights as stored instead of repacking q4_0/q8_0/q4_K matrices into 16-row groups (slower; for comparisons)."""
 
     def __init__(
         self,
@@ -69,6 +70,7 @@ class Model:
         *,
         kv_f32: bool = False,
         n_batch: int = 64,
+        pack: bool = True,
     ) -> None:
         self.path = Path(path)
         if not self.path.is_file():
@@ -78,6 +80,7 @@ class Model:
         params.n_threads = int(threads) if threads else 0
         params.n_batch = int(n_batch)
         params.kv_f32 = 1 if kv_f32 else 0
+        params.no_pack = 0 if pack else 1
         err = ffi.new("char[1024]")
         handle = lib.qrt_model_open(str(self.path).encode(), ffi.new("qrt_model_params *", params), err, len(err))
         if handle == ffi.NULL:

@@ -164,24 +164,28 @@ def test_forced_variants_give_identical_logits(smollm2_package_gguf):
         np.testing.assert_array_equal(logits, ref, err_msg=variant)
 
 
+@pytest.mark.parametrize("pack", [True, False], ids=["packed", "as-stored"])
 @pytest.mark.parametrize(
     ("type_name", "hidden"),
     [("q4_0", 512), ("q8_0", 512), ("q4_1", 512), ("q5_0", 512), ("q4_k_m", 512), ("q4_k_m", 576), ("q6_k", 512)],
 )
-def test_forced_variants_agree_on_tiles_and_decode(random_model_factory, tmp_path, type_name, hidden):
+def test_forced_variants_agree_on_tiles_and_decode(random_model_factory, tmp_path, type_name, hidden, pack):
     """Prompt tiles (several rows x tokens per call, with leftovers) and decode tiles under each forced variant give
-    logits identical to the scalar reference, for the types the tile kernels cover."""
+    logits identical to the scalar reference, for the types the tile kernels cover; with the weights repacked into
+    16-row groups (the default) and as stored."""
     from qconv.converter.convert import convert_to_gguf
     from qconv.runtime.model import Model
 
-    folder = random_model_factory(arch="llama", hidden=hidden, n_layers=2, n_heads=8, n_kv_heads=2, ffn=2 * hidden, vocab=512, dtype="f32", seed=5)
+    folder = random_model_factory(
+        arch="llama", hidden=hidden, n_layers=2, n_heads=8, n_kv_heads=2, ffn=2 * hidden, vocab=512, dtype="f32", seed=5
+    )
     path = convert_to_gguf(folder, tmp_path / f"{type_name}.gguf", type_name, progress=False).out_path
     prompt = [1, 17, 230, 41, 99, 7, 300, 12, 8, 64, 3]  # 11 tokens: full 4-token tiles and a remainder
     results = {}
     try:
         for variant in ["scalar", *exercised_variants()]:
             assert lib.qrt_kernels_force(variant.encode()) == 0
-            model = Model(path, threads=2, ctx=64, kv_f32=True)
+            model = Model(path, threads=2, ctx=64, kv_f32=True, pack=pack)
             batch = model.logits(prompt)
             model.reset()
             model.eval(prompt[:5])
