@@ -140,8 +140,11 @@ def _gguf_identity(path: Path) -> dict:
 
 
 def check_compatible(quant: Path, ref: Path) -> None:
-    """The reference must be the same network: architecture, shape and vocabulary."""
-    q, r = _gguf_identity(quant), _gguf_identity(ref)
+    """The reference must be the same network: architecture, shape and vocabulary (quant: a GGUF or an ONNX
+    folder, described by its tokenizer.gguf)."""
+    from qconv.converter.eval_onnx import metadata_gguf
+
+    q, r = _gguf_identity(metadata_gguf(quant)), _gguf_identity(ref)
     if q["arch"] != r["arch"]:
         raise FormatError(f"reference {ref} is a '{r['arch']}' model, {quant} is a '{q['arch']}' model")
     for key in ("block_count", "embedding_length"):
@@ -327,9 +330,10 @@ def run_tasks(ref: Runner, quant: Runner, items, max_tasks: int | None, max_toke
 
 def longest_input(quant: Path, chosen, options) -> int:
     """Tokens the KV cache must hold: the longest whole document or task prompt plus its answer."""
+    from qconv.converter.eval_onnx import metadata_gguf
     from qconv.runtime.tokenizer import Tokenizer
 
-    tokenizer = Tokenizer.from_gguf(quant)
+    tokenizer = Tokenizer.from_gguf(metadata_gguf(quant))
     longest = 0
     for suite in chosen:
         if suite.whole_documents:
@@ -353,11 +357,14 @@ class EvalOptions:
 
 
 def evaluate(quant: Path, ref: Path, options: EvalOptions | None = None, log=None) -> dict:
-    """The report (a JSON-able dict) of QUANT against REF on the held-out suites."""
+    """The report (a JSON-able dict) of QUANT (a GGUF file or a `qconv to-onnx` folder) against REF on the
+    held-out suites."""
+    from qconv.converter.eval_onnx import is_onnx_folder, model_bytes, onnx_layer_errors, open_runner
+
     options = options or EvalOptions()
     quant = Path(quant)
-    if not quant.is_file():
-        raise FormatError(f"{quant}: no such GGUF file")
+    if not (quant.is_file() or is_onnx_folder(quant)):
+        raise FormatError(f"{quant}: no such GGUF file or ONNX folder (model.onnx and genai_config.json)")
     chosen = suite_table.get_suites(options.suites) if options.suites else suite_table.get_suites()
     say = log or (lambda msg: None)
     with tempfile.TemporaryDirectory(prefix="qconv-eval-") as tmp:
@@ -365,11 +372,11 @@ def evaluate(quant: Path, ref: Path, options: EvalOptions | None = None, log=Non
         check_compatible(quant, ref_path)
         model_ctx = max(options.ctx, longest_input(quant, chosen, options) + 8)
         ref_runner = Runner(ref_path, model_ctx, options.threads)
-        quant_runner = Runner(quant, model_ctx, options.threads)
+        quant_runner = open_runner(quant, model_ctx, options.threads)
         report = {
             "quant": str(quant),
             "reference": str(ref),
-            "quant_bytes": quant.stat().st_size,
+            "quant_bytes": model_bytes(quant),
             "reference_bytes": ref_path.stat().st_size,
             "ctx": options.ctx,
             "suites": [],
@@ -405,7 +412,8 @@ def evaluate(quant: Path, ref: Path, options: EvalOptions | None = None, log=Non
         if options.layer_errors:
             from qconv.converter.report import layer_weight_errors
 
-            report["layer_errors"] = layer_weight_errors(quant, ref_path)
+            errors = onnx_layer_errors if is_onnx_folder(quant) else layer_weight_errors
+            report["layer_errors"] = errors(quant, ref_path)
     return report
 
 

@@ -39,9 +39,14 @@ from qconv.runtime.blockwise import BITS, BLOCK_SIZES
 @click.option(
     "--head-bits",
     type=click.Choice([str(b) for b in BITS]),
-    default="8",
-    show_default=True,
-    help="Bits of the embedding table and output head (shared when tied).",
+    default=None,
+    help="Bits of the embedding table and output head (shared when tied). Default: --bits.",
+)
+@click.option(
+    "--head-block-size",
+    type=click.Choice([str(b) for b in BLOCK_SIZES]),
+    default=None,
+    help="Values per scale of the embedding table and output head. Default: 16 (or --block-size if smaller).",
 )
 @click.option(
     "--symmetric",
@@ -54,6 +59,15 @@ from qconv.runtime.blockwise import BITS, BLOCK_SIZES
     default=None,
     help="llama.cpp importance matrix (GGUF or legacy .dat) weighting each column's rounding error.",
 )
+@click.option(
+    "--calibrate", "calibrate_data", multiple=True, type=click.Path(path_type=Path),
+    help="Calibration text (files/folders, or 'builtin': the built-in suites, the default): ONNX Runtime runs the "
+    "unquantized graph over it and the quantizer weights each column's error by its mean squared input.",
+)  # fmt: skip
+@click.option(
+    "--no-calibrate", is_flag=True,
+    help="No calibration run: every column's error weighs the same (data-free, lower quality at 4 bits).",
+)  # fmt: skip
 @click.option("-t", "--threads", type=int, default=None, help="Quantization threads (default: all cores).")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
@@ -62,24 +76,40 @@ def to_onnx(
     out_dir: Path,
     bits: str,
     block_size: str,
-    head_bits: str,
+    head_bits: str | None,
+    head_block_size: str | None,
     symmetric: bool,
     imatrix: Path | None,
+    calibrate_data: tuple[Path, ...],
+    no_calibrate: bool,
     threads: int | None,
     as_json: bool,
     quiet: bool,
 ) -> None:
     """Export MODEL (a Hugging Face llama-family folder) to OUT_DIR: model.onnx with block-quantized weights
     (DequantizeLinear -> MatMul, fused by ONNX Runtime into MatMulNBits), tokenizer files, chat template and
-    genai_config.json (loads in onnxruntime-genai and in `qrun OUT_DIR`)."""
+    genai_config.json (loads in onnxruntime-genai and in `qrun OUT_DIR`).
+
+    --calibrate DATA runs the unquantized model over DATA first (as `qconv calibrate` does) and quantizes with that
+    importance matrix."""
     from qconv.converter.onnx_export import OnnxOptions, export_onnx
 
+    if imatrix is not None and calibrate_data:
+        click.echo("qconv: error: --imatrix and --calibrate are mutually exclusive: give a ready importance matrix "
+                   "or the text to compute one from, not both", err=True)  # fmt: skip
+        sys.exit(2)
+    if no_calibrate and calibrate_data:
+        click.echo("qconv: error: --calibrate and --no-calibrate contradict each other", err=True)
+        sys.exit(2)
     options = OnnxOptions(
         bits=int(bits),
         block_size=int(block_size),
-        head_bits=int(head_bits),
+        head_bits=int(head_bits) if head_bits else None,
+        head_block_size=int(head_block_size) if head_block_size else None,
         symmetric=symmetric,
         imatrix=imatrix,
+        calibrate=not no_calibrate,
+        calibration_data=tuple(calibrate_data),
         threads=threads,
     )
     bar = None
@@ -92,8 +122,9 @@ def to_onnx(
             )
         bar.update(1, name)
 
+    log = None if quiet or as_json else (lambda msg: click.echo(msg, err=True))
     try:
-        result = export_onnx(model, out_dir, options, progress=None if quiet or as_json else progress)
+        result = export_onnx(model, out_dir, options, progress=None if quiet or as_json else progress, log=log)
     except FormatError as e:
         if bar is not None:
             bar.render_finish()
@@ -112,10 +143,11 @@ def to_onnx(
         "parameters": result.parameters,
         "quantized_layers": result.n_quantized,
         "bits": options.bits,
-        "head_bits": options.head_bits,
+        "head_bits": options.head_quant_bits,
+        "head_block_size": options.head_block,
         "block_size": options.block_size,
         "symmetric": options.symmetric,
-        "imatrix": str(imatrix) if imatrix else None,
+        "imatrix": result.imatrix,
         "bits_per_weight": round(8 * (result.model_bytes + result.data_bytes) / max(1, result.parameters), 3),
         "seconds": round(result.seconds, 2),
     }
@@ -125,7 +157,7 @@ def to_onnx(
         size = (result.model_bytes + result.data_bytes) / 2**20
         click.echo(
             f"{result.out_dir}: {result.parameters:,} weights, {size:.1f} MiB, {summary['bits_per_weight']} bits per "
-            f"weight ({options.bits}-bit blocks of {options.block_size}, head {options.head_bits}-bit, "
+            f"weight ({options.bits}-bit blocks of {options.block_size}, head {options.head_quant_bits}-bit blocks of {options.head_block}, "
             f"{'symmetric' if symmetric else 'zero points'}), {result.n_quantized} quantized layers, "
             f"{result.seconds:.1f} s"
         )

@@ -28,6 +28,7 @@ The graph (standard ONNX ops, opset 21):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -67,27 +68,50 @@ COPIED_FILES = (
 # onnxruntime-genai's model type per GGUF architecture
 GENAI_TYPES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
 LINEAR_LAYERS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-MASK_MIN = float(np.finfo(np.float32).min)  # HF's masked score: exp() is 0 and a fully masked row stays finite
+MASK_MIN = float(np.finfo(np.float32).min)
+# The output head is the most sensitive matrix of a small model (SmolLM2-135M: a 4-bit head alone moves the KLD to
+# f32 from 0.21 to 0.28); blocks of 16 there cost 4 bytes per 16 weights of one matrix, within the size bound.
+HEAD_BLOCK_SIZE = 16  # HF's masked score: exp() is 0 and a fully masked row stays finite
 
 
 @dataclass(frozen=True)
 class OnnxOptions:
     bits: int = 4
     block_size: int = 32
-    head_bits: int = 8  # the embedding table and output head (as llama.cpp's mixtures keep the head at 6-8 bits)
+    head_bits: int | None = None  # the embedding table and output head; None: `bits` (the size bound counts so)
+    head_block_size: int | None = None  # None: HEAD_BLOCK_SIZE, or block_size when that is smaller
     symmetric: bool = False
     imatrix: Path | None = None
+    imatrix_label: str | None = None  # how the report and metadata name the imatrix (default: its path)
+    # without an imatrix: measure one first (onnx_calibrate) over these files/folders, or the built-in text
+    calibrate: bool = True
+    calibration_data: tuple[Path, ...] = ()
     threads: int | None = None
     external_data: bool | None = None  # None: only when the weights would pass the 2 GB protobuf limit
     quantize: bool = True  # False: float32 weights (the baseline other quantizers start from; not for shipping)
 
+    def __post_init__(self) -> None:
+        if self.imatrix is not None and self.imatrix_label is None:
+            object.__setattr__(self, "imatrix_label", str(self.imatrix))
+
     def check(self) -> None:
         if self.bits not in BITS:
             raise FormatError(f"unsupported --bits {self.bits}; valid: {', '.join(map(str, BITS))}")
-        if self.head_bits not in BITS:
+        if self.head_bits is not None and self.head_bits not in BITS:
             raise FormatError(f"unsupported --head-bits {self.head_bits}; valid: {', '.join(map(str, BITS))}")
-        if self.block_size not in BLOCK_SIZES:
-            raise FormatError(f"unsupported --block-size {self.block_size}; valid: {', '.join(map(str, BLOCK_SIZES))}")
+        for flag, size in (("--block-size", self.block_size), ("--head-block-size", self.head_block_size)):
+            if size is not None and size not in BLOCK_SIZES:
+                raise FormatError(f"unsupported {flag} {size}; valid: {', '.join(map(str, BLOCK_SIZES))}")
+
+    @property
+    def head_quant_bits(self) -> int:
+        return self.bits if self.head_bits is None else self.head_bits
+
+    @property
+    def head_block(self) -> int:
+        if self.head_block_size is not None:
+            return self.head_block_size
+        return min(HEAD_BLOCK_SIZE, self.block_size)
 
     @property
     def onnx_type(self) -> int:
@@ -95,7 +119,7 @@ class OnnxOptions:
 
     @property
     def head_type(self) -> int:
-        return QUANT_TYPES[(self.head_bits, self.symmetric)]
+        return QUANT_TYPES[(self.head_quant_bits, self.symmetric)]
 
 
 @dataclass
@@ -107,6 +131,7 @@ class ExportResult:
     parameters: int
     seconds: float
     files: list[str] = field(default_factory=list)
+    imatrix: str | None = None  # where the importance weights came from
 
 
 # ---------------------------------------------------------------- rope frequencies
@@ -179,6 +204,7 @@ class DecoderGraph:
         self.progress = progress or (lambda name, done, total: None)
         self.n_quantized = 0
         self.parameters = 0
+        self.linear_inputs: dict[str, str] = {}  # GGUF weight name -> the graph tensor multiplied by it
         self._consts: dict[tuple, str] = {}
         self._reads = 0
 
@@ -206,11 +232,12 @@ class DecoderGraph:
             found = self.imatrix.mean_squares("output.weight")  # the tied head's activations, under either name
         return found
 
-    def quantize_rows(self, hf_name: str, values: np.ndarray, bits: int):
+    def quantize_rows(self, hf_name: str, values: np.ndarray, head: bool = False, importance=None):
         o = self.options
-        imp = self.importance(hf_name)
+        imp = self.importance(hf_name) if importance is None else importance
+        bits, block = (o.head_quant_bits, o.head_block) if head else (o.bits, o.block_size)
         try:
-            return quantize_blockwise(values, bits, o.block_size, o.symmetric, imp, o.threads)
+            return quantize_blockwise(values, bits, block, o.symmetric, imp, o.threads)
         except ValueError as e:
             raise FormatError(f"{self.source.safetensors.entries[hf_name].file}: tensor '{hf_name}': {e}") from None
 
@@ -220,15 +247,18 @@ class DecoderGraph:
         """x @ W^T (+ b) with W [out, in] quantized along `in` and stored K x N."""
         o = self.options
         stem = hf_weight.removesuffix(".weight")
+        self.linear_inputs[gguf_name(hf_weight)] = x
         if not o.quantize:
             w = self.g.constant(hf_weight, np.ascontiguousarray(self.read(hf_weight).T))
             return self.bias_add(
                 self.g.node("MatMul", [x, w], [out] if out and not hf_bias else 1, name=f"{stem}_MatMul"), hf_bias, out
             )
-        quant = self.quantize_rows(hf_weight, self.read(hf_weight), o.head_bits if head else o.bits)
+        quant = self.quantize_rows(hf_weight, self.read(hf_weight), head=head)
         zp = None if quant.zero_points is None else quant.zero_points.T
         qtype = o.head_type if head else o.onnx_type
-        w = self.g.dequantized_weight(stem, quant.q.T, np.ascontiguousarray(quant.scales.T), zp, qtype, o.block_size)
+        w = self.g.dequantized_weight(
+            stem, quant.q.T, np.ascontiguousarray(quant.scales.T), zp, qtype, quant.block_size
+        )
         self.n_quantized += 1
         return self.bias_add(
             self.g.node("MatMul", [x, w], [out] if out and not hf_bias else 1, name=f"{stem}_MatMul"), hf_bias, out
@@ -256,36 +286,49 @@ class DecoderGraph:
         if not o.quantize:
             self.embed_values = self.read(name)
             return g.node("Gather", [g.constant(name, self.embed_values), input_ids], axis=0)
-        quant = self.quantize_rows(name, self.read(name), o.head_bits)
+        tied = self.spec.tied_embeddings
+        quant = self.quantize_rows(name, self.read(name), head=True)
         table = g.quantized("embed_tokens_q", quant.q.T, o.head_type)
         gather_type = GATHERABLE[o.head_type]
-        # [vocab, hidden] in a gatherable type. ONNX Runtime folds this once at load into its own initializer, so
-        # the head's DequantizeLinear keeps `table` to itself and still fuses into MatMulNBits.
-        lookup_table = table if gather_type == o.head_type else g.node("Cast", [table], to=gather_type)
-        lookup_table = g.node("Transpose", [lookup_table], perm=[1, 0])
-        rows = g.node("Gather", [lookup_table, input_ids], axis=0)  # [batch, seq, hidden]
-        dq_inputs = [rows, g.node("Gather", [g.constant("embed_tokens_lookup_scale", quant.scales), input_ids], axis=0)]
-        if quant.zero_points is not None:
-            dq_inputs.append(
-                g.node("Gather", [g.constant("embed_tokens_lookup_zp", quant.zero_points), input_ids], axis=0)
-            )
+
+        def lookup_layout(kn: str) -> str:
+            """[vocab, x] in a gatherable type from a [x, vocab] initializer. ONNX Runtime folds these once at
+            load into initializers of their own, so the head's DequantizeLinear keeps its inputs to itself and
+            still fuses into MatMulNBits: the file holds the table, scales and zero points once."""
+            cast = kn if g.elem_type(kn) in (gather_type, TensorProto.FLOAT) else g.node("Cast", [kn], to=gather_type)
+            return g.node("Transpose", [cast], perm=[1, 0])
+
+        rows = g.node("Gather", [lookup_layout(table), input_ids], axis=0)  # [batch, seq, hidden]
+        if tied:  # stored in the head's layout [blocks, vocab]
+            scales = lookup_layout(g.constant("lm_head_scale", np.ascontiguousarray(quant.scales.T)))
+            zero_points = None
+            if quant.zero_points is not None:
+                zero_points = lookup_layout(g.quantized("lm_head_zp", quant.zero_points.T, o.head_type))
+        else:
+            scales = g.constant("embed_tokens_lookup_scale", quant.scales)
+            zero_points = None
+            if quant.zero_points is not None:
+                zero_points = g.quantized("embed_tokens_lookup_zp", quant.zero_points, gather_type)
+        dq_inputs = [rows, g.node("Gather", [scales, input_ids], axis=0)]
+        if zero_points is not None:
+            dq_inputs.append(g.node("Gather", [zero_points, input_ids], axis=0))
         self.embed_quant, self.embed_table = quant, table
-        return g.node("DequantizeLinear", dq_inputs, axis=2, block_size=o.block_size)
+        return g.node("DequantizeLinear", dq_inputs, axis=2, block_size=quant.block_size)
 
     def head(self, x: str) -> str:
         g, o, spec = self.g, self.options, self.spec
         if not spec.tied_embeddings:
             return self.linear(x, "lm_head.weight", out="logits", head=True)
+        self.linear_inputs["output.weight"] = x
         if not o.quantize:  # a K x N copy, so that weight-only quantizers see the head as a MatMul weight
             w = g.constant("lm_head.weight", np.ascontiguousarray(self.embed_values.T))
             return g.node("MatMul", [x, w], ["logits"], name="lm_head_MatMul")
         quant = self.embed_quant
-        inputs = [self.embed_table, g.constant("lm_head_scale", np.ascontiguousarray(quant.scales.T))]
-        if quant.zero_points is not None:
-            inputs.append(g.quantized("lm_head_zp", quant.zero_points.T, o.head_type))
+        inputs = [self.embed_table, "lm_head_scale"] + (["lm_head_zp"] if quant.zero_points is not None else [])
         w = g.node(
-            "DequantizeLinear", inputs, ["lm_head_dq"], name="lm_head_DequantizeLinear", axis=0, block_size=o.block_size
-        )
+            "DequantizeLinear", inputs, ["lm_head_dq"], name="lm_head_DequantizeLinear", axis=0,
+            block_size=quant.block_size,
+        )  # fmt: skip
         self.n_quantized += 1
         return g.node("MatMul", [x, w], ["logits"], name="lm_head_MatMul")
 
@@ -411,8 +454,10 @@ def check_out_dir(out_dir: Path) -> None:
 
 def estimated_bytes(spec: ModelSpec, options: OnnxOptions) -> int:
     params = sum(math.prod(shape) for shape in spec.expected_shapes().values())
-    per_block = 4 + (0 if options.symmetric else options.head_bits / 8)
-    return int(params * options.head_bits / 8 + params / options.block_size * per_block)  # an upper bound
+    bits = max(options.bits, options.head_quant_bits)
+    per_block = 4 + (0 if options.symmetric else bits / 8)
+    block = min(options.block_size, options.head_block)
+    return int(params * bits / 8 + params / block * per_block)  # an upper bound
 
 
 def write_tokenizer_gguf(source: HFSource, path: Path) -> None:
@@ -486,22 +531,34 @@ def genai_config(spec: ModelSpec, source_dir: Path) -> dict:
     }
 
 
+def _check_source(source: HFSource, model_dir: Path, out_dir: Path) -> None:
+    if source.spec.gguf_arch not in GENAI_TYPES:
+        raise FormatError(f"{model_dir}: architecture {source.spec.architecture} has no ONNX export")
+    check_out_dir(out_dir)
+
+
 def export_onnx(
-    model_dir: Path, out_dir: Path, options: OnnxOptions, progress: Callable[[str, int, int], None] | None = None
-) -> ExportResult:
+    model_dir: Path, out_dir: Path, options: OnnxOptions, progress: Callable[[str, int, int], None] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> ExportResult:  # fmt: skip
     """Write OUT_DIR; on any error nothing is left behind (the folder is built beside it, then renamed)."""
     start = time.perf_counter()
     options.check()
     out_dir = Path(out_dir)
     source = HFSource(Path(model_dir))  # unsupported architectures and bad checkpoints fail here
     try:
-        if source.spec.gguf_arch not in GENAI_TYPES:
-            raise FormatError(f"{model_dir}: architecture {source.spec.architecture} has no ONNX export")
-        check_out_dir(out_dir)
+        _check_source(source, Path(model_dir), out_dir)
         imatrix = None
         if options.imatrix is not None:
             imatrix = read_imatrix(Path(options.imatrix))
             imatrix.check_against({g: s[-1] for g, s in source.shapes.items() if len(s) == 2})
+        elif options.calibrate and options.quantize:
+            from qconv.converter.onnx_calibrate import probe_importance
+
+            paths = [Path(p) for p in options.calibration_data if str(p) != "builtin"]
+            imatrix = probe_importance(source, paths or None, threads=options.threads, log=log)
+            label = ",".join(map(str, paths)) or "the built-in calibration text"
+            options = dataclasses.replace(options, imatrix_label=f"calibrated on {label}")
         external = options.external_data
         if external is None:
             external = estimated_bytes(source.spec, options) > PROTO_LIMIT_BYTES
@@ -520,6 +577,7 @@ def export_onnx(
         source.close()
     result.out_dir = out_dir
     result.seconds = time.perf_counter() - start
+    result.imatrix = options.imatrix_label
     return result
 
 
@@ -541,10 +599,11 @@ def _write_folder(
     spec = source.spec
     metadata = {
         "qconv.bits": str(options.bits),
-        "qconv.head_bits": str(options.head_bits),
+        "qconv.head_bits": str(options.head_quant_bits),
+        "qconv.head_block_size": str(options.head_block),
         "qconv.block_size": str(options.block_size),
         "qconv.symmetric": str(int(options.symmetric)),
-        "qconv.imatrix": str(options.imatrix or ""),
+        "qconv.imatrix": options.imatrix_label or "",
         "qconv.source": spec.name,
     }
     model = g.model(f"{spec.gguf_arch}_decoder", OPSET, "qconv", metadata)

@@ -52,6 +52,7 @@ class GraphBuilder:
         self.inputs: list[onnx.ValueInfoProto] = []
         self.outputs: list[onnx.ValueInfoProto] = []
         self._names: set[str] = set()
+        self._types: dict[str, int] = {}
         self._counter = 0
         self.external_path = Path(external_data) if external_data else None
         self._external = open(self.external_path, "wb") if self.external_path else None
@@ -80,6 +81,7 @@ class GraphBuilder:
 
     def raw_initializer(self, name: str, onnx_type: int, dims: tuple[int, ...], raw: bytes) -> str:
         self._claim(name)
+        self._types[name] = onnx_type
         tensor = TensorProto(name=name, data_type=onnx_type, dims=list(dims))
         if self._external is not None and len(raw) >= 1024:
             offset = self._external.tell()
@@ -97,6 +99,10 @@ class GraphBuilder:
         self.data_bytes += len(raw)
         self.initializers.append(tensor)
         return name
+
+    def elem_type(self, name: str) -> int | None:
+        """The element type of an initializer added so far (None for other names)."""
+        return self._types.get(name)
 
     def constant(self, name: str, array: np.ndarray) -> str:
         """A float32/int64/bool initializer from a numpy array."""

@@ -28,13 +28,14 @@ class ExportedWeights:
     def __init__(self, model_path: Path):
         model = onnx.load(str(model_path))  # external data is loaded from beside the file
         self.arrays = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-        self.block = next(
-            a.i
+        # block size per quantized initializer (the head may use smaller blocks than the linear layers)
+        self.blocks = {
+            n.input[0]: a.i
             for n in model.graph.node
             if n.op_type == "DequantizeLinear"
             for a in n.attribute
             if a.name == "block_size"
-        )
+        }
 
     def get(self, name: str) -> np.ndarray | None:
         return self.arrays.get(name)
@@ -43,7 +44,7 @@ class ExportedWeights:
         """The float K x N weight of one linear layer (float32 exports keep HF names with '.weight')."""
         if stem + "_q" in self.arrays:
             return dequantize_kn(
-                self.arrays[stem + "_q"], self.arrays[stem + "_scale"], self.get(stem + "_zp"), self.block
+                self.arrays[stem + "_q"], self.arrays[stem + "_scale"], self.get(stem + "_zp"), self.blocks[stem + "_q"]
             )
         return self.arrays[stem + ".weight"].astype(np.float64)
 
@@ -52,16 +53,20 @@ class ExportedWeights:
         if "embed_tokens_q" not in self.arrays:
             return self.arrays["model.embed_tokens.weight"].astype(np.float64)
         q = self.arrays["embed_tokens_q"]  # [hidden, vocab]
+        block = self.blocks.get("embed_tokens_q") or next(iter(self.blocks.values()))
+        if "embed_tokens_lookup_scale" not in self.arrays:  # tied: the lookup transposes the head's scales
+            return dequantize_kn(q, self.arrays["lm_head_scale"], self.get("lm_head_zp"), block).T
         scales = self.arrays["embed_tokens_lookup_scale"].T
         zp = self.get("embed_tokens_lookup_zp")
-        return dequantize_kn(q, scales, None if zp is None else zp.T, self.block).T
+        return dequantize_kn(q, scales, None if zp is None else zp.T, block).T
 
     def head(self) -> np.ndarray:
         if "lm_head_q" in self.arrays or "lm_head.weight" in self.arrays:
             return self.linear("lm_head")
         return dequantize_kn(
-            self.arrays["embed_tokens_q"], self.arrays["lm_head_scale"], self.get("lm_head_zp"), self.block
-        )
+            self.arrays["embed_tokens_q"], self.arrays["lm_head_scale"], self.get("lm_head_zp"),
+            self.blocks["embed_tokens_q"],
+        )  # fmt: skip
 
 
 def rms(x: np.ndarray, gamma: np.ndarray, eps: float) -> np.ndarray:

@@ -1,0 +1,107 @@
+"""`qconv eval` over a `qconv to-onnx` folder: the same suites, tasks, gates and report as for a GGUF, with the
+quantized side run by ONNX Runtime (runtime.onnx_backend.OnnxModel) and the reference by the C runtime.
+
+The folder's tokenizer.gguf carries the architecture, shape and vocabulary metadata of our GGUF files, so the
+compatibility check and the cache sizing read it exactly as they read a GGUF.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from qconv.converter.evaluate import Runner
+from qconv.runtime.onnx_backend import MODEL_FILE, TOKENIZER_GGUF, is_onnx_folder
+
+DATA_FILE = "model.onnx.data"
+
+
+class OnnxRunner(Runner):
+    """Runner's scoring, runs and greedy continuations over an ONNX folder. ONNX Runtime's default session
+    (int8 activations in the fused MatMulNBits) is measured: it is what users of the folder run."""
+
+    def __init__(self, path: Path, ctx: int, threads: int | None):  # ctx: the ONNX cache grows as needed
+        from qconv.runtime.onnx_backend import OnnxModel
+
+        self.path = Path(path)
+        self.model = OnnxModel(self.path, threads=threads)
+        self.tokenizer = self.model.tokenizer
+        self.add_bos = self.tokenizer.add_bos
+        self.bos = self.tokenizer.bos
+        self.n_vocab = self.model.n_vocab
+        self.seconds = 0.0
+        self.tokens = 0
+
+    def _eval(self, tokens: list[int], all_logits: bool) -> np.ndarray:
+        out = self.model.eval(tokens)
+        return out if all_logits else out[-1:]
+
+    def _reset(self) -> None:
+        self.model.reset()
+
+
+def open_runner(path: Path, ctx: int, threads: int | None) -> Runner:
+    """The runner for a GGUF file (C runtime) or a `qconv to-onnx` folder (ONNX Runtime)."""
+    return OnnxRunner(path, ctx, threads) if is_onnx_folder(path) else Runner(path, ctx, threads)
+
+
+def metadata_gguf(path: Path) -> Path:
+    """The GGUF whose metadata describes the model: the file itself, or an ONNX folder's tokenizer.gguf."""
+    return Path(path) / TOKENIZER_GGUF if is_onnx_folder(path) else Path(path)
+
+
+def model_bytes(path: Path) -> int:
+    """Bytes of the weights: the GGUF file, or an ONNX folder's model.onnx and its external data."""
+    path = Path(path)
+    if not is_onnx_folder(path):
+        return path.stat().st_size
+    return sum((path / name).stat().st_size for name in (MODEL_FILE, DATA_FILE) if (path / name).is_file())
+
+
+def onnx_layer_errors(folder: Path, ref: Path) -> dict:
+    """{role: {layer: relative RMSE}} of every quantized blk.N matmul of an ONNX folder against the reference
+    GGUF's weights (report.layer_weight_errors for GGUF files)."""
+    import onnx
+    from onnx import numpy_helper
+
+    from qconv.formats.gguf_read import read_gguf
+    from qconv.formats.hf_config import ARCHITECTURES
+    from qconv.formats.tensor_names import gguf_name, permute_rope_rows, rope_permute_heads
+
+    model = onnx.load(str(Path(folder) / MODEL_FILE))  # external data is read from beside the file
+    arrays = {t.name: t for t in model.graph.initializer}
+    out: dict[str, dict[str, float]] = {}
+    with read_gguf(ref) as r:
+        arch = r.architecture
+        permutes = any(a.gguf_arch == arch and a.rope_permute for a in ARCHITECTURES.values())
+        heads = {"n_heads": r.metadata.get(f"{arch}.attention.head_count")}
+        heads["n_kv_heads"] = r.metadata.get(f"{arch}.attention.head_count_kv") or heads["n_heads"]
+        for node in model.graph.node:
+            stem = node.name.removesuffix("_DequantizeLinear")
+            if node.op_type != "DequantizeLinear" or not stem.startswith("model.layers.") or stem == node.name:
+                continue
+            name = gguf_name(stem + ".weight")
+            if name is None or name not in r.tensors or r.tensors[name].type_name != "F32":
+                continue
+            block = next(a.i for a in node.attribute if a.name == "block_size")
+            q, scales = (numpy_helper.to_array(arrays[n]) for n in node.input[:2])
+            zp = numpy_helper.to_array(arrays[node.input[2]]) if len(node.input) > 2 and node.input[2] else None
+            deq = _dequantize_kn(q, scales, zp, block).T  # HF layout [out, in]
+            role = rope_permute_heads(name) if permutes else None
+            if role:
+                deq = permute_rope_rows(deq, int(heads[role]))
+            t = r.tensors[name]
+            ref_values = r.tensor_data(name).view(np.float32).reshape(t.shape).astype(np.float64)
+            denom = float(np.sqrt((ref_values**2).mean())) or 1.0
+            parts = name.split(".")
+            out.setdefault(parts[2], {})[parts[1]] = float(np.sqrt(((deq - ref_values) ** 2).mean())) / denom
+    return out
+
+
+def _dequantize_kn(q: np.ndarray, scales: np.ndarray, zp: np.ndarray | None, block: int) -> np.ndarray:
+    """DequantizeLinear with axis 0: q [K, N], scales/zero points [ceil(K / block), N]."""
+    levels = q.astype(np.float64)
+    if zp is not None:
+        levels -= np.repeat(zp.astype(np.float64), block, axis=0)[: q.shape[0]]
+    return levels * np.repeat(scales.astype(np.float64), block, axis=0)[: q.shape[0]]
