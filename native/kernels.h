@@ -83,8 +83,8 @@ qrt_expf16_fn qrt_expf16(void);
  *               what ggml runs for single-token decode, and for f32 scores;
  *   vecdot = 0: tinyBLAS sgemm (one 16-lane accumulator over the reduced dimension), prompt batches.
  * att[t] = scale * dot(q, k row t) for t < n_pos; out[i] = sum_t att[t] * v[t][i]. k/v rows are `stride`
- * elements apart, f32 or f16 (f16 = 1). q and att arrive already rounded the way ggml rounds them. scratch holds
- * 64 * hd floats. */
+ * elements apart, f32 or f16 (f16 = 1). With f16 = 1 the kernels round q and att to f16 before the products, as
+ * ggml does (values already rounded pass unchanged). scratch holds 64 * hd floats. */
 typedef void (*qrt_attn_scores_fn)(float *att, const float *q, const void *k, int n_pos, int stride, int hd,
                                    int f16, int vecdot, float scale);
 typedef void (*qrt_attn_values_fn)(float *out, const float *att, const void *v, int n_pos, int stride, int hd,

@@ -109,29 +109,105 @@ static inline __m512 load_kv(const void *base, size_t index, int f16) {
     return f16 ? load_f16((const qrt_half *)base + index) : _mm512_loadu_ps((const float *)base + index);
 }
 
+/* x rounded to f16 and back (vcvtps2ph rounds to nearest even, subnormals included: qrt_fp32_to_fp16's rule) */
+static inline __m512 round_f16(__m512 x) {
+    return _mm512_cvtph_ps(_mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+
+/* 16 lane vectors reduced each in _mm512_reduce_add_ps's tree at once; lane p of the result is the sum of v[p].
+ * Every add pairs the partial sums the single-vector reduction pairs (see kernels_float_tiles.c). */
+static inline __m512 reduce16x16(const __m512 v[16]) {
+    __m512 l1[8], l2[4], l3[2];
+    /* input order such that the result lands in lane order: slot 4r + j takes vector 4j + r */
+    for (int k = 0; k < 8; k++) {
+        const int m0 = 2 * k, m1 = 2 * k + 1;
+        const __m512 a = v[(m0 % 4) * 4 + m0 / 4], b = v[(m1 % 4) * 4 + m1 / 4];
+        l1[k] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(1, 0, 1, 0)),
+                              _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
+    }
+    for (int k = 0; k < 4; k++)
+        l2[k] = _mm512_add_ps(_mm512_shuffle_f32x4(l1[2 * k], l1[2 * k + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                              _mm512_shuffle_f32x4(l1[2 * k], l1[2 * k + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+    for (int k = 0; k < 2; k++)
+        l3[k] = _mm512_add_ps(_mm512_shuffle_ps(l2[2 * k], l2[2 * k + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                              _mm512_shuffle_ps(l2[2 * k], l2[2 * k + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+    return _mm512_add_ps(_mm512_shuffle_ps(l3[0], l3[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_ps(l3[0], l3[1], _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+/* the 16 lanes of one score before the final reduction: ggml_vec_dot's 4 accumulators folded, or tinyBLAS's one */
+static inline __attribute__((always_inline)) __m512 score_lanes(const void *k, size_t row, const float *q, int hd,
+                                                                int f16, int vecdot) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    if (vecdot) {
+        for (int i = 0; i < hd; i += 64) {
+            a0 = _mm512_fmadd_ps(load_kv(k, row + i, f16), _mm512_loadu_ps(q + i), a0);
+            a1 = _mm512_fmadd_ps(load_kv(k, row + i + 16, f16), _mm512_loadu_ps(q + i + 16), a1);
+            a2 = _mm512_fmadd_ps(load_kv(k, row + i + 32, f16), _mm512_loadu_ps(q + i + 32), a2);
+            a3 = _mm512_fmadd_ps(load_kv(k, row + i + 48, f16), _mm512_loadu_ps(q + i + 48), a3);
+        }
+        return _mm512_add_ps(_mm512_add_ps(a0, a2), _mm512_add_ps(a1, a3));
+    }
+    for (int i = 0; i < hd; i += 16) a0 = _mm512_fmadd_ps(load_kv(k, row + i, f16), _mm512_loadu_ps(q + i), a0);
+    return a0;
+}
+
+static void scores_avx512(float *att, const float *q, const void *k, int n_pos, int stride, int hd, int f16,
+                          int vecdot, float scale) {
+    const __m512 vscale = _mm512_set1_ps(scale);
+    int t = 0;
+    for (; t + 16 <= n_pos; t += 16) { /* 16 positions, their reductions in one transposed pass */
+        __m512 lanes[16];
+        for (int p = 0; p < 16; p++) lanes[p] = score_lanes(k, (size_t)(t + p) * stride, q, hd, f16, vecdot);
+        _mm512_storeu_ps(att + t, _mm512_mul_ps(reduce16x16(lanes), vscale));
+    }
+    for (; t < n_pos; t++) att[t] = _mm512_reduce_add_ps(score_lanes(k, (size_t)t * stride, q, hd, f16, vecdot)) * scale;
+}
+
 void qrt_attn_scores_avx512(float *att, const float *q, const void *k, int n_pos, int stride, int hd, int f16,
                             int vecdot, float scale) {
-    if (hd % 64 != 0) {
+    if (hd % 64 != 0 || hd > 1024) {
         qrt_attn_scores_scalar(att, q, k, n_pos, stride, hd, f16, vecdot, scale);
         return;
     }
-    for (int t = 0; t < n_pos; t++) {
-        const size_t row = (size_t)t * stride;
-        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-        if (vecdot) {
-            for (int i = 0; i < hd; i += 64) {
-                a0 = _mm512_fmadd_ps(load_kv(k, row + i, f16), _mm512_loadu_ps(q + i), a0);
-                a1 = _mm512_fmadd_ps(load_kv(k, row + i + 16, f16), _mm512_loadu_ps(q + i + 16), a1);
-                a2 = _mm512_fmadd_ps(load_kv(k, row + i + 32, f16), _mm512_loadu_ps(q + i + 32), a2);
-                a3 = _mm512_fmadd_ps(load_kv(k, row + i + 48, f16), _mm512_loadu_ps(q + i + 48), a3);
+    float qr[1024];
+    for (int i = 0; i < hd; i += 16) {
+        const __m512 x = _mm512_loadu_ps(q + i);
+        _mm512_storeu_ps(qr + i, f16 ? round_f16(x) : x);
+    }
+    /* one instantiation per (f16, vecdot): the loads and the fold are then straight-line code */
+    if (f16 && vecdot) scores_avx512(att, qr, k, n_pos, stride, hd, 1, 1, scale);
+    else if (f16) scores_avx512(att, qr, k, n_pos, stride, hd, 1, 0, scale);
+    else if (vecdot) scores_avx512(att, qr, k, n_pos, stride, hd, 0, 1, scale);
+    else scores_avx512(att, qr, k, n_pos, stride, hd, 0, 0, scale);
+}
+
+/* tinyBLAS order (16 accumulator lanes, position t into lane t mod 16), 16 output values at a time: the 16 lane
+ * accumulators stay in registers over all positions */
+static inline __attribute__((always_inline)) void values_sgemm(float *out, const float *att, const void *v,
+                                                               int n_pos, int stride, int hd, int f16) {
+    for (int i = 0; i < hd; i += 16) {
+        __m512 lane[16];
+        for (int l = 0; l < 16; l++) lane[l] = _mm512_setzero_ps();
+        for (int t = 0; t < n_pos; t += 16) {
+            const __mmask16 live = n_pos - t >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n_pos - t)) - 1);
+            __m512 w16 = _mm512_maskz_loadu_ps(live, att + t);
+            float w[16];
+            _mm512_storeu_ps(w, f16 ? round_f16(w16) : w16);
+            if (live == 0xFFFF) {
+                for (int l = 0; l < 16; l++)
+                    lane[l] = _mm512_fmadd_ps(load_kv(v, (size_t)(t + l) * stride + i, f16), _mm512_set1_ps(w[l]), lane[l]);
+            } else { /* the last positions; constant lane indices keep the accumulators in registers */
+#pragma GCC unroll 16
+                for (int l = 0; l < 16; l++)
+                    if (t + l < n_pos)
+                        lane[l] = _mm512_fmadd_ps(load_kv(v, (size_t)(t + l) * stride + i, f16), _mm512_set1_ps(w[l]),
+                                                  lane[l]);
             }
-            a0 = _mm512_add_ps(a0, a2);
-            a1 = _mm512_add_ps(a1, a3);
-            a0 = _mm512_add_ps(a0, a1);
-        } else {
-            for (int i = 0; i < hd; i += 16) a0 = _mm512_fmadd_ps(load_kv(k, row + i, f16), _mm512_loadu_ps(q + i), a0);
         }
-        att[t] = _mm512_reduce_add_ps(a0) * scale;
+        for (int l = 0; l < 8; l++) lane[l] = _mm512_add_ps(lane[l + 8], lane[l]);
+        for (int l = 0; l < 4; l++) lane[l] = _mm512_add_ps(lane[l + 4], lane[l]);
+        _mm512_storeu_ps(out + i, _mm512_add_ps(_mm512_add_ps(lane[0], lane[2]), _mm512_add_ps(lane[1], lane[3])));
     }
 }
 
@@ -141,15 +217,19 @@ void qrt_attn_values_avx512(float *out, const float *att, const void *v, int n_p
         qrt_attn_values_scalar(out, att, v, n_pos, stride, hd, f16, vecdot, scratch);
         return;
     }
-    /* one accumulator row of hd floats per lane of ggml's reduction: 64 (vecdot) or 16 (tinyBLAS) rows */
-    const int rows = vecdot ? 64 : 16, mask = rows - 1;
-    const int used = n_pos < rows ? n_pos : rows;
-    for (int r = 0; r < rows; r++)
+    if (!vecdot) {
+        if (f16) values_sgemm(out, att, v, n_pos, stride, hd, 1);
+        else values_sgemm(out, att, v, n_pos, stride, hd, 0);
+        return;
+    }
+    /* ggml_vec_dot order: 64 accumulator rows of hd floats (position t into row t mod 64), kept in scratch */
+    for (int r = 0; r < 64; r++)
         for (int i = 0; i < hd; i += 16) _mm512_storeu_ps(scratch + (size_t)r * hd + i, _mm512_setzero_ps());
-    (void)used;
     for (int t = 0; t < n_pos; t++) {
-        float *acc = scratch + (size_t)(t & mask) * hd;
-        const __m512 w = _mm512_set1_ps(att[t]);
+        float *acc = scratch + (size_t)(t & 63) * hd;
+        float a = att[t];
+        if (f16) a = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtps_ph(_mm_set_ss(a), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)));
+        const __m512 w = _mm512_set1_ps(a);
         const size_t row = (size_t)t * stride;
         for (int i = 0; i < hd; i += 16)
             _mm512_storeu_ps(acc + i, _mm512_fmadd_ps(load_kv(v, row + i, f16), w, _mm512_loadu_ps(acc + i)));
@@ -157,13 +237,11 @@ void qrt_attn_values_avx512(float *out, const float *att, const void *v, int n_p
 #define ROW(r) (scratch + (size_t)(r) * hd)
     for (int i = 0; i < hd; i += 16) {
         __m512 lane[16];
-        for (int l = 0; l < 16; l++) lane[l] = _mm512_loadu_ps(ROW(l) + i);
-        if (vecdot)
-            for (int l = 0; l < 16; l++) {
-                const __m512 s2 = _mm512_loadu_ps(ROW(32 + l) + i), s1 = _mm512_loadu_ps(ROW(16 + l) + i);
-                const __m512 s3 = _mm512_loadu_ps(ROW(48 + l) + i);
-                lane[l] = _mm512_add_ps(_mm512_add_ps(lane[l], s2), _mm512_add_ps(s1, s3));
-            }
+        for (int l = 0; l < 16; l++) {
+            const __m512 s0 = _mm512_loadu_ps(ROW(l) + i), s2 = _mm512_loadu_ps(ROW(32 + l) + i);
+            const __m512 s1 = _mm512_loadu_ps(ROW(16 + l) + i), s3 = _mm512_loadu_ps(ROW(48 + l) + i);
+            lane[l] = _mm512_add_ps(_mm512_add_ps(s0, s2), _mm512_add_ps(s1, s3));
+        }
         for (int l = 0; l < 8; l++) lane[l] = _mm512_add_ps(lane[l + 8], lane[l]);
         for (int l = 0; l < 4; l++) lane[l] = _mm512_add_ps(lane[l + 4], lane[l]);
         _mm512_storeu_ps(out + i, _mm512_add_ps(_mm512_add_ps(lane[0], lane[2]), _mm512_add_ps(lane[1], lane[3])));

@@ -10,14 +10,8 @@
  * 16-lane order (two 8-lane halves), which makes f32/f16 prompt results equal across scalar, AVX2 and AVX-512.
  * Rows whose length is not a multiple of 16 take the variant's own batch_dot for every pair (ggml falls back to
  * vec_dot there too).
- *
- * Also the test probe qrt_kernel_tile (qrt_kernel_tiles.h): one tile of any type under the dispatched variant.
  */
-#include <stdlib.h>
-#include <string.h>
-
 #include "kernels.h"
-#include "qrt.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -212,23 +206,3 @@ void qrt_float_tiles_register_avx2(qrt_kernel_entry t[QRT_TYPE_COUNT]) {
     }
 }
 #endif /* __x86_64__ */
-
-/* ---------------------------------------------------------------- test probe (qrt_kernel_tiles.h) */
-
-int qrt_kernel_tile(int type, const void *w_rows, size_t w_stride, const float *x, int64_t n, float *out,
-                    int out_cap) {
-    const int act = qrt_kernel_act_type(type);
-    const size_t act_bytes = act >= 0 ? qrt_row_bytes(act, n) : 0;
-    if (act_bytes == 0 || qrt_row_bytes(type, n) == 0 || w_stride < qrt_row_bytes(type, n)) return -1;
-    int nr = 0;
-    const qrt_tile_fn tile = qrt_tile_for(type, QRT_TILE_NT, &nr);
-    if (!tile) return 0;
-    if (nr * QRT_TILE_NT > out_cap) return -1;
-    const size_t stride = (act_bytes + 63) / 64 * 64;
-    uint8_t *y = aligned_alloc(64, stride * QRT_TILE_NT);
-    if (!y) return -1;
-    for (int t = 0; t < QRT_TILE_NT; t++) qrt_act_from_float(act, x + (size_t)t * n, y + (size_t)t * stride, n);
-    tile(n, w_rows, w_stride, y, stride, out, (size_t)nr);
-    free(y);
-    return nr;
-}

@@ -503,6 +503,9 @@ static inline float kv_at(const void *base, size_t index, int f16) {
     return f16 ? qrt_fp16_to_fp32(((const qrt_half *)base)[index]) : ((const float *)base)[index];
 }
 
+/* with an f16 cache ggml rounds the query and the attention weights to f16 before its products */
+static inline float f16_round(float x, int f16) { return f16 ? qrt_fp16_to_fp32(qrt_fp32_to_fp16(x)) : x; }
+
 void qrt_attn_scores_scalar(float *att, const float *q, const void *k, int n_pos, int stride, int hd, int f16,
                             int vecdot, float scale) {
     for (int t = 0; t < n_pos; t++) {
@@ -511,11 +514,11 @@ void qrt_attn_scores_scalar(float *att, const float *q, const void *k, int n_pos
         float sum;
         if (vecdot) {
             const int np = hd & ~63;
-            for (int i = 0; i < np; i++) lanes[i & 63] = fmaf(kv_at(k, row + i, f16), q[i], lanes[i & 63]);
+            for (int i = 0; i < np; i++) lanes[i & 63] = fmaf(kv_at(k, row + i, f16), f16_round(q[i], f16), lanes[i & 63]);
             sum = fold64(lanes);
-            for (int i = np; i < hd; i++) sum = fmaf(kv_at(k, row + i, f16), q[i], sum);
+            for (int i = np; i < hd; i++) sum = fmaf(kv_at(k, row + i, f16), f16_round(q[i], f16), sum);
         } else {
-            for (int i = 0; i < hd; i++) lanes[i & 15] = fmaf(kv_at(k, row + i, f16), q[i], lanes[i & 15]);
+            for (int i = 0; i < hd; i++) lanes[i & 15] = fmaf(kv_at(k, row + i, f16), f16_round(q[i], f16), lanes[i & 15]);
             sum = reduce16(lanes);
         }
         att[t] = sum * scale;
@@ -529,7 +532,7 @@ void qrt_attn_values_scalar(float *out, const float *att, const void *v, int n_p
         float lanes[64] = {0};
         const int mask = vecdot ? 63 : 15;
         for (int t = 0; t < n_pos; t++)
-            lanes[t & mask] = fmaf(kv_at(v, (size_t)t * stride + i, f16), att[t], lanes[t & mask]);
+            lanes[t & mask] = fmaf(kv_at(v, (size_t)t * stride + i, f16), f16_round(att[t], f16), lanes[t & mask]);
         out[i] = vecdot ? fold64(lanes) : reduce16(lanes);
     }
 }

@@ -20,7 +20,7 @@ const char *qrt_version(void);
 #include "qrt_tokenizer.h"
 #include "qrt_blockwise.h"
 #include "qrt_imatrix.h"
-#include "qrt_kernel_tiles.h"
+#include "qrt_kernel_probes.h"
 #include "qrt_eval.h"
 
 #endif

@@ -1,4 +1,5 @@
-/* qrt_kernel_tiles.h — test probe of the prompt tile kernels (kernels_float_tiles.c).
+/* qrt_kernel_probes.h — test probes of the prompt tile and attention kernels: one call of the kernel a forward pass
+ * would run, on caller data, so tests compare variants bit for bit.
  *
  * Part of qrt.h (inlined into the cffi cdef: plain declarations only).
  */
@@ -9,3 +10,12 @@
  * bad arguments (n not a whole number of blocks, out_cap below 4 * nr). */
 int qrt_kernel_tile(int type, const void *w_rows, size_t w_stride, const float *x, int64_t n, float *out,
                     int out_cap);
+
+/* One attention head through a variant's kernels ("scalar" or "avx512"): att[t] = scale * q . k_t for t < n_pos
+ * (k rows stride elements apart, f32, or f16 when f16 = 1), then out = sum_t w_t v_t with weights w (n_pos floats).
+ * vecdot selects ggml's single-token order (1) or the prompt order (0), as in kernels.h. -1 if the variant does not
+ * run here or hd is not a positive multiple of 16. */
+int qrt_kernel_attn_scores(const char *variant, float *att, const float *q, const void *k, int n_pos, int stride,
+                           int hd, int f16, int vecdot, float scale);
+int qrt_kernel_attn_values(const char *variant, float *out, const float *w, const void *v, int n_pos, int stride,
+                           int hd, int f16, int vecdot);

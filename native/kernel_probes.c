@@ -1,0 +1,52 @@
+/* kernel_probes.c — the test probes of qrt_kernel_probes.h: single calls of tile and attention kernels on caller
+ * data, under a chosen or the dispatched variant. Not used by the forward pass. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels.h"
+#include "qrt.h"
+
+int qrt_kernel_tile(int type, const void *w_rows, size_t w_stride, const float *x, int64_t n, float *out,
+                    int out_cap) {
+    const int act = qrt_kernel_act_type(type);
+    const size_t act_bytes = act >= 0 ? qrt_row_bytes(act, n) : 0;
+    if (act_bytes == 0 || qrt_row_bytes(type, n) == 0 || w_stride < qrt_row_bytes(type, n)) return -1;
+    int nr = 0;
+    const qrt_tile_fn tile = qrt_tile_for(type, QRT_TILE_NT, &nr);
+    if (!tile) return 0;
+    if (nr * QRT_TILE_NT > out_cap) return -1;
+    const size_t stride = (act_bytes + 63) / 64 * 64;
+    uint8_t *y = aligned_alloc(64, stride * QRT_TILE_NT);
+    if (!y) return -1;
+    for (int t = 0; t < QRT_TILE_NT; t++) qrt_act_from_float(act, x + (size_t)t * n, y + (size_t)t * stride, n);
+    tile(n, w_rows, w_stride, y, stride, out, (size_t)nr);
+    free(y);
+    return nr;
+}
+
+/* 1: scalar, 2: avx512, 0: not runnable here */
+static int attn_variant(const char *variant) {
+    if (!variant) return 0;
+    if (strcmp(variant, "scalar") == 0) return 1;
+    if (strcmp(variant, "avx512") == 0 && qrt_variant_supported(QRT_VARIANT_AVX512)) return 2;
+    return 0;
+}
+
+int qrt_kernel_attn_scores(const char *variant, float *att, const float *q, const void *k, int n_pos, int stride,
+                           int hd, int f16, int vecdot, float scale) {
+    const int v = attn_variant(variant);
+    if (!v || hd <= 0 || hd % 16 || n_pos < 0 || stride < hd) return -1;
+    (v == 2 ? qrt_attn_scores_avx512 : qrt_attn_scores_scalar)(att, q, k, n_pos, stride, hd, f16, vecdot, scale);
+    return 0;
+}
+
+int qrt_kernel_attn_values(const char *variant, float *out, const float *w, const void *vals, int n_pos, int stride,
+                           int hd, int f16, int vecdot) {
+    const int v = attn_variant(variant);
+    if (!v || hd <= 0 || hd % 16 || n_pos < 0 || stride < hd) return -1;
+    float *scratch = malloc(sizeof(float) * 64 * (size_t)hd);
+    if (!scratch) return -1;
+    (v == 2 ? qrt_attn_values_avx512 : qrt_attn_values_scalar)(out, w, vals, n_pos, stride, hd, f16, vecdot, scratch);
+    free(scratch);
+    return 0;
+}

@@ -1,0 +1,106 @@
+"""The AVX-512 attention kernels equal the scalar reference bit for bit (both follow ggml's summation orders, which
+keeps f32/f16 KV-cache logits equal to llama.cpp's), in both orders (prompt and single-token), for f32 and f16
+caches, at position counts around the 16-position blocks; with an f16 cache both round q and the weights to f16
+themselves (inputs already rounded pass unchanged)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from qconv.runtime._native import ffi, lib
+
+N_POS = [1, 15, 16, 17, 63, 64, 100, 512]
+
+
+def needs_avx512():
+    if not lib.qrt_kernel_variant_supported(b"avx512"):
+        pytest.skip("no AVX-512 on this CPU")
+
+
+def cache(rng, n_pos: int, stride: int, f16: bool) -> np.ndarray:
+    rows = rng.standard_normal((n_pos, stride)).astype(np.float32)
+    rows[:, 5] *= 30.0  # an outlier channel
+    return rows.astype(np.float16) if f16 else rows
+
+
+def scores(variant: str, q, k, n_pos, stride, hd, f16, vecdot) -> np.ndarray:
+    att = np.zeros(max(n_pos, 1), dtype=np.float32)
+    rc = lib.qrt_kernel_attn_scores(
+        variant.encode(), ffi.from_buffer("float[]", att), ffi.from_buffer("float[]", q), ffi.from_buffer(k),
+        n_pos, stride, hd, int(f16), int(vecdot), 0.125,
+    )  # fmt: skip
+    assert rc == 0
+    return att[:n_pos]
+
+
+def values(variant: str, w, v, n_pos, stride, hd, f16, vecdot) -> np.ndarray:
+    out = np.zeros(hd, dtype=np.float32)
+    rc = lib.qrt_kernel_attn_values(
+        variant.encode(), ffi.from_buffer("float[]", out), ffi.from_buffer("float[]", w), ffi.from_buffer(v),
+        n_pos, stride, hd, int(f16), int(vecdot),
+    )  # fmt: skip
+    assert rc == 0
+    return out
+
+
+def softmax_like(rng, n_pos: int) -> np.ndarray:
+    """Weights over 12 decades, as softmax gives them: tiny ones become f16 subnormals when rounded."""
+    w = np.exp(rng.uniform(-28.0, 0.0, n_pos)).astype(np.float32)
+    return (w / w.sum()).astype(np.float32)
+
+
+@pytest.mark.parametrize("f16", [False, True])
+@pytest.mark.parametrize("vecdot", [0, 1])
+@pytest.mark.parametrize("hd", [64, 128])
+def test_avx512_equals_scalar(f16, vecdot, hd):
+    needs_avx512()
+    rng = np.random.default_rng(hd + 2 * vecdot + int(f16))
+    stride = 3 * hd  # three KV heads side by side, as in the cache
+    for n_pos in N_POS:
+        k, v = cache(rng, n_pos, stride, f16), cache(rng, n_pos, stride, f16)
+        q = rng.standard_normal(hd).astype(np.float32)
+        want = scores("scalar", q, k, n_pos, stride, hd, f16, vecdot)
+        np.testing.assert_array_equal(
+            scores("avx512", q, k, n_pos, stride, hd, f16, vecdot), want, err_msg=f"scores {n_pos}"
+        )
+        w = softmax_like(rng, n_pos)
+        want = values("scalar", w, v, n_pos, stride, hd, f16, vecdot)
+        np.testing.assert_array_equal(
+            values("avx512", w, v, n_pos, stride, hd, f16, vecdot), want, err_msg=f"values {n_pos}"
+        )
+
+
+@pytest.mark.parametrize("variant", ["scalar", "avx512"])
+def test_f16_cache_rounds_query_and_weights(variant):
+    """Rounding q and w to f16 before the call changes nothing: the kernels round them the same way."""
+    if variant == "avx512":
+        needs_avx512()
+    rng = np.random.default_rng(7)
+    hd, n_pos = 64, 40
+    k, v = cache(rng, n_pos, hd, True), cache(rng, n_pos, hd, True)
+    q = rng.standard_normal(hd).astype(np.float32)
+    w = softmax_like(rng, n_pos)
+    q16, w16 = q.astype(np.float16).astype(np.float32), w.astype(np.float16).astype(np.float32)
+    for vecdot in (0, 1):
+        np.testing.assert_array_equal(
+            scores(variant, q, k, n_pos, hd, hd, True, vecdot), scores(variant, q16, k, n_pos, hd, hd, True, vecdot)
+        )
+        np.testing.assert_array_equal(
+            values(variant, w, v, n_pos, hd, hd, True, vecdot), values(variant, w16, v, n_pos, hd, hd, True, vecdot)
+        )
+    # and the f32 cache keeps q unrounded: the scores differ
+    k32 = k.astype(np.float32)
+    assert not np.array_equal(
+        scores(variant, q, k32, n_pos, hd, hd, False, 0), scores(variant, q16, k32, n_pos, hd, hd, False, 0)
+    )
+
+
+def test_probe_rejects_bad_arguments():
+    att = np.zeros(4, dtype=np.float32)
+    q = np.zeros(64, dtype=np.float32)
+    k = np.zeros((4, 64), dtype=np.float32)
+    args = (ffi.from_buffer("float[]", att), ffi.from_buffer("float[]", q), ffi.from_buffer(k), 4)
+    assert lib.qrt_kernel_attn_scores(b"no-such", *args, 64, 64, 0, 0, 1.0) == -1
+    assert lib.qrt_kernel_attn_scores(b"scalar", *args, 64, 60, 0, 0, 1.0) == -1  # hd not a multiple of 16
+    assert lib.qrt_kernel_attn_scores(b"scalar", *args, 32, 64, 0, 0, 1.0) == -1  # stride below hd
