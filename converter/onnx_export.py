@@ -11,15 +11,18 @@ The graph (standard ONNX ops, opset 21):
   present.{i}.key/value [batch, kv_heads, total, head_dim] (optimum / onnxruntime-genai names).
 - every linear layer: K x N quantized initializer -> DequantizeLinear(axis 0, block_size) -> MatMul, which ONNX
   Runtime fuses into MatMulNBits. Scales and zero points come from qconv's importance-weighted block search.
-- the embedding table and the output head use --head-bits (8 by default, as llama.cpp's q4_0 keeps a tied table at
-  q8_0: on SmolLM2-135M a 4-bit table alone takes the 4-bit model's KLD to f32 from 0.22 to 0.29). The table is
-  stored once, quantized, in the head's K x N layout ([hidden, vocab]). A lookup takes Transpose(Cast to 8-bit) of
-  it (Gather has no 4-bit types; ONNX Runtime folds both once at load into an 8-bit [vocab, hidden] table beside
-  the head's fused copy), gathers the token rows and their block scales, and dequantizes only those rows. A tied
-  head reuses the same quantized initializer, so the file holds the table once; its scales (and zero points) are
-  stored twice, head layout [blocks, vocab] and lookup layout [vocab, blocks], because ONNX Runtime does not fuse
-  a DequantizeLinear whose scales also feed another node: vocab x hidden / block x 4 bytes (3.5 MB for SmolLM2 at
-  block 32), where a separate 8-bit head initializer would add 28 MB.
+- the embedding table and the output head are quantized at --bits (--head-bits overrides) in blocks of 16
+  (--head-block-size): the head is the most sensitive matrix of a small model, and its smaller blocks cost 4 bytes
+  per 16 of its weights, well inside the size bound (bits/8 x parameters + scales). The table is stored once,
+  quantized, in the head's K x N layout ([hidden, vocab]). A lookup takes Transpose(Cast to 8-bit) of it (Gather
+  has no 4-bit types; ONNX Runtime folds both once at load into an 8-bit [vocab, hidden] table beside the head's
+  fused copy), gathers the token rows and their block scales, and dequantizes only those rows. A tied head reuses
+  the same quantized initializer, scales and zero points: the lookup transposes them too (folded at load), so the
+  DequantizeLinear of the head keeps its inputs to itself and still fuses into MatMulNBits, and the file holds
+  the table once.
+- importance weights: from --imatrix, else measured first by ONNX Runtime on the unquantized graph over the
+  built-in calibration text or --calibrate DATA (onnx_calibrate.py), the head's input (final norm output)
+  included; --no-calibrate weighs every column the same.
 - RMSNorm in float in the pattern ONNX Runtime fuses (Pow, ReduceMean, Add, Sqrt, Div, Mul); rope (rotate-half,
   HF's layout) from position_ids with the model's theta and linear/llama3/yarn scaling; grouped-query attention
   with plain MatMul/Softmax over [batch, kv_heads, group * seq, head_dim] (no key/value copies per group) and a

@@ -225,7 +225,7 @@ def test_imatrix_weights_the_search(random_model_factory, tmp_path):
         if len(shape) == 2 and name != "model.embed_tokens.weight"
     }
     imatrix = write_imatrix(tmp_path / "imatrix.gguf", ImportanceMatrix(sums, {n: 1.0 for n in sums}, ["test"], 1, 1))
-    plain = export(model_dir, tmp_path / "plain")
+    plain = export(model_dir, tmp_path / "plain", calibrate=False)
     weighted = export(model_dir, tmp_path / "weighted", imatrix=imatrix)
     stem = "model.layers.1.mlp.down_proj"
     with SafetensorsSource(model_dir) as source:
@@ -242,6 +242,99 @@ def test_imatrix_weights_the_search(random_model_factory, tmp_path):
     assert error(weighted) < error(plain)
     result = CliRunner().invoke(to_onnx, [str(model_dir), "-o", str(tmp_path / "cli"), "--imatrix", str(imatrix), "-q"])
     assert result.exit_code == 0, result.output
+
+
+def strict_size_bound(model_dir, bits: int, block: int, head_block: int, symmetric: bool) -> float:
+    """bits/8 x every quantized parameter (the head at --bits too) + the scales and zero points as stored (one
+    per block, the head's blocks at their own size, each matrix once) + float32 norms and biases."""
+    import math
+
+    from qconv.formats.hf_config import read_model_spec
+
+    total = 0.0
+    for name, shape in read_model_spec(model_dir).expected_shapes().items():
+        n = math.prod(shape)
+        if len(shape) == 1:
+            total += 4 * n
+            continue
+        size = head_block if name in ("model.embed_tokens.weight", "lm_head.weight") else block
+        total += n * bits / 8 + shape[0] * -(-shape[1] // size) * (4 + (0 if symmetric else bits / 8))
+    return total
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])  # tied and untied head
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_default_size_is_bits_times_parameters_plus_scales(random_model_factory, tmp_path, symmetric, family):
+    """The defaults (head at --bits in blocks of 16) are within 10% of the strict bound."""
+    model_dir = random_model_factory(**FAMILIES[family])
+    folder = export(model_dir, tmp_path / "out", bits=4, block_size=32, symmetric=symmetric)
+    size = (folder / "model.onnx").stat().st_size
+    assert size / strict_size_bound(model_dir, 4, 32, 16, symmetric) < 1.10
+    # the same count with every block at 32 is still within 10% (the head's smaller blocks are small change)
+    assert size / strict_size_bound(model_dir, 4, 32, 32, symmetric) < 1.10
+
+
+def test_calibration_runs_the_float_graph(random_model_factory, tmp_path):
+    """The probe's importance for layer 0's q/k/v is the mean square of the first norm's output over the chunks,
+    and every linear layer and the head have an entry."""
+    from qconv.converter.calibrate import chunks_of
+    from qconv.converter.onnx_calibrate import probe_importance
+    from qconv.converter.sources import HFSource
+    from qconv.runtime.tokenizer import Tokenizer
+
+    model_dir = random_model_factory(**FAMILIES["llama"])
+    text = tmp_path / "data.txt"
+    text.write_text(" ".join(f"word{i % 97} and {i}" for i in range(600)))
+    source = HFSource(model_dir)
+    try:
+        imatrix = probe_importance(source, [text], ctx=64, max_chunks=3)
+        embed = source.safetensors.read_f32("model.embed_tokens.weight").astype(np.float64)
+        gamma = source.safetensors.read_f32("model.layers.0.input_layernorm.weight").astype(np.float64)
+        eps = source.spec.rms_eps
+    finally:
+        source.close()
+    folder = export(model_dir, tmp_path / "out", calibrate=False)
+    tokenizer = Tokenizer.from_gguf(folder / "tokenizer.gguf")
+    chunks = chunks_of(tokenizer.encode(text.read_text(), add_special=False), 64, None)
+    chunks = [chunks[int(i * len(chunks) / 3)] for i in range(3)]
+    x = embed[np.concatenate(chunks)]
+    normed = x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * gamma
+    expected = (normed**2).mean(0)
+    assert np.allclose(imatrix.mean_squares("blk.0.attn_q.weight"), expected, rtol=1e-4)
+    assert np.array_equal(imatrix.sums["blk.0.attn_k.weight"], imatrix.sums["blk.0.attn_q.weight"])
+    spec_names = {"output.weight"} | {f"blk.{i}.{r}.weight" for i in range(2) for r in (
+        "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")}  # fmt: skip
+    assert set(imatrix.sums) == spec_names
+    assert imatrix.chunk_count == 3 and imatrix.chunk_size == 64
+
+
+def test_calibrate_and_imatrix_options(random_model_factory, tmp_path):
+    model_dir = random_model_factory(**FAMILIES["llama"])
+    text = tmp_path / "data.txt"
+    text.write_text(" ".join(f"word{i % 97} and {i}" for i in range(3000)))
+    imatrix = tmp_path / "imatrix.gguf"
+    imatrix.write_bytes(b"")
+    both = CliRunner().invoke(
+        to_onnx, [str(model_dir), "-o", str(tmp_path / "a"), "--imatrix", str(imatrix), "--calibrate", str(text)]
+    )
+    assert both.exit_code == 2 and "mutually exclusive" in both.output and not (tmp_path / "a").exists()
+    result = CliRunner().invoke(
+        to_onnx, [str(model_dir), "-o", str(tmp_path / "b"), "--calibrate", str(text), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["imatrix"] == f"calibrated on {text}"
+    plain = CliRunner().invoke(to_onnx, [str(model_dir), "-o", str(tmp_path / "c"), "--no-calibrate", "--json"])
+    assert json.loads(plain.output)["imatrix"] is None
+
+    def meta_and_scales(folder):
+        model = onnx.load(str(folder / "model.onnx"))
+        scale = next(t for t in model.graph.initializer if t.name == "model.layers.0.mlp.down_proj_scale")
+        return {p.key: p.value for p in model.metadata_props}, onnx.numpy_helper.to_array(scale)
+
+    meta_b, scales_b = meta_and_scales(tmp_path / "b")
+    meta_c, scales_c = meta_and_scales(tmp_path / "c")
+    assert meta_b["qconv.imatrix"] == f"calibrated on {text}" and meta_c["qconv.imatrix"] == ""
+    assert not np.array_equal(scales_b, scales_c)
 
 
 @pytest.mark.parametrize("symmetric", [True, False])
