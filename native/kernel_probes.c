@@ -50,3 +50,10 @@ int qrt_kernel_attn_values(const char *variant, float *out, const float *w, cons
     free(scratch);
     return 0;
 }
+
+int qrt_kernel_attn_softmax(const char *variant, float *x, int n) {
+    const int v = attn_variant(variant);
+    if (!v || n <= 0) return -1;
+    (v == 2 ? qrt_attn_softmax_avx512 : qrt_attn_softmax_scalar)(x, n);
+    return 0;
+}

@@ -99,6 +99,12 @@ void qrt_attn_values_avx512(float *out, const float *att, const void *v, int n_p
                             int vecdot, float *scratch);
 qrt_attn_scores_fn qrt_attn_scores(void);
 qrt_attn_values_fn qrt_attn_values(void);
+/* In-place softmax of n attention scores in ops.c's op_softmax order (ggml_vec_soft_max_f32), bit-equal to it;
+ * the getter (kernels_avx512.c) follows the forced variant like the two above. */
+typedef void (*qrt_attn_softmax_fn)(float *x, int n);
+void qrt_attn_softmax_scalar(float *x, int n);
+void qrt_attn_softmax_avx512(float *x, int n);
+qrt_attn_softmax_fn qrt_attn_softmax(void);
 
 /* ---- dispatch (dispatch.c) ---- */
 

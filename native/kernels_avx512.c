@@ -81,8 +81,7 @@ static float dot_bf16(int64_t n, const void *vx, const void *vy) {
 }
 
 /* ggml's ggml_v_expf for AVX-512, operation for operation (see qrt_expf16_scalar) */
-void qrt_expf16_avx512(float *y, const float *xp) {
-    const __m512 x = _mm512_loadu_ps(xp);
+static inline __m512 v_expf(__m512 x) {
     const __m512 r = _mm512_set1_ps(0x1.8p23f);
     const __m512 z = _mm512_fmadd_ps(x, _mm512_set1_ps(0x1.715476p+0f), r);
     const __m512 n = _mm512_sub_ps(z, r);
@@ -100,8 +99,10 @@ void qrt_expf16_avx512(float *y, const float *xp) {
                                                 _mm512_set1_ps(INFINITY), _mm512_setzero_ps());
         res = _mm512_mask_blend_ps(d, res, alt);
     }
-    _mm512_storeu_ps(y, res);
+    return res;
 }
+
+void qrt_expf16_avx512(float *y, const float *x) { _mm512_storeu_ps(y, v_expf(_mm512_loadu_ps(x))); }
 
 /* ---- attention in ggml's orders (scalar reference: kernels_ref.c) ---- */
 
@@ -249,6 +250,36 @@ void qrt_attn_values_avx512(float *out, const float *att, const void *v, int n_p
 #undef ROW
 }
 
+/* op_softmax's order (ggml_vec_soft_max_f32): exp in blocks of 16 (lanes past n are exp(-inf) = 0), each block
+ * summed in _mm512_reduce_add_ps's tree, block sums accumulated in double, one float scale at the end */
+void qrt_attn_softmax_avx512(float *x, int n) {
+    __m512 vmax = _mm512_set1_ps(-INFINITY);
+    for (int i = 0; i < n; i += 16) {
+        const __mmask16 live = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+        vmax = _mm512_max_ps(vmax, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), live, x + i));
+    }
+    const __m512 max = _mm512_set1_ps(_mm512_reduce_max_ps(vmax));
+    double sum = 0.0;
+    for (int i = 0; i < n; i += 16) {
+        const __mmask16 live = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+        const __m512 in = _mm512_mask_sub_ps(_mm512_set1_ps(-INFINITY), live, _mm512_maskz_loadu_ps(live, x + i), max);
+        const __m512 e = v_expf(in);
+        _mm512_mask_storeu_ps(x + i, live, e);
+        sum += (double)_mm512_reduce_add_ps(e);
+    }
+    const __m512 inv = _mm512_set1_ps((float)(1.0 / sum));
+    for (int i = 0; i < n; i += 16) {
+        const __mmask16 live = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+        _mm512_mask_storeu_ps(x + i, live, _mm512_mul_ps(_mm512_maskz_loadu_ps(live, x + i), inv));
+    }
+}
+
+qrt_attn_softmax_fn qrt_attn_softmax(void) {
+    const int forced = qrt_kernels_forced();
+    const int v = forced >= 0 ? forced : QRT_VARIANT_AVX512;
+    return v == QRT_VARIANT_AVX512 && qrt_variant_supported(v) ? qrt_attn_softmax_avx512 : qrt_attn_softmax_scalar;
+}
+
 void qrt_kernels_register_avx512(qrt_kernel_entry t[QRT_TYPE_COUNT]) {
     t[QRT_TYPE_F32].vec_dot[QRT_VARIANT_AVX512] = dot_f32;
     t[QRT_TYPE_F16].vec_dot[QRT_VARIANT_AVX512] = dot_f16;
@@ -271,4 +302,6 @@ void qrt_attn_values_avx512(float *out, const float *att, const void *v, int n_p
                             int vecdot, float *scratch) {
     qrt_attn_values_scalar(out, att, v, n_pos, stride, hd, f16, vecdot, scratch);
 }
+void qrt_attn_softmax_avx512(float *x, int n) { qrt_attn_softmax_scalar(x, n); }
+qrt_attn_softmax_fn qrt_attn_softmax(void) { return qrt_attn_softmax_scalar; }
 #endif

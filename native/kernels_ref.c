@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "kernels.h"
+#include "ops.h"
 
 /* ---- activation conversion ---- */
 
@@ -536,3 +537,6 @@ void qrt_attn_values_scalar(float *out, const float *att, const void *v, int n_p
         out[i] = vecdot ? fold64(lanes) : reduce16(lanes);
     }
 }
+
+/* op_softmax (ops.c), the reference of the AVX-512 version */
+void qrt_attn_softmax_scalar(float *x, int n) { op_softmax(x, n); }

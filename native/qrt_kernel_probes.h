@@ -19,3 +19,5 @@ int qrt_kernel_attn_scores(const char *variant, float *att, const float *q, cons
                            int hd, int f16, int vecdot, float scale);
 int qrt_kernel_attn_values(const char *variant, float *out, const float *w, const void *v, int n_pos, int stride,
                            int hd, int f16, int vecdot);
+/* In-place softmax of n attention scores through a variant ("scalar" or "avx512"); -1 if it does not run here. */
+int qrt_kernel_attn_softmax(const char *variant, float *x, int n);

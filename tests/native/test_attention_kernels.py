@@ -104,3 +104,20 @@ def test_probe_rejects_bad_arguments():
     assert lib.qrt_kernel_attn_scores(b"no-such", *args, 64, 64, 0, 0, 1.0) == -1
     assert lib.qrt_kernel_attn_scores(b"scalar", *args, 64, 60, 0, 0, 1.0) == -1  # hd not a multiple of 16
     assert lib.qrt_kernel_attn_scores(b"scalar", *args, 32, 64, 0, 0, 1.0) == -1  # stride below hd
+
+
+def softmax(variant: str, x: np.ndarray) -> np.ndarray:
+    y = np.ascontiguousarray(x, dtype=np.float32).copy()
+    assert lib.qrt_kernel_attn_softmax(variant.encode(), ffi.from_buffer("float[]", y), len(y)) == 0
+    return y
+
+
+def test_softmax_avx512_equals_scalar():
+    """The AVX-512 softmax equals op_softmax (the scalar reference) bit for bit, at lengths around the 16 blocks."""
+    needs_avx512()
+    rng = np.random.default_rng(11)
+    for n in [1, 2, 15, 16, 17, 31, 100, 512, 2049]:
+        x = (rng.standard_normal(n) * rng.uniform(0.1, 30.0)).astype(np.float32)
+        want = softmax("scalar", x)
+        np.testing.assert_array_equal(softmax("avx512", x), want, err_msg=f"n={n}")
+        np.testing.assert_allclose(want.sum(dtype=np.float64), 1.0, rtol=1e-5)
