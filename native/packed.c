@@ -153,11 +153,13 @@ static void gemm_q4_K_scalar(int64_t n, const void *group, const void *act, size
                              size_t ss, int n_tok, float *out, size_t os) {
     (void)sums, (void)ss;
     const block_q4_Kx16 *x = group;
+    const int n_full = n_tok - n_tok % 4; /* tokens in whole groups of 4: float step per pair of sub-blocks */
     for (int t = 0; t < n_tok; t++) {
         const block_q8_K *y = act_q8_K(act, as, t);
         for (int r = 0; r < QRT_PACK_ROWS; r++) {
             float acc = 0.0f, accm = 0.0f;
             for (int64_t i = 0; i < n / QK_K; i++) {
+                const float d = qrt_fp16_to_fp32(x[i].d[r]) * y[i].d, dm = qrt_fp16_to_fp32(x[i].dmin[r]) * y[i].d;
                 int32_t sumi = 0, summ = 0;
                 for (int c = 0; c < 4; c++) {
                     int32_t lo = 0, hi = 0;
@@ -167,16 +169,32 @@ static void gemm_q4_K_scalar(int64_t n, const void *group, const void *act, size
                             lo += (q & 0x0F) * y[i].qs[64 * c + 4 * k + b];
                             hi += (q >> 4) * y[i].qs[64 * c + 32 + 4 * k + b];
                         }
-                    sumi += x[i].sc[2 * c][r] * lo + x[i].sc[2 * c + 1][r] * hi;
+                    const int32_t pair = x[i].sc[2 * c][r] * lo + x[i].sc[2 * c + 1][r] * hi;
+                    const int32_t pair_m = x[i].mins[c][r][0] * (y[i].bsums[4 * c] + y[i].bsums[4 * c + 1]) +
+                                           x[i].mins[c][r][1] * (y[i].bsums[4 * c + 2] + y[i].bsums[4 * c + 3]);
+                    if (t < n_full) {
+                        acc = fmaf((float)pair, d, acc);
+                        accm = fmaf((float)pair_m, dm, accm);
+                    } else {
+                        sumi += pair;
+                        summ += pair_m;
+                    }
                 }
-                for (int j = 0; j < 8; j++)
-                    summ += x[i].mins[j / 2][r][j % 2] * (y[i].bsums[2 * j] + y[i].bsums[2 * j + 1]);
-                acc = fmaf((float)sumi, qrt_fp16_to_fp32(x[i].d[r]) * y[i].d, acc);
-                accm = fmaf((float)summ, qrt_fp16_to_fp32(x[i].dmin[r]) * y[i].d, accm);
+                if (t >= n_full) {
+                    acc = fmaf((float)sumi, d, acc);
+                    accm = fmaf((float)summ, dm, accm);
+                }
             }
             out[t * os + r] = acc - accm;
         }
     }
+}
+
+/* q6_K value b of 4-byte chunk k of row r, sub-row half h, quarter m (value 128h + 32m + 4k + b) */
+static inline int q6_value(const block_q6_Kx16 *x, int h, int m, int k, int r, int b) {
+    const int lo = (x->ql[h][m & 1][k][r][b] >> (4 * (m >> 1))) & 0x0F;
+    const int hi = (x->qh[h][k][r][b] >> (2 * m)) & 3;
+    return lo | hi << 4;
 }
 
 static void gemm_q6_K_scalar(int64_t n, const void *group, const void *act, size_t as, const int32_t *sums,
@@ -186,23 +204,28 @@ static void gemm_q6_K_scalar(int64_t n, const void *group, const void *act, size
     for (int t = 0; t < n_tok; t++) {
         const block_q8_K *y = act_q8_K(act, as, t);
         for (int r = 0; r < QRT_PACK_ROWS; r++) {
-            float acc = 0.0f;
+            float acc = 0.0f, lanes[8] = {0};
             for (int64_t i = 0; i < n / QK_K; i++) {
-                int32_t sumi = 0;
+                int32_t sumi = 0, lane[8];
+                for (int l = 0; l < 8; l++)
+                    lane[l] = -32 * (y[i].bsums[2 * l] * x[i].sc[2 * l][r] + y[i].bsums[2 * l + 1] * x[i].sc[2 * l + 1][r]);
                 for (int j = 0; j < 16; j++) {
                     const int h = j / 8, m = (j % 8) / 2, half = j % 2;
                     int32_t isum = -32 * y[i].bsums[j];
-                    for (int k = 4 * half; k < 4 * half + 4; k++)
-                        for (int b = 0; b < 4; b++) {
-                            const int lo = (x[i].ql[h][m & 1][k][r][b] >> (4 * (m >> 1))) & 0x0F;
-                            const int hi = (x[i].qh[h][k][r][b] >> (2 * m)) & 3;
-                            isum += (lo | hi << 4) * y[i].qs[128 * h + 32 * m + 4 * k + b];
-                        }
+                    for (int k = 4 * half; k < 4 * half + 4; k++) {
+                        int32_t four = 0;
+                        for (int b = 0; b < 4; b++)
+                            four += q6_value(&x[i], h, m, k, r, b) * y[i].qs[128 * h + 32 * m + 4 * k + b];
+                        isum += four;
+                        lane[k] += x[i].sc[j][r] * four; /* lane k: bytes 4k..4k+3 of each 32-value chunk */
+                    }
                     sumi += x[i].sc[j][r] * isum;
                 }
-                acc = fmaf((float)sumi, qrt_fp16_to_fp32(x[i].d[r]) * y[i].d, acc);
+                const float dx = qrt_fp16_to_fp32(x[i].d[r]);
+                acc = fmaf((float)sumi * dx, y[i].d, acc);
+                for (int l = 0; l < 8; l++) lanes[l] = fmaf(y[i].d * dx, (float)lane[l], lanes[l]);
             }
-            out[t * os + r] = acc;
+            out[t * os + r] = n_tok >= QRT_PACKED_BATCH_MIN ? acc : qrt_hsum8(lanes);
         }
     }
 }
@@ -216,7 +239,7 @@ static void fill(void) {
     table[QRT_TYPE_Q4_0] = (qrt_packed_entry){sizeof(block_q4_0x16), pack_q4_0, {gemm_q4_0_scalar}, 1};
     table[QRT_TYPE_Q8_0] = (qrt_packed_entry){sizeof(block_q8_0x16), pack_q8_0, {gemm_q8_0_scalar}, 1};
     table[QRT_TYPE_Q4_K] = (qrt_packed_entry){sizeof(block_q4_Kx16), pack_q4_K, {gemm_q4_K_scalar}, 1};
-    table[QRT_TYPE_Q6_K] = (qrt_packed_entry){sizeof(block_q6_Kx16), pack_q6_K, {gemm_q6_K_scalar}, 0};
+    table[QRT_TYPE_Q6_K] = (qrt_packed_entry){sizeof(block_q6_Kx16), pack_q6_K, {gemm_q6_K_scalar}, 1};
 #if defined(__x86_64__)
     if (qrt_variant_supported(QRT_VARIANT_AVX2)) qrt_packed_register_avx2(table);
     if (qrt_variant_supported(QRT_VARIANT_AVX512)) qrt_packed_register_avx512(table);

@@ -12,15 +12,19 @@
  * so a 64-byte chunk is one vector of 16 lanes (AVX-512) or two of 8 (AVX2: rows 0-7, then 8-15).
  *
  * Result rules shared by every variant (the scalar reference in packed.c and the SIMD ones), so all variants are
- * bit-identical and the tests compare with ==:
- *   q4_0, q4_K, q6_K: per row and token, each block's (or super-block's) integer sum is exact, and the float
- *     result is accumulated block by block as acc = fma((float)sumi, d_row * d_act, acc) from 0 (q4_K
- *     accumulates its mins term the same way in a second sum, subtracted at the end). That is the order of llama.cpp's own repacked q4_0 and q4_K kernels, which it uses by
- *     default on x86, so qrun's logits track llama.cpp's to float rounding.
- *   q8_0: llama.cpp does not repack q8_0 on x86, so the packed kernel keeps ggml_vec_dot_q8_0_q8_0's order: 8
- *     float lanes per row, lane k accumulating fma((float)(exact sum of values 4k..4k+3), d_row * d_act) block by
- *     block, summed at the end in the tree order of ggml's hsum_float_8 (qrt_hsum8). Bit-identical to the
- *     unpacked kernels and to llama.cpp.
+ * bit-identical and the tests compare with ==. Each follows the kernel llama.cpp runs for the type on x86, so
+ * qrun's logits track llama.cpp's to the bit:
+ *   q4_0, q4_K (llama.cpp repacks them by default): per row and token, each block's integer sum is exact, and
+ *     the float result is accumulated block by block as acc = fma((float)sumi, d_row * d_act, acc) from 0. q4_K
+ *     accumulates its mins term the same way in a second sum, subtracted at the end, and its float step takes
+ *     each pair of sub-blocks for tokens in whole groups of 4 (llama.cpp's gemm), each super-block for the
+ *     remaining 1-3 tokens of a matmul (its gemv).
+ *   q8_0 (not repacked by llama.cpp): ggml_vec_dot_q8_0_q8_0's order: 8 float lanes per row, lane k
+ *     accumulating fma((float)(exact sum of values 4k..4k+3), d_row * d_act) block by block, summed at the end
+ *     in the tree order of ggml's hsum_float_8 (qrt_hsum8).
+ *   q6_K (not repacked either): ggml_vec_dot_q6_K_q8_K's 8 integer lanes per row for batches under 8 tokens,
+ *     and from 8 tokens on the order of llama.cpp's tiled k-quant matmul: one exact integer per super-block,
+ *     then acc += ((float)s1 * d_row) * d_act. The batch size picks the order (QRT_PACKED_BATCH_MIN).
  */
 #ifndef QRT_PACKED_H
 #define QRT_PACKED_H
@@ -32,6 +36,8 @@
 #pragma GCC visibility push(hidden)
 
 #define QRT_PACK_ROWS 16
+/* q6_K matmuls of at least this many tokens use the batch order, fewer the lane order (see above) */
+#define QRT_PACKED_BATCH_MIN 8
 
 /* q4_0: qs[k][r] = bytes 4k..4k+3 of row r's qs: low nibbles are values 4k.., high nibbles values 16+4k.. */
 typedef struct {

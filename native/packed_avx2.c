@@ -21,6 +21,8 @@ typedef __m256 VF;
 #define V_ZEROF() _mm256_setzero_ps()
 #define V_AND(a, b) _mm256_and_si256(a, b)
 #define V_OR(a, b) _mm256_or_si256(a, b)
+#define V_SUB(a, b) _mm256_sub_epi32(a, b)
+#define V_SLL32(a, n) _mm256_slli_epi32(a, n)
 #define V_ADD(a, b) _mm256_add_epi32(a, b)
 #define V_SRL16(a, n) _mm256_srli_epi16(a, n)
 #define V_SLL16(a, n) _mm256_slli_epi16(a, n)
