@@ -1,7 +1,8 @@
 """qrun vs llama.cpp (llama-cpp-python) on the same files: next-token logits over 512 tokens of the fixed text
 and greedy 64-token continuations (raw text and a chat prompt).
 
-Files: the package's own Q4_1 SmolLM2 and the converter's f32 / q8_0 conversions of the SmolLM2 HF folder.
+Files: the package's own Q4_1 SmolLM2 and the converter's f32 / q8_0 / q4_0 / q4_k_m conversions of the SmolLM2 HF
+folder. llama.cpp runs with its defaults (weights repacked where it repacks them).
 Both runtimes use an f32 KV cache for the logits check; the continuation check uses the defaults (f16 cache).
 """
 
@@ -22,36 +23,24 @@ N_TOKENS = 512
 
 
 def llama(path: Path, f32_kv: bool, n_ctx: int = 1024):
-    """llama.cpp with its extra (repack) buffer types off, so its summation orders are the plain CPU backend's that
-    qrt reproduces bit for bit (the speed comparison in tests/bench/run.py keeps them on)."""
+    """llama.cpp as users run it: its default (repacked) weight buffers, whose summation orders qrt's packed kernels
+    follow (q4_0/q4_K repacked; q8_0/q5_0/q6_K through ggml's own kernels)."""
     import llama_cpp
-    import llama_cpp.llama_cpp as C
 
     from tests.llama_ref import quiet_stderr
 
-    defaults = C.llama_model_default_params
-
-    def no_extra_bufts():
-        params = defaults()
-        params.use_extra_bufts = False
-        return params
-
-    C.llama_model_default_params = no_extra_bufts
-    try:
-        kwargs = dict(n_ctx=n_ctx, n_batch=512, logits_all=True, verbose=False, n_threads=2, n_threads_batch=2)
-        if f32_kv:
-            kwargs |= dict(type_k=0, type_v=0)
-        with quiet_stderr():
-            return llama_cpp.Llama(str(path), **kwargs)
-    finally:
-        C.llama_model_default_params = defaults
+    kwargs = dict(n_ctx=n_ctx, n_batch=512, logits_all=True, verbose=False, n_threads=2, n_threads_batch=2)
+    if f32_kv:
+        kwargs |= dict(type_k=0, type_v=0)
+    with quiet_stderr():
+        return llama_cpp.Llama(str(path), **kwargs)
 
 
 @pytest.fixture(scope="module")
 def converted(smollm2_dir, tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("converted")
     files = {}
-    for type_name in ("f32", "q8_0"):
+    for type_name in ("f32", "q8_0", "q4_0", "q4_k_m"):
         path = out / f"smollm2-{type_name}.gguf"
         run = subprocess.run(
             [
@@ -77,7 +66,7 @@ def model_file(name: str, converted, smollm2_package_gguf) -> Path:
     return smollm2_package_gguf if name == "package-q4_1" else converted[name]
 
 
-@pytest.mark.parametrize("name", ["package-q4_1", "f32", "q8_0"])
+@pytest.mark.parametrize("name", ["package-q4_1", "f32", "q8_0", "q4_0", "q4_k_m"])
 def test_logits_match_llama_cpp(name, converted, smollm2_package_gguf, fixed_text):
     from qconv.runtime.model import Model
     from tests.llama_ref import logits as llama_logits
@@ -96,6 +85,8 @@ def test_logits_match_llama_cpp(name, converted, smollm2_package_gguf, fixed_tex
     assert top1 >= 0.99
     if name == "f32":
         assert max_diff < 1e-2
+    else:  # the integer kernels reproduce llama.cpp's summation orders: equal to the bit
+        assert max_diff == 0.0
 
 
 def greedy_ids(model, prompt_ids: list[int], n: int) -> list[int]:
@@ -112,7 +103,7 @@ def greedy_ids(model, prompt_ids: list[int], n: int) -> list[int]:
     return out
 
 
-@pytest.mark.parametrize("name", ["f32", "q8_0", "package-q4_1"])
+@pytest.mark.parametrize("name", ["f32", "q8_0", "package-q4_1", "q4_0", "q4_k_m"])
 def test_greedy_continuations_identical(name, converted, smollm2_package_gguf):
     from qconv.runtime.model import Model
 
