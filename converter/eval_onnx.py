@@ -65,6 +65,7 @@ def onnx_layer_errors(folder: Path, ref: Path) -> dict:
     import onnx
     from onnx import numpy_helper
 
+    from qconv.converter.onnx_export import FUSED_LINEAR
     from qconv.formats.gguf_read import read_gguf
     from qconv.formats.hf_config import ARCHITECTURES
     from qconv.formats.tensor_names import gguf_name, permute_rope_rows, rope_permute_heads
@@ -81,21 +82,25 @@ def onnx_layer_errors(folder: Path, ref: Path) -> dict:
             stem = node.name.removesuffix("_DequantizeLinear")
             if node.op_type != "DequantizeLinear" or not stem.startswith("model.layers.") or stem == node.name:
                 continue
-            name = gguf_name(stem + ".weight")
-            if name is None or name not in r.tensors or r.tensors[name].type_name != "F32":
+            layer, _, kind = stem.removeprefix("model.layers.").partition(".")
+            names = [gguf_name(f"model.layers.{layer}.{part}.weight") for part in FUSED_LINEAR.get(kind, (kind,))]
+            if any(name not in r.tensors or r.tensors[name].type_name != "F32" for name in names):
                 continue
             block = next(a.i for a in node.attribute if a.name == "block_size")
             q, scales = (numpy_helper.to_array(arrays[n]) for n in node.input[:2])
             zp = numpy_helper.to_array(arrays[node.input[2]]) if len(node.input) > 2 and node.input[2] else None
-            deq = _dequantize_kn(q, scales, zp, block).T  # HF layout [out, in]
-            role = rope_permute_heads(name) if permutes else None
-            if role:
-                deq = permute_rope_rows(deq, int(heads[role]))
-            t = r.tensors[name]
-            ref_values = r.tensor_data(name).view(np.float32).reshape(t.shape).astype(np.float64)
-            denom = float(np.sqrt((ref_values**2).mean())) or 1.0
-            parts = name.split(".")
-            out.setdefault(parts[2], {})[parts[1]] = float(np.sqrt(((deq - ref_values) ** 2).mean())) / denom
+            deq_all = _dequantize_kn(q, scales, zp, block).T  # HF layout [out, in]; fused parts one after another
+            start = 0
+            for name in names:
+                t = r.tensors[name]
+                deq, start = deq_all[start : start + t.shape[0]], start + t.shape[0]
+                role = rope_permute_heads(name) if permutes else None
+                if role:
+                    deq = permute_rope_rows(deq, int(heads[role]))
+                ref_values = r.tensor_data(name).view(np.float32).reshape(t.shape).astype(np.float64)
+                denom = float(np.sqrt((ref_values**2).mean())) or 1.0
+                parts = name.split(".")
+                out.setdefault(parts[2], {})[parts[1]] = float(np.sqrt(((deq - ref_values) ** 2).mean())) / denom
     return out
 
 

@@ -71,6 +71,11 @@ COPIED_FILES = (
 # onnxruntime-genai's model type per GGUF architecture
 GENAI_TYPES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
 LINEAR_LAYERS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# Linear layers of one input stored as one K x (N1 + N2 ...) weight, one MatMul(NBits) and a Split: blocks run
+# along K, so the concatenation quantizes exactly as the parts; one kernel instead of three (two) per layer is what
+# makes decoding fast (k/v alone are too narrow to keep the threads busy). Fused stem -> the parts, in order.
+FUSED_LINEAR = {"self_attn.qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+                "mlp.gate_up_proj": ("mlp.gate_proj", "mlp.up_proj")}  # fmt: skip
 MASK_MIN = float(np.finfo(np.float32).min)
 # The output head is the most sensitive matrix of a small model (SmolLM2-135M: a 4-bit head alone moves the KLD to
 # f32 from 0.21 to 0.28); blocks of 16 there cost 4 bytes per 16 weights of one matrix, within the size bound.
@@ -267,6 +272,29 @@ class DecoderGraph:
             self.g.node("MatMul", [x, w], [out] if out and not hf_bias else 1, name=f"{stem}_MatMul"), hf_bias, out
         )
 
+    def fused_linear(self, x: str, stem: str, hf_biases: list[str | None]) -> list[str]:
+        """x @ [W1; W2; ...]^T (+ biases), split back into the parts: FUSED_LINEAR[stem] of one layer."""
+        o, g = self.options, self.g
+        prefix, fused = stem.rsplit(".", 2)[0], ".".join(stem.rsplit(".", 2)[1:])
+        parts = [f"{prefix}.{part}.weight" for part in FUSED_LINEAR[fused]]
+        if not o.quantize:  # separate MatMuls, as other quantizers expect a float export
+            return [self.linear(x, w, b) for w, b in zip(parts, hf_biases)]
+        quants = []
+        for hf_weight in parts:
+            self.linear_inputs[gguf_name(hf_weight)] = x
+            quants.append(self.quantize_rows(hf_weight, self.read(hf_weight)))
+        sizes = [q.q.shape[0] for q in quants]
+        kn = np.concatenate([q.q.T for q in quants], axis=1)
+        scales = np.concatenate([q.scales.T for q in quants], axis=1)
+        zp = None if quants[0].zero_points is None else np.concatenate([q.zero_points.T for q in quants], axis=1)
+        w = g.dequantized_weight(stem, kn, scales, zp, o.onnx_type, o.block_size)
+        self.n_quantized += len(parts)
+        y = g.node("MatMul", [x, w], 1, name=f"{stem}_MatMul")
+        if any(hf_biases):
+            biases = [self.read(b) if b else np.zeros(n, np.float32) for b, n in zip(hf_biases, sizes)]
+            y = g.node("Add", [y, g.constant(f"{stem}.bias", np.concatenate(biases))])
+        return g.node("Split", [y, self.const(sizes)], len(sizes), axis=-1)
+
     def bias_add(self, y: str, hf_bias: str | None, out: str | None) -> str:
         if not hf_bias:
             return y
@@ -383,17 +411,10 @@ class DecoderGraph:
         p = f"model.layers.{i}.self_attn."
         bias_of = (lambda proj: p + f"{proj}.bias") if spec.attention_bias else (lambda proj: None)
         qk_norm = spec.arch.qk_norm
-        q = self.heads(
-            self.linear(x, p + "q_proj.weight", bias_of("q_proj")),
-            spec.n_heads,
-            p + "q_norm.weight" if qk_norm else None,
-        )
-        k = self.heads(
-            self.linear(x, p + "k_proj.weight", bias_of("k_proj")),
-            spec.n_kv_heads,
-            p + "k_norm.weight" if qk_norm else None,
-        )
-        v = self.heads(self.linear(x, p + "v_proj.weight", bias_of("v_proj")), spec.n_kv_heads, None)
+        q, k, v = self.fused_linear(x, p + "qkv_proj", [bias_of(proj) for proj in ("q_proj", "k_proj", "v_proj")])
+        q = self.heads(q, spec.n_heads, p + "q_norm.weight" if qk_norm else None)
+        k = self.heads(k, spec.n_kv_heads, p + "k_norm.weight" if qk_norm else None)
+        v = self.heads(v, spec.n_kv_heads, None)
         q = g.node("Mul", [self.rotate(q, cos, sin), self.const(1.0 / math.sqrt(spec.head_dim), np.float32)])
         k = self.rotate(k, cos, sin)
         key = g.node("Concat", [f"past_key_values.{i}.key", k], [f"present.{i}.key"], axis=2)
@@ -410,8 +431,7 @@ class DecoderGraph:
 
     def mlp(self, i: int, x: str) -> str:
         g, p = self.g, f"model.layers.{i}.mlp."
-        gate = self.linear(x, p + "gate_proj.weight")
-        up = self.linear(x, p + "up_proj.weight")
+        gate, up = self.fused_linear(x, p + "gate_up_proj", [None, None])
         act = g.node("Mul", [g.node("Mul", [gate, g.node("Sigmoid", [gate])]), up])
         return self.linear(act, p + "down_proj.weight")
 

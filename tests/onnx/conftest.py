@@ -32,16 +32,23 @@ def float_initializer_shapes(model: onnx.ModelProto) -> set[tuple[int, ...]]:
 
 
 def linear_shapes(config_dir: Path) -> list[tuple[int, int]]:
-    """K x N of every linear layer implied by config.json (head included)."""
+    """K x N of every MatMulNBits the export implies (q/k/v and gate/up fused per layer; the head included)."""
+    from qconv.converter.onnx_export import FUSED_LINEAR
     from qconv.formats.hf_config import read_model_spec
 
     spec = read_model_spec(config_dir)
-    shapes = [
-        (shape[1], shape[0])
-        for name, shape in spec.expected_shapes().items()
-        if len(shape) == 2 and name != "model.embed_tokens.weight"
-    ]
-    return shapes + ([(spec.hidden, spec.vocab_size)] if spec.tied_embeddings else [])
+    shapes = spec.expected_shapes()
+    part_of = {part: fused for fused, parts in FUSED_LINEAR.items() for part in parts}
+    fused: dict[str, tuple[int, int]] = {}
+    for name, shape in shapes.items():
+        if len(shape) != 2 or name == "model.embed_tokens.weight":
+            continue
+        stem = name.removesuffix(".weight")
+        layer, _, kind = stem.removeprefix("model.layers.").partition(".")
+        key = f"{layer}.{part_of[kind]}" if kind in part_of else stem
+        k, n = fused.get(key, (shape[1], 0))
+        fused[key] = (k, n + shape[0])
+    return list(fused.values()) + ([(spec.hidden, spec.vocab_size)] if spec.tied_embeddings else [])
 
 
 def kld(ref: np.ndarray, test: np.ndarray) -> float:

@@ -36,12 +36,40 @@ class ExportedWeights:
             for a in n.attribute
             if a.name == "block_size"
         }
+        self.parts = self._fused_parts(model)
+
+    def _fused_parts(self, model) -> dict[str, tuple[str, int, int]]:
+        """Part stem (e.g. ...self_attn.k_proj) -> (fused stem, first column, end column), from the Split after
+        each fused MatMul (or after its bias Add)."""
+        from qconv.converter.onnx_export import FUSED_LINEAR
+
+        producer = {out: n for n in model.graph.node for out in n.output}
+        parts = {}
+        for split in (n for n in model.graph.node if n.op_type == "Split"):
+            source = producer.get(split.input[0])
+            if source is not None and source.op_type == "Add":
+                source = producer.get(source.input[0])
+            if source is None or not source.name.endswith("_MatMul"):
+                continue
+            stem = source.name.removesuffix("_MatMul")
+            prefix, _, fused = stem.partition(".self_attn.") if ".self_attn." in stem else stem.partition(".mlp.")
+            kind = "self_attn." if ".self_attn." in stem else "mlp."
+            ends = np.cumsum(self.arrays[split.input[1]])
+            for j, part in enumerate(FUSED_LINEAR[kind + fused]):
+                parts[f"{prefix}.{part}"] = (stem, int(ends[j - 1]) if j else 0, int(ends[j]))
+        return parts
 
     def get(self, name: str) -> np.ndarray | None:
+        part = self.parts.get(name.removesuffix(".bias")) if name.endswith(".bias") else None
+        if part is not None and part[0] + ".bias" in self.arrays:
+            return self.arrays[part[0] + ".bias"][part[1] : part[2]]
         return self.arrays.get(name)
 
     def linear(self, stem: str) -> np.ndarray:
         """The float K x N weight of one linear layer (float32 exports keep HF names with '.weight')."""
+        if stem in self.parts:
+            fused, start, end = self.parts[stem]
+            return self.linear(fused)[:, start:end]
         if stem + "_q" in self.arrays:
             return dequantize_kn(
                 self.arrays[stem + "_q"], self.arrays[stem + "_scale"], self.get(stem + "_zp"), self.blocks[stem + "_q"]

@@ -204,7 +204,11 @@ def test_cli_json_summary(random_model_factory, tmp_path):
     result = CliRunner().invoke(to_onnx, [str(model_dir), "-o", str(tmp_path / "o"), "--json", "--bits", "8"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
-    assert summary["bits"] == 8 and summary["quantized_layers"] == len(linear_shapes(model_dir))
+    from qconv.formats.hf_config import read_model_spec
+
+    shapes = read_model_spec(model_dir).expected_shapes()
+    linear = [n for n, s in shapes.items() if len(s) == 2 and n != "model.embed_tokens.weight"]
+    assert summary["bits"] == 8 and summary["quantized_layers"] == len(linear) == 2 * 7 + 1
 
 
 def test_imatrix_weights_the_search(random_model_factory, tmp_path):
