@@ -21,6 +21,21 @@ static void pack_q4_0(const void *rows, size_t row_bytes, int64_t n, void *group
         }
 }
 
+static void pack_q5_0(const void *rows, size_t row_bytes, int64_t n, void *group) {
+    block_q5_0x16 *dst = group;
+    for (int64_t i = 0; i < n / QK5_0; i++)
+        for (int r = 0; r < QRT_PACK_ROWS; r++) {
+            const block_q5_0 *x = (const block_q5_0 *)((const uint8_t *)rows + r * row_bytes) + i;
+            uint32_t qh;
+            memcpy(&qh, x->qh, 4);
+            dst[i].d[r] = x->d;
+            for (int k = 0; k < 4; k++) {
+                memcpy(dst[i].qs[k][r], x->qs + 4 * k, 4);
+                dst[i].qh[k][r] = (uint8_t)(((qh >> (4 * k)) & 0x0F) | (((qh >> (16 + 4 * k)) & 0x0F) << 4));
+            }
+        }
+}
+
 static void pack_q8_0(const void *rows, size_t row_bytes, int64_t n, void *group) {
     block_q8_0x16 *dst = group;
     for (int64_t i = 0; i < n / QK8_0; i++)
@@ -124,6 +139,32 @@ static void gemm_q4_0_scalar(int64_t n, const void *group, const void *act, size
                 acc = fmaf((float)sumi, qrt_fp16_to_fp32(x[i].d[r]) * qrt_fp16_to_fp32(y[i].d), acc);
             }
             out[t * os + r] = acc;
+        }
+    }
+}
+
+static void gemm_q5_0_scalar(int64_t n, const void *group, const void *act, size_t as, const int32_t *sums,
+                             size_t ss, int n_tok, float *out, size_t os) {
+    (void)sums, (void)ss;
+    const block_q5_0x16 *x = group;
+    for (int t = 0; t < n_tok; t++) {
+        const block_q8_0 *y = act_q8_0(act, as, t);
+        for (int r = 0; r < QRT_PACK_ROWS; r++) {
+            float acc[8] = {0};
+            for (int64_t i = 0; i < n / QK5_0; i++) {
+                const float d = qrt_fp16_to_fp32(x[i].d[r]) * qrt_fp16_to_fp32(y[i].d);
+                for (int k = 0; k < 4; k++) {
+                    int32_t lo = 0, hi = 0; /* lanes k (values 4k..) and 4 + k (values 16 + 4k..) */
+                    for (int b = 0; b < 4; b++) {
+                        const uint8_t q = x[i].qs[k][r][b], h = x[i].qh[k][r];
+                        lo += (((q & 0x0F) | ((h >> b) & 1) << 4) - 16) * y[i].qs[4 * k + b];
+                        hi += (((q >> 4) | ((h >> (4 + b)) & 1) << 4) - 16) * y[i].qs[16 + 4 * k + b];
+                    }
+                    acc[k] = fmaf((float)lo, d, acc[k]);
+                    acc[4 + k] = fmaf((float)hi, d, acc[4 + k]);
+                }
+            }
+            out[t * os + r] = qrt_hsum8(acc);
         }
     }
 }
@@ -238,6 +279,7 @@ static pthread_once_t once = PTHREAD_ONCE_INIT;
 static void fill(void) {
     table[QRT_TYPE_Q4_0] = (qrt_packed_entry){sizeof(block_q4_0x16), pack_q4_0, {gemm_q4_0_scalar}, 1};
     table[QRT_TYPE_Q8_0] = (qrt_packed_entry){sizeof(block_q8_0x16), pack_q8_0, {gemm_q8_0_scalar}, 1};
+    table[QRT_TYPE_Q5_0] = (qrt_packed_entry){sizeof(block_q5_0x16), pack_q5_0, {gemm_q5_0_scalar}, 1};
     table[QRT_TYPE_Q4_K] = (qrt_packed_entry){sizeof(block_q4_Kx16), pack_q4_K, {gemm_q4_K_scalar}, 1};
     table[QRT_TYPE_Q6_K] = (qrt_packed_entry){sizeof(block_q6_Kx16), pack_q6_K, {gemm_q6_K_scalar}, 1};
 #if defined(__x86_64__)

@@ -19,9 +19,9 @@
  *     accumulates its mins term the same way in a second sum, subtracted at the end, and its float step takes
  *     each pair of sub-blocks for tokens in whole groups of 4 (llama.cpp's gemm), each super-block for the
  *     remaining 1-3 tokens of a matmul (its gemv).
- *   q8_0 (not repacked by llama.cpp): ggml_vec_dot_q8_0_q8_0's order: 8 float lanes per row, lane k
- *     accumulating fma((float)(exact sum of values 4k..4k+3), d_row * d_act) block by block, summed at the end
- *     in the tree order of ggml's hsum_float_8 (qrt_hsum8).
+ *   q8_0, q5_0 (not repacked by llama.cpp): ggml_vec_dot_q8_0_q8_0's (and q5_0's) order: 8 float lanes per
+ *     row, lane k accumulating fma((float)(exact sum of values 4k..4k+3), d_row * d_act) block by block, summed
+ *     at the end in the tree order of ggml's hsum_float_8 (qrt_hsum8).
  *   q6_K (not repacked either): ggml_vec_dot_q6_K_q8_K's 8 integer lanes per row for batches under 8 tokens,
  *     and from 8 tokens on the order of llama.cpp's tiled k-quant matmul: one exact integer per super-block,
  *     then acc += ((float)s1 * d_row) * d_act. The batch size picks the order (QRT_PACKED_BATCH_MIN).
@@ -53,6 +53,15 @@ typedef struct {
 } block_q8_0x16;
 _Static_assert(sizeof(block_q8_0x16) == QRT_PACK_ROWS * sizeof(block_q8_0), "block_q8_0x16 size");
 
+/* q5_0: qs as q4_0's; qh[k][r] = the fifth bits of row r's values 4k..4k+3 (bits 0-3) and 16+4k..16+4k+3 (bits
+ * 4-7), the GGUF block's 32-bit qh regrouped by chunk (same size) */
+typedef struct {
+    qrt_half d[QRT_PACK_ROWS];
+    uint8_t qh[4][QRT_PACK_ROWS];
+    uint8_t qs[4][QRT_PACK_ROWS][4];
+} block_q5_0x16;
+_Static_assert(sizeof(block_q5_0x16) == QRT_PACK_ROWS * sizeof(block_q5_0), "block_q5_0x16 size");
+
 /* q4_K: the 6-bit scales and mins unpacked to bytes (4 bytes more per row and super-block than the GGUF
  * block); mins in pairs (m[2p], m[2p+1]) per row, one 16-bit pair per 32-bit lane after widening;
  * qs[c][k][r] = bytes 32c+4k.. of row r: low nibbles are values 64c+4k.. (sub-block 2c), high nibbles values
@@ -78,8 +87,8 @@ typedef struct {
 _Static_assert(sizeof(block_q6_Kx16) == QRT_PACK_ROWS * sizeof(block_q6_K), "block_q6_Kx16 size");
 
 /* Activation sums the packed kernels need besides the activation blocks, per activation row:
- *   q8_0 rows: per block nine int32: the sums of quants 4k..4k+3 (k < 8, q8_0's +128 offset per lane), then the
- *              sum of all 32 (q4_0's -8 offset);
+ *   q8_0 rows: per block nine int32: the sums of quants 4k..4k+3 (k < 8: the +128 offset of q8_0 and the -16
+ *              of q5_0 per lane), then the sum of all 32 (q4_0's -8 offset);
  *   q8_K rows: per super-block four int32 words, each two int16 sums of 32 quants (sub-blocks 2p, 2p+1),
  *              for q4_K's mins (vpmaddwd against the row's min pairs). */
 int64_t qrt_packed_sums_per_row(int act_type, int64_t n);

@@ -22,6 +22,7 @@ typedef __m256 VF;
 #define V_AND(a, b) _mm256_and_si256(a, b)
 #define V_OR(a, b) _mm256_or_si256(a, b)
 #define V_SUB(a, b) _mm256_sub_epi32(a, b)
+#define V_SRL32(a, n) _mm256_srli_epi32(a, n)
 #define V_SLL32(a, n) _mm256_slli_epi32(a, n)
 #define V_ADD(a, b) _mm256_add_epi32(a, b)
 #define V_SRL16(a, n) _mm256_srli_epi16(a, n)

@@ -21,6 +21,7 @@ typedef __m512 VF;
 #define V_AND(a, b) _mm512_and_si512(a, b)
 #define V_OR(a, b) _mm512_or_si512(a, b)
 #define V_SUB(a, b) _mm512_sub_epi32(a, b)
+#define V_SRL32(a, n) _mm512_srli_epi32(a, n)
 #define V_SLL32(a, n) _mm512_slli_epi32(a, n)
 #define V_ADD(a, b) _mm512_add_epi32(a, b)
 #define V_SRL16(a, n) _mm512_srli_epi16(a, n)
