@@ -23,8 +23,11 @@ The graph (standard ONNX ops, opset 21):
 - importance weights: from --imatrix, else measured first by ONNX Runtime on the unquantized graph over the
   built-in calibration text or --calibrate DATA (onnx_calibrate.py), the head's input (final norm output)
   included; --no-calibrate weighs every column the same.
+- q/k/v of a layer are one K x (Nq + Nk + Nv) weight and gate/up one K x 2F weight (one MatMulNBits each, then
+  Split): fewer, wider kernels per token (decoding a small model is dominated by per-node cost).
 - RMSNorm in float in the pattern ONNX Runtime fuses (Pow, ReduceMean, Add, Sqrt, Div, Mul); rope (rotate-half,
-  HF's layout) from position_ids with the model's theta and linear/llama3/yarn scaling; grouped-query attention
+  HF's layout) from position_ids with the model's theta and linear/llama3/yarn scaling, on q and k together in
+  [batch, seq, heads, head_dim] before the heads' transpose (rotate_half as one MatMul); grouped-query attention
   with plain MatMul/Softmax over [batch, kv_heads, group * seq, head_dim] (no key/value copies per group) and a
   mask built from attention_mask (padding) and the causal order of the total sequence.
 """
@@ -272,13 +275,15 @@ class DecoderGraph:
             self.g.node("MatMul", [x, w], [out] if out and not hf_bias else 1, name=f"{stem}_MatMul"), hf_bias, out
         )
 
-    def fused_linear(self, x: str, stem: str, hf_biases: list[str | None]) -> list[str]:
-        """x @ [W1; W2; ...]^T (+ biases), split back into the parts: FUSED_LINEAR[stem] of one layer."""
+    def fused_linear(self, x: str, stem: str, hf_biases: list[str | None], split: bool = True) -> list[str] | str:
+        """x @ [W1; W2; ...]^T (+ biases) for the parts FUSED_LINEAR[stem] of one layer: split back into the
+        parts' outputs, or (split=False) the concatenated output."""
         o, g = self.options, self.g
         prefix, fused = stem.rsplit(".", 2)[0], ".".join(stem.rsplit(".", 2)[1:])
         parts = [f"{prefix}.{part}.weight" for part in FUSED_LINEAR[fused]]
         if not o.quantize:  # separate MatMuls, as other quantizers expect a float export
-            return [self.linear(x, w, b) for w, b in zip(parts, hf_biases)]
+            outputs = [self.linear(x, w, b) for w, b in zip(parts, hf_biases)]
+            return outputs if split else g.node("Concat", outputs, axis=-1)
         quants = []
         for hf_weight in parts:
             self.linear_inputs[gguf_name(hf_weight)] = x
@@ -293,7 +298,7 @@ class DecoderGraph:
         if any(hf_biases):
             biases = [self.read(b) if b else np.zeros(n, np.float32) for b, n in zip(hf_biases, sizes)]
             y = g.node("Add", [y, g.constant(f"{stem}.bias", np.concatenate(biases))])
-        return g.node("Split", [y, self.const(sizes)], len(sizes), axis=-1)
+        return g.node("Split", [y, self.const(sizes)], len(sizes), axis=-1) if split else y
 
     def bias_add(self, y: str, hf_bias: str | None, out: str | None) -> str:
         if not hf_bias:
@@ -364,12 +369,12 @@ class DecoderGraph:
         return g.node("MatMul", [x, w], ["logits"], name="lm_head_MatMul")
 
     def rope_tables(self, position_ids: str) -> tuple[str, str]:
-        """cos, sin [batch, 1, seq, head_dim] from position_ids."""
+        """cos, sin [batch, seq, 1, head_dim] from position_ids (rope is applied before the heads' transpose)."""
         g = self.g
         inv_freq, factor = rope_inv_freq(self.spec)
         positions = g.node("Unsqueeze", [g.node("Cast", [position_ids], to=TensorProto.FLOAT), self.const([2])])
         freqs = g.node("Mul", [positions, g.constant("rope_inv_freq", inv_freq)])  # [batch, seq, head_dim/2]
-        angles = g.node("Unsqueeze", [g.node("Concat", [freqs, freqs], axis=-1), self.const([1])])
+        angles = g.node("Unsqueeze", [g.node("Concat", [freqs, freqs], axis=-1), self.const([2])])
         cos, sin = g.node("Cos", [angles]), g.node("Sin", [angles])
         if factor != 1.0:
             cos = g.node("Mul", [cos, self.const(factor, np.float32)])
@@ -393,30 +398,37 @@ class DecoderGraph:
         return g.node("Tile", [bias, self.const([1, 1, self.spec.n_heads // self.spec.n_kv_heads, 1])])
 
     def rotate(self, x: str, cos: str, sin: str) -> str:
-        g, half = self.g, self.spec.head_dim // 2
-        x1, x2 = g.node("Split", [x, self.const([half, half])], 2, axis=-1)
-        rotated = g.node("Concat", [g.node("Neg", [x2]), x1], axis=-1)
-        return g.node("Add", [g.node("Mul", [x, cos]), g.node("Mul", [rotated, sin])])
-
-    def heads(self, x: str, n_heads: int, norm: str | None) -> str:
-        """[batch, seq, n_heads * head_dim] -> [batch, n_heads, seq, head_dim], with Qwen3's per-head norm."""
+        """HF's rotate-half rope of x [batch, seq, heads, head_dim]: x cos + rotate_half(x) sin, where
+        rotate_half(x) = [-x2, x1] is x @ R for a signed permutation R (one MatMul, exact: one +-1 per column,
+        instead of Split, Neg and Concat)."""
+        d, half = self.spec.head_dim, self.spec.head_dim // 2
+        rotation = np.zeros((d, d), dtype=np.float32)
+        rotation[np.arange(half) + half, np.arange(half)] = -1.0
+        rotation[np.arange(half), np.arange(half) + half] = 1.0
         g = self.g
-        split = g.node("Reshape", [x, self.const([0, 0, n_heads, self.spec.head_dim])])
-        if norm:
-            split = self.rms_norm(split, norm)
-        return g.node("Transpose", [split], perm=[0, 2, 1, 3])
+        rotated = g.node("MatMul", [x, self.const(rotation, np.float32)])
+        return g.node("Add", [g.node("Mul", [x, cos]), g.node("Mul", [rotated, sin])])
 
     def attention(self, i: int, x: str, cos: str, sin: str, bias: str) -> str:
         g, spec = self.g, self.spec
         p = f"model.layers.{i}.self_attn."
         bias_of = (lambda proj: p + f"{proj}.bias") if spec.attention_bias else (lambda proj: None)
-        qk_norm = spec.arch.qk_norm
-        q, k, v = self.fused_linear(x, p + "qkv_proj", [bias_of(proj) for proj in ("q_proj", "k_proj", "v_proj")])
-        q = self.heads(q, spec.n_heads, p + "q_norm.weight" if qk_norm else None)
-        k = self.heads(k, spec.n_kv_heads, p + "k_norm.weight" if qk_norm else None)
-        v = self.heads(v, spec.n_kv_heads, None)
-        q = g.node("Mul", [self.rotate(q, cos, sin), self.const(1.0 / math.sqrt(spec.head_dim), np.float32)])
-        k = self.rotate(k, cos, sin)
+        n_q, n_kv = spec.n_heads, spec.n_kv_heads
+        qkv = self.fused_linear(x, p + "qkv_proj", [bias_of(proj) for proj in ("q_proj", "k_proj", "v_proj")], False)
+        heads = g.node("Reshape", [qkv, self.const([0, 0, n_q + 2 * n_kv, spec.head_dim])])  # [b, s, heads, d]
+        if spec.arch.qk_norm:  # Qwen3: a norm per head, q's and k's own, before rope
+            q, k, v = g.node("Split", [heads, self.const([n_q, n_kv, n_kv])], 3, axis=2)
+            q = self.rotate(self.rms_norm(q, p + "q_norm.weight"), cos, sin)
+            k = self.rotate(self.rms_norm(k, p + "k_norm.weight"), cos, sin)
+        else:  # q and k heads rotated together
+            qk, v = g.node("Split", [heads, self.const([n_q + n_kv, n_kv])], 2, axis=2)
+            q, k = g.node("Split", [self.rotate(qk, cos, sin), self.const([n_q, n_kv])], 2, axis=2)
+        to_heads = [0, 2, 1, 3]  # [b, s, h, d] -> [b, h, s, d]
+        q = g.node(
+            "Mul", [g.node("Transpose", [q], perm=to_heads), self.const(1.0 / math.sqrt(spec.head_dim), np.float32)]
+        )
+        k = g.node("Transpose", [k], perm=to_heads)
+        v = g.node("Transpose", [v], perm=to_heads)
         key = g.node("Concat", [f"past_key_values.{i}.key", k], [f"present.{i}.key"], axis=2)
         value = g.node("Concat", [f"past_key_values.{i}.value", v], [f"present.{i}.value"], axis=2)
         # query heads h = kv * group + j share kv head kv: fold the group into the query rows

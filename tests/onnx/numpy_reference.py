@@ -25,7 +25,7 @@ def dequantize_kn(q: np.ndarray, scales: np.ndarray, zp: np.ndarray | None, bloc
 
 
 class ExportedWeights:
-    def __init__(self, model_path: Path):
+    def __init__(self, model_path: Path, fused_sizes: dict[str, list[int]] | None = None):
         model = onnx.load(str(model_path))  # external data is loaded from beside the file
         self.arrays = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
         # block size per quantized initializer (the head may use smaller blocks than the linear layers)
@@ -36,27 +36,23 @@ class ExportedWeights:
             for a in n.attribute
             if a.name == "block_size"
         }
-        self.parts = self._fused_parts(model)
+        self.parts = self._fused_parts(fused_sizes or {})
 
-    def _fused_parts(self, model) -> dict[str, tuple[str, int, int]]:
-        """Part stem (e.g. ...self_attn.k_proj) -> (fused stem, first column, end column), from the Split after
-        each fused MatMul (or after its bias Add)."""
+    def _fused_parts(self, fused_sizes: dict[str, list[int]]) -> dict[str, tuple[str, int, int]]:
+        """Part stem (e.g. ...self_attn.k_proj) -> (fused stem, first column, end column) of every fused weight,
+        given each fused kind's part widths."""
         from qconv.converter.onnx_export import FUSED_LINEAR
 
-        producer = {out: n for n in model.graph.node for out in n.output}
         parts = {}
-        for split in (n for n in model.graph.node if n.op_type == "Split"):
-            source = producer.get(split.input[0])
-            if source is not None and source.op_type == "Add":
-                source = producer.get(source.input[0])
-            if source is None or not source.name.endswith("_MatMul"):
+        for name in self.blocks:
+            stem = name.removesuffix("_q")
+            layer, _, kind = stem.partition(".self_attn.") if ".self_attn." in stem else stem.partition(".mlp.")
+            kind = ("self_attn." if ".self_attn." in stem else "mlp.") + kind
+            if kind not in FUSED_LINEAR:
                 continue
-            stem = source.name.removesuffix("_MatMul")
-            prefix, _, fused = stem.partition(".self_attn.") if ".self_attn." in stem else stem.partition(".mlp.")
-            kind = "self_attn." if ".self_attn." in stem else "mlp."
-            ends = np.cumsum(self.arrays[split.input[1]])
-            for j, part in enumerate(FUSED_LINEAR[kind + fused]):
-                parts[f"{prefix}.{part}"] = (stem, int(ends[j - 1]) if j else 0, int(ends[j]))
+            ends = np.cumsum(fused_sizes[kind])
+            for j, part in enumerate(FUSED_LINEAR[kind]):
+                parts[f"{layer}.{part}"] = (stem, int(ends[j - 1]) if j else 0, int(ends[j]))
         return parts
 
     def get(self, name: str) -> np.ndarray | None:
@@ -110,10 +106,14 @@ def forward(folder: Path, ids: list[int], config_dir: Path) -> np.ndarray:
     """Logits [len(ids), vocab] of the exported weights; config_dir holds the source config.json (no rope
     scaling: the scaled frequencies are checked against transformers separately)."""
     cfg = json.loads((Path(config_dir) / "config.json").read_text())
-    w = ExportedWeights(Path(folder) / "model.onnx")
     hidden, n_heads = cfg["hidden_size"], cfg["num_attention_heads"]
     n_kv = cfg.get("num_key_value_heads") or n_heads
     hd = cfg.get("head_dim") or hidden // n_heads
+    sizes = {
+        "self_attn.qkv_proj": [n_heads * hd, n_kv * hd, n_kv * hd],
+        "mlp.gate_up_proj": [cfg["intermediate_size"]] * 2,
+    }
+    w = ExportedWeights(Path(folder) / "model.onnx", sizes)
     eps, theta = cfg.get("rms_norm_eps", 1e-6), cfg.get("rope_theta", 10000.0)
     qk_norm = "Qwen3" in cfg["architectures"][0]
     n = len(ids)
