@@ -7,8 +7,8 @@ Rows: the SmolLM2 sample converted by qconv at q8_0, q4_0, q4_k_m, and a random 
 each runtime (medians of --repeats runs), the ratio qrun/llama.cpp, and generation as a fraction of this
 machine's bandwidth limit (measured read bandwidth / bytes of weights read per token).
 
-llama.cpp runs through llama-cpp-python with its extra buffer types off (AMX and weight repacking: the AMX
-kernels crash on this machine), so its prompt numbers are those of the plain CPU backend.
+llama.cpp runs through llama-cpp-python as users run it: weight repacking (extra buffer types) on; the build has no
+AMX kernels (tests/llama_cpp_cmake_args.sh: they crash on this machine).
 """
 
 from __future__ import annotations

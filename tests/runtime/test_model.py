@@ -115,8 +115,22 @@ def test_qrun_user_errors(tmp_path):
     assert run.returncode == 1 and run.stderr.startswith("qrun: error: ") and "Traceback" not in run.stderr
 
 
-def test_memory_while_generating(smollm2_package_gguf):
-    """RSS above an imported-package baseline stays within 1.1 x file + KV cache + 64 MB."""
+@pytest.fixture(scope="module")
+def smollm2_q4_k_m(smollm2_dir, tmp_path_factory):
+    from qconv.converter.convert import convert_to_gguf
+
+    return convert_to_gguf(
+        smollm2_dir, tmp_path_factory.mktemp("q4km") / "q4_k_m.gguf", "q4_k_m", progress=False
+    ).out_path
+
+
+@pytest.mark.parametrize("which", ["package-q4_1", "q4_k_m"])
+def test_memory_while_generating(which, request):
+    """RSS above an imported-package baseline stays within 1.1 x file + KV cache + 64 MB; the q4_k_m file has every
+    matrix repacked into 16-row groups at load (the stored pages are given back), the package file only its head."""
+    smollm2_package_gguf = request.getfixturevalue(
+        "smollm2_package_gguf" if which == "package-q4_1" else "smollm2_q4_k_m"
+    )
     script = textwrap.dedent(
         f"""
         import json, os
