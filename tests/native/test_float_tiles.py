@@ -14,6 +14,7 @@ from qconv.runtime._native import ffi, lib
 
 TYPES = {"f32": (0, np.float32), "f16": (1, np.float16)}
 TILE_VARIANTS = ["avx2", "avx512"]
+MAX_NR = 8  # rows per tile call: 4 (AVX2) or 8 (AVX-512)
 LENGTHS = [16, 64, 576, 1536, 40, 200]  # the last two are not multiples of 16: every pair through batch_dot
 
 
@@ -22,7 +23,7 @@ def exercised() -> list[str]:
 
 
 def tile(type_id: int, w: np.ndarray, x: np.ndarray, row_step: int = 1) -> np.ndarray | None:
-    """One tile over rows 0, row_step, 2 * row_step, ... of w (a weight stride of row_step rows)."""
+    """One tile over rows 0, row_step, 2 * row_step, ... of w (a weight stride of row_step rows): [4 tokens, nr]."""
     out = np.zeros(64, dtype=np.float32)
     nr = lib.qrt_kernel_tile(
         type_id, ffi.from_buffer(w), w.strides[0] * row_step, ffi.from_buffer("float[]", x), x.shape[1],
@@ -51,6 +52,7 @@ def rows(rng, n_rows: int, n: int, dtype) -> np.ndarray:
     w = rng.standard_normal((n_rows, n)).astype(np.float32)
     w[1, ::5] *= 50.0  # outliers
     w[2] *= 1e-3  # a small-scale row
+    w[min(10, n_rows - 1)] *= 1e3  # a large-scale row (in the second register tile of an 8-row call)
     return np.ascontiguousarray(w.astype(dtype))
 
 
@@ -68,13 +70,14 @@ def test_tiles_equal_batch_dot(name, restore_dispatch):
     for variant in exercised():
         assert lib.qrt_kernels_force(variant.encode()) == 0
         for n in LENGTHS:
-            w_all = rows(rng, 8, n, dtype)
+            w_all = rows(rng, 2 * MAX_NR, n, dtype)
             w = w_all[::2]  # every other row: a weight stride of two rows
             x = rng.standard_normal((4, n)).astype(np.float32)
             got = tile(type_id, w_all, x, row_step=2)
             assert got is not None, f"{variant} has no {name} tile"
-            assert got.shape == (4, 4)
-            want = np.array([[batch_dot(type_id, variant, w[r], x[t]) for r in range(4)] for t in range(4)])
+            nr = got.shape[1]
+            assert nr in (4, MAX_NR)
+            want = np.array([[batch_dot(type_id, variant, w[r], x[t]) for r in range(nr)] for t in range(4)])
             np.testing.assert_array_equal(got, want, err_msg=f"{name} {variant} n={n}")
         seen.append(variant)
     print(f"{name}: tiles exercised under {seen or 'no x86 variant'}")
