@@ -824,6 +824,18 @@ void qrt_model_reset_timings(qrt_model *m) {
     m->prompt_tokens = m->gen_tokens = 0;
 }
 
+int qrt_model_type_packed(const qrt_model *m, int type) {
+    const Weights *w = &m->weights;
+    if (w->output.type == type && w->output.packed) return 1;
+    for (int l = 0; l < m->config.n_layers; l++) {
+        const LayerWeights *lw = &w->layers[l];
+        const Matrix *all[] = {&lw->wq, &lw->wk, &lw->wv, &lw->wo, &lw->w_gate, &lw->w_up, &lw->w_down};
+        for (int i = 0; i < 7; i++)
+            if (all[i]->type == type && all[i]->packed) return 1;
+    }
+    return 0;
+}
+
 int qrt_model_weight_types(const qrt_model *m, int *types, int cap) {
     int seen[QRT_TYPE_COUNT] = {0}, n = 0;
     const Weights *w = &m->weights;

@@ -50,6 +50,8 @@ const float *qrt_model_logits(const qrt_model *m);
 
 /* The distinct GGUF types of the weight matrices (for reporting kernels); returns how many (<= cap written). */
 int qrt_model_weight_types(const qrt_model *m, int *types, int cap);
+/* 1 if matrices of this type were repacked into 16-row groups at open (their matmuls run the packed kernels). */
+int qrt_model_type_packed(const qrt_model *m, int type);
 
 /* Metadata helpers for the bindings: a string value (pointer into the mapping, not NUL-terminated). */
 int qrt_model_meta_str(const qrt_model *m, const char *key, const char **ptr, size_t *len);

@@ -120,13 +120,17 @@ class Model:
         return self.meta_str("tokenizer.chat_template")
 
     def kernel_variants(self) -> dict[str, str]:
-        """Weight type -> the kernel variant its matmuls dispatch to on this machine."""
+        """Weight type -> the kernel variant its matmuls dispatch to on this machine ("avx512", or "avx512, packed
+        x16" when its matrices were repacked into 16-row groups at load)."""
         types = ffi.new("int[32]")
         n = lib.qrt_model_weight_types(self._handle, types, 32)
         out = {}
         for t in types[0:n]:
             variant = lib.qrt_kernel_variant_for_type(t)
-            out[TYPE_NAMES.get(t, str(t))] = ffi.string(variant).decode() if variant != ffi.NULL else "none"
+            name = ffi.string(variant).decode() if variant != ffi.NULL else "none"
+            out[TYPE_NAMES.get(t, str(t))] = name + (
+                ", packed x16" if lib.qrt_model_type_packed(self._handle, t) else ""
+            )
         return out
 
     # ---- text ----
