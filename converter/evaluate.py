@@ -19,6 +19,7 @@ import numpy as np
 
 from qconv.converter import suites as suite_table
 from qconv.formats.errors import FormatError
+from qconv.runtime.logit_stats import logit_stats
 
 DEFAULT_CTX = 512
 GATE_KEYS = {
@@ -34,12 +35,6 @@ LONG_SCORED_TOKENS = 256  # of a long-context document, the last tokens are scor
 # ---------------------------------------------------------------- metrics
 
 
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    x = logits.astype(np.float64)
-    x -= x.max(axis=-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
-
-
 @dataclass
 class TokenStats:
     """Per scored position: KL(ref || quant), whether the argmaxes agree, and each model's NLL of the next token."""
@@ -49,18 +44,16 @@ class TokenStats:
     nll_ref: list[np.ndarray] = field(default_factory=list)
     nll_quant: list[np.ndarray] = field(default_factory=list)
 
-    def add(self, ref_logits: np.ndarray, quant_logits: np.ndarray, next_tokens: np.ndarray, rows: int = 64) -> None:
-        """Logits of the same positions from both models; next_tokens[i] follows position i (-1: none known)."""
-        for start in range(0, len(ref_logits), rows):  # in row blocks: float64 copies of a 49k vocabulary are large
-            r = log_softmax(ref_logits[start : start + rows])
-            q = log_softmax(quant_logits[start : start + rows])
-            self.kld.append(np.maximum((np.exp(r) * (r - q)).sum(axis=-1), 0.0))
-            self.top1.append(r.argmax(-1) == q.argmax(-1))
-            nxt = next_tokens[start : start + rows]
-            known = nxt >= 0
-            idx = np.nonzero(known)[0]
-            self.nll_ref.append(-r[idx, nxt[known]])
-            self.nll_quant.append(-q[idx, nxt[known]])
+    def add(self, ref_logits: np.ndarray, quant_logits: np.ndarray, next_tokens: np.ndarray) -> None:
+        """Logits of the same positions from both models; next_tokens[i] follows position i (-1: none known).
+        The per-row log-softmaxes run in C (qconv.runtime.logit_stats), threaded, accurate to float64's 1e-6."""
+        nxt = np.asarray(next_tokens, dtype=np.int32)
+        stats = logit_stats(ref_logits, quant_logits, nxt)
+        known = nxt >= 0
+        self.kld.append(stats.kld)
+        self.top1.append(stats.argmax_ref == stats.argmax_quant)
+        self.nll_ref.append(stats.nll_ref[known])
+        self.nll_quant.append(stats.nll_quant[known])
 
     def summary(self) -> dict:
         kld = np.concatenate(self.kld) if self.kld else np.zeros(0)
