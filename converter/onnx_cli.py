@@ -90,8 +90,9 @@ def to_onnx(
     (DequantizeLinear -> MatMul, fused by ONNX Runtime into MatMulNBits), tokenizer files, chat template and
     genai_config.json (loads in onnxruntime-genai and in `qrun OUT_DIR`).
 
-    --calibrate DATA runs the unquantized model over DATA first (as `qconv calibrate` does) and quantizes with that
-    importance matrix."""
+    Importance weights: --imatrix FILE, or measured first by ONNX Runtime running the unquantized graph over
+    --calibrate DATA (default: the built-in calibration text; a few seconds for a small model), or none with
+    --no-calibrate."""
     from qconv.converter.onnx_export import OnnxOptions, export_onnx
 
     if imatrix is not None and calibrate_data:
@@ -157,7 +158,8 @@ def to_onnx(
         size = (result.model_bytes + result.data_bytes) / 2**20
         click.echo(
             f"{result.out_dir}: {result.parameters:,} weights, {size:.1f} MiB, {summary['bits_per_weight']} bits per "
-            f"weight ({options.bits}-bit blocks of {options.block_size}, head {options.head_quant_bits}-bit blocks of {options.head_block}, "
+            f"weight ({options.bits}-bit blocks of {options.block_size}, "
+            f"head {options.head_quant_bits}-bit blocks of {options.head_block}, "
             f"{'symmetric' if symmetric else 'zero points'}), {result.n_quantized} quantized layers, "
-            f"{result.seconds:.1f} s"
+            f"importance: {result.imatrix or 'none'}, {result.seconds:.1f} s"
         )
