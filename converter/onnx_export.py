@@ -75,14 +75,16 @@ COPIED_FILES = (
 GENAI_TYPES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
 LINEAR_LAYERS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # Linear layers of one input stored as one K x (N1 + N2 ...) weight, one MatMul(NBits) and a Split: blocks run
-# along K, so the concatenation quantizes exactly as the parts; one kernel instead of three (two) per layer is what
-# makes decoding fast (k/v alone are too narrow to keep the threads busy). Fused stem -> the parts, in order.
+# along K, so the concatenation quantizes exactly as the parts; one kernel instead of three (two) per layer (k/v
+# alone are too narrow to keep the threads busy; decoding a small model pays per node). Fused stem -> its parts.
 FUSED_LINEAR = {"self_attn.qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
                 "mlp.gate_up_proj": ("mlp.gate_proj", "mlp.up_proj")}  # fmt: skip
-MASK_MIN = float(np.finfo(np.float32).min)
+MASK_MIN = float(np.finfo(np.float32).min)  # HF's masked score: exp() is 0 and a fully masked row stays finite
 # The output head is the most sensitive matrix of a small model (SmolLM2-135M: a 4-bit head alone moves the KLD to
 # f32 from 0.21 to 0.28); blocks of 16 there cost 4 bytes per 16 weights of one matrix, within the size bound.
-HEAD_BLOCK_SIZE = 16  # HF's masked score: exp() is 0 and a fully masked row stays finite
+HEAD_BLOCK_SIZE = 16
+ROPE_MATMUL = "rope_rotate_half_MatMul"  # node name prefix of rope's x @ R (not a weight)
+HEAD_IMATRIX = "output.weight"  # llama.cpp's name of the head's importance entry (input: the final norm's output)
 
 
 @dataclass(frozen=True)
@@ -240,7 +242,7 @@ class DecoderGraph:
             return None
         found = self.imatrix.mean_squares(gguf_name(hf_name))
         if found is None and hf_name == "model.embed_tokens.weight" and self.spec.tied_embeddings:
-            found = self.imatrix.mean_squares("output.weight")  # the tied head's activations, under either name
+            found = self.imatrix.mean_squares(HEAD_IMATRIX)  # the tied head's activations, under either name
         return found
 
     def quantize_rows(self, hf_name: str, values: np.ndarray, head: bool = False, importance=None):
@@ -355,7 +357,7 @@ class DecoderGraph:
         g, o, spec = self.g, self.options, self.spec
         if not spec.tied_embeddings:
             return self.linear(x, "lm_head.weight", out="logits", head=True)
-        self.linear_inputs["output.weight"] = x
+        self.linear_inputs[HEAD_IMATRIX] = x
         if not o.quantize:  # a K x N copy, so that weight-only quantizers see the head as a MatMul weight
             w = g.constant("lm_head.weight", np.ascontiguousarray(self.embed_values.T))
             return g.node("MatMul", [x, w], ["logits"], name="lm_head_MatMul")
@@ -406,7 +408,8 @@ class DecoderGraph:
         rotation[np.arange(half) + half, np.arange(half)] = -1.0
         rotation[np.arange(half), np.arange(half) + half] = 1.0
         g = self.g
-        rotated = g.node("MatMul", [x, self.const(rotation, np.float32)])
+        # named, so that weight-only quantizers run on a float32 export can leave this constant alone
+        rotated = g.node("MatMul", [x, self.const(rotation, np.float32)], name=g.fresh(ROPE_MATMUL))
         return g.node("Add", [g.node("Mul", [x, cos]), g.node("Mul", [rotated, sin])])
 
     def attention(self, i: int, x: str, cos: str, sin: str, bias: str) -> str:
@@ -587,13 +590,19 @@ def export_onnx(
         if options.imatrix is not None:
             imatrix = read_imatrix(Path(options.imatrix))
             imatrix.check_against({g: s[-1] for g, s in source.shapes.items() if len(s) == 2})
-        elif options.calibrate and options.quantize:
+        if options.quantize and options.calibrate and (imatrix is None or HEAD_IMATRIX not in imatrix.sums):
             from qconv.converter.onnx_calibrate import probe_importance
 
             paths = [Path(p) for p in options.calibration_data if str(p) != "builtin"]
-            imatrix = probe_importance(source, paths or None, threads=options.threads, log=log)
-            label = ",".join(map(str, paths)) or "the built-in calibration text"
-            options = dataclasses.replace(options, imatrix_label=f"calibrated on {label}")
+            probe = probe_importance(source, paths or None, threads=options.threads, log=log)
+            label = f"calibrated on {','.join(map(str, paths)) or 'the built-in calibration text'}"
+            if imatrix is None:
+                imatrix = probe
+            else:  # llama-imatrix (and `qconv calibrate`) leave the head out: measure it, keep the rest
+                imatrix.sums[HEAD_IMATRIX] = probe.sums[HEAD_IMATRIX]
+                imatrix.counts[HEAD_IMATRIX] = probe.counts[HEAD_IMATRIX]
+                label = f"{options.imatrix_label} (head {label})"
+            options = dataclasses.replace(options, imatrix_label=label)
         external = options.external_data
         if external is None:
             external = estimated_bytes(source.spec, options) > PROTO_LIMIT_BYTES

@@ -244,6 +244,16 @@ def test_imatrix_weights_the_search(random_model_factory, tmp_path):
         return float((importance * (w - deq) ** 2).sum())
 
     assert error(weighted) < error(plain)
+
+    def label(folder):
+        return {p.key: p.value for p in onnx.load(str(folder / "model.onnx")).metadata_props}["qconv.imatrix"]
+
+    assert label(weighted) == str(imatrix)
+    # without a head entry (llama-imatrix's default), the head's importance is measured and the rest kept
+    del sums["output.weight"]
+    headless = write_imatrix(tmp_path / "headless.gguf", ImportanceMatrix(sums, {n: 1.0 for n in sums}, ["t"], 1, 1))
+    folder = export(model_dir, tmp_path / "headless", imatrix=headless)
+    assert label(folder) == f"{headless} (head calibrated on the built-in calibration text)"
     result = CliRunner().invoke(to_onnx, [str(model_dir), "-o", str(tmp_path / "cli"), "--imatrix", str(imatrix), "-q"])
     assert result.exit_code == 0, result.output
 

@@ -24,14 +24,18 @@ def ort_quantizer_folder(model_dir: Path, work: Path) -> Path:
     matmul_nbits = pytest.importorskip("onnxruntime.quantization.matmul_nbits_quantizer")
     from onnxruntime.quantization.quant_utils import QuantFormat
 
+    from qconv.converter.onnx_export import ROPE_MATMUL
+
     fp32 = export(model_dir, work / "fp32", quantize=False)
+    model = onnx.load(str(fp32 / "model.onnx"))
+    rope = [n.name for n in model.graph.node if n.name.startswith(ROPE_MATMUL)]  # x @ R of rope: not a weight
     quantizer = matmul_nbits.MatMulNBitsQuantizer(
-        onnx.load(str(fp32 / "model.onnx")),
+        model,
         bits=4,
         block_size=32,
         is_symmetric=False,
         quant_format=QuantFormat.QDQ,
-        nodes_to_exclude=["lm_head_MatMul"],
+        nodes_to_exclude=["lm_head_MatMul", *rope],
     )
     quantizer.process()
     quantizer.model.save_model_to_file(str(fp32 / "model.onnx"), use_external_data_format=False)
