@@ -34,6 +34,7 @@ struct qrt_model {
     double prompt_s, gen_s;
     int prompt_tokens, gen_tokens;
     qrt_imatrix *imatrix; /* when set, every weight matmul's input rows are added to it (calibration) */
+    qrt_batch_pos batch;  /* the running forward chunk's place in llama.cpp's ubatch of this eval (packed.h) */
 };
 
 /* ---- errors ---- */
@@ -473,6 +474,7 @@ typedef struct {
     qrt_packed_fn packed; /* set when w->packed: one call per 16-row group for all tokens */
     const int32_t *sums;
     size_t sums_stride;
+    qrt_batch_pos batch; /* where these tokens sit in llama.cpp's batching of the same eval */
 } matmul_job;
 
 static void matmul_task(void *ctx, int task, int thread) {
@@ -486,7 +488,7 @@ static void matmul_task(void *ctx, int task, int thread) {
     if (j->packed) { /* rows_per_task is a multiple of 16, and so are the rows of a packed matrix */
         for (; r < r1; r += QRT_PACK_ROWS)
             j->packed(cols, j->w->packed + (size_t)(r / QRT_PACK_ROWS) * j->w->packed_group_bytes, j->act, ab,
-                      j->sums, j->sums_stride, j->n_tok, j->out + r, os);
+                      j->sums, j->sums_stride, j->n_tok, j->out + r, os, j->batch);
         return;
     }
     if (j->tile) {
@@ -543,12 +545,13 @@ static int matmul_setup(qrt_model *m, act_cache *cache, matmul_job *j, float *ou
     const int act_type = qrt_kernel_act_type(w->type);
     prepare_act(m, cache, x, n_tok, w->cols, act_type);
     *j = (matmul_job){w, m->state.act, m->state.act_row_bytes, out, out_stride, n_tok, 0,
-                      qrt_kernel_for_batch(w->type, n_tok), NULL, 0, 0, NULL, NULL, 0};
+                      qrt_kernel_for_batch(w->type, n_tok), NULL, 0, 0, NULL, NULL, 0, {0, 0}};
     if (w->packed) {
         prepare_sums(m, cache, w->cols);
         j->packed = qrt_packed_kernel(w->type, NULL);
         j->sums = m->state.act_sums;
         j->sums_stride = m->state.act_sums_stride;
+        j->batch = m->batch;
     }
     j->tile = qrt_tile_for(w->type, n_tok, &j->tile_nr);
     j->tile_nt = n_tok > 1 ? QRT_TILE_NT : 1;
@@ -744,9 +747,16 @@ int qrt_model_eval(qrt_model *m, const int32_t *tokens, int n, float *all_logits
             return set_err(m->error, sizeof m->error, "token id %d at index %d is outside the vocabulary (0..%d)",
                            tokens[i], i, m->config.vocab_size - 1);
     const double t0 = now_s();
+    /* llama.cpp runs an eval in ubatches of QRT_LLAMA_UBATCH tokens; within one, qrun runs chunks of n_batch
+     * tokens, never a 1-token tail (ggml treats single tokens differently: decode), and the packed kernels get
+     * each chunk's place in the ubatch (their orders depend on it, as llama.cpp's kernel choice does) */
     for (int done = 0; done < n;) {
-        int chunk = n - done < m->state.n_batch ? n - done : m->state.n_batch;
-        if (n - done - chunk == 1) chunk--; /* no 1-token tail: ggml treats single tokens differently (decode) */
+        const int ubatch0 = done / QRT_LLAMA_UBATCH * QRT_LLAMA_UBATCH;
+        const int ubatch_n = n - ubatch0 < QRT_LLAMA_UBATCH ? n - ubatch0 : QRT_LLAMA_UBATCH;
+        const int left = ubatch0 + ubatch_n - done;
+        int chunk = left < m->state.n_batch ? left : m->state.n_batch;
+        if (left - chunk == 1) chunk--;
+        m->batch = (qrt_batch_pos){done - ubatch0, ubatch_n};
         forward(m, tokens + done, chunk, m->n_past, all_logits ? all_logits + (size_t)done * m->config.vocab_size : NULL);
         m->n_past += chunk;
         done += chunk;

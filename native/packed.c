@@ -123,7 +123,8 @@ static const block_q8_K *act_q8_K(const void *act, size_t act_stride, int t) {
 }
 
 static void gemm_q4_0_scalar(int64_t n, const void *group, const void *act, size_t as, const int32_t *sums,
-                             size_t ss, int n_tok, float *out, size_t os) {
+                             size_t ss, int n_tok, float *out, size_t os, qrt_batch_pos bp) {
+    (void)bp;
     const block_q4_0x16 *x = group;
     for (int t = 0; t < n_tok; t++) {
         const block_q8_0 *y = act_q8_0(act, as, t);
@@ -144,7 +145,8 @@ static void gemm_q4_0_scalar(int64_t n, const void *group, const void *act, size
 }
 
 static void gemm_q5_0_scalar(int64_t n, const void *group, const void *act, size_t as, const int32_t *sums,
-                             size_t ss, int n_tok, float *out, size_t os) {
+                             size_t ss, int n_tok, float *out, size_t os, qrt_batch_pos bp) {
+    (void)bp;
     (void)sums, (void)ss;
     const block_q5_0x16 *x = group;
     for (int t = 0; t < n_tok; t++) {
@@ -170,7 +172,8 @@ static void gemm_q5_0_scalar(int64_t n, const void *group, const void *act, size
 }
 
 static void gemm_q8_0_scalar(int64_t n, const void *group, const void *act, size_t as, const int32_t *sums,
-                             size_t ss, int n_tok, float *out, size_t os) {
+                             size_t ss, int n_tok, float *out, size_t os, qrt_batch_pos bp) {
+    (void)bp;
     (void)sums, (void)ss;
     const block_q8_0x16 *x = group;
     for (int t = 0; t < n_tok; t++) {
@@ -191,10 +194,10 @@ static void gemm_q8_0_scalar(int64_t n, const void *group, const void *act, size
 }
 
 static void gemm_q4_K_scalar(int64_t n, const void *group, const void *act, size_t as, const int32_t *sums,
-                             size_t ss, int n_tok, float *out, size_t os) {
+                             size_t ss, int n_tok, float *out, size_t os, qrt_batch_pos bp) {
     (void)sums, (void)ss;
     const block_q4_Kx16 *x = group;
-    const int n_full = n_tok - n_tok % 4; /* tokens in whole groups of 4: float step per pair of sub-blocks */
+    const int n_full = bp.total - bp.total % 4; /* batch tokens in whole groups of 4: float step per sub-block pair */
     for (int t = 0; t < n_tok; t++) {
         const block_q8_K *y = act_q8_K(act, as, t);
         for (int r = 0; r < QRT_PACK_ROWS; r++) {
@@ -213,7 +216,7 @@ static void gemm_q4_K_scalar(int64_t n, const void *group, const void *act, size
                     const int32_t pair = x[i].sc[2 * c][r] * lo + x[i].sc[2 * c + 1][r] * hi;
                     const int32_t pair_m = x[i].mins[c][r][0] * (y[i].bsums[4 * c] + y[i].bsums[4 * c + 1]) +
                                            x[i].mins[c][r][1] * (y[i].bsums[4 * c + 2] + y[i].bsums[4 * c + 3]);
-                    if (t < n_full) {
+                    if (bp.first + t < n_full) {
                         acc = fmaf((float)pair, d, acc);
                         accm = fmaf((float)pair_m, dm, accm);
                     } else {
@@ -221,7 +224,7 @@ static void gemm_q4_K_scalar(int64_t n, const void *group, const void *act, size
                         summ += pair_m;
                     }
                 }
-                if (t >= n_full) {
+                if (bp.first + t >= n_full) {
                     acc = fmaf((float)sumi, d, acc);
                     accm = fmaf((float)summ, dm, accm);
                 }
@@ -239,7 +242,7 @@ static inline int q6_value(const block_q6_Kx16 *x, int h, int m, int k, int r, i
 }
 
 static void gemm_q6_K_scalar(int64_t n, const void *group, const void *act, size_t as, const int32_t *sums,
-                             size_t ss, int n_tok, float *out, size_t os) {
+                             size_t ss, int n_tok, float *out, size_t os, qrt_batch_pos bp) {
     (void)sums, (void)ss;
     const block_q6_Kx16 *x = group;
     for (int t = 0; t < n_tok; t++) {
@@ -266,7 +269,7 @@ static void gemm_q6_K_scalar(int64_t n, const void *group, const void *act, size
                 acc = fmaf((float)sumi * dx, y[i].d, acc);
                 for (int l = 0; l < 8; l++) lanes[l] = fmaf(y[i].d * dx, (float)lane[l], lanes[l]);
             }
-            out[t * os + r] = n_tok >= QRT_PACKED_BATCH_MIN ? acc : qrt_hsum8(lanes);
+            out[t * os + r] = bp.total >= QRT_PACKED_BATCH_MIN ? acc : qrt_hsum8(lanes);
         }
     }
 }
@@ -363,7 +366,7 @@ int qrt_packed_matmul(int type, const char *variant, const void *w, int64_t rows
         }
         for (int64_t g = 0; g < rows / QRT_PACK_ROWS; g++)
             fn(n, packed + (size_t)g * group_bytes, act, act_bytes, sums, (size_t)n_sums + 1, n_tok,
-               out + g * QRT_PACK_ROWS, (size_t)rows);
+               out + g * QRT_PACK_ROWS, (size_t)rows, (qrt_batch_pos){0, n_tok});
         rc = 0;
     }
     free(packed), free(act), free(sums);

@@ -17,14 +17,14 @@
  *   q4_0, q4_K (llama.cpp repacks them by default): per row and token, each block's integer sum is exact, and
  *     the float result is accumulated block by block as acc = fma((float)sumi, d_row * d_act, acc) from 0. q4_K
  *     accumulates its mins term the same way in a second sum, subtracted at the end, and its float step takes
- *     each pair of sub-blocks for tokens in whole groups of 4 (llama.cpp's gemm), each super-block for the
- *     remaining 1-3 tokens of a matmul (its gemv).
+ *     each pair of sub-blocks for tokens in whole groups of 4 of the batch (llama.cpp's gemm), each super-block
+ *     for the remaining 1-3 tokens of the batch (its gemv).
  *   q8_0, q5_0 (not repacked by llama.cpp): ggml_vec_dot_q8_0_q8_0's (and q5_0's) order: 8 float lanes per
  *     row, lane k accumulating fma((float)(exact sum of values 4k..4k+3), d_row * d_act) block by block, summed
  *     at the end in the tree order of ggml's hsum_float_8 (qrt_hsum8).
  *   q6_K (not repacked either): ggml_vec_dot_q6_K_q8_K's 8 integer lanes per row for batches under 8 tokens,
  *     and from 8 tokens on the order of llama.cpp's tiled k-quant matmul: one exact integer per super-block,
- *     then acc += ((float)s1 * d_row) * d_act. The batch size picks the order (QRT_PACKED_BATCH_MIN).
+ *     then acc = fma((float)s1 * d_row, d_act, acc). The batch size picks the order (QRT_PACKED_BATCH_MIN).
  */
 #ifndef QRT_PACKED_H
 #define QRT_PACKED_H
@@ -94,11 +94,19 @@ _Static_assert(sizeof(block_q6_Kx16) == QRT_PACK_ROWS * sizeof(block_q6_K), "blo
 int64_t qrt_packed_sums_per_row(int act_type, int64_t n);
 void qrt_packed_act_sums(int act_type, const void *act_row, int64_t n, int32_t *sums);
 
+/* Where the tokens of one matmul sit in the batch llama.cpp would have run them in (its ubatch of up to
+ * QRT_LLAMA_UBATCH tokens): tokens first..first + n_tok - 1 of a batch of total. The q4_K and q6_K orders depend
+ * on it (see above), whatever chunks qrun splits a prompt into. */
+typedef struct {
+    int first, total;
+} qrt_batch_pos;
+#define QRT_LLAMA_UBATCH 512
+
 /* One group of 16 rows times n_tok activation rows: out[t * out_stride + r] for r < 16, t < n_tok.
  * group: the group's packed blocks (n / block values of them), act: activation rows act_stride bytes apart,
  * sums: their qrt_packed_act_sums rows sums_stride int32s apart. */
 typedef void (*qrt_packed_fn)(int64_t n, const void *group, const void *act, size_t act_stride, const int32_t *sums,
-                              size_t sums_stride, int n_tok, float *out, size_t out_stride);
+                              size_t sums_stride, int n_tok, float *out, size_t out_stride, qrt_batch_pos batch);
 
 typedef struct {
     size_t block_bytes; /* bytes of one x16 block (16 GGUF blocks) */
