@@ -140,3 +140,16 @@ def test_architectures_match_llama_cpp(arch, random_model_factory, tmp_path):
     got = Model(path, threads=2, ctx=256, kv_f32=True).logits(tokens)
     assert float((got.argmax(-1) == ref.argmax(-1)).mean()) == 1.0
     assert float(np.abs(got - ref).max()) < 1e-3
+
+
+def test_logits_match_at_odd_prompt_lengths(converted, fixed_text):
+    """Prompt lengths whose chunking differs from llama.cpp's batching (a 3-token tail after 64, a batch under 8):
+    the packed q4_K/q6_K kernels take their order from the token's place in llama.cpp's batch, so logits stay equal."""
+    from qconv.runtime.model import Model
+    from tests.llama_ref import logits as llama_logits
+
+    ref_model = llama(converted["q4_k_m"], f32_kv=True)
+    ours = Model(converted["q4_k_m"], threads=2, ctx=1024, kv_f32=True)
+    tokens = ref_model.tokenize(fixed_text.encode(), add_bos=True)
+    for n in (5, 67, 130):
+        assert float(np.abs(ours.logits(tokens[:n]) - llama_logits(ref_model, tokens[:n])).max()) == 0.0, n
