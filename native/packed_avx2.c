@@ -28,6 +28,7 @@ typedef __m256 VF;
 #define V_SRL16(a, n) _mm256_srli_epi16(a, n)
 #define V_SLL16(a, n) _mm256_slli_epi16(a, n)
 #define V_MULLO(a, b) _mm256_mullo_epi32(a, b)
+#define V_MADDUBS(u, s) _mm256_maddubs_epi16(u, s)
 #define V_MADD16(a, b) _mm256_madd_epi16(a, b)
 #define V_U8_TO_I32(p) _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(p)))
 #define V_I8_TO_I32(p) _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p)))

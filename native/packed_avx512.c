@@ -27,6 +27,7 @@ typedef __m512 VF;
 #define V_SRL16(a, n) _mm512_srli_epi16(a, n)
 #define V_SLL16(a, n) _mm512_slli_epi16(a, n)
 #define V_MULLO(a, b) _mm512_mullo_epi32(a, b)
+#define V_MADDUBS(u, s) _mm512_maddubs_epi16(u, s)
 #define V_MADD16(a, b) _mm512_madd_epi16(a, b)
 #define V_U8_TO_I32(p) _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(p)))
 #define V_I8_TO_I32(p) _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p)))
