@@ -23,8 +23,10 @@ The graph (standard ONNX ops, opset 21):
 - importance weights: from --imatrix, else measured first by ONNX Runtime on the unquantized graph over the
   built-in calibration text or --calibrate DATA (onnx_calibrate.py), the head's input (final norm output)
   included; --no-calibrate weighs every column the same.
-- q/k/v of a layer are one K x (Nq + Nk + Nv) weight and gate/up one K x 2F weight (one MatMulNBits each, then
-  Split): fewer, wider kernels per token (decoding a small model is dominated by per-node cost).
+- by default every linear layer (q, k, v, o, gate, up, down, head) is its own initializer and MatMulNBits. With
+  --fuse-linear (OnnxOptions.fuse_linear), q/k/v of a layer are one K x (Nq + Nk + Nv) weight and gate/up one
+  K x 2F weight (one MatMulNBits each, then Split): fewer, wider kernels per token (decoding a small model is
+  dominated by per-node cost), the same quantized values (blocks run along K).
 - RMSNorm in float in the pattern ONNX Runtime fuses (Pow, ReduceMean, Add, Sqrt, Div, Mul); rope (rotate-half,
   HF's layout) from position_ids with the model's theta and linear/llama3/yarn scaling, on q and k together in
   [batch, seq, heads, head_dim] before the heads' transpose (rotate_half as one MatMul); grouped-query attention
@@ -74,9 +76,10 @@ COPIED_FILES = (
 # onnxruntime-genai's model type per GGUF architecture
 GENAI_TYPES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
 LINEAR_LAYERS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-# Linear layers of one input stored as one K x (N1 + N2 ...) weight, one MatMul(NBits) and a Split: blocks run
-# along K, so the concatenation quantizes exactly as the parts; one kernel instead of three (two) per layer (k/v
-# alone are too narrow to keep the threads busy; decoding a small model pays per node). Fused stem -> its parts.
+# Linear layers of one input, grouped: by default one MatMul(NBits) each; with fuse_linear stored as one
+# K x (N1 + N2 ...) weight, one MatMul(NBits) and a Split: blocks run along K, so the concatenation quantizes
+# exactly as the parts; one kernel instead of three (two) per layer (k/v alone are too narrow to keep the threads
+# busy; decoding a small model pays per node). Group stem -> its parts, in order.
 FUSED_LINEAR = {"self_attn.qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
                 "mlp.gate_up_proj": ("mlp.gate_proj", "mlp.up_proj")}  # fmt: skip
 MASK_MIN = float(np.finfo(np.float32).min)  # HF's masked score: exp() is 0 and a fully masked row stays finite
@@ -102,6 +105,8 @@ class OnnxOptions:
     threads: int | None = None
     external_data: bool | None = None  # None: only when the weights would pass the 2 GB protobuf limit
     quantize: bool = True  # False: float32 weights (the baseline other quantizers start from; not for shipping)
+    # one MatMulNBits per FUSED_LINEAR group (q/k/v, gate/up) instead of one per linear layer: faster decoding
+    fuse_linear: bool = False
 
     def __post_init__(self) -> None:
         if self.imatrix is not None and self.imatrix_label is None:
@@ -277,13 +282,14 @@ class DecoderGraph:
             self.g.node("MatMul", [x, w], [out] if out and not hf_bias else 1, name=f"{stem}_MatMul"), hf_bias, out
         )
 
-    def fused_linear(self, x: str, stem: str, hf_biases: list[str | None], split: bool = True) -> list[str] | str:
-        """x @ [W1; W2; ...]^T (+ biases) for the parts FUSED_LINEAR[stem] of one layer: split back into the
-        parts' outputs, or (split=False) the concatenated output."""
+    def linear_group(self, x: str, stem: str, hf_biases: list[str | None], split: bool = True) -> list[str] | str:
+        """x @ W^T (+ b) for each part of FUSED_LINEAR[stem] of one layer: the parts' outputs, or (split=False)
+        their concatenation. One MatMul per part (the default, and the float export other quantizers start from),
+        or with fuse_linear one MatMul of the concatenated K x (N1 + N2 ...) weight, split back into the parts."""
         o, g = self.options, self.g
         prefix, fused = stem.rsplit(".", 2)[0], ".".join(stem.rsplit(".", 2)[1:])
         parts = [f"{prefix}.{part}.weight" for part in FUSED_LINEAR[fused]]
-        if not o.quantize:  # separate MatMuls, as other quantizers expect a float export
+        if not (o.quantize and o.fuse_linear):
             outputs = [self.linear(x, w, b) for w, b in zip(parts, hf_biases)]
             return outputs if split else g.node("Concat", outputs, axis=-1)
         quants = []
@@ -417,7 +423,7 @@ class DecoderGraph:
         p = f"model.layers.{i}.self_attn."
         bias_of = (lambda proj: p + f"{proj}.bias") if spec.attention_bias else (lambda proj: None)
         n_q, n_kv = spec.n_heads, spec.n_kv_heads
-        qkv = self.fused_linear(x, p + "qkv_proj", [bias_of(proj) for proj in ("q_proj", "k_proj", "v_proj")], False)
+        qkv = self.linear_group(x, p + "qkv_proj", [bias_of(proj) for proj in ("q_proj", "k_proj", "v_proj")], False)
         heads = g.node("Reshape", [qkv, self.const([0, 0, n_q + 2 * n_kv, spec.head_dim])])  # [b, s, heads, d]
         if spec.arch.qk_norm:  # Qwen3: a norm per head, q's and k's own, before rope
             q, k, v = g.node("Split", [heads, self.const([n_q, n_kv, n_kv])], 3, axis=2)
@@ -446,7 +452,7 @@ class DecoderGraph:
 
     def mlp(self, i: int, x: str) -> str:
         g, p = self.g, f"model.layers.{i}.mlp."
-        gate, up = self.fused_linear(x, p + "gate_up_proj", [None, None])
+        gate, up = self.linear_group(x, p + "gate_up_proj", [None, None])
         act = g.node("Mul", [g.node("Mul", [gate, g.node("Sigmoid", [gate])]), up])
         return self.linear(act, p + "down_proj.weight")
 
@@ -647,6 +653,7 @@ def _write_folder(
         "qconv.head_block_size": str(options.head_block),
         "qconv.block_size": str(options.block_size),
         "qconv.symmetric": str(int(options.symmetric)),
+        "qconv.fuse_linear": str(int(options.fuse_linear)),
         "qconv.imatrix": options.imatrix_label or "",
         "qconv.source": spec.name,
     }

@@ -31,24 +31,34 @@ def float_initializer_shapes(model: onnx.ModelProto) -> set[tuple[int, ...]]:
     return {tuple(t.dims) for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
 
 
-def linear_shapes(config_dir: Path) -> list[tuple[int, int]]:
-    """K x N of every MatMulNBits the export implies (q/k/v and gate/up fused per layer; the head included)."""
+def linear_shapes(config_dir: Path, fused: bool = False) -> list[tuple[int, int]]:
+    """K x N of every MatMulNBits the export implies: one per linear layer (the head included), or with
+    fused=True (--fuse-linear) one per q/k/v and gate/up group of a layer."""
     from qconv.converter.onnx_export import FUSED_LINEAR
     from qconv.formats.hf_config import read_model_spec
 
     spec = read_model_spec(config_dir)
     shapes = spec.expected_shapes()
-    part_of = {part: fused for fused, parts in FUSED_LINEAR.items() for part in parts}
-    fused: dict[str, tuple[int, int]] = {}
+    part_of = {part: group for group, parts in FUSED_LINEAR.items() for part in parts} if fused else {}
+    kernels: dict[str, tuple[int, int]] = {}
     for name, shape in shapes.items():
         if len(shape) != 2 or name == "model.embed_tokens.weight":
             continue
         stem = name.removesuffix(".weight")
         layer, _, kind = stem.removeprefix("model.layers.").partition(".")
         key = f"{layer}.{part_of[kind]}" if kind in part_of else stem
-        k, n = fused.get(key, (shape[1], 0))
-        fused[key] = (k, n + shape[0])
-    return list(fused.values()) + ([(spec.hidden, spec.vocab_size)] if spec.tied_embeddings else [])
+        k, n = kernels.get(key, (shape[1], 0))
+        kernels[key] = (k, n + shape[0])
+    return list(kernels.values()) + ([(spec.hidden, spec.vocab_size)] if spec.tied_embeddings else [])
+
+
+def matmulnbits_shapes(graph: onnx.ModelProto) -> list[tuple[int, int]]:
+    """Sorted K x N of the MatMulNBits nodes of an optimized graph."""
+
+    def attr(node: onnx.NodeProto, name: str) -> int:
+        return next(a.i for a in node.attribute if a.name == name)
+
+    return sorted((attr(n, "K"), attr(n, "N")) for n in graph.graph.node if n.op_type == "MatMulNBits")
 
 
 def kld(ref: np.ndarray, test: np.ndarray) -> float:
@@ -68,3 +78,9 @@ def smollm2_onnx(smollm2_dir, tmp_path_factory) -> Path:
     """SmolLM2 exported with the defaults: 4-bit blocks of 32 with zero points, the shared embedding/head 4-bit
     in blocks of 16, importance weights from the built-in calibration text."""
     return export(smollm2_dir, tmp_path_factory.mktemp("onnx") / "smollm2-q4")
+
+
+@pytest.fixture(scope="session")
+def smollm2_onnx_fused(smollm2_dir, tmp_path_factory) -> Path:
+    """The defaults with --fuse-linear: q/k/v and gate/up of each layer as one MatMulNBits each."""
+    return export(smollm2_dir, tmp_path_factory.mktemp("onnx") / "smollm2-q4-fused", fuse_linear=True)

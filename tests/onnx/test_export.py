@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from qconv.converter.onnx_cli import to_onnx
 from qconv.runtime.onnx_backend import OnnxModel
-from tests.onnx.conftest import export, float_initializer_shapes, linear_shapes, optimized_graph
+from tests.onnx.conftest import export, float_initializer_shapes, linear_shapes, matmulnbits_shapes, optimized_graph
 from tests.onnx.numpy_reference import forward
 
 FAMILIES = {
@@ -37,21 +37,34 @@ def test_check_model_full(exported):
     assert config["model"]["decoder"]["inputs"]["past_key_names"] == "past_key_values.%d.key"
 
 
-def test_every_linear_layer_fuses_to_matmulnbits(exported, tmp_path):
-    model_dir, folder = exported
-    graph = optimized_graph(folder, tmp_path)
-    fused = [n for n in graph.graph.node if n.op_type == "MatMulNBits"]
-    expected = linear_shapes(model_dir)
-    assert len(fused) == len(expected)
-    fused_kn = sorted(
-        (next(a.i for a in n.attribute if a.name == "K"), next(a.i for a in n.attribute if a.name == "N"))
-        for n in fused
-    )
-    assert fused_kn == sorted(expected)
+def assert_fused_weights(graph: onnx.ModelProto, expected: list[tuple[int, int]]) -> None:
+    """The optimized graph has one MatMulNBits of each expected K x N, no weight DequantizeLinear left, and no
+    float copy of any quantized weight (K x N, or the N x K the fusion could have left)."""
+    assert matmulnbits_shapes(graph) == sorted(expected)
     assert not [n for n in graph.graph.node if n.op_type == "DequantizeLinear" and n.output[0].endswith("_dq")]
-    # no float copy of any quantized weight (K x N, or the N x K the fusion could have left)
-    floats = float_initializer_shapes(graph)
-    assert not floats & ({s for s in expected} | {s[::-1] for s in expected})
+    assert not float_initializer_shapes(graph) & (set(expected) | {s[::-1] for s in expected})
+
+
+def test_every_linear_layer_fuses_to_matmulnbits(exported, tmp_path):
+    """The default: one MatMulNBits per linear layer (q, k, v, o, gate, up, down of each layer, and the head)."""
+    model_dir, folder = exported
+    expected = linear_shapes(model_dir)
+    assert len(expected) == 2 * 7 + 1
+    assert_fused_weights(optimized_graph(folder, tmp_path), expected)
+
+
+def test_fuse_linear_groups_and_keeps_the_logits(exported, tmp_path):
+    """--fuse-linear: one MatMulNBits per q/k/v and gate/up group, the same quantized values, the same logits."""
+    model_dir, folder = exported
+    fused = export(model_dir, tmp_path / "fused", bits=4, block_size=32, fuse_linear=True)
+    expected = linear_shapes(model_dir, fused=True)
+    assert len(expected) == 2 * 4 + 1
+    assert_fused_weights(optimized_graph(fused, tmp_path), expected)
+    ours = OnnxModel(fused, threads=2, accuracy_level=0).logits(IDS)
+    assert np.abs(ours - OnnxModel(folder, threads=2, accuracy_level=0).logits(IDS)).max() < 1e-4
+    assert np.abs(ours - forward(fused, IDS, model_dir)).max() < 1e-3
+    with_cache = OnnxModel(fused, threads=2, accuracy_level=0)
+    assert with_cache.generate_ids(IDS[:5], 8, use_cache=True) == with_cache.generate_ids(IDS[:5], 8, use_cache=False)
 
 
 def test_logits_match_numpy_reference(exported):
@@ -209,6 +222,14 @@ def test_cli_json_summary(random_model_factory, tmp_path):
     shapes = read_model_spec(model_dir).expected_shapes()
     linear = [n for n, s in shapes.items() if len(s) == 2 and n != "model.embed_tokens.weight"]
     assert summary["bits"] == 8 and summary["quantized_layers"] == len(linear) == 2 * 7 + 1
+    assert summary["fuse_linear"] is False
+    fused = CliRunner().invoke(to_onnx, [str(model_dir), "-o", str(tmp_path / "f"), "--json", "--fuse-linear"])
+    assert fused.exit_code == 0, fused.output
+    summary = json.loads(fused.output)
+    assert summary["fuse_linear"] is True and summary["quantized_layers"] == 2 * 7 + 1
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "f" / "model.onnx")).metadata_props}
+    assert meta["qconv.fuse_linear"] == "1"
+    assert "--fuse-linear" in CliRunner().invoke(to_onnx, ["--help"]).output
 
 
 def test_imatrix_weights_the_search(random_model_factory, tmp_path):

@@ -10,7 +10,7 @@ import pytest
 
 from qconv.runtime.onnx_backend import OnnxModel
 from tests.conftest import have
-from tests.onnx.conftest import float_initializer_shapes, linear_shapes, optimized_graph
+from tests.onnx.conftest import float_initializer_shapes, linear_shapes, matmulnbits_shapes, optimized_graph
 from tests.onnx.numpy_reference import forward
 
 pytestmark = pytest.mark.reference
@@ -34,10 +34,24 @@ def test_check_model_and_size(smollm2_onnx, smollm2_dir):
 
 def test_every_linear_layer_is_matmulnbits(smollm2_onnx, smollm2_dir, tmp_path):
     graph = optimized_graph(smollm2_onnx, tmp_path)
-    # 30 layers x (q/k/v fused, o, gate/up fused, down) + the head: every one of the 211 linear layers
-    assert sum(n.op_type == "MatMulNBits" for n in graph.graph.node) == len(linear_shapes(smollm2_dir)) == 121
-    expected = set(linear_shapes(smollm2_dir))
-    assert not float_initializer_shapes(graph) & (expected | {s[::-1] for s in expected})
+    # 30 layers x (q, k, v, o, gate, up, down) + the head: one MatMulNBits per linear layer
+    expected = linear_shapes(smollm2_dir)
+    assert len(expected) == 211
+    assert matmulnbits_shapes(graph) == sorted(expected)
+    assert not float_initializer_shapes(graph) & (set(expected) | {s[::-1] for s in expected})
+
+
+def test_fuse_linear_fuses_groups_with_the_same_logits(smollm2_onnx, smollm2_onnx_fused, smollm2_dir, tmp_path):
+    """--fuse-linear: 30 layers x (q/k/v, o, gate/up, down) + the head = 121 MatMulNBits, the same logits."""
+    graph = optimized_graph(smollm2_onnx_fused, tmp_path)
+    expected = linear_shapes(smollm2_dir, fused=True)
+    assert len(expected) == 121
+    assert matmulnbits_shapes(graph) == sorted(expected)
+    assert not float_initializer_shapes(graph) & (set(expected) | {s[::-1] for s in expected})
+    plain = OnnxModel(smollm2_onnx, threads=2, accuracy_level=0)
+    fused = OnnxModel(smollm2_onnx_fused, threads=2, accuracy_level=0)
+    ids = plain.tokenize("<|im_start|>user\nName three colours and say why the sky is blue.<|im_end|>\n")
+    assert np.abs(fused.logits(ids) - plain.logits(ids)).max() < 1e-4
 
 
 def test_logits_match_numpy_reference(smollm2_onnx, smollm2_dir, fixed_text):
