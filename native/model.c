@@ -625,12 +625,9 @@ static void attention_task(void *ctx, int task, int thread) {
     const int f16 = !s->kv_f32, decode = j->n_tok == 1;
     const void *kc = (const uint8_t *)s->key_cache + layer_off * (f16 ? 2 : 4);
     const void *vc = (const uint8_t *)s->value_cache + layer_off * (f16 ? 2 : 4);
-    float qr[1024];
-    for (int i = 0; i < hd; i++) qr[i] = f16 ? qrt_fp16_to_fp32(qrt_fp32_to_fp16(q[i])) : q[i];
-    qrt_attn_scores()(att, qr, kc, n_pos, kv_dim, hd, f16, decode || !f16, scale);
-    op_softmax(att, n_pos);
-    if (f16)
-        for (int t = 0; t < n_pos; t++) att[t] = qrt_fp16_to_fp32(qrt_fp32_to_fp16(att[t]));
+    /* with an f16 cache the kernels round q and the weights to f16 themselves, as ggml does */
+    qrt_attn_scores()(att, q, kc, n_pos, kv_dim, hd, f16, decode || !f16, scale);
+    qrt_attn_softmax()(att, n_pos);
     float *scratch = s->attn_scratch + (size_t)thread * 64 * hd;
     qrt_attn_values()(out, att, vc, n_pos, kv_dim, hd, f16, decode, scratch);
 }
