@@ -6,6 +6,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "expf_avx512.h"
 #include "kernels.h"
 
 #define QRT_VNNI 1
@@ -80,29 +81,8 @@ static float dot_bf16(int64_t n, const void *vx, const void *vy) {
     return sum;
 }
 
-/* ggml's ggml_v_expf for AVX-512, operation for operation (see qrt_expf16_scalar) */
-static inline __m512 v_expf(__m512 x) {
-    const __m512 r = _mm512_set1_ps(0x1.8p23f);
-    const __m512 z = _mm512_fmadd_ps(x, _mm512_set1_ps(0x1.715476p+0f), r);
-    const __m512 n = _mm512_sub_ps(z, r);
-    const __m512 b = _mm512_fnmadd_ps(n, _mm512_set1_ps(0x1.7f7d1cp-20f),
-                                      _mm512_fnmadd_ps(n, _mm512_set1_ps(0x1.62e4p-1f), x));
-    const __mmask16 d = _mm512_cmp_ps_mask(_mm512_abs_ps(n), _mm512_set1_ps(192), _CMP_GT_OQ);
-    const __m512 u = _mm512_mul_ps(b, b);
-    const __m512 j = _mm512_fmadd_ps(
-        _mm512_fmadd_ps(_mm512_fmadd_ps(_mm512_set1_ps(0x1.0e4020p-7f), b, _mm512_set1_ps(0x1.573e2ep-5f)), u,
-                        _mm512_fmadd_ps(_mm512_set1_ps(0x1.555e66p-3f), b, _mm512_set1_ps(0x1.fffdb6p-2f))),
-        u, _mm512_fmadd_ps(_mm512_set1_ps(0x1.ffffecp-1f), b, _mm512_set1_ps(1.0f)));
-    __m512 res = _mm512_scalef_ps(j, n);
-    if (!_mm512_kortestz(d, d)) {
-        const __m512 alt = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(n, _mm512_setzero_ps(), _CMP_LE_OQ),
-                                                _mm512_set1_ps(INFINITY), _mm512_setzero_ps());
-        res = _mm512_mask_blend_ps(d, res, alt);
-    }
-    return res;
-}
 
-void qrt_expf16_avx512(float *y, const float *x) { _mm512_storeu_ps(y, v_expf(_mm512_loadu_ps(x))); }
+void qrt_expf16_avx512(float *y, const float *x) { _mm512_storeu_ps(y, qrt_v_expf(_mm512_loadu_ps(x))); }
 
 /* ---- attention in ggml's orders (scalar reference: kernels_ref.c) ---- */
 
@@ -263,7 +243,7 @@ void qrt_attn_softmax_avx512(float *x, int n) {
     for (int i = 0; i < n; i += 16) {
         const __mmask16 live = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
         const __m512 in = _mm512_mask_sub_ps(_mm512_set1_ps(-INFINITY), live, _mm512_maskz_loadu_ps(live, x + i), max);
-        const __m512 e = v_expf(in);
+        const __m512 e = qrt_v_expf(in);
         _mm512_mask_storeu_ps(x + i, live, e);
         sum += (double)_mm512_reduce_add_ps(e);
     }

@@ -75,27 +75,8 @@ static void g_pass_scalar(const float *r, const float *q, int64_t i0, int64_t n,
 #pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq")
 #include <immintrin.h>
 
-/* ggml's AVX-512 expf (kernels_avx512.c's qrt_expf16_avx512), inlined: ~1 ulp, 0 below -104, inf above 89 */
-static inline __attribute__((always_inline)) __m512 exp16(__m512 x) {
-    const __m512 r = _mm512_set1_ps(0x1.8p23f);
-    const __m512 z = _mm512_fmadd_ps(x, _mm512_set1_ps(0x1.715476p+0f), r);
-    const __m512 n = _mm512_sub_ps(z, r);
-    const __m512 b = _mm512_fnmadd_ps(n, _mm512_set1_ps(0x1.7f7d1cp-20f),
-                                      _mm512_fnmadd_ps(n, _mm512_set1_ps(0x1.62e4p-1f), x));
-    const __mmask16 d = _mm512_cmp_ps_mask(_mm512_abs_ps(n), _mm512_set1_ps(192), _CMP_GT_OQ);
-    const __m512 u = _mm512_mul_ps(b, b);
-    const __m512 j = _mm512_fmadd_ps(
-        _mm512_fmadd_ps(_mm512_fmadd_ps(_mm512_set1_ps(0x1.0e4020p-7f), b, _mm512_set1_ps(0x1.573e2ep-5f)), u,
-                        _mm512_fmadd_ps(_mm512_set1_ps(0x1.555e66p-3f), b, _mm512_set1_ps(0x1.fffdb6p-2f))),
-        u, _mm512_fmadd_ps(_mm512_set1_ps(0x1.ffffecp-1f), b, _mm512_set1_ps(1.0f)));
-    __m512 res = _mm512_scalef_ps(j, n);
-    if (!_mm512_kortestz(d, d)) {
-        const __m512 alt = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(n, _mm512_setzero_ps(), _CMP_LE_OQ),
-                                                _mm512_set1_ps(INFINITY), _mm512_setzero_ps());
-        res = _mm512_mask_blend_ps(d, res, alt);
-    }
-    return res;
-}
+#include "expf_avx512.h"
+
 
 static inline __m512d lo_pd(__m512 x) { return _mm512_cvtps_pd(_mm512_castps512_ps256(x)); }
 static inline __m512d hi_pd(__m512 x) { return _mm512_cvtps_pd(_mm512_extractf32x8_ps(x, 1)); }
@@ -129,7 +110,7 @@ static void row_avx512(const float *r, const float *q, int64_t n, row_sums *s) {
     __m512d er0 = _mm512_setzero_pd(), er1 = er0, eq0 = er0, eq1 = er0, erd0 = er0, erd1 = er0;
     for (int64_t i = 0; i < nv; i += 16) {
         const __m512 x = _mm512_loadu_ps(r + i), y = _mm512_loadu_ps(q + i);
-        const __m512 er = exp16(_mm512_sub_ps(x, vmr)), eq = exp16(_mm512_sub_ps(y, vmq));
+        const __m512 er = qrt_v_expf(_mm512_sub_ps(x, vmr)), eq = qrt_v_expf(_mm512_sub_ps(y, vmq));
         const __m512d erl = lo_pd(er), erh = hi_pd(er);
         er0 = _mm512_add_pd(er0, erl);
         er1 = _mm512_add_pd(er1, erh);
@@ -157,10 +138,10 @@ static void row_avx512(const float *r, const float *q, int64_t n, row_sums *s) {
         __m512 g = _mm512_mul_ps(_mm512_mul_ps(v, v), h);
         const __mmask16 big = _mm512_cmp_ps_mask(_mm512_abs_ps(v), one, _CMP_GE_OQ);
         if (big) {
-            const __m512 direct = _mm512_add_ps(_mm512_sub_ps(exp16(_mm512_sub_ps(_mm512_setzero_ps(), v)), one), v);
+            const __m512 direct = _mm512_add_ps(_mm512_sub_ps(qrt_v_expf(_mm512_sub_ps(_mm512_setzero_ps(), v)), one), v);
             g = _mm512_mask_blend_ps(big, g, direct);
         }
-        const __m512 w = _mm512_mul_ps(exp16(_mm512_sub_ps(x, vmr)), g);
+        const __m512 w = _mm512_mul_ps(qrt_v_expf(_mm512_sub_ps(x, vmr)), g);
         erg0 = _mm512_add_pd(erg0, lo_pd(w));
         erg1 = _mm512_add_pd(erg1, hi_pd(w));
     }
