@@ -365,9 +365,8 @@ static void release_pages(const uint8_t *data, size_t bytes) {
     if (end > start) madvise((void *)start, end - start, MADV_DONTNEED);
 }
 
-/* Repack every matrix whose type has an x16 layout with a SIMD kernel on this CPU (packed by default, or all = 1)
- * into one owned buffer. */
-static int pack_weights(qrt_model *m, int all, char *err, size_t errlen) {
+/* Repack every matrix whose type has an x16 layout with a SIMD kernel on this CPU into one owned buffer. */
+static int pack_weights(qrt_model *m, char *err, size_t errlen) {
     const Config *c = &m->config;
     Weights *w = &m->weights;
     Matrix **list = malloc(((size_t)c->n_layers * 7 + 1) * sizeof *list);
@@ -375,7 +374,7 @@ static int pack_weights(qrt_model *m, int all, char *err, size_t errlen) {
     const int n = weight_matrices(w, c, list);
     size_t total = 0;
     for (int i = 0; i < n; i++)
-        if (qrt_packed_worthwhile(list[i]->type, all))
+        if (qrt_packed_worthwhile(list[i]->type))
             total += (qrt_packed_bytes(list[i]->type, list[i]->rows, list[i]->cols) + 63) / 64 * 64;
     if (total == 0) {
         free(list);
@@ -390,7 +389,7 @@ static int pack_weights(qrt_model *m, int all, char *err, size_t errlen) {
     size_t off = 0;
     for (int i = 0; i < n; i++) {
         Matrix *mat = list[i];
-        const size_t bytes = qrt_packed_worthwhile(mat->type, all) ? qrt_packed_bytes(mat->type, mat->rows, mat->cols) : 0;
+        const size_t bytes = qrt_packed_worthwhile(mat->type) ? qrt_packed_bytes(mat->type, mat->rows, mat->cols) : 0;
         if (bytes == 0) continue;
         qrt_pack_matrix(mat->type, mat->data, mat->row_bytes, mat->rows, mat->cols, w->packed + off);
         mat->packed = w->packed + off;
@@ -435,8 +434,7 @@ qrt_model *qrt_model_open(const char *path, const qrt_model_params *params, char
     loader L = {m->file, path, err, errlen, &m->weights};
     if (load_weights(&L, &m->config)) goto fail;
     const char *pack_env = getenv("QRT_PACK");
-    const int pack_all = pack_env && strcmp(pack_env, "all") == 0;
-    if (!p.no_pack && !(pack_env && strcmp(pack_env, "0") == 0) && pack_weights(m, pack_all, err, errlen)) goto fail;
+    if (!p.no_pack && !(pack_env && strcmp(pack_env, "0") == 0) && pack_weights(m, err, errlen)) goto fail;
 
     m->pool = qrt_threadpool_create(p.n_threads);
     if (!m->pool) {

@@ -280,11 +280,11 @@ static qrt_packed_entry table[QRT_TYPE_COUNT];
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 
 static void fill(void) {
-    table[QRT_TYPE_Q4_0] = (qrt_packed_entry){sizeof(block_q4_0x16), pack_q4_0, {gemm_q4_0_scalar}, 1};
-    table[QRT_TYPE_Q8_0] = (qrt_packed_entry){sizeof(block_q8_0x16), pack_q8_0, {gemm_q8_0_scalar}, 1};
-    table[QRT_TYPE_Q5_0] = (qrt_packed_entry){sizeof(block_q5_0x16), pack_q5_0, {gemm_q5_0_scalar}, 1};
-    table[QRT_TYPE_Q4_K] = (qrt_packed_entry){sizeof(block_q4_Kx16), pack_q4_K, {gemm_q4_K_scalar}, 1};
-    table[QRT_TYPE_Q6_K] = (qrt_packed_entry){sizeof(block_q6_Kx16), pack_q6_K, {gemm_q6_K_scalar}, 1};
+    table[QRT_TYPE_Q4_0] = (qrt_packed_entry){sizeof(block_q4_0x16), pack_q4_0, {gemm_q4_0_scalar}};
+    table[QRT_TYPE_Q8_0] = (qrt_packed_entry){sizeof(block_q8_0x16), pack_q8_0, {gemm_q8_0_scalar}};
+    table[QRT_TYPE_Q5_0] = (qrt_packed_entry){sizeof(block_q5_0x16), pack_q5_0, {gemm_q5_0_scalar}};
+    table[QRT_TYPE_Q4_K] = (qrt_packed_entry){sizeof(block_q4_Kx16), pack_q4_K, {gemm_q4_K_scalar}};
+    table[QRT_TYPE_Q6_K] = (qrt_packed_entry){sizeof(block_q6_Kx16), pack_q6_K, {gemm_q6_K_scalar}};
 #if defined(__x86_64__)
     if (qrt_variant_supported(QRT_VARIANT_AVX2)) qrt_packed_register_avx2(table);
     if (qrt_variant_supported(QRT_VARIANT_AVX512)) qrt_packed_register_avx512(table);
@@ -325,11 +325,11 @@ qrt_packed_fn qrt_packed_kernel(int type, int *variant_out) {
     return e->gemm[QRT_VARIANT_SCALAR];
 }
 
-int qrt_packed_worthwhile(int type, int all) {
+int qrt_packed_worthwhile(int type) {
     /* the CPU's best variant, not a forced one: a run forced to the scalar reference computes on the same
      * packed layout, so every variant gives the same logits for the same file */
     const qrt_packed_entry *e = qrt_packed_entry_for(type);
-    if (!e || !(all || e->by_default)) return 0;
+    if (!e) return 0;
     for (int v = QRT_VARIANT_COUNT - 1; v > 0; v--)
         if (qrt_variant_supported(v) && e->gemm[v]) return 1;
     return 0;

@@ -112,9 +112,6 @@ typedef struct {
     size_t block_bytes; /* bytes of one x16 block (16 GGUF blocks) */
     void (*pack)(const void *rows, size_t row_bytes, int64_t n, void *group); /* 16 GGUF rows -> one group */
     qrt_packed_fn gemm[QRT_VARIANT_COUNT]; /* NULL where a variant has no kernel; the scalar one always exists */
-    /* 0: packed only on request (QRT_PACK=all): the block-order result departs from the 8-lane order of
-     * ggml's own kernel for the type, which llama.cpp runs on x86, and with it agreement with llama.cpp */
-    int by_default;
 } qrt_packed_entry;
 
 void qrt_packed_register_avx2(qrt_packed_entry table[QRT_TYPE_COUNT]);
@@ -128,9 +125,8 @@ size_t qrt_packed_bytes(int type, int64_t rows, int64_t n);
 void qrt_pack_matrix(int type, const void *src, size_t row_bytes, int64_t rows, int64_t n, void *dst);
 /* The kernel for the current variant setting (falls back to the scalar reference), and its variant. */
 qrt_packed_fn qrt_packed_kernel(int type, int *variant_out);
-/* 1 when a variant this CPU runs (forced or not) has a SIMD packed kernel for the type (packing then pays off) and the
- * type is packed by default (all = 1: also the others). */
-int qrt_packed_worthwhile(int type, int all);
+/* 1 when a variant this CPU runs (forced or not) has a SIMD packed kernel for the type (packing then pays off). */
+int qrt_packed_worthwhile(int type);
 
 #pragma GCC visibility pop
 #endif

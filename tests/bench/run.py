@@ -88,11 +88,10 @@ def prompt_tokens(n_vocab: int) -> list[int]:
     return [int(t) for t in rng.integers(100, min(n_vocab, 40000), PROMPT_TOKENS + GEN_TOKENS)]
 
 
-def run_qrun(path: Path, threads: int) -> tuple[float, float]:
-    from qconv.runtime.model import Model
-
-    model = Model(path, threads=threads, ctx=512)
-    tokens = prompt_tokens(model.n_vocab)
+def time_prompt_and_decode(model, n_vocab: int) -> tuple[float, float]:
+    """Prompt and single-token decode tokens/s of any model with reset() and eval(tokens) (qrun's Model and
+    llama-cpp-python's Llama share that interface)."""
+    tokens = prompt_tokens(n_vocab)
     model.reset()
     start = time.perf_counter()
     model.eval(tokens[:PROMPT_TOKENS])
@@ -102,6 +101,13 @@ def run_qrun(path: Path, threads: int) -> tuple[float, float]:
         model.eval([t])
     gen = GEN_TOKENS / (time.perf_counter() - start)
     return prompt, gen
+
+
+def run_qrun(path: Path, threads: int) -> tuple[float, float]:
+    from qconv.runtime.model import Model
+
+    model = Model(path, threads=threads, ctx=512)
+    return time_prompt_and_decode(model, model.n_vocab)
 
 
 def llama_model(path: Path, threads: int):
@@ -118,16 +124,7 @@ def llama_model(path: Path, threads: int):
 
 
 def run_llama(model) -> tuple[float, float]:
-    tokens = prompt_tokens(model.n_vocab())
-    model.reset()
-    start = time.perf_counter()
-    model.eval(tokens[:PROMPT_TOKENS])
-    prompt = PROMPT_TOKENS / (time.perf_counter() - start)
-    start = time.perf_counter()
-    for t in tokens[PROMPT_TOKENS:]:
-        model.eval([t])
-    gen = GEN_TOKENS / (time.perf_counter() - start)
-    return prompt, gen
+    return time_prompt_and_decode(model, model.n_vocab())
 
 
 def main() -> None:
