@@ -501,7 +501,11 @@ static int arr_elem(const gguf_file *f, int64_t kv, uint64_t i, gguf_kv *tmp) {
 int64_t gguf_arr_int(const gguf_file *f, int64_t kv, uint64_t i) {
     gguf_kv tmp;
     if (!arr_elem(f, kv, i, &tmp)) return 0;
-    if (tmp.type == GGUF_VT_FLOAT32 || tmp.type == GGUF_VT_FLOAT64) return (int64_t)tmp.num.f64;
+    if (tmp.type == GGUF_VT_FLOAT32 || tmp.type == GGUF_VT_FLOAT64) {
+        /* A float from the file may be NaN or beyond int64: converting those is undefined, so they read as 0. */
+        double d = tmp.num.f64;
+        return d > -9.2e18 && d < 9.2e18 ? (int64_t)d : 0;
+    }
     int64_t v = 0;
     uint64_t u = 0;
     int neg = 0;

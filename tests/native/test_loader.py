@@ -143,7 +143,25 @@ def broken_files(tiny, tmp_path_factory) -> list[Path]:
     mutated[at : at + 8] = struct.pack("<Q", 2**61)
     files.append(out / "huge_array.gguf")
     files[-1].write_bytes(bytes(mutated))
+    files.append(write_float_arrays(out / "float_arrays.gguf"))
     return files
+
+
+def write_float_arrays(path: Path) -> Path:
+    """Float arrays holding NaN, infinities and values beyond int64, read by the fuzz target as integers too.
+
+    The CI fuzzer found that converting such an element to an integer was undefined behaviour."""
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), "llama")
+    odd = [float("nan"), float("inf"), float("-inf"), 1e30, -1e30, 9.3e18, 3.5]
+    w.add_array("test.f32", odd)
+    w.add_key_value("test.f64", odd, gguf.GGUFValueType.ARRAY, sub_type=gguf.GGUFValueType.FLOAT64)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
 
 
 def test_tiny_model_loads_and_runs(tiny):
@@ -206,7 +224,7 @@ def test_broken_files_under_asan_ubsan(broken_files, tiny, tmp_path):
         "-O1",
         "-D_GNU_SOURCE",
         "-DQRT_FUZZ_MAIN",
-        "-fsanitize=address,undefined",
+        "-fsanitize=address,undefined,float-cast-overflow",
         "-fno-sanitize-recover=all",
         f"-I{NATIVE}",
         str(NATIVE / "fuzz_gguf.c"),
