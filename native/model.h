@@ -68,7 +68,8 @@ typedef struct {
     /* f32 copies of small vectors whose stored type is not f32 (norms/biases stored as f16) */
     float **owned;
     int n_owned;
-    uint8_t *packed; /* one buffer holding every packed matrix */
+    uint8_t *packed; /* one buffer holding every packed matrix (packed_bytes long, mapped by alloc_weights) */
+    size_t packed_bytes;
 } Weights;
 
 typedef struct {
