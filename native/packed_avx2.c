@@ -34,6 +34,9 @@ typedef __m256 VF;
 #define V_I8_TO_I32(p) _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p)))
 #define V_U8_TO_I16(p) _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(p)))
 #define V_CVT(a) _mm256_cvtepi32_ps(a)
+#define V_I8_PAIRS(pa, pb)                                                                                         \
+    _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(_mm_loadl_epi64((const __m128i *)(pa)), _mm_loadl_epi64((const __m128i *)(pb))))
+#define V_DOT16(acc, a, b) _mm256_add_epi32(acc, _mm256_madd_epi16(a, b))
 #define V_ADDF(a, b) _mm256_add_ps(a, b)
 #define V_SUBF(a, b) _mm256_sub_ps(a, b)
 #define V_MUL(a, b) _mm256_mul_ps(a, b)

@@ -33,6 +33,13 @@ typedef __m512 VF;
 #define V_I8_TO_I32(p) _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p)))
 #define V_U8_TO_I16(p) _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(p)))
 #define V_CVT(a) _mm512_cvtepi32_ps(a)
+/* the int8 scales of 16 rows at pa and pb as one int16 pair (pa[r], pb[r]) per 32-bit lane r */
+#define V_I8_PAIRS(pa, pb)                                                                                         \
+    _mm512_cvtepi8_epi16(_mm256_set_m128i(_mm_unpackhi_epi8(_mm_loadu_si128((const __m128i *)(pa)),                \
+                                                            _mm_loadu_si128((const __m128i *)(pb))),               \
+                                          _mm_unpacklo_epi8(_mm_loadu_si128((const __m128i *)(pa)),                \
+                                                            _mm_loadu_si128((const __m128i *)(pb)))))
+#define V_DOT16(acc, a, b) _mm512_dpwssd_epi32(acc, a, b) /* acc + int16 pair products, exact */
 #define V_ADDF(a, b) _mm512_add_ps(a, b)
 #define V_SUBF(a, b) _mm512_sub_ps(a, b)
 #define V_MUL(a, b) _mm512_mul_ps(a, b)
