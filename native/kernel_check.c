@@ -7,7 +7,8 @@
  * and outlier rows), rows of random bytes (finite fp16 scales), and, given a GGUF, rows of each of its weight
  * tensors. Integer kernels and the NEON/AVX-512 f32/f16 kernels must equal the reference exactly; the AVX2 float
  * kernels and bf16 within 1e-5 of the sum of |products|. Prints one line per type and variant
- * ("q4_K neon-dotprod: 96 rows, 0 mismatches") and exits 1 on any mismatch.
+ * ("q4_K neon-dotprod: 96 rows, 0 mismatches") and exits 1 on any mismatch. Then the same for the packed
+ * kernels ("packed q4_K neon-dotprod: 3 matmuls of 32 rows, 0 mismatches (exact)").
  */
 #include <math.h>
 #include <stdio.h>
@@ -99,6 +100,45 @@ static void check_row(int type, int variant, const void *w, const float *x, int6
     }
 }
 
+/* The x16 packed kernels (packed.h) of every variant against packed.c's scalar reference, bit for bit, on 32
+ * quantized-then-random rows and 1, 3 and 9 activation rows (the decode orders and the batch ones). */
+static const int PACKED_TYPES[] = {QRT_TYPE_Q4_0, QRT_TYPE_Q5_0, QRT_TYPE_Q8_0, QRT_TYPE_Q4_K, QRT_TYPE_Q6_K};
+
+static long check_packed(float acts[ROWS][N], float vals[ROWS][N], long *checked) {
+    static uint8_t rows[ROWS * N * 2];
+    static float ref[9 * ROWS], got[9 * ROWS];
+    const int n_toks[] = {1, 3, 9};
+    long failures = 0;
+    for (size_t ti = 0; ti < sizeof PACKED_TYPES / sizeof PACKED_TYPES[0]; ti++) {
+        const int type = PACKED_TYPES[ti];
+        const size_t bytes = qrt_row_bytes(type, N);
+        qrt_quantize_rows(type, &vals[0][0], rows, ROWS / 2, N, NULL, 1, NULL, 0);
+        for (int r = ROWS / 2; r < ROWS; r++) random_blocks(type, rows + (size_t)r * bytes, bytes);
+        for (int v = 1; v < QRT_VARIANT_COUNT; v++) {
+            const char *name = qrt_variant_name(v);
+            long bad = 0, runs = 0;
+            for (size_t k = 0; k < sizeof n_toks / sizeof n_toks[0]; k++) {
+                const int n_tok = n_toks[k];
+                if (qrt_packed_matmul(type, name, rows, ROWS, N, &acts[0][0], n_tok, got) != 0) break;
+                qrt_packed_matmul(type, "scalar", rows, ROWS, N, &acts[0][0], n_tok, ref);
+                runs++;
+                for (int i = 0; i < n_tok * ROWS; i++)
+                    if (memcmp(&ref[i], &got[i], sizeof ref[i]) != 0) {
+                        if (bad < 3) fprintf(stderr, "  packed %s %s, %d tokens, output %d: %.9g != %.9g\n",
+                                             gguf_type_name(type), name, n_tok, i, got[i], ref[i]);
+                        bad++;
+                    }
+            }
+            if (!runs) continue;
+            printf("packed %s %s: %ld matmuls of %d rows, %ld mismatches (exact)\n", gguf_type_name(type), name, runs,
+                   ROWS, bad);
+            failures += bad;
+            (*checked)++;
+        }
+    }
+    return failures;
+}
+
 int main(int argc, char **argv) {
     gguf_file *model = NULL;
     char err[512];
@@ -145,6 +185,8 @@ int main(int argc, char **argv) {
             checked++;
         }
     }
+    for (int r = 0; r < ROWS; r++) random_floats(vals[r], r);
+    failures += check_packed(acts, vals, &checked);
     printf("kernel-check: %ld type/variant pairs, %ld mismatches\n", checked, failures);
     if (model) gguf_close(model);
     return failures ? 1 : 0;

@@ -116,6 +116,8 @@ typedef struct {
 
 void qrt_packed_register_avx2(qrt_packed_entry table[QRT_TYPE_COUNT]);
 void qrt_packed_register_avx512(qrt_packed_entry table[QRT_TYPE_COUNT]);
+void qrt_packed_register_neon(qrt_packed_entry table[QRT_TYPE_COUNT]);
+void qrt_packed_register_neon_dotprod(qrt_packed_entry table[QRT_TYPE_COUNT], int variant);
 
 /* The entry of a weight type, or NULL when the type has no packed layout. */
 const qrt_packed_entry *qrt_packed_entry_for(int type);

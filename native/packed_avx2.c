@@ -53,7 +53,7 @@ typedef __m256 VF;
 #define PK_NT_Q4_K 2
 #define PK_NT_Q6_K 2
 
-#include "packed_x86.inc"
+#include "packed_simd.inc"
 
 void qrt_packed_register_avx2(qrt_packed_entry table[QRT_TYPE_COUNT]) { K(register_packed)(table, QRT_VARIANT_AVX2); }
 #endif

@@ -56,7 +56,7 @@ typedef __m512 VF;
 #define PK_NT_Q4_K 4
 #define PK_NT_Q6_K 4
 
-#include "packed_x86.inc"
+#include "packed_simd.inc"
 
 void qrt_packed_register_avx512(qrt_packed_entry table[QRT_TYPE_COUNT]) {
     K(register_packed)(table, QRT_VARIANT_AVX512);

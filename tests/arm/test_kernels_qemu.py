@@ -1,5 +1,6 @@
 """Under qemu, every NEON kernel (baseline, SDOT, SMMLA) equals the scalar reference on random blocks, quantized
-blocks and rows of the package's real GGUF (native/kernel_check.c); a CPU without the extensions falls back."""
+blocks and rows of the package's real GGUF, and so does every NEON packed (x16) kernel (native/kernel_check.c); a CPU
+without the extensions falls back."""
 
 from __future__ import annotations
 
@@ -12,13 +13,24 @@ from tests.arm.conftest import run
 TYPES = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL"]
 INTEGER = set(TYPES) - {"F32", "F16", "BF16"}
 LINE = re.compile(r"^(\S+) (\S+): (\d+) rows \((\d+) from the model\), (\d+) mismatches", re.M)
+PACKED = re.compile(r"^packed (\S+) (\S+): (\d+) matmuls of \d+ rows, (\d+) mismatches", re.M)
+PACKED_TYPES = ["q4_0", "q5_0", "q8_0", "q4_K", "q6_K"]
 
 
-def kernel_check(build, cpu, model=None, env=None) -> dict[tuple[str, str], tuple[int, int, int]]:
+def packed_results(stdout: str) -> dict[tuple[str, str], tuple[int, int]]:
+    return {(m[1], m[2]): (int(m[3]), int(m[4])) for m in PACKED.finditer(stdout)}
+
+
+def kernel_check_output(build, cpu, model=None, env=None) -> str:
     proc = run(["qemu-aarch64", "-cpu", cpu, build / "kernel-check", *([model] if model else [])], env=env)
     print(proc.stdout)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    return {(m[1].upper(), m[2]): (int(m[3]), int(m[4]), int(m[5])) for m in LINE.finditer(proc.stdout)}
+    return proc.stdout
+
+
+def kernel_check(build, cpu, model=None, env=None) -> dict[tuple[str, str], tuple[int, int, int]]:
+    stdout = kernel_check_output(build, cpu, model, env)
+    return {(m[1].upper(), m[2]): (int(m[3]), int(m[4]), int(m[5])) for m in LINE.finditer(stdout)}
 
 
 def test_every_neon_kernel_equals_scalar(aarch64_build, smollm2_package_gguf):
@@ -31,6 +43,20 @@ def test_every_neon_kernel_equals_scalar(aarch64_build, smollm2_package_gguf):
             assert bad == 0 and rows >= 32, (t, variant)
     # real rows: the package file's Q4_1 matrices and Q8_0 embedding went through every variant
     assert results[("Q4_1", "neon-i8mm")][1] > 0 and results[("Q8_0", "neon-dotprod")][1] > 0
+
+
+@pytest.mark.parametrize(
+    ("cpu", "variants"), [("max", {"neon", "neon-dotprod", "neon-i8mm"}), ("cortex-a72", {"neon"})]
+)
+def test_packed_kernels_equal_scalar(aarch64_build, cpu, variants):
+    """The x16 packed kernels (what qrun multiplies q4_0/q5_0/q8_0/q4_K/q6_K matrices with) on every variant the
+    CPU has, bit for bit against the scalar reference, for 1, 3 and 9 tokens."""
+    results = packed_results(kernel_check_output(aarch64_build, cpu))
+    assert {v for _, v in results} == variants
+    for t in PACKED_TYPES:
+        for v in variants:
+            runs, bad = results[(t, v)]
+            assert runs == 3 and bad == 0, (t, v)
 
 
 @pytest.mark.parametrize("cpu", ["cortex-a53", "cortex-a72"])

@@ -9,8 +9,10 @@ generates 1 token and one that generates 1 + --tokens (load and prompt cancel ou
     llama (hidden 512, ffn 1536, 4 layers): exact, but slow to log, hence the small model. Blocks alone cannot
     tell SDOT from the baseline (a loop body is one block either way); instructions can;
   * qemu's CPU seconds (user + sys of the emulator) on the sample model (SmolLM2-135M), a coarser proxy.
-One aarch64 binary serves every row: QRT_KERNEL forces the variant (what a build without the others would run).
-Ratios are scalar / variant (higher = less work than the scalar build).
+One aarch64 binary serves every row: QRT_KERNEL forces the variant (what a build without the others would run);
+"stored" rows keep the weights as the GGUF stores them (QRT_PACK=0), the others multiply q4_0/q4_K/q6_K matrices
+repacked into 16-row groups (native/packed*). The scalar row is the stored layout (what armv7 runs).
+Ratios are scalar / this row (higher = less work than the scalar build).
 """
 
 from __future__ import annotations
@@ -27,7 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests.bench.measure import median, table  # noqa: E402
 
 NATIVE = Path(__file__).resolve().parents[2] / "native"
-VARIANTS = ["scalar", "neon", "neon-dotprod", "neon-i8mm"]
+# (row label, QRT_KERNEL, QRT_PACK)
+POINTS = [("scalar", "scalar", "0")] + [
+    (f"{v}{label}", v, pack)
+    for v in ("neon", "neon-dotprod", "neon-i8mm")
+    for label, pack in ((" stored", "0"), ("", "1"))
+]
 
 
 def qemu_cmd(binary: Path, model: Path, n: int, log: Path | None = None) -> list[str]:
@@ -37,8 +44,9 @@ def qemu_cmd(binary: Path, model: Path, n: int, log: Path | None = None) -> list
     return cmd + [str(binary), str(model), "--raw", "-p", "The", "-n", str(n), "--temp", "0", "-t", "1", "--ignore-eos"]
 
 
-def run_env(variant: str) -> dict:
-    return {**{k: v for k, v in os.environ.items() if not k.startswith("QRT_")}, "QRT_KERNEL": variant}
+def run_env(point: str) -> dict:
+    _, kernel, pack = next(p for p in POINTS if p[0] == point)
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("QRT_")}, "QRT_KERNEL": kernel, "QRT_PACK": pack}
 
 
 def count_work(binary: Path, model: Path, n: int, variant: str) -> tuple[int, int]:
@@ -116,14 +124,14 @@ def main() -> None:
         small = convert(small_src, qtype, work / f"small-{qtype}.gguf")
         sample = convert(sample_src, qtype, work / f"smollm2-{qtype}.gguf")
         blocks, insns, secs = {}, {}, {}
-        for v in VARIANTS:
+        for v, _, _ in POINTS:
             (b1, i1), (b0, i0) = count_work(binary, small, 1 + args.tokens, v), count_work(binary, small, 1, v)
             blocks[v], insns[v] = (b1 - b0) / args.tokens, (i1 - i0) / args.tokens
             long_runs = [cpu_seconds(binary, sample, 1 + args.tokens, v) for _ in range(args.repeats)]
             short_runs = [cpu_seconds(binary, sample, 1, v) for _ in range(args.repeats)]
             secs[v] = (median(long_runs) - median(short_runs)) / args.tokens
             print(f"{qtype} {v}: {blocks[v]:.0f} TBs, {insns[v]:.0f} insns, {secs[v]:.3f} s per token", file=sys.stderr)
-        for v in VARIANTS:
+        for v, _, _ in POINTS:
             rows.append(
                 [
                     qtype,

@@ -1,4 +1,4 @@
-"""The x16 packed kernels (native/packed.c, packed_x86.inc): every SIMD variant equals the scalar reference bit for
+"""The x16 packed kernels (native/packed.c, packed_simd.inc): every SIMD variant equals the scalar reference bit for
 bit on random and real rows, and the reference stays within float rounding of the row-by-row dot kernels (q8_0,
 which keeps ggml's lane order, equals them exactly)."""
 
