@@ -200,7 +200,8 @@ int main(int argc, char **argv) {
             qrt_type_info_t info;
             const char *variant = qrt_kernel_variant_for_type(types[i]);
             if (qrt_type_info(types[i], &info) == 0)
-                fprintf(stderr, "qrun-native: kernel %s: %s\n", info.name, variant ? variant : "none");
+                fprintf(stderr, "qrun-native: kernel %s: %s%s\n", info.name, variant ? variant : "none",
+                        qrt_model_type_packed(m, types[i]) ? ", packed x16" : "");
         }
     }
 

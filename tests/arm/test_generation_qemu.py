@@ -43,7 +43,7 @@ def test_fallback_on_cpu_without_extensions(aarch64_build, sample_ggufs, x86_tex
     prefix = ["qemu-aarch64", "-cpu", "cortex-a53", aarch64_build / "qrun-native"]
     proc = run([*prefix, sample_ggufs["q4_0"], "--raw", "-p", "Hi", "-n", "1", "--kernel", "neon-dotprod", "-v"])
     assert proc.returncode == 0, proc.stderr
-    assert "not available on this CPU" in proc.stderr and "kernel Q4_0: neon\n" in proc.stderr, proc.stderr
+    assert "not available on this CPU" in proc.stderr and "kernel Q4_0: neon, packed x16\n" in proc.stderr, proc.stderr
     assert generate(prefix, sample_ggufs["q4_0"], env={"QRT_KERNEL": "neon-i8mm"}) == x86_texts["q4_0"]
 
 
