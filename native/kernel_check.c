@@ -102,7 +102,8 @@ static void check_row(int type, int variant, const void *w, const float *x, int6
 
 /* The x16 packed kernels (packed.h) of every variant against packed.c's scalar reference, bit for bit, on 32
  * quantized-then-random rows and 1, 3 and 9 activation rows (the decode orders and the batch ones). */
-static const int PACKED_TYPES[] = {QRT_TYPE_Q4_0, QRT_TYPE_Q5_0, QRT_TYPE_Q8_0, QRT_TYPE_Q4_K, QRT_TYPE_Q6_K};
+static const int PACKED_TYPES[] = {QRT_TYPE_Q4_0, QRT_TYPE_Q4_1, QRT_TYPE_Q5_0, QRT_TYPE_Q5_1,
+                                   QRT_TYPE_Q8_0, QRT_TYPE_Q4_K, QRT_TYPE_Q6_K};
 
 static long check_packed(float acts[ROWS][N], float vals[ROWS][N], long *checked) {
     static uint8_t rows[ROWS * N * 2];

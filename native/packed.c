@@ -36,6 +36,34 @@ static void pack_q5_0(const void *rows, size_t row_bytes, int64_t n, void *group
         }
 }
 
+/* q4_1 / q5_1: the q4_0 / q5_0 packing plus the minimums */
+static void pack_q4_1(const void *rows, size_t row_bytes, int64_t n, void *group) {
+    block_q4_1x16 *dst = group;
+    for (int64_t i = 0; i < n / QK4_1; i++)
+        for (int r = 0; r < QRT_PACK_ROWS; r++) {
+            const block_q4_1 *x = (const block_q4_1 *)((const uint8_t *)rows + r * row_bytes) + i;
+            dst[i].d[r] = x->d;
+            dst[i].m[r] = x->m;
+            for (int k = 0; k < 4; k++) memcpy(dst[i].qs[k][r], x->qs + 4 * k, 4);
+        }
+}
+
+static void pack_q5_1(const void *rows, size_t row_bytes, int64_t n, void *group) {
+    block_q5_1x16 *dst = group;
+    for (int64_t i = 0; i < n / QK5_1; i++)
+        for (int r = 0; r < QRT_PACK_ROWS; r++) {
+            const block_q5_1 *x = (const block_q5_1 *)((const uint8_t *)rows + r * row_bytes) + i;
+            uint32_t qh;
+            memcpy(&qh, x->qh, 4);
+            dst[i].d[r] = x->d;
+            dst[i].m[r] = x->m;
+            for (int k = 0; k < 4; k++) {
+                memcpy(dst[i].qs[k][r], x->qs + 4 * k, 4);
+                dst[i].qh[k][r] = (uint8_t)(((qh >> (4 * k)) & 0x0F) | (((qh >> (16 + 4 * k)) & 0x0F) << 4));
+            }
+        }
+}
+
 static void pack_q8_0(const void *rows, size_t row_bytes, int64_t n, void *group) {
     block_q8_0x16 *dst = group;
     for (int64_t i = 0; i < n / QK8_0; i++)
@@ -171,6 +199,48 @@ static void gemm_q5_0_scalar(int64_t n, const void *group, const void *act, size
     }
 }
 
+/* q4_1 (FIVE 0) and q5_1 (FIVE 1), through the layout rule of packed.h: ggml's 8 lanes plus the minimums' sum */
+static void gemm_min_lanes_scalar(int64_t n, const uint8_t *group, size_t block_bytes, int five, const void *act,
+                                  size_t as, int n_tok, float *out, size_t os) {
+    for (int t = 0; t < n_tok; t++) {
+        const block_q8_1 *y = (const block_q8_1 *)((const uint8_t *)act + (size_t)t * as);
+        for (int r = 0; r < QRT_PACK_ROWS; r++) {
+            float acc[8] = {0}, summs = 0.0f;
+            for (int64_t i = 0; i < n / QK8_1; i++) {
+                const uint8_t *blk = group + (size_t)i * block_bytes;
+                const qrt_half *d = (const qrt_half *)blk, *m = (const qrt_half *)(blk + 32);
+                const uint8_t *qh = blk + 64, *qs = blk + 64 + 64 * five;
+                summs = fmaf(qrt_fp16_to_fp32(m[r]), qrt_fp16_to_fp32(y[i].s), summs);
+                const float dd = qrt_fp16_to_fp32(d[r]) * qrt_fp16_to_fp32(y[i].d);
+                for (int k = 0; k < 4; k++) {
+                    int32_t lo = 0, hi = 0; /* lanes k (values 4k..) and 4 + k (values 16 + 4k..) */
+                    const int h = five ? qh[16 * k + r] : 0;
+                    for (int b = 0; b < 4; b++) {
+                        const uint8_t q = qs[64 * k + 4 * r + b];
+                        lo += ((q & 0x0F) | ((h >> b) & 1) << 4) * y[i].qs[4 * k + b];
+                        hi += ((q >> 4) | ((h >> (4 + b)) & 1) << 4) * y[i].qs[16 + 4 * k + b];
+                    }
+                    acc[k] = fmaf((float)lo, dd, acc[k]);
+                    acc[4 + k] = fmaf((float)hi, dd, acc[4 + k]);
+                }
+            }
+            out[t * os + r] = qrt_hsum8(acc) + summs;
+        }
+    }
+}
+
+static void gemm_q4_1_scalar(int64_t n, const void *group, const void *act, size_t as, const int32_t *sums,
+                             size_t ss, int n_tok, float *out, size_t os, qrt_batch_pos bp) {
+    (void)sums, (void)ss, (void)bp;
+    gemm_min_lanes_scalar(n, group, sizeof(block_q4_1x16), 0, act, as, n_tok, out, os);
+}
+
+static void gemm_q5_1_scalar(int64_t n, const void *group, const void *act, size_t as, const int32_t *sums,
+                             size_t ss, int n_tok, float *out, size_t os, qrt_batch_pos bp) {
+    (void)sums, (void)ss, (void)bp;
+    gemm_min_lanes_scalar(n, group, sizeof(block_q5_1x16), 1, act, as, n_tok, out, os);
+}
+
 static void gemm_q8_0_scalar(int64_t n, const void *group, const void *act, size_t as, const int32_t *sums,
                              size_t ss, int n_tok, float *out, size_t os, qrt_batch_pos bp) {
     (void)bp;
@@ -283,6 +353,8 @@ static void fill(void) {
     table[QRT_TYPE_Q4_0] = (qrt_packed_entry){sizeof(block_q4_0x16), pack_q4_0, {gemm_q4_0_scalar}};
     table[QRT_TYPE_Q8_0] = (qrt_packed_entry){sizeof(block_q8_0x16), pack_q8_0, {gemm_q8_0_scalar}};
     table[QRT_TYPE_Q5_0] = (qrt_packed_entry){sizeof(block_q5_0x16), pack_q5_0, {gemm_q5_0_scalar}};
+    table[QRT_TYPE_Q4_1] = (qrt_packed_entry){sizeof(block_q4_1x16), pack_q4_1, {gemm_q4_1_scalar}};
+    table[QRT_TYPE_Q5_1] = (qrt_packed_entry){sizeof(block_q5_1x16), pack_q5_1, {gemm_q5_1_scalar}};
     table[QRT_TYPE_Q4_K] = (qrt_packed_entry){sizeof(block_q4_Kx16), pack_q4_K, {gemm_q4_K_scalar}};
     table[QRT_TYPE_Q6_K] = (qrt_packed_entry){sizeof(block_q6_Kx16), pack_q6_K, {gemm_q6_K_scalar}};
 #if defined(__x86_64__)

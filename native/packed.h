@@ -19,9 +19,10 @@
  *     accumulates its mins term the same way in a second sum, subtracted at the end, and its float step takes
  *     each pair of sub-blocks for tokens in whole groups of 4 of the batch (llama.cpp's gemm), each super-block
  *     for the remaining 1-3 tokens of the batch (its gemv).
- *   q8_0, q5_0 (not repacked by llama.cpp): ggml_vec_dot_q8_0_q8_0's (and q5_0's) order: 8 float lanes per
- *     row, lane k accumulating fma((float)(exact sum of values 4k..4k+3), d_row * d_act) block by block, summed
- *     at the end in the tree order of ggml's hsum_float_8 (qrt_hsum8).
+ *   q8_0, q5_0, q4_1, q5_1 (not repacked by llama.cpp): ggml_vec_dot_q8_0_q8_0's (and the others') order: 8
+ *     float lanes per row, lane k accumulating fma((float)(exact sum of values 4k..4k+3), d_row * d_act) block
+ *     by block, summed at the end in the tree order of ggml's hsum_float_8 (qrt_hsum8); q4_1 and q5_1 add
+ *     summs = fma(m_row, s_act, summs), accumulated block by block, to that sum.
  *   q6_K (not repacked either): ggml_vec_dot_q6_K_q8_K's 8 integer lanes per row for batches under 8 tokens,
  *     and from 8 tokens on the order of llama.cpp's tiled k-quant matmul: one exact integer per super-block,
  *     then acc = fma((float)s1 * d_row, d_act, acc). The batch size picks the order (QRT_PACKED_BATCH_MIN).
@@ -61,6 +62,28 @@ typedef struct {
     uint8_t qs[4][QRT_PACK_ROWS][4];
 } block_q5_0x16;
 _Static_assert(sizeof(block_q5_0x16) == QRT_PACK_ROWS * sizeof(block_q5_0), "block_q5_0x16 size");
+
+/* q4_1, q5_1: as q4_0 / q5_0 (unsigned values, no offset) with each row's minimum m after d; the activations are
+ * q8_1, whose s (d times the sum of its quants) pairs with m. The kernels read both through one layout rule:
+ * d at 0, m at 32, then q5_1's qh (64 bytes), then qs (256 bytes). */
+typedef struct {
+    qrt_half d[QRT_PACK_ROWS];
+    qrt_half m[QRT_PACK_ROWS];
+    uint8_t qs[4][QRT_PACK_ROWS][4];
+} block_q4_1x16;
+_Static_assert(sizeof(block_q4_1x16) == QRT_PACK_ROWS * sizeof(block_q4_1), "block_q4_1x16 size");
+
+typedef struct {
+    qrt_half d[QRT_PACK_ROWS];
+    qrt_half m[QRT_PACK_ROWS];
+    uint8_t qh[4][QRT_PACK_ROWS];
+    uint8_t qs[4][QRT_PACK_ROWS][4];
+} block_q5_1x16;
+_Static_assert(sizeof(block_q5_1x16) == QRT_PACK_ROWS * sizeof(block_q5_1), "block_q5_1x16 size");
+_Static_assert(offsetof(block_q4_1x16, m) == 32 && offsetof(block_q4_1x16, qs) == 64, "block_q4_1x16 layout");
+_Static_assert(offsetof(block_q5_1x16, m) == 32 && offsetof(block_q5_1x16, qh) == 64 &&
+                   offsetof(block_q5_1x16, qs) == 128,
+               "block_q5_1x16 layout");
 
 /* q4_K: the 6-bit scales and mins unpacked to bytes (4 bytes more per row and super-block than the GGUF
  * block); mins in pairs (m[2p], m[2p+1]) per row, one 16-bit pair per 32-bit lane after widening;

@@ -14,7 +14,7 @@ typedef struct {
     int n_threads;  /* <= 0: all online CPUs */
     int n_batch;    /* tokens per forward chunk during prompt processing; <= 0: 64 */
     int kv_f32;     /* 1: f32 KV cache (exact comparisons); 0: f16 (half the memory, as llama.cpp) */
-    int no_pack;    /* 1: keep the weights as stored; 0: repack q4_0/q5_0/q8_0/q4_K/q6_K matrices into 16-row groups
+    int no_pack;    /* 1: keep the weights as stored; 0: repack q4_0/q4_1/q5_0/q5_1/q8_0/q4_K/q6_K matrices into 16-row groups
                        where this CPU has a kernel for them (faster; QRT_PACK=0 in the environment
                        also turns it off) */
 } qrt_model_params;

@@ -60,7 +60,7 @@ class Timings:
 class Model:
     """A loaded GGUF model. `threads=None` uses every CPU; `ctx` is the KV-cache length in tokens;
     `kv_f32=True` keeps the cache in f32 (exact comparisons), else f16 as llama.cpp does; `pack=False` keeps the
-    weights as stored instead of repacking q4_0/q5_0/q8_0/q4_K/q6_K matrices into 16-row groups (slower; for comparisons)."""
+    weights as stored instead of repacking q4_0/q4_1/q5_0/q5_1/q8_0/q4_K/q6_K matrices into 16-row groups (slower; for comparisons)."""
 
     def __init__(
         self,

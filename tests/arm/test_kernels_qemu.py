@@ -14,7 +14,7 @@ TYPES = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "
 INTEGER = set(TYPES) - {"F32", "F16", "BF16"}
 LINE = re.compile(r"^(\S+) (\S+): (\d+) rows \((\d+) from the model\), (\d+) mismatches", re.M)
 PACKED = re.compile(r"^packed (\S+) (\S+): (\d+) matmuls of \d+ rows, (\d+) mismatches", re.M)
-PACKED_TYPES = ["q4_0", "q5_0", "q8_0", "q4_K", "q6_K"]
+PACKED_TYPES = ["q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q4_K", "q6_K"]
 
 
 def packed_results(stdout: str) -> dict[tuple[str, str], tuple[int, int]]:
@@ -49,7 +49,7 @@ def test_every_neon_kernel_equals_scalar(aarch64_build, smollm2_package_gguf):
     ("cpu", "variants"), [("max", {"neon", "neon-dotprod", "neon-i8mm"}), ("cortex-a72", {"neon"})]
 )
 def test_packed_kernels_equal_scalar(aarch64_build, cpu, variants):
-    """The x16 packed kernels (what qrun multiplies q4_0/q5_0/q8_0/q4_K/q6_K matrices with) on every variant the
+    """The x16 packed kernels (what qrun multiplies q4_0/q4_1/q5_0/q5_1/q8_0/q4_K/q6_K matrices with) on every variant the
     CPU has, bit for bit against the scalar reference, for 1, 3 and 9 tokens."""
     results = packed_results(kernel_check_output(aarch64_build, cpu))
     assert {v for _, v in results} == variants

@@ -10,7 +10,7 @@ generates 1 token and one that generates 1 + --tokens (load and prompt cancel ou
     tell SDOT from the baseline (a loop body is one block either way); instructions can;
   * qemu's CPU seconds (user + sys of the emulator) on the sample model (SmolLM2-135M), a coarser proxy.
 One aarch64 binary serves every row: QRT_KERNEL forces the variant (what a build without the others would run);
-"stored" rows keep the weights as the GGUF stores them (QRT_PACK=0), the others multiply q4_0/q4_K/q6_K matrices
+"stored" rows keep the weights as the GGUF stores them (QRT_PACK=0), the others multiply q4_0/q4_K/q6_K (and q4_1, q5_0, q5_1, q8_0) matrices
 repacked into 16-row groups (native/packed*). The scalar row is the stored layout (what armv7 runs).
 Ratios are scalar / this row (higher = less work than the scalar build).
 """

@@ -1,6 +1,6 @@
 """The x16 packed kernels (native/packed.c, packed_simd.inc): every SIMD variant equals the scalar reference bit for
 bit on random and real rows, and the reference stays within float rounding of the row-by-row dot kernels (q8_0,
-which keeps ggml's lane order, equals them exactly)."""
+q5_0, q4_1 and q5_1, which keep ggml's lane order, equal them exactly)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from qconv.runtime._native import ffi, lib
 from qconv.runtime.quants import get_type, quantize
 from tests.native.test_kernels import exercised_variants
 
-PACKED_TYPES = ["q4_0", "q8_0", "q4_K", "q6_K"]
+PACKED_TYPES = ["q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q4_K", "q6_K"]
+# kept in ggml_vec_dot's lane order, so the packed result equals the row-by-row dot kernels exactly
+LANE_ORDER_TYPES = {"q4_1", "q5_0", "q5_1", "q8_0"}
 
 
 def packed_matmul(type_id: int, variant: str, rows: np.ndarray, x: np.ndarray) -> np.ndarray | None:
@@ -43,7 +45,7 @@ def test_packed_variants_equal_scalar(name, n_tok):
     ref = packed_matmul(t.type_id, "scalar", rows, x)
     assert ref is not None
     dots = row_dots(t.type_id, rows, x)
-    if name == "q8_0":
+    if name in LANE_ORDER_TYPES:
         np.testing.assert_array_equal(ref, dots)
     else:
         np.testing.assert_allclose(ref, dots, rtol=1e-5, atol=1e-5 * float(np.abs(dots).max()))
@@ -61,5 +63,5 @@ def test_packed_rejects_shapes_it_cannot_hold():
     t = get_type("q4_0")
     rows = quantize(np.ones((8, 64), np.float32), "q4_0")  # 8 rows: not a whole 16-row group
     assert packed_matmul(t.type_id, "scalar", rows, np.ones((1, 64), np.float32)) is None
-    assert packed_matmul(get_type("q5_1").type_id, "scalar", quantize(np.ones((16, 64), np.float32), "q5_1"),
-                         np.ones((1, 64), np.float32)) is None  # fmt: skip
+    assert packed_matmul(get_type("q3_K").type_id, "scalar", quantize(np.ones((16, 256), np.float32), "q3_K"),
+                         np.ones((1, 256), np.float32)) is None  # q3_K has no packed layout  # fmt: skip
