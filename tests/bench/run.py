@@ -2,10 +2,11 @@
 
     python tests/bench/run.py [--threads 2] [--repeats 3] [--no-1b]
 
-Rows: the SmolLM2 sample converted by qconv at q8_0, q4_0, q4_k_m, and a random 1B llama (hidden 2048, ffn
-5632, 22 layers, 32/4 heads) at q4_k_m. Columns: prompt (128 tokens) and generation (64 tokens) tokens/s for
-each runtime (medians of --repeats runs), the ratio qrun/llama.cpp, and generation as a fraction of this
-machine's bandwidth limit (measured read bandwidth / bytes of weights read per token).
+Rows: the SmolLM2 sample converted by qconv at q8_0, q4_0, q4_k_m, the package's own Q4_1 file (a GGUF written
+by llama.cpp), and a random 1B llama (hidden 2048, ffn 5632, 22 layers, 32/4 heads) at q4_k_m. Columns: prompt
+(128 tokens) and generation (64 tokens) tokens/s for each runtime (medians of --repeats runs), the ratio
+qrun/llama.cpp, and generation as a fraction of this machine's bandwidth limit (measured read bandwidth / bytes
+of weights read per token).
 
 llama.cpp runs through llama-cpp-python as users run it: weight repacking (extra buffer types) on; the build has no
 AMX kernels (tests/llama_cpp_cmake_args.sh: they crash on this machine).
@@ -44,12 +45,13 @@ def convert(folder: Path, type_name: str, out: Path) -> Path:
 
 
 def bench_files(include_1b: bool) -> list[tuple[str, Path]]:
-    from qconv.samples.smollm2 import cached_smollm2
+    from qconv.samples.smollm2 import cached_smollm2, smollm2_gguf_path
 
     root = cache_root() / "bench"
     root.mkdir(parents=True, exist_ok=True)
     smollm2 = cached_smollm2()
     rows = [(f"smollm2-135m {t}", convert(smollm2, t, root / f"smollm2-{t}.gguf")) for t in ("q8_0", "q4_0", "q4_k_m")]
+    rows.append(("smollm2-135m package Q4_1 (llama.cpp's file)", smollm2_gguf_path()))
     if include_1b:
         rows.append(("random-1b q4_k_m", convert(random_1b_folder(), "q4_k_m", root / "random-1b-q4_k_m.gguf")))
     return rows
