@@ -11,57 +11,39 @@
 
 /* ---- repacking: 16 GGUF rows -> one group of x16 blocks ---- */
 
-static void pack_q4_0(const void *rows, size_t row_bytes, int64_t n, void *group) {
-    block_q4_0x16 *dst = group;
+/* q4_0, q5_0, q4_1, q5_1 through the layout rule of packed.h: qs copied in 4-byte chunks, the 32-bit qh
+ * regrouped by chunk (qh[k][r]: bits 0-3 the fifth bits of values 4k.., bits 4-7 those of values 16 + 4k..) */
+static void pack_nibbles(const void *rows, size_t row_bytes, int64_t n, void *group, int has_min, int has_qh) {
+    const size_t src_bytes = 2 + 2 * (size_t)has_min + 4 * (size_t)has_qh + QK4_0 / 2;
+    const size_t dst_bytes = QRT_PACK_ROWS * src_bytes;
     for (int64_t i = 0; i < n / QK4_0; i++)
         for (int r = 0; r < QRT_PACK_ROWS; r++) {
-            const block_q4_0 *x = (const block_q4_0 *)((const uint8_t *)rows + r * row_bytes) + i;
-            dst[i].d[r] = x->d;
-            for (int k = 0; k < 4; k++) memcpy(dst[i].qs[k][r], x->qs + 4 * k, 4);
+            const uint8_t *x = (const uint8_t *)rows + r * row_bytes + (size_t)i * src_bytes;
+            uint8_t *dst = (uint8_t *)group + (size_t)i * dst_bytes;
+            const uint8_t *x_qs = x + 2 + 2 * has_min + 4 * has_qh;
+            uint8_t *qs = dst + QRT_NIBBLE_QS_OFF(has_min, has_qh), *qh = dst + QRT_NIBBLE_QH_OFF(has_min);
+            memcpy(dst + 2 * r, x, 2);
+            if (has_min) memcpy(dst + QRT_NIBBLE_M_OFF + 2 * r, x + 2, 2);
+            uint32_t h = 0;
+            if (has_qh) memcpy(&h, x + 2 + 2 * has_min, 4);
+            for (int k = 0; k < 4; k++) {
+                memcpy(qs + 64 * k + 4 * r, x_qs + 4 * k, 4);
+                if (has_qh) qh[16 * k + r] = (uint8_t)(((h >> (4 * k)) & 0x0F) | (((h >> (16 + 4 * k)) & 0x0F) << 4));
+            }
         }
 }
 
+static void pack_q4_0(const void *rows, size_t row_bytes, int64_t n, void *group) {
+    pack_nibbles(rows, row_bytes, n, group, 0, 0);
+}
 static void pack_q5_0(const void *rows, size_t row_bytes, int64_t n, void *group) {
-    block_q5_0x16 *dst = group;
-    for (int64_t i = 0; i < n / QK5_0; i++)
-        for (int r = 0; r < QRT_PACK_ROWS; r++) {
-            const block_q5_0 *x = (const block_q5_0 *)((const uint8_t *)rows + r * row_bytes) + i;
-            uint32_t qh;
-            memcpy(&qh, x->qh, 4);
-            dst[i].d[r] = x->d;
-            for (int k = 0; k < 4; k++) {
-                memcpy(dst[i].qs[k][r], x->qs + 4 * k, 4);
-                dst[i].qh[k][r] = (uint8_t)(((qh >> (4 * k)) & 0x0F) | (((qh >> (16 + 4 * k)) & 0x0F) << 4));
-            }
-        }
+    pack_nibbles(rows, row_bytes, n, group, 0, 1);
 }
-
-/* q4_1 / q5_1: the q4_0 / q5_0 packing plus the minimums */
 static void pack_q4_1(const void *rows, size_t row_bytes, int64_t n, void *group) {
-    block_q4_1x16 *dst = group;
-    for (int64_t i = 0; i < n / QK4_1; i++)
-        for (int r = 0; r < QRT_PACK_ROWS; r++) {
-            const block_q4_1 *x = (const block_q4_1 *)((const uint8_t *)rows + r * row_bytes) + i;
-            dst[i].d[r] = x->d;
-            dst[i].m[r] = x->m;
-            for (int k = 0; k < 4; k++) memcpy(dst[i].qs[k][r], x->qs + 4 * k, 4);
-        }
+    pack_nibbles(rows, row_bytes, n, group, 1, 0);
 }
-
 static void pack_q5_1(const void *rows, size_t row_bytes, int64_t n, void *group) {
-    block_q5_1x16 *dst = group;
-    for (int64_t i = 0; i < n / QK5_1; i++)
-        for (int r = 0; r < QRT_PACK_ROWS; r++) {
-            const block_q5_1 *x = (const block_q5_1 *)((const uint8_t *)rows + r * row_bytes) + i;
-            uint32_t qh;
-            memcpy(&qh, x->qh, 4);
-            dst[i].d[r] = x->d;
-            dst[i].m[r] = x->m;
-            for (int k = 0; k < 4; k++) {
-                memcpy(dst[i].qs[k][r], x->qs + 4 * k, 4);
-                dst[i].qh[k][r] = (uint8_t)(((qh >> (4 * k)) & 0x0F) | (((qh >> (16 + 4 * k)) & 0x0F) << 4));
-            }
-        }
+    pack_nibbles(rows, row_bytes, n, group, 1, 1);
 }
 
 static void pack_q8_0(const void *rows, size_t row_bytes, int64_t n, void *group) {
@@ -172,73 +154,65 @@ static void gemm_q4_0_scalar(int64_t n, const void *group, const void *act, size
     }
 }
 
-static void gemm_q5_0_scalar(int64_t n, const void *group, const void *act, size_t as, const int32_t *sums,
-                             size_t ss, int n_tok, float *out, size_t os, qrt_batch_pos bp) {
-    (void)bp;
-    (void)sums, (void)ss;
-    const block_q5_0x16 *x = group;
+/* q5_0, q4_1, q5_1 in ggml's 8 lanes: lane k < 4 takes values 4k.. (low nibbles of chunk k), lane 4 + k values
+ * 16 + 4k.. (high nibbles); q5_0's values are offset by -16 and its activations are q8_0; q4_1 and q5_1 add the
+ * minimums' sum and take q8_1 activations */
+static void gemm_lanes_scalar(int64_t n, const uint8_t *group, int has_min, int has_qh, const void *act, size_t as,
+                              int n_tok, float *out, size_t os) {
+    const size_t bb = QRT_PACK_ROWS * (2 + 2 * (size_t)has_min + 4 * (size_t)has_qh + QK4_0 / 2);
+    const int offset = has_min ? 0 : 16;
     for (int t = 0; t < n_tok; t++) {
-        const block_q8_0 *y = act_q8_0(act, as, t);
-        for (int r = 0; r < QRT_PACK_ROWS; r++) {
-            float acc[8] = {0};
-            for (int64_t i = 0; i < n / QK5_0; i++) {
-                const float d = qrt_fp16_to_fp32(x[i].d[r]) * qrt_fp16_to_fp32(y[i].d);
-                for (int k = 0; k < 4; k++) {
-                    int32_t lo = 0, hi = 0; /* lanes k (values 4k..) and 4 + k (values 16 + 4k..) */
-                    for (int b = 0; b < 4; b++) {
-                        const uint8_t q = x[i].qs[k][r][b], h = x[i].qh[k][r];
-                        lo += (((q & 0x0F) | ((h >> b) & 1) << 4) - 16) * y[i].qs[4 * k + b];
-                        hi += (((q >> 4) | ((h >> (4 + b)) & 1) << 4) - 16) * y[i].qs[16 + 4 * k + b];
-                    }
-                    acc[k] = fmaf((float)lo, d, acc[k]);
-                    acc[4 + k] = fmaf((float)hi, d, acc[4 + k]);
-                }
-            }
-            out[t * os + r] = qrt_hsum8(acc);
-        }
-    }
-}
-
-/* q4_1 (FIVE 0) and q5_1 (FIVE 1), through the layout rule of packed.h: ggml's 8 lanes plus the minimums' sum */
-static void gemm_min_lanes_scalar(int64_t n, const uint8_t *group, size_t block_bytes, int five, const void *act,
-                                  size_t as, int n_tok, float *out, size_t os) {
-    for (int t = 0; t < n_tok; t++) {
-        const block_q8_1 *y = (const block_q8_1 *)((const uint8_t *)act + (size_t)t * as);
+        const uint8_t *yrow = (const uint8_t *)act + (size_t)t * as;
         for (int r = 0; r < QRT_PACK_ROWS; r++) {
             float acc[8] = {0}, summs = 0.0f;
-            for (int64_t i = 0; i < n / QK8_1; i++) {
-                const uint8_t *blk = group + (size_t)i * block_bytes;
-                const qrt_half *d = (const qrt_half *)blk, *m = (const qrt_half *)(blk + 32);
-                const uint8_t *qh = blk + 64, *qs = blk + 64 + 64 * five;
-                summs = fmaf(qrt_fp16_to_fp32(m[r]), qrt_fp16_to_fp32(y[i].s), summs);
-                const float dd = qrt_fp16_to_fp32(d[r]) * qrt_fp16_to_fp32(y[i].d);
+            for (int64_t i = 0; i < n / QK8_0; i++) {
+                const uint8_t *blk = group + (size_t)i * bb;
+                const qrt_half *d = (const qrt_half *)blk, *m = (const qrt_half *)(blk + QRT_NIBBLE_M_OFF);
+                const uint8_t *qh = blk + QRT_NIBBLE_QH_OFF(has_min), *qs = blk + QRT_NIBBLE_QS_OFF(has_min, has_qh);
+                qrt_half yd;
+                const int8_t *yq;
+                if (has_min) {
+                    const block_q8_1 *y = (const block_q8_1 *)yrow + i;
+                    yd = y->d, yq = y->qs;
+                    summs = fmaf(qrt_fp16_to_fp32(m[r]), qrt_fp16_to_fp32(y->s), summs);
+                } else {
+                    const block_q8_0 *y = (const block_q8_0 *)yrow + i;
+                    yd = y->d, yq = y->qs;
+                }
+                const float dd = qrt_fp16_to_fp32(d[r]) * qrt_fp16_to_fp32(yd);
                 for (int k = 0; k < 4; k++) {
-                    int32_t lo = 0, hi = 0; /* lanes k (values 4k..) and 4 + k (values 16 + 4k..) */
-                    const int h = five ? qh[16 * k + r] : 0;
+                    int32_t lo = 0, hi = 0;
+                    const int h = has_qh ? qh[16 * k + r] : 0;
                     for (int b = 0; b < 4; b++) {
                         const uint8_t q = qs[64 * k + 4 * r + b];
-                        lo += ((q & 0x0F) | ((h >> b) & 1) << 4) * y[i].qs[4 * k + b];
-                        hi += ((q >> 4) | ((h >> (4 + b)) & 1) << 4) * y[i].qs[16 + 4 * k + b];
+                        lo += (((q & 0x0F) | ((h >> b) & 1) << 4) - offset) * yq[4 * k + b];
+                        hi += (((q >> 4) | ((h >> (4 + b)) & 1) << 4) - offset) * yq[16 + 4 * k + b];
                     }
                     acc[k] = fmaf((float)lo, dd, acc[k]);
                     acc[4 + k] = fmaf((float)hi, dd, acc[4 + k]);
                 }
             }
-            out[t * os + r] = qrt_hsum8(acc) + summs;
+            out[t * os + r] = has_min ? qrt_hsum8(acc) + summs : qrt_hsum8(acc);
         }
     }
+}
+
+static void gemm_q5_0_scalar(int64_t n, const void *group, const void *act, size_t as, const int32_t *sums,
+                             size_t ss, int n_tok, float *out, size_t os, qrt_batch_pos bp) {
+    (void)sums, (void)ss, (void)bp;
+    gemm_lanes_scalar(n, group, 0, 1, act, as, n_tok, out, os);
 }
 
 static void gemm_q4_1_scalar(int64_t n, const void *group, const void *act, size_t as, const int32_t *sums,
                              size_t ss, int n_tok, float *out, size_t os, qrt_batch_pos bp) {
     (void)sums, (void)ss, (void)bp;
-    gemm_min_lanes_scalar(n, group, sizeof(block_q4_1x16), 0, act, as, n_tok, out, os);
+    gemm_lanes_scalar(n, group, 1, 0, act, as, n_tok, out, os);
 }
 
 static void gemm_q5_1_scalar(int64_t n, const void *group, const void *act, size_t as, const int32_t *sums,
                              size_t ss, int n_tok, float *out, size_t os, qrt_batch_pos bp) {
     (void)sums, (void)ss, (void)bp;
-    gemm_min_lanes_scalar(n, group, sizeof(block_q5_1x16), 1, act, as, n_tok, out, os);
+    gemm_lanes_scalar(n, group, 1, 1, act, as, n_tok, out, os);
 }
 
 static void gemm_q8_0_scalar(int64_t n, const void *group, const void *act, size_t as, const int32_t *sums,

@@ -64,8 +64,7 @@ typedef struct {
 _Static_assert(sizeof(block_q5_0x16) == QRT_PACK_ROWS * sizeof(block_q5_0), "block_q5_0x16 size");
 
 /* q4_1, q5_1: as q4_0 / q5_0 (unsigned values, no offset) with each row's minimum m after d; the activations are
- * q8_1, whose s (d times the sum of its quants) pairs with m. The kernels read both through one layout rule:
- * d at 0, m at 32, then q5_1's qh (64 bytes), then qs (256 bytes). */
+ * q8_1, whose s (d times the sum of its quants) pairs with m. */
 typedef struct {
     qrt_half d[QRT_PACK_ROWS];
     qrt_half m[QRT_PACK_ROWS];
@@ -80,10 +79,25 @@ typedef struct {
     uint8_t qs[4][QRT_PACK_ROWS][4];
 } block_q5_1x16;
 _Static_assert(sizeof(block_q5_1x16) == QRT_PACK_ROWS * sizeof(block_q5_1), "block_q5_1x16 size");
-_Static_assert(offsetof(block_q4_1x16, m) == 32 && offsetof(block_q4_1x16, qs) == 64, "block_q4_1x16 layout");
-_Static_assert(offsetof(block_q5_1x16, m) == 32 && offsetof(block_q5_1x16, qh) == 64 &&
-                   offsetof(block_q5_1x16, qs) == 128,
+
+/* The four 32-value nibble types (q4_0, q5_0, q4_1, q5_1) follow one layout rule, so one packing function and one
+ * kernel per variant read them all: in the GGUF block d, then m (types with minimums), qh[4] (types with a
+ * fifth bit), qs[16]; in the x16 block d[16] at 0, then m[16] at 32, qh[4][16], qs[4][16][4]. */
+#define QRT_NIBBLE_M_OFF 32
+#define QRT_NIBBLE_QH_OFF(has_min) (32 + 32 * (has_min))
+#define QRT_NIBBLE_QS_OFF(has_min, has_qh) (32 + 32 * (has_min) + 64 * (has_qh))
+_Static_assert(offsetof(block_q4_0x16, qs) == QRT_NIBBLE_QS_OFF(0, 0), "block_q4_0x16 layout");
+_Static_assert(offsetof(block_q5_0x16, qh) == QRT_NIBBLE_QH_OFF(0) && offsetof(block_q5_0x16, qs) == QRT_NIBBLE_QS_OFF(0, 1),
+               "block_q5_0x16 layout");
+_Static_assert(offsetof(block_q4_1x16, m) == QRT_NIBBLE_M_OFF && offsetof(block_q4_1x16, qs) == QRT_NIBBLE_QS_OFF(1, 0),
+               "block_q4_1x16 layout");
+_Static_assert(offsetof(block_q5_1x16, m) == QRT_NIBBLE_M_OFF && offsetof(block_q5_1x16, qh) == QRT_NIBBLE_QH_OFF(1) &&
+                   offsetof(block_q5_1x16, qs) == QRT_NIBBLE_QS_OFF(1, 1),
                "block_q5_1x16 layout");
+_Static_assert(offsetof(block_q4_0, qs) == 2 && offsetof(block_q5_0, qh) == 2 && offsetof(block_q5_0, qs) == 6 &&
+                   offsetof(block_q4_1, m) == 2 && offsetof(block_q4_1, qs) == 4 && offsetof(block_q5_1, qh) == 4 &&
+                   offsetof(block_q5_1, qs) == 8,
+               "GGUF nibble block layouts");
 
 /* q4_K: the 6-bit scales and mins unpacked to bytes (4 bytes more per row and super-block than the GGUF
  * block); mins in pairs (m[2p], m[2p+1]) per row, one 16-bit pair per 32-bit lane after widening;
