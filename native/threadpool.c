@@ -6,6 +6,11 @@
  * after a claim are that job's. `run` waits for the *tasks* to finish, never for idle workers to check in:
  * a worker that is descheduled while the caller does all the work costs nothing (the machine may be
  * oversubscribed), and a late worker finds no task to claim and goes back to sleep.
+ *
+ * The hand-offs that put a thread to sleep go through the mutex, never through a store on one side and a load
+ * on the other: qemu-user runs aarch64's store-release / load-acquire pair (which the C11 seq_cst pair compiles
+ * to) without the store->load order the architecture promises, and such a pair once lost the last task's
+ * wake-up there (both threads asleep; tests/arm caught it about once in 40 runs).
  */
 #include "threadpool.h"
 
@@ -41,7 +46,6 @@ struct qrt_threadpool {
     _Atomic uint64_t work;  /* generation | n_tasks | next task */
     atomic_int finished;    /* tasks of the current job done */
     atomic_int sleepers;    /* workers waiting on `wake` */
-    atomic_int caller_waiting;
     atomic_int stop;
     qrt_task_fn fn;
     void *ctx;
@@ -65,8 +69,9 @@ static int work_on_tasks(qrt_threadpool *pool, int thread) {
         const int n_tasks = (int)((w >> TASK_BITS) & TASK_MASK);
         pool->fn(pool->ctx, (int)(w & TASK_MASK), thread);
         ran++;
-        /* seq_cst pair with run(): either it sees this count or we see it waiting */
-        if (atomic_fetch_add(&pool->finished, 1) + 1 == n_tasks && atomic_load(&pool->caller_waiting)) {
+        /* The last task's finisher wakes the caller under the mutex (uncontended, no system call unless the caller
+         * sleeps); the caller finishing it itself sees its own count. */
+        if (atomic_fetch_add(&pool->finished, 1) + 1 == n_tasks && thread != 0) {
             pthread_mutex_lock(&pool->mutex);
             pthread_cond_signal(&pool->done);
             pthread_mutex_unlock(&pool->mutex);
@@ -92,7 +97,7 @@ static void *worker_main(void *arg_) {
         if (!claimable(atomic_load(&pool->work))) {
             pthread_mutex_lock(&pool->mutex);
             atomic_fetch_add(&pool->sleepers, 1);
-            /* seq_cst: either run() sees us sleeping and broadcasts, or we see its job here */
+            atomic_thread_fence(memory_order_seq_cst); /* pairs with run()'s: it sees us sleeping, or we see its job */
             while (!claimable(atomic_load(&pool->work)) && !atomic_load(&pool->stop))
                 pthread_cond_wait(&pool->wake, &pool->mutex);
             atomic_fetch_sub(&pool->sleepers, 1);
@@ -117,7 +122,6 @@ qrt_threadpool *qrt_threadpool_create(int n_threads) {
     atomic_init(&pool->work, 0);
     atomic_init(&pool->finished, 0);
     atomic_init(&pool->sleepers, 0);
-    atomic_init(&pool->caller_waiting, 0);
     atomic_init(&pool->stop, 0);
     if (n_threads > 1) {
         pool->workers = calloc((size_t)n_threads - 1, sizeof(pthread_t));
@@ -156,6 +160,9 @@ void qrt_threadpool_run(qrt_threadpool *pool, qrt_task_fn fn, void *ctx, int n_t
     atomic_store_explicit(&pool->finished, 0, memory_order_relaxed);
     const uint64_t generation = ((atomic_load_explicit(&pool->work, memory_order_relaxed) >> (2 * TASK_BITS)) + 1);
     atomic_store(&pool->work, (generation << (2 * TASK_BITS)) | ((uint64_t)n_tasks << TASK_BITS)); /* publishes */
+    /* A worker going to sleep now may miss this job (then the caller and any awake worker run it), never a later
+     * one: the next run sees its count. The fence keeps that window small under emulators too. */
+    atomic_thread_fence(memory_order_seq_cst);
     if (atomic_load(&pool->sleepers) > 0) {
         pthread_mutex_lock(&pool->mutex);
         pthread_cond_broadcast(&pool->wake);
@@ -169,9 +176,7 @@ void qrt_threadpool_run(qrt_threadpool *pool, qrt_task_fn fn, void *ctx, int n_t
         QRT_CPU_RELAX();
     }
     pthread_mutex_lock(&pool->mutex);
-    atomic_store(&pool->caller_waiting, 1);
     while (atomic_load(&pool->finished) != n_tasks) pthread_cond_wait(&pool->done, &pool->mutex);
-    atomic_store(&pool->caller_waiting, 0);
     pthread_mutex_unlock(&pool->mutex);
 }
 
