@@ -6,7 +6,6 @@ running the package's original Q4_1 file.
 
 from __future__ import annotations
 
-import glob
 import importlib.util
 import json
 import os
@@ -149,15 +148,15 @@ def test_logits_agree_with_llama_cpp_on_the_package_file(smollm2_dir, smollm2_pa
     assert agreement >= 0.95
 
 
-def _llama_cpp_converter() -> str | None:
-    root = os.environ.get("QCONV_LLAMA_CPP_SRC", "/work/dl/sdist/llama_cpp_python-*/vendor/llama.cpp")
-    found = sorted(glob.glob(os.path.join(root, "convert_hf_to_gguf.py")))
-    return found[-1] if found else None
+def _llama_cpp_converter() -> str:
+    """llama.cpp's convert_hf_to_gguf.py, from the source vendored in the llama-cpp-python sdist (fetched once)."""
+    from tests.bench.models import llama_cpp_source
+
+    return str(llama_cpp_source() / "convert_hf_to_gguf.py")
 
 
 @pytest.mark.reference
 @requires_transformers
-@pytest.mark.skipif(_llama_cpp_converter() is None, reason="llama.cpp source (convert_hf_to_gguf.py) not found")
 def test_llama_cpp_converter_gives_back_the_package_file(smollm2_dir, smollm2_package_gguf, tmp_path):
     """llama.cpp's own converter, run on our folder, recovers the package's tokenizer metadata exactly (pre-tokenizer
     detected as "smollm" by its hash of tokenized text) and its tensors up to our bf16 rounding."""
