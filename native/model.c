@@ -84,6 +84,51 @@ static int meta_f32(const gguf_file *f, const char *arch, const char *suffix, fl
     return r == GGUF_OK ? 0 : 1;
 }
 
+/* Rotary parameters as llama.cpp derives them (llama_context's cparams): linear scaling divides the angles by
+ * the factor; YaRN (rope.scaling.type yarn) also mixes unscaled angles back in for the high-frequency pairs and
+ * scales cos/sin by 1 + 0.1 ln(factor), with beta_fast 32 and beta_slow 1 (llama.cpp's defaults for these
+ * architectures) over rope.scaling.original_context_length positions. */
+static int read_rope(const gguf_file *f, Config *c, const char *path, char *err, size_t errlen) {
+    RopeParams *rope = &c->rope;
+    *rope = (RopeParams){.theta = 10000.0f, .freq_scale = 1.0f, .ext_factor = 0.0f, .attn_factor = 1.0f};
+    if (meta_f32(f, c->arch, "rope.freq_base", &rope->theta, path, err, errlen) < 0) return -1;
+    if (!(rope->theta > 1.0f && rope->theta < 1e30f))
+        return set_err(err, errlen, "%s: rope.freq_base %g is not a usable base", path, (double)rope->theta);
+    float attn_factor = 1.0f;
+    if (meta_f32(f, c->arch, "rope.scaling.attn_factor", &attn_factor, path, err, errlen) < 0) return -1;
+    char key[128];
+    snprintf(key, sizeof key, "%s.rope.scaling.type", c->arch);
+    gguf_str scaling;
+    const int has_type = gguf_get_str(f, key, &scaling) == GGUF_OK;
+    const int yarn = has_type && gguf_str_eq(scaling, "yarn");
+    if (has_type && !gguf_str_eq(scaling, "none") && !gguf_str_eq(scaling, "linear") && !yarn)
+        return set_err(err, errlen, "%s: rope scaling type '%.*s' is not supported (qrun runs: none, linear, yarn)",
+                       path, (int)(scaling.len > 20 ? 20 : scaling.len), scaling.ptr);
+    if (!has_type || !gguf_str_eq(scaling, "none")) { /* a factor without a type is linear, as in llama.cpp */
+        float factor = 0.0f;
+        if (meta_f32(f, c->arch, "rope.scaling.factor", &factor, path, err, errlen) < 0) return -1;
+        if (factor != 0.0f && !(factor > 0.0f && factor < 1e6f))
+            return set_err(err, errlen, "%s: rope.scaling.factor %g is not a usable factor", path, (double)factor);
+        if (factor > 0.0f) rope->freq_scale = 1.0f / factor;
+    }
+    if (yarn) {
+        uint32_t n_ctx_orig = (uint32_t)c->n_ctx_train;
+        if (meta_u32(f, c->arch, "rope.scaling.original_context_length", &n_ctx_orig, 0, path, err, errlen) < 0)
+            return -1;
+        if (n_ctx_orig == 0 || n_ctx_orig > (1u << 24))
+            return set_err(err, errlen, "%s: rope.scaling.original_context_length %u is implausible", path, n_ctx_orig);
+        rope->ext_factor = 1.0f;
+        op_rope_yarn_corr_dims(c->n_rot, (int)n_ctx_orig, rope->theta, 32.0f, 1.0f, rope->corr_dims);
+        /* llama.cpp sets the factor to get_mscale(factor) and then cancels it, since the rope op applies it again;
+         * the two float steps are kept so the product rounds as there */
+        const float factor = 1.0f / rope->freq_scale;
+        const float mscale = factor <= 1.0f ? 1.0f : 0.1f * logf(factor) + 1.0f;
+        rope->attn_factor = mscale * (1.0f / (1.0f + 0.1f * logf(factor)));
+    }
+    rope->attn_factor *= attn_factor;
+    return 0;
+}
+
 static int read_config(const gguf_file *f, Config *c, const char *path, char *err, size_t errlen) {
     gguf_str arch;
     if (gguf_get_str(f, "general.architecture", &arch) != GGUF_OK)
@@ -143,20 +188,7 @@ static int read_config(const gguf_file *f, Config *c, const char *path, char *er
     if (r == 0 && v > 0) c->n_ctx_train = v > (1u << 24) ? (1 << 24) : (int)v;
     c->rms_eps = 1e-5f;
     if (meta_f32(f, c->arch, "attention.layer_norm_rms_epsilon", &c->rms_eps, path, err, errlen) < 0) return -1;
-    c->rope_theta = 10000.0f;
-    if (meta_f32(f, c->arch, "rope.freq_base", &c->rope_theta, path, err, errlen) < 0) return -1;
-    c->rope_freq_scale = 1.0f;
-    char key[128];
-    snprintf(key, sizeof key, "%s.rope.scaling.type", c->arch);
-    gguf_str scaling;
-    if (gguf_get_str(f, key, &scaling) == GGUF_OK && !gguf_str_eq(scaling, "none")) {
-        if (!gguf_str_eq(scaling, "linear"))
-            return set_err(err, errlen, "%s: rope scaling type '%.*s' is not supported (qrun runs: none, linear)",
-                           path, (int)(scaling.len > 20 ? 20 : scaling.len), scaling.ptr);
-        float factor = 1.0f;
-        if (meta_f32(f, c->arch, "rope.scaling.factor", &factor, path, err, errlen) < 0) return -1;
-        if (factor > 0.0f) c->rope_freq_scale = 1.0f / factor;
-    }
+    if (read_rope(f, c, path, err, errlen) < 0) return -1;
     /* vocabulary size: the embedding's rows are authoritative; checked against the tensor below */
     c->vocab_size = 0;
     return 0;
@@ -679,7 +711,7 @@ static void forward(qrt_model *m, const int32_t *tokens, int n_tok, int pos0, fl
         const uint8_t *row = w->token_embd.data + (size_t)tokens[b] * w->token_embd.row_bytes;
         qrt_dequantize_row(w->token_embd.type, row, s->x + (size_t)b * dim, dim);
         op_rope_angles(s->rope_cos + (size_t)b * half_rot, s->rope_sin + (size_t)b * half_rot, pos0 + b, c->n_rot,
-                       c->rope_theta, c->rope_freq_scale, w->rope_freqs);
+                       &c->rope, w->rope_freqs);
     }
 
     for (int l = 0; l < c->n_layers; l++) {

@@ -11,6 +11,7 @@
 
 #include "gguf.h"
 #include "kernels.h"
+#include "ops.h"
 #include "threadpool.h"
 #pragma GCC visibility push(hidden)
 
@@ -31,8 +32,7 @@ typedef struct {
     int vocab_size;
     int n_ctx_train;
     float rms_eps;
-    float rope_theta;
-    float rope_freq_scale; /* 1 / linear scaling factor */
+    RopeParams rope;
     int rope_style;
     int has_qkv_bias;  /* qwen2 */
     int has_qk_norm;   /* qwen3 */

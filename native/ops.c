@@ -14,18 +14,37 @@ void op_rmsnorm(float *out, const float *x, const float *weight, int n, float ep
     for (int i = 0; i < n; i++) out[i] = (x[i] * scale) * weight[i];
 }
 
-void op_rope_angles(float *cos_out, float *sin_out, int pos, int n_rot, float theta, float freq_scale,
+void op_rope_angles(float *cos_out, float *sin_out, int pos, int n_rot, const RopeParams *rope,
                     const float *freq_divisors) {
     /* ggml iterates theta *= base^(-2/n_rot) rather than calling pow per pair; the rounding matches it */
-    const float theta_scale = powf(theta, -2.0f / (float)n_rot);
+    const float theta_scale = powf(rope->theta, -2.0f / (float)n_rot);
+    float mscale = rope->attn_factor;
+    if (rope->ext_factor != 0.0f) mscale *= 1.0f + 0.1f * logf(1.0f / rope->freq_scale);
     float angle = (float)pos;
     for (int i = 0; i < n_rot / 2; i++) {
         const float divisor = freq_divisors ? freq_divisors[i] : 1.0f;
-        const float a = freq_scale * (angle / divisor);
-        cos_out[i] = cosf(a);
-        sin_out[i] = sinf(a);
+        const float extrapolated = angle / divisor;
+        const float interpolated = rope->freq_scale * extrapolated;
+        float a = interpolated;
+        if (rope->ext_factor != 0.0f) {
+            /* YaRN (Peng et al. 2023): high-frequency pairs keep their angle, low ones are interpolated */
+            const float y = ((float)i - rope->corr_dims[0]) / fmaxf(0.001f, rope->corr_dims[1] - rope->corr_dims[0]);
+            const float mix = (1.0f - fminf(1.0f, fmaxf(0.0f, y))) * rope->ext_factor;
+            a = fmaf(interpolated, 1.0f - mix, extrapolated * mix); /* as ggml's build contracts it */
+        }
+        cos_out[i] = cosf(a) * mscale;
+        sin_out[i] = sinf(a) * mscale;
         angle *= theta_scale;
     }
+}
+
+void op_rope_yarn_corr_dims(int n_rot, int n_ctx_orig, float theta, float beta_fast, float beta_slow, float dims[2]) {
+    /* the pair index whose wavelength 2 pi theta^(2i/n_rot) fits `turns` times into n_ctx_orig positions */
+    const float pi = 3.14159265358979323846f;
+    const float fast = (float)n_rot * logf((float)n_ctx_orig / (beta_fast * 2.0f * pi)) / (2.0f * logf(theta));
+    const float slow = (float)n_rot * logf((float)n_ctx_orig / (beta_slow * 2.0f * pi)) / (2.0f * logf(theta));
+    dims[0] = fmaxf(0.0f, floorf(fast));
+    dims[1] = fminf((float)(n_rot - 1), ceilf(slow));
 }
 
 void op_rope(float *x, int n_heads, int head_dim, int n_rot, const float *cos_t, const float *sin_t, int neox) {

@@ -6,9 +6,22 @@
 
 /* out = x / rms(x) * weight over n values (the mean square summed in double, as ggml does). */
 void op_rmsnorm(float *out, const float *x, const float *weight, int n, float eps);
-/* cos/sin of the rotation angles of position pos for n_rot/2 frequency pairs. */
-void op_rope_angles(float *cos_out, float *sin_out, int pos, int n_rot, float theta, float freq_scale,
+/* Rotary embedding parameters, as llama.cpp derives them from the GGUF's rope keys (model.c reads them). */
+typedef struct {
+    float theta;        /* frequency base */
+    float freq_scale;   /* 1 / the scaling factor (linear and YaRN) */
+    float ext_factor;   /* YaRN: 1 mixes extrapolated angles back in (below corr_dims), 0 off */
+    float attn_factor;  /* magnitude of cos/sin (YaRN multiplies it by 1 + 0.1 ln(factor)) */
+    float corr_dims[2]; /* YaRN: pairs below [0] keep the unscaled angle, above [1] the scaled one, a ramp between */
+} RopeParams;
+
+/* cos/sin of the rotation angles of position pos for n_rot/2 frequency pairs (freq_divisors: llama3's
+ * rope_freqs tensor, or NULL). */
+void op_rope_angles(float *cos_out, float *sin_out, int pos, int n_rot, const RopeParams *rope,
                     const float *freq_divisors);
+/* YaRN's correction range for n_rot rotated dims, trained context n_ctx_orig and frequency base theta: the pairs
+ * whose wavelength fits beta_fast and beta_slow times into the original context. */
+void op_rope_yarn_corr_dims(int n_rot, int n_ctx_orig, float theta, float beta_fast, float beta_slow, float dims[2]);
 /* Rotate the first n_rot values of each of n_heads vectors of head_dim values in place. */
 void op_rope(float *x, int n_heads, int head_dim, int n_rot, const float *cos_t, const float *sin_t, int neox);
 /* x += y */

@@ -153,3 +153,39 @@ def test_logits_match_at_odd_prompt_lengths(converted, fixed_text):
     tokens = ref_model.tokenize(fixed_text.encode(), add_bos=True)
     for n in (5, 67, 130):
         assert float(np.abs(ours.logits(tokens[:n]) - llama_logits(ref_model, tokens[:n])).max()) == 0.0, n
+
+
+ROPE_SCALINGS = {
+    "linear": {"rope_type": "linear", "factor": 4.0},
+    "yarn": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64},
+    "yarn-long": {"rope_type": "yarn", "factor": 32.0, "original_max_position_embeddings": 4096},
+}
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])  # interleaved and neox rope
+@pytest.mark.parametrize("scaling", list(ROPE_SCALINGS))
+def test_rope_scaling_matches_llama_cpp(arch, scaling, tmp_path):
+    """Scaled rotary embeddings as llama.cpp runs them: linear, and YaRN (extrapolated and interpolated angles
+    mixed by a ramp over the correction range, cos/sin scaled by 1 + 0.1 ln(factor)), at positions past the
+    original context. Also checks the scaling changes the logits, so the comparison can fail."""
+    from qconv.runtime.model import Model
+    from qconv.samples.synthetic import build_random_model
+    from tests.llama_ref import logits as llama_logits
+
+    shape = dict(arch=arch, hidden=256, n_layers=2, n_heads=4, n_kv_heads=2, ffn=512, vocab=512)
+    tokens = [int(t) for t in np.random.default_rng(1).integers(3, 500, 160)]
+    results = {}
+    for name, rope in (("plain", None), (scaling, ROPE_SCALINGS[scaling])):
+        folder = build_random_model(tmp_path / name, rope_scaling=rope, **shape)
+        path = tmp_path / f"{name}.gguf"
+        run = subprocess.run(
+            [sys.executable, "-m", "qconv.converter.cli", "to-gguf", str(folder), "-o", str(path), "--type", "f32"],
+            capture_output=True,
+            text=True,
+        )
+        assert run.returncode == 0, run.stderr[-2000:]
+        ref = llama_logits(llama(path, f32_kv=True, n_ctx=256), tokens)
+        got = Model(path, threads=2, ctx=256, kv_f32=True).logits(tokens)
+        assert float(np.abs(got - ref).max()) == 0.0, name  # the angles round as ggml's do
+        results[name] = got
+    assert float(np.abs(results[scaling] - results["plain"]).max()) > 1e-2
