@@ -36,30 +36,21 @@ def llama(path: Path, f32_kv: bool, n_ctx: int = 1024):
         return llama_cpp.Llama(str(path), **kwargs)
 
 
+def to_gguf(folder: Path, path: Path, type_name: str) -> Path:
+    """`qconv to-gguf FOLDER -o PATH --type TYPE`, as a user runs it."""
+    run = subprocess.run(
+        [sys.executable, "-m", "qconv.converter.cli", "to-gguf", str(folder), "-o", str(path), "--type", type_name],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    return path
+
+
 @pytest.fixture(scope="module")
 def converted(smollm2_dir, tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("converted")
-    files = {}
-    for type_name in ("f32", "q8_0", "q4_0", "q4_k_m"):
-        path = out / f"smollm2-{type_name}.gguf"
-        run = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "qconv.converter.cli",
-                "to-gguf",
-                str(smollm2_dir),
-                "-o",
-                str(path),
-                "--type",
-                type_name,
-            ],
-            capture_output=True,
-            text=True,
-        )
-        assert run.returncode == 0, run.stderr[-2000:]
-        files[type_name] = path
-    return files
+    return {t: to_gguf(smollm2_dir, out / f"smollm2-{t}.gguf", t) for t in ("f32", "q8_0", "q4_0", "q4_k_m")}
 
 
 def model_file(name: str, converted, smollm2_package_gguf) -> Path:
@@ -128,13 +119,7 @@ def test_architectures_match_llama_cpp(arch, random_model_factory, tmp_path):
     from tests.llama_ref import logits as llama_logits
 
     folder = random_model_factory(arch=arch, hidden=256, n_layers=2, n_heads=4, n_kv_heads=2, ffn=512, vocab=512)
-    path = tmp_path / f"{arch}.gguf"
-    run = subprocess.run(
-        [sys.executable, "-m", "qconv.converter.cli", "to-gguf", str(folder), "-o", str(path), "--type", "f32"],
-        capture_output=True,
-        text=True,
-    )
-    assert run.returncode == 0, run.stderr[-2000:]
+    path = to_gguf(folder, tmp_path / f"{arch}.gguf", "f32")
     tokens = [int(t) for t in np.random.default_rng(0).integers(3, 500, 64)]
     ref = llama_logits(llama(path, f32_kv=True, n_ctx=256), tokens)
     got = Model(path, threads=2, ctx=256, kv_f32=True).logits(tokens)
@@ -176,14 +161,9 @@ def test_rope_scaling_matches_llama_cpp(arch, scaling, tmp_path):
     tokens = [int(t) for t in np.random.default_rng(1).integers(3, 500, 160)]
     results = {}
     for name, rope in (("plain", None), (scaling, ROPE_SCALINGS[scaling])):
-        folder = build_random_model(tmp_path / name, rope_scaling=rope, **shape)
-        path = tmp_path / f"{name}.gguf"
-        run = subprocess.run(
-            [sys.executable, "-m", "qconv.converter.cli", "to-gguf", str(folder), "-o", str(path), "--type", "f32"],
-            capture_output=True,
-            text=True,
+        path = to_gguf(
+            build_random_model(tmp_path / name, rope_scaling=rope, **shape), tmp_path / f"{name}.gguf", "f32"
         )
-        assert run.returncode == 0, run.stderr[-2000:]
         ref = llama_logits(llama(path, f32_kv=True, n_ctx=256), tokens)
         got = Model(path, threads=2, ctx=256, kv_f32=True).logits(tokens)
         assert float(np.abs(got - ref).max()) == 0.0, name  # the angles round as ggml's do
