@@ -28,12 +28,12 @@ DEFAULT_CTX = 256
 
 def probe_importance(
     source, data_paths: list[Path] | None, ctx: int = DEFAULT_CTX, max_chunks: int | None = DEFAULT_CHUNKS,
-    threads: int | None = None, log=None,
+    threads: int | None = None, log=None, opset: int | None = None,
 ) -> ImportanceMatrix:  # fmt: skip
     """The importance matrix of source (an open HFSource) over the calibration text (None: the built-in suites)."""
     import onnxruntime as ort
 
-    from qconv.converter.onnx_export import OPSET, DecoderGraph, OnnxOptions, write_tokenizer_gguf
+    from qconv.converter.onnx_export import DecoderGraph, OnnxOptions, write_tokenizer_gguf
     from qconv.formats.onnx_graph import PROTO_LIMIT_BYTES, GraphBuilder
     from qconv.runtime.tokenizer import Tokenizer
 
@@ -55,12 +55,12 @@ def probe_importance(
         f32_bytes = 4 * sum(int(np.prod(s)) for s in spec.expected_shapes().values())
         g = GraphBuilder(work / "model.onnx.data" if f32_bytes > PROTO_LIMIT_BYTES else None)
         try:
-            decoder = DecoderGraph(source, OnnxOptions(quantize=False), None, g)
+            decoder = DecoderGraph(source, OnnxOptions(quantize=False, opset=opset or OnnxOptions.opset), None, g)
             decoder.build()
         finally:
             g.close()
         probes = sorted(set(decoder.linear_inputs.values()))
-        model = g.model("calibration", OPSET, "qconv", {})
+        model = g.model("calibration", decoder.options.opset, "qconv", {})
         for name in probes:
             model.graph.output.add().name = name  # shapes are left to the runtime
         session_options = ort.SessionOptions()

@@ -73,6 +73,12 @@ from qconv.runtime.blockwise import BITS, BLOCK_SIZES
     help="One MatMulNBits per group of linear layers with the same input (q/k/v, gate/up): faster decoding, fewer "
     "but wider nodes. Default: one per linear layer.",
 )  # fmt: skip
+@click.option(
+    "--opset", type=click.Choice(["21", "23"]), default="23", show_default=True,
+    help="ONNX opset: 23 writes norms, rope and attention (with the KV cache) as single nodes (RMSNormalization, "
+    "RotaryEmbedding, Attention; far fewer nodes per token); 21 spells them in older ops for runtimes without "
+    "opset 23.",
+)  # fmt: skip
 @click.option("-t", "--threads", type=int, default=None, help="Quantization threads (default: all cores).")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
@@ -88,6 +94,7 @@ def to_onnx(
     calibrate_data: tuple[Path, ...],
     no_calibrate: bool,
     fuse_linear: bool,
+    opset: str,
     threads: int | None,
     as_json: bool,
     quiet: bool,
@@ -119,6 +126,7 @@ def to_onnx(
         calibration_data=tuple(calibrate_data),
         threads=threads,
         fuse_linear=fuse_linear,
+        opset=int(opset),
     )
     bar = None
 

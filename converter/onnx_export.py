@@ -5,7 +5,7 @@ onnxruntime-genai loads the folder), the HF tokenizer files with the chat templa
 tensorless GGUF carrying the same tokenizer metadata as our GGUF files, so qconv's C tokenizer serves ONNX
 folders too (ids identical to llama.cpp's, no HF dependency at run time).
 
-The graph (standard ONNX ops, opset 21):
+The graph (standard ONNX ops, opset 23 by default, 21 with --opset 21 for runtimes without opset 23):
 - inputs input_ids [batch, seq], attention_mask [batch, total], position_ids [batch, seq],
   past_key_values.{i}.key/value [batch, kv_heads, past, head_dim]; outputs logits [batch, seq, vocab] and
   present.{i}.key/value [batch, kv_heads, total, head_dim] (optimum / onnxruntime-genai names).
@@ -27,11 +27,15 @@ The graph (standard ONNX ops, opset 21):
   --fuse-linear (OnnxOptions.fuse_linear), q/k/v of a layer are one K x (Nq + Nk + Nv) weight and gate/up one
   K x 2F weight (one MatMulNBits each, then Split): fewer, wider kernels per token (decoding a small model is
   dominated by per-node cost), the same quantized values (blocks run along K).
-- RMSNorm in float in the pattern ONNX Runtime fuses (Pow, ReduceMean, Add, Sqrt, Div, Mul); rope (rotate-half,
-  HF's layout) from position_ids with the model's theta and linear/llama3/yarn scaling, on q and k together in
-  [batch, seq, heads, head_dim] before the heads' transpose (rotate_half as one MatMul); grouped-query attention
-  with plain MatMul/Softmax over [batch, kv_heads, group * seq, head_dim] (no key/value copies per group) and a
-  mask built from attention_mask (padding) and the causal order of the total sequence.
+- cos/sin of rope (rotate-half, HF's layout) computed once per call from position_ids with the model's theta and
+  linear/llama3/yarn scaling; an additive mask [batch, 1, seq, total] from attention_mask (padding) and the causal
+  order of the total sequence, shared by every layer.
+- opset 23 (the default): each layer is RMSNormalization, RotaryEmbedding on q and k, and one Attention node that
+  takes the past keys/values and returns present.* (grouped-query heads by q_num_heads/kv_num_heads): about 17
+  nodes per layer, since decoding a small model pays per node. Opset 21 spells the same computation in older ops:
+  RMSNorm as Pow, ReduceMean, Add, Sqrt, Div, Mul (which ONNX Runtime fuses), rope on q and k together before the
+  heads' transpose (rotate_half as one MatMul), attention as MatMul/Softmax over [batch, kv_heads, group * seq,
+  head_dim] (no key/value copies per group) after Concat of the cache.
 """
 
 from __future__ import annotations
@@ -61,7 +65,7 @@ from qconv.formats.onnx_graph import GATHERABLE, PROTO_LIMIT_BYTES, QUANT_TYPES,
 from qconv.formats.tensor_names import gguf_name
 from qconv.runtime.blockwise import BITS, BLOCK_SIZES, quantize_blockwise
 
-OPSET = 21
+OPSETS = (21, 23)  # 23: RMSNormalization, RotaryEmbedding and Attention (with the KV cache) as single nodes
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
 TOKENIZER_GGUF = "tokenizer.gguf"
@@ -107,12 +111,20 @@ class OnnxOptions:
     quantize: bool = True  # False: float32 weights (the baseline other quantizers start from; not for shipping)
     # one MatMulNBits per FUSED_LINEAR group (q/k/v, gate/up) instead of one per linear layer: faster decoding
     fuse_linear: bool = False
+    opset: int = 23
+
+    @property
+    def fused_ops(self) -> bool:
+        """Norms, rope and attention as the single nodes opset 23 defines."""
+        return self.opset >= 23
 
     def __post_init__(self) -> None:
         if self.imatrix is not None and self.imatrix_label is None:
             object.__setattr__(self, "imatrix_label", str(self.imatrix))
 
     def check(self) -> None:
+        if self.opset not in OPSETS:
+            raise FormatError(f"unsupported --opset {self.opset}; valid: {', '.join(map(str, OPSETS))}")
         if self.bits not in BITS:
             raise FormatError(f"unsupported --bits {self.bits}; valid: {', '.join(map(str, BITS))}")
         if self.head_bits is not None and self.head_bits not in BITS:
@@ -316,6 +328,8 @@ class DecoderGraph:
     def rms_norm(self, x: str, hf_weight: str) -> str:
         g = self.g
         gamma = g.constant(hf_weight, self.read(hf_weight))
+        if self.options.fused_ops:
+            return g.node("RMSNormalization", [x, gamma], axis=-1, epsilon=self.spec.rms_eps)
         square = g.node("Pow", [x, self.const(2.0, np.float32)])
         mean = g.node("ReduceMean", [square, self.const([-1])], keepdims=1)
         rms = g.node("Sqrt", [g.node("Add", [mean, self.const(self.spec.rms_eps, np.float32)])])
@@ -377,12 +391,16 @@ class DecoderGraph:
         return g.node("MatMul", [x, w], ["logits"], name="lm_head_MatMul")
 
     def rope_tables(self, position_ids: str) -> tuple[str, str]:
-        """cos, sin [batch, seq, 1, head_dim] from position_ids (rope is applied before the heads' transpose)."""
+        """cos, sin of the tokens' positions: [batch, seq, head_dim / 2] as RotaryEmbedding takes them (opset 23),
+        or [batch, seq, 1, head_dim] for the rotate-half spelled out before the heads' transpose (opset 21)."""
         g = self.g
         inv_freq, factor = rope_inv_freq(self.spec)
         positions = g.node("Unsqueeze", [g.node("Cast", [position_ids], to=TensorProto.FLOAT), self.const([2])])
         freqs = g.node("Mul", [positions, g.constant("rope_inv_freq", inv_freq)])  # [batch, seq, head_dim/2]
-        angles = g.node("Unsqueeze", [g.node("Concat", [freqs, freqs], axis=-1), self.const([2])])
+        if self.options.fused_ops:
+            angles = freqs
+        else:
+            angles = g.node("Unsqueeze", [g.node("Concat", [freqs, freqs], axis=-1), self.const([2])])
         cos, sin = g.node("Cos", [angles]), g.node("Sin", [angles])
         if factor != 1.0:
             cos = g.node("Mul", [cos, self.const(factor, np.float32)])
@@ -390,8 +408,10 @@ class DecoderGraph:
         return cos, sin
 
     def attention_bias(self, input_ids: str, attention_mask: str) -> str:
-        """Additive mask [batch, 1, group * seq, total]: 0 where a query may see a key (causal over the total
-        sequence, and not padding), the float minimum elsewhere."""
+        """Additive mask: 0 where a query may see a key (causal over the total sequence, and not padding), the float
+        minimum elsewhere (finite, so a fully masked padding row stays finite). [batch, 1, seq, total] for the
+        Attention node, which broadcasts it over the heads; [batch, 1, group * seq, total] for the spelled-out
+        attention's rows."""
         g = self.g
         total = g.node("Squeeze", [g.node("Shape", [attention_mask], start=1, end=2), self.const([0])])
         seq = g.node("Squeeze", [g.node("Shape", [input_ids], start=1, end=2), self.const([0])])
@@ -402,6 +422,8 @@ class DecoderGraph:
         keep = g.node("Unsqueeze", [g.node("Cast", [attention_mask], to=TensorProto.BOOL), self.const([1, 2])])
         allowed = g.node("And", [causal, keep])  # [batch, 1, seq, total]
         bias = g.node("Where", [allowed, self.const(0.0, np.float32), self.const(MASK_MIN, np.float32)])
+        if self.options.fused_ops:
+            return bias
         # the query rows of one kv head are (group member, position): repeat the mask once per member
         return g.node("Tile", [bias, self.const([1, 1, self.spec.n_heads // self.spec.n_kv_heads, 1])])
 
@@ -419,11 +441,38 @@ class DecoderGraph:
         return g.node("Add", [g.node("Mul", [x, cos]), g.node("Mul", [rotated, sin])])
 
     def attention(self, i: int, x: str, cos: str, sin: str, bias: str) -> str:
-        g, spec = self.g, self.spec
+        spec = self.spec
         p = f"model.layers.{i}.self_attn."
         bias_of = (lambda proj: p + f"{proj}.bias") if spec.attention_bias else (lambda proj: None)
+        biases = [bias_of(proj) for proj in ("q_proj", "k_proj", "v_proj")]
+        if self.options.fused_ops:
+            out = self.attention_node(i, self.linear_group(x, p + "qkv_proj", biases), cos, sin, bias)
+        else:
+            out = self.attention_spelled_out(i, self.linear_group(x, p + "qkv_proj", biases, False), cos, sin, bias)
+        return self.linear(out, p + "o_proj.weight", p + "o_proj.bias" if spec.o_bias else None)
+
+    def attention_node(self, i: int, qkv: list[str], cos: str, sin: str, bias: str) -> str:
+        """Opset 23: q/k norms (Qwen3), RotaryEmbedding on q and k [batch, seq, heads * head_dim], and one Attention
+        node over the cache (past_key_values.i in, present.i out), its heads grouped by q/kv_num_heads."""
+        g, spec = self.g, self.spec
+        p = f"model.layers.{i}.self_attn."
+        q, k, v = qkv
+        rotated = []
+        for x, norm, n_heads in ((q, "q_norm", spec.n_heads), (k, "k_norm", spec.n_kv_heads)):
+            if spec.arch.qk_norm:  # Qwen3: a norm per head, q's and k's own, before rope
+                heads = g.node("Reshape", [x, self.const([0, 0, n_heads, spec.head_dim])])
+                x = g.node("Reshape", [self.rms_norm(heads, p + f"{norm}.weight"), self.const([0, 0, -1])])
+            rotated.append(g.node("RotaryEmbedding", [x, cos, sin], num_heads=n_heads, interleaved=0))
+        inputs = [*rotated, v, bias, f"past_key_values.{i}.key", f"past_key_values.{i}.value"]
+        outputs = [g.fresh("attention"), f"present.{i}.key", f"present.{i}.value"]
+        g.node("Attention", inputs, outputs, q_num_heads=spec.n_heads, kv_num_heads=spec.n_kv_heads)
+        return outputs[0]
+
+    def attention_spelled_out(self, i: int, qkv: str, cos: str, sin: str, bias: str) -> str:
+        """Opset 21: rope, grouped-query attention and the cache in MatMul/Softmax/Concat."""
+        g, spec = self.g, self.spec
+        p = f"model.layers.{i}.self_attn."
         n_q, n_kv = spec.n_heads, spec.n_kv_heads
-        qkv = self.linear_group(x, p + "qkv_proj", [bias_of(proj) for proj in ("q_proj", "k_proj", "v_proj")], False)
         heads = g.node("Reshape", [qkv, self.const([0, 0, n_q + 2 * n_kv, spec.head_dim])])  # [b, s, heads, d]
         if spec.arch.qk_norm:  # Qwen3: a norm per head, q's and k's own, before rope
             q, k, v = g.node("Split", [heads, self.const([n_q, n_kv, n_kv])], 3, axis=2)
@@ -447,8 +496,7 @@ class DecoderGraph:
         out = g.node("MatMul", [probs, value])  # [b, kv, g*s, head_dim]
         out = g.node("Reshape", [out, self.const([0, spec.n_heads, -1, spec.head_dim])])
         out = g.node("Transpose", [out], perm=[0, 2, 1, 3])
-        out = g.node("Reshape", [out, self.const([0, 0, spec.n_heads * spec.head_dim])])
-        return self.linear(out, p + "o_proj.weight", p + "o_proj.bias" if spec.o_bias else None)
+        return g.node("Reshape", [out, self.const([0, 0, spec.n_heads * spec.head_dim])])
 
     def mlp(self, i: int, x: str) -> str:
         g, p = self.g, f"model.layers.{i}.mlp."
@@ -600,7 +648,7 @@ def export_onnx(
             from qconv.converter.onnx_calibrate import probe_importance
 
             paths = [Path(p) for p in options.calibration_data if str(p) != "builtin"]
-            probe = probe_importance(source, paths or None, threads=options.threads, log=log)
+            probe = probe_importance(source, paths or None, threads=options.threads, log=log, opset=options.opset)
             label = f"calibrated on {','.join(map(str, paths)) or 'the built-in calibration text'}"
             if imatrix is None:
                 imatrix = probe
@@ -654,10 +702,11 @@ def _write_folder(
         "qconv.block_size": str(options.block_size),
         "qconv.symmetric": str(int(options.symmetric)),
         "qconv.fuse_linear": str(int(options.fuse_linear)),
+        "qconv.opset": str(options.opset),
         "qconv.imatrix": options.imatrix_label or "",
         "qconv.source": spec.name,
     }
-    model = g.model(f"{spec.gguf_arch}_decoder", OPSET, "qconv", metadata)
+    model = g.model(f"{spec.gguf_arch}_decoder", options.opset, "qconv", metadata)
     onnx.save_model(model, str(folder / MODEL_FILE))
     for name in COPIED_FILES:
         if (source.path / name).is_file():

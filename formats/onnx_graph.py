@@ -142,7 +142,8 @@ class GraphBuilder:
     def model(self, graph_name: str, opset: int, producer: str, metadata: dict[str, str]) -> onnx.ModelProto:
         graph = helper.make_graph(self.nodes, graph_name, self.inputs, self.outputs, self.initializers)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name=producer)
-        model.ir_version = 10  # IR 10: int4/uint4 and opset 21
+        # IR 10 brought int4/uint4; a newer opset may need a newer IR (opset 23: IR 11)
+        model.ir_version = max(10, helper.find_min_ir_version_for(list(model.opset_import)))
         for key, value in metadata.items():
             entry = model.metadata_props.add()
             entry.key, entry.value = key, value

@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from qconv.converter.onnx_cli import to_onnx
+from qconv.converter.onnx_export import OPSETS
 from qconv.runtime.onnx_backend import OnnxModel
 from tests.onnx.conftest import export, float_initializer_shapes, linear_shapes, matmulnbits_shapes, optimized_graph
 from tests.onnx.numpy_reference import forward
@@ -22,10 +23,16 @@ FAMILIES = {
 IDS = [5, 300, 17, 42, 260, 511, 3, 99, 128, 77, 250, 1, 400, 64, 33, 8]
 
 
-@pytest.fixture(scope="module", params=sorted(FAMILIES))
+@pytest.fixture(
+    scope="module", params=[(f, o) for f in sorted(FAMILIES) for o in OPSETS], ids=lambda p: f"{p[0]}-opset{p[1]}"
+)
 def exported(request, random_model_factory, tmp_path_factory):
-    model_dir = random_model_factory(**FAMILIES[request.param])
-    return model_dir, export(model_dir, tmp_path_factory.mktemp("onnx") / request.param, bits=4, block_size=32)
+    """Each family at each opset: 23's RMSNormalization/RotaryEmbedding/Attention nodes and 21's spelled-out
+    graph face the same checks (numpy reference, cache, padding, fusion)."""
+    family, opset = request.param
+    model_dir = random_model_factory(**FAMILIES[family])
+    out = tmp_path_factory.mktemp("onnx") / f"{family}-{opset}"
+    return model_dir, export(model_dir, out, bits=4, block_size=32, opset=opset)
 
 
 def test_check_model_full(exported):
@@ -56,7 +63,8 @@ def test_every_linear_layer_fuses_to_matmulnbits(exported, tmp_path):
 def test_fuse_linear_groups_and_keeps_the_logits(exported, tmp_path):
     """--fuse-linear: one MatMulNBits per q/k/v and gate/up group, the same quantized values, the same logits."""
     model_dir, folder = exported
-    fused = export(model_dir, tmp_path / "fused", bits=4, block_size=32, fuse_linear=True)
+    opset = onnx.load(str(folder / "model.onnx"), load_external_data=False).opset_import[0].version
+    fused = export(model_dir, tmp_path / "fused", bits=4, block_size=32, fuse_linear=True, opset=opset)
     expected = linear_shapes(model_dir, fused=True)
     assert len(expected) == 2 * 4 + 1
     assert_fused_weights(optimized_graph(fused, tmp_path), expected)
