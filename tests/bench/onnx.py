@@ -3,9 +3,10 @@
     python tests/bench/onnx.py [--threads 2] [--prompt 256] [--gen 64] [--runs 3]
 
 Rows: ONNX Runtime on our `qconv to-onnx` folder (4-bit blocks of 32; the default, one MatMulNBits per linear
-layer, and with --fuse-linear, one per q/k/v and gate/up group), onnxruntime-genai on the default folder,
-onnxruntime-genai on its own model builder's int4 output for the same HF folder, and qrun (qconv's C runtime)
-on the q4_0 GGUF when the runtime is built. Tokens/s are medians over the runs; ratios are to the first row.
+layer at opset 23; with --fuse-linear, one per q/k/v and gate/up group; with --opset 21, norms, rope and
+attention spelled out in older ops), onnxruntime-genai on the default folder, onnxruntime-genai on its own model
+builder's int4 output for the same HF folder, and qrun (qconv's C runtime) on the q4_0 GGUF when the runtime is
+built. Tokens/s are medians over the runs; ratios are to the first row.
 """
 
 from __future__ import annotations
@@ -126,12 +127,13 @@ def main() -> None:
         ids = OnnxModel(ours, threads=1).tokenize(FIXED_TEXT.read_text())[: args.prompt]
         size = sum(p.stat().st_size for p in ours.glob("model.onnx*")) / 2**20
         rows.append(["ORT, qconv to-onnx", size, *time_onnx_model(ours, ids, args.gen, args.threads, args.runs)])
-        fused = work / "qconv-onnx-fused"
-        export_onnx(hf, fused, OnnxOptions(bits=4, block_size=32, threads=args.threads, fuse_linear=True))
-        fused_size = sum(p.stat().st_size for p in fused.glob("model.onnx*")) / 2**20
-        fused_speed = time_onnx_model(fused, ids, args.gen, args.threads, args.runs)
-        rows.append(["ORT, qconv to-onnx --fuse-linear", fused_size, *fused_speed])
-        shutil.rmtree(fused)
+        for flag, variant in (("--fuse-linear", {"fuse_linear": True}), ("--opset 21", {"opset": 21})):
+            folder = work / "qconv-onnx-variant"
+            export_onnx(hf, folder, OnnxOptions(bits=4, block_size=32, threads=args.threads, **variant))
+            variant_size = sum(p.stat().st_size for p in folder.glob("model.onnx*")) / 2**20
+            speed = time_onnx_model(folder, ids, args.gen, args.threads, args.runs)
+            rows.append([f"ORT, qconv to-onnx {flag}", variant_size, *speed])
+            shutil.rmtree(folder)
         try:
             import onnxruntime_genai  # noqa: F401
 
