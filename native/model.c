@@ -119,13 +119,16 @@ static int read_rope(const gguf_file *f, Config *c, const char *path, char *err,
             return set_err(err, errlen, "%s: rope.scaling.original_context_length %u is implausible", path, n_ctx_orig);
         rope->ext_factor = 1.0f;
         op_rope_yarn_corr_dims(c->n_rot, (int)n_ctx_orig, rope->theta, 32.0f, 1.0f, rope->corr_dims);
-        /* llama.cpp sets the factor to get_mscale(factor) and then cancels it, since the rope op applies it again;
-         * the two float steps are kept so the product rounds as there */
+        /* llama.cpp sets the factor to get_mscale(factor) and cancels it, times rope.scaling.attn_factor; its rope op
+         * then multiplies by 1 + 0.1 ln(1 / freq_scale) once per position. The same float steps in the same order,
+         * done once here, round as there. */
         const float factor = 1.0f / rope->freq_scale;
         const float mscale = factor <= 1.0f ? 1.0f : 0.1f * logf(factor) + 1.0f;
-        rope->attn_factor = mscale * (1.0f / (1.0f + 0.1f * logf(factor)));
+        rope->attn_factor = mscale * (1.0f / (1.0f + 0.1f * logf(factor))) * attn_factor;
+        rope->attn_factor *= 1.0f + 0.1f * logf(1.0f / rope->freq_scale);
+    } else {
+        rope->attn_factor = attn_factor;
     }
-    rope->attn_factor *= attn_factor;
     return 0;
 }
 

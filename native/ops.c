@@ -18,8 +18,7 @@ void op_rope_angles(float *cos_out, float *sin_out, int pos, int n_rot, const Ro
                     const float *freq_divisors) {
     /* ggml iterates theta *= base^(-2/n_rot) rather than calling pow per pair; the rounding matches it */
     const float theta_scale = powf(rope->theta, -2.0f / (float)n_rot);
-    float mscale = rope->attn_factor;
-    if (rope->ext_factor != 0.0f) mscale *= 1.0f + 0.1f * logf(1.0f / rope->freq_scale);
+    const float mscale = rope->attn_factor;
     float angle = (float)pos;
     for (int i = 0; i < n_rot / 2; i++) {
         const float divisor = freq_divisors ? freq_divisors[i] : 1.0f;

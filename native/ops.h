@@ -11,7 +11,7 @@ typedef struct {
     float theta;        /* frequency base */
     float freq_scale;   /* 1 / the scaling factor (linear and YaRN) */
     float ext_factor;   /* YaRN: 1 mixes extrapolated angles back in (below corr_dims), 0 off */
-    float attn_factor;  /* magnitude of cos/sin (YaRN multiplies it by 1 + 0.1 ln(factor)) */
+    float attn_factor;  /* magnitude of cos/sin (YaRN: about 1 + 0.1 ln(factor)) */
     float corr_dims[2]; /* YaRN: pairs below [0] keep the unscaled angle, above [1] the scaled one, a ramp between */
 } RopeParams;
 

@@ -7,10 +7,11 @@
  * a worker that is descheduled while the caller does all the work costs nothing (the machine may be
  * oversubscribed), and a late worker finds no task to claim and goes back to sleep.
  *
- * The hand-offs that put a thread to sleep go through the mutex, never through a store on one side and a load
- * on the other: qemu-user runs aarch64's store-release / load-acquire pair (which the C11 seq_cst pair compiles
- * to) without the store->load order the architecture promises, and such a pair once lost the last task's
- * wake-up there (both threads asleep; tests/arm caught it about once in 40 runs).
+ * The caller's wake-up after the last task goes through the mutex, not through a store on one side and a load on
+ * the other: qemu-user runs aarch64's store-release / load-acquire pair (which the C11 seq_cst pair compiles to)
+ * without the store->load order the architecture promises, and such a pair once lost that wake-up there (both
+ * threads asleep; tests/arm caught it about once in 40 runs). The one store/load pair left, a worker going to
+ * sleep against a new job, can at worst leave that worker out of one job: the caller runs every unclaimed task.
  */
 #include "threadpool.h"
 
