@@ -165,6 +165,8 @@ def read_gguf(path: Path) -> GGUFFile:
     result = GGUFFile(path=path, version=version, alignment=gguf.GGUF_DEFAULT_ALIGNMENT)
     for _ in range(n_kv):
         key = cur.string("metadata key")
+        if key in result.metadata:  # llama.cpp refuses this; readers keeping the first or last copy would disagree
+            raise cur.fail(f"metadata key {key!r} appears more than once")
         vtype = cur.unpack("<I", 4, f"type of '{key}'")
         result.metadata[key] = _value(cur, vtype, key, array_types=result.array_types)
         result.value_types[key] = gguf.GGUFValueType(vtype)
@@ -201,5 +203,10 @@ def read_gguf(path: Path) -> GGUFFile:
                 f"file of {cur.size} bytes or is misaligned; the file is truncated or corrupt"
             )
         result.tensors[name] = GGUFTensor(name, shape, ggml_type, start, nbytes)
+    # tensors sharing bytes are no model llama.cpp loads (and made repacking copy one range per tensor)
+    extents = sorted((t.offset, t.offset + t.nbytes, t.name) for t in result.tensors.values() if t.nbytes)
+    for (_, end, before), (begin, _, after) in zip(extents, extents[1:]):
+        if begin < end:
+            raise FormatError(f"{path}: tensors '{before}' and '{after}' overlap in the data section")
     buf.close()
     return result

@@ -17,6 +17,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "size_math.h"
+
 /* ---- tensor type table (file-format facts: elements and bytes per block) ---- */
 
 typedef struct {
@@ -231,6 +233,93 @@ void gguf_close(gguf_file *f) {
     free(f);
 }
 
+/* ---- whole-file checks: unique names, disjoint tensors ---- */
+
+typedef struct {
+    gguf_str name;
+} named;
+
+static int compare_named(const void *a, const void *b) {
+    const gguf_str *x = &((const named *)a)->name, *y = &((const named *)b)->name;
+    if (x->len != y->len) return x->len < y->len ? -1 : 1;
+    return memcmp(x->ptr, y->ptr, x->len);
+}
+
+/* A name that occurs twice among n (sorted, so any count costs n log n), or NULL. llama.cpp refuses duplicate
+ * metadata keys and tensor names: readers that keep the first copy and readers that keep the last would
+ * otherwise see different models in one file. */
+static const gguf_str *find_duplicate(named *names, uint64_t n) {
+    qsort(names, (size_t)n, sizeof *names, compare_named);
+    for (uint64_t i = 1; i < n; i++)
+        if (compare_named(&names[i - 1], &names[i]) == 0) return &names[i].name;
+    return NULL;
+}
+
+typedef struct {
+    uint64_t begin, end;
+    const gguf_tensor *tensor;
+} extent;
+
+static int compare_extents(const void *a, const void *b) {
+    const extent *x = a, *y = b;
+    return x->begin != y->begin ? (x->begin < y->begin ? -1 : 1) : (x->end > y->end) - (x->end < y->end);
+}
+
+/* Tensors whose bytes overlap, or 0. Overlapping tensors are no model llama.cpp loads, and they multiply work:
+ * a 17.9 MB file whose tensors all share one offset made repacking copy the same bytes for each of them. */
+static int find_overlap(const gguf_file *f, extent *extents, const gguf_tensor **a, const gguf_tensor **b) {
+    uint64_t n = 0;
+    for (uint64_t i = 0; i < f->n_tensors; i++)
+        if (f->tensors[i].nbytes) { /* offset + nbytes was checked against the file size */
+            const gguf_tensor *t = &f->tensors[i];
+            extents[n++] = (extent){t->offset, t->offset + t->nbytes, t};
+        }
+    qsort(extents, (size_t)n, sizeof *extents, compare_extents);
+    for (uint64_t i = 1; i < n; i++) {
+        if (extents[i].begin < extents[i - 1].end) {
+            *a = extents[i - 1].tensor;
+            *b = extents[i].tensor;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static int check_whole_file(cursor *c, const gguf_file *f) {
+    const uint64_t most = f->n_kv > f->n_tensors ? f->n_kv : f->n_tensors;
+    const size_t item = sizeof(extent) > sizeof(named) ? sizeof(extent) : sizeof(named);
+    void *scratch = qrt_malloc(qrt_array_bytes(most ? most : 1, item));
+    if (!scratch) return fail(c, "out of memory");
+    named *names = scratch;
+    char what[80];
+    for (uint64_t i = 0; i < f->n_kv; i++) names[i].name = f->kvs[i].key;
+    const gguf_str *dup = find_duplicate(names, f->n_kv);
+    if (dup) {
+        describe(*dup, what, sizeof what);
+        free(scratch);
+        return fail(c, "metadata key '%s' appears more than once", what);
+    }
+    for (uint64_t i = 0; i < f->n_tensors; i++) names[i].name = f->tensors[i].name;
+    dup = find_duplicate(names, f->n_tensors);
+    if (dup) {
+        describe(*dup, what, sizeof what);
+        free(scratch);
+        return fail(c, "duplicate tensor name '%s'", what);
+    }
+    const gguf_tensor *a, *b;
+    if (find_overlap(f, scratch, &a, &b)) {
+        char other[80];
+        describe(a->name, what, sizeof what);
+        describe(b->name, other, sizeof other);
+        free(scratch);
+        return fail(c, "tensors '%s' (data bytes %llu..%llu) and '%s' (from %llu) overlap", what,
+                    (unsigned long long)a->offset, (unsigned long long)(a->offset + a->nbytes), other,
+                    (unsigned long long)b->offset);
+    }
+    free(scratch);
+    return 0;
+}
+
 static gguf_file *parse(const uint8_t *base, size_t size, const char *name, char *err, size_t err_size) {
     cursor c = {base, size, 0, name, err, err_size};
     gguf_file *f = calloc(1, sizeof *f);
@@ -319,14 +408,8 @@ static gguf_file *parse(const uint8_t *base, size_t size, const char *name, char
             goto bad;
         }
         t->data = base + f->data_offset + t->offset;
-        for (uint64_t j = 0; j < i; j++) {
-            if (f->tensors[j].name.len == t->name.len && memcmp(f->tensors[j].name.ptr, t->name.ptr, t->name.len) == 0) {
-                fail(&c, "duplicate tensor name '%s'", tn);
-                goto bad;
-            }
-            if (i > 4096) break; /* quadratic check only for ordinary tensor counts */
-        }
     }
+    if (check_whole_file(&c, f)) goto bad;
     return f;
 bad:
     f->owns_map = 0;

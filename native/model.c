@@ -18,6 +18,7 @@
 #include "ops.h"
 #include "packed.h"
 #include "qrt.h"
+#include "size_math.h"
 
 struct qrt_model {
     gguf_file *file;
@@ -324,7 +325,10 @@ static int alloc_state(qrt_model *mod, int n_batch, int n_ctx, int kv_f32, char 
     s->n_batch = n_batch;
     s->n_ctx = n_ctx;
     s->kv_f32 = kv_f32;
-    const size_t q_dim = (size_t)c->n_heads * c->head_dim, kv_dim = (size_t)c->n_kv_heads * c->head_dim;
+    /* every size below comes from file values: saturating products (size_math.h) keep a 32-bit build from
+     * wrapping them into small buffers */
+    const size_t q_dim = qrt_size_mul((size_t)c->n_heads, (size_t)c->head_dim);
+    const size_t kv_dim = qrt_size_mul((size_t)c->n_kv_heads, (size_t)c->head_dim);
     const size_t wide = q_dim > (size_t)c->dim ? q_dim : (size_t)c->dim;
     size_t act = act_bytes_for(&mod->weights.output);
     for (int l = 0; l < c->n_layers; l++) {
@@ -333,41 +337,46 @@ static int alloc_state(qrt_model *mod, int n_batch, int n_ctx, int kv_f32, char 
         for (int i = 0; i < 7; i++)
             if (act_bytes_for(all[i]) > act) act = act_bytes_for(all[i]);
     }
-    s->act_row_bytes = (act + 63) / 64 * 64;
-#define ALLOC(ptr, count)                                                                                           \
+    s->act_row_bytes = qrt_size_round64(act);
+#define ALLOC(ptr, rows, width)                                                                                     \
     do {                                                                                                            \
-        size_t bytes_ = ((size_t)(count) * sizeof(*(ptr)) + 63) / 64 * 64;                                          \
-        (ptr) = aligned_alloc(64, bytes_ ? bytes_ : 64);                                                            \
+        const size_t bytes_ = qrt_size_round64(qrt_size_mul3((rows), (width), sizeof(*(ptr))));                     \
+        (ptr) = qrt_size_ok(bytes_) ? aligned_alloc(64, bytes_ ? bytes_ : 64) : NULL;                               \
         if (!(ptr)) return set_err(err, errlen, "%s: out of memory for the run state", mod->path);                  \
     } while (0)
-    ALLOC(s->x, (size_t)n_batch * c->dim);
-    ALLOC(s->xb, (size_t)n_batch * wide);
-    ALLOC(s->xb2, (size_t)n_batch * wide);
-    ALLOC(s->q, (size_t)n_batch * q_dim);
-    ALLOC(s->k, (size_t)n_batch * kv_dim);
-    ALLOC(s->v, (size_t)n_batch * kv_dim);
-    ALLOC(s->hb, (size_t)n_batch * c->hidden_dim);
-    ALLOC(s->hb2, (size_t)n_batch * c->hidden_dim);
-    ALLOC(s->att, (size_t)mod->n_threads * n_ctx);
-    ALLOC(s->attn_scratch, (size_t)mod->n_threads * 64 * c->head_dim);
-    ALLOC(s->rope_cos, (size_t)n_batch * (c->n_rot / 2));
-    ALLOC(s->rope_sin, (size_t)n_batch * (c->n_rot / 2));
-    ALLOC(s->logits, (size_t)c->vocab_size);
-    ALLOC(s->act, (size_t)n_batch * s->act_row_bytes);
+    ALLOC(s->x, (size_t)n_batch, (size_t)c->dim);
+    ALLOC(s->xb, (size_t)n_batch, wide);
+    ALLOC(s->xb2, (size_t)n_batch, wide);
+    ALLOC(s->q, (size_t)n_batch, q_dim);
+    ALLOC(s->k, (size_t)n_batch, kv_dim);
+    ALLOC(s->v, (size_t)n_batch, kv_dim);
+    ALLOC(s->hb, (size_t)n_batch, (size_t)c->hidden_dim);
+    ALLOC(s->hb2, (size_t)n_batch, (size_t)c->hidden_dim);
+    ALLOC(s->att, (size_t)mod->n_threads, (size_t)n_ctx);
+    ALLOC(s->attn_scratch, (size_t)mod->n_threads, qrt_size_mul(64, (size_t)c->head_dim));
+    ALLOC(s->rope_cos, (size_t)n_batch, (size_t)(c->n_rot / 2));
+    ALLOC(s->rope_sin, (size_t)n_batch, (size_t)(c->n_rot / 2));
+    ALLOC(s->logits, 1, (size_t)c->vocab_size);
+    ALLOC(s->act, (size_t)n_batch, s->act_row_bytes);
     /* the most block sums any activation row needs (qrt_packed_sums_per_row of the widest row) */
     const int64_t widest = (int64_t)(wide > (size_t)c->hidden_dim ? wide : (size_t)c->hidden_dim);
     const int64_t sums_q8_0 = qrt_packed_sums_per_row(QRT_TYPE_Q8_0, widest / 32 * 32);
     const int64_t sums_q8_K = qrt_packed_sums_per_row(QRT_TYPE_Q8_K, widest / QK_K * QK_K);
     s->act_sums_stride = (size_t)(sums_q8_0 > sums_q8_K ? sums_q8_0 : sums_q8_K) + 16;
-    ALLOC(s->act_sums, (size_t)n_batch * s->act_sums_stride);
+    ALLOC(s->act_sums, (size_t)n_batch, s->act_sums_stride);
 #undef ALLOC
-    const size_t elem = kv_f32 ? 4 : 2;
-    const size_t cache_bytes = (size_t)c->n_layers * n_ctx * kv_dim * elem;
-    s->key_cache = calloc(1, cache_bytes ? cache_bytes : 1);
-    s->value_cache = calloc(1, cache_bytes ? cache_bytes : 1);
-    if (!s->key_cache || !s->value_cache)
-        return set_err(err, errlen, "%s: out of memory for a KV cache of %d tokens (%zu MB)", mod->path, n_ctx,
-                       2 * cache_bytes >> 20);
+    /* layers x positions x kv width x element: 64 layers of 16 heads x 1024 at 2048 positions is 2^32 bytes,
+     * which wrapped to 0 on 32-bit builds before */
+    const size_t cache_bytes = qrt_size_mul(qrt_size_mul3((size_t)c->n_layers, (size_t)n_ctx, kv_dim), kv_f32 ? 4 : 2);
+    s->key_cache = qrt_size_ok(cache_bytes) ? calloc(1, cache_bytes ? cache_bytes : 1) : NULL;
+    s->value_cache = qrt_size_ok(cache_bytes) ? calloc(1, cache_bytes ? cache_bytes : 1) : NULL;
+    if (!s->key_cache || !s->value_cache) {
+        const double mib = 2.0 * (double)c->n_layers * n_ctx * (double)kv_dim * (kv_f32 ? 4 : 2) / (1 << 20);
+        return set_err(err, errlen,
+                       "%s: out of memory for a KV cache of %d tokens x %d layers x %zu values (%.0f MiB; a smaller "
+                       "context, -c, needs less)",
+                       mod->path, n_ctx, c->n_layers, kv_dim, mib);
+    }
     return 0;
 }
 
@@ -422,12 +431,12 @@ static int pack_weights(qrt_model *m, char *err, size_t errlen) {
     size_t total = 0;
     for (int i = 0; i < n; i++)
         if (qrt_packed_worthwhile(list[i]->type))
-            total += (qrt_packed_bytes(list[i]->type, list[i]->rows, list[i]->cols) + 63) / 64 * 64;
+            total = qrt_size_add(total, qrt_size_round64(qrt_packed_bytes(list[i]->type, list[i]->rows, list[i]->cols)));
     if (total == 0) {
         free(list);
         return 0;
     }
-    w->packed = alloc_weights(total);
+    w->packed = qrt_size_ok(total) ? alloc_weights(total) : NULL;
     w->packed_bytes = w->packed ? total : 0;
     if (!w->packed) {
         free(list);
@@ -841,7 +850,8 @@ int qrt_model_set_n_past(qrt_model *m, int n_past) {
 
 size_t qrt_model_kv_bytes(const qrt_model *m) {
     const Config *c = &m->config;
-    return 2 * (size_t)c->n_layers * m->state.n_ctx * c->n_kv_heads * c->head_dim * (m->state.kv_f32 ? 4 : 2);
+    const size_t kv_dim = (size_t)c->n_kv_heads * c->head_dim; /* the cache exists, so these products fit */
+    return 2 * (size_t)c->n_layers * (size_t)m->state.n_ctx * kv_dim * (m->state.kv_f32 ? 4 : 2);
 }
 
 int qrt_model_meta_str(const qrt_model *m, const char *key, const char **ptr, size_t *len) {

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "qrt.h"
+#include "size_math.h"
 
 /* ---- repacking: 16 GGUF rows -> one group of x16 blocks ---- */
 
@@ -351,7 +352,8 @@ static int64_t block_values(int type) { return type == QRT_TYPE_Q4_K || type == 
 size_t qrt_packed_bytes(int type, int64_t rows, int64_t n) {
     const qrt_packed_entry *e = qrt_packed_entry_for(type);
     if (!e || rows <= 0 || rows % QRT_PACK_ROWS || n <= 0 || n % block_values(type)) return 0;
-    return (size_t)(rows / QRT_PACK_ROWS) * (size_t)(n / block_values(type)) * e->block_bytes;
+    return qrt_size_mul3(qrt_size_from_u64((uint64_t)(rows / QRT_PACK_ROWS)),
+                         qrt_size_from_u64((uint64_t)(n / block_values(type))), e->block_bytes);
 }
 
 void qrt_pack_matrix(int type, const void *src, size_t row_bytes, int64_t rows, int64_t n, void *dst) {

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fp_flags.h"
 #include "qrt.h"
 #include "threadpool.h"
 
@@ -242,7 +243,13 @@ static void quantize_task(void *ctx, int task, int thread) {
                 return;
             }
         }
+        qrt_fp_flags_clear();
         quantize_row(job, r);
+        if (qrt_fp_flags_raised()) {
+            job->bad_row[task] = r;
+            job->bad_col[task] = -1; /* finite values whose search overflowed */
+            return;
+        }
     }
 }
 
@@ -300,6 +307,12 @@ int qrt_quantize_blockwise(const float *src, int64_t nrows, int64_t ncols, int b
     }
     int rc = 0;
     for (int64_t t = 0; t < n_tasks; t++) {
+        if (job.bad_row[t] >= 0 && job.bad_col[t] < 0) {
+            set_error(err, errlen, "row %lld makes the block search compute NaN (its sums overflow%s)",
+                      (long long)job.bad_row[t], importance ? "; values and importance weights too large" : "");
+            rc = -3;
+            break;
+        }
         if (job.bad_row[t] >= 0) {
             set_error(err, errlen, "value at row %lld, column %lld is %g", (long long)job.bad_row[t],
                       (long long)job.bad_col[t], (double)src[job.bad_row[t] * ncols + job.bad_col[t]]);

@@ -8,7 +8,9 @@
 #include "qrt.h"
 #include "quant_ref.h"
 #include "quant_simd.h"
+#include "fp_flags.h"
 #include "quant_types.h"
+#include "size_math.h"
 #include "threadpool.h"
 
 const qrt_type_traits qrt_type_table[QRT_TYPE_COUNT] = {
@@ -54,7 +56,7 @@ int qrt_type_info(int type, qrt_type_info_t *out) {
 size_t qrt_row_bytes(int type, int64_t n) {
     const qrt_type_traits *t = qrt_traits(type);
     if (!t || n < 0 || n % t->block_size != 0) return 0;
-    return (size_t)(n / t->block_size) * (size_t)t->block_bytes;
+    return qrt_size_mul(qrt_size_from_u64((uint64_t)(n / t->block_size)), (size_t)t->block_bytes);
 }
 
 /* Rows per task: big enough to amortise the hand-out, small enough to balance a few threads. */
@@ -96,6 +98,8 @@ static int64_t scan_row(const float *x, int64_t n, float *amax) {
  * dequantized again and rejected if anything came back non-finite, rather than written as inf/NaN. */
 #define FP16_MAX 65504.f
 
+enum { BAD_RANGE = -1, BAD_ARITHMETIC = -2 }; /* why a row of finite values was refused (quantize_job.bad_col) */
+
 static int row_round_trips(const qrt_type_traits *t, const void *row, int64_t n) {
     float *back = malloc(sizeof(float) * (size_t)n);
     if (!back) return 0;
@@ -114,7 +118,7 @@ typedef struct {
     int64_t nrows, ncols, rows_per_task;
     size_t row_bytes;
     int64_t *bad_row; /* per task: first row that cannot be quantized, or -1 */
-    int64_t *bad_col; /* its first non-finite column, or -1 when its range overflows the type */
+    int64_t *bad_col; /* its first non-finite column; BAD_RANGE: its range overflows the type; BAD_ARITHMETIC */
     float *bad_amax;
 } quantize_job;
 
@@ -135,10 +139,12 @@ static void quantize_task(void *ctx, int task, int thread) {
             job->bad_col[task] = bad;
             return;
         }
+        qrt_fp_flags_clear();
         job->traits->quantize_row(x, y, job->ncols, job->importance);
-        if (amax > FP16_MAX && !row_round_trips(job->traits, y, job->ncols)) {
+        const int overflowed = qrt_fp_flags_raised();
+        if ((amax > FP16_MAX && !row_round_trips(job->traits, y, job->ncols)) || overflowed) {
             job->bad_row[task] = r;
-            job->bad_col[task] = -1;
+            job->bad_col[task] = amax > FP16_MAX ? BAD_RANGE : BAD_ARITHMETIC;
             job->bad_amax[task] = amax;
             return;
         }
@@ -194,9 +200,14 @@ int qrt_quantize_rows(int type, const float *src, void *dst, int64_t nrows, int6
         if (c >= 0)
             set_error(err, errlen, "row %lld, column %lld holds %g: cannot quantize a non-finite value", (long long)r,
                       (long long)c, (double)src[r * ncols + c]);
-        else
+        else if (c == BAD_RANGE)
             set_error(err, errlen, "row %lld holds values up to %g, beyond what %s can store (fp16 range)",
                       (long long)r, (double)job.bad_amax[i], t->name);
+        else
+            set_error(err, errlen,
+                      "row %lld (values up to %g%s) makes the %s search compute NaN (its sums overflow)",
+                      (long long)r, (double)job.bad_amax[i], importance ? ", weighted by the importance matrix" : "",
+                      t->name);
         rc = -3;
         break;
     }

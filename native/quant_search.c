@@ -147,7 +147,9 @@ float qrt_fit_asymmetric(int n, int nmax, const float *x, const float *w, uint8_
         g.x2 += w[i] * x[i] * x[i];
     }
     if (!allow_positive_min && min > 0) min = 0;
-    if (!(max > min)) {
+    /* a range this small (subnormal noise) would make nmax / (max - min) infinite and 0 * inf a NaN level:
+     * stored as the constant min, which is exact to within the range */
+    if (!(max - min >= QRT_GROUP_MAX_EPS)) {
         memset(L, 0, (size_t)n);
         *min_out = min;
         return 0.f;
@@ -274,8 +276,8 @@ static void build_iq4nl_table(void) {
 }
 
 static inline int iq4nl_nearest(float v) {
-    v = v < -128.f ? -128.f : v;
-    v = v > 127.75f ? 127.75f : v;
+    v = v >= -128.f ? v : -128.f; /* written so that NaN clamps too: (int)NaN would index far outside the table */
+    v = v <= 127.75f ? v : 127.75f;
     const float v2 = 2.f * v; /* exact */
     int h = (int)v2;          /* truncation; floor below */
     h -= (float)h > v2;

@@ -17,6 +17,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "size_math.h"
+
 /* ---- PCG32 ---------------------------------------------------------------------------------------------- */
 
 void pcg32_seed(pcg32 *rng, uint64_t seed) {
@@ -147,7 +149,7 @@ qrt_sampler *qrt_sampler_new(const qrt_sampler_params *params, int32_t n_vocab) 
     s->logits = malloc((size_t)n_vocab * sizeof *s->logits);
     s->counts = calloc((size_t)n_vocab, sizeof *s->counts);
     s->applied = calloc((size_t)n_vocab, sizeof *s->applied);
-    s->window = malloc(((size_t)params->repeat_last_n + 1) * sizeof *s->window);
+    s->window = qrt_malloc(qrt_array_bytes((uint64_t)params->repeat_last_n + 1, sizeof *s->window)); /* no wrap on 32-bit */
     if (!s->candidates || !s->logits || !s->counts || !s->applied || !s->window) {
         qrt_sampler_free(s);
         return NULL;

@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "pretokenize.h"
+#include "size_math.h"
 #include "unicode_tables.h"
 
 typedef enum { VOCAB_BPE, VOCAB_SPM } vocab_kind;
@@ -389,12 +390,12 @@ static int read_tokens(qrt_tokenizer *t, const gguf_file *f, const char *name, c
                                    (unsigned long long)len);
         arena_bytes += len ? len : 32; /* room for "[EMPTY_i]" */
     }
-    t->text_arena = malloc(arena_bytes + 1);
-    t->text_off = malloc(n_vocab * sizeof *t->text_off);
-    t->text_len = malloc(n_vocab * sizeof *t->text_len);
-    t->scores = malloc(n_vocab * sizeof *t->scores);
-    t->attr = malloc(n_vocab * sizeof *t->attr);
-    t->is_eog = calloc(n_vocab, 1);
+    t->text_arena = qrt_malloc(qrt_size_add(qrt_size_from_u64(arena_bytes), 1));
+    t->text_off = qrt_malloc(qrt_array_bytes(n_vocab, sizeof *t->text_off));
+    t->text_len = qrt_malloc(qrt_array_bytes(n_vocab, sizeof *t->text_len));
+    t->scores = qrt_malloc(qrt_array_bytes(n_vocab, sizeof *t->scores));
+    t->attr = qrt_malloc(qrt_array_bytes(n_vocab, sizeof *t->attr));
+    t->is_eog = calloc(qrt_size_from_u64(n_vocab), 1);
     uint32_t id_slots = table_size_for(n_vocab);
     t->id_slots = calloc(id_slots, sizeof *t->id_slots);
     t->id_mask = id_slots - 1;
@@ -428,8 +429,8 @@ static int read_merges(qrt_tokenizer *t, const gguf_file *f, const char *name, c
     uint64_t merge_bytes = 0;
     for (uint64_t i = 0; i < n_merges; i++) merge_bytes += f->kvs[k_merges].arr_strs[i].len;
     if (merge_bytes > UINT32_MAX) FAIL("%s: %llu bytes of merges", name, (unsigned long long)merge_bytes);
-    t->merge_arena = malloc(merge_bytes + 1);
-    t->merges = malloc((n_merges + 1) * sizeof *t->merges);
+    t->merge_arena = qrt_malloc(qrt_size_add(qrt_size_from_u64(merge_bytes), 1));
+    t->merges = qrt_malloc(qrt_array_bytes(n_merges + 1, sizeof *t->merges));
     uint32_t merge_slots = table_size_for(n_merges);
     t->merge_slots = calloc(merge_slots, sizeof *t->merge_slots);
     t->merge_mask = merge_slots - 1;
@@ -602,8 +603,8 @@ static int build_specials(qrt_tokenizer *t) {
             n++;
             trie_bytes += t->text_len[id];
         }
-    t->specials = malloc((n + 1) * sizeof *t->specials);
-    t->trie = malloc((trie_bytes + 1) * sizeof *t->trie);
+    t->specials = qrt_malloc(qrt_array_bytes((uint64_t)n + 1, sizeof *t->specials));
+    t->trie = qrt_malloc(qrt_array_bytes(trie_bytes + 1, sizeof *t->trie));
     if (!t->specials || !t->trie) return 0;
     n = 0;
     for (int32_t id = 0; id < t->n_vocab; id++)
@@ -687,7 +688,7 @@ static size_t make_piece(const qrt_tokenizer *t, int32_t id, char *out) {
         }
         /* byte-level: each codepoint of the text stands for one byte */
         uint32_t cpts_small[64];
-        uint32_t *cpts = len <= 64 ? cpts_small : malloc(len * sizeof *cpts);
+        uint32_t *cpts = len <= 64 ? cpts_small : qrt_malloc(qrt_array_bytes(len, sizeof *cpts));
         if (!cpts) return 0;
         size_t n_cpts = utf8_decode_lenient(text, len, cpts);
         for (size_t i = 0; i < n_cpts; i++) {
@@ -731,7 +732,7 @@ static int build_pieces(qrt_tokenizer *t) {
         return 0;
     }
     for (int32_t id = 0; id < t->n_vocab; id++) total += make_piece(t, id, buf);
-    t->piece_arena = malloc(total + 1);
+    t->piece_arena = qrt_malloc(qrt_size_add(qrt_size_from_u64(total), 1));
     if (!t->piece_arena) {
         free(buf);
         return 0;
@@ -760,8 +761,8 @@ typedef struct {
 
 static void push_id(id_list *l, int32_t id) {
     if (l->n == l->cap) {
-        size_t cap = l->cap ? l->cap * 2 : 256;
-        int32_t *ids = realloc(l->ids, cap * sizeof *ids);
+        size_t cap = l->cap ? qrt_size_mul(l->cap, 2) : 256;
+        int32_t *ids = qrt_realloc(l->ids, qrt_array_bytes(cap, sizeof *ids));
         if (!ids) {
             l->oom = 1;
             return;
@@ -798,8 +799,8 @@ static inline int bigram_before(const bigram *a, const bigram *b) {
 
 static int heap_push(merge_work *w, bigram b) {
     if (w->n_heap == w->cap_heap) {
-        size_t cap = w->cap_heap ? w->cap_heap * 2 : 64;
-        bigram *heap = realloc(w->heap, cap * sizeof *heap);
+        size_t cap = w->cap_heap ? qrt_size_mul(w->cap_heap, 2) : 64;
+        bigram *heap = qrt_realloc(w->heap, qrt_array_bytes(cap, sizeof *heap));
         if (!heap) return 0;
         w->heap = heap;
         w->cap_heap = cap;
@@ -993,8 +994,8 @@ typedef struct {
 
 static int push_fragment(fragment_list *l, size_t off, size_t len, int32_t token) {
     if (l->n == l->cap) {
-        size_t cap = l->cap ? l->cap * 2 : 16;
-        fragment *items = realloc(l->items, cap * sizeof *items);
+        size_t cap = l->cap ? qrt_size_mul(l->cap, 2) : 16;
+        fragment *items = qrt_realloc(l->items, qrt_array_bytes(cap, sizeof *items));
         if (!items) return 0;
         l->items = items;
         l->cap = cap;
@@ -1091,13 +1092,13 @@ static int encode_into(const qrt_tokenizer *t, const char *text, size_t len, int
     int ok = 1;
     if (t->kind == VOCAB_BPE) {
         bpe_work w = {0};
-        size_t n = longest + 1;
-        w.cpts = malloc(n * sizeof *w.cpts);
-        w.flags = malloc(n * sizeof *w.flags);
-        w.lengths = malloc(n * sizeof *w.lengths);
-        w.scratch = malloc(n * sizeof *w.scratch);
-        w.word = malloc(n * 8); /* U+FFFD (3 bytes) per input byte, each byte mapped to 2 bytes */
-        w.merge.symbols = malloc(n * 8 * sizeof *w.merge.symbols);
+        size_t n = qrt_size_add(longest, 1);
+        w.cpts = qrt_malloc(qrt_array_bytes(n, sizeof *w.cpts));
+        w.flags = qrt_malloc(qrt_array_bytes(n, sizeof *w.flags));
+        w.lengths = qrt_malloc(qrt_array_bytes(n, sizeof *w.lengths));
+        w.scratch = qrt_malloc(qrt_array_bytes(n, sizeof *w.scratch));
+        w.word = qrt_malloc(qrt_size_mul(n, 8)); /* U+FFFD (3 bytes) per input byte, each byte mapped to 2 bytes */
+        w.merge.symbols = qrt_malloc(qrt_size_mul3(n, 8, sizeof *w.merge.symbols));
         ok = w.cpts && w.flags && w.lengths && w.scratch && w.word && w.merge.symbols;
         if (ok && add_special && t->add_bos && t->bos >= 0) push_id(out, t->bos);
         for (size_t i = 0; i < frags.n && ok; i++) {
@@ -1115,9 +1116,9 @@ static int encode_into(const qrt_tokenizer *t, const char *text, size_t len, int
         free(w.merge.heap);
     } else {
         merge_work w = {0};
-        size_t n = longest + 1;
-        char *word = malloc(n * 3 + 3);
-        w.symbols = malloc((n * 3 + 3) * sizeof *w.symbols);
+        size_t n = qrt_size_add(longest, 1);
+        char *word = qrt_malloc(qrt_size_add(qrt_size_mul(n, 3), 3));
+        w.symbols = qrt_malloc(qrt_array_bytes(qrt_size_add(qrt_size_mul(n, 3), 3), sizeof *w.symbols));
         ok = word && w.symbols;
         int prev_special = 1; /* the first fragment gets the space prefix too */
         if (ok && add_special && t->add_bos && t->bos >= 0) push_id(out, t->bos);
@@ -1280,7 +1281,7 @@ qrt_detokenizer *qrt_detokenizer_new(const qrt_tokenizer *tok, int special) {
     d->special = special;
     size_t room = (size_t)tok->max_piece_len + 8;
     d->in = malloc(room);
-    d->out = malloc(room * 3);
+    d->out = qrt_malloc(qrt_size_mul(room, 3));
     if (!d->in || !d->out) {
         qrt_detokenizer_free(d);
         return NULL;

@@ -131,6 +131,19 @@ def test_nan_tensor_is_named_and_nothing_written(small_model, tmp_path):
     _assert_user_error(*run("to-gguf", small_model, "-o", out), out, name, "NaN")
 
 
+@pytest.mark.parametrize("type_name", ["iq4_nl", "q3_k_m", "q6_k"])
+def test_weight_whose_square_overflows_is_named_and_nothing_written(small_model, tmp_path, type_name):
+    """One finite weight of 1e20 in a q_proj: iq4_nl died with SIGSEGV leaving a .part file; q3_K and q6_K wrote
+    garbage blocks without a word."""
+    path = next(small_model.glob("*.safetensors"))
+    tensors = load_file(str(path))
+    name = "model.layers.0.self_attn.q_proj.weight"
+    tensors[name][9, 17] = 1e20
+    save_file(tensors, str(path))
+    out = tmp_path / "out.gguf"
+    _assert_user_error(*run("to-gguf", small_model, "-o", out, "--type", type_name), out, name, "row ")
+
+
 def test_unwritable_output(small_model, tmp_path):
     out = tmp_path / "no-such-folder" / "out.gguf"
     _assert_user_error(*run("to-gguf", small_model, "-o", out), out, "does not exist")

@@ -36,15 +36,30 @@ def quantize_rows(type_id: int, values: np.ndarray) -> np.ndarray:
     return out
 
 
-def write_tiny_model(path: Path, arch: str = "llama", weight_type: str = "F32", seed: int = 0) -> Path:
-    """A 2-layer llama-shaped GGUF (dim 256, 4/2 heads, ffn 256, vocab 48) with a tiny byte-level BPE vocab."""
+def write_tiny_model(
+    path: Path,
+    arch: str = "llama",
+    weight_type: str = "F32",
+    seed: int = 0,
+    dim: int = 256,
+    n_layers: int = 2,
+    heads: int = 4,
+    kv_heads: int = 2,
+    head_dim: int | None = None,
+    context: int = 256,
+) -> Path:
+    """A llama-shaped GGUF (by default 2 layers, dim 256, 4/2 heads, ffn 256, vocab 48) with a tiny byte-level
+    BPE vocab; head_dim other than dim / heads is written as attention.key_length / value_length."""
     import gguf
 
     rng = np.random.default_rng(seed)
-    dim, ffn, n_layers, heads, kv_heads, vocab = 256, 256, 2, 4, 2, 48
+    ffn, vocab = 256, 48
     w = gguf.GGUFWriter(str(path), arch)
     w.add_block_count(n_layers)
-    w.add_context_length(256)
+    w.add_context_length(context)
+    if head_dim is not None:
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
     w.add_embedding_length(dim)
     w.add_feed_forward_length(ffn)
     w.add_head_count(heads)
@@ -74,7 +89,7 @@ def write_tiny_model(path: Path, arch: str = "llama", weight_type: str = "F32", 
 
     add("token_embd.weight", (vocab, dim))
     add("output_norm.weight", (dim,), norm=True)
-    hd = dim // heads
+    hd = head_dim or dim // heads
     for i in range(n_layers):
         add(f"blk.{i}.attn_norm.weight", (dim,), norm=True)
         add(f"blk.{i}.ffn_norm.weight", (dim,), norm=True)
@@ -198,6 +213,39 @@ def test_messages_name_the_problem(broken_files, tiny):
         Model(by_name["huge_array.gguf"])
     with pytest.raises(FormatError, match="truncated|extends past the end"):
         Model(by_name["trunc_63.gguf"])
+
+
+def duplicate_key(data: bytes) -> bytes:
+    """The tiny model with 'llama.rope.freq_base' renamed to the other 20-byte key it carries."""
+    assert data.count(b"llama.rope.freq_base") == 1
+    return data.replace(b"llama.rope.freq_base", b"llama.context_length")
+
+
+def overlapping_tensors(data: bytes, name: bytes = b"blk.0.ffn_up.weight", onto: int = 0) -> bytes:
+    """The tensor table entry of `name` pointed at data offset `onto` (another tensor's bytes)."""
+    at = data.index(struct.pack("<Q", len(name)) + name) + 8 + len(name)
+    (n_dims,) = struct.unpack_from("<I", data, at)
+    offset_at = at + 4 + 8 * n_dims + 4
+    return data[:offset_at] + struct.pack("<Q", onto) + data[offset_at + 8 :]
+
+
+def test_duplicate_keys_and_overlapping_tensors_are_refused(tiny, tmp_path):
+    """llama.cpp refuses both. Before, qrun used the first copy of a key and `qconv inspect` the last, and
+    tensors sharing one offset made repacking copy the same bytes once per tensor (17.9 MB peaked at 3.4 GB)."""
+    from qconv.formats.gguf_read import read_gguf
+
+    dup = tmp_path / "dup.gguf"
+    dup.write_bytes(duplicate_key(tiny.read_bytes()))
+    overlap = tmp_path / "overlap.gguf"
+    overlap.write_bytes(overlapping_tensors(tiny.read_bytes()))
+    with pytest.raises(FormatError, match="metadata key 'llama.context_length' appears more than once"):
+        Model(dup)
+    with pytest.raises(FormatError, match="metadata key 'llama.context_length' appears more than once"):
+        read_gguf(dup)
+    with pytest.raises(FormatError, match="'token_embd.weight' .* and 'blk.0.ffn_up.weight' .* overlap"):
+        Model(overlap)
+    with pytest.raises(FormatError, match="'token_embd.weight' and 'blk.0.ffn_up.weight' overlap"):
+        read_gguf(overlap)
 
 
 def test_unsupported_architecture_and_type_are_named(tmp_path):

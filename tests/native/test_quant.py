@@ -275,6 +275,40 @@ def test_values_beyond_the_fp16_scale_range_are_reported(type_name):
     assert np.isfinite(quants.dequantize(quants.quantize(x * 1e4, "BF16"), "BF16", x.shape)).all()
 
 
+@pytest.mark.parametrize("type_name", QUANTIZED)
+@pytest.mark.parametrize("case", ["weight 1e20", "weights 3e38", "importance 3e38"])
+def test_extreme_finite_values_are_named_never_a_crash_or_garbage(type_name, case):
+    """Finite values whose squares or weighted sums overflow made the searches compute NaN scales: iq4_nl indexed
+    its table with (int)NaN (SIGSEGV), q3_K and q6_K wrote blocks of zeros without a word."""
+    rng = np.random.default_rng(16)
+    x = (rng.standard_normal((8, 512)) * 0.05).astype(np.float32)
+    importance = None
+    if case == "weight 1e20":
+        x[5, 77] = 1e20
+    elif case == "weights 3e38":
+        x[5] = np.float32(3e38) * np.sign(rng.standard_normal(512))
+    else:
+        if not quants.TYPES[type_name].takes_importance:
+            pytest.skip(f"{type_name} takes no importance")
+        importance = np.full(512, 3e38, np.float32)
+    with pytest.raises(ValueError, match=r"row [05] .*(beyond what|compute NaN)"):
+        quants.quantize(x, type_name, importance=importance, threads=2)
+
+
+@pytest.mark.parametrize("type_name", QUANTIZED)
+def test_large_but_sound_rows_are_not_refused(type_name):
+    """The NaN check must not refuse rows the searches handle: values near 30000 overflow some candidate
+    comparisons (they only lose them), importance up to 1e6 on top of that."""
+    rng = np.random.default_rng(17)
+    x = (rng.standard_normal((16, 512)) * 1000).astype(np.float32)
+    x[3, 7] = 30000.0
+    importance = (rng.gamma(0.5, 2, 512) * 1e6).astype(np.float32)
+    for imp in (None, importance) if quants.TYPES[type_name].takes_importance else (None,):
+        y = quants.dequantize(quants.quantize(x, type_name, importance=imp, threads=2), type_name, x.shape)
+        assert np.isfinite(y).all()
+        assert np.abs(y).max() > 0.5 * np.abs(x).max()
+
+
 @pytest.mark.parametrize("type_name", [t for t in QUANTIZED if t != "Q8_0"])
 def test_columns_with_zero_importance_are_not_zeroed(type_name):
     """Columns never activated during calibration have importance 0: they must still be quantized."""
