@@ -30,7 +30,7 @@ NATIVE_DIR = Path(__file__).resolve().parent.parent / "native"
 KERNEL_TYPES = frozenset(
     {"F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL"}
 )
-ARCHITECTURES = frozenset({"llama", "mistral", "qwen2", "qwen3"})  # native/model.c's table
+ARCHITECTURES = frozenset({"llama", "mistral", "qwen2", "qwen3"})  # native/model/model.c's table
 GIB = 1 << 30
 
 

@@ -1,8 +1,9 @@
 """cffi build of native/ into the extension module qconv.runtime._qrt.
 
 The same sources build standalone with `make -C native`; the list of sources lives in native/SOURCES so the
-two builds cannot drift. The cdef is native/qrt.h itself, minus preprocessor lines, so the public C API is
-stated once.
+two builds cannot drift. The cdef is native/api/qrt.h itself, minus preprocessor lines, so the public C API is
+stated once. Sources include headers by name, so every folder of native/ that holds a header or a kernel .inc
+is on the include path (as in native/Makefile).
 """
 
 import os
@@ -20,11 +21,15 @@ def _sources() -> list[str]:
     return [str(NATIVE / name) for name in names if name]
 
 
+def _headers() -> list[Path]:
+    return sorted(p for p in NATIVE.rglob("*") if p.suffix in (".h", ".inc") and "build" not in p.parts)
+
+
 def _cdef(header: str = "qrt.h") -> str:
     """The header's declarations for cffi; `#include "qrt_*.h"` lines are inlined (each part of the API has
     its own header), every other preprocessor line is dropped."""
     lines = []
-    for line in (NATIVE / header).read_text().splitlines():
+    for line in (NATIVE / "api" / header).read_text().splitlines():
         stripped = line.strip()
         if stripped.startswith('#include "qrt_'):
             lines.append(_cdef(stripped.split('"')[1]))
@@ -45,8 +50,8 @@ ffibuilder.set_source(
     "qconv.runtime._qrt",
     '#include "qrt.h"',
     sources=_sources(),
-    include_dirs=[str(NATIVE)],
-    depends=[str(h) for h in sorted(NATIVE.glob("*.h"))],  # a header-only change rebuilds the extension
+    include_dirs=sorted({str(h.parent) for h in _headers()}),
+    depends=[str(h) for h in _headers()],  # a header-only change rebuilds the extension
     extra_compile_args=EXTRA_CFLAGS,
     extra_link_args=["-pthread", "-lm"]
     + (["-fsanitize=address,undefined"] if os.environ.get("QCONV_SANITIZE") else []),

@@ -1,4 +1,4 @@
-"""Block-wise int4/uint4/int8/uint8 quantization for ONNX DequantizeLinear (native/quant_blockwise.c).
+"""Block-wise int4/uint4/int8/uint8 quantization for ONNX DequantizeLinear (native/quant/quant_blockwise.c).
 
 Rows are cut into blocks of `block_size` consecutive values (the last may be shorter); each block has one float32
 scale and, when asymmetric, one integer zero point: x ~ scale * (q - zero_point). The scales and zero points

@@ -1,4 +1,4 @@
-"""Activation statistics from the C runtime (native/imatrix_collect.c): attach a collector to a model, run text
+"""Activation statistics from the C runtime (native/stats/imatrix_collect.c): attach a collector to a model, run text
 through it, read back per weight the sum of squared inputs per column and the token count."""
 
 from __future__ import annotations

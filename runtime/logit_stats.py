@@ -1,4 +1,4 @@
-"""Per-position statistics of a reference and a quantized model's logits, computed in C (native/logit_stats.c):
+"""Per-position statistics of a reference and a quantized model's logits, computed in C (native/stats/logit_stats.c):
 KL(ref || quant) of the next-token distributions, both argmaxes, both next-token NLLs. Replaces float64 numpy
 log-softmaxes over the whole vocabulary (the slow part of `qconv eval` after the forward passes)."""
 

@@ -1,4 +1,4 @@
-"""Thin Python view of libqrt's tokenizer, streaming detokenizer and sampler (native/qrt_tokenizer.h)."""
+"""Thin Python view of libqrt's tokenizer, streaming detokenizer and sampler (native/api/qrt_tokenizer.h)."""
 
 from __future__ import annotations
 

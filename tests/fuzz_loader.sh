@@ -6,8 +6,8 @@ cd "$(dirname "$0")/.."
 seconds="${1:-60}"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -D_GNU_SOURCE -Inative \
-  native/fuzz_gguf.c native/gguf.c -o "$work/fuzz_gguf"
+clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -D_GNU_SOURCE -Inative/loader \
+  -Inative/base native/programs/fuzz_gguf.c native/loader/gguf.c -o "$work/fuzz_gguf"
 mkdir -p "$work/corpus"
 python3 - "$work/corpus" <<'PY'
 import sys

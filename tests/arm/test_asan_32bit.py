@@ -2,7 +2,7 @@
 cross-built, run under qemu-arm.
 
 On 32 bits size_t wraps at 4 GiB, so sizes computed from file values that are harmless on x86-64 can wrap into
-small buffers there. The GGUF fuzz target (native/fuzz_gguf.c) and the model target (native/fuzz_model.c: open,
+small buffers there. The GGUF fuzz target (native/programs/fuzz_gguf.c) and the model target (native/programs/fuzz_model.c: open,
 tokenizer, a short eval, sampling) run over the loader tests' broken files and over shapes whose KV cache passes
 4 GiB; nothing may reach a sanitizer report, and an impossible cache is an out-of-memory line."""
 
@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.arm.conftest import NATIVE, require_tools
+from tests.arm.conftest import require_tools
 from tests.native.test_loader import broken_files, tiny, write_tiny_model  # noqa: F401 (fixtures)
+from tests.native_sources import LOADER_SOURCE, include_flags, library_sources, program
 
 pytestmark = pytest.mark.reference
 
@@ -24,16 +25,11 @@ SANITIZE = ["-fsanitize=address,undefined,float-cast-overflow", "-fno-sanitize-r
 QEMU = ["qemu-arm", "-L", "/usr/arm-linux-gnueabihf"]
 
 
-def library_sources() -> list[str]:
-    lines = (NATIVE / "SOURCES").read_text().splitlines()
-    return [str(NATIVE / line.strip()) for line in lines if line.strip() and not line.startswith("#")]
-
-
 def cross_build(tmp_path: Path, target: str, sources: list[str]) -> Path:
     require_tools("armv7")
     exe = tmp_path / target
     cmd = ["arm-linux-gnueabihf-gcc", "-std=c11", "-g", "-O1", "-D_GNU_SOURCE", "-DQRT_FUZZ_MAIN", *ARMV7]
-    cmd += [*SANITIZE, f"-I{NATIVE}", *sources, "-lm", "-pthread", "-o", str(exe)]
+    cmd += [*SANITIZE, *include_flags(), *sources, "-lm", "-pthread", "-o", str(exe)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return exe
@@ -65,14 +61,14 @@ def wide_kv(tmp_path_factory) -> Path:
 
 
 def test_gguf_loader_32bit(tmp_path, broken_files, tiny):  # noqa: F811
-    exe = cross_build(tmp_path, "fuzz_gguf", [str(NATIVE / "fuzz_gguf.c"), str(NATIVE / "gguf.c")])
+    exe = cross_build(tmp_path, "fuzz_gguf", [program("fuzz_gguf.c"), LOADER_SOURCE])
     files = [tiny, *broken_files]
     lines = run_under_qemu(exe, *files)
     assert len(lines) == len(files) and lines[0] == "ok"
 
 
 def test_model_32bit(tmp_path, broken_files, tiny, wide_kv):  # noqa: F811
-    exe = cross_build(tmp_path, "fuzz_model", [str(NATIVE / "fuzz_model.c"), *library_sources()])
+    exe = cross_build(tmp_path, "fuzz_model", [program("fuzz_model.c"), *library_sources()])
     files = [tiny, wide_kv, *broken_files]
     lines = run_under_qemu(exe, *files, "-c", 262144, wide_kv)
     assert len(lines) == len(files) + 1

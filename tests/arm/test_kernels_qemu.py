@@ -1,5 +1,5 @@
 """Under qemu, every NEON kernel (baseline, SDOT, SMMLA) equals the scalar reference on random blocks, quantized
-blocks and rows of the package's real GGUF, and so does every NEON packed (x16) kernel (native/kernel_check.c); a CPU
+blocks and rows of the package's real GGUF, and so does every NEON packed (x16) kernel (native/programs/kernel_check.c); a CPU
 without the extensions falls back."""
 
 from __future__ import annotations

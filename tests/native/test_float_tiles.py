@@ -1,4 +1,4 @@
-"""The f32/f16 prompt tiles (native/kernels_float_tiles.c) equal the variant's batch_dot bit for bit, forcing each
+"""The f32/f16 prompt tiles (native/kernels/kernels_float_tiles.c) equal the variant's batch_dot bit for bit, forcing each
 x86 variant this CPU runs; AVX2's batch_dot (same file) equals the scalar tinyBLAS order bit for bit too.
 
 Bit equality matters: batch_dot follows llama.cpp's tinyBLAS order, so f32 prompt logits stay equal to

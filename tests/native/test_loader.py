@@ -2,7 +2,7 @@
 
 Truncations at 64 random points, random byte flips in the header and tensor table, huge counts and lengths:
 each must raise FormatError through the Python API (or load, when a flip happened to be harmless). The same
-files then go through native/fuzz_gguf.c built with AddressSanitizer and UBSan (gcc), which must report nothing.
+files then go through native/programs/fuzz_gguf.c built with AddressSanitizer and UBSan (gcc), which must report nothing.
 Unsupported architectures and tensor types are refused with a message naming them.
 """
 
@@ -18,8 +18,8 @@ import pytest
 
 from qconv.formats.errors import FormatError
 from qconv.runtime.model import Model
+from tests.native_sources import LOADER_SOURCE, include_flags, program
 
-NATIVE = Path(__file__).resolve().parents[2] / "native"
 
 
 def quantize_rows(type_id: int, values: np.ndarray) -> np.ndarray:
@@ -274,9 +274,9 @@ def test_broken_files_under_asan_ubsan(broken_files, tiny, tmp_path):
         "-DQRT_FUZZ_MAIN",
         "-fsanitize=address,undefined,float-cast-overflow",
         "-fno-sanitize-recover=all",
-        f"-I{NATIVE}",
-        str(NATIVE / "fuzz_gguf.c"),
-        str(NATIVE / "gguf.c"),
+        *include_flags(),
+        program("fuzz_gguf.c"),
+        LOADER_SOURCE,
         "-o",
         str(exe),
     ]

@@ -1,4 +1,4 @@
-"""The x16 packed kernels (native/packed.c, packed_simd.inc): every SIMD variant equals the scalar reference bit for
+"""The x16 packed kernels (native/kernels/packed.c, packed_simd.inc): every SIMD variant equals the scalar reference bit for
 bit on random and real rows, and the reference stays within float rounding of the row-by-row dot kernels (q8_0,
 q5_0, q4_1 and q5_1, which keep ggml's lane order, equal them exactly)."""
 

@@ -1,4 +1,4 @@
-"""The block-wise integer search (native/quant_blockwise.c) through runtime/blockwise.py."""
+"""The block-wise integer search (native/quant/quant_blockwise.c) through runtime/blockwise.py."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""qconv.runtime.logit_stats (native/logit_stats.c) against float64 numpy: KLD within 1e-6 relative (also when the
+"""qconv.runtime.logit_stats (native/stats/logit_stats.c) against float64 numpy: KLD within 1e-6 relative (also when the
 divergence is tiny, where subtracting two log-sum-exps would lose it), argmaxes exact, NLLs within 1e-6 relative,
 under the AVX-512 path and the scalar one."""
 

@@ -1,7 +1,7 @@
 /* fuzz_gguf.c — fuzz target for the GGUF loader (not part of libqrt; not in SOURCES).
  *
- * libFuzzer:  clang -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -Inative native/fuzz_gguf.c \
- *                   native/gguf.c -o fuzz_gguf && ./fuzz_gguf -runs=1000000 corpus/
+ * libFuzzer:  clang -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -Inative/loader -Inative/base \
+ *                   native/programs/fuzz_gguf.c native/loader/gguf.c -o fuzz_gguf && ./fuzz_gguf -runs=1000000 corpus/
  * Plain run over files (any C compiler, e.g. gcc -fsanitize=address,undefined -DQRT_FUZZ_MAIN): each argument
  * is a file fed to the same entry point; prints "ok" / the loader's error per file. The tests use this form.
  *
