@@ -107,57 +107,51 @@ def choose_types(analysis: dict, target_bpw: float | None = None, max_kld: float
     return AutoChoice(types, int(nbytes), 8 * nbytes / analysis["n_elements"], float(predicted), base)
 
 
-def add_metadata_in_place(path, metadata: dict) -> None:
-    """Rewrite a GGUF we just wrote with extra key/values (tensors copied as they are)."""
-    import os
-
+def copy_with_metadata(src, out, metadata: dict) -> None:
+    """Write the GGUF `src` to `out` with extra key/values (tensors copied as they are)."""
     import gguf
 
+    from qconv.formats.atomic_write import AtomicFile
     from qconv.formats.gguf_read import read_gguf
 
-    tmp = f"{path}.meta.part"
-    try:
-        with read_gguf(path) as g:
-            writer = gguf.GGUFWriter(tmp, arch=g.architecture or "", endianess=gguf.GGUFEndian.LITTLE)
-            for key, value in g.metadata.items():
-                if key in (gguf.Keys.General.ARCHITECTURE, "general.alignment"):
-                    continue
-                vtype = g.value_types[key]
-                if vtype == gguf.GGUFValueType.ARRAY:
-                    items = value.tolist() if isinstance(value, np.ndarray) else value
-                    writer.add_key_value(key, items, vtype, sub_type=g.array_types.get(key))
-                else:
-                    writer.add_key_value(key, value, vtype)
-            for key, value in metadata.items():
-                if isinstance(value, str):
-                    writer.add_string(key, value)
-                else:
-                    writer.add_float32(key, float(value))
-            for name, t in g.tensors.items():
-                raw = g.tensor_data(name).view(np.uint8)
-                if t.type_name in ("F32", "F16"):
-                    writer.add_tensor(
-                        name, raw.view(np.float32 if t.type_name == "F32" else np.float16).reshape(t.shape)
-                    )
-                else:  # bytes shaped (rows..., row bytes): gguf-py derives the element shape from it
-                    raw = raw.reshape(*t.shape[:-1], -1)
-                    writer.add_tensor(name, raw, raw_dtype=gguf.GGMLQuantizationType[t.type_name])
+    with read_gguf(src) as g, AtomicFile(out) as tmp:
+        writer = gguf.GGUFWriter(tmp, arch=g.architecture or "", endianess=gguf.GGUFEndian.LITTLE)
+        for key, value in g.metadata.items():
+            if key in (gguf.Keys.General.ARCHITECTURE, "general.alignment"):
+                continue
+            vtype = g.value_types[key]
+            if vtype == gguf.GGUFValueType.ARRAY:
+                items = value.tolist() if isinstance(value, np.ndarray) else value
+                writer.add_key_value(key, items, vtype, sub_type=g.array_types.get(key))
+            else:
+                writer.add_key_value(key, value, vtype)
+        for key, value in metadata.items():
+            if isinstance(value, str):
+                writer.add_string(key, value)
+            else:
+                writer.add_float32(key, float(value))
+        for name, t in g.tensors.items():
+            raw = g.tensor_data(name).view(np.uint8)
+            if t.type_name in ("F32", "F16"):
+                writer.add_tensor(name, raw.view(np.float32 if t.type_name == "F32" else np.float16).reshape(t.shape))
+            else:  # bytes shaped (rows..., row bytes): gguf-py derives the element shape from it
+                raw = raw.reshape(*t.shape[:-1], -1)
+                writer.add_tensor(name, raw, raw_dtype=gguf.GGMLQuantizationType[t.type_name])
+        try:
             writer.write_header_to_file()
             writer.write_kv_data_to_file()
             writer.write_tensors_to_file()
+        finally:
             writer.close()
-            del writer, raw  # they hold views of the mapping, which closes when the block ends
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        del writer, raw  # they hold views of the mapping, which closes when the block ends
 
 
 def convert_auto(
     model, out, target_bpw: float | None = None, max_kld: float | None = None, imatrix=None,
     threads: int | None = None, analysis: dict | None = None, kld_tokens: int = 1024, log=None,
 ) -> tuple[AutoChoice, float]:  # fmt: skip
-    """to-gguf --type auto: analyse (unless given), choose, convert, measure the file's KLD, record both."""
+    """to-gguf --type auto: analyse (unless given), choose, convert, measure the file's KLD, record both. The file is
+    converted and measured in a temporary folder and written to `out` only at the end, with the measurement."""
     import tempfile
     from pathlib import Path
 
@@ -165,7 +159,9 @@ def convert_auto(
     from qconv.converter.calibrate import model_gguf
     from qconv.converter.convert import ConvertOptions, convert_to_gguf
     from qconv.converter.evaluate import Runner
+    from qconv.formats.atomic_write import check_output_file
 
+    check_output_file(out)  # before minutes of analysis
     with tempfile.TemporaryDirectory(prefix="qconv-auto-") as tmp:
         f32 = model_gguf(Path(model), Path(tmp))
         if analysis is None:
@@ -175,13 +171,14 @@ def convert_auto(
             type_name=choice.base_type, pure=True, tensor_types=choice.tensor_type_overrides(), imatrix=imatrix,
             threads=threads,
         )  # fmt: skip
-        convert_to_gguf(model, out, options, progress=False)
+        converted = Path(tmp) / "auto.gguf"
+        convert_to_gguf(model, converted, options, progress=False)
         ref = Runner(f32, 256, threads)
         windows = eval_tokens(ref, kld_tokens, 256)
         ref_logits = [ref.logits(w) for w in windows]
         del ref
-        measured = measure_kld(ref_logits, Runner(out, 256, threads), windows)
-    add_metadata_in_place(out, choice.metadata(measured))
+        measured = measure_kld(ref_logits, Runner(converted, 256, threads), windows)
+        copy_with_metadata(converted, out, choice.metadata(measured))
     if log:
         log(f"--type auto: {choice.bits_per_weight:.3f} bits per weight, predicted KLD {choice.predicted_kld:.4f}, "
             f"measured {measured:.4f}")  # fmt: skip

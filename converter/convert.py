@@ -13,8 +13,9 @@ from tqdm import tqdm
 
 from qconv.converter.plan import TypePlan, is_quantized, make_plan, parse_tensor_type
 from qconv.converter.sources import open_source
+from qconv.formats.atomic_write import check_output_file
 from qconv.formats.errors import FormatError
-from qconv.formats.gguf_write import StreamingGGUFWriter, check_writable
+from qconv.formats.gguf_write import StreamingGGUFWriter
 from qconv.formats.imatrix import ImportanceMatrix, read_imatrix
 
 
@@ -69,7 +70,7 @@ def convert_to_gguf(
     if isinstance(options, str):
         options = ConvertOptions(type_name=options, **kw)
     out_path = Path(out_path)
-    check_writable(out_path)
+    check_output_file(out_path)
     source = open_source(model, options.allow_requantize)
     try:
         imatrix = load_imatrix(options.imatrix, source.shapes)

@@ -43,9 +43,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -57,6 +54,8 @@ import onnx
 from onnx import TensorProto
 
 from qconv.converter.sources import HFSource
+from qconv.formats import folder_files
+from qconv.formats.atomic_write import AtomicFolder, check_output_folder
 from qconv.formats.errors import FormatError
 from qconv.formats.gguf_write import add_model_metadata, llama3_rope_factors
 from qconv.formats.hf_config import ModelSpec
@@ -69,6 +68,7 @@ OPSETS = (21, 23)  # 23: RMSNormalization, RotaryEmbedding and Attention (with t
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
 TOKENIZER_GGUF = "tokenizer.gguf"
+GENERATION_CONFIG = "generation_config.json"
 COPIED_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -530,20 +530,6 @@ class DecoderGraph:
 # ---------------------------------------------------------------- the folder
 
 
-def check_out_dir(out_dir: Path) -> None:
-    """Fail before any work if OUT_DIR cannot receive a fresh export."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise FormatError(f"{out_dir}: exists and is not a folder")
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        raise FormatError(f"{out_dir}: folder exists and is not empty; choose a new or empty output folder")
-    parent = out_dir.resolve().parent
-    if not parent.is_dir():
-        raise FormatError(f"{out_dir}: cannot write, folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise FormatError(f"{out_dir}: cannot write, folder {parent} is not writable")
-
-
 def estimated_bytes(spec: ModelSpec, options: OnnxOptions) -> int:
     params = sum(math.prod(shape) for shape in spec.expected_shapes().values())
     bits = max(options.bits, options.head_quant_bits)
@@ -565,12 +551,8 @@ def write_tokenizer_gguf(source: HFSource, path: Path) -> None:
 
 def genai_config(spec: ModelSpec, source_dir: Path) -> dict:
     generation = {}
-    path = source_dir / "generation_config.json"
-    if path.is_file():
-        try:
-            generation = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            generation = {}
+    if folder_files.entry_exists(source_dir, GENERATION_CONFIG):
+        generation = folder_files.read_json_object(source_dir, GENERATION_CONFIG)
     eos = generation.get("eos_token_id", spec.eos_token_id)
     pad = generation.get("pad_token_id")
     eos_first = eos[0] if isinstance(eos, list) else eos
@@ -626,17 +608,17 @@ def genai_config(spec: ModelSpec, source_dir: Path) -> dict:
 def _check_source(source: HFSource, model_dir: Path, out_dir: Path) -> None:
     if source.spec.gguf_arch not in GENAI_TYPES:
         raise FormatError(f"{model_dir}: architecture {source.spec.architecture} has no ONNX export")
-    check_out_dir(out_dir)
 
 
 def export_onnx(
     model_dir: Path, out_dir: Path, options: OnnxOptions, progress: Callable[[str, int, int], None] | None = None,
-    log: Callable[[str], None] | None = None,
+    log: Callable[[str], None] | None = None, force: bool = False,
 ) -> ExportResult:  # fmt: skip
-    """Write OUT_DIR; on any error nothing is left behind (the folder is built beside it, then renamed)."""
+    """Write OUT_DIR; on any error nothing is left behind (the folder is built beside it, then swapped in). OUT_DIR
+    may be absent, empty or an earlier qconv output; another non-empty folder is refused unless `force`."""
     start = time.perf_counter()
     options.check()
-    out_dir = Path(out_dir)
+    out_dir = check_output_folder(Path(out_dir), force)
     source = HFSource(Path(model_dir))  # unsupported architectures and bad checkpoints fail here
     try:
         _check_source(source, Path(model_dir), out_dir)
@@ -660,29 +642,14 @@ def export_onnx(
         external = options.external_data
         if external is None:
             external = estimated_bytes(source.spec, options) > PROTO_LIMIT_BYTES
-        parent = out_dir.resolve().parent
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".part", dir=parent))
-        try:
+        with AtomicFolder(out_dir, force) as tmp:
             result = _write_folder(source, tmp, options, imatrix, external, progress)
-            if out_dir.is_dir():
-                out_dir.rmdir()  # checked empty above
-            os.chmod(tmp, 0o777 & ~_umask())
-            os.replace(tmp, out_dir)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     finally:
         source.close()
     result.out_dir = out_dir
     result.seconds = time.perf_counter() - start
     result.imatrix = options.imatrix_label
     return result
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _write_folder(
@@ -709,8 +676,8 @@ def _write_folder(
     model = g.model(f"{spec.gguf_arch}_decoder", options.opset, "qconv", metadata)
     onnx.save_model(model, str(folder / MODEL_FILE))
     for name in COPIED_FILES:
-        if (source.path / name).is_file():
-            shutil.copyfile(source.path / name, folder / name)
+        if folder_files.entry_exists(source.path, name):  # through the folder's checks: inside it, bounded, parsed
+            folder_files.copy_file(source.path, name, folder / name)
     write_tokenizer_gguf(source, folder / TOKENIZER_GGUF)
     (folder / "genai_config.json").write_text(json.dumps(genai_config(spec, source.path), indent=4) + "\n")
     model_bytes = (folder / MODEL_FILE).stat().st_size

@@ -1,33 +1,20 @@
 """Streamed GGUF writing: metadata and the tensor table first, then tensor data one tensor at a time.
 
-The file is written under a temporary name beside the target and renamed only when complete, so a failed or
-interrupted conversion never leaves a half-written model behind.
+The file is written under a temporary name beside the target and renamed only when complete (formats.atomic_write),
+so a failed or interrupted conversion never leaves a half-written model behind.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import gguf
 import numpy as np
 
+from qconv.formats.atomic_write import AtomicFile, check_output_file, disk_full_error
 from qconv.formats.errors import FormatError
 from qconv.formats.hf_config import ModelSpec
-
-
-def check_writable(out_path: Path) -> None:
-    """Fail before any work is done if the output cannot be created."""
-    out_path = Path(out_path)
-    parent = out_path.parent if str(out_path.parent) else Path(".")
-    if out_path.is_dir():
-        raise FormatError(f"{out_path}: is a folder, expected a file path for the output")
-    if not parent.is_dir():
-        raise FormatError(f"{out_path}: cannot write, folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise FormatError(f"{out_path}: cannot write, folder {parent} is not writable")
 
 
 def add_model_metadata(writer: gguf.GGUFWriter, spec: ModelSpec) -> None:
@@ -87,9 +74,9 @@ class StreamingGGUFWriter:
 
     def __init__(self, out_path: Path, arch: str):
         self.out_path = Path(out_path)
-        check_writable(self.out_path)
+        self._output = AtomicFile(self.out_path)
+        check_output_file(self.out_path)
         self.writer = gguf.GGUFWriter(None, arch)
-        self._tmp: Path | None = None
         self._declared: list[str] = []
         self._written = 0
 
@@ -100,10 +87,7 @@ class StreamingGGUFWriter:
         self._declared.append(name)
 
     def begin(self) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.out_path.name}.", suffix=".part", dir=self.out_path.parent or ".")
-        os.close(fd)
-        self._tmp = Path(tmp)
-        self.writer.write_header_to_file(path=self._tmp)
+        self.writer.write_header_to_file(path=self._output.open())
         self.writer.write_kv_data_to_file()
         self.writer.write_ti_data_to_file()
 
@@ -133,25 +117,21 @@ class StreamingGGUFWriter:
         if self._written != len(self._declared):
             raise FormatError(f"{self.out_path}: wrote {self._written} of {len(self._declared)} declared tensors")
         self.writer.close()
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self._tmp, 0o666 & ~umask)  # mkstemp creates 0600; a finished model gets the usual mode
-        os.replace(self._tmp, self.out_path)
-        self._tmp = None
-        return self.out_path
+        return self._output.commit()
 
     def abort(self) -> None:
         try:
             self.writer.close()
-        except Exception:  # noqa: BLE001 - cleanup must not mask the original error
+        except Exception:  # noqa: BLE001 - cleanup must not mask the original error (a full disk fails again here)
             pass
-        if self._tmp is not None and self._tmp.exists():
-            self._tmp.unlink()
-        self._tmp = None
+        self._output.discard()
 
     def __enter__(self) -> StreamingGGUFWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
+        if exc is not None:
             self.abort()
+            full = disk_full_error(self.out_path, exc)
+            if full is not None:
+                raise full from None

@@ -7,15 +7,14 @@ weight each column's rounding error by the mean, sum / count (what llama-quantiz
 
 from __future__ import annotations
 
-import os
 import struct
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import gguf
 import numpy as np
 
+from qconv.formats.atomic_write import AtomicFile
 from qconv.formats.errors import FormatError
 from qconv.formats.gguf_read import read_gguf
 
@@ -144,9 +143,7 @@ def _read_legacy_imatrix(path: Path) -> ImportanceMatrix:
 def write_imatrix(path: Path, imatrix: ImportanceMatrix) -> Path:
     """The GGUF form llama-imatrix writes (general.type = imatrix), via a temporary file renamed at the end."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
+    with AtomicFile(path) as tmp:
         writer = gguf.GGUFWriter(tmp, arch="")
         writer.kv_data[0].pop(gguf.Keys.General.ARCHITECTURE, None)  # llama-imatrix files carry no architecture
         writer.add_type(gguf.GGUFType.IMATRIX)
@@ -157,12 +154,10 @@ def write_imatrix(path: Path, imatrix: ImportanceMatrix) -> Path:
             sums = np.asarray(imatrix.sums[name], dtype=np.float32).reshape(1, -1)
             writer.add_tensor(name + SUM2_SUFFIX, sums)
             writer.add_tensor(name + COUNTS_SUFFIX, np.array([[imatrix.counts[name]]], dtype=np.float32))
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        try:
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file()
+        finally:
+            writer.close()
     return path

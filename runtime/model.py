@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from qconv.formats.errors import FormatError
+from qconv.runtime import mapped_file_guard
 from qconv.runtime._native import ffi, lib
 from qconv.runtime.chat import render_chat
 from qconv.runtime.generation import generate
@@ -75,6 +76,7 @@ class Model:
         self.path = Path(path)
         if not self.path.is_file():
             raise FormatError(f"{self.path}: no such file")
+        mapped_file_guard.install("qrun")  # the weights stay mapped: a truncated file is one line, not SIGBUS
         params = lib.qrt_model_default_params()
         params.n_ctx = int(ctx)
         params.n_threads = int(threads) if threads else 0

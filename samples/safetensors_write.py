@@ -8,12 +8,13 @@ then the raw little-endian tensor data in header order.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from qconv.formats.atomic_write import AtomicFile
 
 ITEM_BYTES = {"F32": 4, "F16": 2, "BF16": 2}
 BF16_CHUNK = 1 << 18
@@ -94,7 +95,8 @@ def write_safetensors(
     ``produce`` returns the whole tensor, or an iterable of C-order blocks (e.g. groups of rows) so that a large
     tensor never exists in memory at once.
 
-    Written to ``path.partial`` then renamed, so a failed run leaves no file that looks complete.
+    Written to a hidden temporary file beside ``path`` then renamed (formats.atomic_write), so a failed run leaves
+    no file that looks complete.
     """
     entries = list(entries)
     header: dict[str, object] = {"__metadata__": {"format": "pt", **(metadata or {})}}
@@ -109,14 +111,8 @@ def write_safetensors(
     header_bytes = json.dumps(header, separators=(",", ":")).encode()
     header_bytes += b" " * (-len(header_bytes) % 8)
     path = Path(path)
-    partial = path.with_name(path.name + ".partial")
-    try:
-        with open(partial, "wb") as out:
-            out.write(len(header_bytes).to_bytes(8, "little"))
-            out.write(header_bytes)
-            for entry in entries:
-                _write_tensor(out, path, entry, produce(entry))
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    os.replace(partial, path)
+    with AtomicFile(path) as tmp, open(tmp, "wb") as out:
+        out.write(len(header_bytes).to_bytes(8, "little"))
+        out.write(header_bytes)
+        for entry in entries:
+            _write_tensor(out, path, entry, produce(entry))

@@ -22,5 +22,6 @@ const char *qrt_version(void);
 #include "qrt_imatrix.h"
 #include "qrt_kernel_probes.h"
 #include "qrt_eval.h"
+#include "qrt_mapped_file_guard.h"
 
 #endif
