@@ -1,20 +1,56 @@
 """qrun: run a GGUF model on the CPU.
 
     qrun MODEL.gguf --prompt "Why is the sky blue?"      # one chat turn (the file's chat template)
+    qrun MODEL.gguf -f question.txt                      # the prompt from a file
     qrun MODEL.gguf --raw --prompt "Once upon a time"    # plain text continuation
-    qrun MODEL.gguf                                      # interactive chat
+    qrun MODEL.gguf                                      # interactive chat (/reset, /exit, Ctrl-D)
 
-stdout receives only the generated text, streamed; the speed line and --verbose details go to stderr.
+stdout receives only the generated text, streamed; the speed line and --verbose details go to stderr. Every
+error is one line on stderr, `qrun: error: ...`: a bad flag value (exit 2, before the model loads), a bad file or
+prompt (exit 1).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import secrets
 import sys
+from pathlib import Path
 
 import click
 
 from qconv.formats.errors import FormatError
+
+INT32_MAX = 2**31 - 1  # the C runtime's counts (top-k, context, window) are int32
+MAX_THREADS = 1024  # each thread gets a context-long attention buffer; more is a typo, not a machine
+HF_CONFIG = "config.json"  # what marks a Hugging Face model folder
+
+
+class FiniteFloatRange(click.FloatRange):
+    """A FloatRange that also refuses nan and inf (which compare false with every bound)."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{number} is not a finite number", param, ctx)
+        return number
+
+
+class OneLineErrors(click.Command):
+    """Usage errors (an unknown flag, a value out of range) as one line, like every other qrun error."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.ClickException as exc:
+            click.echo(f"qrun: error: {' '.join(exc.format_message().split())}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            sys.exit(130)
+        if standalone_mode:
+            sys.exit(code if isinstance(code, int) else 0)
+        return code
 
 
 def _fail(message: str) -> None:
@@ -30,29 +66,72 @@ def _speed_line(model) -> str:
     )
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+def _read_prompt_file(path: str) -> str:
+    try:
+        return Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise FormatError(f"{path}: the prompt file is not UTF-8 text (byte {exc.start})") from exc
+    except OSError as exc:
+        raise FormatError(f"{path}: cannot read the prompt file: {exc.strerror or exc}") from exc
+
+
+def _check_model_path(path: Path) -> None:
+    """Point a new user who passes the Hugging Face folder itself to the conversion step."""
+    if path.is_dir() and (path / HF_CONFIG).is_file():
+        raise FormatError(
+            f"{path} is a Hugging Face model folder: convert it first with `qconv to-gguf {path} -o model.gguf`, "
+            f"then run `qrun model.gguf`"
+        )
+    if path.is_dir():
+        raise FormatError(f"{path} is a folder: expected a GGUF file or a folder written by `qconv to-onnx`")
+
+
+@click.command(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("model_path", metavar="MODEL", type=click.Path())
 @click.option("-p", "--prompt", help="Answer this prompt (as a chat turn if the file has a chat template) and exit.")
+@click.option(
+    "-f", "--file", "prompt_file", metavar="PROMPT_FILE", help="Read the prompt from this UTF-8 file (as --prompt)."
+)
 @click.option("--raw", is_flag=True, help="Feed --prompt as plain text instead of a chat turn.")
 @click.option("--system", "system_prompt", help="System message for chat turns.")
-@click.option("-n", "--n-predict", "max_tokens", default=256, show_default=True, help="Maximum tokens to generate.")
-@click.option("--temp", "temperature", default=0.8, show_default=True, help="Temperature; 0 = greedy.")
-@click.option("--top-k", default=40, show_default=True)
-@click.option("--top-p", default=0.95, show_default=True)
-@click.option("--min-p", default=0.05, show_default=True)
-@click.option("--repeat-penalty", default=1.0, show_default=True)
-@click.option("--repeat-last-n", default=64, show_default=True)
-@click.option("--seed", default=0, show_default=True)
+@click.option(
+    "-n",
+    "--n-predict",
+    "max_tokens",
+    default=256,
+    show_default=True,
+    type=click.IntRange(-1, INT32_MAX),
+    help="Maximum tokens to generate; -1: until the end of generation or a full context.",
+)
+@click.option(
+    "--temp", "temperature", default=0.8, show_default=True, type=FiniteFloatRange(0), help="Temperature; 0 = greedy."
+)
+@click.option("--top-k", default=40, show_default=True, type=click.IntRange(0, INT32_MAX), help="0: off.")
+@click.option("--top-p", default=0.95, show_default=True, type=FiniteFloatRange(0, 1), help="1: off.")
+@click.option("--min-p", default=0.05, show_default=True, type=FiniteFloatRange(0, 1), help="0: off.")
+@click.option(
+    "--repeat-penalty", default=1.0, show_default=True, type=FiniteFloatRange(0, min_open=True), help="1: off."
+)
+@click.option("--repeat-last-n", default=64, show_default=True, type=click.IntRange(0, INT32_MAX))
+@click.option(
+    "--seed", type=click.IntRange(0, 2**64 - 1), help="Sampling seed (default: a random one, printed by -v / --json)."
+)
 @click.option("--stop", multiple=True, help="Stop when this text is generated (repeatable).")
 @click.option("--ignore-eos", is_flag=True, help="Keep generating past end-of-generation tokens.")
-@click.option("-t", "--threads", type=int, default=None, help="Threads (default: all CPUs).")
-@click.option("-c", "--ctx", default=2048, show_default=True, help="Context (KV cache) length in tokens.")
+@click.option("-t", "--threads", type=click.IntRange(1, MAX_THREADS), default=None, help="Threads (default: all CPUs).")
+@click.option(
+    "-c", "--ctx", default=2048, show_default=True, type=click.IntRange(1, INT32_MAX), help="Context length in tokens."
+)
 @click.option("--kv-f32", is_flag=True, help="Keep the KV cache in f32 (default f16, as llama.cpp).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (text, tokens, speeds) instead.")
-@click.option("-v", "--verbose", is_flag=True, help="Model shape, threads and the kernel variant per weight type.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (text, tokens, speeds, seed) instead.")
+@click.option(
+    "-v", "--verbose", is_flag=True, help="Model shape, threads, seed and the kernel variant per weight type."
+)
+@click.version_option(package_name="qconv", prog_name="qrun")
 def main(
     model_path,
     prompt,
+    prompt_file,
     raw,
     system_prompt,
     max_tokens,
@@ -75,12 +154,16 @@ def main(
     from qconv.runtime.model import Model
     from qconv.runtime.onnx_backend import OnnxModel, is_onnx_folder
 
-    if max_tokens < 0 or ctx <= 0 or (threads is not None and threads <= 0):
-        _fail("-n must be >= 0, -c and -t must be positive")
+    if prompt is not None and prompt_file is not None:
+        _fail("give the prompt with -p/--prompt or -f/--file, not both")
+    seed = secrets.randbits(32) if seed is None else seed
     try:
+        if prompt_file is not None:
+            prompt = _read_prompt_file(prompt_file)
         if is_onnx_folder(model_path):
             model = OnnxModel(model_path, threads=threads)
         else:
+            _check_model_path(Path(model_path))
             model = Model(model_path, threads=threads, ctx=ctx, kv_f32=kv_f32)
     except FormatError as exc:
         _fail(str(exc))
@@ -91,6 +174,7 @@ def main(
         )
         for type_name, variant in model.kernel_variants().items():
             click.echo(f"qrun: kernel {type_name}: {variant}", err=True)
+        click.echo(f"qrun: seed {seed}", err=True)
 
     sampling = dict(
         temperature=temperature,
@@ -108,7 +192,7 @@ def main(
         if prompt is not None:
             _one_turn(model, prompt, use_chat, system_prompt, max_tokens, sampling, as_json)
         else:
-            _interactive(model, system_prompt, max_tokens, sampling, use_chat)
+            Chat(model, system_prompt, max_tokens, sampling, use_chat).run()
     except FormatError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
@@ -142,6 +226,7 @@ def _one_turn(model, prompt, use_chat, system_prompt, max_tokens, sampling, as_j
             "generated_tokens": len(ids),
             "prompt_tokens_per_s": round(t.prompt_tps, 2),
             "generation_tokens_per_s": round(t.gen_tps, 2),
+            "seed": sampling["seed"],
         }
         click.echo(json.dumps(record, ensure_ascii=False))
     else:
@@ -150,31 +235,106 @@ def _one_turn(model, prompt, use_chat, system_prompt, max_tokens, sampling, as_j
     click.echo(_speed_line(model), err=True)
 
 
-def _interactive(model, system_prompt, max_tokens, sampling, use_chat) -> None:
-    if sys.stdin.isatty():
-        click.echo("qrun: interactive chat; end with Ctrl-D", err=True)
-    turns: list[dict] = []
-    while True:
-        if sys.stdin.isatty():
-            click.echo("> ", nl=False, err=True)
-        line = sys.stdin.readline()
-        if not line:
-            break
-        line = line.rstrip("\n")
-        if not line.strip():
-            continue
-        turns.append({"role": "user", "content": line})
-        text = model.render_chat(_messages(system_prompt, turns)) if use_chat else line
+class Chat:
+    """The interactive loop: one line per user turn; Ctrl-C stops a reply, Ctrl-C at the prompt or Ctrl-D ends the
+    chat; the oldest turns give way when the context is full (the system prompt stays)."""
+
+    def __init__(self, model, system_prompt, max_tokens, sampling, use_chat) -> None:
+        self.model = model
+        self.system_prompt = system_prompt
+        self.max_tokens = max_tokens
+        self.sampling = sampling
+        self.use_chat = use_chat
+        self.turns: list[dict] = []
+        self.tty = sys.stdin.isatty()
+        # the room a reply needs in the context, kept free when old turns are dropped
+        self.reply_room = min(max_tokens if max_tokens >= 0 else model.n_ctx, model.n_ctx // 2)
+        self.commands = {"/reset": self.reset, "/exit": lambda: False}  # each returns whether the chat goes on
+
+    def run(self) -> None:
+        if self.tty:
+            import readline  # noqa: F401 - input() gets line editing and history once it is loaded
+
+            click.echo("qrun: interactive chat; /reset forgets the conversation, /exit or Ctrl-D ends it", err=True)
+        while True:
+            line = self.read_line()
+            if line is None:
+                return
+            if line.strip() in self.commands:
+                if not self.commands[line.strip()]():
+                    return
+            elif line.strip():
+                self.turn(line)
+
+    def read_line(self) -> str | None:
+        """The next line, or None at the end of input (Ctrl-D) or on Ctrl-C at the prompt."""
+        try:
+            if self.tty:
+                return input("> ")
+            line = sys.stdin.readline()
+            return line.rstrip("\n") if line else None
+        except EOFError:
+            return None
+        except KeyboardInterrupt:
+            click.echo("", err=True)
+            return None
+
+    def reset(self) -> bool:
+        self.turns = []
+        click.echo("qrun: conversation forgotten", err=True)
+        return True
+
+    def turn(self, line: str) -> None:
+        if not self.use_chat:
+            self.turns = []  # plain text: each line is a prompt of its own
+        self.turns.append({"role": "user", "content": line})
+        try:
+            prompt = self.fitting_prompt()
+        except FormatError as exc:
+            self.turns.pop()
+            click.echo(f"qrun: error: {exc}", err=True)
+            return
         reply = []
-        model.reset_timings()
-        for piece in model.generate(text, max_tokens, **sampling):
-            reply.append(piece)
-            sys.stdout.write(piece)
-            sys.stdout.flush()
+        self.model.reset_timings()
+        try:
+            for piece in self.model.generate(prompt, self.max_tokens, **self.sampling):
+                reply.append(piece)
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            click.echo("\nqrun: reply stopped", err=True)
         sys.stdout.write("\n")
         sys.stdout.flush()
-        turns.append({"role": "assistant", "content": "".join(reply)})
-        click.echo(_speed_line(model), err=True)
+        self.turns.append({"role": "assistant", "content": "".join(reply)})
+        click.echo(_speed_line(self.model), err=True)
+
+    def fitting_prompt(self) -> list[int]:
+        """The conversation's tokens, after dropping the oldest turns until it and a reply fit the context."""
+        dropped = 0
+        while True:
+            tokens = self.model.tokenize(self.prompt_text())
+            if len(tokens) + self.reply_room <= self.model.n_ctx:
+                break
+            if len(self.turns) <= 1:
+                raise FormatError(
+                    f"this message takes {len(tokens)} tokens and a reply {self.reply_room}: more than the context "
+                    f"of {self.model.n_ctx} (use a larger -c or a smaller -n)"
+                )
+            first_kept = next((i for i, t in enumerate(self.turns) if i > 0 and t["role"] == "user"), len(self.turns))
+            dropped += first_kept
+            del self.turns[:first_kept]
+        if dropped:
+            click.echo(
+                f"qrun: context full: dropped the {dropped} oldest messages (the system prompt stays); "
+                f"re-reading the conversation",
+                err=True,
+            )
+        return tokens
+
+    def prompt_text(self) -> str:
+        if self.use_chat:
+            return self.model.render_chat(_messages(self.system_prompt, self.turns))
+        return self.turns[-1]["content"]
 
 
 if __name__ == "__main__":

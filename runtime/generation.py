@@ -7,6 +7,7 @@ _feed_prompt(tokens), _eval(tokens) and current_logits().
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 
 from qconv.formats.errors import FormatError
@@ -31,9 +32,9 @@ def generate(
     parse_special: bool = True,
     token_ids: list[int] | None = None,
 ) -> Iterator[str]:
-    """Stream the text of up to `max_tokens` generated tokens (temperature <= 0: greedy). Generation ends
-    at an end-of-generation token (unless ignore_eos), at a stop string (not included), or when the
-    context is full. `token_ids`, if given, receives the generated ids."""
+    """Stream the text of up to `max_tokens` generated tokens (temperature <= 0: greedy; max_tokens < 0: no
+    limit but the context). Generation ends at an end-of-generation token (unless ignore_eos), at a stop string
+    (not included), or when the context is full. `token_ids`, if given, receives the generated ids."""
     tokens = list(prompt) if not isinstance(prompt, str) else model.tokenize(prompt, add_special, parse_special)
     if not tokens:
         raise FormatError("empty prompt")
@@ -53,7 +54,7 @@ def generate(
     detok = model.tokenizer.stream(special=False)
     held = ""  # text that might be the start of a stop string
     stops = [s for s in stop if s]
-    for _ in range(max_tokens):
+    for _ in itertools.count() if max_tokens < 0 else range(max_tokens):
         token = sampler.sample(model.current_logits())
         if not ignore_eos and model.tokenizer.is_eog(token):
             break
