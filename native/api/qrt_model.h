@@ -59,6 +59,9 @@ int qrt_model_meta_int(const qrt_model *m, const char *key, int64_t *out);
 
 /* Time spent (seconds) and tokens in prompt (n > 1) and single-token evals since open / the last reset. */
 void qrt_model_timings(const qrt_model *m, double *prompt_s, int *prompt_tokens, double *gen_s, int *gen_tokens);
+/* Of that time, the seconds spent in thread-pool runs (every thread working); the rest ran on the calling thread
+ * alone (the serial share of an eval is 1 - pool / (prompt_s + gen_s)). */
+double qrt_model_pool_seconds(const qrt_model *m);
 void qrt_model_reset_timings(qrt_model *m);
 
 /* ---- kernels ---- */

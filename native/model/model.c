@@ -34,6 +34,7 @@ struct qrt_model {
     char error[512];
     double prompt_s, gen_s;
     int prompt_tokens, gen_tokens;
+    double pool_s; /* of prompt_s + gen_s, the time spent inside pool runs; the rest is the calling thread alone */
     qrt_imatrix *imatrix; /* when set, every weight matmul's input rows are added to it (calibration) */
     qrt_batch_pos batch;  /* the running forward chunk's place in llama.cpp's ubatch of this eval (packed.h) */
 };
@@ -513,6 +514,22 @@ fail:
     return NULL;
 }
 
+/* ---- the thread pool ---- */
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Every pool run of the forward pass goes through here, so the time no worker can help with (the serial share:
+ * eval time minus pool time) is measured rather than guessed. */
+static void pool_run(qrt_model *m, qrt_task_fn fn, void *ctx, int n_tasks) {
+    const double t0 = now_s();
+    qrt_threadpool_run(m->pool, fn, ctx, n_tasks);
+    m->pool_s += now_s() - t0;
+}
+
 /* ---- matmul over the thread pool ---- */
 
 typedef struct {
@@ -572,24 +589,93 @@ typedef struct {
     int has_sums; /* state.act_sums holds the block sums of these rows */
 } act_cache;
 
-static void prepare_act(qrt_model *m, act_cache *cache, const float *x, int n_tok, int64_t cols, int act_type) {
-    if (cache->src == x && cache->act_type == act_type && cache->n_tok == n_tok) return;
-    RunState *s = &m->state;
-    const qrt_act_from_float_fn conv = qrt_act_converter(act_type);
-    for (int b = 0; b < n_tok; b++) conv(x + (size_t)b * cols, s->act + (size_t)b * s->act_row_bytes, cols);
-    cache->src = x;
-    cache->act_type = act_type;
-    cache->n_tok = n_tok;
-    cache->has_sums = 0;
+/* ---- per-token steps over the pool ----
+ * Everything between two matmuls is per token row (residual adds, norms, SwiGLU, activation conversion, rope,
+ * KV stores), so a prompt's rows are split across the pool like the matmuls' rows are; a row's steps are the same
+ * code in the same order whichever thread runs them, so the bits do not depend on the thread count. Single-token
+ * decode runs them on the calling thread: one row is less work than a pool hand-off. */
+
+typedef struct {
+    int first, end, per_task; /* rows first..end-1, per_task rows per task */
+} row_split;
+
+static int split_rows(const qrt_model *m, row_split *split, int first, int end) {
+    const int n = end - first, most_tasks = 4 * m->n_threads;
+    split->first = first;
+    split->end = end;
+    split->per_task = n > most_tasks ? (n + most_tasks - 1) / most_tasks : 1;
+    return (n + split->per_task - 1) / split->per_task;
 }
 
-static void prepare_sums(qrt_model *m, act_cache *cache, int64_t cols) {
-    if (cache->has_sums) return;
-    RunState *s = &m->state;
-    for (int b = 0; b < cache->n_tok; b++)
-        qrt_packed_act_sums(cache->act_type, s->act + (size_t)b * s->act_row_bytes, cols,
-                            s->act_sums + (size_t)b * s->act_sums_stride);
-    cache->has_sums = 1;
+static void task_rows(const row_split *split, int task, int *b0, int *b1) {
+    *b0 = split->first + task * split->per_task;
+    *b1 = *b0 + split->per_task < split->end ? *b0 + split->per_task : split->end;
+}
+
+static void run_rows(qrt_model *m, qrt_task_fn fn, void *job, int n_tasks) {
+    if (n_tasks == 1)
+        fn(job, 0, 0);
+    else
+        pool_run(m, fn, job, n_tasks);
+}
+
+/* The steps between matmuls, each run when its field is set, in this order per row b:
+ *   x[b] += residual[b]; xb[b] = rmsnorm(x[b]) * norm; hb[b] = silu(hb[b]) * hb2[b];
+ *   act[b] = act_src[b] converted to act_type (and its block sums for the packed kernels). */
+typedef struct {
+    row_split split;
+    qrt_model *m;
+    const float *residual;
+    const float *norm;
+    int swiglu;
+    const float *act_src;
+    int64_t act_cols;
+    int act_type, sums;
+    qrt_act_from_float_fn conv;
+} rows_job;
+
+static void rows_task(void *ctx, int task, int thread) {
+    (void)thread;
+    const rows_job *j = ctx;
+    const Config *c = &j->m->config;
+    RunState *s = &j->m->state;
+    int b0, b1;
+    task_rows(&j->split, task, &b0, &b1);
+    for (int b = b0; b < b1; b++) {
+        float *x = s->x + (size_t)b * c->dim, *xb = s->xb + (size_t)b * c->dim;
+        if (j->residual) op_add(x, j->residual + (size_t)b * c->dim, c->dim);
+        if (j->norm) op_rmsnorm(xb, x, j->norm, c->dim, c->rms_eps);
+        if (j->swiglu) op_swiglu(s->hb + (size_t)b * c->hidden_dim, s->hb2 + (size_t)b * c->hidden_dim, c->hidden_dim);
+        if (j->act_src) {
+            uint8_t *act = s->act + (size_t)b * s->act_row_bytes;
+            j->conv(j->act_src + (size_t)b * j->act_cols, act, j->act_cols);
+            if (j->sums)
+                qrt_packed_act_sums(j->act_type, act, j->act_cols, s->act_sums + (size_t)b * s->act_sums_stride);
+        }
+    }
+}
+
+/* Run the steps of j over rows first..end-1; when it converts, the cache then holds the result. */
+static void steps(qrt_model *m, act_cache *cache, rows_job *j, int first, int end) {
+    j->m = m;
+    if (j->act_src) j->conv = qrt_act_converter(j->act_type);
+    run_rows(m, rows_task, j, split_rows(m, &j->split, first, end));
+    /* a converted input is kept; otherwise a step may have rewritten the rows the cache describes */
+    *cache = j->act_src ? (act_cache){j->act_src, j->act_type, end, j->sums} : (act_cache){0};
+}
+
+/* The act type and whether block sums are needed for the input of these matmuls (they share one input). */
+static void act_for(const Matrix *const ws[], int n, int *act_type, int *sums) {
+    *act_type = qrt_kernel_act_type(ws[0]->type);
+    *sums = 0;
+    for (int k = 0; k < n; k++) *sums |= ws[k]->packed != NULL;
+}
+
+static void prepare_act(qrt_model *m, act_cache *cache, const float *x, int n_tok, int64_t cols, int act_type,
+                        int sums) {
+    if (cache->src == x && cache->act_type == act_type && cache->n_tok == n_tok && (cache->has_sums || !sums)) return;
+    rows_job j = {.act_src = x, .act_cols = cols, .act_type = act_type, .sums = sums};
+    steps(m, cache, &j, 0, n_tok);
 }
 
 /* Set up out[b][r] = dot(w row r, x[b]) for b < n_tok (x rows are w->cols floats apart, out rows out_stride
@@ -598,11 +684,10 @@ static int matmul_setup(qrt_model *m, act_cache *cache, matmul_job *j, float *ou
                         const Matrix *w, const float *x, int n_tok) {
     if (m->imatrix) qrt_imatrix_add(m->imatrix, w->name, w->name_len, x, n_tok, w->cols);
     const int act_type = qrt_kernel_act_type(w->type);
-    prepare_act(m, cache, x, n_tok, w->cols, act_type);
+    prepare_act(m, cache, x, n_tok, w->cols, act_type, w->packed != NULL);
     *j = (matmul_job){w, m->state.act, m->state.act_row_bytes, out, out_stride, n_tok, 0,
                       qrt_kernel_for_batch(w->type, n_tok), NULL, 0, 0, NULL, NULL, 0, {0, 0}};
     if (w->packed) {
-        prepare_sums(m, cache, w->cols);
         j->packed = qrt_packed_kernel(w->type, NULL);
         j->sums = m->state.act_sums;
         j->sums_stride = m->state.act_sums_stride;
@@ -623,7 +708,7 @@ static void matmul(qrt_model *m, act_cache *cache, float *out, int64_t out_strid
                    int n_tok) {
     matmul_job j;
     const int n_tasks = matmul_setup(m, cache, &j, out, out_stride, w, x, n_tok);
-    qrt_threadpool_run(m->pool, matmul_task, &j, n_tasks);
+    pool_run(m, matmul_task, &j, n_tasks);
 }
 
 /* Up to 3 matmuls of the same input (q/k/v, gate/up) in one pool run: one synchronisation instead of several.
@@ -652,7 +737,7 @@ static void matmul_many(qrt_model *m, act_cache *cache, int n, float *const outs
     g.first_task[0] = 0;
     for (int k = 0; k < n; k++)
         g.first_task[k + 1] = g.first_task[k] + matmul_setup(m, cache, &g.jobs[k], outs[k], strides[k], ws[k], x, n_tok);
-    qrt_threadpool_run(m->pool, matmul_group_task, &g, g.first_task[n]);
+    pool_run(m, matmul_group_task, &g, g.first_task[n]);
 }
 
 /* ---- attention ---- */
@@ -687,106 +772,143 @@ static void attention_task(void *ctx, int task, int thread) {
     qrt_attn_values()(out, att, vc, n_pos, kv_dim, hd, f16, decode, scratch);
 }
 
-static void store_kv(qrt_model *m, int layer, int pos0, int n_tok) {
-    const Config *c = &m->config;
+/* Token rows: the embedding row and the rotary angles of each position. */
+typedef struct {
+    row_split split;
+    qrt_model *m;
+    const int32_t *tokens;
+    int pos0;
+} embed_job;
+
+static void embed_task(void *ctx, int task, int thread) {
+    (void)thread;
+    const embed_job *j = ctx;
+    const Config *c = &j->m->config;
+    const Weights *w = &j->m->weights;
+    RunState *s = &j->m->state;
+    const int half_rot = c->n_rot / 2;
+    int b0, b1;
+    task_rows(&j->split, task, &b0, &b1);
+    for (int b = b0; b < b1; b++) {
+        const uint8_t *row = w->token_embd.data + (size_t)j->tokens[b] * w->token_embd.row_bytes;
+        qrt_dequantize_row(w->token_embd.type, row, s->x + (size_t)b * c->dim, c->dim);
+        op_rope_angles(s->rope_cos + (size_t)b * half_rot, s->rope_sin + (size_t)b * half_rot, j->pos0 + b, c->n_rot,
+                       &c->rope, w->rope_freqs);
+    }
+}
+
+/* Token rows after the q/k/v matmuls: biases, q/k norms, rope, and the row's keys and values into the cache. */
+typedef struct {
+    row_split split;
+    qrt_model *m;
+    const LayerWeights *lw;
+    int layer, pos0;
+} qkv_job;
+
+static void store_kv_row(qrt_model *m, int layer, int pos, const float *k, const float *v) {
     RunState *s = &m->state;
-    const int kv_dim = c->n_kv_heads * c->head_dim;
-    for (int b = 0; b < n_tok; b++) {
-        const size_t off = ((size_t)layer * s->n_ctx + (size_t)(pos0 + b)) * kv_dim;
-        const float *k = s->k + (size_t)b * kv_dim, *v = s->v + (size_t)b * kv_dim;
-        if (s->kv_f32) {
-            memcpy((float *)s->key_cache + off, k, (size_t)kv_dim * sizeof(float));
-            memcpy((float *)s->value_cache + off, v, (size_t)kv_dim * sizeof(float));
-        } else {
-            qrt_half *kc = (qrt_half *)s->key_cache + off, *vc = (qrt_half *)s->value_cache + off;
-            for (int i = 0; i < kv_dim; i++) {
-                kc[i] = qrt_fp32_to_fp16(k[i]);
-                vc[i] = qrt_fp32_to_fp16(v[i]);
-            }
+    const int kv_dim = m->config.n_kv_heads * m->config.head_dim;
+    const size_t off = ((size_t)layer * s->n_ctx + (size_t)pos) * kv_dim;
+    if (s->kv_f32) {
+        memcpy((float *)s->key_cache + off, k, (size_t)kv_dim * sizeof(float));
+        memcpy((float *)s->value_cache + off, v, (size_t)kv_dim * sizeof(float));
+    } else {
+        qrt_half *kc = (qrt_half *)s->key_cache + off, *vc = (qrt_half *)s->value_cache + off;
+        for (int i = 0; i < kv_dim; i++) {
+            kc[i] = qrt_fp32_to_fp16(k[i]);
+            vc[i] = qrt_fp32_to_fp16(v[i]);
         }
+    }
+}
+
+static void qkv_task(void *ctx, int task, int thread) {
+    (void)thread;
+    const qkv_job *j = ctx;
+    const Config *c = &j->m->config;
+    const LayerWeights *lw = j->lw;
+    RunState *s = &j->m->state;
+    const int hd = c->head_dim, q_dim = c->n_heads * hd, kv_dim = c->n_kv_heads * hd, half_rot = c->n_rot / 2;
+    int b0, b1;
+    task_rows(&j->split, task, &b0, &b1);
+    for (int b = b0; b < b1; b++) {
+        float *q = s->q + (size_t)b * q_dim, *k = s->k + (size_t)b * kv_dim, *v = s->v + (size_t)b * kv_dim;
+        if (lw->bq) op_add(q, lw->bq, q_dim), op_add(k, lw->bk, kv_dim), op_add(v, lw->bv, kv_dim);
+        if (lw->q_norm) {
+            for (int h = 0; h < c->n_heads; h++) op_rmsnorm(q + h * hd, q + h * hd, lw->q_norm, hd, c->rms_eps);
+            for (int h = 0; h < c->n_kv_heads; h++) op_rmsnorm(k + h * hd, k + h * hd, lw->k_norm, hd, c->rms_eps);
+        }
+        const float *cs = s->rope_cos + (size_t)b * half_rot, *sn = s->rope_sin + (size_t)b * half_rot;
+        op_rope(q, c->n_heads, hd, c->n_rot, cs, sn, c->rope_style == ROPE_NEOX);
+        op_rope(k, c->n_kv_heads, hd, c->n_rot, cs, sn, c->rope_style == ROPE_NEOX);
+        store_kv_row(j->m, j->layer, j->pos0 + b, k, v);
     }
 }
 
 /* ---- the forward pass ---- */
 
 /* Run n_tok tokens at positions pos0..; logits of every token go to all_logits (if not NULL), the last token's
- * to state.logits. */
+ * to state.logits. Each layer: attention then SwiGLU, each a norm, matmuls and a residual add; the residual add
+ * of one block is the first step of the next block's norm (one pass over the rows instead of two). */
 static void forward(qrt_model *m, const int32_t *tokens, int n_tok, int pos0, float *all_logits) {
     const Config *c = &m->config;
     const Weights *w = &m->weights;
     RunState *s = &m->state;
     const int dim = c->dim, hd = c->head_dim, ffn = c->hidden_dim;
-    const int q_dim = c->n_heads * hd, kv_dim = c->n_kv_heads * hd, half_rot = c->n_rot / 2;
+    const int q_dim = c->n_heads * hd, kv_dim = c->n_kv_heads * hd;
     act_cache cache = {0};
 
-    for (int b = 0; b < n_tok; b++) {
-        const uint8_t *row = w->token_embd.data + (size_t)tokens[b] * w->token_embd.row_bytes;
-        qrt_dequantize_row(w->token_embd.type, row, s->x + (size_t)b * dim, dim);
-        op_rope_angles(s->rope_cos + (size_t)b * half_rot, s->rope_sin + (size_t)b * half_rot, pos0 + b, c->n_rot,
-                       &c->rope, w->rope_freqs);
-    }
+    embed_job ej = {.m = m, .tokens = tokens, .pos0 = pos0};
+    run_rows(m, embed_task, &ej, split_rows(m, &ej.split, 0, n_tok));
+    const float *residual = NULL; /* the last block's output, not yet added to x */
 
     for (int l = 0; l < c->n_layers; l++) {
         const LayerWeights *lw = &w->layers[l];
         /* attention */
-        for (int b = 0; b < n_tok; b++)
-            op_rmsnorm(s->xb + (size_t)b * dim, s->x + (size_t)b * dim, lw->attn_norm, dim, c->rms_eps);
         {
+            const Matrix *const ws[] = {&lw->wq, &lw->wk, &lw->wv};
+            rows_job norm = {.residual = residual, .norm = lw->attn_norm, .act_src = s->xb, .act_cols = dim};
+            act_for(ws, 3, &norm.act_type, &norm.sums);
+            steps(m, &cache, &norm, 0, n_tok);
             float *const outs[] = {s->q, s->k, s->v};
             const int64_t strides[] = {q_dim, kv_dim, kv_dim};
-            const Matrix *const ws[] = {&lw->wq, &lw->wk, &lw->wv};
             matmul_many(m, &cache, 3, outs, strides, ws, s->xb, n_tok);
         }
-        for (int b = 0; b < n_tok; b++) {
-            float *q = s->q + (size_t)b * q_dim, *k = s->k + (size_t)b * kv_dim, *v = s->v + (size_t)b * kv_dim;
-            if (lw->bq) op_add(q, lw->bq, q_dim), op_add(k, lw->bk, kv_dim), op_add(v, lw->bv, kv_dim);
-            if (lw->q_norm) {
-                for (int h = 0; h < c->n_heads; h++) op_rmsnorm(q + h * hd, q + h * hd, lw->q_norm, hd, c->rms_eps);
-                for (int h = 0; h < c->n_kv_heads; h++)
-                    op_rmsnorm(k + h * hd, k + h * hd, lw->k_norm, hd, c->rms_eps);
-            }
-            const float *cs = s->rope_cos + (size_t)b * half_rot, *sn = s->rope_sin + (size_t)b * half_rot;
-            op_rope(q, c->n_heads, hd, c->n_rot, cs, sn, c->rope_style == ROPE_NEOX);
-            op_rope(k, c->n_kv_heads, hd, c->n_rot, cs, sn, c->rope_style == ROPE_NEOX);
-        }
-        store_kv(m, l, pos0, n_tok);
+        qkv_job qj = {.m = m, .lw = lw, .layer = l, .pos0 = pos0};
+        run_rows(m, qkv_task, &qj, split_rows(m, &qj.split, 0, n_tok));
         attn_job aj = {m, l, pos0, n_tok};
-        qrt_threadpool_run(m->pool, attention_task, &aj, n_tok * c->n_heads);
+        pool_run(m, attention_task, &aj, n_tok * c->n_heads);
         matmul(m, &cache, s->xb, dim, &lw->wo, s->xb2, n_tok);
-        for (int b = 0; b < n_tok; b++) op_add(s->x + (size_t)b * dim, s->xb + (size_t)b * dim, dim);
 
         /* SwiGLU feed-forward */
-        for (int b = 0; b < n_tok; b++)
-            op_rmsnorm(s->xb + (size_t)b * dim, s->x + (size_t)b * dim, lw->ffn_norm, dim, c->rms_eps);
-        cache.src = NULL; /* xb was rewritten */
         {
+            const Matrix *const ws[] = {&lw->w_gate, &lw->w_up};
+            rows_job norm = {.residual = s->xb, .norm = lw->ffn_norm, .act_src = s->xb, .act_cols = dim};
+            act_for(ws, 2, &norm.act_type, &norm.sums);
+            steps(m, &cache, &norm, 0, n_tok);
             float *const outs[] = {s->hb, s->hb2};
             const int64_t strides[] = {ffn, ffn};
-            const Matrix *const ws[] = {&lw->w_gate, &lw->w_up};
             matmul_many(m, &cache, 2, outs, strides, ws, s->xb, n_tok);
         }
-        for (int b = 0; b < n_tok; b++) op_swiglu(s->hb + (size_t)b * ffn, s->hb2 + (size_t)b * ffn, ffn);
+        {
+            const Matrix *const ws[] = {&lw->w_down};
+            rows_job glu = {.swiglu = 1, .act_src = s->hb, .act_cols = ffn};
+            act_for(ws, 1, &glu.act_type, &glu.sums);
+            steps(m, &cache, &glu, 0, n_tok);
+        }
         matmul(m, &cache, s->xb, dim, &lw->w_down, s->hb, n_tok);
-        for (int b = 0; b < n_tok; b++) op_add(s->x + (size_t)b * dim, s->xb + (size_t)b * dim, dim);
-        cache.src = NULL;
+        residual = s->xb;
     }
 
     /* head: all rows when asked for, else only the last token */
     const int first = all_logits ? 0 : n_tok - 1;
-    for (int b = first; b < n_tok; b++)
-        op_rmsnorm(s->xb + (size_t)b * dim, s->x + (size_t)b * dim, w->output_norm, dim, c->rms_eps);
+    rows_job final = {.residual = residual, .norm = w->output_norm};
+    steps(m, &cache, &final, first, n_tok); /* x is not read again past this pass: only these rows are needed */
     if (all_logits) {
         matmul(m, &cache, all_logits, c->vocab_size, &w->output, s->xb, n_tok);
         memcpy(s->logits, all_logits + (size_t)(n_tok - 1) * c->vocab_size, (size_t)c->vocab_size * sizeof(float));
     } else {
         matmul(m, &cache, s->logits, c->vocab_size, &w->output, s->xb + (size_t)(n_tok - 1) * dim, 1);
     }
-}
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 int qrt_model_eval(qrt_model *m, const int32_t *tokens, int n, float *all_logits) {
@@ -882,8 +1004,10 @@ void qrt_model_timings(const qrt_model *m, double *prompt_s, int *prompt_tokens,
     *gen_tokens = m->gen_tokens;
 }
 
+double qrt_model_pool_seconds(const qrt_model *m) { return m->pool_s; }
+
 void qrt_model_reset_timings(qrt_model *m) {
-    m->prompt_s = m->gen_s = 0.0;
+    m->prompt_s = m->gen_s = m->pool_s = 0.0;
     m->prompt_tokens = m->gen_tokens = 0;
 }
 

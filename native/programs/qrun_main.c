@@ -257,6 +257,9 @@ int main(int argc, char **argv) {
     qrt_model_timings(m, &ps, &pt, &gs, &gt);
     fprintf(stderr, "prompt: %d tokens, %.1f tok/s | generation: %d tokens, %.1f tok/s\n", pt, ps > 0 ? pt / ps : 0.0,
             gt, gs > 0 ? gt / gs : 0.0);
+    if (o.verbose && ps + gs > 0)
+        fprintf(stderr, "qrun-native: serial share %.1f%% (eval time with the calling thread working alone)\n",
+                100.0 * (1.0 - qrt_model_pool_seconds(m) / (ps + gs)));
     qrt_detokenizer_free(detok);
     qrt_sampler_free(s);
     qrt_tokenizer_free(tok);

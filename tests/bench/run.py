@@ -1,21 +1,23 @@
-"""Speed of qrun vs llama.cpp on the same GGUF files, same thread count, in one run.
+"""Speed of qrun vs llama.cpp on the same GGUF files, C against C: qrun-bench (native/programs/qrun_bench.c,
+libqrt's own timers) against llama-bench built from the same llama-cpp-python sdist (tests/llama_tools.py, AMX
+off as tests/llama_cpp_cmake_args.sh builds it, weight repacking on as llama-bench runs by default). No Python
+in either timed loop: a per-token Python loop around llama.cpp roughly halves its generation rate.
 
-    python tests/bench/run.py [--threads 2] [--repeats 3] [--no-1b]
+    python tests/bench/run.py [--threads 1,2] [--repeats 3] [--models 135m,1b] [--types q4_0,q4_k_m,q8_0]
 
-Rows: the SmolLM2 sample converted by qconv at q8_0, q4_0, q4_k_m, the package's own Q4_1 file (a GGUF written
-by llama.cpp), and a random 1B llama (hidden 2048, ffn 5632, 22 layers, 32/4 heads) at q4_k_m. Columns: prompt
-(128 tokens) and generation (64 tokens) tokens/s for each runtime (medians of --repeats runs), the ratio
-qrun/llama.cpp, and generation as a fraction of this machine's bandwidth limit (measured read bandwidth / bytes
-of weights read per token; the buffer is larger than the last-level cache, so this is the DRAM limit: the
-135M files fit in a large L3 and can run above it).
-
-llama.cpp runs through llama-cpp-python as users run it: weight repacking (extra buffer types) on; the build has no
-AMX kernels (tests/llama_cpp_cmake_args.sh: they crash on this machine).
+Tests, as llama-bench names them: pp62 and pp512 (prompt of 62 / 512 tokens in one eval), tg32 (32 tokens
+decoded one at a time) at depth 0 and after 1024 tokens in the cache (tg32 @ d1024). Models: the SmolLM2-135M
+sample and a random llama 1.1B (hidden 2048, ffn 5632, 22 layers, 32/4 heads), each converted by qconv. Each
+cell is the median of --repeats runs, both runtimes run one after the other for each file and thread count, and
+the ratio is qrun / llama.cpp. qrun's serial share (eval time with only the calling thread working) is printed
+beside its figures, and 1.1B decoding is compared with the machine's DRAM read limit.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import subprocess
 import sys
 import threading
@@ -29,8 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests.bench.measure import median, table  # noqa: E402
 from tests.bench.models import cache_root, random_1b_folder  # noqa: E402
 
-PROMPT_TOKENS = 128
-GEN_TOKENS = 64
+NATIVE = Path(__file__).resolve().parents[2] / "native"
+PROMPT_TESTS = dict(p="62,512", n="0", d="0")
+GEN_TESTS = dict(p="0", n="32", d="0,1024")
 
 
 def convert(folder: Path, type_name: str, out: Path) -> Path:
@@ -45,16 +48,17 @@ def convert(folder: Path, type_name: str, out: Path) -> Path:
     return out
 
 
-def bench_files(include_1b: bool) -> list[tuple[str, Path]]:
-    from qconv.samples.smollm2 import cached_smollm2, smollm2_gguf_path
+def bench_files(models: list[str], types: list[str]) -> list[tuple[str, Path]]:
+    from qconv.samples.smollm2 import cached_smollm2
 
     root = cache_root() / "bench"
     root.mkdir(parents=True, exist_ok=True)
-    smollm2 = cached_smollm2()
-    rows = [(f"smollm2-135m {t}", convert(smollm2, t, root / f"smollm2-{t}.gguf")) for t in ("q8_0", "q4_0", "q4_k_m")]
-    rows.append(("smollm2-135m package Q4_1 (llama.cpp's file)", smollm2_gguf_path()))
-    if include_1b:
-        rows.append(("random-1b q4_k_m", convert(random_1b_folder(), "q4_k_m", root / "random-1b-q4_k_m.gguf")))
+    folders = {"135m": ("smollm2-135m", cached_smollm2), "1b": ("random-1.1b", random_1b_folder)}
+    rows = []
+    for model in models:
+        label, folder = folders[model]
+        for t in types:
+            rows.append((f"{label} {t}", convert(folder(), t, root / f"{label}-{t}.gguf")))
     return rows
 
 
@@ -100,105 +104,71 @@ def read_bandwidth(threads: int, repeats: int = 7) -> float:
     return best
 
 
-def prompt_tokens(n_vocab: int) -> list[int]:
-    rng = np.random.default_rng(0)
-    return [int(t) for t in rng.integers(100, min(n_vocab, 40000), PROMPT_TOKENS + GEN_TOKENS)]
+def test_name(n_prompt: int, n_gen: int, depth: int) -> str:
+    name = f"pp{n_prompt}" if n_prompt else f"tg{n_gen}"
+    return f"{name} @ d{depth}" if depth else name
 
 
-def time_prompt_and_decode(model, n_vocab: int) -> tuple[float, float]:
-    """Prompt and single-token decode tokens/s of any model with reset() and eval(tokens) (qrun's Model and
-    llama-cpp-python's Llama share that interface)."""
-    tokens = prompt_tokens(n_vocab)
-    model.reset()
-    start = time.perf_counter()
-    model.eval(tokens[:PROMPT_TOKENS])
-    prompt = PROMPT_TOKENS / (time.perf_counter() - start)
-    start = time.perf_counter()
-    for t in tokens[PROMPT_TOKENS:]:
-        model.eval([t])
-    gen = GEN_TOKENS / (time.perf_counter() - start)
-    return prompt, gen
+def run_qrun(path: Path, threads: int, repeats: int, tests: dict) -> dict[str, tuple[float, float]]:
+    """test name -> (tokens/s, serial share) from qrun-bench."""
+    cmd = [str(NATIVE / "build" / os.uname().machine / "qrun-bench"), str(path), "-t", str(threads)]
+    cmd += ["-r", str(repeats), "-p", tests["p"], "-n", tests["n"], "-d", tests["d"], "--json"]
+    rows = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+    return {r["test"]: (r["tokens_per_second"], r["serial_share"]) for r in rows}
 
 
-def run_qrun(path: Path, threads: int) -> tuple[float, float]:
-    from qconv.runtime.model import Model
-
-    model = Model(path, threads=threads, ctx=512)
-    return time_prompt_and_decode(model, model.n_vocab)
-
-
-def llama_model(path: Path, threads: int):
-    """llama.cpp at full strength: its weight repacking (extra buffer types) on. Our llama-cpp-python build has no
-    AMX kernels (tests/llama_cpp_cmake_args.sh), which were what crashed on this machine."""
-    import llama_cpp
-
-    from tests.llama_ref import quiet_stderr
-
-    with quiet_stderr():
-        return llama_cpp.Llama(
-            str(path), n_ctx=512, n_batch=512, n_threads=threads, n_threads_batch=threads, verbose=False
-        )
-
-
-def run_llama(model) -> tuple[float, float]:
-    return time_prompt_and_decode(model, model.n_vocab())
+def run_llama(tool: Path, path: Path, threads: int, repeats: int, tests: dict) -> dict[str, float]:
+    """test name -> tokens/s (median of llama-bench's samples)."""
+    cmd = [str(tool), "-m", str(path), "-t", str(threads), "-r", str(repeats), "-o", "json"]
+    cmd += ["-p", tests["p"], "-n", tests["n"], "-d", tests["d"]]
+    rows = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+    return {test_name(r["n_prompt"], r["n_gen"], r.get("n_depth", 0)): median(r["samples_ts"]) for r in rows}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
+    cores = os.cpu_count() or 1
+    default_threads = ",".join(str(t) for t in sorted({1, 2, 4, 8, 16, cores}) if t <= cores)
+    parser.add_argument("--threads", default=default_threads, help=f"thread counts (default {default_threads})")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--no-1b", action="store_true", help="skip the random 1B model")
+    parser.add_argument("--models", default="135m,1b", help="135m, 1b")
+    parser.add_argument("--types", default="q4_0,q4_k_m,q8_0")
     args = parser.parse_args()
 
-    bandwidth = read_bandwidth(args.threads)
-    print(
-        f"memory read bandwidth ({args.threads} threads, DRAM): {bandwidth / 1e9:.1f} GB/s; last-level cache "
-        f"{last_level_cache_bytes() / 2**20:.0f} MiB (a model that fits in it can exceed the limit)",
-        flush=True,
-    )
-    rows = []
-    for label, path in bench_files(not args.no_1b):
-        ours, ref = [], []
-        reference = llama_model(path, args.threads)
-        for _ in range(args.repeats):  # interleaved, so background load hits both alike
-            ours.append(run_qrun(path, args.threads))
-            ref.append(run_llama(reference))
-        del reference
-        op, og = median([p for p, _ in ours]), median([g for _, g in ours])
-        rp, rg = median([p for p, _ in ref]), median([g for _, g in ref])
-        limit = bandwidth / weight_bytes_per_token(path)
-        rows.append(
-            [
-                label,
-                f"{op:.1f}",
-                f"{rp:.1f}",
-                f"{op / rp:.2f}",
-                f"{og:.1f}",
-                f"{rg:.1f}",
-                f"{og / rg:.2f}",
-                f"{limit:.1f}",
-                f"{100 * og / limit:.0f}%",
-                f"{100 * rg / limit:.0f}%",
-            ]
-        )
-        print(f"{label}: done", file=sys.stderr, flush=True)
-    header = [
-        "model",
-        "prompt qrun",
-        "prompt llama.cpp",
-        "ratio",
-        "gen qrun",
-        "gen llama.cpp",
-        "ratio",
-        "gen limit",
-        "qrun % of limit",
-        "llama.cpp % of limit",
-    ]
-    print(
-        f"prompt {PROMPT_TOKENS} / generation {GEN_TOKENS} tokens, {args.threads} threads, tokens/s (median of {args.repeats})"
-    )
+    from tests.llama_tools import build_tools
+
+    subprocess.run(["make", "-s", "-C", str(NATIVE), "-j2"], check=True)
+    llama_bench = build_tools(("llama-bench",))["llama-bench"]
+    threads = [int(t) for t in args.threads.split(",")]
+    files = bench_files(args.models.split(","), args.types.split(","))
+    rows, worst = [], {}
+    for label, path in files:
+        for t in threads:
+            for tests in (PROMPT_TESTS, GEN_TESTS):
+                ours = run_qrun(path, t, args.repeats, tests)
+                theirs = run_llama(llama_bench, path, t, args.repeats, tests)
+                for name, (rate, serial) in ours.items():
+                    ratio = rate / theirs[name]
+                    rows.append([label, t, name, f"{rate:.1f}", f"{theirs[name]:.1f}", f"{ratio:.2f}", f"{serial:.1%}"])
+                    worst[(name, t)] = min(worst.get((name, t), ratio), ratio)
+            print(f"{label}, {t} threads: done", file=sys.stderr, flush=True)
+    print(f"tokens/s, median of {args.repeats} runs; {cores} cores ({os.uname().machine})")
+    header = ["model", "threads", "test", "qrun", "llama.cpp", "ratio", "qrun serial share"]
     print(table(header, rows))
+    print("\nlowest ratio per test and thread count:")
+    print(table(["test", "threads", "lowest ratio"], [[n, t, f"{r:.2f}"] for (n, t), r in sorted(worst.items())]))
+
+    decode = [(label, path) for label, path in files if label.startswith("random-1.1b")]
+    if decode and 2 in threads:
+        bandwidth = read_bandwidth(2)
+        print(f"\n1.1B decoding at 2 threads vs the DRAM read limit ({bandwidth / 1e9:.1f} GB/s, 2 threads):")
+        limit_rows = []
+        for label, path in decode:
+            limit = bandwidth / weight_bytes_per_token(path)
+            ours = {r[2]: float(r[3]) for r in rows if r[0] == label and r[1] == 2}
+            theirs = {r[2]: float(r[4]) for r in rows if r[0] == label and r[1] == 2}
+            limit_rows.append([label, f"{limit:.1f}", f"{ours['tg32'] / limit:.0%}", f"{theirs['tg32'] / limit:.0%}"])
+        print(table(["model", "limit tok/s", "qrun", "llama.cpp"], limit_rows))
 
 
 if __name__ == "__main__":
