@@ -7,8 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
+from qconv.formats import folder_files
 from qconv.formats.errors import FormatError
 from qconv.formats.gguf_read import read_gguf
+from qconv.formats.printable import escaped
 from qconv.formats.safetensors_stream import SafetensorsSource
 
 ARRAY_PREVIEW = 8  # metadata arrays longer than this are shown as their length and first items
@@ -29,6 +31,7 @@ def inspect_file(path: Path) -> dict:
     path = Path(path)
     if path.is_dir() or path.suffix == ".safetensors":
         return _inspect_safetensors(path)
+    folder_files.check_regular_file(path)
     with read_gguf(path) as g:
         tensors = [
             {"name": t.name, "shape": list(t.shape), "type": t.type_name, "bytes": t.nbytes} for t in g.tensors.values()
@@ -70,18 +73,21 @@ def _summary(path: Path, header: dict, metadata: dict, tensors: list[dict]) -> d
 
 
 def format_report(info: dict, show_tensors: bool = True) -> str:
-    lines = [f"{info['path']}  ({info['format']})"]
+    """The text report; every key, value and name from the file is escaped (a "\\x1b]0;..." in a GGUF string
+    would otherwise retitle or rewrite the terminal)."""
+    lines = [f"{escaped(info['path'])}  ({info['format']})"]
     for key, value in info["metadata"].items():
         if isinstance(value, dict) and "array_length" in value:
             value = f"[{value['array_length']} items] {value['first'][:4]} ..."
-        text = str(value)
-        lines.append(f"  {key} = {text if len(text) <= 100 else text[:97] + '...'}")
+        text = escaped(str(value))
+        lines.append(f"  {escaped(key)} = {text if len(text) <= 100 else text[:97] + '...'}")
     if show_tensors:
-        width = max((len(t["name"]) for t in info["tensors"]), default=4)
+        names = [escaped(t["name"]) for t in info["tensors"]]
+        width = max((len(name) for name in names), default=4)
         lines.append(f"\n  {'tensor':<{width}}  {'shape':<18} {'type':<6} {'bytes':>12}")
-        for t in info["tensors"]:
-            lines.append(f"  {t['name']:<{width}}  {str(t['shape']):<18} {t['type']:<6} {t['bytes']:>12,}")
-    by_type = ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in sorted(info["bytes_by_type"].items()))
+        for name, t in zip(names, info["tensors"], strict=True):
+            lines.append(f"  {name:<{width}}  {str(t['shape']):<18} {escaped(t['type']):<6} {t['bytes']:>12,}")
+    by_type = ", ".join(f"{escaped(k)} {v / 2**20:.1f} MiB" for k, v in sorted(info["bytes_by_type"].items()))
     lines.append(
         f"\n  {info['n_tensors']} tensors, {info['n_parameters']:,} parameters, "
         f"{info['tensor_bytes'] / 2**20:.1f} MiB, {info['bits_per_weight']:.2f} bits per weight ({by_type})"

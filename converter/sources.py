@@ -3,6 +3,7 @@ GGUF tensor names and shapes in writing order, f32 values one tensor at a time, 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import gguf
@@ -12,11 +13,13 @@ from qconv.formats.errors import FormatError
 from qconv.formats.gguf_read import GGUFFile, read_gguf
 from qconv.formats.gguf_write import add_model_metadata, llama3_rope_factors
 from qconv.formats.hf_config import read_model_spec
+from qconv.formats.printable import shown
 from qconv.formats.safetensors_stream import SafetensorsSource
 from qconv.formats.tensor_names import gguf_name, permute_rope_rows, rope_permute_heads
 from qconv.formats.tokenizer_meta import read_hf_tokenizer
 
 ROPE_FREQS = "rope_freqs.weight"
+LAYER_NAME = re.compile(r"model\.layers\.(\d{1,9})\.")
 CHUNK_BYTES = 64 * 2**20  # f32 bytes read, checked and quantized at a time: bounds memory on large tensors
 FLOAT_TYPES = (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16, gguf.GGMLQuantizationType.BF16)
 
@@ -41,12 +44,18 @@ class HFSource:
     def __init__(self, model_dir: Path):
         self.path = Path(model_dir)
         self.spec = read_model_spec(self.path)
-        self.tokenizer = read_hf_tokenizer(self.path, self.spec.vocab_size)
         self.arch = self.spec.gguf_arch
         self.n_layers = self.spec.n_layers
         self.n_gqa = self.spec.n_heads // self.spec.n_kv_heads
         self.safetensors = SafetensorsSource(self.path)
-        self.hf_names = self._map_tensors()
+        try:
+            # config.json's numbers size the tokenizer (vocab_size) and the tensor table (num_hidden_layers):
+            # checked against the tensor headers before either is built
+            self.hf_names = self._map_tensors()
+            self.tokenizer = read_hf_tokenizer(self.path, self.spec.vocab_size)
+        except BaseException:
+            self.safetensors.close()
+            raise
         self.shapes = {g: tuple(self.safetensors.entries[hf].shape) for g, hf in self.hf_names.items()}
         if self.spec.rope_scaling.get("rope_type") == "llama3":
             self.shapes[ROPE_FREQS] = (self.spec.head_dim // 2,)
@@ -56,6 +65,7 @@ class HFSource:
     def _map_tensors(self) -> dict[str, str]:
         """GGUF name -> HF name; checks names and shapes against config.json first."""
         spec, source = self.spec, self.safetensors
+        self._check_layer_count()
         expected = spec.expected_shapes()
         mapping: dict[str, str] = {}
         for hf, entry in source.entries.items():
@@ -78,6 +88,19 @@ class HFSource:
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
             raise FormatError(f"{source.model_dir}: tensor '{missing[0]}'{more} is missing from the checkpoint")
         return mapping
+
+    def _check_layer_count(self) -> None:
+        """num_hidden_layers against the layers the checkpoint holds, before a table of that many is built."""
+        layers = set()
+        for hf in self.safetensors.entries:
+            match = LAYER_NAME.match(hf)
+            if match:
+                layers.add(int(match.group(1)))
+        if self.spec.n_layers > len(layers):
+            raise FormatError(
+                f"{self.path / 'config.json'}: num_hidden_layers is {self.spec.n_layers}, the checkpoint holds "
+                f"{len(layers)} layers"
+            )
 
     def add_metadata(self, writer: gguf.GGUFWriter) -> None:
         add_model_metadata(writer, self.spec)
@@ -126,10 +149,10 @@ class GGUFSource:
         if arch is None:
             raise FormatError(f"{self.path}: no general.architecture; not a model file")
         self.arch = arch
-        self.n_layers = int(self.gguf.metadata.get(f"{arch}.block_count", 1))
-        heads = self.gguf.metadata.get(f"{arch}.attention.head_count", 1)
-        kv_heads = self.gguf.metadata.get(f"{arch}.attention.head_count_kv", heads) or heads
-        self.n_gqa = max(1, int(heads) // max(1, int(kv_heads)))
+        self.n_layers = self._count(f"{arch}.block_count", 1)
+        heads = self._count(f"{arch}.attention.head_count", 1)
+        kv_heads = self._count(f"{arch}.attention.head_count_kv", heads) or heads
+        self.n_gqa = max(1, heads // max(1, kv_heads))
         self.shapes = {name: t.shape for name, t in self.gguf.tensors.items()}
         self.source_types = {name: t.type_name for name, t in self.gguf.tensors.items()}
         quantized = [t for t in self.gguf.tensors.values() if t.ggml_type not in FLOAT_TYPES]
@@ -138,6 +161,12 @@ class GGUFSource:
                 f"{self.path}: tensor '{quantized[0].name}' is already {quantized[0].type_name}; re-quantizing loses "
                 "quality twice. Start from an f32/f16/bf16 file, or pass --allow-requantize"
             )
+
+    def _count(self, key: str, default: int) -> int:
+        value = self.gguf.metadata.get(key, default)
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
+            raise FormatError(f"{self.path}: metadata '{key}' must be a non-negative integer, found {shown(value)}")
+        return int(value)
 
     def add_metadata(self, writer: gguf.GGUFWriter) -> None:
         g = self.gguf
@@ -163,15 +192,18 @@ class GGUFSource:
         if len(t.shape) == 1:
             yield self.read_f32(name)
             return
-        raw = self.gguf.tensor_data(name)
+        for rows in row_chunks(t.shape):
+            yield self._read_rows(t, rows)
+
+    def _read_rows(self, t, rows: tuple[int, int]) -> np.ndarray:
+        """An f32 copy of rows [start, stop): no view of the map outlives the call (a suspended generator holding
+        one would make close() fail with BufferError, hiding the error that stopped the conversion)."""
         row_bytes = t.nbytes // t.shape[0]
-        for start, stop in row_chunks(t.shape):
-            chunk = raw[start * row_bytes : stop * row_bytes]
-            shape = (stop - start, *t.shape[1:])
-            if t.ggml_type == gguf.GGMLQuantizationType.F32:
-                yield chunk.view(np.float32).reshape(shape).copy()
-            else:
-                yield self._quants.dequantize(chunk, t.type_name, shape)
+        chunk = self.gguf.tensor_data(t.name)[rows[0] * row_bytes : rows[1] * row_bytes]
+        shape = (rows[1] - rows[0], *t.shape[1:])
+        if t.ggml_type == gguf.GGMLQuantizationType.F32:
+            return chunk.view(np.float32).reshape(shape).copy()
+        return self._quants.dequantize(chunk, t.type_name, shape)
 
     def describe(self, name: str) -> str:
         return f"tensor '{name}' of {self.path.name}"

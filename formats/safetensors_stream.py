@@ -2,20 +2,25 @@
 
 Each shard is memory-mapped; `read_f32` copies one tensor out as float32 and then tells the kernel to drop the
 mapped pages (MADV_DONTNEED), so file-backed pages do not pile up in the resident set while a large model is
-converted. Every offset in a shard header is checked against the file size before it is used.
+converted. Every offset in a shard header is checked against the file size before it is used; shards are opened
+through formats.folder_files (inside the folder, regular files only).
 """
 
 from __future__ import annotations
 
-import json
+import math
 import mmap
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from qconv.formats import folder_files
 from qconv.formats.errors import FormatError
+from qconv.formats.folder_files import parse_json
+from qconv.formats.printable import shown
 
 # safetensors dtype name -> (numpy dtype of the stored bits, bytes per element)
 STORED_DTYPES = {
@@ -25,6 +30,9 @@ STORED_DTYPES = {
 }
 INDEX_FILE = "model.safetensors.index.json"
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors spec caps the JSON header at 100 MB
+MAX_HEADER_DEPTH = 4  # {name: {"shape": [...]}}: three levels; __metadata__ maps strings to strings
+MAX_DIMS = 8
+MAX_COUNT = 2**63 - 1  # dimensions and offsets as numpy and mmap can take them
 
 
 @dataclass(frozen=True)
@@ -32,79 +40,105 @@ class TensorEntry:
     name: str
     dtype: str
     shape: tuple[int, ...]
-    file: Path
+    file: Path  # as the folder names it (messages); opened through its real path
     start: int  # absolute byte offset in the file
     end: int
 
     @property
     def n_elements(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+        return math.prod(self.shape)
 
 
-def _read_header(path: Path) -> tuple[dict, int]:
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise FormatError(f"{path}: truncated safetensors file ({size} bytes, no header length)")
-        (header_len,) = struct.unpack("<Q", head)
-        if header_len > MAX_HEADER_BYTES or 8 + header_len > size:
-            raise FormatError(
-                f"{path}: truncated or not a safetensors file (header of {header_len} bytes, file of {size} bytes)"
-            )
-        try:
-            header = json.loads(f.read(header_len))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise FormatError(f"{path}: the safetensors header is not valid JSON ({e})") from None
+def _read_header(fd: int, path: Path) -> tuple[dict, int]:
+    size = os.fstat(fd).st_size
+    head = os.pread(fd, 8, 0)
+    if len(head) < 8:
+        raise FormatError(f"{path}: truncated safetensors file ({size} bytes, no header length)")
+    (header_len,) = struct.unpack("<Q", head)
+    # The length is the file's first 8 bytes: an implausible one is described, not printed (it may be text).
+    if header_len > MAX_HEADER_BYTES:
+        raise FormatError(f"{path}: not a safetensors file (its header length is over the 100 MB the format allows)")
+    if 8 + header_len > size:
+        raise FormatError(
+            f"{path}: truncated or not a safetensors file (its header length passes the end of the {size}-byte file)"
+        )
+    header = parse_json(os.pread(fd, header_len, 8), f"{path} (safetensors header)", MAX_HEADER_DEPTH)
     if not isinstance(header, dict):
         raise FormatError(f"{path}: the safetensors header is not a JSON object")
     return header, 8 + header_len
 
 
-def _entries_of(path: Path) -> dict[str, TensorEntry]:
-    header, data_start = _read_header(path)
-    size = path.stat().st_size
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT
+
+
+def _entry_fields(info, path: Path, name: str) -> tuple[str, tuple[int, ...], int, int]:
+    """dtype, shape and data offsets of one header entry, as plain non-negative integers."""
+    if not isinstance(info, dict) or not isinstance(info.get("shape"), list):
+        raise FormatError(
+            f"{path}: tensor '{shown(name)}' has a malformed header entry (expected dtype, shape, data_offsets)"
+        )
+    dtype, shape, offsets = info.get("dtype"), info["shape"], info.get("data_offsets")
+    if not all(_is_count(d) for d in shape) or len(shape) > MAX_DIMS:
+        raise FormatError(
+            f"{path}: tensor '{shown(name)}' has shape {shown(shape)}; expected at most {MAX_DIMS} integers in [0, 2^63)"
+        )
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(o) for o in offsets)):
+        raise FormatError(
+            f"{path}: tensor '{shown(name)}' has data_offsets {shown(offsets)}; expected [begin, end] integers"
+        )
+    if dtype not in STORED_DTYPES:
+        raise FormatError(
+            f"{path}: tensor '{shown(name)}' has dtype {shown(dtype)}; supported: {', '.join(STORED_DTYPES)}"
+        )
+    return dtype, tuple(shape), offsets[0], offsets[1]
+
+
+def _entries_of(fd: int, path: Path) -> dict[str, TensorEntry]:
+    header, data_start = _read_header(fd, path)
+    size = os.fstat(fd).st_size
     entries = {}
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        try:
-            dtype, shape, (begin, end) = info["dtype"], tuple(int(d) for d in info["shape"]), info["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise FormatError(f"{path}: tensor '{name}' has a malformed header entry") from None
-        if dtype not in STORED_DTYPES:
-            raise FormatError(f"{path}: tensor '{name}' has dtype {dtype}; supported: {', '.join(STORED_DTYPES)}")
-        n = int(np.prod(shape, dtype=np.int64)) if shape else 1
-        if any(d < 0 for d in shape) or not (0 <= begin <= end) or end - begin != n * STORED_DTYPES[dtype][1]:
+        dtype, shape, begin, end = _entry_fields(info, path, name)
+        nbytes = math.prod(shape) * STORED_DTYPES[dtype][1]  # Python integers: a shape of 2^64 cannot wrap
+        if not begin <= end or end - begin != nbytes:
             raise FormatError(
-                f"{path}: tensor '{name}' of shape {list(shape)} {dtype} has data offsets [{begin}, {end}], "
-                f"expected {n * STORED_DTYPES[dtype][1]} bytes"
+                f"{path}: tensor '{shown(name)}' of shape {list(shape)} {dtype} has data offsets [{begin}, {end}], "
+                f"expected {nbytes} bytes"
             )
         if data_start + end > size:
             raise FormatError(
-                f"{path}: truncated file: tensor '{name}' ends at byte {data_start + end}, the file has {size}"
+                f"{path}: truncated file: tensor '{shown(name)}' ends at byte {data_start + end}, the file has {size}"
             )
         entries[name] = TensorEntry(name, dtype, shape, path, data_start + begin, data_start + end)
     return entries
 
 
-def checkpoint_files(model_dir: Path) -> list[Path]:
-    """The shard files of a checkpoint folder, checking that every shard the index names exists."""
+def _index_shards(model_dir: Path) -> list[str]:
+    """The shard names model.safetensors.index.json lists."""
     index = model_dir / INDEX_FILE
-    if index.exists():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise FormatError(f"{index}: not a valid safetensors index (expected a 'weight_map' object)") from None
-        files = sorted(set(weight_map.values()))
-        for name in files:
-            if not (model_dir / name).is_file():
-                raise FormatError(f"{index} lists shard '{name}', which is missing from {model_dir}")
-        return [model_dir / name for name in files]
-    files = sorted(model_dir.glob("*.safetensors"))
-    if not files:
+    weight_map = folder_files.read_json_object(model_dir, INDEX_FILE).get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise FormatError(f"{index}: not a valid safetensors index (expected a 'weight_map' object of file names)")
+    for name in sorted(set(weight_map.values())):
+        if not folder_files.entry_exists(model_dir, name):
+            raise FormatError(f"{index} lists shard '{shown(name)}', which is missing from {model_dir}")
+    return sorted(set(weight_map.values()))
+
+
+def checkpoint_files(model_dir: Path) -> dict[Path, Path]:
+    """The shard files of a checkpoint folder, each as the folder names it -> its real path inside the folder
+    (a shard that leaves the folder, is missing, or is not a regular file is refused)."""
+    model_dir = Path(model_dir)
+    if folder_files.entry_exists(model_dir, INDEX_FILE):
+        names = _index_shards(model_dir)
+    else:
+        names = sorted(p.name for p in model_dir.glob("*.safetensors"))
+    if not names:
         raise FormatError(f"{model_dir}: no *.safetensors file and no {INDEX_FILE}")
-    return files
+    return {model_dir / name: folder_files.resolve_in_folder(model_dir, name) for name in names}
 
 
 class SafetensorsSource:
@@ -113,10 +147,16 @@ class SafetensorsSource:
     def __init__(self, model_dir: Path):
         self.model_dir = Path(model_dir)
         self.entries: dict[str, TensorEntry] = {}
-        for path in checkpoint_files(self.model_dir):
-            for name, entry in _entries_of(path).items():
+        self._real = checkpoint_files(self.model_dir)
+        for path, real in self._real.items():
+            fd = folder_files.open_regular(real, path)
+            try:
+                entries = _entries_of(fd, path)
+            finally:
+                os.close(fd)
+            for name, entry in entries.items():
                 if name in self.entries:
-                    raise FormatError(f"{path}: tensor '{name}' is also in {self.entries[name].file.name}")
+                    raise FormatError(f"{path}: tensor '{shown(name)}' is also in {self.entries[name].file.name}")
                 self.entries[name] = entry
         self._maps: dict[Path, mmap.mmap] = {}
 
@@ -137,8 +177,11 @@ class SafetensorsSource:
 
     def _map(self, path: Path) -> mmap.mmap:
         if path not in self._maps:
-            with open(path, "rb") as f:
-                self._maps[path] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            fd = folder_files.open_regular(self._real[path], path)
+            try:
+                self._maps[path] = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+            finally:
+                os.close(fd)
         return self._maps[path]
 
     def read_f32(self, name: str, rows: tuple[int, int] | None = None) -> np.ndarray:

@@ -31,7 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from qconv.formats import folder_files
 from qconv.formats.errors import FormatError
+from qconv.formats.printable import shown
 
 if TYPE_CHECKING:
     import gguf
@@ -196,25 +198,18 @@ def choose_pre(tokenizer_json: dict, where: str) -> str:
 # Reading the HF files.
 
 
-def _read_json(path: Path, required: bool) -> dict | None:
-    if not path.is_file():
+def _read_json(model_dir: Path, name: str, required: bool) -> dict | None:
+    if not folder_files.entry_exists(model_dir, name):
         if required:
-            raise FormatError(f"{path}: missing (needed for the tokenizer)")
+            raise FormatError(f"{model_dir / name}: missing (needed for the tokenizer)")
         return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            content = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise FormatError(f"{path}: cannot read JSON ({e})") from e
-    if not isinstance(content, dict):
-        raise FormatError(f"{path}: expected a JSON object, found {type(content).__name__}")
-    return content
+    return folder_files.read_json_object(model_dir, name)
 
 
 def _token_content(value: Any) -> str | None:
     """tokenizer_config.json writes special tokens as a string or as an AddedToken dict."""
     if isinstance(value, dict):
-        return value.get("content")
+        value = value.get("content")
     return value if isinstance(value, str) else None
 
 
@@ -226,15 +221,34 @@ class _Vocab:
     added: dict[int, dict]  # id -> added_tokens entry
 
 
+def _is_id(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _added_tokens(tokenizer_json: dict, where: str) -> list[dict]:
+    entries = tokenizer_json.get("added_tokens") or []
+    if not isinstance(entries, list):
+        raise FormatError(f"{where}: 'added_tokens' must be a list, found {shown(entries)}")
+    for entry in entries:
+        if not (isinstance(entry, dict) and _is_id(entry.get("id")) and isinstance(entry.get("content"), str)):
+            raise FormatError(f"{where}: added token {shown(entry)} is not an object with an integer id and content")
+    return entries
+
+
 def _read_vocab(tokenizer_json: dict, vocab_size: int, where: str) -> _Vocab:
     model = tokenizer_json["model"]
+    vocab = model.get("vocab", {})
+    if not isinstance(vocab, dict):
+        raise FormatError(f"{where}: model.vocab must be an object of token -> id, found {shown(vocab)}")
     by_id: dict[int, str] = {}
-    for text, token_id in model.get("vocab", {}).items():
+    for text, token_id in vocab.items():
+        if not _is_id(token_id):
+            raise FormatError(f"{where}: token {shown(text)} has id {shown(token_id)}; expected an integer >= 0")
         if token_id in by_id:
             raise FormatError(f"{where}: tokens {by_id[token_id]!r} and {text!r} both have id {token_id}")
         by_id[token_id] = text
     added: dict[int, dict] = {}
-    for entry in tokenizer_json.get("added_tokens") or []:
+    for entry in _added_tokens(tokenizer_json, where):
         token_id, text = entry["id"], entry["content"]
         if token_id in by_id and by_id[token_id] != text:
             raise FormatError(
@@ -269,7 +283,10 @@ def _read_vocab(tokenizer_json: dict, vocab_size: int, where: str) -> _Vocab:
 def _merge_pairs(model: dict, where: str) -> list[tuple[str, str]]:
     """Merges in rank order; tokenizer.json writes them as "a b" strings or (tokenizers >= 0.20) as [a, b] lists."""
     pairs = []
-    for rank, merge in enumerate(model.get("merges") or []):
+    merges = model.get("merges") or []
+    if not isinstance(merges, list):
+        raise FormatError(f"{where}: model.merges must be a list, found {shown(merges)}")
+    for rank, merge in enumerate(merges):
         if isinstance(merge, str):
             left, sep, right = merge.partition(" ")
             if not sep or not left or not right:
@@ -456,21 +473,37 @@ def _special_token(
     token_id = (generation or {}).get(f"{name}_token_id")
     if isinstance(token_id, list):
         token_id = token_id[0] if token_id else None
-    if token_id is not None and not 0 <= token_id < len(vocab.tokens):
+    if token_id is not None and not (_is_id(token_id) and token_id < len(vocab.tokens)):
         raise FormatError(
-            f"{GENERATION_CONFIG}: {name}_token_id {token_id} is outside the vocab of {len(vocab.tokens)}"
+            f"{GENERATION_CONFIG}: {name}_token_id {shown(token_id)} is outside the vocab of {len(vocab.tokens)}"
         )
     return token_id
 
 
+def _named_templates(value: list) -> dict[str, str]:
+    """tokenizer_config.json's [{"name": ..., "template": ...}, ...]."""
+    named = {}
+    for entry in value:
+        if not (
+            isinstance(entry, dict) and isinstance(entry.get("name"), str) and isinstance(entry.get("template"), str)
+        ):
+            raise FormatError(
+                f"{TOKENIZER_CONFIG}: chat_template entry {shown(entry)} is not an object with a name and a template"
+            )
+        named[entry["name"]] = entry["template"]
+    return named
+
+
 def _chat_templates(model_dir: Path, config: dict | None) -> tuple[str | None, dict[str, str]]:
-    template_file = model_dir / CHAT_TEMPLATE_FILE
-    if template_file.is_file():
-        return template_file.read_text(encoding="utf-8"), {}
+    # The template reaches the GGUF (and to-onnx's tokenizer.gguf): read only from inside the folder.
+    if folder_files.entry_exists(model_dir, CHAT_TEMPLATE_FILE):
+        return folder_files.read_text(model_dir, CHAT_TEMPLATE_FILE), {}
     value = (config or {}).get("chat_template")
-    if isinstance(value, list):  # [{"name": ..., "template": ...}, ...]
-        named = {entry["name"]: entry["template"] for entry in value}
+    if isinstance(value, list):
+        named = _named_templates(value)
         return named.pop("default", None), named
+    if value is not None and not isinstance(value, str):
+        raise FormatError(f"{TOKENIZER_CONFIG}: chat_template must be a string or a list, found {shown(value)}")
     return value, {}
 
 
@@ -490,7 +523,7 @@ def read_hf_tokenizer(model_dir: Path, vocab_size: int) -> TokenizerMeta:
     """The GGUF tokenizer metadata of the HF folder ``model_dir``, padded to the model's ``vocab_size``."""
     model_dir = Path(model_dir)
     where = str(model_dir / TOKENIZER_JSON)
-    tokenizer_json = _read_json(model_dir / TOKENIZER_JSON, required=True)
+    tokenizer_json = _read_json(model_dir, TOKENIZER_JSON, required=True)
     model = tokenizer_json.get("model")
     if not isinstance(model, dict) or "type" not in model:
         raise FormatError(f"{where}: no 'model' with a 'type'")
@@ -513,9 +546,9 @@ def read_hf_tokenizer(model_dir: Path, vocab_size: int) -> TokenizerMeta:
 
     _check_unique(meta.tokens, where)
 
-    config = _read_json(model_dir / TOKENIZER_CONFIG, required=False)
-    special_map = _read_json(model_dir / SPECIAL_TOKENS_MAP, required=False)
-    generation = _read_json(model_dir / GENERATION_CONFIG, required=False)
+    config = _read_json(model_dir, TOKENIZER_CONFIG, required=False)
+    special_map = _read_json(model_dir, SPECIAL_TOKENS_MAP, required=False)
+    generation = _read_json(model_dir, GENERATION_CONFIG, required=False)
     sources = [(TOKENIZER_CONFIG, config), (SPECIAL_TOKENS_MAP, special_map)]
     meta.bos_id = _special_token("bos", sources, vocab, generation)
     meta.eos_id = _special_token("eos", sources, vocab, generation)

@@ -7,7 +7,6 @@ The KV cache is the graph's present.* outputs fed back as past_key_values.* on t
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Iterator
@@ -15,8 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from qconv.formats import folder_files
 from qconv.formats.errors import FormatError
 from qconv.formats.gguf_read import read_gguf
+from qconv.formats.printable import shown
 from qconv.runtime.chat import render_chat
 from qconv.runtime.generation import generate
 from qconv.runtime.model import Timings
@@ -25,6 +26,9 @@ from qconv.runtime.tokenizer import Tokenizer
 MODEL_FILE = "model.onnx"
 TOKENIZER_GGUF = "tokenizer.gguf"
 GENAI_CONFIG = "genai_config.json"
+# genai_config.json's decoder fields this runtime reads (in the order of n_layers, n_kv_heads, head_dim)
+GENAI_DECODER_FIELDS = ("num_hidden_layers", "num_key_value_heads", "head_size")
+MAX_GENAI_INT = 2**31 - 1
 # how ONNX Runtime computes the MatMulNBits it fuses from DequantizeLinear -> MatMul: 0 (unset: float32), 1 fp32,
 # 2 fp16, 3 bf16, 4 int8 activations (ONNX Runtime's default, the fastest on CPU)
 ACCURACY_KEY = "session.qdq_matmulnbits_accuracy_level"
@@ -44,15 +48,10 @@ class OnnxModel:
         self.path = Path(out_dir)
         if not is_onnx_folder(self.path):
             raise FormatError(f"{self.path}: not an ONNX model folder (expected {MODEL_FILE} and {GENAI_CONFIG})")
-        try:
-            decoder = json.loads((self.path / GENAI_CONFIG).read_text())["model"]["decoder"]
-            self.n_layers = int(decoder["num_hidden_layers"])
-            self.n_kv_heads = int(decoder["num_key_value_heads"])
-            self.head_dim = int(decoder["head_size"])
-            self.max_length = int(json.loads((self.path / GENAI_CONFIG).read_text())["search"]["max_length"])
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-            raise FormatError(f"{self.path / GENAI_CONFIG}: missing or malformed decoder fields ({e})") from None
-        self.tokenizer = Tokenizer.from_gguf(self.path / TOKENIZER_GGUF)
+        self._read_genai_config()
+        model_file = folder_files.resolve_in_folder(self.path, MODEL_FILE)
+        tokenizer_file = folder_files.resolve_in_folder(self.path, TOKENIZER_GGUF)
+        self.tokenizer = Tokenizer.from_gguf(tokenizer_file)
         self.n_vocab = self.tokenizer.n_vocab
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads if threads and threads > 0 else (os.cpu_count() or 1)
@@ -60,17 +59,54 @@ class OnnxModel:
         options.log_severity_level = 3
         if accuracy_level is not None:
             options.add_session_config_entry(ACCURACY_KEY, str(int(accuracy_level)))
-        self.session = ort.InferenceSession(str(self.path / MODEL_FILE), options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
+        self._check_against_inputs()
         self._output_names = [o.name for o in self.session.get_outputs()]
         self.threads = options.intra_op_num_threads
         self.n_ctx = self.max_length
         self.kv_bytes = 0  # grows with the sequence: ONNX Runtime allocates present.* per call
-        with read_gguf(self.path / TOKENIZER_GGUF) as meta:
+        with read_gguf(tokenizer_file) as meta:
             template = meta.metadata.get("tokenizer.chat_template")
         self._chat_template = template if isinstance(template, str) else None
         self._last = None
         self.reset_timings()
         self.reset()
+
+    def _read_genai_config(self) -> None:
+        """The decoder's shape from genai_config.json, each field a plausible positive integer."""
+        where = self.path / GENAI_CONFIG
+        config = folder_files.read_json_object(self.path, GENAI_CONFIG)
+        model, search = config.get("model"), config.get("search")
+        decoder = model.get("decoder") if isinstance(model, dict) else None
+        if not isinstance(decoder, dict) or not isinstance(search, dict):
+            raise FormatError(f"{where}: expected the objects 'model.decoder' and 'search'")
+        fields = [(decoder, "model.decoder.", key) for key in GENAI_DECODER_FIELDS]
+        fields.append((search, "search.", "max_length"))
+        values = []
+        for table, prefix, key in fields:
+            value = table.get(key)
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= MAX_GENAI_INT:
+                raise FormatError(f"{where}: '{prefix}{key}' must be a positive integer, found {shown(value)}")
+            values.append(value)
+        self.n_layers, self.n_kv_heads, self.head_dim, self.max_length = values
+
+    def _check_against_inputs(self) -> None:
+        """genai_config.json's numbers against the graph, before the cache (a list per layer) is built from them."""
+        where = self.path / GENAI_CONFIG
+        past = {i.name: i.shape for i in self.session.get_inputs() if i.name.startswith("past_key_values.")}
+        if len(past) != 2 * self.n_layers:
+            raise FormatError(
+                f"{where}: 'model.decoder.num_hidden_layers' is {self.n_layers}, {MODEL_FILE} has "
+                f"{len(past) // 2} layers of past_key_values inputs"
+            )
+        expected = {1: ("num_key_value_heads", self.n_kv_heads), 3: ("head_size", self.head_dim)}
+        for name, shape in past.items():
+            for axis, (key, value) in expected.items():
+                dim = shape[axis] if len(shape) == 4 else None  # [batch, kv_heads, past, head_dim]
+                if isinstance(dim, int) and dim != value:
+                    raise FormatError(
+                        f"{where}: 'model.decoder.{key}' is {value}, input {shown(name)} of {MODEL_FILE} has {dim}"
+                    )
 
     # -- tokens
 
