@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qconv.converter import suites as suite_table
+from qconv.formats.atomic_write import check_output_file
 from qconv.formats.errors import FormatError
 from qconv.formats.imatrix import ImportanceMatrix, write_imatrix
 
@@ -113,6 +114,7 @@ def calibrate(
     threads: int | None = None, max_chunks: int | None = None, log=None, progress: bool = False,
 ) -> ImportanceMatrix:  # fmt: skip
     """Write the importance matrix of MODEL (HF folder or GGUF) over the calibration data to out."""
+    check_output_file(out)  # before minutes of calibration
     data = read_calibration_data(data_paths)
     with tempfile.TemporaryDirectory(prefix="qconv-calibrate-") as tmp:
         gguf_path = model_gguf(model, Path(tmp), progress)

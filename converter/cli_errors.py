@@ -1,13 +1,30 @@
-"""How every qconv command ends on a user error: one line on stderr naming the problem, exit 1, no traceback."""
+"""How every qconv command ends on a user error: one line on stderr naming the problem, exit 1, no traceback; and
+on Ctrl-C or SIGTERM, with the temporary outputs removed (the writers' `finally` blocks run) and a non-zero exit."""
 
 from __future__ import annotations
 
 import functools
+import signal
 import sys
+import threading
 
 import click
 
 from qconv.formats.errors import FormatError
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread as Ctrl-C's KeyboardInterrupt is, so that it unwinds the same way."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+def stop_on_sigterm() -> None:
+    """Handle SIGTERM like SIGINT (Python's default for SIGTERM kills the process before any cleanup runs)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 def user_errors(fn):
@@ -18,8 +35,11 @@ def user_errors(fn):
         except FormatError as e:
             click.echo(f"qconv: error: {e}", err=True)
             sys.exit(1)
+        except Terminated:
+            click.echo("qconv: terminated", err=True)
+            sys.exit(128 + signal.SIGTERM)
         except KeyboardInterrupt:
             click.echo("qconv: interrupted", err=True)
-            sys.exit(130)
+            sys.exit(128 + signal.SIGINT)
 
     return wrapper

@@ -65,8 +65,9 @@ def make_plan_only(model: Path, options: ConvertOptions) -> ConvertResult:
 def convert_to_gguf(
     model: Path, out_path: Path, options: ConvertOptions | str = "f16", progress: bool = True, **kw
 ) -> ConvertResult:
-    from qconv.runtime import quants  # the native quantizers; imported late so `--help` stays fast
+    from qconv.runtime import mapped_file_guard, quants  # native; imported late so `--help` stays fast
 
+    mapped_file_guard.install("qconv")  # the inputs are read through memory maps: a truncated one is one line
     if isinstance(options, str):
         options = ConvertOptions(type_name=options, **kw)
     out_path = Path(out_path)

@@ -9,6 +9,8 @@ from pathlib import Path
 import click
 
 from qconv.converter.cli_errors import user_errors
+from qconv.converter.cli_outputs import FILE_RULE, FOLDER_RULE, force_option
+from qconv.formats.atomic_write import AtomicFile, AtomicFolder, check_output_file, check_output_folder
 from qconv.formats.errors import FormatError
 
 
@@ -26,8 +28,9 @@ def _log(quiet: bool):
 @click.option("-c", "--ctx", type=int, default=512, show_default=True, help="Tokens per chunk (context window).")
 @click.option("--chunks", "max_chunks", type=int, default=None, help="Use at most this many chunks.")
 @click.option(
-    "-o", "--output", "out_path", type=click.Path(path_type=Path), required=True, help="imatrix.gguf to write"
-)
+    "-o", "--output", "out_path", type=click.Path(path_type=Path), required=True,
+    help=f"The imatrix.gguf to write. {FILE_RULE}",
+)  # fmt: skip
 @click.option("-t", "--threads", type=int, default=None)
 @click.option("-q", "--quiet", is_flag=True)
 @user_errors
@@ -57,8 +60,10 @@ def calibrate_cmd(model: Path, data, ctx: int, max_chunks, out_path: Path, threa
     "E.g. kld=0.05,top1=0.90,task_drop=0.03",
 )  # fmt: skip
 @click.option(
-    "-o", "--output", "out_dir", type=click.Path(path_type=Path), default=None, help="Folder for report.json/html."
-)
+    "-o", "--output", "out_dir", type=click.Path(path_type=Path), default=None,
+    help=f"Folder for report.json, report.html and its charts. {FOLDER_RULE}",
+)  # fmt: skip
+@force_option
 @click.option(
     "--sensitivity", type=click.Path(path_type=Path), default=None,
     help="A `qconv analyze -o` JSON whose group KLDs the report charts.",
@@ -67,14 +72,17 @@ def calibrate_cmd(model: Path, data, ctx: int, max_chunks, out_path: Path, threa
 @click.option("--json", "as_json", is_flag=True, help="Print report.json instead of the table.")
 @click.option("-q", "--quiet", is_flag=True)
 @user_errors
-def eval_cmd(quant: Path, ref: Path, suite_names, ctx, max_tokens, max_tasks, no_tasks, gate, out_dir, sensitivity,
-             threads, as_json, quiet) -> None:  # fmt: skip
+def eval_cmd(quant: Path, ref: Path, suite_names, ctx, max_tokens, max_tasks, no_tasks, gate, out_dir, force,
+             sensitivity, threads, as_json, quiet) -> None:  # fmt: skip
     """What QUANT lost against REF, per capability: KL divergence, top-1 agreement and perplexity on the
     held-out suites, and maths/JSON/passkey task accuracy."""
-    from qconv.converter.evaluate import EvalOptions, evaluate, gate_failures, parse_gates
+    from qconv.converter.evaluate import EvalOptions, chosen_suites, evaluate, gate_failures, parse_gates
     from qconv.converter.report import format_table, write_report
 
-    gates = parse_gates(gate)  # before minutes of evaluation
+    gates = parse_gates(gate)  # these checks come before minutes of evaluation
+    chosen_suites(suite_names)
+    if out_dir is not None:
+        check_output_folder(out_dir, force)
     options = EvalOptions(
         suites=list(suite_names) or None, ctx=ctx, threads=threads, max_tokens=max_tokens, max_tasks=max_tasks,
         tasks=not no_tasks, progress=not quiet,
@@ -91,9 +99,10 @@ def eval_cmd(quant: Path, ref: Path, suite_names, ctx, max_tokens, max_tasks, no
     report["gates"] = gates
     report["gate_failures"] = gate_failures(report, gates)
     if out_dir is not None:
-        written = write_report(report, out_dir)
+        with AtomicFolder(out_dir, force) as folder:
+            write_report(report, folder)
         if not quiet:
-            click.echo(f"report: {written['html']}", err=True)
+            click.echo(f"report: {Path(out_dir) / 'report.html'}", err=True)
     click.echo(json.dumps(report, indent=2, default=float) if as_json else format_table(report))
     if report["gate_failures"]:
         click.echo("qconv: gate failed: " + "; ".join(report["gate_failures"]), err=True)
@@ -110,7 +119,10 @@ def eval_cmd(quant: Path, ref: Path, suite_names, ctx, max_tokens, max_tasks, no
 @click.option("--max-tokens", type=int, default=1024, show_default=True, help="Tokens scored per trial.")
 @click.option("--bands", type=int, default=3, show_default=True, help="Layer bands per role for the KLD trials.")
 @click.option("--no-kld", is_flag=True, help="Only the importance-weighted errors (no model runs).")
-@click.option("-o", "--output", "out_path", type=click.Path(path_type=Path), default=None, help="sensitivity.json")
+@click.option(
+    "-o", "--output", "out_path", type=click.Path(path_type=Path), default=None,
+    help=f"The sensitivity JSON to write (for `to-gguf --type auto` and `eval --sensitivity`). {FILE_RULE}",
+)  # fmt: skip
 @click.option("-t", "--threads", type=int, default=None)
 @click.option("-q", "--quiet", is_flag=True)
 @user_errors
@@ -124,7 +136,10 @@ def analyze_cmd(model: Path, imatrix, types, ctx, max_tokens, bands, no_kld, out
         ctx=ctx, max_tokens=max_tokens,
         bands=bands, kld=not no_kld, threads=threads,
     )  # fmt: skip
+    if out_path is not None:
+        check_output_file(out_path)  # before minutes of analysis
     result = analyze(model, options, log=_log(quiet))
     if out_path is not None:
-        Path(out_path).write_text(json.dumps(result, indent=2, default=float))
+        with AtomicFile(out_path) as tmp:
+            tmp.write_text(json.dumps(result, indent=2, default=float))
     click.echo(format_analysis(result))

@@ -349,6 +349,14 @@ class EvalOptions:
     progress: bool = False
 
 
+def chosen_suites(names: list[str] | None) -> list:
+    """The named suites (all without names); an unknown name is a one-line error listing the valid ones."""
+    unknown = [n for n in names or [] if n not in suite_table.SUITES]
+    if unknown:
+        raise FormatError(f"--suite {unknown[0]}: no such suite; the suites are {', '.join(suite_table.SUITES)}")
+    return suite_table.get_suites(names or None)
+
+
 def evaluate(quant: Path, ref: Path, options: EvalOptions | None = None, log=None) -> dict:
     """The report (a JSON-able dict) of QUANT (a GGUF file or a `qconv to-onnx` folder) against REF on the
     held-out suites."""
@@ -358,7 +366,7 @@ def evaluate(quant: Path, ref: Path, options: EvalOptions | None = None, log=Non
     quant = Path(quant)
     if not (quant.is_file() or is_onnx_folder(quant)):
         raise FormatError(f"{quant}: no such GGUF file or ONNX folder (model.onnx and genai_config.json)")
-    chosen = suite_table.get_suites(options.suites) if options.suites else suite_table.get_suites()
+    chosen = chosen_suites(options.suites)
     say = log or (lambda msg: None)
     with tempfile.TemporaryDirectory(prefix="qconv-eval-") as tmp:
         ref_path = prepare_reference(Path(ref), Path(tmp), options.progress)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import click
 
-from qconv.formats.errors import FormatError
+from qconv.converter.cli_errors import user_errors
+from qconv.converter.cli_outputs import FOLDER_RULE, force_option
 from qconv.runtime.blockwise import BITS, BLOCK_SIZES
 
 
@@ -20,8 +21,9 @@ from qconv.runtime.blockwise import BITS, BLOCK_SIZES
     "out_dir",
     type=click.Path(path_type=Path),
     required=True,
-    help="The folder to write (must not exist or be empty).",
+    help=f"The folder to write. {FOLDER_RULE}",
 )
+@force_option
 @click.option(
     "--bits",
     type=click.Choice([str(b) for b in BITS]),
@@ -82,9 +84,11 @@ from qconv.runtime.blockwise import BITS, BLOCK_SIZES
 @click.option("-t", "--threads", type=int, default=None, help="Quantization threads (default: all cores).")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@user_errors
 def to_onnx(
     model: Path,
     out_dir: Path,
+    force: bool,
     bits: str,
     block_size: str,
     head_bits: str | None,
@@ -140,17 +144,12 @@ def to_onnx(
 
     log = None if quiet or as_json else (lambda msg: click.echo(msg, err=True))
     try:
-        result = export_onnx(model, out_dir, options, progress=None if quiet or as_json else progress, log=log)
-    except FormatError as e:
+        result = export_onnx(
+            model, out_dir, options, progress=None if quiet or as_json else progress, log=log, force=force
+        )
+    finally:  # the bar's line ends before any error message
         if bar is not None:
             bar.render_finish()
-        click.echo(f"qconv: error: {e}", err=True)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        click.echo("qconv: interrupted", err=True)
-        sys.exit(130)
-    if bar is not None:
-        bar.render_finish()
     summary = {
         "out_dir": str(result.out_dir),
         "files": result.files,
