@@ -3,6 +3,7 @@ read -> quantize -> write one tensor at a time into a temporary file renamed at 
 
 from __future__ import annotations
 
+import contextlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,8 +107,13 @@ def convert_to_gguf(
                         )
                     )
             out.finish()
-    finally:
-        source.close()
+    except BaseException:
+        # The traceback still holds row views of the mapped inputs (a mapping with views cannot close: BufferError);
+        # they go with the process or the exception. The error itself is what the user must see.
+        with contextlib.suppress(BufferError):
+            source.close()
+        raise
+    source.close()
     return ConvertResult(out_path, plan, source.source_types)
 
 

@@ -26,6 +26,7 @@ from qconv.formats.errors import FormatError
 MARKER = ".qconv-output"  # in every folder qconv writes: a later run may replace the folder
 TEMP_SUFFIX = "part"  # the output being written
 ASIDE_SUFFIX = "old"  # a replaced folder, between the two renames of a folder swap
+PROBE_SUFFIX = "probe"  # the empty file that shows the folder takes new files
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 # Called with (temporary path, True) when a temporary file is created and (path, False) when it is gone: the
@@ -52,7 +53,7 @@ def remove_stale_temps(target: Path) -> list[Path]:
     """Remove the temporaries of `target` left by processes that no longer run; the removed paths."""
     target = Path(target)
     parent = target.parent
-    pattern = re.compile(rf"\.{re.escape(target.name)}\.(\d+)\.({TEMP_SUFFIX}|{ASIDE_SUFFIX})")
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.(\d+)\.({TEMP_SUFFIX}|{ASIDE_SUFFIX}|{PROBE_SUFFIX})")
     try:
         names = os.listdir(parent)
     except OSError:
@@ -82,15 +83,13 @@ def _check_parent(target: Path) -> None:
         raise FormatError(f"{target}: cannot write, folder {parent} does not exist")
     if not parent.is_dir():
         raise FormatError(f"{target}: cannot write, {parent} is not a folder")
-    probe = temp_path(target)
-    try:
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    except FileExistsError:  # this process is writing it now: the folder takes files
-        return
+    probe = temp_path(target, PROBE_SUFFIX)
+    try:  # removed even when Ctrl-C or SIGTERM lands in between
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600))
     except OSError as e:
         raise FormatError(f"{target}: cannot write in folder {parent}: {e.strerror}") from None
-    os.close(fd)
-    probe.unlink()
+    finally:
+        probe.unlink(missing_ok=True)
 
 
 def check_output_file(target: Path) -> Path:
@@ -170,15 +169,18 @@ class AtomicFile(_AtomicOutput):
 
     def open(self) -> Path:
         check_output_file(self.target)
-        temp = temp_path(self.target)
-        temp.unlink(missing_ok=True)
-        try:  # the mode follows the umask, as any new file's
-            os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666))
+        temp = self.temp = temp_path(self.target)  # known before it exists: an interrupt in between removes it
+        try:
+            temp.unlink(missing_ok=True)
+            os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666))  # mode: the umask's
+            for listener in temp_listeners:
+                listener(temp, True)
         except OSError as e:
+            self.discard()
             raise FormatError(f"{self.target}: cannot write in folder {temp.parent}: {e.strerror}") from None
-        self.temp = temp
-        for listener in temp_listeners:
-            listener(temp, True)
+        except BaseException:  # `with` runs no __exit__ when __enter__ fails
+            self.discard()
+            raise
         return temp
 
     def commit(self) -> Path:
@@ -209,13 +211,16 @@ class AtomicFolder(_AtomicOutput):
 
     def open(self) -> Path:
         check_output_folder(self.target, self.force)
-        temp = temp_path(self.target)
-        _remove(temp)
+        temp = self.temp = temp_path(self.target)  # known before it exists: an interrupt in between removes it
         try:
+            _remove(temp)
             os.mkdir(temp)  # 0777 less the umask
         except OSError as e:
+            self.discard()
             raise FormatError(f"{self.target}: cannot write in folder {temp.parent}: {e.strerror}") from None
-        self.temp = temp
+        except BaseException:  # `with` runs no __exit__ when __enter__ fails
+            self.discard()
+            raise
         return temp
 
     def commit(self) -> Path:
