@@ -100,9 +100,12 @@ static void on_sigbus(int sig, siginfo_t *info, void *context) {
     (void)sig;
     (void)context;
     char path[MAX_PATH];
-    if (!mapped_file_at((uintptr_t)info->si_addr, path, sizeof path)) {
-        /* not a file mapping: a bug. Returning re-runs the faulting access under the handler installed before. */
+    const int sent = info->si_code <= 0; /* kill() or raise(), not a fault: there is no address to look up */
+    if (sent || !mapped_file_at((uintptr_t)info->si_addr, path, sizeof path)) {
+        /* Not a file that shrank: a bug, for the handler installed before (or the default action). Returning re-runs
+         * a faulting access under it; a sent signal is sent again. */
         sigaction(SIGBUS, &previous, NULL);
+        if (sent) raise(SIGBUS);
         return;
     }
     if (atomic_exchange(&reporting, 1))
