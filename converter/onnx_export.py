@@ -608,6 +608,9 @@ def genai_config(spec: ModelSpec, source_dir: Path) -> dict:
 def _check_source(source: HFSource, model_dir: Path, out_dir: Path) -> None:
     if source.spec.gguf_arch not in GENAI_TYPES:
         raise FormatError(f"{model_dir}: architecture {source.spec.architecture} has no ONNX export")
+    for name in COPIED_FILES:  # a file refused at copy time would waste the whole export: checked first
+        if folder_files.entry_exists(source.path, name):
+            folder_files.checked_bytes(source.path, name)
 
 
 def export_onnx(

@@ -180,10 +180,14 @@ def read_json_object(folder: Path, name: str) -> dict:
     return content
 
 
-def copy_file(folder: Path, name: str, dest: Path) -> None:
-    """Copy a folder file through the same checks as a read (a copied JSON file is also parsed: copies are
-    what another program reads next)."""
+def checked_bytes(folder: Path, name: str) -> bytes:
+    """The bytes of a file another program reads next (a copy into an output folder): read through the same
+    checks, and parsed when it is JSON."""
     data = read_bytes(folder, name)
     if name.endswith(".json"):
         parse_json(data, Path(folder) / name)
-    Path(dest).write_bytes(data)
+    return data
+
+
+def copy_file(folder: Path, name: str, dest: Path) -> None:
+    Path(dest).write_bytes(checked_bytes(folder, name))
