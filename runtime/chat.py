@@ -35,27 +35,30 @@ def _one_line(text: str) -> str:
     return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
 
 
-def _size(value, cutoff: int) -> int:
-    """About how many characters str(value) takes, counting shared references every time they occur (`[s] * n`
-    is n copies once printed); stops counting past `cutoff`, so the cost is bounded by it."""
-    total, pending = 0, [value]
+def _size(value, cutoff: int, indent: int = 0) -> int:
+    """About how many characters str(value) takes (or json.dumps with `indent`: each element on a line of its
+    own, indented by its depth), counting shared references every time they occur (`[s] * n` is n copies once
+    printed); stops counting past `cutoff`, so the cost is bounded by it."""
+    total, pending = 0, [(value, 1)]
     while pending and total <= cutoff:
-        item = pending.pop()
+        item, depth = pending.pop()
         if isinstance(item, str):
             total += len(item) + 2
-        elif isinstance(item, dict):
-            total += 2 + 4 * len(item)
-            if total <= cutoff:
-                pending.extend(item.keys())
-                pending.extend(item.values())
+            continue
+        if isinstance(item, dict):
+            total += 2 + indent * depth + (4 + indent * depth) * len(item)
+            children = [*item.keys(), *item.values()]
         elif isinstance(item, (list, tuple, set, frozenset)):
-            total += 2 + 2 * len(item)
-            if total <= cutoff:
-                pending.extend(item)
+            total += 2 + indent * depth + (2 + indent * depth) * len(item)
+            children = item
         elif isinstance(item, int) and not isinstance(item, bool):
             total += item.bit_length() // 3 + 1
+            continue
         else:
             total += 8
+            continue
+        if total <= cutoff:
+            pending.extend((child, depth + 1) for child in children)
     return total
 
 
@@ -150,8 +153,7 @@ def _count_size(limit, items, count, *_, **__) -> int:  # batch / slice: `count`
 
 
 def _tojson_size(limit, value, indent=None, *_, **__) -> int:
-    per_line = len(indent) if isinstance(indent, str) else int(indent or 0)
-    return _size(value, limit) * (1 + per_line)
+    return _size(value, limit, len(indent) if isinstance(indent, str) else int(indent or 0))
 
 
 _PREDICTED_FILTER_SIZE = {
