@@ -111,10 +111,13 @@ def to_gguf(
 
 
 def check_auto_options(type_name: str, target_bpw: float | None, max_kld: float | None) -> None:
-    """--target-bpw and --max-kld steer --type auto; with any other type they would be silently ignored."""
+    """--target-bpw and --max-kld steer --type auto (exactly one of them, checked before minutes of analysis); with
+    any other type they would be silently ignored."""
     from qconv.formats.errors import FormatError
 
     if type_name.lower() == "auto":
+        if (target_bpw is None) == (max_kld is None):
+            raise FormatError("--type auto needs exactly one of --target-bpw and --max-kld")
         return
     for flag, value in (("--target-bpw", target_bpw), ("--max-kld", max_kld)):
         if value is not None:

@@ -130,6 +130,29 @@ def test_auto_flags_without_type_auto_are_an_error(model, tmp_path, flag):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("flags", [[], ["--target-bpw", "4", "--max-kld", "0.1"]])
+def test_type_auto_needs_exactly_one_target_before_the_analysis(model, tmp_path, flags):
+    code, output = run("to-gguf", model, "-o", tmp_path / "out.gguf", "--type", "auto", *flags)
+    assert_one_line_error(code, output, "--target-bpw", "--max-kld")
+
+
+def test_a_crashed_writers_temporaries_are_removed_a_live_ones_kept(model, tmp_path):
+    """Each SIGKILLed or crashed run left a hidden .part file (56-59 MB for the sample model) for good."""
+    dead = subprocess.Popen([sys.executable, "-c", ""])
+    dead.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        stale, alive = tmp_path / f".out.gguf.{dead.pid}.part", tmp_path / f".out.gguf.{live.pid}.part"
+        stale.write_bytes(b"half a model")
+        alive.write_bytes(b"being written")
+        code, output = run("to-gguf", model, "-o", tmp_path / "out.gguf", "--type", "q8_0", "-q")
+        assert code == 0, output
+        assert sorted(p.name for p in tmp_path.iterdir()) == [alive.name, "out.gguf"]
+    finally:
+        live.kill()
+        live.wait()
+
+
 def test_imatrix_and_gguf_get_the_usual_mode(model, tmp_path):
     """An imatrix was written 0600 (mkstemp) while GGUFs were 0644."""
     from qconv.formats.imatrix import ImportanceMatrix, write_imatrix
