@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import stat
 from pathlib import Path
 
@@ -41,7 +40,7 @@ MAX_JSON_DEPTH = 64
 HF_CACHE_SNAPSHOTS = "snapshots"
 HF_CACHE_BLOBS = "blobs"
 
-_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)  # unrolled: no backtracking per character
+QUOTE, BACKSLASH = ord('"'), ord("\\")
 _BRACKET_STEP = np.zeros(256, dtype=np.int8)
 _BRACKET_STEP[[ord("["), ord("{")]] = 1
 _BRACKET_STEP[[ord("]"), ord("}")]] = -1
@@ -144,13 +143,31 @@ def read_text(folder: Path, name: str) -> str:
     return decode_text(read_bytes(folder, name), Path(folder) / name)
 
 
+def _escaped_quotes(raw: np.ndarray, quotes: np.ndarray) -> np.ndarray:
+    """Which of the quote positions an odd run of backslashes escapes (few in real files: counted one by one)."""
+    escaped = np.zeros(len(quotes), dtype=bool)
+    candidates = np.flatnonzero(raw[np.maximum(quotes - 1, 0)] == BACKSLASH)
+    for k in candidates:
+        run, i = 0, int(quotes[k]) - 1
+        while i >= 0 and raw[i] == BACKSLASH:
+            run, i = run + 1, i - 1
+        escaped[k] = run % 2 == 1
+    return escaped
+
+
 def json_depth(data: bytes) -> int:
-    """The deepest nesting of [ and { outside JSON strings (escaped quotes included)."""
-    if data.count(b"[") + data.count(b"{") <= 1:
-        return min(1, data.count(b"[") + data.count(b"{"))
-    outside_strings = _JSON_STRING.sub(b"", data)
-    steps = _BRACKET_STEP[np.frombuffer(outside_strings, dtype=np.uint8)]
-    return int(np.cumsum(steps, dtype=np.int64).max(initial=0))
+    """The deepest nesting of [ and { outside JSON strings. Vectorised (a 33 MB tokenizer.json in well under a
+    second): a bracket is outside the strings when an even number of unescaped quotes precede it. Exact for valid
+    JSON; for invalid JSON json.loads fails anyway (and a RecursionError is caught there too)."""
+    raw = np.frombuffer(data, dtype=np.uint8)
+    steps = _BRACKET_STEP[raw]
+    brackets = np.flatnonzero(steps)
+    if len(brackets) == 0:
+        return 0
+    quotes = np.flatnonzero(raw == QUOTE)
+    quotes = quotes[~_escaped_quotes(raw, quotes)]
+    outside = np.searchsorted(quotes, brackets) % 2 == 0
+    return int(np.cumsum(steps[brackets[outside]], dtype=np.int64).max(initial=0))
 
 
 def parse_json(data: bytes, where: Path | str, max_depth: int = MAX_JSON_DEPTH):
