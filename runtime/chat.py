@@ -20,6 +20,9 @@ from qconv.formats.errors import FormatError
 MAX_TEMPLATE_STEPS = 1_000_000  # loop iterations + range() sizes + calls, per render
 MAX_TEMPLATE_CHARS = 1_000_000  # the prompt (and any one value) beyond the size of the messages themselves
 MAX_TEMPLATE_INT_BITS = 4096  # integers a template computes (10 ** 10 ** 10 would take hours)
+# Everything a render writes, into the prompt and into macros, {% set %} and {% call %} blocks, counted in prompt
+# limits: a template may print a message more than once, but a block filled in a loop must not grow unseen.
+WRITTEN_PER_PROMPT_LIMIT = 4
 
 
 def _raise(message: str):
@@ -90,6 +93,7 @@ class _RenderBudget:
 
     def __init__(self, max_chars: int) -> None:
         self.steps = 0
+        self.written = 0
         self.max_chars = max_chars
 
     def step(self, count: int = 1) -> None:
@@ -104,6 +108,14 @@ class _RenderBudget:
             raise FormatError(
                 f"chat template: {what} of {chars:,} characters or items is over the limit of {self.max_chars:,} "
                 f"(MAX_TEMPLATE_CHARS beyond the messages)"
+            )
+
+    def write(self, chars: int) -> None:
+        self.written += chars
+        if self.written > WRITTEN_PER_PROMPT_LIMIT * self.max_chars:
+            raise FormatError(
+                f"chat template: over the limit of {WRITTEN_PER_PROMPT_LIMIT * self.max_chars:,} characters written "
+                f"into the prompt, macros and blocks (WRITTEN_PER_PROMPT_LIMIT x MAX_TEMPLATE_CHARS)"
             )
 
     def check_value(self, value, what: str) -> None:
@@ -182,13 +194,18 @@ _STRINGIFYING_FILTERS = {"string", "pprint", "e", "escape", "forceescape", "urle
 _MATERIALIZED_FILTERS = {"join", "sum"}
 
 
+@functools.cache
 def _bounded_environment_class():
-    """The sandbox subclass, built on first use (jinja2 is imported only when a template is rendered)."""
+    """The sandbox subclass, built once on first use (jinja2 is imported only when a template is rendered)."""
     from jinja2 import nodes, pass_context
     from jinja2.compiler import CodeGenerator
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     class BoundedCodeGenerator(CodeGenerator):
+        def _output_const_repr(self, group) -> str:
+            # literal template text is counted where it is written (a macro's or a block's buffer, or the prompt)
+            return f"environment.bounded_text({super()._output_const_repr(group)})"
+
         def visit_Concat(self, node, frame) -> None:
             # `a ~ b` goes through the budget: the parts are measured before they are joined
             self.write("environment.bounded_concat((")
@@ -235,8 +252,14 @@ def _bounded_environment_class():
             return numbers
 
         def _bounded_output(self, value):
-            self.budget.check_value(value, "an output")
+            size = _size(value, self.budget.max_chars)
+            self.budget.check_chars(size, "an output")
+            self.budget.write(size)
             return value
+
+        def bounded_text(self, text: str) -> str:
+            self.budget.write(len(text))
+            return text
 
         def bounded_concat(self, parts) -> str:
             self.budget.check_chars(sum(_size(p, self.budget.max_chars) for p in parts), "a '~' concatenation")

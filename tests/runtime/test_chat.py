@@ -95,6 +95,15 @@ def test_sizes_over_the_limit_are_refused(template, what):
         render_chat(template, MESSAGES)
 
 
+def test_text_written_into_blocks_is_counted():
+    # literal text in a loop inside {% set %} (or a macro) never reaches the prompt: it is counted where written
+    block = "{% set x %}{% for i in range(100) %}" + "y" * 100_000 + "{% endfor %}{% endset %}{{ x | length }}"
+    macro = "{% macro m() %}{% for i in range(100) %}" + "y" * 100_000 + "{% endfor %}{% endmacro %}{{ m()|length }}"
+    for template in (block, macro):
+        with pytest.raises(FormatError, match="written into the prompt, macros and blocks"):
+            render_chat(template, MESSAGES)
+
+
 def test_huge_integers_are_refused():
     with pytest.raises(FormatError, match="MAX_TEMPLATE_INT_BITS"):
         render_chat("{{ 10 ** (10 ** 10) }}", MESSAGES)
