@@ -76,7 +76,7 @@ class HFSource:
                 if hf == "lm_head.weight" and spec.tied_embeddings:
                     continue  # a tied checkpoint may still carry the copy; llama.cpp uses token_embd
                 raise FormatError(
-                    f"{entry.file}: tensor '{hf}' is not part of a {spec.architecture} with this config.json"
+                    f"{entry.file}: tensor '{shown(hf)}' is not part of a {spec.architecture} with this config.json"
                 )
             if tuple(entry.shape) != expected[hf]:
                 raise FormatError(

@@ -210,7 +210,7 @@ def _rope_scaling(config: dict, path: Path, context_length: int) -> dict:
         return {}
     if kind not in ROPE_SCALING_TYPES:
         raise FormatError(
-            f"{path}: rope_scaling type {shown(kind)!r} is not supported; supported: {', '.join(ROPE_SCALING_TYPES)}"
+            f"{path}: rope_scaling type '{shown(kind)}' is not supported; supported: {', '.join(ROPE_SCALING_TYPES)}"
         )
     for field_name, (check, default) in ROPE_SCALING_FIELDS[kind].items():
         _field(scaling, field_name, check, path, default, within=key)
