@@ -15,6 +15,11 @@ def library_sources() -> list[str]:
     return [str(NATIVE / name) for name in names if name]
 
 
+def library_sources_in(*folders: str) -> list[str]:
+    """The library's sources in these folders of native/ (e.g. "quant", "base"): a part that links on its own."""
+    return [source for source in library_sources() if Path(source).parent.relative_to(NATIVE).parts[0] in folders]
+
+
 def include_flags() -> list[str]:
     headers = [p for p in NATIVE.rglob("*") if p.suffix in (".h", ".inc") and "build" not in p.parts]
     return [f"-I{folder}" for folder in sorted({str(p.parent) for p in headers})]

@@ -136,6 +136,7 @@ static float fit_symmetric(int n, int bits, const float *x, const float *w, floa
     const float step = (hi - lo + 1) / GRID_DIVISIONS;
     float cand[MAX_BLOCK];
     double best = -1;
+    memset(l, 0, sizeof(float) * (size_t)n); /* kept if every score is NaN (weights overflowed): FP flags refuse it */
     /* the extreme value lands near lo (a negative scale when it is positive) or near hi */
     const float targets[2] = {lo, hi};
     for (int t = 0; t < 2; t++) {
@@ -171,6 +172,7 @@ static float fit_asymmetric(int n, int bits, const float *x, const float *w, flo
     float cand[MAX_BLOCK];
     double best = -1;
     int best_z = 0;
+    memset(l, 0, sizeof(float) * (size_t)n); /* kept if every score is NaN (weights overflowed): FP flags refuse it */
     for (int k = -GRID_BELOW; k <= GRID_ABOVE; k++) {
         const float iscale = ((float)qmax + step * (float)k) / (max - min);
         const int z0 = (int)round_to_int(-min * iscale);

@@ -138,7 +138,8 @@ void qrt_quantize_row_q8_1(const float *x, void *vy, int64_t n, const float *imp
         float amax = 0;
         for (int j = 0; j < QK8_1; j++) amax = fmaxf(amax, fabsf(x[j]));
         const float d = amax / 127;
-        const float id = d ? 1.0f / d : 0.0f;
+        float id = d ? 1.0f / d : 0.0f;
+        if (id > 3.40282347e38f) id = 0; /* d subnormal, as in q8_0: (int8_t)roundf(x * inf) is undefined */
         int sum = 0;
         for (int j = 0; j < QK8_1; j++) {
             y[b].qs[j] = (int8_t)roundf(x[j] * id);
