@@ -4,7 +4,9 @@
     # on the board: tar xzf bundle.tar.gz && ./qconv-bundle-rpi5/run.sh -p "Why is the sky blue?"
 
 The binary is `qrun-native` cross-built from native/ (`make -C native TARGET=...`, static, so it runs on the
-board's older glibc). Each aarch64 binary carries the baseline NEON, SDOT and SMMLA kernels and picks the best
+board's older glibc): in a source checkout into native/build/TARGET, as the README's command does; from an installed
+package (which ships native/ as qconv.native, in a folder that may be read-only) into a cache folder keyed by the
+sources. A missing compiler is named with the Debian package that installs it. Each aarch64 binary carries the baseline NEON, SDOT and SMMLA kernels and picks the best
 the CPU reports at start (getauxval), falling back to baseline NEON on a CPU without the extensions; the target
 table below says which variant a board should get, and run.sh prints it with -v. A model the target cannot run
 (a tensor type without a kernel, an architecture the runtime does not know, a file larger than the board's
@@ -13,18 +15,33 @@ memory or a 32-bit address space) is refused with a message naming the reason.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from qconv.formats.atomic_write import AtomicFile, check_output_file
 from qconv.formats.errors import FormatError
 from qconv.formats.gguf_read import read_gguf
+from qconv.samples.fetch import cache_dir
 
+# a checkout's native/, or the installed package's copy of it (qconv.native: sources, headers, SOURCES, Makefile)
 NATIVE_DIR = Path(__file__).resolve().parent.parent / "native"
+NATIVE_FILES = ("Makefile", "SOURCES", "*.c", "*.h", "*.inc")  # what a build reads; pyproject.toml ships the same
+HOST = os.uname().machine
+
+# The C compiler for each Makefile TARGET built on another machine, and the Debian package that installs it
+CROSS_COMPILERS = {
+    "aarch64": ("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu"),
+    "armv7": ("arm-linux-gnueabihf-gcc", "gcc-arm-linux-gnueabihf"),
+    "x86_64": ("x86_64-linux-gnu-gcc", "gcc-x86-64-linux-gnu"),
+}
+HOST_COMPILER = ("gcc", "gcc")
 
 # GGUF type names with a dot kernel in libqrt (kernels_ref.c for all; SIMD variants per architecture)
 KERNEL_TYPES = frozenset(
@@ -87,18 +104,60 @@ def check_model(model: Path, target: Target) -> None:
         )
 
 
-def build_binary(arch: str, native_dir: Path = NATIVE_DIR) -> Path:
-    """`make -C native TARGET=arch`; the path of qrun-native."""
+def compiler_for(arch: str) -> tuple[str, str]:
+    """The C compiler that builds for `arch` on this machine and its Debian package."""
+    return HOST_COMPILER if arch == HOST else CROSS_COMPILERS[arch]
+
+
+def native_files(native_dir: Path) -> list[Path]:
+    files = {p for pattern in NATIVE_FILES for p in native_dir.rglob(pattern) if p.is_file()}
+    return sorted(p for p in files if "build" not in p.relative_to(native_dir).parts)
+
+
+def build_root(native_dir: Path) -> Path:
+    """Where make writes: native/build in a source checkout (beside pyproject.toml), else the cache, one folder per
+    content of the sources, so that two installed versions never share objects (make compares only times)."""
+    if (native_dir.parent / "pyproject.toml").is_file():
+        return native_dir / "build"
+    digest = hashlib.sha256()
+    for path in native_files(native_dir):
+        digest.update(str(path.relative_to(native_dir)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return cache_dir() / "native-build" / digest.hexdigest()[:16]
+
+
+def check_build_tools(arch: str, native_dir: Path) -> str:
+    """Before any work: the sources, make and the compiler are there; the compiler."""
     if not (native_dir / "Makefile").is_file():
-        raise FormatError(f"{native_dir}: the native sources are needed to build qrun-native for {arch}")
-    cmd = ["make", "-s", "-C", str(native_dir), f"TARGET={arch}", f"build/{arch}/qrun-native"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        hint = (
-            " (install the cross compiler: see the README's deployment section)" if arch != os.uname().machine else ""
+        raise FormatError(
+            f"{native_dir}: the native sources are needed to build qrun-native for {arch}; reinstall qconv"
         )
-        raise FormatError(f"building qrun-native for {arch} failed{hint}:\n{proc.stderr.strip()[-2000:]}")
-    return native_dir / "build" / arch / "qrun-native"
+    compiler, package = compiler_for(arch)
+    for tool, tool_package in (("make", "make"), (compiler, package)):
+        if shutil.which(tool) is None:
+            raise FormatError(
+                f"building qrun-native for {arch} needs {tool}, which is not installed "
+                f"(Debian/Ubuntu: apt-get install {tool_package}), or pass --binary"
+            )
+    return compiler
+
+
+def build_binary(arch: str, native_dir: Path = NATIVE_DIR) -> Path:
+    """`make -C native TARGET=arch` into build_root(); the path of qrun-native."""
+    compiler = check_build_tools(arch, native_dir)
+    out = build_root(native_dir) / arch
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise FormatError(f"{out}: cannot create the build folder for qrun-native: {e.strerror}") from None
+    binary = out / "qrun-native"
+    cmd = ["make", "-s", "-C", str(native_dir), f"-j{os.cpu_count() or 1}", f"TARGET={arch}", f"BUILD={out}"]
+    proc = subprocess.run([*cmd, f"CC={compiler}", str(binary)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        log = out / "build.log"
+        log.write_text(proc.stdout + proc.stderr)
+        errors = [line for line in proc.stderr.splitlines() if "error" in line] or proc.stderr.splitlines() or ["?"]
+        raise FormatError(f"building qrun-native for {arch} with {compiler} failed: {errors[0].strip()} (log: {log})")
+    return binary
 
 
 RUN_SH = """#!/bin/sh
@@ -127,6 +186,7 @@ def make_bundle(model: Path, target_name: str, output: Path, binary: Path | None
     model = Path(model)
     if not model.is_file():
         raise FormatError(f"{model}: no such file")
+    check_output_file(output)
     check_model(model, target)
     binary = Path(binary) if binary else build_binary(target.arch)
     top = f"qconv-bundle-{target.name}"
@@ -138,12 +198,10 @@ def make_bundle(model: Path, target_name: str, output: Path, binary: Path | None
         "model": model.name,
         "model_bytes": model.stat().st_size,
     }
-    tmp = output.with_name(output.name + ".tmp")
-    with tarfile.open(tmp, "w:gz", compresslevel=1) as tar:
+    with AtomicFile(output) as tmp, tarfile.open(tmp, "w:gz", compresslevel=1) as tar:
         tar.add(binary, f"{top}/qrun-native")
         tar.add(model, f"{top}/{model.name}")
         run_sh = RUN_SH.format(board=target.board, model=model.name, kernel=target.kernel)
         _add_bytes(tar, f"{top}/run.sh", run_sh.encode(), 0o755)
         _add_bytes(tar, f"{top}/bundle.json", (json.dumps(manifest, indent=2) + "\n").encode(), 0o644)
-    tmp.replace(output)
     return BundleResult(output, target, manifest["model_bytes"], binary)
