@@ -1,6 +1,7 @@
-/* dispatch.c — CPU feature detection (once) and the kernel table: for each weight type, the scalar reference and
- * the SIMD variants this build has; the variant used is the best one the CPU runs, unless forced by the
- * QRT_KERNEL environment variable (scalar|avx2|avx512|neon|neon-i8mm|neon-dotprod) or qrt_kernels_force() — the tests force each one.
+/* dispatch.c — CPU feature detection (once), the kernel table (for each weight type, the scalar reference and the
+ * SIMD variants this build has), and the one selection point of select.h: the variant used is the best one the
+ * CPU runs, unless forced by the QRT_KERNEL environment variable (scalar|avx2|avx512|neon|neon-i8mm|neon-dotprod)
+ * or qrt_kernels_force() — the tests force each one.
  */
 #include <pthread.h>
 #include <stdlib.h>
@@ -8,6 +9,7 @@
 
 #include "kernels.h"
 #include "qrt.h"
+#include "select.h"
 #if defined(__aarch64__)
 #include <sys/auxv.h>
 #ifndef HWCAP_ASIMDDP
@@ -75,31 +77,9 @@ static void detect(void) {
 
 static void init(void) { pthread_once(&once, detect); }
 
-qrt_attn_scores_fn qrt_attn_scores(void) {
-    init();
-    const int v = forced >= 0 ? forced : QRT_VARIANT_AVX512;
-    return v == QRT_VARIANT_AVX512 && supported[v] ? qrt_attn_scores_avx512 : qrt_attn_scores_scalar;
-}
-
-qrt_attn_values_fn qrt_attn_values(void) {
-    init();
-    const int v = forced >= 0 ? forced : QRT_VARIANT_AVX512;
-    return v == QRT_VARIANT_AVX512 && supported[v] ? qrt_attn_values_avx512 : qrt_attn_values_scalar;
-}
-
-qrt_expf16_fn qrt_expf16(void) {
-    init();
-    return supported[QRT_VARIANT_AVX512] ? qrt_expf16_avx512 : qrt_expf16_scalar;
-}
-
 int qrt_variant_supported(int variant) {
     init();
     return variant >= 0 && variant < QRT_VARIANT_COUNT && supported[variant];
-}
-
-int qrt_kernels_forced(void) {
-    init();
-    return forced;
 }
 
 qrt_vec_dot_fn qrt_kernel_variant(int type, int variant) {
@@ -108,35 +88,29 @@ qrt_vec_dot_fn qrt_kernel_variant(int type, int variant) {
     return supported[variant] ? table[type].vec_dot[variant] : NULL;
 }
 
-qrt_vec_dot_fn qrt_kernel_for(int type, int *variant_out) {
+/* ---- the one selection point (select.h) ---- */
+
+static int pick_from(int start, unsigned available) {
+    for (int v = start; v >= 0; v--)
+        if (supported[v] && (available & QRT_VARIANT_BIT(v))) return v;
+    return -1;
+}
+
+int qrt_pick_variant(unsigned available) {
     init();
-    if (type < 0 || type >= QRT_TYPE_COUNT || table[type].act_type < 0) return NULL;
-    int start = forced >= 0 ? forced : QRT_VARIANT_COUNT - 1;
-    for (int v = start; v >= 0; v--) {
-        if (supported[v] && table[type].vec_dot[v]) {
-            if (variant_out) *variant_out = v;
-            return table[type].vec_dot[v];
-        }
-    }
-    return NULL;
+    return pick_from(forced >= 0 ? forced : QRT_VARIANT_COUNT - 1, available);
 }
 
-qrt_vec_dot_fn qrt_kernel_for_batch(int type, int n_tok) {
-    int v = 0;
-    qrt_vec_dot_fn fn = qrt_kernel_for(type, &v);
-    if (fn && n_tok > 1 && table[type].batch_dot[v]) return table[type].batch_dot[v];
-    return fn;
+int qrt_best_variant(unsigned available) {
+    init();
+    return pick_from(QRT_VARIANT_COUNT - 1, available);
 }
 
-qrt_tile_fn qrt_tile_for(int type, int n_tok, int *nr) {
-    int v = 0;
-    if (!qrt_kernel_for(type, &v)) return NULL;
-    if (n_tok > 1) {
-        *nr = table[type].tile_nr[v];
-        return table[type].tile[v];
-    }
-    *nr = QRT_ROWS_NR;
-    return table[type].rows[v];
+static unsigned dot_variants(int type) {
+    unsigned mask = 0;
+    for (int v = 0; v < QRT_VARIANT_COUNT; v++)
+        if (table[type].vec_dot[v]) mask |= QRT_VARIANT_BIT(v);
+    return mask;
 }
 
 static void act_scalar(int act_type, const float *x, void *y, int64_t n) { qrt_act_from_float(act_type, x, y, n); }
@@ -148,20 +122,66 @@ ACT_SCALAR(Q8_0)
 ACT_SCALAR(Q8_1)
 ACT_SCALAR(Q8_K)
 
-qrt_act_from_float_fn qrt_act_converter(int act_type) {
+static const qrt_act_from_float_fn ACT_SCALAR_BY_TYPE[QRT_TYPE_COUNT] = {
+    [QRT_TYPE_F32] = act_scalar_F32,   [QRT_TYPE_F16] = act_scalar_F16,   [QRT_TYPE_BF16] = act_scalar_BF16,
+    [QRT_TYPE_Q8_0] = act_scalar_Q8_0, [QRT_TYPE_Q8_1] = act_scalar_Q8_1, [QRT_TYPE_Q8_K] = act_scalar_Q8_K,
+};
+
+static qrt_act_from_float_fn act_converter(int act_type) {
+    unsigned mask = QRT_VARIANT_BIT(QRT_VARIANT_SCALAR);
+    for (int v = 1; v < QRT_VARIANT_COUNT; v++)
+        if (table[act_type].act_conv[v]) mask |= QRT_VARIANT_BIT(v);
+    const int v = qrt_pick_variant(mask);
+    return v > 0 ? table[act_type].act_conv[v] : ACT_SCALAR_BY_TYPE[act_type];
+}
+
+static qrt_packed_fn packed_kernel(int type) {
+    const qrt_packed_entry *e = qrt_packed_entry_for(type);
+    if (!e) return NULL;
+    unsigned mask = 0;
+    for (int v = 0; v < QRT_VARIANT_COUNT; v++)
+        if (e->gemm[v]) mask |= QRT_VARIANT_BIT(v);
+    const int v = qrt_pick_variant(mask);
+    return v >= 0 ? e->gemm[v] : NULL;
+}
+
+int qrt_select_matmul(int type, qrt_matmul_kernels *out) {
     init();
-    if (act_type < 0 || act_type >= QRT_TYPE_COUNT) return NULL;
-    for (int v = forced >= 0 ? forced : QRT_VARIANT_COUNT - 1; v > 0; v--)
-        if (supported[v] && table[act_type].act_conv[v]) return table[act_type].act_conv[v];
-    switch (act_type) {
-    case QRT_TYPE_F32: return act_scalar_F32;
-    case QRT_TYPE_F16: return act_scalar_F16;
-    case QRT_TYPE_BF16: return act_scalar_BF16;
-    case QRT_TYPE_Q8_0: return act_scalar_Q8_0;
-    case QRT_TYPE_Q8_1: return act_scalar_Q8_1;
-    case QRT_TYPE_Q8_K: return act_scalar_Q8_K;
-    default: return NULL;
-    }
+    if (type < 0 || type >= QRT_TYPE_COUNT || table[type].act_type < 0) return -1;
+    const qrt_kernel_entry *e = &table[type];
+    const int v = qrt_pick_variant(dot_variants(type));
+    if (v < 0) return -1;
+    *out = (qrt_matmul_kernels){
+        .variant = v,
+        .act_type = e->act_type,
+        .act_from_float = act_converter(e->act_type),
+        .dot = e->vec_dot[v],
+        .batch_dot = e->batch_dot[v] ? e->batch_dot[v] : e->vec_dot[v],
+        .prompt_tile = e->tile[v],
+        .prompt_tile_nr = e->tile_nr[v],
+        .decode_tile = e->rows[v],
+        .packed = packed_kernel(type),
+    };
+    return 0;
+}
+
+void qrt_select_pass(qrt_pass_kernels *out) {
+    init();
+    const unsigned scalar_or_avx512 = QRT_VARIANT_BIT(QRT_VARIANT_SCALAR) | QRT_VARIANT_BIT(QRT_VARIANT_AVX512);
+    const int avx512 = qrt_pick_variant(scalar_or_avx512) == QRT_VARIANT_AVX512;
+    *out = (qrt_pass_kernels){
+        .attn_scores = avx512 ? qrt_attn_scores_avx512 : qrt_attn_scores_scalar,
+        .attn_softmax = avx512 ? qrt_attn_softmax_avx512 : qrt_attn_softmax_scalar,
+        .attn_values = avx512 ? qrt_attn_values_avx512 : qrt_attn_values_scalar,
+        .expf16 = avx512 ? qrt_expf16_avx512 : qrt_expf16_scalar,
+    };
+}
+
+qrt_vec_dot_fn qrt_kernel_for(int type, int *variant_out) {
+    qrt_matmul_kernels k;
+    if (qrt_select_matmul(type, &k) != 0) return NULL;
+    if (variant_out) *variant_out = k.variant;
+    return k.dot;
 }
 
 int qrt_kernel_act_type(int type) {

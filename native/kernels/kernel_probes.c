@@ -5,15 +5,17 @@
 
 #include "kernels.h"
 #include "qrt.h"
+#include "select.h"
 
 int qrt_kernel_tile(int type, const void *w_rows, size_t w_stride, const float *x, int64_t n, float *out,
                     int out_cap) {
     const int act = qrt_kernel_act_type(type);
     const size_t act_bytes = act >= 0 ? qrt_row_bytes(act, n) : 0;
     if (act_bytes == 0 || qrt_row_bytes(type, n) == 0 || w_stride < qrt_row_bytes(type, n)) return -1;
-    int nr = 0;
-    const qrt_tile_fn tile = qrt_tile_for(type, QRT_TILE_NT, &nr);
-    if (!tile) return 0;
+    qrt_matmul_kernels k;
+    if (qrt_select_matmul(type, &k) != 0 || !k.prompt_tile) return 0;
+    const qrt_tile_fn tile = k.prompt_tile;
+    const int nr = k.prompt_tile_nr;
     if (nr * QRT_TILE_NT > out_cap) return -1;
     const size_t stride = (act_bytes + 63) / 64 * 64;
     uint8_t *y = aligned_alloc(64, stride * QRT_TILE_NT);

@@ -76,7 +76,6 @@ void qrt_act_from_float(int act_type, const float *x, void *y, int64_t n);
 typedef void (*qrt_expf16_fn)(float *y, const float *x);
 void qrt_expf16_scalar(float *y, const float *x);
 void qrt_expf16_avx512(float *y, const float *x);
-qrt_expf16_fn qrt_expf16(void);
 
 /* Attention products in ggml's summation orders (so f32/f16 KV-cache results equal llama.cpp's):
  *   vecdot = 1: ggml_vec_dot (4 accumulators x 16 lanes over blocks of 64, folded 0+2, 1+3, 0+1, then reduced),
@@ -97,33 +96,20 @@ void qrt_attn_scores_avx512(float *att, const float *q, const void *k, int n_pos
                             int vecdot, float scale);
 void qrt_attn_values_avx512(float *out, const float *att, const void *v, int n_pos, int stride, int hd, int f16,
                             int vecdot, float *scratch);
-qrt_attn_scores_fn qrt_attn_scores(void);
-qrt_attn_values_fn qrt_attn_values(void);
-/* In-place softmax of n attention scores in ops.c's op_softmax order (ggml_vec_soft_max_f32), bit-equal to it;
- * the getter (kernels_avx512.c) follows the forced variant like the two above. */
+/* In-place softmax of n attention scores in ops.c's op_softmax order (ggml_vec_soft_max_f32), bit-equal to it. */
 typedef void (*qrt_attn_softmax_fn)(float *x, int n);
 void qrt_attn_softmax_scalar(float *x, int n);
 void qrt_attn_softmax_avx512(float *x, int n);
-qrt_attn_softmax_fn qrt_attn_softmax(void);
 
-/* ---- dispatch (dispatch.c) ---- */
+/* ---- dispatch (dispatch.c; the choosing itself is select.h) ---- */
 
-/* The kernel chosen for a weight type under the current variant setting (falls back to the best available,
- * then to scalar, per type). NULL if the type has no kernel at all. */
+/* The dot kernel chosen for a weight type under the current variant setting, and its variant; NULL if the type
+ * has no kernel at all. */
 qrt_vec_dot_fn qrt_kernel_for(int type, int *variant_out);
 int qrt_kernel_act_type(int type);
-/* The kernel for a batch of n_tok activation rows: batch_dot when the type has one and n_tok > 1. */
-qrt_vec_dot_fn qrt_kernel_for_batch(int type, int n_tok);
-/* The tile kernel for n_tok activation rows under the variant qrt_kernel_for picks (prompt tile when n_tok > 1,
- * else the decode tile), with its number of weight rows in *nr; NULL when that variant has none. */
-qrt_tile_fn qrt_tile_for(int type, int n_tok, int *nr);
-/* The activation converter for act_type under the current variant setting (qrt_act_from_float's equal). */
-qrt_act_from_float_fn qrt_act_converter(int act_type);
 const char *qrt_variant_name(int variant);
 /* 1 when the CPU runs this variant. */
 int qrt_variant_supported(int variant);
-/* The variant forced by qrt_kernels_force / QRT_KERNEL env var; -1: auto (best available). */
-int qrt_kernels_forced(void);
 /* One variant's kernel for a type, or NULL. */
 qrt_vec_dot_fn qrt_kernel_variant(int type, int variant);
 

@@ -539,4 +539,4 @@ void qrt_attn_values_scalar(float *out, const float *att, const void *v, int n_p
 }
 
 /* op_softmax (ops.c), the reference of the AVX-512 version */
-void qrt_attn_softmax_scalar(float *x, int n) { op_softmax(x, n); }
+void qrt_attn_softmax_scalar(float *x, int n) { op_softmax(x, n, qrt_expf16_scalar); }

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "qrt.h"
+#include "select.h"
 #include "size_math.h"
 
 /* ---- repacking: 16 GGUF rows -> one group of x16 blocks ---- */
@@ -364,27 +365,15 @@ void qrt_pack_matrix(int type, const void *src, size_t row_bytes, int64_t rows, 
                 (uint8_t *)dst + (size_t)g * group_bytes);
 }
 
-qrt_packed_fn qrt_packed_kernel(int type, int *variant_out) {
-    const qrt_packed_entry *e = qrt_packed_entry_for(type);
-    if (!e) return NULL;
-    const int forced = qrt_kernels_forced();
-    for (int v = forced >= 0 ? forced : QRT_VARIANT_COUNT - 1; v > 0; v--)
-        if (qrt_variant_supported(v) && e->gemm[v]) {
-            if (variant_out) *variant_out = v;
-            return e->gemm[v];
-        }
-    if (variant_out) *variant_out = QRT_VARIANT_SCALAR;
-    return e->gemm[QRT_VARIANT_SCALAR];
-}
-
 int qrt_packed_worthwhile(int type) {
     /* the CPU's best variant, not a forced one: a run forced to the scalar reference computes on the same
      * packed layout, so every variant gives the same logits for the same file */
     const qrt_packed_entry *e = qrt_packed_entry_for(type);
     if (!e) return 0;
-    for (int v = QRT_VARIANT_COUNT - 1; v > 0; v--)
-        if (qrt_variant_supported(v) && e->gemm[v]) return 1;
-    return 0;
+    unsigned simd = 0;
+    for (int v = 1; v < QRT_VARIANT_COUNT; v++)
+        if (e->gemm[v]) simd |= QRT_VARIANT_BIT(v);
+    return qrt_best_variant(simd) > 0;
 }
 
 /* ---- test probe (qrt_model.h) ---- */
@@ -395,8 +384,9 @@ int qrt_packed_matmul(int type, const char *variant, const void *w, int64_t rows
     const size_t bytes = qrt_packed_bytes(type, rows, n);
     if (!e || !bytes || n_tok <= 0) return -1;
     qrt_packed_fn fn = NULL;
+    qrt_matmul_kernels selected;
     if (!variant || strcmp(variant, "auto") == 0) {
-        fn = qrt_packed_kernel(type, NULL);
+        fn = qrt_select_matmul(type, &selected) == 0 ? selected.packed : NULL;
     } else {
         for (int v = 0; v < QRT_VARIANT_COUNT; v++)
             if (strcmp(variant, qrt_variant_name(v)) == 0 && qrt_variant_supported(v)) fn = e->gemm[v];

@@ -162,8 +162,6 @@ const qrt_packed_entry *qrt_packed_entry_for(int type);
 size_t qrt_packed_bytes(int type, int64_t rows, int64_t n);
 /* Pack rows x n (row_bytes apart) into dst (qrt_packed_bytes of them). */
 void qrt_pack_matrix(int type, const void *src, size_t row_bytes, int64_t rows, int64_t n, void *dst);
-/* The kernel for the current variant setting (falls back to the scalar reference), and its variant. */
-qrt_packed_fn qrt_packed_kernel(int type, int *variant_out);
 /* 1 when a variant this CPU runs (forced or not) has a SIMD packed kernel for the type (packing then pays off). */
 int qrt_packed_worthwhile(int type);
 

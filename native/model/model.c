@@ -37,6 +37,7 @@ struct qrt_model {
     double pool_s; /* of prompt_s + gen_s, the time spent inside pool runs; the rest is the calling thread alone */
     qrt_imatrix *imatrix; /* when set, every weight matmul's input rows are added to it (calibration) */
     qrt_batch_pos batch;  /* the running forward chunk's place in llama.cpp's ubatch of this eval (packed.h) */
+    qrt_pass_kernels pass; /* attention, softmax and exp variants, chosen once at open (select.h) */
 };
 
 /* ---- errors ---- */
@@ -223,7 +224,7 @@ static int get_matrix(loader *L, Matrix *m, const char *name, int64_t cols, int6
         return set_err(L->err, L->errlen, "%s: tensor '%s' has shape [%llu, %llu, %llu, %llu], expected [%lld, %lld]",
                        L->path, name, (unsigned long long)t->ne[0], (unsigned long long)t->ne[1],
                        (unsigned long long)t->ne[2], (unsigned long long)t->ne[3], (long long)cols, (long long)rows);
-    if (qrt_kernel_act_type((int)t->type) < 0 || !qrt_traits((int)t->type)) {
+    if (!qrt_traits((int)t->type) || qrt_select_matmul((int)t->type, &m->kernels) != 0) {
         const char *tn = gguf_type_name(t->type);
         return set_err(L->err, L->errlen,
                        "%s: tensor '%s' has type %s, which qrun does not run (it runs f32, f16, bf16, q4_0, q4_1, "
@@ -318,7 +319,7 @@ static int load_weights(loader *L, Config *c) {
 
 /* ---- RunState ---- */
 
-static size_t act_bytes_for(const Matrix *m) { return qrt_row_bytes(qrt_kernel_act_type(m->type), m->cols); }
+static size_t act_bytes_for(const Matrix *m) { return qrt_row_bytes(m->kernels.act_type, m->cols); }
 
 static int alloc_state(qrt_model *mod, int n_batch, int n_ctx, int kv_f32, char *err, size_t errlen) {
     const Config *c = &mod->config;
@@ -500,6 +501,7 @@ qrt_model *qrt_model_open(const char *path, const qrt_model_params *params, char
         goto fail;
     }
     m->n_threads = qrt_threadpool_size(m->pool);
+    qrt_select_pass(&m->pass);
     int n_ctx = p.n_ctx > 0 ? p.n_ctx : 2048;
     if (n_ctx > m->config.n_ctx_train) n_ctx = m->config.n_ctx_train;
     int n_batch = p.n_batch > 0 ? p.n_batch : 64;
@@ -645,7 +647,9 @@ static void rows_task(void *ctx, int task, int thread) {
         float *x = s->x + (size_t)b * c->dim, *xb = s->xb + (size_t)b * c->dim;
         if (j->residual) op_add(x, j->residual + (size_t)b * c->dim, c->dim);
         if (j->norm) op_rmsnorm(xb, x, j->norm, c->dim, c->rms_eps);
-        if (j->swiglu) op_swiglu(s->hb + (size_t)b * c->hidden_dim, s->hb2 + (size_t)b * c->hidden_dim, c->hidden_dim);
+        if (j->swiglu)
+            op_swiglu(s->hb + (size_t)b * c->hidden_dim, s->hb2 + (size_t)b * c->hidden_dim, c->hidden_dim,
+                      j->m->pass.expf16);
         if (j->act_src) {
             uint8_t *act = s->act + (size_t)b * s->act_row_bytes;
             j->conv(j->act_src + (size_t)b * j->act_cols, act, j->act_cols);
@@ -658,23 +662,25 @@ static void rows_task(void *ctx, int task, int thread) {
 /* Run the steps of j over rows first..end-1; when it converts, the cache then holds the result. */
 static void steps(qrt_model *m, act_cache *cache, rows_job *j, int first, int end) {
     j->m = m;
-    if (j->act_src) j->conv = qrt_act_converter(j->act_type);
     run_rows(m, rows_task, j, split_rows(m, &j->split, first, end));
     /* a converted input is kept; otherwise a step may have rewritten the rows the cache describes */
     *cache = j->act_src ? (act_cache){j->act_src, j->act_type, end, j->sums} : (act_cache){0};
 }
 
-/* The act type and whether block sums are needed for the input of these matmuls (they share one input). */
-static void act_for(const Matrix *const ws[], int n, int *act_type, int *sums) {
-    *act_type = qrt_kernel_act_type(ws[0]->type);
-    *sums = 0;
-    for (int k = 0; k < n; k++) *sums |= ws[k]->packed != NULL;
+/* The conversion of the input these matmuls share (the first one's act type), and whether block sums are needed. */
+static void convert_for(rows_job *j, const Matrix *const ws[], int n) {
+    j->act_type = ws[0]->kernels.act_type;
+    j->conv = ws[0]->kernels.act_from_float;
+    j->sums = 0;
+    for (int k = 0; k < n; k++) j->sums |= ws[k]->packed != NULL;
 }
 
-static void prepare_act(qrt_model *m, act_cache *cache, const float *x, int n_tok, int64_t cols, int act_type,
-                        int sums) {
-    if (cache->src == x && cache->act_type == act_type && cache->n_tok == n_tok && (cache->has_sums || !sums)) return;
-    rows_job j = {.act_src = x, .act_cols = cols, .act_type = act_type, .sums = sums};
+static void prepare_act(qrt_model *m, act_cache *cache, const float *x, int n_tok, const Matrix *w) {
+    const int sums = w->packed != NULL;
+    if (cache->src == x && cache->act_type == w->kernels.act_type && cache->n_tok == n_tok && (cache->has_sums || !sums))
+        return;
+    rows_job j = {.act_src = x, .act_cols = w->cols};
+    convert_for(&j, &w, 1);
     steps(m, cache, &j, 0, n_tok);
 }
 
@@ -683,17 +689,18 @@ static void prepare_act(qrt_model *m, act_cache *cache, const float *x, int n_to
 static int matmul_setup(qrt_model *m, act_cache *cache, matmul_job *j, float *out, int64_t out_stride,
                         const Matrix *w, const float *x, int n_tok) {
     if (m->imatrix) qrt_imatrix_add(m->imatrix, w->name, w->name_len, x, n_tok, w->cols);
-    const int act_type = qrt_kernel_act_type(w->type);
-    prepare_act(m, cache, x, n_tok, w->cols, act_type, w->packed != NULL);
+    const qrt_matmul_kernels *k = &w->kernels;
+    prepare_act(m, cache, x, n_tok, w);
     *j = (matmul_job){w, m->state.act, m->state.act_row_bytes, out, out_stride, n_tok, 0,
-                      qrt_kernel_for_batch(w->type, n_tok), NULL, 0, 0, NULL, NULL, 0, {0, 0}};
+                      n_tok > 1 ? k->batch_dot : k->dot, NULL, 0, 0, NULL, NULL, 0, {0, 0}};
     if (w->packed) {
-        j->packed = qrt_packed_kernel(w->type, NULL);
+        j->packed = k->packed;
         j->sums = m->state.act_sums;
         j->sums_stride = m->state.act_sums_stride;
         j->batch = m->batch;
     }
-    j->tile = qrt_tile_for(w->type, n_tok, &j->tile_nr);
+    j->tile = n_tok > 1 ? k->prompt_tile : k->decode_tile;
+    j->tile_nr = n_tok > 1 ? k->prompt_tile_nr : QRT_ROWS_NR;
     j->tile_nt = n_tok > 1 ? QRT_TILE_NT : 1;
     if (j->tile && n_tok > 1 && n_tok < QRT_TILE_NT) j->tile = NULL;
     /* enough tasks to balance the threads, each a whole number of 16-row groups (cache-line friendly output) */
@@ -728,7 +735,7 @@ static void matmul_group_task(void *ctx, int task, int thread) {
 static void matmul_many(qrt_model *m, act_cache *cache, int n, float *const outs[], const int64_t strides[],
                         const Matrix *const ws[], const float *x, int n_tok) {
     int same = 1;
-    for (int k = 1; k < n; k++) same &= qrt_kernel_act_type(ws[k]->type) == qrt_kernel_act_type(ws[0]->type);
+    for (int k = 1; k < n; k++) same &= ws[k]->kernels.act_type == ws[0]->kernels.act_type;
     if (!same || m->n_threads == 1) { /* one act buffer; and nothing to save without threads */
         for (int k = 0; k < n; k++) matmul(m, cache, outs[k], strides[k], ws[k], x, n_tok);
         return;
@@ -766,10 +773,11 @@ static void attention_task(void *ctx, int task, int thread) {
     const void *kc = (const uint8_t *)s->key_cache + layer_off * (f16 ? 2 : 4);
     const void *vc = (const uint8_t *)s->value_cache + layer_off * (f16 ? 2 : 4);
     /* with an f16 cache the kernels round q and the weights to f16 themselves, as ggml does */
-    qrt_attn_scores()(att, q, kc, n_pos, kv_dim, hd, f16, decode || !f16, scale);
-    qrt_attn_softmax()(att, n_pos);
+    const qrt_pass_kernels *k = &j->m->pass;
+    k->attn_scores(att, q, kc, n_pos, kv_dim, hd, f16, decode || !f16, scale);
+    k->attn_softmax(att, n_pos);
     float *scratch = s->attn_scratch + (size_t)thread * 64 * hd;
-    qrt_attn_values()(out, att, vc, n_pos, kv_dim, hd, f16, decode, scratch);
+    k->attn_values(out, att, vc, n_pos, kv_dim, hd, f16, decode, scratch);
 }
 
 /* Token rows: the embedding row and the rotary angles of each position. */
@@ -867,7 +875,7 @@ static void forward(qrt_model *m, const int32_t *tokens, int n_tok, int pos0, fl
         {
             const Matrix *const ws[] = {&lw->wq, &lw->wk, &lw->wv};
             rows_job norm = {.residual = residual, .norm = lw->attn_norm, .act_src = s->xb, .act_cols = dim};
-            act_for(ws, 3, &norm.act_type, &norm.sums);
+            convert_for(&norm, ws, 3);
             steps(m, &cache, &norm, 0, n_tok);
             float *const outs[] = {s->q, s->k, s->v};
             const int64_t strides[] = {q_dim, kv_dim, kv_dim};
@@ -883,7 +891,7 @@ static void forward(qrt_model *m, const int32_t *tokens, int n_tok, int pos0, fl
         {
             const Matrix *const ws[] = {&lw->w_gate, &lw->w_up};
             rows_job norm = {.residual = s->xb, .norm = lw->ffn_norm, .act_src = s->xb, .act_cols = dim};
-            act_for(ws, 2, &norm.act_type, &norm.sums);
+            convert_for(&norm, ws, 2);
             steps(m, &cache, &norm, 0, n_tok);
             float *const outs[] = {s->hb, s->hb2};
             const int64_t strides[] = {ffn, ffn};
@@ -892,7 +900,7 @@ static void forward(qrt_model *m, const int32_t *tokens, int n_tok, int pos0, fl
         {
             const Matrix *const ws[] = {&lw->w_down};
             rows_job glu = {.swiglu = 1, .act_src = s->hb, .act_cols = ffn};
-            act_for(ws, 1, &glu.act_type, &glu.sums);
+            convert_for(&glu, ws, 1);
             steps(m, &cache, &glu, 0, n_tok);
         }
         matmul(m, &cache, s->xb, dim, &lw->w_down, s->hb, n_tok);

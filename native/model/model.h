@@ -12,6 +12,7 @@
 #include "gguf.h"
 #include "kernels.h"
 #include "ops.h"
+#include "select.h"
 #include "threadpool.h"
 #pragma GCC visibility push(hidden)
 
@@ -49,6 +50,7 @@ typedef struct {
     /* the same rows repacked into x16 groups (packed.h) at open, or NULL: matmuls then use the packed kernels */
     const uint8_t *packed;
     size_t packed_group_bytes;
+    qrt_matmul_kernels kernels; /* chosen once at open (select.h) */
 } Matrix;
 
 typedef struct {

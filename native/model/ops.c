@@ -65,8 +65,7 @@ void op_add(float *x, const float *y, int n) {
 }
 
 /* silu through ggml's vector expf in blocks of 16 (libm expf for a tail), as ggml_vec_swiglu_f32 */
-void op_swiglu(float *gate, const float *up, int n) {
-    const qrt_expf16_fn exp16 = qrt_expf16();
+void op_swiglu(float *gate, const float *up, int n, qrt_expf16_fn exp16) {
     int i = 0;
     for (; i + 16 <= n; i += 16) {
         float neg[16], e[16];
@@ -90,8 +89,7 @@ float op_reduce16(const float *v) {
 
 /* As ggml_vec_soft_max_f32 over a KV row padded with masked (zero-weight) positions: exp in blocks of 16,
  * each block summed in float, block sums accumulated in double. */
-void op_softmax(float *x, int n) {
-    const qrt_expf16_fn exp16 = qrt_expf16();
+void op_softmax(float *x, int n, qrt_expf16_fn exp16) {
     float max = -INFINITY;
     for (int i = 0; i < n; i++) max = x[i] > max ? x[i] : max;
     double sum = 0.0;

@@ -2,6 +2,8 @@
 #ifndef QRT_OPS_H
 #define QRT_OPS_H
 #include <stdint.h>
+
+#include "kernels.h"
 #pragma GCC visibility push(hidden)
 
 /* out = x / rms(x) * weight over n values (the mean square summed in double, as ggml does). */
@@ -26,8 +28,9 @@ void op_rope_yarn_corr_dims(int n_rot, int n_ctx_orig, float theta, float beta_f
 void op_rope(float *x, int n_heads, int head_dim, int n_rot, const float *cos_t, const float *sin_t, int neox);
 /* x += y */
 void op_add(float *x, const float *y, int n);
-/* gate = silu(gate) * up */
-void op_swiglu(float *gate, const float *up, int n);
+/* gate = silu(gate) * up; exp16 is the variant chosen at open (select.h), an argument so that the scalar
+ * reference never reaches the dispatcher */
+void op_swiglu(float *gate, const float *up, int n, qrt_expf16_fn exp16);
 /* dot product in the summation order of ggml's AVX-512 ggml_vec_dot_f32 (4 x 16 lanes, tree reduce) */
 float op_dot_f32_ggml(const float *x, const float *y, int n);
 /* out[i] = sum_t w[t] * v[t * stride + i] for i < n, t < n_pos, in tinyBLAS's order (16 lanes over t, fused) */
@@ -35,7 +38,7 @@ void op_weighted_sum_ggml(float *out, const float *w, const float *v, int n_pos,
 /* sum of 16 floats in the tree order of _mm512_reduce_add_ps */
 float op_reduce16(const float *v);
 /* in-place softmax of n scores */
-void op_softmax(float *x, int n);
+void op_softmax(float *x, int n, qrt_expf16_fn exp16);
 
 #pragma GCC visibility pop
 #endif

@@ -20,6 +20,7 @@
 
 #include "kernels.h"
 #include "qrt.h"
+#include "select.h"
 
 /* sums of one row, shared by the scalar and the vector passes */
 typedef struct {
@@ -205,9 +206,9 @@ int qrt_logit_stats(const float *ref, const float *quant, int64_t n_rows, int64_
     if (n_threads > MAX_THREADS) n_threads = MAX_THREADS;
     if (n_threads > n_rows) n_threads = (int)n_rows;
     /* the vector path wants AVX-512 F/DQ only; the kernel table's avx512 variant (which also needs VNNI) is the
-     * check this file shares with the rest of the runtime, and QRT_KERNEL=scalar forces the scalar path here too */
-    const int forced = qrt_kernels_forced();
-    const int vector = qrt_variant_supported(QRT_VARIANT_AVX512) && (forced < 0 || forced == QRT_VARIANT_AVX512);
+     * choice this file shares with the rest of the runtime, and QRT_KERNEL=scalar forces the scalar path here too */
+    const unsigned scalar_or_avx512 = QRT_VARIANT_BIT(QRT_VARIANT_SCALAR) | QRT_VARIANT_BIT(QRT_VARIANT_AVX512);
+    const int vector = qrt_pick_variant(scalar_or_avx512) == QRT_VARIANT_AVX512;
     stats_job jobs[MAX_THREADS];
     pthread_t threads[MAX_THREADS];
     int started = 0, failed = 0;

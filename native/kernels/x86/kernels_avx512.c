@@ -254,12 +254,6 @@ void qrt_attn_softmax_avx512(float *x, int n) {
     }
 }
 
-qrt_attn_softmax_fn qrt_attn_softmax(void) {
-    const int forced = qrt_kernels_forced();
-    const int v = forced >= 0 ? forced : QRT_VARIANT_AVX512;
-    return v == QRT_VARIANT_AVX512 && qrt_variant_supported(v) ? qrt_attn_softmax_avx512 : qrt_attn_softmax_scalar;
-}
-
 void qrt_kernels_register_avx512(qrt_kernel_entry t[QRT_TYPE_COUNT]) {
     t[QRT_TYPE_F32].vec_dot[QRT_VARIANT_AVX512] = dot_f32;
     t[QRT_TYPE_F16].vec_dot[QRT_VARIANT_AVX512] = dot_f16;
@@ -283,5 +277,4 @@ void qrt_attn_values_avx512(float *out, const float *att, const void *v, int n_p
     qrt_attn_values_scalar(out, att, v, n_pos, stride, hd, f16, vecdot, scratch);
 }
 void qrt_attn_softmax_avx512(float *x, int n) { qrt_attn_softmax_scalar(x, n); }
-qrt_attn_softmax_fn qrt_attn_softmax(void) { return qrt_attn_softmax_scalar; }
 #endif
