@@ -11,6 +11,7 @@ import threading
 import click
 
 from qconv.formats.errors import FormatError
+from qconv.formats.printable import escaped
 
 
 class Terminated(KeyboardInterrupt):
@@ -33,7 +34,7 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except FormatError as e:
-            click.echo(f"qconv: error: {e}", err=True)
+            click.echo(f"qconv: error: {escaped(str(e))}", err=True)  # one line, no terminal controls from files
             sys.exit(1)
         except Terminated:
             click.echo("qconv: terminated", err=True)

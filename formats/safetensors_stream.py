@@ -196,6 +196,8 @@ class SafetensorsSource:
             shape = (rows[1] - rows[0], *shape[1:])
             start += rows[0] * row_elements * itemsize
             count = shape[0] * row_elements
+        if start + count * itemsize > len(m):  # the header was checked against the file; the file shrank since
+            raise FormatError(f"{entry.file}: tensor '{name}' lies past the end of the file (truncated while read?)")
         raw = np.frombuffer(m, dtype=stored, count=count, offset=start)
         out = raw.astype(np.uint32 if entry.dtype == "BF16" else np.float32)
         del raw

@@ -21,6 +21,7 @@ from pathlib import Path
 import click
 
 from qconv.formats.errors import FormatError
+from qconv.formats.printable import escaped
 
 INT32_MAX = 2**31 - 1  # the C runtime's counts (top-k, context, window) are int32
 MAX_THREADS = 1024  # each thread gets a context-long attention buffer; more is a typo, not a machine
@@ -54,7 +55,7 @@ class OneLineErrors(click.Command):
 
 
 def _fail(message: str) -> None:
-    click.echo(f"qrun: error: {message}", err=True)
+    click.echo(f"qrun: error: {escaped(message)}", err=True)  # one line, no terminal controls from files
     sys.exit(1)
 
 

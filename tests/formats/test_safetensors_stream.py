@@ -71,3 +71,18 @@ def test_unsupported_dtype(tmp_path):
     save_file({"i": np.arange(4, dtype=np.int64)}, str(tmp_path / "model.safetensors"))
     with pytest.raises(FormatError, match="dtype I64"):
         SafetensorsSource(tmp_path)
+
+
+def test_file_truncated_after_its_header_was_read(tmp_path):
+    """The header passed its checks, then the file shrank before the tensor was read: one line, not numpy's
+    'buffer is smaller than requested size'."""
+    save_file(
+        {"a": np.ones((64, 64), np.float32), "b": np.ones((64, 64), np.float32)}, str(tmp_path / "model.safetensors")
+    )
+    with SafetensorsSource(tmp_path) as src:
+        path = tmp_path / "model.safetensors"
+        with open(path, "r+b") as f:
+            f.truncate(path.stat().st_size - 4096)
+        last = max(src.entries, key=lambda n: src.entries[n].end)
+        with pytest.raises(FormatError, match=f"tensor '{last}' lies past the end of the file"):
+            src.read_f32(last)
