@@ -1,9 +1,8 @@
 /* fuzz_model.c — fuzz target for what a GGUF reaches past the loader: model open (config, weights, repacking,
  * run state), tokenizer load, a short prompt eval, sampling and detokenizing (not part of libqrt; not in SOURCES).
  *
- * libFuzzer:  clang -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE native/programs/fuzz_model.c \
- *                   $(python3 -m tests.native_sources) -lm -o fuzz_model
- *             ./fuzz_model -rss_limit_mb=4096 corpus/
+ * libFuzzer:  bash tests/fuzz.sh model SECONDS (builds it under ASan/UBSan, seeds it with small GGUFs of every
+ *             weight type that qconv writes, runs).
  * Plain run over files (any C compiler, with -DQRT_FUZZ_MAIN): `fuzz_model [-c N] FILE...` prints "ok" or the
  * first error per file. The 32-bit test builds this form for armv7 and runs it under qemu.
  *
