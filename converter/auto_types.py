@@ -113,18 +113,11 @@ def copy_with_metadata(src, out, metadata: dict) -> None:
 
     from qconv.formats.atomic_write import AtomicFile
     from qconv.formats.gguf_read import read_gguf
+    from qconv.formats.gguf_write import copy_metadata
 
     with read_gguf(src) as g, AtomicFile(out) as tmp:
         writer = gguf.GGUFWriter(tmp, arch=g.architecture or "", endianess=gguf.GGUFEndian.LITTLE)
-        for key, value in g.metadata.items():
-            if key in (gguf.Keys.General.ARCHITECTURE, "general.alignment"):
-                continue
-            vtype = g.value_types[key]
-            if vtype == gguf.GGUFValueType.ARRAY:
-                items = value.tolist() if isinstance(value, np.ndarray) else value
-                writer.add_key_value(key, items, vtype, sub_type=g.array_types.get(key))
-            else:
-                writer.add_key_value(key, value, vtype)
+        copy_metadata(g, writer)
         for key, value in metadata.items():
             if isinstance(value, str):
                 writer.add_string(key, value)

@@ -11,7 +11,7 @@ import numpy as np
 
 from qconv.formats.errors import FormatError
 from qconv.formats.gguf_read import GGUFFile, read_gguf
-from qconv.formats.gguf_write import add_model_metadata, llama3_rope_factors
+from qconv.formats.gguf_write import add_model_metadata, copy_metadata, llama3_rope_factors
 from qconv.formats.hf_config import read_model_spec
 from qconv.formats.printable import shown
 from qconv.formats.safetensors_stream import SafetensorsSource
@@ -169,16 +169,7 @@ class GGUFSource:
         return int(value)
 
     def add_metadata(self, writer: gguf.GGUFWriter) -> None:
-        g = self.gguf
-        for key, value in g.metadata.items():
-            if key == gguf.Keys.General.ARCHITECTURE or key.startswith(NOT_COPIED) or key == "general.alignment":
-                continue
-            vtype = g.value_types[key]
-            if vtype == gguf.GGUFValueType.ARRAY:
-                items = value.tolist() if isinstance(value, np.ndarray) else value
-                writer.add_key_value(key, items, vtype, sub_type=g.array_types.get(key))
-            else:
-                writer.add_key_value(key, value, vtype)
+        copy_metadata(self.gguf, writer, skip=lambda key: key.startswith(NOT_COPIED))
 
     def read_f32(self, name: str) -> np.ndarray:
         t = self.gguf.tensors[name]

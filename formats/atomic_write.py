@@ -145,6 +145,19 @@ class _AtomicOutput:
     def __enter__(self) -> Path:
         return self.open()
 
+    def open(self) -> Path:
+        self._check()
+        temp = self.temp = temp_path(self.target)  # known before it exists: an interrupt in between removes it
+        try:
+            self._create(temp)
+        except OSError as e:
+            self.discard()
+            raise FormatError(f"{self.target}: cannot write in folder {temp.parent}: {e.strerror}") from None
+        except BaseException:  # `with` runs no __exit__ when __enter__ fails
+            self.discard()
+            raise
+        return temp
+
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc is None:
             try:
@@ -167,21 +180,14 @@ class AtomicFile(_AtomicOutput):
         self.target = Path(target)
         self.temp = None
 
-    def open(self) -> Path:
+    def _check(self) -> None:
         check_output_file(self.target)
-        temp = self.temp = temp_path(self.target)  # known before it exists: an interrupt in between removes it
-        try:
-            temp.unlink(missing_ok=True)
-            os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666))  # mode: the umask's
-            for listener in temp_listeners:
-                listener(temp, True)
-        except OSError as e:
-            self.discard()
-            raise FormatError(f"{self.target}: cannot write in folder {temp.parent}: {e.strerror}") from None
-        except BaseException:  # `with` runs no __exit__ when __enter__ fails
-            self.discard()
-            raise
-        return temp
+
+    def _create(self, temp: Path) -> None:
+        temp.unlink(missing_ok=True)
+        os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666))  # mode: the umask's
+        for listener in temp_listeners:
+            listener(temp, True)
 
     def commit(self) -> Path:
         os.replace(self.temp, self.target)
@@ -209,19 +215,12 @@ class AtomicFolder(_AtomicOutput):
         self.force = force
         self.temp = None
 
-    def open(self) -> Path:
+    def _check(self) -> None:
         check_output_folder(self.target, self.force)
-        temp = self.temp = temp_path(self.target)  # known before it exists: an interrupt in between removes it
-        try:
-            _remove(temp)
-            os.mkdir(temp)  # 0777 less the umask
-        except OSError as e:
-            self.discard()
-            raise FormatError(f"{self.target}: cannot write in folder {temp.parent}: {e.strerror}") from None
-        except BaseException:  # `with` runs no __exit__ when __enter__ fails
-            self.discard()
-            raise
-        return temp
+
+    def _create(self, temp: Path) -> None:
+        _remove(temp)
+        os.mkdir(temp)  # 0777 less the umask
 
     def commit(self) -> Path:
         (self.temp / MARKER).write_text("written by qconv: a later qconv run may replace this folder\n")

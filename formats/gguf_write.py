@@ -14,6 +14,7 @@ import numpy as np
 
 from qconv.formats.atomic_write import AtomicFile, check_output_file, disk_full_error
 from qconv.formats.errors import FormatError
+from qconv.formats.gguf_read import GGUFFile
 from qconv.formats.hf_config import ModelSpec
 
 
@@ -43,6 +44,20 @@ def add_model_metadata(writer: gguf.GGUFWriter, spec: ModelSpec) -> None:
         writer.add_rope_scaling_factor(float(scaling["factor"]))
         writer.add_rope_scaling_orig_ctx_len(int(scaling["original_max_position_embeddings"]))
     # llama3 scaling is carried by the rope_freqs tensor (llama3_rope_factors), not by keys
+
+
+def copy_metadata(src: GGUFFile, writer: gguf.GGUFWriter, skip=lambda key: False) -> None:
+    """Every key/value of a GGUF read by gguf_read into a writer, with its stored type, except the architecture and
+    the alignment (the writer sets both) and the keys `skip` names."""
+    for key, value in src.metadata.items():
+        if key in (gguf.Keys.General.ARCHITECTURE, "general.alignment") or skip(key):
+            continue
+        vtype = src.value_types[key]
+        if vtype == gguf.GGUFValueType.ARRAY:
+            items = value.tolist() if isinstance(value, np.ndarray) else value
+            writer.add_key_value(key, items, vtype, sub_type=src.array_types.get(key))
+        else:
+            writer.add_key_value(key, value, vtype)
 
 
 def llama3_rope_factors(spec: ModelSpec) -> np.ndarray:

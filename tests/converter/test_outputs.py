@@ -8,25 +8,11 @@ import sys
 import time
 
 import pytest
-from click.testing import CliRunner
 
-from qconv.converter.cli import main
 from qconv.formats.atomic_write import MARKER
+from tests.qconv_cli import assert_user_error, run
 
 SHAPE = dict(arch="llama", hidden=256, n_layers=2, n_heads=4, n_kv_heads=2, ffn=512, vocab=512)
-
-
-def run(*args):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    return result.exit_code, result.output
-
-
-def assert_one_line_error(code, output, *needles):
-    assert code == 1, output
-    lines = output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("qconv: error: "), output
-    for needle in needles:
-        assert str(needle) in lines[0], output
 
 
 @pytest.fixture
@@ -56,7 +42,7 @@ def test_unwritable_outputs_fail_before_the_work(model, tmp_path, command, probl
     start = time.perf_counter()
     code, output = run(*COMMANDS[command](model, out))
     seconds = time.perf_counter() - start
-    assert_one_line_error(code, output, out, parent)
+    assert_user_error(code, output, None, out, parent)
     assert seconds < 1.0, f"{command} took {seconds:.1f} s to refuse its output"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
@@ -64,7 +50,7 @@ def test_unwritable_outputs_fail_before_the_work(model, tmp_path, command, probl
 @pytest.mark.parametrize("command", ["to-gguf", "calibrate", "analyze"])
 def test_a_folder_where_a_file_is_expected(model, tmp_path, command):
     (tmp_path / "out").mkdir()
-    assert_one_line_error(*run(*COMMANDS[command](model, tmp_path / "out")), tmp_path / "out", "is a folder")
+    assert_user_error(*run(*COMMANDS[command](model, tmp_path / "out")), None, tmp_path / "out", "is a folder")
 
 
 @pytest.mark.parametrize("command", ["to-onnx", "eval", "sample random"])
@@ -72,7 +58,7 @@ def test_a_foreign_folder_is_refused_without_force(model, tmp_path, command):
     out = tmp_path / "work"
     out.mkdir()
     (out / "notes.txt").write_text("someone's work")
-    assert_one_line_error(*run(*COMMANDS[command](model, out)), out, "--force")
+    assert_user_error(*run(*COMMANDS[command](model, out)), None, out, "--force")
     assert (out / "notes.txt").read_text() == "someone's work"
 
 
@@ -119,21 +105,21 @@ def test_help_states_the_output_rule(command):
 
 def test_eval_unknown_suite_lists_the_suites_before_loading(tmp_path):
     code, output = run("eval", tmp_path / "not-there.gguf", "--ref", tmp_path / "neither", "--suite", "typo")
-    assert_one_line_error(code, output, "--suite typo", "prose", "maths", "long_context")
+    assert_user_error(code, output, None, "--suite typo", "prose", "maths", "long_context")
 
 
 @pytest.mark.parametrize("flag", ["--target-bpw", "--max-kld"])
 def test_auto_flags_without_type_auto_are_an_error(model, tmp_path, flag):
     out = tmp_path / "out.gguf"
     code, output = run("to-gguf", model, "-o", out, "--type", "q4_k_m", flag, "0.5")
-    assert_one_line_error(code, output, flag, "--type auto")
+    assert_user_error(code, output, None, flag, "--type auto")
     assert not out.exists()
 
 
 @pytest.mark.parametrize("flags", [[], ["--target-bpw", "4", "--max-kld", "0.1"]])
 def test_type_auto_needs_exactly_one_target_before_the_analysis(model, tmp_path, flags):
     code, output = run("to-gguf", model, "-o", tmp_path / "out.gguf", "--type", "auto", *flags)
-    assert_one_line_error(code, output, "--target-bpw", "--max-kld")
+    assert_user_error(code, output, None, "--target-bpw", "--max-kld")
 
 
 def test_a_crashed_writers_temporaries_are_removed_a_live_ones_kept(model, tmp_path):

@@ -5,17 +5,10 @@ import shutil
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from safetensors.numpy import load_file, save_file
 
-from qconv.converter.cli import main
 from qconv.formats.gguf_read import read_gguf
-
-
-def run(*args):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    return result.exit_code, result.output
-
+from tests.qconv_cli import assert_user_error, run
 
 SHAPE = dict(arch="llama", hidden=256, n_layers=2, n_heads=4, n_kv_heads=2, ffn=512, vocab=512)
 
@@ -58,28 +51,16 @@ def test_json_summary_and_inspect(small_model, tmp_path):
     assert code == 0 and "F32" in output
 
 
-def _assert_user_error(code, output, out, *fragments):
-    assert code != 0
-    # the message is the one line left once the progress bar (on stderr, cleared with \r) is set aside
-    lines = [line for line in output.splitlines() if line.strip() and not line.strip().startswith("converting")]
-    assert len(lines) == 1 and lines[0].startswith("qconv: error:"), output
-    for fragment in fragments:
-        assert fragment in lines[0], output
-    assert "Traceback" not in output
-    assert not out.exists()
-    assert not list(out.parent.glob(f".{out.name}*")), "a temporary file was left behind"
-
-
 def test_missing_config(small_model, tmp_path):
     (small_model / "config.json").unlink()
     out = tmp_path / "out.gguf"
-    _assert_user_error(*run("to-gguf", small_model, "-o", out), out, "config.json")
+    assert_user_error(*run("to-gguf", small_model, "-o", out), out, "config.json")
 
 
 def test_invalid_config(small_model, tmp_path):
     (small_model / "config.json").write_text("{")
     out = tmp_path / "out.gguf"
-    _assert_user_error(*run("to-gguf", small_model, "-o", out), out, "config.json", "not valid JSON")
+    assert_user_error(*run("to-gguf", small_model, "-o", out), out, "config.json", "not valid JSON")
 
 
 def test_unsupported_architecture(small_model, tmp_path):
@@ -87,7 +68,7 @@ def test_unsupported_architecture(small_model, tmp_path):
     config["architectures"] = ["GPTNeoXForCausalLM"]
     (small_model / "config.json").write_text(json.dumps(config))
     out = tmp_path / "out.gguf"
-    _assert_user_error(
+    assert_user_error(
         *run("to-gguf", small_model, "-o", out), out, "GPTNeoXForCausalLM", "LlamaForCausalLM", "Qwen3ForCausalLM"
     )
 
@@ -100,7 +81,7 @@ def test_missing_shard(random_model_factory, tmp_path):
     assert len(shards) > 1
     shards[-1].unlink()
     out = tmp_path / "out.gguf"
-    _assert_user_error(*run("to-gguf", model, "-o", out), out, shards[-1].name, "missing")
+    assert_user_error(*run("to-gguf", model, "-o", out), out, shards[-1].name, "missing")
 
 
 def test_truncated_safetensors(small_model, tmp_path):
@@ -108,7 +89,7 @@ def test_truncated_safetensors(small_model, tmp_path):
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     out = tmp_path / "out.gguf"
-    _assert_user_error(*run("to-gguf", small_model, "-o", out), out, path.name, "truncated")
+    assert_user_error(*run("to-gguf", small_model, "-o", out), out, path.name, "truncated")
 
 
 def test_shape_contradicts_config(small_model, tmp_path):
@@ -118,7 +99,7 @@ def test_shape_contradicts_config(small_model, tmp_path):
     tensors[name] = tensors[name][:256]
     save_file(tensors, str(path))
     out = tmp_path / "out.gguf"
-    _assert_user_error(*run("to-gguf", small_model, "-o", out), out, name, "[256, 256]", "[512, 256]")
+    assert_user_error(*run("to-gguf", small_model, "-o", out), out, name, "[256, 256]", "[512, 256]")
 
 
 def test_nan_tensor_is_named_and_nothing_written(small_model, tmp_path):
@@ -128,7 +109,7 @@ def test_nan_tensor_is_named_and_nothing_written(small_model, tmp_path):
     tensors[name][3, 5] = np.nan
     save_file(tensors, str(path))
     out = tmp_path / "out.gguf"
-    _assert_user_error(*run("to-gguf", small_model, "-o", out), out, name, "NaN")
+    assert_user_error(*run("to-gguf", small_model, "-o", out), out, name, "NaN")
 
 
 @pytest.mark.parametrize("type_name", ["iq4_nl", "q3_k_m", "q6_k"])
@@ -141,17 +122,17 @@ def test_weight_whose_square_overflows_is_named_and_nothing_written(small_model,
     tensors[name][9, 17] = 1e20
     save_file(tensors, str(path))
     out = tmp_path / "out.gguf"
-    _assert_user_error(*run("to-gguf", small_model, "-o", out, "--type", type_name), out, name, "row ")
+    assert_user_error(*run("to-gguf", small_model, "-o", out, "--type", type_name), out, name, "row ")
 
 
 def test_unwritable_output(small_model, tmp_path):
     out = tmp_path / "no-such-folder" / "out.gguf"
-    _assert_user_error(*run("to-gguf", small_model, "-o", out), out, "does not exist")
+    assert_user_error(*run("to-gguf", small_model, "-o", out), out, "does not exist")
 
 
 def test_unknown_type_lists_valid(small_model, tmp_path):
     out = tmp_path / "out.gguf"
-    _assert_user_error(*run("to-gguf", small_model, "-o", out, "--type", "q9_9"), out, "q9_9", "q8_0", "f16")
+    assert_user_error(*run("to-gguf", small_model, "-o", out, "--type", "q9_9"), out, "q9_9", "q8_0", "f16")
 
 
 def test_existing_output_survives_a_failed_conversion(small_model, tmp_path):
@@ -190,7 +171,7 @@ def test_imatrix_is_used_and_recorded(small_model, tmp_path):
 def test_imatrix_of_another_model_names_the_tensor(small_model, tmp_path):
     out = tmp_path / "out.gguf"
     imatrix = _imatrix_for(small_model, tmp_path, width_delta=64)
-    _assert_user_error(
+    assert_user_error(
         *run("to-gguf", small_model, "-o", out, "--type", "q4_k_m", "--imatrix", imatrix),
         out,
         "blk.0.attn_k.weight",
@@ -208,7 +189,7 @@ def test_requantize_a_gguf(small_model, tmp_path):
         assert g.tensors["blk.1.ffn_up.weight"].type_name == "Q4_0"
         assert g.metadata["tokenizer.ggml.tokens"] == src.metadata["tokenizer.ggml.tokens"]
         assert g.metadata["general.file_type"] == 2
-    _assert_user_error(
+    assert_user_error(
         *run("to-gguf", out, "-o", tmp_path / "again.gguf", "--type", "q2_k"),
         tmp_path / "again.gguf",
         "--allow-requantize",
