@@ -202,7 +202,9 @@ typedef struct {
     int64_t *bad_row, *bad_col; /* per task: first non-finite value, or -1 */
 } blockwise_job;
 
-static void quantize_row(const blockwise_job *job, int64_t r) {
+/* 0, or -1 when a block's dequantized values scale * (q - zero point) leave float32 (a block spanning nearly all of
+ * it has no scale that fits: no NaN shows it, so it is checked here). */
+static int quantize_row(const blockwise_job *job, int64_t r) {
     const int64_t ncols = job->ncols, n_blocks = (ncols + job->block_size - 1) / job->block_size;
     const float *x = job->src + r * ncols;
     float sigma2 = 0;
@@ -223,11 +225,14 @@ static void quantize_row(const blockwise_job *job, int64_t r) {
         int z = 0;
         const float scale = job->symmetric ? fit_symmetric(padded, job->bits, xb, wb, l)
                                            : fit_asymmetric(padded, job->bits, xb, wb, l, &z);
+        for (int i = 0; i < n; i++)
+            if (!isfinite(scale * l[i])) return -1;
         job->scales[r * n_blocks + b] = scale;
         if (job->zero_points) job->zero_points[r * n_blocks + b] = (uint8_t)z;
         uint8_t *q = job->q + r * ncols + c0;
         for (int i = 0; i < n; i++) q[i] = (uint8_t)(int8_t)((int)l[i] + z);
     }
+    return 0;
 }
 
 static void quantize_task(void *ctx, int task, int thread) {
@@ -246,8 +251,7 @@ static void quantize_task(void *ctx, int task, int thread) {
             }
         }
         qrt_fp_flags_clear();
-        quantize_row(job, r);
-        if (qrt_fp_flags_raised()) {
+        if (quantize_row(job, r) != 0 || qrt_fp_flags_raised()) {
             job->bad_row[task] = r;
             job->bad_col[task] = -1; /* finite values whose search overflowed */
             return;
@@ -310,7 +314,8 @@ int qrt_quantize_blockwise(const float *src, int64_t nrows, int64_t ncols, int b
     int rc = 0;
     for (int64_t t = 0; t < n_tasks; t++) {
         if (job.bad_row[t] >= 0 && job.bad_col[t] < 0) {
-            set_error(err, errlen, "row %lld makes the block search compute NaN (its sums overflow%s)",
+            set_error(err, errlen,
+                      "row %lld overflows float32 in the block search (a NaN sum or a dequantized value%s)",
                       (long long)job.bad_row[t], importance ? "; values and importance weights too large" : "");
             rc = -3;
             break;

@@ -29,7 +29,7 @@ SANITIZE = [
 
 # fuzz_quant.c's header: byte 0 picks the quantizer (0x80: block-wise), byte 3 holds these flags
 BLOCKWISE = 0x80
-IMPORTANCE, RAW_BITS, OUTLIERS, BITS_8, SYMMETRIC = 1, 0 << 1, 3 << 1, 8, 16
+IMPORTANCE, RAW_BITS, OUTLIERS, BITS_8, SYMMETRIC, BLOCK_16 = 1, 0 << 1, 3 << 1, 8, 16, 1 << 5
 
 
 def plain_runner(out_dir: Path, target: str, sources: list[str]) -> Path:
@@ -73,6 +73,15 @@ def test_blockwise_with_infinite_weights_is_an_error_not_garbage_levels(fuzz_qua
         f"blockwise-{name}": quant_input(BLOCKWISE, 1, 7, IMPORTANCE | RAW_BITS | BITS_8 | kind, [3e38] * 16)
         for name, kind in (("symmetric", SYMMETRIC), ("asymmetric", 0))
     }
+    run_clean(fuzz_quant, write_inputs(tmp_path, inputs))
+
+
+def test_blockwise_whose_dequantized_values_overflow_is_an_error(fuzz_quant, tmp_path):
+    """An asymmetric 4-bit block from -3.4e38 to 0: the least-squares scale (2.84e37) times the zero point's 12
+    levels is -3.405e38, past float32, and the quantizer wrote it without a word (the quantizer fuzzer's second
+    find)."""
+    values = [-1.7014118e38, -3.1741791e37, -7.978743e36, -3.4027717e38, 0.0, 0.0, 0.0, 0.0] * 2
+    inputs = {"blockwise-wide": quant_input(BLOCKWISE, 1, 15, RAW_BITS | BLOCK_16, values)}
     run_clean(fuzz_quant, write_inputs(tmp_path, inputs))
 
 
