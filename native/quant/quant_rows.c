@@ -97,6 +97,9 @@ static int64_t scan_row(const float *x, int64_t n, float *amax) {
 /* Beyond fp16's range the scales of every quantized type (and f16 itself) overflow to inf: such rows are
  * dequantized again and rejected if anything came back non-finite, rather than written as inf/NaN. */
 #define FP16_MAX 65504.f
+/* A search may also place a block's min or scale past the block's own values (Q5_1 stored a min of -inf for values
+ * down to -65320), so rows from a sixteenth of that range on are checked the same way; real weights stay far below. */
+#define ROUND_TRIP_FROM (FP16_MAX / 16)
 
 enum { BAD_RANGE = -1, BAD_ARITHMETIC = -2 }; /* why a row of finite values was refused (quantize_job.bad_col) */
 
@@ -142,9 +145,10 @@ static void quantize_task(void *ctx, int task, int thread) {
         qrt_fp_flags_clear();
         job->traits->quantize_row(x, y, job->ncols, job->importance);
         const int overflowed = qrt_fp_flags_raised();
-        if ((amax > FP16_MAX && !row_round_trips(job->traits, y, job->ncols)) || overflowed) {
+        const int out_of_range = amax > ROUND_TRIP_FROM && !row_round_trips(job->traits, y, job->ncols);
+        if (out_of_range || overflowed) {
             job->bad_row[task] = r;
-            job->bad_col[task] = amax > FP16_MAX ? BAD_RANGE : BAD_ARITHMETIC;
+            job->bad_col[task] = out_of_range ? BAD_RANGE : BAD_ARITHMETIC;
             job->bad_amax[task] = amax;
             return;
         }

@@ -85,6 +85,19 @@ def test_blockwise_whose_dequantized_values_overflow_is_an_error(fuzz_quant, tmp
     run_clean(fuzz_quant, write_inputs(tmp_path, inputs))
 
 
+def test_q5_1_whose_min_leaves_fp16_is_an_error():
+    """Values within fp16's range (down to -65320): Q5_1's search stored a min below -65504, which is -inf as fp16,
+    and the row was written (only rows beyond fp16's range were dequantized again): the quantizer fuzzer's third
+    find."""
+    from qconv.runtime import quants
+
+    block = [63228, 34440, -14726, 54610, -33666, -33832, -4996, 14834, 55422, 382, 65148, -14708, -33778, -13312]
+    block += [50018, 766, 0, -14372, -65320, 13260, 50560, 1710, -8578, -53064, -47748, 3932, -62594, -23172]
+    block += [37602, -12028, 13438, 38904]
+    with pytest.raises(ValueError, match="row 0 holds values up to 65320, beyond what Q5_1 can store"):
+        quants.quantize(np.array([block], np.float32), "Q5_1")
+
+
 EXTREMES = {
     "huge": [3e38, -3e38, 1e20, -1e20] * 64,
     "tiny": [1e-45, -1e-45, 1e-40, 1e-38] * 64,
