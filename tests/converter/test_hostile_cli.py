@@ -16,26 +16,20 @@ import pytest
 from click.testing import CliRunner
 
 from qconv.formats.gguf_read import read_gguf
+from tests.hostile_folder import private_model, secret_outside
 from tests.qconv_cli import assert_user_error, run
 
-SHAPE = dict(arch="llama", hidden=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn=128, vocab=300, dtype="f32")
-SECRET = "root:x:0:0:secret-line-from-outside:/root:/bin/bash\n"
 ESC_TITLE = "\x1b]0;pwned\x07"
 
 
 @pytest.fixture
 def model(random_model_factory, tmp_path):
-    dst = tmp_path / "model"
-    shutil.copytree(random_model_factory(**SHAPE), dst)
-    return dst
+    return private_model(random_model_factory, tmp_path)
 
 
 @pytest.fixture
 def outside(tmp_path):
-    path = tmp_path / "outside" / "passwd"
-    path.parent.mkdir()
-    path.write_text(SECRET)
-    return path
+    return secret_outside(tmp_path)
 
 
 def _config(model, **changes):

@@ -21,26 +21,19 @@ from qconv.formats.hf_config import read_model_spec
 from qconv.formats.printable import escaped, shown
 from qconv.formats.safetensors_stream import SafetensorsSource
 from qconv.formats.tokenizer_meta import read_hf_tokenizer
+from tests.hostile_folder import SECRET, private_model, secret_outside
 
-SHAPE = dict(arch="llama", hidden=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn=128, vocab=300, dtype="f32")
-SECRET = "root:x:0:0:secret-line-from-outside:/root:/bin/bash\n"
 BOMB_DEPTH = 100_000  # json's C parser gives RecursionError near 1000
 
 
 @pytest.fixture
 def model(random_model_factory, tmp_path):
-    dst = tmp_path / "model"
-    shutil.copytree(random_model_factory(**SHAPE), dst)
-    return dst
+    return private_model(random_model_factory, tmp_path)
 
 
 @pytest.fixture
 def outside(tmp_path):
-    """A file beside the model folder, standing in for /etc/passwd."""
-    path = tmp_path / "outside" / "passwd"
-    path.parent.mkdir()
-    path.write_text(SECRET)
-    return path
+    return secret_outside(tmp_path)
 
 
 def _config(model, **changes):
