@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qconv.formats.atomic_write import AtomicFile, check_output_file
+from qconv.formats.architectures import NATIVE_GGUF_ARCHS
 from qconv.formats.errors import FormatError
 from qconv.formats.gguf_read import read_gguf
 from qconv.samples.fetch import cache_dir
@@ -47,7 +48,7 @@ HOST_COMPILER = ("gcc", "gcc")
 KERNEL_TYPES = frozenset(
     {"F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL"}
 )
-ARCHITECTURES = frozenset({"llama", "mistral", "qwen2", "qwen3"})  # native/model/model.c's table
+ARCHITECTURES = NATIVE_GGUF_ARCHS  # the rows of formats/architectures.py marked native (native/model/model.c)
 GIB = 1 << 30
 
 

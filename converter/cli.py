@@ -9,6 +9,7 @@ import click
 
 from qconv.converter.cli_errors import stop_on_sigterm, user_errors
 from qconv.converter.cli_outputs import FILE_RULE, FOLDER_RULE, force_option
+from qconv.formats.architectures import FAMILIES
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -212,7 +213,7 @@ def sample_gemma3(out_dir: Path, force: bool) -> None:
 @sample.command("random")
 @output_folder_option()
 @force_option
-@click.option("--arch", type=click.Choice(["llama", "mistral", "qwen2", "qwen3"]), default="llama", show_default=True)
+@click.option("--arch", type=click.Choice(list(FAMILIES)), default="llama", show_default=True)
 @click.option("--hidden", type=int, default=256, show_default=True)
 @click.option("--layers", "n_layers", type=int, default=2, show_default=True)
 @click.option("--heads", "n_heads", type=int, default=4, show_default=True)
@@ -222,11 +223,16 @@ def sample_gemma3(out_dir: Path, force: bool) -> None:
 @click.option("--vocab", type=int, default=512, show_default=True)
 @click.option("--tied", is_flag=True)
 @click.option("--dtype", type=click.Choice(["bf16", "f16", "f32"]), default="bf16", show_default=True)
+@click.option("--experts", "n_experts", type=int, default=8, show_default=True, help="MoE families: experts per layer.")
+@click.option("--experts-used", "n_experts_used", type=int, default=2, show_default=True, help="MoE: top-k.")
+@click.option("--expert-ffn", type=int, default=None, help="qwen3moe: one expert's FFN width (default: --ffn).")
+@click.option("--sliding-window", type=int, default=32, show_default=True, help="gemma3: the local window.")
+@click.option("--context", "context_length", type=int, default=4096, show_default=True)
 @click.option("--shard-mb", type=int, default=None, help="Split into shards of about this size.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @user_errors
 def sample_random(out_dir: Path, force: bool, shard_mb: int | None, **shape) -> None:
-    """A random-weight llama-family folder of any shape, for tests and benchmarks."""
+    """A random-weight folder of any family and shape, for tests and benchmarks."""
     from qconv.samples.synthetic import build_random_model
 
     shard_bytes = shard_mb * 2**20 if shard_mb else None

@@ -67,7 +67,7 @@ def onnx_layer_errors(folder: Path, ref: Path) -> dict:
 
     from qconv.converter.onnx_export import FUSED_LINEAR
     from qconv.formats.gguf_read import read_gguf
-    from qconv.formats.hf_config import ARCHITECTURES
+    from qconv.formats.architectures import ARCHITECTURES
     from qconv.formats.tensor_names import gguf_name, permute_rope_rows, rope_permute_heads
 
     model = onnx.load(str(Path(folder) / MODEL_FILE))  # external data is read from beside the file

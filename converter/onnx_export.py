@@ -58,6 +58,7 @@ from qconv.formats import folder_files
 from qconv.formats.atomic_write import AtomicFolder, check_output_folder
 from qconv.formats.errors import FormatError
 from qconv.formats.gguf_write import add_model_metadata, llama3_rope_factors
+from qconv.formats.architectures import ARCHITECTURES
 from qconv.formats.hf_config import ModelSpec
 from qconv.formats.imatrix import ImportanceMatrix, read_imatrix
 from qconv.formats.onnx_graph import GATHERABLE, PROTO_LIMIT_BYTES, QUANT_TYPES, GraphBuilder
@@ -77,8 +78,8 @@ COPIED_FILES = (
     "chat_template.jinja",
     "chat_template.json",
 )
-# onnxruntime-genai's model type per GGUF architecture
-GENAI_TYPES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
+# onnxruntime-genai's model type per GGUF architecture (the architecture table's genai_type)
+GENAI_TYPES = {a.gguf_arch: a.genai_type for a in ARCHITECTURES.values() if a.genai_type}
 LINEAR_LAYERS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # Linear layers of one input, grouped: by default one MatMul(NBits) each; with fuse_linear stored as one
 # K x (N1 + N2 ...) weight, one MatMul(NBits) and a Split: blocks run along K, so the concatenation quantizes

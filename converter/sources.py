@@ -4,21 +4,27 @@ GGUF tensor names and shapes in writing order, f32 values one tensor at a time, 
 from __future__ import annotations
 
 import re
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import gguf
 import numpy as np
 
+from qconv.formats.architectures import TensorRow, checkpoint_name, match_hf, unknown_tensor
 from qconv.formats.errors import FormatError
 from qconv.formats.gguf_read import GGUFFile, read_gguf
 from qconv.formats.gguf_write import add_model_metadata, copy_metadata, llama3_rope_factors
 from qconv.formats.hf_config import read_model_spec
 from qconv.formats.printable import shown
 from qconv.formats.safetensors_stream import SafetensorsSource
-from qconv.formats.tensor_names import gguf_name, permute_rope_rows, rope_permute_heads
+from qconv.formats.tensor_names import permute_rope_rows
 from qconv.formats.tokenizer_meta import read_hf_tokenizer
 
 ROPE_FREQS = "rope_freqs.weight"
+ROPE_FACTORS_LONG = "rope_factors_long.weight"  # Phi-3 LongRoPE: divisors beyond the original context
+ROPE_FACTORS_SHORT = "rope_factors_short.weight"  # ... and within it
+GENERATED = (ROPE_FREQS, ROPE_FACTORS_LONG, ROPE_FACTORS_SHORT)  # written from config.json, not read
 LAYER_NAME = re.compile(r"model\.layers\.(\d{1,9})\.")
 CHUNK_BYTES = 64 * 2**20  # f32 bytes read, checked and quantized at a time: bounds memory on large tensors
 FLOAT_TYPES = (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16, gguf.GGMLQuantizationType.BF16)
@@ -32,10 +38,20 @@ def row_chunks(shape: tuple[int, ...], chunk_bytes: int = CHUNK_BYTES):
 
 
 def writing_order(name: str) -> tuple:
-    """token_embd, rope_freqs, the blocks in order, output_norm, output: the order llama.cpp's converter uses."""
+    """token_embd, rope tensors, the blocks in order, output_norm, output: the order llama.cpp's converter uses."""
     if name.startswith("blk."):
         return (2, int(name.split(".")[1]), name)
-    return ({"token_embd.weight": 0, ROPE_FREQS: 1, "output_norm.weight": 3, "output.weight": 4}.get(name, 5), 0, name)
+    first = {"token_embd.weight": 0, ROPE_FREQS: 1, ROPE_FACTORS_LONG: 1, ROPE_FACTORS_SHORT: 1}
+    return ({**first, "output_norm.weight": 3, "output.weight": 4}.get(name, 5), 0, name)
+
+
+@dataclass
+class _Tensor:
+    """One GGUF tensor of an HF folder: its row in the architecture table and the HF tensor(s) it is made of
+    (one per expert, in expert order, for a stacked expert tensor)."""
+
+    row: TensorRow
+    hf: list[str | None]
 
 
 class HFSource:
@@ -51,49 +67,91 @@ class HFSource:
         try:
             # config.json's numbers size the tokenizer (vocab_size) and the tensor table (num_hidden_layers):
             # checked against the tensor headers before either is built
-            self.hf_names = self._map_tensors()
+            self.tensors = self._map_tensors()
             self.tokenizer = read_hf_tokenizer(self.path, self.spec.vocab_size)
         except BaseException:
             self.safetensors.close()
             raise
-        self.shapes = {g: tuple(self.safetensors.entries[hf].shape) for g, hf in self.hf_names.items()}
-        if self.spec.rope_scaling.get("rope_type") == "llama3":
-            self.shapes[ROPE_FREQS] = (self.spec.head_dim // 2,)
+        self.hf_names = {g: t.hf[0] for g, t in self.tensors.items()}
+        self.shapes = {g: self.spec.gguf_shape(t.row) for g, t in self.tensors.items()}
+        self.shapes |= self._generated_shapes()
         self.shapes = dict(sorted(self.shapes.items(), key=lambda kv: writing_order(kv[0])))
         self.source_types = {name: "F32" for name in self.shapes}
 
-    def _map_tensors(self) -> dict[str, str]:
-        """GGUF name -> HF name; checks names and shapes against config.json first."""
-        spec, source = self.spec, self.safetensors
+    def _generated_shapes(self) -> dict[str, tuple[int, ...]]:
+        kind = self.spec.rope_scaling.get("rope_type")
+        if kind == "llama3":
+            return {ROPE_FREQS: (self.spec.head_dim // 2,)}
+        if kind == "longrope":
+            half = (self.spec.rotary_dim // 2,)
+            return {ROPE_FACTORS_LONG: half, ROPE_FACTORS_SHORT: half}
+        return {}
+
+    def _map_tensors(self) -> dict[str, _Tensor]:
+        """GGUF name -> its row and HF tensors; checks names, shapes and the expert count against config.json."""
+        spec, source, arch = self.spec, self.safetensors, self.spec.arch
         self._check_layer_count()
         expected = spec.expected_shapes()
-        mapping: dict[str, str] = {}
-        for hf, entry in source.entries.items():
-            gname = gguf_name(hf)
-            if gname is None:
+        tensors: dict[str, _Tensor] = {}
+        found: set[str] = set()
+        skipped = 0
+        for name, entry in source.entries.items():
+            spelled = checkpoint_name(arch, name)
+            if spelled is None:
+                skipped += any(name.startswith(p) for p in arch.skipped_prefixes)
                 continue
-            if hf not in expected:
-                if hf == "lm_head.weight" and spec.tied_embeddings:
+            match = match_hf(arch, spelled)
+            if match is None:
+                raise FormatError(f"{entry.file}: {unknown_tensor(arch, shown(name))}")
+            if match.xid is not None and match.xid >= spec.n_experts:
+                raise FormatError(
+                    f"{entry.file}: tensor '{shown(name)}' is expert {match.xid}; config.json's num_experts is "
+                    f"{spec.n_experts}"
+                )
+            if spelled not in expected:
+                if spelled == "lm_head.weight" and spec.tied_embeddings:
                     continue  # a tied checkpoint may still carry the copy; llama.cpp uses token_embd
                 raise FormatError(
-                    f"{entry.file}: tensor '{shown(hf)}' is not part of a {spec.architecture} with this config.json"
+                    f"{entry.file}: tensor '{shown(name)}' is not part of a {spec.architecture} with this config.json"
                 )
-            if tuple(entry.shape) != expected[hf]:
+            if tuple(entry.shape) != expected[spelled]:
                 raise FormatError(
-                    f"{entry.file}: tensor '{hf}' has shape {list(entry.shape)}, config.json implies {list(expected[hf])}"
+                    f"{entry.file}: tensor '{name}' has shape {list(entry.shape)}, config.json implies "
+                    f"{list(expected[spelled])}"
                 )
-            mapping[gname] = hf
-        missing = [hf for hf in expected if hf not in source.entries]
+            tensor = tensors.setdefault(match.gguf, _Tensor(match.row, [None] * (spec.n_experts or 1)))
+            tensor.hf[match.xid or 0] = name
+            found.add(spelled)
+        self._check_experts(tensors)
+        missing = [hf for hf in expected if hf not in found]
         if missing:
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
             raise FormatError(f"{source.model_dir}: tensor '{missing[0]}'{more} is missing from the checkpoint")
-        return mapping
+        if skipped:
+            print(
+                f"qconv: {self.path}: skipping {skipped} tensors of the vision tower and multi_modal_projector "
+                "(converting the text model)",
+                file=sys.stderr,
+            )
+        return tensors
+
+    def _check_experts(self, tensors: dict[str, _Tensor]) -> None:
+        """An expert count in config.json that the checkpoint contradicts is one line, naming both."""
+        for gname, tensor in tensors.items():
+            if tensor.row.per_expert and None in tensor.hf:
+                present = [h for h in tensor.hf if h is not None]
+                entry = self.safetensors.entries[present[0]]
+                raise FormatError(
+                    f"{entry.file}: tensor '{tensor.row.hf.format(bid=gname.split('.')[1], xid='N')}' has "
+                    f"{len(present)} experts, config.json's num_experts is {self.spec.n_experts}"
+                )
 
     def _check_layer_count(self) -> None:
         """num_hidden_layers against the layers the checkpoint holds, before a table of that many is built."""
         layers = set()
         for hf in self.safetensors.entries:
-            match = LAYER_NAME.match(hf)
+            spelled = checkpoint_name(self.spec.arch, hf)
+            match = LAYER_NAME.match(spelled) if spelled else None
             if match:
                 layers.add(int(match.group(1)))
         if self.spec.n_layers > len(layers):
@@ -106,26 +164,52 @@ class HFSource:
         add_model_metadata(writer, self.spec)
         self.tokenizer.add_to(writer)
 
-    def read_f32(self, name: str) -> np.ndarray:
-        """The f32 values of one GGUF tensor, permuted as llama.cpp expects."""
+    def _generated(self, name: str) -> np.ndarray:
         if name == ROPE_FREQS:
             return llama3_rope_factors(self.spec)
-        weights = self.safetensors.read_f32(self.hf_names[name])
-        heads = rope_permute_heads(name) if self.spec.arch.rope_permute else None
-        if heads:
-            weights = permute_rope_rows(weights, getattr(self.spec, heads))
+        key = "long_factor" if name == ROPE_FACTORS_LONG else "short_factor"
+        return np.asarray(self.spec.rope_scaling[key], dtype=np.float32)
+
+    def _read_hf(self, name: str, hf: str, rows: tuple[int, int] | None = None) -> np.ndarray:
+        """One HF tensor as llama.cpp stores it: norm shift added, q/k rows permuted for llama-style rope."""
+        row = self.tensors[name].row
+        weights = self.safetensors.read_f32(hf, rows)
+        if row.norm_shift:
+            weights += np.float32(row.norm_shift)
+        if row.rope_heads and self.spec.arch.rope_permute:
+            weights = permute_rope_rows(weights, getattr(self.spec, row.rope_heads))
         return weights
 
+    def read_f32(self, name: str) -> np.ndarray:
+        """The f32 values of one GGUF tensor, as llama.cpp expects them (experts stacked)."""
+        if name in GENERATED:
+            return self._generated(name)
+        tensor = self.tensors[name]
+        if tensor.row.per_expert:
+            return np.stack([self._read_hf(name, hf) for hf in tensor.hf])
+        return self._read_hf(name, tensor.hf[0])
+
     def read_f32_chunks(self, name: str):
-        """The tensor as consecutive row ranges (whole when rows are permuted or it is 1-D)."""
-        shape = self.shapes[name]
-        if name == ROPE_FREQS or len(shape) == 1 or (self.spec.arch.rope_permute and rope_permute_heads(name)):
+        """The tensor as consecutive pieces: row ranges, one expert (1, rows, cols) at a time for stacked experts,
+        whole when rows are permuted or it is 1-D."""
+        if name in GENERATED:
+            yield self._generated(name)
+            return
+        tensor, shape = self.tensors[name], self.shapes[name]
+        if tensor.row.per_expert:
+            for hf in tensor.hf:
+                yield self._read_hf(name, hf)[None]
+            return
+        if len(shape) == 1 or (self.spec.arch.rope_permute and tensor.row.rope_heads):
             yield self.read_f32(name)
             return
         for rows in row_chunks(shape):
-            yield self.safetensors.read_f32(self.hf_names[name], rows)
+            yield self._read_hf(name, tensor.hf[0], rows)
 
     def describe(self, name: str) -> str:
+        tensor = self.tensors.get(name)
+        if tensor is not None and tensor.row.per_expert:
+            return f"tensor '{tensor.row.hf.format(bid=name.split('.')[1], xid='N')}' (stacked as {name})"
         return f"tensor '{self.hf_names.get(name, name)}'"
 
     def close(self) -> None:

@@ -19,7 +19,8 @@ from qconv.formats.hf_config import ModelSpec
 
 
 def add_model_metadata(writer: gguf.GGUFWriter, spec: ModelSpec) -> None:
-    """The llama-family hyperparameters, under the keys llama.cpp reads for spec.gguf_arch."""
+    """The hyperparameters, under the keys llama.cpp reads for spec.gguf_arch (as its convert_hf_to_gguf.py
+    writes them)."""
     writer.add_name(spec.name)
     writer.add_context_length(spec.context_length)
     writer.add_embedding_length(spec.hidden)
@@ -29,13 +30,25 @@ def add_model_metadata(writer: gguf.GGUFWriter, spec: ModelSpec) -> None:
     writer.add_head_count_kv(spec.n_kv_heads)
     writer.add_layer_norm_rms_eps(spec.rms_eps)
     writer.add_rope_freq_base(spec.rope_theta)
-    writer.add_rope_dimension_count(spec.head_dim)
+    writer.add_rope_dimension_count(spec.rotary_dim)
     writer.add_vocab_size(spec.vocab_size)
     if spec.head_dim != spec.hidden // spec.n_heads or spec.arch.qk_norm:
         writer.add_key_length(spec.head_dim)
         writer.add_value_length(spec.head_dim)
+    if spec.arch.sliding_window_key:
+        writer.add_sliding_window(spec.sliding_window or 0)  # 0: none (llama.cpp's phi3 converter)
+    if spec.rope_theta_swa is not None:
+        writer.add_rope_freq_base_swa(spec.rope_theta_swa)
+    if spec.final_logit_softcapping is not None:
+        writer.add_final_logit_softcapping(spec.final_logit_softcapping)
+    if spec.arch.moe:
+        writer.add_expert_count(spec.n_experts)
+        writer.add_expert_used_count(spec.n_experts_used)
+        writer.add_expert_feed_forward_length(spec.expert_ffn)
     scaling = spec.rope_scaling
     kind = scaling.get("rope_type")
+    if spec.original_context_length is not None and kind != "longrope":
+        writer.add_rope_scaling_orig_ctx_len(spec.original_context_length)
     if kind == "linear":
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(float(scaling["factor"]))
@@ -43,7 +56,24 @@ def add_model_metadata(writer: gguf.GGUFWriter, spec: ModelSpec) -> None:
         writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
         writer.add_rope_scaling_factor(float(scaling["factor"]))
         writer.add_rope_scaling_orig_ctx_len(int(scaling["original_max_position_embeddings"]))
+    elif kind == "longrope":
+        # the factors themselves are the rope_factors_long/short tensors
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LONGROPE)
+        writer.add_rope_scaling_orig_ctx_len(int(scaling["original_max_position_embeddings"]))
+        writer.add_rope_scaling_attn_factors(longrope_attention_factor(spec))
     # llama3 scaling is carried by the rope_freqs tensor (llama3_rope_factors), not by keys
+
+
+def longrope_attention_factor(spec: ModelSpec) -> float:
+    """The cos/sin scale of LongRoPE, as transformers computes it: the config's attention_factor, else
+    sqrt(1 + ln(factor) / ln(original context)) with factor = max_position_embeddings / original context (llama.cpp's
+    converter always uses the latter)."""
+    s = spec.rope_scaling
+    if s.get("attention_factor") is not None:
+        return float(s["attention_factor"])
+    original = int(s["original_max_position_embeddings"])
+    factor = float(s.get("factor") or spec.context_length / original)
+    return math.sqrt(1 + math.log(factor) / math.log(original)) if factor > 1.0 else 1.0
 
 
 def copy_metadata(src: GGUFFile, writer: gguf.GGUFWriter, skip=lambda key: False) -> None:

@@ -1,85 +1,72 @@
-"""The HF -> GGUF tensor-name table for the llama family, and the q/k row permutation llama.cpp expects.
+"""HF <-> GGUF tensor names, derived from the rows of formats/architectures.py, and the q/k row permutation
+llama.cpp's llama-style rope expects.
 
-Names are rows, `{bid}` standing for the block index, as in gguf-py's tensor_mapping.py.
+Without an architecture, names are looked up in the llama family's rows (with Qwen3's q/k norms), the table
+every llama-like family shares.
 """
 
 from __future__ import annotations
 
-import re
+import dataclasses
 
 import numpy as np
 
-from qconv.formats.errors import FormatError
-
-HF_TO_GGUF: tuple[tuple[str, str], ...] = (
-    ("model.embed_tokens.weight", "token_embd.weight"),
-    ("model.norm.weight", "output_norm.weight"),
-    ("lm_head.weight", "output.weight"),
-    ("model.layers.{bid}.input_layernorm.weight", "blk.{bid}.attn_norm.weight"),
-    ("model.layers.{bid}.self_attn.q_proj.weight", "blk.{bid}.attn_q.weight"),
-    ("model.layers.{bid}.self_attn.k_proj.weight", "blk.{bid}.attn_k.weight"),
-    ("model.layers.{bid}.self_attn.v_proj.weight", "blk.{bid}.attn_v.weight"),
-    ("model.layers.{bid}.self_attn.o_proj.weight", "blk.{bid}.attn_output.weight"),
-    ("model.layers.{bid}.self_attn.q_proj.bias", "blk.{bid}.attn_q.bias"),
-    ("model.layers.{bid}.self_attn.k_proj.bias", "blk.{bid}.attn_k.bias"),
-    ("model.layers.{bid}.self_attn.v_proj.bias", "blk.{bid}.attn_v.bias"),
-    ("model.layers.{bid}.self_attn.o_proj.bias", "blk.{bid}.attn_output.bias"),
-    ("model.layers.{bid}.self_attn.q_norm.weight", "blk.{bid}.attn_q_norm.weight"),
-    ("model.layers.{bid}.self_attn.k_norm.weight", "blk.{bid}.attn_k_norm.weight"),
-    ("model.layers.{bid}.post_attention_layernorm.weight", "blk.{bid}.ffn_norm.weight"),
-    ("model.layers.{bid}.mlp.gate_proj.weight", "blk.{bid}.ffn_gate.weight"),
-    ("model.layers.{bid}.mlp.up_proj.weight", "blk.{bid}.ffn_up.weight"),
-    ("model.layers.{bid}.mlp.down_proj.weight", "blk.{bid}.ffn_down.weight"),
+from qconv.formats.architectures import (
+    ARCHITECTURES,
+    IGNORED,  # noqa: F401 - re-exported
+    QK_HEAD_NORM,
+    Architecture,
+    checkpoint_name,
+    match_gguf,
+    match_hf,
+    unknown_tensor,
 )
 
-# Checkpoint entries that carry no weights (buffers some exporters save); skipped, never an error.
-IGNORED = (re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq"),)
-
+# The llama-family names, for callers that name no architecture.
+_LLAMA_FAMILY = dataclasses.replace(
+    ARCHITECTURES["LlamaForCausalLM"], rows=(*ARCHITECTURES["LlamaForCausalLM"].rows, *QK_HEAD_NORM)
+)
+HF_TO_GGUF: tuple[tuple[str, str], ...] = tuple((r.hf, r.gguf) for r in _LLAMA_FAMILY.rows)
 # GGUF tensors whose rows llama.cpp's llama arch wants permuted, and which head count groups the rows.
-ROPE_PERMUTED = {
-    "attn_q.weight": "n_heads",
-    "attn_k.weight": "n_kv_heads",
-    "attn_q.bias": "n_heads",
-    "attn_k.bias": "n_kv_heads",
-}
+ROPE_PERMUTED = {r.gguf.removeprefix("blk.{bid}."): r.rope_heads for r in _LLAMA_FAMILY.rows if r.rope_heads}
 
 
-def _pattern(template: str) -> re.Pattern:
-    return re.compile(re.escape(template).replace(r"\{bid\}", r"(?P<bid>\d+)") + "$")
+def _arch(architecture: str | Architecture | None) -> Architecture:
+    if architecture is None:
+        return _LLAMA_FAMILY
+    return architecture if isinstance(architecture, Architecture) else ARCHITECTURES[architecture]
 
 
-_HF_PATTERNS = [(_pattern(hf), gguf) for hf, gguf in HF_TO_GGUF]
-_GGUF_PATTERNS = [(_pattern(gguf), hf) for hf, gguf in HF_TO_GGUF]
-
-
-def _translate(name: str, patterns) -> str | None:
-    for pattern, target in patterns:
-        m = pattern.match(name)
-        if m:
-            return target.format(bid=m.group("bid")) if "bid" in pattern.groupindex else target
-    return None
-
-
-def gguf_name(hf_name: str) -> str | None:
-    """The GGUF name of an HF tensor; None for entries to skip. Unknown names raise FormatError."""
-    if any(p.fullmatch(hf_name) for p in IGNORED):
+def gguf_name(hf_name: str, architecture: str | Architecture | None = None) -> str | None:
+    """The GGUF name of an HF tensor (experts: the stacked tensor's); None for entries to skip. Unknown names raise
+    FormatError."""
+    arch = _arch(architecture)
+    name = checkpoint_name(arch, hf_name)
+    if name is None:
         return None
-    name = _translate(hf_name, _HF_PATTERNS)
-    if name is None:
-        raise FormatError(f"tensor '{hf_name}' has no GGUF name in the llama-family table")
-    return name
+    match = match_hf(arch, name)
+    if match is None:
+        raise unknown_tensor(arch, hf_name)
+    return match.gguf
 
 
-def hf_name(gguf_tensor: str) -> str:
-    name = _translate(gguf_tensor, _GGUF_PATTERNS)
-    if name is None:
-        raise FormatError(f"GGUF tensor '{gguf_tensor}' has no HF name in the llama-family table")
-    return name
+def hf_name(gguf_tensor: str, architecture: str | Architecture | None = None) -> str:
+    """The HF name of a GGUF tensor (for stacked experts, the template with `{xid}` left in)."""
+    arch = _arch(architecture)
+    found = match_gguf(arch, gguf_tensor)
+    if found is None:
+        raise unknown_tensor(arch, gguf_tensor)
+    row, bid = found
+    return row.hf.replace("{bid}", str(bid)) if bid is not None else row.hf
 
 
-def rope_permute_heads(gguf_tensor: str) -> str | None:
+def rope_permute_heads(gguf_tensor: str, architecture: str | Architecture | None = None) -> str | None:
     """Which head count groups the rows of this tensor for the rope permutation, or None if not permuted."""
-    return ROPE_PERMUTED.get(gguf_tensor.split(".", 2)[-1] if gguf_tensor.startswith("blk.") else gguf_tensor)
+    arch = _arch(architecture)
+    if not arch.rope_permute:
+        return None
+    found = match_gguf(arch, gguf_tensor)
+    return found[0].rope_heads if found else None
 
 
 def permute_rope_rows(w: np.ndarray, n_heads: int) -> np.ndarray:

@@ -1,7 +1,9 @@
-"""Random-weight HF folders of the llama family (llama, mistral, qwen2, qwen3) for fast tests and benchmarks.
+"""Random-weight HF folders of every family in formats/architectures.py, for fast tests and benchmarks.
 
-Each tensor's values come from its own generator (seeded by ``seed`` and the tensor's position), so a folder is
-written one tensor at a time, shard by shard: a 1B-parameter folder needs memory for one tensor, not the model.
+The config.json is written first; the tensors are then the ones the architecture table implies for it
+(ModelSpec.expected_shapes), so a folder has exactly what the converter expects. Each tensor's values come from its
+own generator (seeded by ``seed`` and the tensor's name), so a folder is written one tensor at a time, shard by
+shard: a 1B-parameter folder needs memory for one tensor, not the model.
 The tokenizer is a small byte-level BPE (256 byte tokens, merges learned from a built-in text and then filled up to
 ``vocab``, three ChatML specials) written as real tokenizer.json files.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from qconv.formats.architectures import FAMILIES, match_hf
+from qconv.formats.errors import FormatError
+from qconv.formats.hf_config import ModelSpec, read_model_spec
 from qconv.formats.tokenizer_json import write_hf_tokenizer
 from qconv.formats.tokenizer_meta import TOKEN_CONTROL, TOKEN_NORMAL, TokenizerMeta
 from qconv.samples.safetensors_write import DTYPE_NAMES, TensorEntry, write_safetensors
@@ -24,29 +30,39 @@ from qconv.samples.safetensors_write import DTYPE_NAMES, TensorEntry, write_safe
 
 @dataclass(frozen=True)
 class ArchTraits:
-    architecture: str
-    model_type: str
-    qkv_bias: bool  # Qwen2 always carries q/k/v biases
-    qk_norm: bool  # Qwen3 RMS-normalises each head of q and k
+    """What a random folder of a family needs beyond the architecture table: its tokenizer's pre-tokenizer and the
+    config keys transformers reads for it."""
+
     pre_tokenizer: str  # tokenizer.ggml.pre name of the byte-level pre-tokenizer the family uses
     extra_config: tuple[tuple[str, object], ...] = ()
 
 
-ARCHS = {
-    "llama": ArchTraits(
-        "LlamaForCausalLM", "llama", False, False, "gpt-2", (("mlp_bias", False), ("pretraining_tp", 1))
+TRAITS = {
+    "llama": ArchTraits("gpt-2", (("mlp_bias", False), ("pretraining_tp", 1))),
+    "mistral": ArchTraits("gpt-2", (("sliding_window", None),)),
+    "qwen2": ArchTraits("qwen2", (("use_sliding_window", False), ("sliding_window", None))),
+    "qwen3": ArchTraits("qwen2", (("use_sliding_window", False), ("sliding_window", None))),
+    "gemma3": ArchTraits(
+        "gpt-2",
+        (("hidden_activation", "gelu_pytorch_tanh"), ("final_logit_softcapping", None),
+         ("attn_logit_softcapping", None), ("use_bidirectional_attention", False)),
+    ),  # fmt: skip
+    "smollm3": ArchTraits(
+        "gpt-2", (("mlp_bias", False), ("use_sliding_window", False), ("no_rope_layer_interval", 4))
     ),
-    "mistral": ArchTraits("MistralForCausalLM", "mistral", False, False, "gpt-2", (("sliding_window", None),)),
-    "qwen2": ArchTraits(
-        "Qwen2ForCausalLM", "qwen2", True, False, "qwen2", (("use_sliding_window", False), ("sliding_window", None))
-    ),
-    "qwen3": ArchTraits(
-        "Qwen3ForCausalLM", "qwen3", False, True, "qwen2", (("use_sliding_window", False), ("sliding_window", None))
-    ),
+    "phi3": ArchTraits("gpt-2", (("resid_pdrop", 0.0), ("embd_pdrop", 0.0))),
+    "qwen3moe": ArchTraits(
+        "qwen2",
+        (("use_sliding_window", False), ("sliding_window", None), ("norm_topk_prob", True),
+         ("decoder_sparse_step", 1), ("mlp_only_layers", []), ("output_router_logits", False)),
+    ),  # fmt: skip
+    "olmoe": ArchTraits("gpt-2", (("norm_topk_prob", False), ("clip_qkv", None), ("output_router_logits", False))),
 }
+ARCHS = {name: FAMILIES[name] for name in TRAITS}  # the families `qconv sample random --arch` builds
 TORCH_DTYPES = {"bf16": "bfloat16", "f16": "float16", "f32": "float32"}
 
 WEIGHT_STD = 0.02
+ROUTER_STD = 0.5  # router logits far apart: top-k choices that rounding differences cannot flip
 BIAS_STD = 0.1  # large enough that a dropped or misplaced bias changes the logits visibly
 BLOCK_VALUES = 1 << 22  # values generated at a time: bounds memory for any tensor size
 NORM_STD = 0.1  # norm gains are 1 + noise, so a norm applied to the wrong tensor shows
@@ -64,35 +80,20 @@ another language? It counted 1, 2, 3, 10, 100 and 2024, wrote code like def main
 """
 
 
-def _tensor_entries(config: dict, traits: ArchTraits, dtype: str) -> list[TensorEntry]:
-    hidden, ffn, vocab = config["hidden_size"], config["intermediate_size"], config["vocab_size"]
-    head_dim, n_heads, n_kv = config["head_dim"], config["num_attention_heads"], config["num_key_value_heads"]
+def _tensor_entries(spec: ModelSpec, dtype: str) -> list[TensorEntry]:
+    """The tensors the architecture table implies, embedding first and the output head last (the order of
+    checkpoints on the Hub)."""
     st = DTYPE_NAMES[dtype]
-    entries = [TensorEntry("model.embed_tokens.weight", st, (vocab, hidden))]
-    for layer in range(config["num_hidden_layers"]):
-        p = f"model.layers.{layer}."
-        entries.append(TensorEntry(p + "input_layernorm.weight", st, (hidden,)))
-        for proj, rows in (("q_proj", n_heads * head_dim), ("k_proj", n_kv * head_dim), ("v_proj", n_kv * head_dim)):
-            entries.append(TensorEntry(f"{p}self_attn.{proj}.weight", st, (rows, hidden)))
-            if traits.qkv_bias:
-                entries.append(TensorEntry(f"{p}self_attn.{proj}.bias", st, (rows,)))
-        if traits.qk_norm:
-            entries.append(TensorEntry(p + "self_attn.q_norm.weight", st, (head_dim,)))
-            entries.append(TensorEntry(p + "self_attn.k_norm.weight", st, (head_dim,)))
-        entries.append(TensorEntry(p + "self_attn.o_proj.weight", st, (hidden, n_heads * head_dim)))
-        entries.append(TensorEntry(p + "post_attention_layernorm.weight", st, (hidden,)))
-        entries.append(TensorEntry(p + "mlp.gate_proj.weight", st, (ffn, hidden)))
-        entries.append(TensorEntry(p + "mlp.up_proj.weight", st, (ffn, hidden)))
-        entries.append(TensorEntry(p + "mlp.down_proj.weight", st, (hidden, ffn)))
-    entries.append(TensorEntry("model.norm.weight", st, (hidden,)))
-    if not config["tie_word_embeddings"]:
-        entries.append(TensorEntry("lm_head.weight", st, (vocab, hidden)))
-    return entries
+    shapes = spec.expected_shapes()
+    last = [n for n in ("model.norm.weight", "lm_head.weight") if n in shapes]
+    order = [n for n in shapes if n not in last] + last
+    return [TensorEntry(name, st, shapes[name]) for name in order]
 
 
-def _random_values(entry: TensorEntry, seed: int, index: int) -> Iterator[np.ndarray]:
-    """The tensor's values in blocks of rows (at most about BLOCK_VALUES each), from its own generator."""
-    rng = np.random.default_rng([seed, index])
+def _random_values(entry: TensorEntry, seed: int, shifted: bool) -> Iterator[np.ndarray]:
+    """The tensor's values in blocks of rows (at most about BLOCK_VALUES each), from its own generator.
+    ``shifted``: a norm stored as w in x * (1 + w) (Gemma), so its gains are noise around 0, not 1."""
+    rng = np.random.default_rng([seed, zlib.crc32(entry.name.encode())])
     row_shape = entry.shape[1:]
     row_values = int(np.prod(row_shape, dtype=np.int64))
     step = max(1, BLOCK_VALUES // row_values) if row_shape else entry.shape[0]
@@ -100,7 +101,10 @@ def _random_values(entry: TensorEntry, seed: int, index: int) -> Iterator[np.nda
         noise = rng.standard_normal((min(step, entry.shape[0] - start), *row_shape), dtype=np.float32)
         if entry.name.endswith("norm.weight"):
             noise *= NORM_STD
-            noise += 1.0
+            if not shifted:
+                noise += 1.0
+        elif entry.name.endswith(".mlp.gate.weight"):
+            noise *= ROUTER_STD
         else:
             noise *= BIAS_STD if entry.name.endswith(".bias") else WEIGHT_STD
         yield noise
@@ -221,24 +225,32 @@ def random_model_config(
     tied: bool,
     dtype: str,
     rope_scaling: dict | None,
+    n_experts: int = 8,
+    n_experts_used: int = 2,
+    expert_ffn: int | None = None,
+    sliding_window: int = 32,
+    context_length: int = 4096,
+    extra_config: dict | None = None,
 ) -> dict:
-    traits = ARCHS[arch]
+    """config.json of a random folder; ``extra_config`` sets (or, with None, removes) any further key."""
+    family, traits = ARCHS[arch], TRAITS[arch]
     special_start = vocab - len(SPECIAL_TOKENS)
+    head_dim = head_dim or hidden // n_heads
     config = {
-        "architectures": [traits.architecture],
-        "model_type": traits.model_type,
+        "architectures": [family.hf_class],
+        "model_type": family.model_type,
         "hidden_size": hidden,
         "intermediate_size": ffn,
         "num_hidden_layers": n_layers,
         "num_attention_heads": n_heads,
         "num_key_value_heads": n_kv_heads,
-        "head_dim": head_dim or hidden // n_heads,
+        "head_dim": head_dim,
         "hidden_act": "silu",
-        "max_position_embeddings": 4096,
+        "max_position_embeddings": context_length,
         "rms_norm_eps": 1e-6,
         "rope_theta": 10000.0,
         "rope_scaling": rope_scaling,
-        "attention_bias": traits.qkv_bias,
+        "attention_bias": family.qkv_bias,
         "attention_dropout": 0.0,
         "initializer_range": WEIGHT_STD,
         "use_cache": True,
@@ -250,6 +262,30 @@ def random_model_config(
         "torch_dtype": TORCH_DTYPES[dtype],
     }
     config.update(dict(traits.extra_config))
+    if family.moe:
+        config |= {"num_experts": n_experts, "num_experts_per_tok": n_experts_used}
+        if family.expert_ffn_key != "intermediate_size":
+            config[family.expert_ffn_key] = expert_ffn or ffn
+    if family.sliding_pattern:  # Gemma 3: llama.cpp's layer pattern, the rope bases per layer type (transformers 5)
+        n = family.sliding_pattern
+        del config["rope_theta"]
+        config |= {
+            "sliding_window": sliding_window,
+            "query_pre_attn_scalar": head_dim,
+            "layer_types": ["sliding_attention" if (i + 1) % n else "full_attention" for i in range(n_layers)],
+            "rope_parameters": {
+                "full_attention": {"rope_type": "default", "rope_theta": 1_000_000.0, **(rope_scaling or {})},
+                "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
+            },
+        }
+        del config["rope_scaling"]
+    if family.gguf_arch == "phi3":
+        config |= {"original_max_position_embeddings": context_length, "sliding_window": None}
+    for key, value in (extra_config or {}).items():
+        if value is None:
+            config.pop(key, None)
+        else:
+            config[key] = value
     return config
 
 
@@ -268,9 +304,19 @@ def build_random_model(
     seed: int = 0,
     shard_bytes: int | None = None,
     rope_scaling: dict | None = None,
+    n_experts: int = 8,
+    n_experts_used: int = 2,
+    expert_ffn: int | None = None,
+    sliding_window: int = 32,
+    context_length: int = 4096,
+    extra_config: dict | None = None,
 ) -> Path:
-    """Write a random-weight HF folder of ``arch`` into ``out_dir`` and return it.
+    """Write a random-weight HF folder of ``arch`` (a family of formats/architectures.py) into ``out_dir``.
 
+    MoE families (qwen3moe, olmoe) take ``n_experts``, ``n_experts_used`` and ``expert_ffn`` (qwen3moe's
+    moe_intermediate_size; olmoe's experts are ``ffn`` wide); gemma3 takes ``sliding_window``; phi3 LongRoPE is
+    ``rope_scaling={"rope_type": "longrope", "long_factor": [...], "short_factor": [...]}`` with
+    ``extra_config={"original_max_position_embeddings": N}``. ``extra_config`` sets any other config key.
     ``shard_bytes`` splits the weights into ``model-0000i-of-0000N.safetensors`` files of at most about that size
     plus ``model.safetensors.index.json``; without it the weights go to one ``model.safetensors``.
     """
@@ -280,17 +326,23 @@ def build_random_model(
         raise ValueError(f"unknown dtype '{dtype}' (known: {', '.join(TORCH_DTYPES)})")
     if n_heads % n_kv_heads:
         raise ValueError(f"n_heads {n_heads} is not a multiple of n_kv_heads {n_kv_heads}")
+    tokenizer = synthetic_tokenizer_fields(vocab, TRAITS[arch].pre_tokenizer)  # checks vocab before writing
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    traits = ARCHS[arch]
     config = random_model_config(
-        arch, hidden, n_layers, n_heads, n_kv_heads, head_dim, ffn, vocab, tied, dtype, rope_scaling
-    )
-    entries = _tensor_entries(config, traits, dtype)
-    index_of = {entry.name: index for index, entry in enumerate(entries)}
+        arch, hidden, n_layers, n_heads, n_kv_heads, head_dim, ffn, vocab, tied, dtype, rope_scaling,
+        n_experts, n_experts_used, expert_ffn, sliding_window, context_length, extra_config,
+    )  # fmt: skip
+    _write_json(out_dir / "config.json", config)
+    try:
+        spec = read_model_spec(out_dir)  # the table says which tensors this config implies
+    except FormatError as e:
+        raise ValueError(str(e)) from None
+    entries = _tensor_entries(spec, dtype)
+    shifted_names = {e.name for e in entries if match_hf(spec.arch, e.name).row.norm_shift}
 
     def produce(entry: TensorEntry) -> Iterator[np.ndarray]:
-        return _random_values(entry, seed, index_of[entry.name])
+        return _random_values(entry, seed, entry.name in shifted_names)
 
     shards = _shards(entries, shard_bytes)
     if len(shards) == 1 and shard_bytes is None:
@@ -303,10 +355,9 @@ def build_random_model(
             weight_map.update({entry.name: name for entry in shard})
         index = {"metadata": {"total_size": sum(e.nbytes for e in entries)}, "weight_map": weight_map}
         _write_json(out_dir / "model.safetensors.index.json", index)
-    _write_json(out_dir / "config.json", config)
     generation = {key: config[key] for key in ("bos_token_id", "eos_token_id", "pad_token_id")}
     _write_json(out_dir / "generation_config.json", generation)
-    write_hf_tokenizer(synthetic_tokenizer_fields(vocab, traits.pre_tokenizer), out_dir, model_max_length=4096)
+    write_hf_tokenizer(tokenizer, out_dir, model_max_length=context_length)
     return out_dir
 
 
