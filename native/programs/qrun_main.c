@@ -1,13 +1,15 @@
 /* qrun_main.c — qrun-native: the device CLI over qrt.h, for boards without Python (Raspberry Pi, Jetson).
  *
- *   qrun-native MODEL.gguf -p "Why is the sky blue?"        # one chat turn (ChatML / llama-2 / llama-3 prompt)
+ *   qrun-native MODEL.gguf -p "Why is the sky blue?"        # one chat turn (ChatML, llama-2/3, Gemma, Phi-3 prompt)
+ *   qrun-native MODEL.gguf -p "Hi" --assistant "Hello!" -p "Why is the sky blue?"   # earlier turns given
  *   qrun-native MODEL.gguf --raw -p "Once upon a time" -n 32 --temp 0
  *
  * Follows qrun (runtime/cli.py): stdout gets only the generated text, streamed, then a newline; the speed line
  * ("prompt: N tokens, X tok/s | generation: ...") goes to stderr; same flags and defaults, same sampler. With
  * --raw the output equals qrun's for the same arguments. Chat prompts are rendered by the C templates below (the
  * GGUF's Jinja template is not run; its family is recognised from its marker tokens, and a default system
- * message written in it, as SmolLM2's, is used when --system is not given).
+ * message written in it, as SmolLM2's, is used when --system is not given). --print-prompt writes the rendered
+ * prompt and exits: tests compare it with the Jinja template's rendering.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,9 +17,13 @@
 
 #include "qrt.h"
 
+#define MAX_TURNS 64
+
 typedef struct {
-    const char *model, *prompt, *system, *kernel;
-    int raw, n_predict, top_k, repeat_last_n, threads, ctx, kv_f32, ignore_eos, verbose;
+    const char *model, *system, *kernel;
+    const char *turns[MAX_TURNS]; /* user, assistant, user, ...: each -p a user turn, each --assistant a reply */
+    int n_turns;
+    int raw, print_prompt, n_predict, top_k, repeat_last_n, threads, ctx, kv_f32, ignore_eos, verbose;
     float temp, top_p, min_p, repeat_penalty;
     unsigned long long seed;
 } options;
@@ -27,6 +33,9 @@ static void usage(FILE *out) {
             "usage: qrun-native MODEL.gguf -p PROMPT [--raw] [--system TEXT] [-n N] [--temp T] [--top-k K]\n"
             "                   [--top-p P] [--min-p P] [--repeat-penalty R] [--repeat-last-n N] [--seed S]\n"
             "                   [--ignore-eos] [-t THREADS] [-c CTX] [--kv-f32] [--kernel VARIANT] [-v]\n"
+            "                   [--assistant REPLY -p PROMPT]... [--print-prompt]\n"
+            "  earlier turns: -p and --assistant alternate, the last one a -p\n"
+            "  --print-prompt: write the rendered chat prompt to stdout and exit\n"
             "  VARIANT: auto, scalar, neon, neon-dotprod, neon-i8mm, avx2, avx512 (also env QRT_KERNEL)\n");
 }
 
@@ -50,7 +59,16 @@ static int parse_args(int argc, char **argv, options *o) {
         else if (FLAG("--ignore-eos")) o->ignore_eos = 1;
         else if (FLAG("--kv-f32")) o->kv_f32 = 1;
         else if (FLAG("-v") || FLAG("--verbose")) o->verbose = 1;
-        else if (VALUE("-p", "--prompt")) o->prompt = v;
+        else if (FLAG("--print-prompt")) o->print_prompt = 1;
+        else if (VALUE("-p", "--prompt") || VALUE("--assistant", "--assistant")) {
+            const int user = FLAG("-p") || FLAG("--prompt");
+            if (user != (o->n_turns % 2 == 0))
+                return fail(user ? "two -p in a row (earlier turns alternate -p and --assistant)"
+                                 : "--assistant must follow a -p",
+                            v);
+            if (o->n_turns == MAX_TURNS) return fail("too many turns", v);
+            o->turns[o->n_turns++] = v;
+        }
         else if (VALUE("--system", "--system")) o->system = v;
         else if (VALUE("--kernel", "--kernel")) o->kernel = v;
         else if (VALUE("-n", "--n-predict")) o->n_predict = atoi(v);
@@ -73,7 +91,9 @@ static int parse_args(int argc, char **argv, options *o) {
         usage(stderr);
         return 1;
     }
-    if (!o->prompt) return fail("-p PROMPT is required (qrun-native has no interactive chat)", NULL);
+    if (!o->n_turns) return fail("-p PROMPT is required (qrun-native has no interactive chat)", NULL);
+    if (o->n_turns % 2 == 0) return fail("the last turn must be a -p, not --assistant", NULL);
+    if (o->raw && o->n_turns > 1) return fail("--raw takes one -p and no --assistant", NULL);
     if (o->n_predict < 0 || o->ctx <= 0 || o->threads < 0) return fail("-n must be >= 0, -c and -t positive", NULL);
     return 0;
 }
@@ -130,45 +150,138 @@ static int contains(const char *s, size_t n, const char *needle) {
     return 0;
 }
 
-/* Render one user turn (plus system) in the template family of the GGUF; 0 if the file has no template. */
-static int render_chat(const qrt_model *m, const options *o, text *out) {
+/* A chat family: how its Jinja templates lay out the messages, as data. Rendering follows llama.cpp's
+ * common/chat.cpp in one respect: a template that starts with bos_token leaves it out when the vocabulary adds BOS
+ * itself (tokenizer.ggml.add_bos_token), so the prompt gets one BOS, not two. */
+typedef struct {
+    const char *name;
+    const char *system_open, *system_close; /* NULL: no system role, the system text opens the first user turn */
+    const char *fold_open, *fold_close;     /* around that folded system text */
+    const char *user_open, *user_close, *assistant_open, *assistant_close, *generation;
+    int trim;              /* message text stripped of surrounding whitespace (Jinja's `| trim`, `.strip()`) */
+    int trim_with_fold;    /* stripped together with the folded system text (llama-2): its start is kept then */
+    int template_bos;      /* the template starts with bos_token */
+    int bos_per_user;      /* and writes it again before every later user turn (llama-2) */
+    int eos_per_assistant; /* eos_token after each assistant turn (llama-2) */
+} chat_family;
+
+static const chat_family CHATML = {
+    .name = "chatml", .system_open = "<|im_start|>system\n", .system_close = "<|im_end|>\n",
+    .user_open = "<|im_start|>user\n", .user_close = "<|im_end|>\n", .assistant_open = "<|im_start|>assistant\n",
+    .assistant_close = "<|im_end|>\n", .generation = "<|im_start|>assistant\n"};
+static const chat_family LLAMA3 = {
+    .name = "llama-3", .system_open = "<|start_header_id|>system<|end_header_id|>\n\n", .system_close = "<|eot_id|>",
+    .user_open = "<|start_header_id|>user<|end_header_id|>\n\n", .user_close = "<|eot_id|>",
+    .assistant_open = "<|start_header_id|>assistant<|end_header_id|>\n\n", .assistant_close = "<|eot_id|>",
+    .generation = "<|start_header_id|>assistant<|end_header_id|>\n\n", .trim = 1, .template_bos = 1};
+/* Gemma (google/gemma-3-*-it): no system role; the system text and a blank line open the first user turn, the
+ * assistant is "model", and only the turns' own text is trimmed. */
+static const chat_family GEMMA = {
+    .name = "gemma", .fold_open = "", .fold_close = "\n\n", .user_open = "<start_of_turn>user\n",
+    .user_close = "<end_of_turn>\n", .assistant_open = "<start_of_turn>model\n", .assistant_close = "<end_of_turn>\n",
+    .generation = "<start_of_turn>model\n", .trim = 1, .template_bos = 1};
+/* Phi-3 / Phi-3.5 (microsoft/Phi-3.5-mini-instruct): a newline after each role tag and each <|end|>. */
+static const chat_family PHI3 = {
+    .name = "phi-3", .system_open = "<|system|>\n", .system_close = "<|end|>\n", .user_open = "<|user|>\n",
+    .user_close = "<|end|>\n", .assistant_open = "<|assistant|>\n", .assistant_close = "<|end|>\n",
+    .generation = "<|assistant|>\n"};
+/* Phi-4-mini (microsoft/Phi-4-mini-instruct): the same tags with no newlines. */
+static const chat_family PHI4_MINI = {
+    .name = "phi-4-mini", .system_open = "<|system|>", .system_close = "<|end|>", .user_open = "<|user|>",
+    .user_close = "<|end|>", .assistant_open = "<|assistant|>", .assistant_close = "<|end|>",
+    .generation = "<|assistant|>"};
+/* Llama-2 (meta-llama/Llama-2-7b-chat-hf): the system text inside the first [INST], BOS before each user turn and
+ * EOS after each reply; no generation prompt (the prompt ends with " [/INST]"). */
+static const chat_family LLAMA2 = {
+    .name = "llama-2", .fold_open = "<<SYS>>\n", .fold_close = "\n<</SYS>>\n\n", .user_open = "[INST] ",
+    .user_close = " [/INST]", .assistant_open = " ", .assistant_close = " ", .trim = 1, .trim_with_fold = 1,
+    .template_bos = 1, .bos_per_user = 1, .eos_per_assistant = 1};
+
+/* After a phi template's first "<|end|>": a newline, written in the string literal or as a Jinja "\n" escape,
+ * possibly in a separate literal ('<|end|>' + '\n'), or the end of the expression (Phi-4-mini). */
+static int newline_after_end_tag(const char *tmpl, size_t n) {
+    static const char tag[] = "<|end|>";
+    for (size_t i = 0; i + sizeof tag - 1 <= n; i++) {
+        if (memcmp(tmpl + i, tag, sizeof tag - 1) != 0) continue;
+        size_t j = i + sizeof tag - 1;
+        while (j < n && (tmpl[j] == '\'' || tmpl[j] == '"' || tmpl[j] == ' ' || tmpl[j] == '+')) j++;
+        return j < n && (tmpl[j] == '\n' || (tmpl[j] == '\\' && j + 1 < n && tmpl[j + 1] == 'n'));
+    }
+    return 0;
+}
+
+/* The family of the GGUF's chat template, recognised by its marker tokens; NULL if none. */
+static const chat_family *chat_family_of(const char *tmpl, size_t n) {
+    if (contains(tmpl, n, "<|im_start|>")) return &CHATML;
+    if (contains(tmpl, n, "<|start_header_id|>")) return &LLAMA3;
+    if (contains(tmpl, n, "<start_of_turn>")) return &GEMMA;
+    if (contains(tmpl, n, "<|assistant|>") && contains(tmpl, n, "<|end|>"))
+        return newline_after_end_tag(tmpl, n) ? &PHI3 : &PHI4_MINI;
+    if (contains(tmpl, n, "[INST]")) return &LLAMA2;
+    return NULL;
+}
+
+static int is_space(char c) { return c == ' ' || (c >= '\t' && c <= '\r') || (c >= 0x1c && c <= 0x1f); }
+
+/* A message's text, stripped of ASCII whitespace at its start and end as asked (Python's str.strip also strips
+ * Unicode spaces such as U+00A0; a message starting or ending with one renders differently). */
+static void put_message(text *out, const char *s, int trim_start, int trim_end) {
+    size_t n = strlen(s);
+    while (trim_start && n && is_space(*s)) s++, n--;
+    while (trim_end && n && is_space(s[n - 1])) n--;
+    put(out, s, n);
+}
+
+static void put_token(text *out, const qrt_tokenizer *tok, int32_t id) {
+    size_t len = 0;
+    const char *piece = id >= 0 ? qrt_tokenizer_token_text(tok, id, &len) : NULL;
+    if (piece) put(out, piece, len);
+}
+
+/* Render the turns (plus system) in the template family of the GGUF; 0 if the file has no template of a known
+ * family (the prompt is then fed as plain text). */
+static int render_chat(const qrt_model *m, const qrt_tokenizer *tok, const options *o, text *out) {
     const char *tmpl;
     size_t n;
     if (qrt_model_meta_str(m, "tokenizer.chat_template", &tmpl, &n) != 0) return 0;
-    if (contains(tmpl, n, "<|im_start|>")) {
-        const char *sys = o->system;
-        size_t sys_len = sys ? strlen(sys) : 0;
-        if (!sys) default_system(tmpl, n, &sys, &sys_len);
-        if (sys) {
-            puts_(out, "<|im_start|>system\n");
-            put(out, sys, sys_len);
-            puts_(out, "<|im_end|>\n");
-        }
-        puts_(out, "<|im_start|>user\n");
-        puts_(out, o->prompt);
-        puts_(out, "<|im_end|>\n<|im_start|>assistant\n");
-    } else if (contains(tmpl, n, "<|start_header_id|>")) {
-        if (o->system) {
-            puts_(out, "<|start_header_id|>system<|end_header_id|>\n\n");
-            puts_(out, o->system);
-            puts_(out, "<|eot_id|>");
-        }
-        puts_(out, "<|start_header_id|>user<|end_header_id|>\n\n");
-        puts_(out, o->prompt);
-        puts_(out, "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n");
-    } else if (contains(tmpl, n, "[INST]")) {
-        puts_(out, "[INST] ");
-        if (o->system) {
-            puts_(out, "<<SYS>>\n");
-            puts_(out, o->system);
-            puts_(out, "\n<</SYS>>\n\n");
-        }
-        puts_(out, o->prompt);
-        puts_(out, " [/INST]");
-    } else {
-        fprintf(stderr, "qrun-native: the file's chat template is not ChatML/llama-style: using --raw\n");
+    const chat_family *f = chat_family_of(tmpl, n);
+    if (!f) {
+        fprintf(stderr, "qrun-native: the file's chat template is not ChatML, llama, Gemma or Phi-3 style: using "
+                        "--raw\n");
         return 0;
     }
+    if (o->verbose) fprintf(stderr, "qrun-native: chat prompt: %s\n", f->name);
+    /* An empty --system is no system message, as in qrun; ChatML templates may then write their own. */
+    const char *sys = o->system && *o->system ? o->system : NULL;
+    size_t sys_len = sys ? strlen(sys) : 0;
+    if (!sys && f == &CHATML) default_system(tmpl, n, &sys, &sys_len);
+
+    if (f->template_bos && !qrt_tokenizer_add_bos(tok)) put_token(out, tok, qrt_tokenizer_bos(tok));
+    if (sys && f->system_open) {
+        puts_(out, f->system_open);
+        put(out, sys, sys_len);
+        puts_(out, f->system_close);
+    }
+    for (int i = 0; i < o->n_turns; i++) {
+        if (i % 2 == 0) {
+            if (i > 0 && f->bos_per_user) put_token(out, tok, qrt_tokenizer_bos(tok));
+            puts_(out, f->user_open);
+            const int folded = i == 0 && sys && !f->system_open;
+            if (folded) {
+                puts_(out, f->fold_open);
+                put(out, sys, sys_len);
+                puts_(out, f->fold_close);
+            }
+            put_message(out, o->turns[i], f->trim && !(folded && f->trim_with_fold), f->trim);
+            puts_(out, f->user_close);
+        } else {
+            puts_(out, f->assistant_open);
+            put_message(out, o->turns[i], f->trim, f->trim);
+            puts_(out, f->assistant_close);
+            if (f->eos_per_assistant) put_token(out, tok, qrt_tokenizer_eos(tok));
+        }
+    }
+    if (f->generation) puts_(out, f->generation);
     return 1;
 }
 
@@ -207,7 +320,14 @@ int main(int argc, char **argv) {
     }
 
     text prompt = {0};
-    if (o.raw || !render_chat(m, &o, &prompt)) puts_(&prompt, o.prompt);
+    if (o.raw || !render_chat(m, tok, &o, &prompt)) {
+        if (o.n_turns > 1) return fail("earlier turns (--assistant) need a chat template the file lacks", NULL);
+        puts_(&prompt, o.turns[0]);
+    }
+    if (o.print_prompt) {
+        if (prompt.len) fwrite(prompt.s, 1, prompt.len, stdout);
+        return fflush(stdout) == 0 ? 0 : 1;
+    }
     int32_t cap = (int32_t)prompt.len + 8;
     int32_t *ids = malloc(sizeof *ids * (size_t)cap);
     int32_t n_ids = ids ? qrt_tokenizer_encode(tok, prompt.s, prompt.len, 1, 1, ids, cap) : INT32_MIN;
