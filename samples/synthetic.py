@@ -35,6 +35,7 @@ class ArchTraits:
 
     pre_tokenizer: str  # tokenizer.ggml.pre name of the byte-level pre-tokenizer the family uses
     extra_config: tuple[tuple[str, object], ...] = ()
+    extra_specials: tuple[str, ...] = ()  # special tokens llama.cpp's vocabulary loader looks up for the family
 
 
 TRAITS = {
@@ -50,7 +51,8 @@ TRAITS = {
     "smollm3": ArchTraits(
         "gpt-2", (("mlp_bias", False), ("use_sliding_window", False), ("no_rope_layer_interval", 4))
     ),
-    "phi3": ArchTraits("gpt-2", (("resid_pdrop", 0.0), ("embd_pdrop", 0.0))),
+    # llama.cpp sets attributes on <unk>, <s> and </s> of any model named phi3 and fails without them
+    "phi3": ArchTraits("gpt-2", (("resid_pdrop", 0.0), ("embd_pdrop", 0.0)), ("<unk>", "<s>", "</s>")),
     "qwen3moe": ArchTraits(
         "qwen2",
         (("use_sliding_window", False), ("sliding_window", None), ("norm_topk_prob", True),
@@ -190,14 +192,15 @@ def synthetic_bpe(n_merges: int) -> tuple[list[str], list[str]]:
     return tokens, merges
 
 
-def synthetic_tokenizer_fields(vocab: int, pre: str) -> TokenizerMeta:
-    n_merges = vocab - 256 - len(SPECIAL_TOKENS)
+def synthetic_tokenizer_fields(vocab: int, pre: str, extra_specials: tuple[str, ...] = ()) -> TokenizerMeta:
+    specials = [*SPECIAL_TOKENS, *extra_specials]
+    n_merges = vocab - 256 - len(specials)
     if n_merges < 0:
-        raise ValueError(f"vocab {vocab} is too small: need at least {256 + len(SPECIAL_TOKENS)} (bytes + specials)")
+        raise ValueError(f"vocab {vocab} is too small: need at least {256 + len(specials)} (bytes + specials)")
     tokens, merges = synthetic_bpe(n_merges)
     specials_start = len(tokens)
-    tokens += SPECIAL_TOKENS
-    types = [TOKEN_NORMAL] * specials_start + [TOKEN_CONTROL] * len(SPECIAL_TOKENS)
+    tokens += specials
+    types = [TOKEN_NORMAL] * specials_start + [TOKEN_CONTROL] * len(specials)
     return TokenizerMeta(
         model="gpt2",
         pre=pre,
@@ -234,7 +237,7 @@ def random_model_config(
 ) -> dict:
     """config.json of a random folder; ``extra_config`` sets (or, with None, removes) any further key."""
     family, traits = ARCHS[arch], TRAITS[arch]
-    special_start = vocab - len(SPECIAL_TOKENS)
+    special_start = vocab - len(SPECIAL_TOKENS) - len(traits.extra_specials)
     head_dim = head_dim or hidden // n_heads
     config = {
         "architectures": [family.hf_class],
@@ -326,7 +329,7 @@ def build_random_model(
         raise ValueError(f"unknown dtype '{dtype}' (known: {', '.join(TORCH_DTYPES)})")
     if n_heads % n_kv_heads:
         raise ValueError(f"n_heads {n_heads} is not a multiple of n_kv_heads {n_kv_heads}")
-    tokenizer = synthetic_tokenizer_fields(vocab, TRAITS[arch].pre_tokenizer)  # checks vocab before writing
+    tokenizer = synthetic_tokenizer_fields(vocab, TRAITS[arch].pre_tokenizer, TRAITS[arch].extra_specials)  # checks vocab before writing
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config = random_model_config(
