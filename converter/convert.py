@@ -41,7 +41,7 @@ def plan_for(source, options: ConvertOptions, imatrix: ImportanceMatrix | None) 
     overrides = [parse_tensor_type(s) for s in options.tensor_types]
     return make_plan(
         source.shapes, options.type_name, n_layers=source.n_layers, n_gqa=source.n_gqa,
-        has_imatrix=imatrix is not None, overrides=overrides, pure=options.pure,
+        has_imatrix=imatrix is not None, overrides=overrides, pure=options.pure, n_experts=source.n_experts,
     )  # fmt: skip
 
 

@@ -1,11 +1,15 @@
 """ModelSpec + --type -> TypePlan: the GGUF type of every tensor, and why.
 
 The type mixtures follow the rules of the llama.cpp vendored in llama-cpp-python 0.3.36 (`llama_tensor_get_type`
-in src/llama-quant.cpp) for the dense llama family, restated here as tables:
+in src/llama-quant.cpp), restated here as tables:
 - FILE_TYPES: each --type name, its general.file_type and the default type of its 2-D weights;
 - ROLE_RULES: per file type and tensor role, the first rule whose condition holds picks the type;
 - ROW_FALLBACK: when a type's block does not divide the row length, the type llama.cpp falls back to.
-Rules of llama.cpp for mixture-of-experts models, Falcon and 70B llamas do not apply to this family and are left out.
+Tensor roles are llama.cpp's categories, found by substring as it does: ffn_up/ffn_gate/ffn_down cover the stacked
+experts (ffn_*_exps) too, and the fused attn_qkv follows attn_v's rules (llama.cpp's category_is_attn_v) and counts
+with it. The expert router (ffn_gate_inp) is never quantized and stays f32, as llama.cpp's converter writes it.
+Models with exactly 8 experts get llama.cpp's 8-expert bumps (attn_v, attn_qkv and attn_k to q8_0, attn_output to
+q5_k). Rules for Falcon, 70B llamas and the IQ1/IQ2/IQ3 types we do not write are left out.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ class Position:
     n_layers: int
     n_gqa: int  # attention heads per kv head
     has_imatrix: bool
+    n_experts: int = 0
 
 
 def use_more_bits(p: Position) -> bool:
@@ -74,6 +79,9 @@ FIRST_TWO: Condition = lambda p: p.layer < 2  # noqa: E731
 FIRST_FOUR: Condition = lambda p: p.layer < 4  # noqa: E731
 IMATRIX_FIRST_EIGHTH: Condition = lambda p: p.has_imatrix and p.layer < p.n_layers // 8  # noqa: E731
 NO_IMATRIX_FIRST_EIGHTH: Condition = lambda p: not p.has_imatrix and p.layer < p.n_layers // 8  # noqa: E731
+
+EIGHT_EXPERTS: Condition = lambda p: p.n_experts == 8  # noqa: E731
+NOT_EIGHT_EXPERTS: Condition = lambda p: p.n_experts != 8  # noqa: E731
 
 # (file type, tensor role) -> rules in order; the first whose condition holds gives the type.
 ROLE_RULES: dict[tuple[str, str], list[tuple[Condition, T, str]]] = {
@@ -93,13 +101,26 @@ ROLE_RULES: dict[tuple[str, str], list[tuple[Condition, T, str]]] = {
     ("q4_k_s", "ffn_down"): [(FIRST_EIGHTH, T.Q5_K, "ffn_down, first eighth")],
     ("q4_0", "ffn_down"): [(IMATRIX_FIRST_EIGHTH, T.Q4_1, "ffn_down, first eighth, with imatrix")],
     ("q5_0", "ffn_down"): [(IMATRIX_FIRST_EIGHTH, T.Q5_1, "ffn_down, first eighth, with imatrix")],
-    ("q2_k", "attn_output"): [(ALWAYS, T.Q3_K, "attn_output")],
-    ("q3_k_m", "attn_output"): [(ALWAYS, T.Q4_K, "attn_output")],
-    ("q3_k_l", "attn_output"): [(ALWAYS, T.Q5_K, "attn_output")],
+    ("q2_k", "attn_output"): [(EIGHT_EXPERTS, T.Q5_K, "attn_output, 8 experts"), (ALWAYS, T.Q3_K, "attn_output")],
+    ("q3_k_s", "attn_output"): [(EIGHT_EXPERTS, T.Q5_K, "attn_output, 8 experts")],
+    ("q3_k_m", "attn_output"): [(EIGHT_EXPERTS, T.Q5_K, "attn_output, 8 experts"), (ALWAYS, T.Q4_K, "attn_output")],
+    ("q3_k_l", "attn_output"): [(NOT_EIGHT_EXPERTS, T.Q5_K, "attn_output")],
+    ("iq4_nl", "attn_output"): [(EIGHT_EXPERTS, T.Q5_K, "attn_output, 8 experts")],
+    ("q4_k_s", "attn_output"): [(EIGHT_EXPERTS, T.Q5_K, "attn_output, 8 experts")],
+    ("q4_k_m", "attn_output"): [(EIGHT_EXPERTS, T.Q5_K, "attn_output, 8 experts")],
 }
+# llama.cpp's 8-expert bump of attn_v (and attn_qkv) and attn_k to q8_0 comes after, and overrides, the rules above
+for _type_name, (_, _default) in FILE_TYPES.items():
+    if _default not in (T.F32, T.F16, T.BF16):
+        ROLE_RULES[(_type_name, "attn_v")] = [
+            (EIGHT_EXPERTS, T.Q8_0, "attn_v, 8 experts"), *ROLE_RULES.get((_type_name, "attn_v"), [])
+        ]
+        ROLE_RULES[(_type_name, "attn_k")] = [(EIGHT_EXPERTS, T.Q8_0, "attn_k, 8 experts")]
 
-# Tensor roles, by GGUF name; the output head (and a tied token embedding, which is the head) has its own rule.
-ROLES = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+# Tensor roles, by substring of the GGUF name in llama.cpp's order (tensor_get_category); attn_qkv is attn_v-like.
+ROLES = ("attn_qkv", "attn_v", "attn_k", "attn_q", "attn_output", "ffn_up", "ffn_gate", "ffn_down")
+ATTN_V_LIKE = ("attn_v", "attn_qkv")
+ROUTER = "ffn_gate_inp.weight"  # never quantized (llama.cpp's tensor_allows_quantization); f32 as converted
 
 
 def role_of(name: str) -> str:
@@ -107,10 +128,16 @@ def role_of(name: str) -> str:
         return "output"
     if name == "token_embd.weight":
         return "token_embd"
+    if name.endswith(ROUTER):
+        return "router"
     for role in ROLES:
-        if f".{role}." in name:
+        if f"{role}." in name or f"{role}_" in name:
             return role
     return "other"
+
+
+def _rules_role(role: str) -> str:
+    return "attn_v" if role in ATTN_V_LIKE else role
 
 
 @dataclass(frozen=True)
@@ -213,9 +240,9 @@ def _mixture_type(
         if default != T.Q8_0:
             return T.Q6_K, "output head"
         return default, "output head"
-    for condition, ggml_type, reason in ROLE_RULES.get((type_name, role), []):
+    for condition, ggml_type, reason in ROLE_RULES.get((type_name, _rules_role(role)), []):
         if condition(pos):
-            return ggml_type, reason
+            return ggml_type, reason.replace("attn_v", role)
     return default, f"--type {type_name}"
 
 
@@ -227,24 +254,29 @@ def make_plan(
     has_imatrix: bool = False,
     overrides: list[tuple[re.Pattern, T]] | None = None,
     pure: bool = False,
+    n_experts: int = 0,
 ) -> TypePlan:
     """tensors: GGUF name -> numpy-order shape, in writing order (llama.cpp counts attn_v tensors in file order)."""
     type_name = parse_type(type_name)
     file_type, default = FILE_TYPES[type_name]
     tied = "output.weight" not in tensors
     plan = TypePlan(type_name, file_type)
-    n_attn_v = sum(1 for n in tensors if role_of(n) == "attn_v")
+    n_attn_v = sum(1 for n in tensors if role_of(n) in ATTN_V_LIKE)
     i_attn_v = 0
     for name, shape in tensors.items():
         if len(shape) < 2 or not name.endswith(".weight") or "_norm." in name:
             plan.choices.append(TensorChoice(name, shape, T.F32, "1-D and norm tensors stay f32"))
             continue
+        if name.endswith(ROUTER):
+            plan.choices.append(TensorChoice(name, shape, T.F32, "expert router stays f32 (llama.cpp never quantizes it)"))
+            continue
         chosen, reason = default, f"--type {type_name}"
         if is_quantized(default):
             layer = int(name.split(".")[1]) if name.startswith("blk.") else -1
-            if role_of(name) == "attn_v":  # llama.cpp counts attn_v tensors rather than reading the layer
+            if role_of(name) in ATTN_V_LIKE:  # llama.cpp counts attn_v (and attn_qkv) tensors, not layers
                 layer, i_attn_v = i_attn_v, i_attn_v + 1
-            pos = Position(layer, n_attn_v if role_of(name) == "attn_v" else n_layers, n_gqa, has_imatrix)
+            n = n_attn_v if role_of(name) in ATTN_V_LIKE else n_layers
+            pos = Position(layer, n, n_gqa, has_imatrix, n_experts)
             manual = next((t for pattern, t in overrides or [] if pattern.search(name)), None)
             if manual is not None:
                 chosen, reason = manual, "--tensor-type"

@@ -63,6 +63,7 @@ class HFSource:
         self.arch = self.spec.gguf_arch
         self.n_layers = self.spec.n_layers
         self.n_gqa = self.spec.n_heads // self.spec.n_kv_heads
+        self.n_experts = self.spec.n_experts
         self.safetensors = SafetensorsSource(self.path)
         try:
             # config.json's numbers size the tokenizer (vocab_size) and the tensor table (num_hidden_layers):
@@ -237,6 +238,7 @@ class GGUFSource:
         heads = self._count(f"{arch}.attention.head_count", 1)
         kv_heads = self._count(f"{arch}.attention.head_count_kv", heads) or heads
         self.n_gqa = max(1, heads // max(1, kv_heads))
+        self.n_experts = self._count(f"{arch}.expert_count", 0)
         self.shapes = {name: t.shape for name, t in self.gguf.tensors.items()}
         self.source_types = {name: t.type_name for name, t in self.gguf.tensors.items()}
         quantized = [t for t in self.gguf.tensors.values() if t.ggml_type not in FLOAT_TYPES]
