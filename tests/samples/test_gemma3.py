@@ -101,6 +101,26 @@ def test_chat_template_folds_the_system_message_into_the_first_turn(gemma3_dir):
 
 @pytest.mark.reference
 @requires_transformers
+def test_transformers_renders_the_chat_as_runtime_chat_does(gemma3_dir):
+    from transformers import AutoTokenizer
+
+    from qconv.runtime.chat import render_chat
+
+    tokenizer = AutoTokenizer.from_pretrained(gemma3_dir)
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "Why?"},
+    ]
+    theirs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert theirs == render_chat(tokenizer.chat_template, messages, bos_token="<bos>")
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"]
+    assert ids[:3] == [2, 105, 2364] and ids.count(2) == 1  # <bos> <start_of_turn> user: one BOS
+
+
+@pytest.mark.reference
+@requires_transformers
 @requires_llama_cpp
 def test_logits_agree_with_llama_cpp_on_the_package_file(gemma3_dir, gemma3_package_gguf, fixed_text):
     import torch
