@@ -49,7 +49,9 @@ def load_imatrix(path: Path | None, shapes: dict[str, tuple[int, ...]]) -> Impor
     if path is None:
         return None
     imatrix = read_imatrix(path)
-    imatrix.check_against({name: shape[-1] for name, shape in shapes.items() if len(shape) == 2})
+    widths = {name: shape[-1] for name, shape in shapes.items() if len(shape) == 2}
+    widths |= {name: (shape[0], shape[-1]) for name, shape in shapes.items() if len(shape) == 3}  # stacked experts
+    imatrix.check_against(widths)
     return imatrix
 
 
@@ -93,7 +95,8 @@ def convert_to_gguf(
                 # reading (and bf16 decoding) of the next row range overlaps the quantization of this one
                 stream = _prefetched((c.name, chunk) for c in plan.choices for chunk in source.read_f32_chunks(c.name))
                 for choice in plan.choices:
-                    importance = imatrix.mean_squares(choice.name) if imatrix is not None else None
+                    experts = choice.shape[0] if len(choice.shape) == 3 else 0
+                    importance = imatrix.mean_squares(choice.name, experts) if imatrix is not None else None
                     chunks = stream.chunks_of(choice.name)
                     out.write_chunks(
                         _encoded(
@@ -139,13 +142,17 @@ class _prefetched:
 
 def _encoded(chunks, what: str, ggml_type, threads, quants, importance, bar):
     """Encode each row range as it is read. NaN/Inf is reported by tensor name and position: the C quantizers
-    refuse non-finite rows themselves, so the (slower) numpy scan runs only for f32 output or to locate a refusal."""
+    refuse non-finite rows themselves, so the (slower) numpy scan runs only for f32 output or to locate a refusal.
+    Stacked experts come one expert (1, rows, columns) at a time, each quantized with its own importance row."""
     row = 0
     for weights in chunks:
+        weighting = importance
+        if importance is not None and importance.ndim == 2:
+            weighting = importance[row]  # row counts experts here: each chunk is one expert
         try:
             if ggml_type == gguf.GGMLQuantizationType.F32 and not np.isfinite(weights).all():
                 raise ValueError("non-finite value")
-            encoded = encode(weights, ggml_type, threads, quants, importance)
+            encoded = encode(weights, ggml_type, threads, quants, weighting)
         except ValueError as e:
             if not np.isfinite(weights).all():
                 bad = np.argwhere(~np.isfinite(weights))[0].tolist()

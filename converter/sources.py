@@ -92,6 +92,7 @@ class HFSource:
         """GGUF name -> its row and HF tensors; checks names, shapes and the expert count against config.json."""
         spec, source, arch = self.spec, self.safetensors, self.spec.arch
         self._check_layer_count()
+        self._check_experts()
         expected = spec.expected_shapes()
         tensors: dict[str, _Tensor] = {}
         found: set[str] = set()
@@ -123,7 +124,6 @@ class HFSource:
             tensor = tensors.setdefault(match.gguf, _Tensor(match.row, [None] * (spec.n_experts or 1)))
             tensor.hf[match.xid or 0] = name
             found.add(spelled)
-        self._check_experts(tensors)
         missing = [hf for hf in expected if hf not in found]
         if missing:
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
@@ -136,15 +136,22 @@ class HFSource:
             )
         return tensors
 
-    def _check_experts(self, tensors: dict[str, _Tensor]) -> None:
-        """An expert count in config.json that the checkpoint contradicts is one line, naming both."""
-        for gname, tensor in tensors.items():
-            if tensor.row.per_expert and None in tensor.hf:
-                present = [h for h in tensor.hf if h is not None]
-                entry = self.safetensors.entries[present[0]]
+    def _check_experts(self) -> None:
+        """An expert count in config.json that the checkpoint contradicts is one line naming both, checked before
+        the router's shape (which would say the same less plainly)."""
+        arch, n_experts = self.spec.arch, self.spec.n_experts
+        experts: dict[str, tuple[set[int], str, Path]] = {}
+        for name, entry in self.safetensors.entries.items():
+            spelled = checkpoint_name(arch, name)
+            match = match_hf(arch, spelled) if spelled else None
+            if match is not None and match.row.per_expert:
+                template = match.row.hf.format(bid=match.bid, xid="N")
+                experts.setdefault(match.gguf, (set(), template, entry.file))[0].add(match.xid)
+        for found, template, file in experts.values():
+            if found != set(range(n_experts)):
+                held = f"{len(found)} experts" + ("" if found == set(range(len(found))) else f" (ids up to {max(found)})")
                 raise FormatError(
-                    f"{entry.file}: tensor '{tensor.row.hf.format(bid=gname.split('.')[1], xid='N')}' has "
-                    f"{len(present)} experts, config.json's num_experts is {self.spec.n_experts}"
+                    f"{file}: tensor '{template}' has {held}, config.json's num_experts is {n_experts}"
                 )
 
     def _check_layer_count(self) -> None:
@@ -268,6 +275,10 @@ class GGUFSource:
         t = self.gguf.tensors[name]
         if len(t.shape) == 1:
             yield self.read_f32(name)
+            return
+        if len(t.shape) == 3:  # stacked experts: one at a time (each has its own importance row)
+            for expert in range(t.shape[0]):
+                yield self._read_rows(t, (expert, expert + 1))
             return
         for rows in row_chunks(t.shape):
             yield self._read_rows(t, rows)

@@ -136,7 +136,7 @@ def _absent_or(*values):
 def _smollm3_rope_layers(value, config) -> bool:
     # llama.cpp's smollm3 skips rope on every 4th layer, (il + 1) % 4 == 0 (n_no_rope_layer_step = 4)
     if value is None:
-        return config.get("no_rope_layer_interval", 4) == 4
+        return True  # transformers derives it from no_rope_layer_interval, refused on its own
     n = config.get("num_hidden_layers")
     return isinstance(value, list) and value == [int((i + 1) % 4 != 0) for i in range(n if isinstance(n, int) else 0)]
 

@@ -319,7 +319,8 @@ def _check_refusals(config: dict, arch: Architecture, path: Path) -> None:
     for refusal in arch.refusals:
         value = config.get(refusal.key)
         if not refusal.allowed(value, config):
-            raise FormatError(f"{path}: '{refusal.key}' is {shown(value)}: not supported, {refusal.why}")
+            found = f"'{shown(value)}'" if isinstance(value, str) else shown(value)
+            raise FormatError(f"{path}: '{refusal.key}' is {found}: not supported, {refusal.why}")
 
 
 def _check_sliding_pattern(config: dict, arch: Architecture, n_layers: int, path: Path) -> None:

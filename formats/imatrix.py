@@ -3,6 +3,10 @@
 An importance matrix holds, for every matmul weight, the sum over calibration tokens of the squared activation
 feeding each input column (`<tensor>.in_sum2`) and the number of tokens summed (`<tensor>.counts`). Quantizers
 weight each column's rounding error by the mean, sum / count (what llama-quantize does on load).
+
+For a stacked expert tensor (n_experts, rows, columns) llama-imatrix keeps one row of sums and one count per expert
+(`in_sum2` n_experts x columns, `counts` n_experts x 1); each expert is quantized with its own means. The legacy
+`.dat` form stores the experts' means one after another under one call count.
 """
 
 from __future__ import annotations
@@ -29,28 +33,49 @@ KEY_CHUNK_SIZE = "imatrix.chunk_size"
 class ImportanceMatrix:
     sums: dict[str, np.ndarray] = field(default_factory=dict)  # tensor -> sum of x^2 per input column (f32)
     counts: dict[str, float] = field(default_factory=dict)  # tensor -> tokens summed
+    expert_counts: dict[str, np.ndarray] = field(default_factory=dict)  # expert tensor -> tokens summed per expert
     datasets: list[str] = field(default_factory=list)
     chunk_count: int = 0
     chunk_size: int = 0
     path: Path | None = None
 
-    def mean_squares(self, tensor: str) -> np.ndarray | None:
-        """E[x^2] per input column, or None if the tensor has no entry (1.0 where no token was seen)."""
+    def mean_squares(self, tensor: str, n_experts: int = 0) -> np.ndarray | None:
+        """E[x^2] per input column, or None if the tensor has no entry (1.0 where no token was seen). For an expert
+        tensor (n_experts > 0): one row per expert, (n_experts, columns)."""
         if tensor not in self.sums:
             return None
+        sums = self.sums[tensor]
+        if tensor in self.expert_counts:
+            counts = self.expert_counts[tensor].astype(np.float32)
+            per_expert = sums.reshape(counts.size, -1)
+            means = np.ones_like(per_expert)
+            seen = counts > 0
+            means[seen] = per_expert[seen] / counts[seen, None]
+            return means.astype(np.float32)
         count = self.counts.get(tensor, 0.0)
-        if count <= 0:
-            return np.ones_like(self.sums[tensor])
-        return (self.sums[tensor] / count).astype(np.float32)
+        means = np.ones_like(sums) if count <= 0 else (sums / count).astype(np.float32)
+        return means.reshape(n_experts, -1) if n_experts else means
 
-    def check_against(self, row_lengths: dict[str, int]) -> None:
-        """Every entry must name a weight of this model with that row length (the input width); the first
-        mismatch in the model's tensor order is reported."""
-        for name, width in row_lengths.items():
-            if name in self.sums and self.sums[name].size != width:
+    def check_against(self, row_lengths: dict[str, int | tuple[int, int]]) -> None:
+        """Every entry must name a weight of this model with that row length (the input width), and, for stacked
+        expert tensors (given as (n_experts, width)), that many experts; the first mismatch in the model's tensor
+        order is reported."""
+        for name, size in row_lengths.items():
+            n_experts, width = size if isinstance(size, tuple) else (0, size)
+            if name not in self.sums:
+                continue
+            found = self.sums[name].size
+            if found != max(1, n_experts) * width:
+                what = f"{n_experts} experts x {width}" if n_experts else f"{width}"
                 raise FormatError(
-                    f"{self.path}: imatrix entry '{name}' has {self.sums[name].size} values, the tensor's rows have {width}; "
+                    f"{self.path}: imatrix entry '{name}' has {found} values, the tensor's rows have {what}; "
                     "is it for another model?"
+                )
+            counts = self.expert_counts.get(name)
+            if counts is not None and counts.size != n_experts:
+                raise FormatError(
+                    f"{self.path}: imatrix entry '{name}' has {counts.size} expert counts, the tensor has "
+                    f"{n_experts} experts; is it for another model?"
                 )
         for name in self.sums:
             if name not in row_lengths:
@@ -90,12 +115,15 @@ def _read_gguf_imatrix(path: Path) -> ImportanceMatrix:
             raise FormatError(
                 f"{path}: imatrix entry '{name}' lacks its {SUM2_SUFFIX if name not in sums else COUNTS_SUFFIX} tensor"
             )
-        if counts[name].size != 1:
-            raise FormatError(
-                f"{path}: imatrix entry '{name}' has {counts[name].size} counts; expert tensors are not supported"
-            )
         result.sums[name] = sums[name]
-        result.counts[name] = float(counts[name][0])
+        if counts[name].size == 1:
+            result.counts[name] = float(counts[name][0])
+            continue
+        if sums[name].size % counts[name].size:
+            raise FormatError(
+                f"{path}: imatrix entry '{name}' has {sums[name].size} values for {counts[name].size} expert counts"
+            )
+        result.expert_counts[name] = counts[name]
     return result
 
 
@@ -151,9 +179,13 @@ def write_imatrix(path: Path, imatrix: ImportanceMatrix) -> Path:
         writer.add_uint32(KEY_CHUNK_COUNT, imatrix.chunk_count)
         writer.add_uint32(KEY_CHUNK_SIZE, imatrix.chunk_size)
         for name in sorted(imatrix.sums):
-            sums = np.asarray(imatrix.sums[name], dtype=np.float32).reshape(1, -1)
+            if name in imatrix.expert_counts:  # llama-imatrix's layout: a row of sums and a count per expert
+                counts = np.asarray(imatrix.expert_counts[name], dtype=np.float32).reshape(-1, 1)
+            else:
+                counts = np.array([[imatrix.counts[name]]], dtype=np.float32)
+            sums = np.asarray(imatrix.sums[name], dtype=np.float32).reshape(counts.shape[0], -1)
             writer.add_tensor(name + SUM2_SUFFIX, sums)
-            writer.add_tensor(name + COUNTS_SUFFIX, np.array([[imatrix.counts[name]]], dtype=np.float32))
+            writer.add_tensor(name + COUNTS_SUFFIX, counts)
         try:
             writer.write_header_to_file()
             writer.write_kv_data_to_file()
