@@ -210,7 +210,9 @@ class Model:
                 break
             common += 1
         common = min(common, len(tokens) - 1)  # at least one token to get fresh logits
-        lib.qrt_model_set_n_past(self._handle, common)
+        if lib.qrt_model_set_n_past(self._handle, common) != 0:  # too far back for a sliding-window cache
+            common = 0
+            lib.qrt_model_set_n_past(self._handle, 0)
         self._cached = self._cached[:common]
         self._eval(tokens[common:])
 

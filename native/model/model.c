@@ -54,17 +54,30 @@ __attribute__((format(printf, 3, 4))) static int set_err(char *err, size_t errle
 
 /* ---- loading: Config ---- */
 
+/* A family as the forward pass sees it: which optional steps run, and the values llama.cpp fixes for it rather
+ * than reading from the file (a file key of the same meaning, where llama.cpp reads one, overrides them). */
 typedef struct {
     const char *arch;
-    int rope_style, qkv_bias, qk_norm;
+    int rope_style;
+    int qkv_bias;      /* q/k/v biases required */
+    int qk_norm;       /* per-head q/k norms required */
+    int ffn_act;       /* enum ffn_act */
+    int post_norms;    /* attn_post_norm and post_ffw_norm required */
+    int embd_scaled;   /* embeddings times sqrt(dim) */
+    int swa_pattern;   /* with a sliding window: of every swa_pattern layers the last is global */
+    int no_rope_step;  /* layers l with (l + 1) % no_rope_step == 0 run without rope; 0 = none */
+    int q_prescaled;   /* q is scaled before attention (gemma: ggml_scale on q, then scores unscaled) */
 } arch_row;
 
-/* The architectures the forward pass runs, as data: adding a llama-like family is a row here. */
+/* The architectures the forward pass runs, as data: adding a family is a row here (plus any new step). */
 static const arch_row ARCHS[] = {
-    {"llama", ROPE_NORM, 0, 0},
-    {"mistral", ROPE_NORM, 0, 0},
-    {"qwen2", ROPE_NEOX, 1, 0},
-    {"qwen3", ROPE_NEOX, 0, 1},
+    /* arch       rope       bias qk_norm ffn_act        post embd swa nope q_pre */
+    {"llama",     ROPE_NORM, 0,   0,      FFN_SILU,      0,   0,   0,  0,   0},
+    {"mistral",   ROPE_NORM, 0,   0,      FFN_SILU,      0,   0,   0,  0,   0},
+    {"qwen2",     ROPE_NEOX, 1,   0,      FFN_SILU,      0,   0,   0,  0,   0},
+    {"qwen3",     ROPE_NEOX, 0,   1,      FFN_SILU,      0,   0,   0,  0,   0},
+    {"gemma3",    ROPE_NEOX, 0,   1,      FFN_GELU_TANH, 1,   1,   6,  0,   1},
+    {"smollm3",   ROPE_NORM, 0,   0,      FFN_SILU,      0,   0,   0,  4,   0},
 };
 
 static int meta_u32(const gguf_file *f, const char *arch, const char *suffix, uint32_t *out, int required,
@@ -135,6 +148,46 @@ static int read_rope(const gguf_file *f, Config *c, const char *path, char *err,
     return 0;
 }
 
+/* Which layers slide and which skip rope. Sliding: the family's pattern (the last of every swa_pattern layers is
+ * global) when the file has a sliding window, or the file's attention.sliding_window_pattern (a period, or one
+ * flag per layer), as llama.cpp reads them; their rope base is rope.freq_base_swa, else llama.cpp's 10000. */
+static int read_layer_kinds(const gguf_file *f, Config *c, const arch_row *row, const char *path, char *err,
+                            size_t errlen) {
+    memset(c->layer, 0, sizeof c->layer);
+    if (row->no_rope_step)
+        for (int l = 0; l < c->n_layers; l++)
+            if ((l + 1) % row->no_rope_step == 0) c->layer[l] |= LAYER_NO_ROPE;
+    c->n_swa = 0;
+    if (!row->swa_pattern) return 0; /* families whose sliding window llama.cpp does not run */
+    uint32_t window = 0;
+    if (meta_u32(f, c->arch, "attention.sliding_window", &window, 0, path, err, errlen) < 0) return -1;
+    if (window == 0) return 0;
+    c->n_swa = window > (1u << 24) ? (1 << 24) : (int)window;
+    char key[128];
+    snprintf(key, sizeof key, "%s.attention.sliding_window_pattern", c->arch);
+    uint32_t elem_type;
+    uint64_t len;
+    uint32_t period = (uint32_t)row->swa_pattern;
+    if (gguf_get_arr(f, key, &elem_type, &len) == GGUF_OK) {
+        if (elem_type == GGUF_VT_STRING || elem_type == GGUF_VT_ARRAY || elem_type == GGUF_VT_FLOAT32 ||
+            elem_type == GGUF_VT_FLOAT64 || len != (uint64_t)c->n_layers)
+            return set_err(err, errlen, "%s: metadata '%s' is not one flag per layer (%llu entries, %d layers)", path, key,
+                           (unsigned long long)len, c->n_layers);
+        const int64_t kv = gguf_find_key(f, key);
+        for (int l = 0; l < c->n_layers; l++)
+            if (gguf_arr_int(f, kv, (uint64_t)l) != 0) c->layer[l] |= LAYER_SWA;
+    } else {
+        if (meta_u32(f, c->arch, "attention.sliding_window_pattern", &period, 0, path, err, errlen) < 0) return -1;
+        for (int l = 0; l < c->n_layers; l++)
+            if (period == 0 || (uint32_t)l % period < period - 1) c->layer[l] |= LAYER_SWA;
+    }
+    c->rope_swa = (RopeParams){.theta = 10000.0f, .freq_scale = 1.0f, .ext_factor = 0.0f, .attn_factor = 1.0f};
+    if (meta_f32(f, c->arch, "rope.freq_base_swa", &c->rope_swa.theta, path, err, errlen) < 0) return -1;
+    if (!(c->rope_swa.theta > 1.0f && c->rope_swa.theta < 1e30f))
+        return set_err(err, errlen, "%s: rope.freq_base_swa %g is not a usable base", path, (double)c->rope_swa.theta);
+    return 0;
+}
+
 static int read_config(const gguf_file *f, Config *c, const char *path, char *err, size_t errlen) {
     gguf_str arch;
     if (gguf_get_str(f, "general.architecture", &arch) != GGUF_OK)
@@ -143,15 +196,18 @@ static int read_config(const gguf_file *f, Config *c, const char *path, char *er
     for (size_t i = 0; i < sizeof ARCHS / sizeof ARCHS[0]; i++)
         if (gguf_str_eq(arch, ARCHS[i].arch)) row = &ARCHS[i];
     if (!row) {
-        char name[32];
+        char name[32], runs[256] = "";
         snprintf(name, sizeof name, "%.*s", (int)(arch.len > 31 ? 31 : arch.len), arch.ptr);
-        return set_err(err, errlen, "%s: architecture '%s' is not supported (qrun runs: llama, mistral, qwen2, qwen3)",
-                       path, name);
+        for (size_t i = 0; i < sizeof ARCHS / sizeof ARCHS[0]; i++)
+            snprintf(runs + strlen(runs), sizeof runs - strlen(runs), "%s%s", i ? ", " : "", ARCHS[i].arch);
+        return set_err(err, errlen, "%s: architecture '%s' is not supported (qrun runs: %s)", path, name, runs);
     }
     snprintf(c->arch, sizeof c->arch, "%s", row->arch);
     c->rope_style = row->rope_style;
     c->has_qkv_bias = row->qkv_bias;
     c->has_qk_norm = row->qk_norm;
+    c->ffn_act = row->ffn_act;
+    c->post_norms = row->post_norms;
 
     uint32_t v;
     if (meta_u32(f, c->arch, "embedding_length", &v, 1, path, err, errlen)) return -1;
@@ -167,7 +223,7 @@ static int read_config(const gguf_file *f, Config *c, const char *path, char *er
     if (r < 0) return -1;
     if (r == 0) c->n_kv_heads = (int)v;
     if (c->dim <= 0 || c->dim > (1 << 16) || c->hidden_dim <= 0 || c->hidden_dim > (1 << 18) || c->n_layers <= 0 ||
-        c->n_layers > 1024 || c->n_heads <= 0 || c->n_heads > 1024 || c->n_kv_heads <= 0 ||
+        c->n_layers > QRT_MAX_LAYERS || c->n_heads <= 0 || c->n_heads > 1024 || c->n_kv_heads <= 0 ||
         c->n_heads % c->n_kv_heads != 0)
         return set_err(err, errlen, "%s: implausible shape (dim %d, ffn %d, layers %d, heads %d/%d)", path, c->dim,
                        c->hidden_dim, c->n_layers, c->n_heads, c->n_kv_heads);
@@ -195,6 +251,16 @@ static int read_config(const gguf_file *f, Config *c, const char *path, char *er
     c->rms_eps = 1e-5f;
     if (meta_f32(f, c->arch, "attention.layer_norm_rms_epsilon", &c->rms_eps, path, err, errlen) < 0) return -1;
     if (read_rope(f, c, path, err, errlen) < 0) return -1;
+    if (read_layer_kinds(f, c, row, path, err, errlen) < 0) return -1;
+    c->embd_scale = row->embd_scaled ? sqrtf((float)c->dim) : 0.0f;
+    /* llama.cpp scales gemma's q by 1/sqrt(head size), except for its 62-layer (27B) model: 1/sqrt(dim / heads) */
+    c->q_scale = !row->q_prescaled ? 0.0f
+                 : c->n_layers == 62 ? 1.0f / sqrtf((float)(c->dim / c->n_heads))
+                                     : 1.0f / sqrtf((float)c->head_dim);
+    c->logit_softcap = 0.0f;
+    if (meta_f32(f, c->arch, "final_logit_softcapping", &c->logit_softcap, path, err, errlen) < 0) return -1;
+    if (!(c->logit_softcap >= 0.0f && c->logit_softcap < 1e30f))
+        return set_err(err, errlen, "%s: final_logit_softcapping %g is not usable", path, (double)c->logit_softcap);
     /* vocabulary size: the embedding's rows are authoritative; checked against the tensor below */
     c->vocab_size = 0;
     return 0;
@@ -312,6 +378,9 @@ static int load_weights(loader *L, Config *c) {
         if (get_vector(L, &lw->q_norm, NAME("attn_q_norm.weight"), c->head_dim, c->has_qk_norm) < 0 ||
             get_vector(L, &lw->k_norm, NAME("attn_k_norm.weight"), c->head_dim, c->has_qk_norm) < 0)
             return -1;
+        if (c->post_norms && (get_vector(L, &lw->attn_post_norm, NAME("post_attention_norm.weight"), c->dim, 1) ||
+                              get_vector(L, &lw->ffn_post_norm, NAME("post_ffw_norm.weight"), c->dim, 1)))
+            return -1;
 #undef NAME
     }
     return 0;
@@ -354,10 +423,14 @@ static int alloc_state(qrt_model *mod, int n_batch, int n_ctx, int kv_f32, char 
     ALLOC(s->v, (size_t)n_batch, kv_dim);
     ALLOC(s->hb, (size_t)n_batch, (size_t)c->hidden_dim);
     ALLOC(s->hb2, (size_t)n_batch, (size_t)c->hidden_dim);
-    ALLOC(s->att, (size_t)mod->n_threads, (size_t)n_ctx);
+    ALLOC(s->att, (size_t)mod->n_threads, qrt_size_add((size_t)n_ctx, (size_t)c->head_dim));
     ALLOC(s->attn_scratch, (size_t)mod->n_threads, qrt_size_mul(64, (size_t)c->head_dim));
     ALLOC(s->rope_cos, (size_t)n_batch, (size_t)(c->n_rot / 2));
     ALLOC(s->rope_sin, (size_t)n_batch, (size_t)(c->n_rot / 2));
+    if (c->n_swa) {
+        ALLOC(s->rope_cos_swa, (size_t)n_batch, (size_t)(c->n_rot / 2));
+        ALLOC(s->rope_sin_swa, (size_t)n_batch, (size_t)(c->n_rot / 2));
+    }
     ALLOC(s->logits, 1, (size_t)c->vocab_size);
     ALLOC(s->act, (size_t)n_batch, s->act_row_bytes);
     /* the most block sums any activation row needs (qrt_packed_sums_per_row of the widest row) */
@@ -367,13 +440,27 @@ static int alloc_state(qrt_model *mod, int n_batch, int n_ctx, int kv_f32, char 
     s->act_sums_stride = (size_t)(sums_q8_0 > sums_q8_K ? sums_q8_0 : sums_q8_K) + 16;
     ALLOC(s->act_sums, (size_t)n_batch, s->act_sums_stride);
 #undef ALLOC
-    /* layers x positions x kv width x element: 64 layers of 16 heads x 1024 at 2048 positions is 2^32 bytes,
-     * which wrapped to 0 on 32-bit builds before */
-    const size_t cache_bytes = qrt_size_mul(qrt_size_mul3((size_t)c->n_layers, (size_t)n_ctx, kv_dim), kv_f32 ? 4 : 2);
+    /* the rows each layer keeps (sliding layers: the window plus one batch, at most the context) and where they
+     * start; layers x positions x kv width x element: 64 layers of 16 heads x 1024 at 2048 positions is 2^32
+     * bytes, which wrapped to 0 on 32-bit builds before */
+    s->kv_offset = calloc((size_t)c->n_layers, sizeof *s->kv_offset);
+    s->kv_rows = calloc((size_t)c->n_layers, sizeof *s->kv_rows);
+    if (!s->kv_offset || !s->kv_rows) return set_err(err, errlen, "%s: out of memory for the run state", mod->path);
+    size_t cache_values = 0;
+    for (int l = 0; l < c->n_layers; l++) {
+        /* what a batch sees, from a multiple of 64 on (see slide_window) */
+        const int64_t window = ((int64_t)c->n_swa + n_batch + 63 + 63) / 64 * 64;
+        s->kv_rows[l] = (c->layer[l] & LAYER_SWA) && window < n_ctx ? (int)window : n_ctx;
+        s->kv_offset[l] = cache_values;
+        cache_values = qrt_size_add(cache_values, qrt_size_mul((size_t)s->kv_rows[l], kv_dim));
+    }
+    const size_t cache_bytes = qrt_size_mul(cache_values, kv_f32 ? 4 : 2);
     s->key_cache = qrt_size_ok(cache_bytes) ? calloc(1, cache_bytes ? cache_bytes : 1) : NULL;
     s->value_cache = qrt_size_ok(cache_bytes) ? calloc(1, cache_bytes ? cache_bytes : 1) : NULL;
     if (!s->key_cache || !s->value_cache) {
-        const double mib = 2.0 * (double)c->n_layers * n_ctx * (double)kv_dim * (kv_f32 ? 4 : 2) / (1 << 20);
+        double rows = 0.0;
+        for (int l = 0; l < c->n_layers; l++) rows += s->kv_rows[l];
+        const double mib = 2.0 * rows * (double)kv_dim * (kv_f32 ? 4 : 2) / (1 << 20);
         return set_err(err, errlen,
                        "%s: out of memory for a KV cache of %d tokens x %d layers x %zu values (%.0f MiB; a smaller "
                        "context, -c, needs less)",
@@ -385,7 +472,7 @@ static int alloc_state(qrt_model *mod, int n_batch, int n_ctx, int kv_f32, char 
 static void free_state(RunState *s) {
     free(s->x), free(s->xb), free(s->xb2), free(s->q), free(s->k), free(s->v), free(s->hb), free(s->hb2);
     free(s->att), free(s->attn_scratch), free(s->rope_cos), free(s->rope_sin), free(s->logits), free(s->act);
-    free(s->act_sums);
+    free(s->rope_cos_swa), free(s->rope_sin_swa), free(s->act_sums), free(s->kv_offset), free(s->kv_rows);
     free(s->key_cache), free(s->value_cache);
 }
 
@@ -622,14 +709,16 @@ static void run_rows(qrt_model *m, qrt_task_fn fn, void *job, int n_tasks) {
 }
 
 /* The steps between matmuls, each run when its field is set, in this order per row b:
- *   x[b] += residual[b]; xb[b] = rmsnorm(x[b]) * norm; hb[b] = silu(hb[b]) * hb2[b];
+ *   residual[b] = rmsnorm(residual[b]) * residual_norm (gemma's post-norms); x[b] += residual[b];
+ *   xb[b] = rmsnorm(x[b]) * norm; hb[b] = act(hb[b]) * hb2[b] (silu or gelu, the family's);
  *   act[b] = act_src[b] converted to act_type (and its block sums for the packed kernels). */
 typedef struct {
     row_split split;
     qrt_model *m;
-    const float *residual;
+    float *residual;
+    const float *residual_norm;
     const float *norm;
-    int swiglu;
+    int glu;
     const float *act_src;
     int64_t act_cols;
     int act_type, sums;
@@ -645,11 +734,19 @@ static void rows_task(void *ctx, int task, int thread) {
     task_rows(&j->split, task, &b0, &b1);
     for (int b = b0; b < b1; b++) {
         float *x = s->x + (size_t)b * c->dim, *xb = s->xb + (size_t)b * c->dim;
-        if (j->residual) op_add(x, j->residual + (size_t)b * c->dim, c->dim);
+        if (j->residual) {
+            float *r = j->residual + (size_t)b * c->dim;
+            if (j->residual_norm) op_rmsnorm(r, r, j->residual_norm, c->dim, c->rms_eps);
+            op_add(x, r, c->dim);
+        }
         if (j->norm) op_rmsnorm(xb, x, j->norm, c->dim, c->rms_eps);
-        if (j->swiglu)
-            op_swiglu(s->hb + (size_t)b * c->hidden_dim, s->hb2 + (size_t)b * c->hidden_dim, c->hidden_dim,
-                      j->m->pass.expf16);
+        if (j->glu) {
+            float *gate = s->hb + (size_t)b * c->hidden_dim, *up = s->hb2 + (size_t)b * c->hidden_dim;
+            if (c->ffn_act == FFN_GELU_TANH)
+                op_geglu(gate, up, c->hidden_dim);
+            else
+                op_swiglu(gate, up, c->hidden_dim, j->m->pass.expf16);
+        }
         if (j->act_src) {
             uint8_t *act = s->act + (size_t)b * s->act_row_bytes;
             j->conv(j->act_src + (size_t)b * j->act_cols, act, j->act_cols);
@@ -754,6 +851,36 @@ typedef struct {
     int layer, pos0, n_tok;
 } attn_job;
 
+/* The cache row of a position: sliding layers hold positions from swa_base on (slide_window keeps it there). */
+static int kv_row(const RunState *s, int layer, int pos) {
+    return s->kv_rows[layer] < s->n_ctx ? pos - s->swa_base : pos;
+}
+
+/* Before a batch at positions pos0..pos0+n_tok-1: drop from the sliding layers' rows the positions no token of
+ * the batch sees, when the batch would not fit otherwise. The kept rows move to the front in one memmove per
+ * layer, every few batches; base stays a multiple of 64 (see attention_task), so a window never wraps. */
+static void slide_window(qrt_model *m, int pos0, int n_tok) {
+    const Config *c = &m->config;
+    RunState *s = &m->state;
+    if (pos0 == 0) s->swa_base = 0;
+    const int first_seen = pos0 - c->n_swa + 1 > 0 ? (pos0 - c->n_swa + 1) & ~63 : 0;
+    const size_t kv_dim = (size_t)c->n_kv_heads * c->head_dim, elem = s->kv_f32 ? 4 : 2;
+    for (int l = 0; l < c->n_layers; l++) {
+        const int rows = s->kv_rows[l];
+        if (rows == s->n_ctx || pos0 + n_tok - s->swa_base <= rows || first_seen <= s->swa_base) continue;
+        const size_t keep = (size_t)(pos0 - first_seen) * kv_dim * elem, drop = (size_t)(first_seen - s->swa_base);
+        uint8_t *kc = (uint8_t *)s->key_cache + s->kv_offset[l] * elem;
+        uint8_t *vc = (uint8_t *)s->value_cache + s->kv_offset[l] * elem;
+        memmove(kc, kc + drop * kv_dim * elem, keep);
+        memmove(vc, vc + drop * kv_dim * elem, keep);
+    }
+    for (int l = 0; l < c->n_layers; l++)
+        if (s->kv_rows[l] < s->n_ctx && pos0 + n_tok - s->swa_base > s->kv_rows[l]) {
+            s->swa_base = first_seen;
+            break;
+        }
+}
+
 static void attention_task(void *ctx, int task, int thread) {
     const attn_job *j = ctx;
     const Config *c = &j->m->config;
@@ -761,23 +888,32 @@ static void attention_task(void *ctx, int task, int thread) {
     const int b = task / c->n_heads, h = task % c->n_heads;
     const int hd = c->head_dim, kv_dim = c->n_kv_heads * hd;
     const int kvh = h / (c->n_heads / c->n_kv_heads);
-    const int n_pos = j->pos0 + b + 1;
+    const int pos = j->pos0 + b;
+    /* positions first..pos are seen: all of them, or the last n_swa in a sliding layer. ggml's lanes and blocks
+     * count from cache cell 0, masked cells included: the products start at a multiple of 64 (rows of a ring
+     * are too), the positions before `first` masked, so that the sums round as there */
+    const int first = (c->layer[j->layer] & LAYER_SWA) && pos >= c->n_swa ? pos - c->n_swa + 1 : 0;
+    const int start = first & ~63, n_masked = first - start;
+    const int n_pos = pos - start + 1;
     const float *q = s->q + (size_t)b * c->n_heads * hd + (size_t)h * hd;
-    float *att = s->att + (size_t)thread * s->n_ctx;
+    float *att = s->att + (size_t)thread * (s->n_ctx + hd);
     float *out = s->xb2 + (size_t)b * c->n_heads * hd + (size_t)h * hd;
-    const float scale = 1.0f / sqrtf((float)hd);
-    const size_t layer_off = (size_t)j->layer * s->n_ctx * kv_dim + (size_t)kvh * hd;
+    const float scale = c->q_scale != 0.0f ? 1.0f : 1.0f / sqrtf((float)hd);
     /* ggml's paths: prompt batches go through tinyBLAS (except f32 scores: the permuted query is not contiguous),
      * single tokens through ggml_vec_dot; with an f16 cache the query and the weights are rounded to f16 */
     const int f16 = !s->kv_f32, decode = j->n_tok == 1;
-    const void *kc = (const uint8_t *)s->key_cache + layer_off * (f16 ? 2 : 4);
-    const void *vc = (const uint8_t *)s->value_cache + layer_off * (f16 ? 2 : 4);
+    const size_t elem = f16 ? 2 : 4;
+    const uint8_t *kc = (const uint8_t *)s->key_cache + (s->kv_offset[j->layer] + (size_t)kvh * hd) * elem;
+    const uint8_t *vc = (const uint8_t *)s->value_cache + (s->kv_offset[j->layer] + (size_t)kvh * hd) * elem;
+    const size_t row_bytes = (size_t)kv_dim * elem;
+    const int row0 = kv_row(s, j->layer, start);
     /* with an f16 cache the kernels round q and the weights to f16 themselves, as ggml does */
     const qrt_pass_kernels *k = &j->m->pass;
-    k->attn_scores(att, q, kc, n_pos, kv_dim, hd, f16, decode || !f16, scale);
+    k->attn_scores(att, q, kc + (size_t)row0 * row_bytes, n_pos, kv_dim, hd, f16, decode || !f16, scale);
+    for (int t = 0; t < n_masked; t++) att[t] = -INFINITY;
     k->attn_softmax(att, n_pos);
     float *scratch = s->attn_scratch + (size_t)thread * 64 * hd;
-    k->attn_values(out, att, vc, n_pos, kv_dim, hd, f16, decode, scratch);
+    k->attn_values(out, att, vc + (size_t)row0 * row_bytes, n_pos, kv_dim, hd, f16, decode, scratch);
 }
 
 /* Token rows: the embedding row and the rotary angles of each position. */
@@ -799,9 +935,15 @@ static void embed_task(void *ctx, int task, int thread) {
     task_rows(&j->split, task, &b0, &b1);
     for (int b = b0; b < b1; b++) {
         const uint8_t *row = w->token_embd.data + (size_t)j->tokens[b] * w->token_embd.row_bytes;
-        qrt_dequantize_row(w->token_embd.type, row, s->x + (size_t)b * c->dim, c->dim);
+        float *x = s->x + (size_t)b * c->dim;
+        qrt_dequantize_row(w->token_embd.type, row, x, c->dim);
+        if (c->embd_scale != 0.0f)
+            for (int i = 0; i < c->dim; i++) x[i] *= c->embd_scale;
         op_rope_angles(s->rope_cos + (size_t)b * half_rot, s->rope_sin + (size_t)b * half_rot, j->pos0 + b, c->n_rot,
                        &c->rope, w->rope_freqs);
+        if (s->rope_cos_swa)
+            op_rope_angles(s->rope_cos_swa + (size_t)b * half_rot, s->rope_sin_swa + (size_t)b * half_rot,
+                           j->pos0 + b, c->n_rot, &c->rope_swa, NULL);
     }
 }
 
@@ -816,7 +958,7 @@ typedef struct {
 static void store_kv_row(qrt_model *m, int layer, int pos, const float *k, const float *v) {
     RunState *s = &m->state;
     const int kv_dim = m->config.n_kv_heads * m->config.head_dim;
-    const size_t off = ((size_t)layer * s->n_ctx + (size_t)pos) * kv_dim;
+    const size_t off = s->kv_offset[layer] + (size_t)kv_row(s, layer, pos) * kv_dim;
     if (s->kv_f32) {
         memcpy((float *)s->key_cache + off, k, (size_t)kv_dim * sizeof(float));
         memcpy((float *)s->value_cache + off, v, (size_t)kv_dim * sizeof(float));
@@ -845,14 +987,26 @@ static void qkv_task(void *ctx, int task, int thread) {
             for (int h = 0; h < c->n_heads; h++) op_rmsnorm(q + h * hd, q + h * hd, lw->q_norm, hd, c->rms_eps);
             for (int h = 0; h < c->n_kv_heads; h++) op_rmsnorm(k + h * hd, k + h * hd, lw->k_norm, hd, c->rms_eps);
         }
-        const float *cs = s->rope_cos + (size_t)b * half_rot, *sn = s->rope_sin + (size_t)b * half_rot;
-        op_rope(q, c->n_heads, hd, c->n_rot, cs, sn, c->rope_style == ROPE_NEOX);
-        op_rope(k, c->n_kv_heads, hd, c->n_rot, cs, sn, c->rope_style == ROPE_NEOX);
+        const int kind = c->layer[j->layer];
+        if (!(kind & LAYER_NO_ROPE)) {
+            const int swa = kind & LAYER_SWA;
+            const float *cs = (swa ? s->rope_cos_swa : s->rope_cos) + (size_t)b * half_rot;
+            const float *sn = (swa ? s->rope_sin_swa : s->rope_sin) + (size_t)b * half_rot;
+            op_rope(q, c->n_heads, hd, c->n_rot, cs, sn, c->rope_style == ROPE_NEOX);
+            op_rope(k, c->n_kv_heads, hd, c->n_rot, cs, sn, c->rope_style == ROPE_NEOX);
+        }
+        if (c->q_scale != 0.0f)
+            for (int i = 0; i < q_dim; i++) q[i] *= c->q_scale;
         store_kv_row(j->m, j->layer, j->pos0 + b, k, v);
     }
 }
 
 /* ---- the forward pass ---- */
+
+/* x = cap * tanh(x / cap), as llama.cpp's scale, tanh, scale */
+static void softcap(float *x, size_t n, float cap) {
+    for (size_t i = 0; i < n; i++) x[i] = tanhf(x[i] * (1.0f / cap)) * cap;
+}
 
 /* Run n_tok tokens at positions pos0..; logits of every token go to all_logits (if not NULL), the last token's
  * to state.logits. Each layer: attention then SwiGLU, each a norm, matmuls and a residual add; the residual add
@@ -865,16 +1019,19 @@ static void forward(qrt_model *m, const int32_t *tokens, int n_tok, int pos0, fl
     const int q_dim = c->n_heads * hd, kv_dim = c->n_kv_heads * hd;
     act_cache cache = {0};
 
+    if (c->n_swa) slide_window(m, pos0, n_tok);
     embed_job ej = {.m = m, .tokens = tokens, .pos0 = pos0};
     run_rows(m, embed_task, &ej, split_rows(m, &ej.split, 0, n_tok));
-    const float *residual = NULL; /* the last block's output, not yet added to x */
+    float *residual = NULL;             /* the last block's output, not yet added to x */
+    const float *residual_norm = NULL;  /* and the norm it takes first (gemma's post-FFN norm) */
 
     for (int l = 0; l < c->n_layers; l++) {
         const LayerWeights *lw = &w->layers[l];
         /* attention */
         {
             const Matrix *const ws[] = {&lw->wq, &lw->wk, &lw->wv};
-            rows_job norm = {.residual = residual, .norm = lw->attn_norm, .act_src = s->xb, .act_cols = dim};
+            rows_job norm = {.residual = residual, .residual_norm = residual_norm, .norm = lw->attn_norm,
+                             .act_src = s->xb, .act_cols = dim};
             convert_for(&norm, ws, 3);
             steps(m, &cache, &norm, 0, n_tok);
             float *const outs[] = {s->q, s->k, s->v};
@@ -890,7 +1047,8 @@ static void forward(qrt_model *m, const int32_t *tokens, int n_tok, int pos0, fl
         /* SwiGLU feed-forward */
         {
             const Matrix *const ws[] = {&lw->w_gate, &lw->w_up};
-            rows_job norm = {.residual = s->xb, .norm = lw->ffn_norm, .act_src = s->xb, .act_cols = dim};
+            rows_job norm = {.residual = s->xb, .residual_norm = lw->attn_post_norm, .norm = lw->ffn_norm,
+                             .act_src = s->xb, .act_cols = dim};
             convert_for(&norm, ws, 2);
             steps(m, &cache, &norm, 0, n_tok);
             float *const outs[] = {s->hb, s->hb2};
@@ -899,23 +1057,26 @@ static void forward(qrt_model *m, const int32_t *tokens, int n_tok, int pos0, fl
         }
         {
             const Matrix *const ws[] = {&lw->w_down};
-            rows_job glu = {.swiglu = 1, .act_src = s->hb, .act_cols = ffn};
+            rows_job glu = {.glu = 1, .act_src = s->hb, .act_cols = ffn};
             convert_for(&glu, ws, 1);
             steps(m, &cache, &glu, 0, n_tok);
         }
         matmul(m, &cache, s->xb, dim, &lw->w_down, s->hb, n_tok);
         residual = s->xb;
+        residual_norm = lw->ffn_post_norm;
     }
 
     /* head: all rows when asked for, else only the last token */
     const int first = all_logits ? 0 : n_tok - 1;
-    rows_job final = {.residual = residual, .norm = w->output_norm};
+    rows_job final = {.residual = residual, .residual_norm = residual_norm, .norm = w->output_norm};
     steps(m, &cache, &final, first, n_tok); /* x is not read again past this pass: only these rows are needed */
     if (all_logits) {
         matmul(m, &cache, all_logits, c->vocab_size, &w->output, s->xb, n_tok);
+        if (c->logit_softcap != 0.0f) softcap(all_logits, (size_t)n_tok * c->vocab_size, c->logit_softcap);
         memcpy(s->logits, all_logits + (size_t)(n_tok - 1) * c->vocab_size, (size_t)c->vocab_size * sizeof(float));
     } else {
         matmul(m, &cache, s->logits, c->vocab_size, &w->output, s->xb + (size_t)(n_tok - 1) * dim, 1);
+        if (c->logit_softcap != 0.0f) softcap(s->logits, (size_t)c->vocab_size, c->logit_softcap);
     }
 }
 
@@ -973,6 +1134,13 @@ size_t qrt_model_file_bytes(const qrt_model *m) { return m->file->size; }
 int qrt_model_set_n_past(qrt_model *m, int n_past) {
     if (n_past < 0 || n_past > m->n_past)
         return set_err(m->error, sizeof m->error, "set_n_past: %d is outside 0..%d", n_past, m->n_past);
+    /* sliding layers keep positions from swa_base on: going back is possible while the window before the new
+     * position is still there (or to 0) */
+    const int first_seen = n_past - m->config.n_swa + 1;
+    if (n_past > 0 && m->config.n_swa && first_seen > 0 && (first_seen & ~63) < m->state.swa_base)
+        return set_err(m->error, sizeof m->error,
+                       "set_n_past: position %d is before the sliding-window cache's first position %d (only 0 is "
+                       "possible)", n_past, m->state.swa_base + m->config.n_swa - 1);
     m->n_past = n_past;
     if (n_past == 0) m->has_logits = 0;
     return 0;
@@ -981,7 +1149,9 @@ int qrt_model_set_n_past(qrt_model *m, int n_past) {
 size_t qrt_model_kv_bytes(const qrt_model *m) {
     const Config *c = &m->config;
     const size_t kv_dim = (size_t)c->n_kv_heads * c->head_dim; /* the cache exists, so these products fit */
-    return 2 * (size_t)c->n_layers * (size_t)m->state.n_ctx * kv_dim * (m->state.kv_f32 ? 4 : 2);
+    size_t rows = 0;
+    for (int l = 0; l < c->n_layers; l++) rows += (size_t)m->state.kv_rows[l];
+    return 2 * rows * kv_dim * (m->state.kv_f32 ? 4 : 2);
 }
 
 int qrt_model_meta_str(const qrt_model *m, const char *key, const char **ptr, size_t *len) {

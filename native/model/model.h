@@ -17,8 +17,21 @@
 #pragma GCC visibility push(hidden)
 
 enum rope_style {
-    ROPE_NORM = 0, /* rotate adjacent pairs (x[2i], x[2i+1]): llama, mistral */
-    ROPE_NEOX = 2, /* rotate halves (x[i], x[i + n_rot/2]): qwen2, qwen3 */
+    ROPE_NORM = 0, /* rotate adjacent pairs (x[2i], x[2i+1]): llama, mistral, smollm3 */
+    ROPE_NEOX = 2, /* rotate halves (x[i], x[i + n_rot/2]): qwen2, qwen3, gemma3, phi3, the MoE families */
+};
+
+enum ffn_act {
+    FFN_SILU = 0,      /* SwiGLU: silu(gate) * up */
+    FFN_GELU_TANH = 1, /* GeGLU: gelu(gate) * up, gelu's tanh form (gemma3) */
+};
+
+#define QRT_MAX_LAYERS 1024 /* read_config refuses more */
+
+/* What a layer does besides the common steps, per layer: set at open from the family's row and the file's keys. */
+enum layer_flags {
+    LAYER_SWA = 1,     /* sliding-window attention: keys older than n_swa positions are not seen, nor kept */
+    LAYER_NO_ROPE = 2, /* no rotary embedding on q and k (smollm3's every 4th layer) */
 };
 
 typedef struct {
@@ -36,7 +49,15 @@ typedef struct {
     RopeParams rope;
     int rope_style;
     int has_qkv_bias;  /* qwen2 */
-    int has_qk_norm;   /* qwen3 */
+    int has_qk_norm;   /* qwen3, gemma3: per-head RMSNorm of q and k */
+    int ffn_act;       /* enum ffn_act */
+    int post_norms;    /* gemma3: RMSNorm of the attention and FFN outputs before their residual adds */
+    float embd_scale;  /* gemma3: embedding rows times sqrt(dim); 0 = none */
+    float q_scale;     /* a scale applied to q before attention instead of 1/sqrt(head_dim) in it; 0 = none */
+    float logit_softcap; /* final logits = cap * tanh(logits / cap); 0 = none */
+    int n_swa;         /* sliding window in positions (LAYER_SWA layers), 0 = none */
+    RopeParams rope_swa; /* the rotary parameters of LAYER_SWA layers (their own frequency base, unscaled) */
+    unsigned char layer[QRT_MAX_LAYERS]; /* enum layer_flags per layer */
 } Config;
 
 /* A weight matrix of `rows` output rows, each `cols` values of GGUF type `type` (row_bytes bytes per row). */
@@ -55,6 +76,7 @@ typedef struct {
 
 typedef struct {
     const float *attn_norm, *ffn_norm;       /* [dim] */
+    const float *attn_post_norm, *ffn_post_norm; /* [dim] (gemma3) or NULL */
     const float *q_norm, *k_norm;            /* [head_dim] (qwen3) or NULL */
     const float *bq, *bk, *bv;               /* biases (qwen2) or NULL */
     Matrix wq, wk, wv, wo;                   /* attention */
@@ -83,13 +105,19 @@ typedef struct {
     float *att;        /* [n_threads][n_ctx] attention scores */
     float *attn_scratch; /* [n_threads][64 * head_dim] accumulators of the weighted value sum */
     float *rope_cos, *rope_sin; /* [n_batch][n_rot/2] */
+    float *rope_cos_swa, *rope_sin_swa; /* the same for LAYER_SWA layers' own base, or NULL when no layer is one */
     float *logits;     /* [vocab] last token */
     uint8_t *act;      /* [n_batch][largest activation row in any act type] */
     size_t act_row_bytes;
     int32_t *act_sums; /* [n_batch][act_sums_stride]: block sums of act for the packed kernels */
     size_t act_sums_stride;
-    /* KV cache: [layer][position][kv_dim] of f32 or f16 */
+    /* KV cache: per layer kv_rows[l] rows of kv_dim f32 or f16 values from element kv_offset[l]. Full-attention
+     * layers hold n_ctx rows (position p in row p); sliding-window layers only their window plus one batch
+     * (position p in row p - swa_base; a batch's keys are all stored before its first token's attention). */
     void *key_cache, *value_cache;
+    size_t *kv_offset;
+    int *kv_rows;
+    int swa_base; /* the position in row 0 of the sliding layers' rows */
     int kv_f32;
     int n_ctx;
 } RunState;
