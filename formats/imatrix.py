@@ -33,11 +33,11 @@ KEY_CHUNK_SIZE = "imatrix.chunk_size"
 class ImportanceMatrix:
     sums: dict[str, np.ndarray] = field(default_factory=dict)  # tensor -> sum of x^2 per input column (f32)
     counts: dict[str, float] = field(default_factory=dict)  # tensor -> tokens summed
-    expert_counts: dict[str, np.ndarray] = field(default_factory=dict)  # expert tensor -> tokens summed per expert
     datasets: list[str] = field(default_factory=list)
     chunk_count: int = 0
     chunk_size: int = 0
     path: Path | None = None
+    expert_counts: dict[str, np.ndarray] = field(default_factory=dict)  # expert tensor -> tokens summed per expert
 
     def mean_squares(self, tensor: str, n_experts: int = 0) -> np.ndarray | None:
         """E[x^2] per input column, or None if the tensor has no entry (1.0 where no token was seen). For an expert
