@@ -195,7 +195,7 @@ _ROWS = (
     Architecture(
         "gemma3", "Gemma3ForCausalLM", "gemma3_text", "gemma3",
         (*EMBEDDING, *OUTPUT, *_attention(False), *GEMMA3_NORMS, *GATED_FFN),
-        qk_norm="head", rope_scaling_types=("linear",), sliding_window_key=True, sliding_pattern=6,
+        qk_norm="head", rope_scaling_types=("linear",), sliding_window_key=True, sliding_pattern=6, native=True,
         config_defaults=(  # transformers' Gemma3TextConfig defaults (released configs leave many out)
             ("vocab_size", 262208), ("num_attention_heads", 8), ("num_key_value_heads", 4), ("head_dim", 256),
             ("rms_norm_eps", 1e-6), ("max_position_embeddings", 131072), ("query_pre_attn_scalar", 256),
@@ -214,7 +214,7 @@ _ROWS = (
                           "model.multi_modal_projector."),
     ),
     Architecture(
-        "smollm3", "SmolLM3ForCausalLM", "smollm3", "smollm3", LLAMA_ROWS, rope_permute=True,
+        "smollm3", "SmolLM3ForCausalLM", "smollm3", "smollm3", LLAMA_ROWS, rope_permute=True, native=True,
         refusals=(
             Refusal("no_rope_layers", _smollm3_rope_layers,
                     "llama.cpp's smollm3 skips rope on every 4th layer ((il + 1) % 4 == 0) and nowhere else"),
