@@ -163,6 +163,8 @@ class Architecture:
     skipped_prefixes: tuple[str, ...] = ()
     text_config: bool = False  # hyperparameters sit under config.json's `text_config`
     genai_type: str | None = None  # onnxruntime-genai model type (qconv to-onnx), None: no ONNX export
+    scaled_embeddings: bool = False  # embedding rows times sqrt(hidden) (Gemma)
+    no_rope_step: int = 0  # every n-th layer has no rope (llama.cpp's n_no_rope_layer_step; SmolLM3: 4)
     native: bool = False  # qrun-native runs it (native/model/model.c's table)
 
     @property
@@ -196,6 +198,7 @@ _ROWS = (
         "gemma3", "Gemma3ForCausalLM", "gemma3_text", "gemma3",
         (*EMBEDDING, *OUTPUT, *_attention(False), *GEMMA3_NORMS, *GATED_FFN),
         qk_norm="head", rope_scaling_types=("linear",), sliding_window_key=True, sliding_pattern=6, native=True,
+        scaled_embeddings=True,
         config_defaults=(  # transformers' Gemma3TextConfig defaults (released configs leave many out)
             ("vocab_size", 262208), ("num_attention_heads", 8), ("num_key_value_heads", 4), ("head_dim", 256),
             ("rms_norm_eps", 1e-6), ("max_position_embeddings", 131072), ("query_pre_attn_scalar", 256),
@@ -215,6 +218,7 @@ _ROWS = (
     ),
     Architecture(
         "smollm3", "SmolLM3ForCausalLM", "smollm3", "smollm3", LLAMA_ROWS, rope_permute=True, native=True,
+        no_rope_step=4,
         refusals=(
             Refusal("no_rope_layers", _smollm3_rope_layers,
                     "llama.cpp's smollm3 skips rope on every 4th layer ((il + 1) % 4 == 0) and nowhere else"),
