@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
 DATA = Path(__file__).parent / "data"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def pytest_collection_modifyitems(config, items):
@@ -33,6 +37,17 @@ def smollm2_package_gguf() -> Path:
     from qconv.samples.smollm2 import smollm2_gguf_path
 
     return smollm2_gguf_path()
+
+
+@pytest.fixture(scope="session")
+def qrun_native() -> Path:
+    """The qrun-native program, built by make for this machine."""
+    if shutil.which("make") is None or shutil.which("gcc") is None:
+        pytest.skip("make and gcc are needed to build qrun-native")
+    target = f"build/{os.uname().machine}/qrun-native"
+    proc = subprocess.run(["make", "-s", "-C", str(ROOT / "native"), "-j2", target], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return ROOT / "native" / target
 
 
 @pytest.fixture(scope="session")

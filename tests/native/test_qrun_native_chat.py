@@ -8,8 +8,6 @@ GGUF (tests/native/test_loader.write_tiny_model); `qrun-native --print-prompt` w
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -19,7 +17,6 @@ from qconv.runtime.chat import render_chat
 from qconv.samples.gemma3 import CHAT_TEMPLATE as GEMMA3
 from tests.native.test_loader import write_tiny_model
 
-ROOT = Path(__file__).resolve().parents[2]
 BOS, EOS = "<s>", "</s>"  # write_tiny_model's vocabulary
 
 # SmolLM2-135M-Instruct's template: a default system message when none is given.
@@ -91,16 +88,6 @@ PADDED = [
     {"role": "user", "content": "Two lines:\nfirst\nsecond  "},
 ]
 SYSTEM = "You answer in one word."
-
-
-@pytest.fixture(scope="module")
-def qrun_native() -> Path:
-    if shutil.which("make") is None or shutil.which("gcc") is None:
-        pytest.skip("make and gcc are needed to build qrun-native")
-    target = f"build/{os.uname().machine}/qrun-native"
-    proc = subprocess.run(["make", "-s", "-C", str(ROOT / "native"), "-j2", target], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return ROOT / "native" / target
 
 
 def chat_gguf(path: Path, template: str, add_bos: bool) -> Path:

@@ -10,8 +10,6 @@ import textwrap
 import time
 from pathlib import Path
 
-import pytest
-
 from tests.native.test_loader import write_tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,16 +82,6 @@ def test_a_sigbus_that_is_no_file_still_crashes(tmp_path):
     )
     assert proc.returncode == -signal.SIGBUS or "Bus error" in proc.stderr, (proc.returncode, proc.stderr)
     assert "changed while being read" not in proc.stderr
-
-
-@pytest.fixture(scope="module")
-def qrun_native() -> Path:
-    if shutil.which("make") is None or shutil.which("gcc") is None:
-        pytest.skip("make and gcc are needed to build qrun-native")
-    target = f"build/{os.uname().machine}/qrun-native"
-    proc = subprocess.run(["make", "-s", "-C", str(ROOT / "native"), "-j2", target], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return ROOT / "native" / target
 
 
 def test_qrun_native_model_truncated_while_generating(qrun_native, tmp_path):
