@@ -152,13 +152,15 @@ class Model:
         def text(token: int) -> str:
             return tok.token_text(token).decode("utf-8", errors="replace") if token >= 0 else ""
 
-        return render_chat(
-            template,
-            messages,
-            add_generation_prompt=add_generation_prompt,
-            bos_token=text(tok.bos),
-            eos_token=text(tok.eos),
+        bos = text(tok.bos)
+        prompt = render_chat(
+            template, messages, add_generation_prompt=add_generation_prompt, bos_token=bos, eos_token=text(tok.eos)
         )
+        # a template that writes BOS itself (Gemma's) next to a vocabulary that adds it would give two: the
+        # tokenizer's is kept, as llama.cpp's common/chat.cpp does
+        if bos and tok.add_bos and prompt.startswith(bos):
+            prompt = prompt[len(bos) :]
+        return prompt
 
     # ---- evaluation ----
 
