@@ -66,18 +66,20 @@ typedef struct {
     int embd_scaled;   /* embeddings times sqrt(dim) */
     int swa_pattern;   /* with a sliding window: of every swa_pattern layers the last is global */
     int no_rope_step;  /* layers l with (l + 1) % no_rope_step == 0 run without rope; 0 = none */
-    int q_prescaled;   /* q is scaled before attention (gemma: ggml_scale on q, then scores unscaled) */
+    int q_prescaled;   /* q is scaled before attention (gemma, phi3: ggml_scale on q, then scores unscaled) */
+    int fused_up;      /* ffn_up holds gate and up rows ([2 x ffn, dim], gate first) and there is no ffn_gate */
 } arch_row;
 
 /* The architectures the forward pass runs, as data: adding a family is a row here (plus any new step). */
 static const arch_row ARCHS[] = {
-    /* arch       rope       bias qk_norm ffn_act        post embd swa nope q_pre */
-    {"llama",     ROPE_NORM, 0,   0,      FFN_SILU,      0,   0,   0,  0,   0},
-    {"mistral",   ROPE_NORM, 0,   0,      FFN_SILU,      0,   0,   0,  0,   0},
-    {"qwen2",     ROPE_NEOX, 1,   0,      FFN_SILU,      0,   0,   0,  0,   0},
-    {"qwen3",     ROPE_NEOX, 0,   1,      FFN_SILU,      0,   0,   0,  0,   0},
-    {"gemma3",    ROPE_NEOX, 0,   1,      FFN_GELU_TANH, 1,   1,   6,  0,   1},
-    {"smollm3",   ROPE_NORM, 0,   0,      FFN_SILU,      0,   0,   0,  4,   0},
+    /* arch       rope       bias qk_norm ffn_act        post embd swa nope q_pre fused_up */
+    {"llama",     ROPE_NORM, 0,   0,      FFN_SILU,      0,   0,   0,  0,   0,    0},
+    {"mistral",   ROPE_NORM, 0,   0,      FFN_SILU,      0,   0,   0,  0,   0,    0},
+    {"qwen2",     ROPE_NEOX, 1,   0,      FFN_SILU,      0,   0,   0,  0,   0,    0},
+    {"qwen3",     ROPE_NEOX, 0,   1,      FFN_SILU,      0,   0,   0,  0,   0,    0},
+    {"gemma3",    ROPE_NEOX, 0,   1,      FFN_GELU_TANH, 1,   1,   6,  0,   1,    0},
+    {"smollm3",   ROPE_NORM, 0,   0,      FFN_SILU,      0,   0,   0,  4,   0,    0},
+    {"phi3",      ROPE_NEOX, 0,   0,      FFN_SILU,      0,   0,   0,  0,   1,    1},
 };
 
 static int meta_u32(const gguf_file *f, const char *arch, const char *suffix, uint32_t *out, int required,
@@ -117,9 +119,18 @@ static int read_rope(const gguf_file *f, Config *c, const char *path, char *err,
     gguf_str scaling;
     const int has_type = gguf_get_str(f, key, &scaling) == GGUF_OK;
     const int yarn = has_type && gguf_str_eq(scaling, "yarn");
-    if (has_type && !gguf_str_eq(scaling, "none") && !gguf_str_eq(scaling, "linear") && !yarn)
-        return set_err(err, errlen, "%s: rope scaling type '%.*s' is not supported (qrun runs: none, linear, yarn)",
-                       path, (int)(scaling.len > 20 ? 20 : scaling.len), scaling.ptr);
+    /* longrope: the per-pair factors are tensors (rope_factors_long/short, chosen at open by the context) */
+    if (has_type && !gguf_str_eq(scaling, "none") && !gguf_str_eq(scaling, "linear") && !yarn &&
+        !gguf_str_eq(scaling, "longrope"))
+        return set_err(err, errlen,
+                       "%s: rope scaling type '%.*s' is not supported (qrun runs: none, linear, yarn, longrope)", path,
+                       (int)(scaling.len > 20 ? 20 : scaling.len), scaling.ptr);
+    uint32_t n_ctx_orig = (uint32_t)c->n_ctx_train;
+    if (meta_u32(f, c->arch, "rope.scaling.original_context_length", &n_ctx_orig, 0, path, err, errlen) < 0)
+        return -1;
+    if (n_ctx_orig == 0 || n_ctx_orig > (1u << 24))
+        return set_err(err, errlen, "%s: rope.scaling.original_context_length %u is implausible", path, n_ctx_orig);
+    c->n_ctx_orig = (int)n_ctx_orig;
     if (!has_type || !gguf_str_eq(scaling, "none")) { /* a factor without a type is linear, as in llama.cpp */
         float factor = 0.0f;
         if (meta_f32(f, c->arch, "rope.scaling.factor", &factor, path, err, errlen) < 0) return -1;
@@ -128,11 +139,6 @@ static int read_rope(const gguf_file *f, Config *c, const char *path, char *err,
         if (factor > 0.0f) rope->freq_scale = 1.0f / factor;
     }
     if (yarn) {
-        uint32_t n_ctx_orig = (uint32_t)c->n_ctx_train;
-        if (meta_u32(f, c->arch, "rope.scaling.original_context_length", &n_ctx_orig, 0, path, err, errlen) < 0)
-            return -1;
-        if (n_ctx_orig == 0 || n_ctx_orig > (1u << 24))
-            return set_err(err, errlen, "%s: rope.scaling.original_context_length %u is implausible", path, n_ctx_orig);
         rope->ext_factor = 1.0f;
         op_rope_yarn_corr_dims(c->n_rot, (int)n_ctx_orig, rope->theta, 32.0f, 1.0f, rope->corr_dims);
         /* llama.cpp sets the factor to get_mscale(factor) and cancels it, times rope.scaling.attn_factor; its rope op
@@ -208,6 +214,7 @@ static int read_config(const gguf_file *f, Config *c, const char *path, char *er
     c->has_qk_norm = row->qk_norm;
     c->ffn_act = row->ffn_act;
     c->post_norms = row->post_norms;
+    c->fused_up = row->fused_up;
 
     uint32_t v;
     if (meta_u32(f, c->arch, "embedding_length", &v, 1, path, err, errlen)) return -1;
@@ -253,10 +260,10 @@ static int read_config(const gguf_file *f, Config *c, const char *path, char *er
     if (read_rope(f, c, path, err, errlen) < 0) return -1;
     if (read_layer_kinds(f, c, row, path, err, errlen) < 0) return -1;
     c->embd_scale = row->embd_scaled ? sqrtf((float)c->dim) : 0.0f;
-    /* llama.cpp scales gemma's q by 1/sqrt(head size), except for its 62-layer (27B) model: 1/sqrt(dim / heads) */
+    /* llama.cpp scales q by 1/sqrt(head size), except for gemma3's 62-layer (27B) model: 1/sqrt(dim / heads) */
     c->q_scale = !row->q_prescaled ? 0.0f
-                 : c->n_layers == 62 ? 1.0f / sqrtf((float)(c->dim / c->n_heads))
-                                     : 1.0f / sqrtf((float)c->head_dim);
+                 : row->embd_scaled && c->n_layers == 62 ? 1.0f / sqrtf((float)(c->dim / c->n_heads))
+                                                         : 1.0f / sqrtf((float)c->head_dim);
     c->logit_softcap = 0.0f;
     if (meta_f32(f, c->arch, "final_logit_softcapping", &c->logit_softcap, path, err, errlen) < 0) return -1;
     if (!(c->logit_softcap >= 0.0f && c->logit_softcap < 1e30f))
@@ -337,6 +344,19 @@ static int get_vector(loader *L, const float **out, const char *name, int64_t n,
     return 0;
 }
 
+/* Consecutive row ranges of a fused tensor as matrices of their own (views into the same data). The later parts
+ * share the first's input: calibration records it once, under the fused tensor's name, as llama-imatrix does. */
+static void split_fused(const Matrix *whole, Matrix *const parts[], const int64_t rows[], int n) {
+    int64_t row = 0;
+    for (int i = 0; i < n; i++) {
+        *parts[i] = *whole;
+        parts[i]->data = whole->data + (size_t)row * whole->row_bytes;
+        parts[i]->rows = rows[i];
+        parts[i]->input_recorded = i > 0;
+        row += rows[i];
+    }
+}
+
 static int load_weights(loader *L, Config *c) {
     Weights *w = L->w;
     const gguf_tensor *embd = find(L, "token_embd.weight", 1);
@@ -350,8 +370,10 @@ static int load_weights(loader *L, Config *c) {
     int r = get_matrix(L, &w->output, "output.weight", c->dim, c->vocab_size, 0);
     if (r < 0) return -1;
     if (r == 1) w->output = w->token_embd; /* tied head */
-    r = get_vector(L, &w->rope_freqs, "rope_freqs.weight", c->n_rot / 2, 0);
-    if (r < 0) return -1;
+    if (get_vector(L, &w->rope_freqs, "rope_freqs.weight", c->n_rot / 2, 0) < 0 ||
+        get_vector(L, &w->rope_long, "rope_factors_long.weight", c->n_rot / 2, 0) < 0 ||
+        get_vector(L, &w->rope_short, "rope_factors_short.weight", c->n_rot / 2, 0) < 0)
+        return -1;
 
     w->layers = calloc((size_t)c->n_layers, sizeof(LayerWeights));
     if (!w->layers) return set_err(L->err, L->errlen, "%s: out of memory", L->path);
@@ -362,14 +384,32 @@ static int load_weights(loader *L, Config *c) {
 #define NAME(suffix) (snprintf(name, sizeof name, "blk.%d.%s", l, suffix), name)
         if (get_vector(L, &lw->attn_norm, NAME("attn_norm.weight"), c->dim, 1) ||
             get_vector(L, &lw->ffn_norm, NAME("ffn_norm.weight"), c->dim, 1) ||
-            get_matrix(L, &lw->wq, NAME("attn_q.weight"), c->dim, q_dim, 1) ||
-            get_matrix(L, &lw->wk, NAME("attn_k.weight"), c->dim, kv_dim, 1) ||
-            get_matrix(L, &lw->wv, NAME("attn_v.weight"), c->dim, kv_dim, 1) ||
             get_matrix(L, &lw->wo, NAME("attn_output.weight"), q_dim, c->dim, 1) ||
-            get_matrix(L, &lw->w_gate, NAME("ffn_gate.weight"), c->dim, c->hidden_dim, 1) ||
-            get_matrix(L, &lw->w_up, NAME("ffn_up.weight"), c->dim, c->hidden_dim, 1) ||
             get_matrix(L, &lw->w_down, NAME("ffn_down.weight"), c->hidden_dim, c->dim, 1))
             return -1;
+        /* q, k and v: three tensors, or one fused attn_qkv (phi3) whose row ranges they become */
+        Matrix qkv;
+        r = get_matrix(L, &qkv, NAME("attn_qkv.weight"), c->dim, q_dim + 2 * kv_dim, 0);
+        if (r < 0) return -1;
+        if (r == 0) {
+            Matrix *parts[] = {&lw->wq, &lw->wk, &lw->wv};
+            const int64_t rows[] = {q_dim, kv_dim, kv_dim};
+            split_fused(&qkv, parts, rows, 3);
+        } else if (get_matrix(L, &lw->wq, NAME("attn_q.weight"), c->dim, q_dim, 1) ||
+                   get_matrix(L, &lw->wk, NAME("attn_k.weight"), c->dim, kv_dim, 1) ||
+                   get_matrix(L, &lw->wv, NAME("attn_v.weight"), c->dim, kv_dim, 1)) {
+            return -1;
+        }
+        if (c->fused_up) { /* gate and up in one ffn_up, gate rows first (ggml_swiglu's halves) */
+            Matrix up;
+            if (get_matrix(L, &up, NAME("ffn_up.weight"), c->dim, 2 * (int64_t)c->hidden_dim, 1)) return -1;
+            Matrix *parts[] = {&lw->w_gate, &lw->w_up};
+            const int64_t rows[] = {c->hidden_dim, c->hidden_dim};
+            split_fused(&up, parts, rows, 2);
+        } else if (get_matrix(L, &lw->w_gate, NAME("ffn_gate.weight"), c->dim, c->hidden_dim, 1) ||
+                   get_matrix(L, &lw->w_up, NAME("ffn_up.weight"), c->dim, c->hidden_dim, 1)) {
+            return -1;
+        }
         /* biases: required for qwen2, honoured for any arch that has them */
         if (get_vector(L, &lw->bq, NAME("attn_q.bias"), q_dim, c->has_qkv_bias) < 0 ||
             get_vector(L, &lw->bk, NAME("attn_k.bias"), kv_dim, c->has_qkv_bias) < 0 ||
@@ -594,6 +634,9 @@ qrt_model *qrt_model_open(const char *path, const qrt_model_params *params, char
     int n_batch = p.n_batch > 0 ? p.n_batch : 64;
     if (n_batch > 512) n_batch = 512;
     if (alloc_state(m, n_batch, n_ctx, p.kv_f32, err, errlen)) goto fail;
+    /* LongRoPE's factors: the long ones when the context exceeds the trained one, as llama.cpp picks them */
+    if (!m->weights.rope_freqs)
+        m->weights.rope_freqs = n_ctx > m->config.n_ctx_orig ? m->weights.rope_long : m->weights.rope_short;
     const Config *c = &m->config;
     snprintf(m->describe, sizeof m->describe, "%s, %d layers, %d hidden, %d ffn, %d/%d heads, vocab %d", c->arch,
              c->n_layers, c->dim, c->hidden_dim, c->n_heads, c->n_kv_heads, c->vocab_size);
@@ -785,7 +828,7 @@ static void prepare_act(qrt_model *m, act_cache *cache, const float *x, int n_to
  * apart) as a job; returns its number of tasks. */
 static int matmul_setup(qrt_model *m, act_cache *cache, matmul_job *j, float *out, int64_t out_stride,
                         const Matrix *w, const float *x, int n_tok) {
-    if (m->imatrix) qrt_imatrix_add(m->imatrix, w->name, w->name_len, x, n_tok, w->cols);
+    if (m->imatrix && !w->input_recorded) qrt_imatrix_add(m->imatrix, w->name, w->name_len, x, n_tok, w->cols);
     const qrt_matmul_kernels *k = &w->kernels;
     prepare_act(m, cache, x, n_tok, w);
     *j = (matmul_job){w, m->state.act, m->state.act_row_bytes, out, out_stride, n_tok, 0,

@@ -45,6 +45,7 @@ typedef struct {
     int n_rot;        /* rotated dims per head (<= head_dim) */
     int vocab_size;
     int n_ctx_train;
+    int n_ctx_orig;    /* rope.scaling.original_context_length, else n_ctx_train */
     float rms_eps;
     RopeParams rope;
     int rope_style;
@@ -57,6 +58,7 @@ typedef struct {
     float logit_softcap; /* final logits = cap * tanh(logits / cap); 0 = none */
     int n_swa;         /* sliding window in positions (LAYER_SWA layers), 0 = none */
     RopeParams rope_swa; /* the rotary parameters of LAYER_SWA layers (their own frequency base, unscaled) */
+    int fused_up;      /* phi3: ffn_up holds the gate rows, then the up rows */
     unsigned char layer[QRT_MAX_LAYERS]; /* enum layer_flags per layer */
 } Config;
 
@@ -72,6 +74,7 @@ typedef struct {
     const uint8_t *packed;
     size_t packed_group_bytes;
     qrt_matmul_kernels kernels; /* chosen once at open (select.h) */
+    int input_recorded; /* a later row range of a fused tensor: calibration recorded its input with the first */
 } Matrix;
 
 typedef struct {
@@ -89,6 +92,7 @@ typedef struct {
     const float *output_norm;
     Matrix output; /* the head: its own tensor, or token_embd when tied */
     const float *rope_freqs; /* [n_rot/2] frequency divisors, or NULL */
+    const float *rope_long, *rope_short; /* LongRoPE's divisors (phi3), one of them becomes rope_freqs at open */
     /* f32 copies of small vectors whose stored type is not f32 (norms/biases stored as f16) */
     float **owned;
     int n_owned;
