@@ -1,4 +1,9 @@
-"""HF folder -> OUT_DIR: a llama-family decoder as ONNX with block-quantized int4/uint4/int8/uint8 weights.
+"""HF folder -> OUT_DIR: a decoder as ONNX with block-quantized int4/uint4/int8/uint8 weights.
+
+Families: those of formats/architectures.py with a genai_type (llama, mistral, qwen2, qwen3, gemma3, phi3,
+smollm3); what differs between them (norm placement and shift, GeGLU, embedding scale, rope tables per layer,
+partial rotary, LongRoPE, sliding windows, query scale, soft-capping) is onnx_families.py's DecoderLayout. The
+mixtures of experts (qwen3moe, olmoe) are refused by name before anything is read or written.
 
 OUT_DIR holds model.onnx (+ model.onnx.data when the weights pass 2 GB), genai_config.json (so
 onnxruntime-genai loads the folder), the HF tokenizer files with the chat template, and tokenizer.gguf: a
@@ -28,8 +33,12 @@ The graph (standard ONNX ops, opset 23 by default, 21 with --opset 21 for runtim
   K x 2F weight (one MatMulNBits each, then Split): fewer, wider kernels per token (decoding a small model is
   dominated by per-node cost), the same quantized values (blocks run along K).
 - cos/sin of rope (rotate-half, HF's layout) computed once per call from position_ids with the model's theta and
-  linear/llama3/yarn scaling; an additive mask [batch, 1, seq, total] from attention_mask (padding) and the causal
-  order of the total sequence, shared by every layer.
+  linear/llama3/yarn/longrope scaling (one table per base: Gemma 3's sliding layers have their own); an additive
+  mask [batch, 1, seq, total] from attention_mask (padding) and the causal order of the total sequence, one per
+  attention window the layers use (Gemma 3's sliding layers, Phi-3's sliding_window), shared by those layers. The
+  KV cache keeps every position of every layer (present = past + new), windowed layers included: the mask limits
+  what a query sees.
+- a checkpoint's fused linear layers (Phi-3's qkv_proj, gate_up_proj) stay one MatMulNBits each, then Split.
 - opset 23 (the default): each layer is RMSNormalization, RotaryEmbedding on q and k, and one Attention node that
   takes the past keys/values and returns present.* (grouped-query heads by q_num_heads/kv_num_heads): about 17
   nodes per layer, since decoding a small model pays per node. Opset 21 spells the same computation in older ops:
@@ -53,13 +62,21 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
+from qconv.converter.onnx_families import (
+    LOCAL_ROPE,
+    DecoderLayout,
+    decoder_layout,
+    graph_activation,
+    rope_frequencies,
+    rope_inv_freq,  # noqa: F401 - the name tests and benchmarks import from here
+)
 from qconv.converter.sources import HFSource
 from qconv.formats import folder_files
+from qconv.formats.architectures import ARCHITECTURES
 from qconv.formats.atomic_write import AtomicFolder, check_output_folder
 from qconv.formats.errors import FormatError
-from qconv.formats.gguf_write import add_model_metadata, llama3_rope_factors
-from qconv.formats.architectures import ARCHITECTURES
-from qconv.formats.hf_config import ModelSpec
+from qconv.formats.gguf_write import add_model_metadata
+from qconv.formats.hf_config import ModelSpec, read_model_spec
 from qconv.formats.imatrix import ImportanceMatrix, read_imatrix
 from qconv.formats.onnx_graph import GATHERABLE, PROTO_LIMIT_BYTES, QUANT_TYPES, GraphBuilder
 from qconv.formats.tensor_names import gguf_name
@@ -165,63 +182,13 @@ class ExportResult:
     imatrix: str | None = None  # where the importance weights came from
 
 
-# ---------------------------------------------------------------- rope frequencies
-
-
-def rope_inv_freq(spec: ModelSpec) -> tuple[np.ndarray, float]:
-    """Inverse frequencies [head_dim / 2] and the cos/sin factor, as HF's rope init functions compute them."""
-    dim = spec.head_dim
-    base = spec.rope_theta
-    inv_freq = 1.0 / (base ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
-    scaling = spec.rope_scaling
-    kind = scaling.get("rope_type")
-    if kind == "linear":
-        return (inv_freq / float(scaling["factor"])).astype(np.float32), 1.0
-    if kind == "llama3":
-        return (inv_freq / llama3_rope_factors(spec).astype(np.float64)).astype(np.float32), 1.0
-    if kind == "yarn":
-        return _yarn(spec, inv_freq)
-    return inv_freq.astype(np.float32), 1.0
-
-
-def _yarn(spec: ModelSpec, inv_freq: np.ndarray) -> tuple[np.ndarray, float]:
-    """YaRN (Peng et al. 2023) as transformers implements it: blend interpolated and extrapolated frequencies
-    over a ramp of dimensions, and scale cos/sin by the attention factor."""
-    s, dim, base = spec.rope_scaling, spec.head_dim, spec.rope_theta
-    factor = float(s["factor"])
-    original = float(s.get("original_max_position_embeddings") or spec.context_length)
-
-    def mscale(scale: float, m: float = 1.0) -> float:
-        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
-
-    attention = s.get("attention_factor")
-    if attention is None:
-        if s.get("mscale") and s.get("mscale_all_dim"):
-            attention = mscale(factor, s["mscale"]) / mscale(factor, s["mscale_all_dim"])
-        else:
-            attention = mscale(factor)
-    beta_fast, beta_slow = float(s.get("beta_fast") or 32), float(s.get("beta_slow") or 1)
-
-    def correction_dim(rotations: float) -> float:
-        return dim * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(base))
-
-    low, high = correction_dim(beta_fast), correction_dim(beta_slow)
-    if s.get("truncate", True):
-        low, high = math.floor(low), math.ceil(high)
-    low, high = max(low, 0), min(high, dim - 1)
-    if low == high:
-        high += 0.001
-    ramp = np.clip((np.arange(dim // 2, dtype=np.float64) - low) / (high - low), 0, 1)
-    extrapolation = 1 - ramp
-    blended = inv_freq / factor * (1 - extrapolation) + inv_freq * extrapolation
-    return blended.astype(np.float32), float(attention)
-
-
 # ---------------------------------------------------------------- the graph
 
 
 class DecoderGraph:
-    """Builds the decoder into a GraphBuilder, one tensor read and quantized at a time."""
+    """Builds the decoder into a GraphBuilder, one tensor read and quantized at a time. Graph tensors and
+    initializers are named after the HF tensors as the architecture rows spell them (model.layers.0.self_attn...);
+    what differs between families comes from onnx_families.decoder_layout."""
 
     def __init__(
         self,
@@ -232,6 +199,9 @@ class DecoderGraph:
         progress: Callable[[str, int, int], None] | None = None,
     ):
         self.source, self.spec, self.options, self.imatrix, self.g = source, source.spec, options, imatrix, g
+        embedding = source.safetensors.entries[source.hf_names["token_embd.weight"]]
+        self.layout: DecoderLayout = decoder_layout(self.spec, embedding.dtype)
+        self.present = set(self.spec.expected_shapes())  # the HF tensors this config has (biases, norms)
         self.progress = progress or (lambda name, done, total: None)
         self.n_quantized = 0
         self.parameters = 0
@@ -248,17 +218,21 @@ class DecoderGraph:
             self._consts[key] = self.g.constant(self.g.fresh("const"), array)
         return self._consts[key]
 
+    def gguf(self, hf_name: str) -> str:
+        return gguf_name(hf_name, self.spec.arch)
+
     def read(self, hf_name: str) -> np.ndarray:
+        """An HF tensor by its name as the rows spell it (a multimodal checkpoint stores it under a prefix)."""
         self._reads += 1
         self.progress(hf_name, self._reads, len(self.source.hf_names))
-        values = self.source.safetensors.read_f32(hf_name)
+        values = self.source.safetensors.read_f32(self.source.hf_names[self.gguf(hf_name)])
         self.parameters += values.size
         return values
 
     def importance(self, hf_name: str) -> np.ndarray | None:
         if self.imatrix is None:
             return None
-        found = self.imatrix.mean_squares(gguf_name(hf_name))
+        found = self.imatrix.mean_squares(self.gguf(hf_name))
         if found is None and hf_name == "model.embed_tokens.weight" and self.spec.tied_embeddings:
             found = self.imatrix.mean_squares(HEAD_IMATRIX)  # the tied head's activations, under either name
         return found
@@ -270,7 +244,8 @@ class DecoderGraph:
         try:
             return quantize_blockwise(values, bits, block, o.symmetric, imp, o.threads)
         except ValueError as e:
-            raise FormatError(f"{self.source.safetensors.entries[hf_name].file}: tensor '{hf_name}': {e}") from None
+            where = self.source.safetensors.entries[self.source.hf_names[self.gguf(hf_name)]].file
+            raise FormatError(f"{where}: tensor '{hf_name}': {e}") from None
 
     def linear(
         self, x: str, hf_weight: str, hf_bias: str | None = None, out: str | None = None, head: bool = False
@@ -278,7 +253,7 @@ class DecoderGraph:
         """x @ W^T (+ b) with W [out, in] quantized along `in` and stored K x N."""
         o = self.options
         stem = hf_weight.removesuffix(".weight")
-        self.linear_inputs[gguf_name(hf_weight)] = x
+        self.linear_inputs[self.gguf(hf_weight)] = x
         if not o.quantize:
             w = self.g.constant(hf_weight, np.ascontiguousarray(self.read(hf_weight).T))
             return self.bias_add(
@@ -295,19 +270,26 @@ class DecoderGraph:
             self.g.node("MatMul", [x, w], [out] if out and not hf_bias else 1, name=f"{stem}_MatMul"), hf_bias, out
         )
 
-    def linear_group(self, x: str, stem: str, hf_biases: list[str | None], split: bool = True) -> list[str] | str:
+    def linear_group(self, x: str, stem: str, split: bool = True) -> list[str] | str:
         """x @ W^T (+ b) for each part of FUSED_LINEAR[stem] of one layer: the parts' outputs, or (split=False)
         their concatenation. One MatMul per part (the default, and the float export other quantizers start from),
-        or with fuse_linear one MatMul of the concatenated K x (N1 + N2 ...) weight, split back into the parts."""
+        or with fuse_linear one MatMul of the concatenated K x (N1 + N2 ...) weight, split back into the parts. A
+        checkpoint that stores the group as one tensor (Phi-3's qkv_proj, gate_up_proj) is one linear layer: one
+        MatMul either way."""
         o, g = self.options, self.g
         prefix, fused = stem.rsplit(".", 2)[0], ".".join(stem.rsplit(".", 2)[1:])
+        if self.layout.stored_fused(fused):
+            y = self.linear(x, stem + ".weight")
+            sizes = self.layout.part_sizes(fused)
+            return g.node("Split", [y, self.const(sizes)], len(sizes), axis=-1) if split else y
         parts = [f"{prefix}.{part}.weight" for part in FUSED_LINEAR[fused]]
+        hf_biases = [b if b in self.present else None for b in (w.replace(".weight", ".bias") for w in parts)]
         if not (o.quantize and o.fuse_linear):
             outputs = [self.linear(x, w, b) for w, b in zip(parts, hf_biases)]
             return outputs if split else g.node("Concat", outputs, axis=-1)
         quants = []
         for hf_weight in parts:
-            self.linear_inputs[gguf_name(hf_weight)] = x
+            self.linear_inputs[self.gguf(hf_weight)] = x
             quants.append(self.quantize_rows(hf_weight, self.read(hf_weight)))
         sizes = [q.q.shape[0] for q in quants]
         kn = np.concatenate([q.q.T for q in quants], axis=1)
@@ -326,9 +308,13 @@ class DecoderGraph:
             return y
         return self.g.node("Add", [y, self.g.constant(hf_bias, self.read(hf_bias))], [out] if out else 1)
 
-    def rms_norm(self, x: str, hf_weight: str) -> str:
+    def rms_norm(self, x: str, role: str, bid: int | None = None) -> str:
+        """The family's norm of GGUF role `role` (layer `bid`); its gain shifted where the row says (Gemma's
+        x * (1 + w), computed in float32 as transformers does)."""
         g = self.g
-        gamma = g.constant(hf_weight, self.read(hf_weight))
+        hf_weight, shift = self.layout.norm(role, bid)
+        gain = self.read(hf_weight)
+        gamma = g.constant(hf_weight, gain + np.float32(shift) if shift else gain)
         if self.options.fused_ops:
             return g.node("RMSNormalization", [x, gamma], axis=-1, epsilon=self.spec.rms_eps)
         square = g.node("Pow", [x, self.const(2.0, np.float32)])
@@ -339,7 +325,14 @@ class DecoderGraph:
     # -- parts
 
     def embedding(self, input_ids: str) -> str:
-        """Quantized table [hidden, vocab] (shared with a tied head) -> lookup of the tokens' rows only."""
+        """Quantized table [hidden, vocab] (shared with a tied head) -> lookup of the tokens' rows only (times
+        Gemma's sqrt(hidden))."""
+        rows = self.embedding_lookup(input_ids)
+        if self.layout.embedding_scale is None:
+            return rows
+        return self.g.node("Mul", [rows, self.const(self.layout.embedding_scale, np.float32)])
+
+    def embedding_lookup(self, input_ids: str) -> str:
         g, o = self.g, self.options
         name = "model.embed_tokens.weight"
         if not o.quantize:
@@ -375,13 +368,23 @@ class DecoderGraph:
         return g.node("DequantizeLinear", dq_inputs, axis=2, block_size=quant.block_size)
 
     def head(self, x: str) -> str:
+        """The logits; Gemma's final soft-capping, when the config sets it, as cap * tanh(logits / cap)."""
+        g, cap = self.g, self.layout.logit_softcap
+        out = g.fresh("logits_uncapped") if cap else "logits"
+        logits = self.head_matmul(x, out)
+        if not cap:
+            return logits
+        capped = g.node("Tanh", [g.node("Div", [logits, self.const(cap, np.float32)])])
+        return g.node("Mul", [capped, self.const(cap, np.float32)], ["logits"])
+
+    def head_matmul(self, x: str, out: str) -> str:
         g, o, spec = self.g, self.options, self.spec
         if not spec.tied_embeddings:
-            return self.linear(x, "lm_head.weight", out="logits", head=True)
+            return self.linear(x, "lm_head.weight", out=out, head=True)
         self.linear_inputs[HEAD_IMATRIX] = x
         if not o.quantize:  # a K x N copy, so that weight-only quantizers see the head as a MatMul weight
             w = g.constant("lm_head.weight", np.ascontiguousarray(self.embed_values.T))
-            return g.node("MatMul", [x, w], ["logits"], name="lm_head_MatMul")
+            return g.node("MatMul", [x, w], [out], name="lm_head_MatMul")
         quant = self.embed_quant
         inputs = [self.embed_table, "lm_head_scale"] + (["lm_head_zp"] if quant.zero_points is not None else [])
         w = g.node(
@@ -389,30 +392,47 @@ class DecoderGraph:
             block_size=quant.block_size,
         )  # fmt: skip
         self.n_quantized += 1
-        return g.node("MatMul", [x, w], ["logits"], name="lm_head_MatMul")
+        return g.node("MatMul", [x, w], [out], name="lm_head_MatMul")
 
-    def rope_tables(self, position_ids: str) -> tuple[str, str]:
-        """cos, sin of the tokens' positions: [batch, seq, head_dim / 2] as RotaryEmbedding takes them (opset 23),
-        or [batch, seq, 1, head_dim] for the rotate-half spelled out before the heads' transpose (opset 21)."""
-        g = self.g
-        inv_freq, factor = rope_inv_freq(self.spec)
+    def rope_tables(self, position_ids: str) -> dict[str, tuple[str, str]]:
+        """cos, sin of the tokens' positions per rope table the layers use (onnx_families: global, Gemma 3's
+        local): [batch, seq, rotary_dim / 2] as RotaryEmbedding takes them (opset 23), or [batch, seq, 1, head_dim]
+        for the rotate-half spelled out before the heads' transpose (opset 21; dimensions past rotary_dim get
+        cos 1 and sin 0, so they pass through). LongRoPE picks its long or short frequencies per call with a Where
+        on max(position_ids) + 1 (see onnx_families)."""
+        g, spec = self.g, self.spec
         positions = g.node("Unsqueeze", [g.node("Cast", [position_ids], to=TensorProto.FLOAT), self.const([2])])
-        freqs = g.node("Mul", [positions, g.constant("rope_inv_freq", inv_freq)])  # [batch, seq, head_dim/2]
-        if self.options.fused_ops:
-            angles = freqs
-        else:
-            angles = g.node("Unsqueeze", [g.node("Concat", [freqs, freqs], axis=-1), self.const([2])])
-        cos, sin = g.node("Cos", [angles]), g.node("Sin", [angles])
-        if factor != 1.0:
-            cos = g.node("Mul", [cos, self.const(factor, np.float32)])
-            sin = g.node("Mul", [sin, self.const(factor, np.float32)])
-        return cos, sin
+        tables = {}
+        for kind in self.layout.rope_kinds:
+            rope = rope_frequencies(spec, kind)
+            suffix = "_local" if kind == LOCAL_ROPE else ""
+            inv_freq = g.constant(f"rope_inv_freq{suffix}", rope.inv_freq)
+            if rope.long_inv_freq is not None:
+                length = g.node("Add", [g.node("ReduceMax", [position_ids], keepdims=0), self.const(1)])
+                long = g.node("Greater", [length, self.const(rope.long_after)])
+                long_inv_freq = g.constant(f"rope_inv_freq_long{suffix}", rope.long_inv_freq)
+                inv_freq = g.node("Where", [long, long_inv_freq, inv_freq])
+            freqs = g.node("Mul", [positions, inv_freq])  # [batch, seq, rotary_dim/2]
+            angles = freqs if self.options.fused_ops else g.node("Concat", [freqs, freqs], axis=-1)
+            cos, sin = g.node("Cos", [angles]), g.node("Sin", [angles])
+            if rope.factor != 1.0:
+                cos = g.node("Mul", [cos, self.const(rope.factor, np.float32)])
+                sin = g.node("Mul", [sin, self.const(rope.factor, np.float32)])
+            if not self.options.fused_ops:
+                passed = spec.head_dim - spec.rotary_dim
+                if passed:
+                    pads = self.const([0, 0, 0, 0, 0, passed])
+                    cos = g.node("Pad", [cos, pads, self.const(1.0, np.float32)])
+                    sin = g.node("Pad", [sin, pads, self.const(0.0, np.float32)])
+                cos, sin = (g.node("Unsqueeze", [t, self.const([2])]) for t in (cos, sin))
+            tables[kind] = (cos, sin)
+        return tables
 
-    def attention_bias(self, input_ids: str, attention_mask: str) -> str:
-        """Additive mask: 0 where a query may see a key (causal over the total sequence, and not padding), the float
-        minimum elsewhere (finite, so a fully masked padding row stays finite). [batch, 1, seq, total] for the
-        Attention node, which broadcasts it over the heads; [batch, 1, group * seq, total] for the spelled-out
-        attention's rows."""
+    def attention_biases(self, input_ids: str, attention_mask: str) -> dict[int | None, str]:
+        """Additive masks per attention window the layers use: 0 where a query may see a key (causal over the
+        total sequence, not padding, and within the window: query - key < window), the float minimum elsewhere
+        (finite, so a fully masked padding row stays finite). [batch, 1, seq, total] for the Attention node,
+        which broadcasts it over the heads; [batch, 1, group * seq, total] for the spelled-out attention's rows."""
         g = self.g
         total = g.node("Squeeze", [g.node("Shape", [attention_mask], start=1, end=2), self.const([0])])
         seq = g.node("Squeeze", [g.node("Shape", [input_ids], start=1, end=2), self.const([0])])
@@ -422,17 +442,24 @@ class DecoderGraph:
         causal = g.node("LessOrEqual", [key_pos, query_pos])  # [seq, total]
         keep = g.node("Unsqueeze", [g.node("Cast", [attention_mask], to=TensorProto.BOOL), self.const([1, 2])])
         allowed = g.node("And", [causal, keep])  # [batch, 1, seq, total]
-        bias = g.node("Where", [allowed, self.const(0.0, np.float32), self.const(MASK_MIN, np.float32)])
-        if self.options.fused_ops:
-            return bias
-        # the query rows of one kv head are (group member, position): repeat the mask once per member
-        return g.node("Tile", [bias, self.const([1, 1, self.spec.n_heads // self.spec.n_kv_heads, 1])])
+        biases = {}
+        for window in self.layout.windows:
+            visible = allowed
+            if window is not None:
+                near = g.node("Less", [g.node("Sub", [query_pos, key_pos]), self.const(window)])
+                visible = g.node("And", [allowed, near])
+            bias = g.node("Where", [visible, self.const(0.0, np.float32), self.const(MASK_MIN, np.float32)])
+            if not self.options.fused_ops:  # the query rows of one kv head are (group member, position)
+                bias = g.node("Tile", [bias, self.const([1, 1, self.spec.n_heads // self.spec.n_kv_heads, 1])])
+            biases[window] = bias
+        return biases
 
     def rotate(self, x: str, cos: str, sin: str) -> str:
-        """HF's rotate-half rope of x [batch, seq, heads, head_dim]: x cos + rotate_half(x) sin, where
-        rotate_half(x) = [-x2, x1] is x @ R for a signed permutation R (one MatMul, exact: one +-1 per column,
-        instead of Split, Neg and Concat)."""
-        d, half = self.spec.head_dim, self.spec.head_dim // 2
+        """HF's rotate-half rope of x [batch, seq, heads, head_dim] over its first rotary_dim dimensions:
+        x cos + rotate_half(x) sin, where rotate_half(x) = [-x2, x1] is x @ R for a signed permutation R (one
+        MatMul, exact: one +-1 per column, instead of Split, Neg and Concat; zero past rotary_dim, where cos is 1
+        and sin 0)."""
+        d, half = self.spec.head_dim, self.spec.rotary_dim // 2
         rotation = np.zeros((d, d), dtype=np.float32)
         rotation[np.arange(half) + half, np.arange(half)] = -1.0
         rotation[np.arange(half), np.arange(half) + half] = 1.0
@@ -441,50 +468,56 @@ class DecoderGraph:
         rotated = g.node("MatMul", [x, self.const(rotation, np.float32)], name=g.fresh(ROPE_MATMUL))
         return g.node("Add", [g.node("Mul", [x, cos]), g.node("Mul", [rotated, sin])])
 
-    def attention(self, i: int, x: str, cos: str, sin: str, bias: str) -> str:
-        spec = self.spec
+    def attention(self, i: int, x: str, rope: tuple[str, str] | None, bias: str) -> str:
         p = f"model.layers.{i}.self_attn."
-        bias_of = (lambda proj: p + f"{proj}.bias") if spec.attention_bias else (lambda proj: None)
-        biases = [bias_of(proj) for proj in ("q_proj", "k_proj", "v_proj")]
         if self.options.fused_ops:
-            out = self.attention_node(i, self.linear_group(x, p + "qkv_proj", biases), cos, sin, bias)
+            out = self.attention_node(i, self.linear_group(x, p + "qkv_proj"), rope, bias)
         else:
-            out = self.attention_spelled_out(i, self.linear_group(x, p + "qkv_proj", biases, False), cos, sin, bias)
-        return self.linear(out, p + "o_proj.weight", p + "o_proj.bias" if spec.o_bias else None)
+            out = self.attention_spelled_out(i, self.linear_group(x, p + "qkv_proj", False), rope, bias)
+        o_bias = p + "o_proj.bias"
+        return self.linear(out, p + "o_proj.weight", o_bias if o_bias in self.present else None)
 
-    def attention_node(self, i: int, qkv: list[str], cos: str, sin: str, bias: str) -> str:
-        """Opset 23: q/k norms (Qwen3), RotaryEmbedding on q and k [batch, seq, heads * head_dim], and one Attention
-        node over the cache (past_key_values.i in, present.i out), its heads grouped by q/kv_num_heads."""
+    def attention_node(self, i: int, qkv: list[str], rope: tuple[str, str] | None, bias: str) -> str:
+        """Opset 23: q/k norms (Qwen3, Gemma 3), RotaryEmbedding on q and k [batch, seq, heads * head_dim], and one
+        Attention node over the cache (past_key_values.i in, present.i out), its heads grouped by
+        q/kv_num_heads."""
         g, spec = self.g, self.spec
-        p = f"model.layers.{i}.self_attn."
         q, k, v = qkv
         rotated = []
-        for x, norm, n_heads in ((q, "q_norm", spec.n_heads), (k, "k_norm", spec.n_kv_heads)):
-            if spec.arch.qk_norm:  # Qwen3: a norm per head, q's and k's own, before rope
+        for x, norm, n_heads in ((q, "attn_q_norm", spec.n_heads), (k, "attn_k_norm", spec.n_kv_heads)):
+            if spec.arch.qk_norm:  # a norm per head, q's and k's own, before rope
                 heads = g.node("Reshape", [x, self.const([0, 0, n_heads, spec.head_dim])])
-                x = g.node("Reshape", [self.rms_norm(heads, p + f"{norm}.weight"), self.const([0, 0, -1])])
-            rotated.append(g.node("RotaryEmbedding", [x, cos, sin], num_heads=n_heads, interleaved=0))
+                x = g.node("Reshape", [self.rms_norm(heads, norm, i), self.const([0, 0, -1])])
+            if rope is not None:
+                partial = {"rotary_embedding_dim": spec.rotary_dim} if spec.rotary_dim != spec.head_dim else {}
+                x = g.node("RotaryEmbedding", [x, *rope], num_heads=n_heads, interleaved=0, **partial)
+            rotated.append(x)
         inputs = [*rotated, v, bias, f"past_key_values.{i}.key", f"past_key_values.{i}.value"]
         outputs = [g.fresh("attention"), f"present.{i}.key", f"present.{i}.value"]
-        g.node("Attention", inputs, outputs, q_num_heads=spec.n_heads, kv_num_heads=spec.n_kv_heads)
+        g.node(
+            "Attention", inputs, outputs, q_num_heads=spec.n_heads, kv_num_heads=spec.n_kv_heads,
+            scale=self.layout.attention_scale,
+        )  # fmt: skip
         return outputs[0]
 
-    def attention_spelled_out(self, i: int, qkv: str, cos: str, sin: str, bias: str) -> str:
+    def attention_spelled_out(self, i: int, qkv: str, rope: tuple[str, str] | None, bias: str) -> str:
         """Opset 21: rope, grouped-query attention and the cache in MatMul/Softmax/Concat."""
         g, spec = self.g, self.spec
-        p = f"model.layers.{i}.self_attn."
         n_q, n_kv = spec.n_heads, spec.n_kv_heads
         heads = g.node("Reshape", [qkv, self.const([0, 0, n_q + 2 * n_kv, spec.head_dim])])  # [b, s, heads, d]
-        if spec.arch.qk_norm:  # Qwen3: a norm per head, q's and k's own, before rope
+        if spec.arch.qk_norm:  # a norm per head, q's and k's own, before rope
             q, k, v = g.node("Split", [heads, self.const([n_q, n_kv, n_kv])], 3, axis=2)
-            q = self.rotate(self.rms_norm(q, p + "q_norm.weight"), cos, sin)
-            k = self.rotate(self.rms_norm(k, p + "k_norm.weight"), cos, sin)
+            q, k = self.rms_norm(q, "attn_q_norm", i), self.rms_norm(k, "attn_k_norm", i)
+            if rope is not None:
+                q, k = self.rotate(q, *rope), self.rotate(k, *rope)
         else:  # q and k heads rotated together
             qk, v = g.node("Split", [heads, self.const([n_q + n_kv, n_kv])], 2, axis=2)
-            q, k = g.node("Split", [self.rotate(qk, cos, sin), self.const([n_q, n_kv])], 2, axis=2)
+            if rope is not None:
+                qk = self.rotate(qk, *rope)
+            q, k = g.node("Split", [qk, self.const([n_q, n_kv])], 2, axis=2)
         to_heads = [0, 2, 1, 3]  # [b, s, h, d] -> [b, h, s, d]
         q = g.node(
-            "Mul", [g.node("Transpose", [q], perm=to_heads), self.const(1.0 / math.sqrt(spec.head_dim), np.float32)]
+            "Mul", [g.node("Transpose", [q], perm=to_heads), self.const(self.layout.attention_scale, np.float32)]
         )
         k = g.node("Transpose", [k], perm=to_heads)
         v = g.node("Transpose", [v], perm=to_heads)
@@ -500,13 +533,17 @@ class DecoderGraph:
         return g.node("Reshape", [out, self.const([0, 0, spec.n_heads * spec.head_dim])])
 
     def mlp(self, i: int, x: str) -> str:
+        """SwiGLU (silu(gate) * up), or Gemma's GeGLU with tanh-GELU."""
         g, p = self.g, f"model.layers.{i}.mlp."
-        gate, up = self.linear_group(x, p + "gate_up_proj", [None, None])
-        act = g.node("Mul", [g.node("Mul", [gate, g.node("Sigmoid", [gate])]), up])
-        return self.linear(act, p + "down_proj.weight")
+        gate, up = self.linear_group(x, p + "gate_up_proj")
+        if self.layout.activation == "gelu_tanh":
+            act = g.node("Gelu", [gate], approximate="tanh")
+        else:
+            act = g.node("Mul", [gate, g.node("Sigmoid", [gate])])
+        return self.linear(g.node("Mul", [act, up]), p + "down_proj.weight")
 
     def build(self) -> None:
-        g, spec = self.g, self.spec
+        g, spec, layout = self.g, self.spec, self.layout
         input_ids = g.add_input("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"])
         attention_mask = g.add_input("attention_mask", TensorProto.INT64, ["batch_size", "total_sequence_length"])
         position_ids = g.add_input("position_ids", TensorProto.INT64, ["batch_size", "sequence_length"])
@@ -518,14 +555,16 @@ class DecoderGraph:
                 g.add_input(f"past_key_values.{i}.{kind}", TensorProto.FLOAT, cache_shape)
                 g.add_output(f"present.{i}.{kind}", TensorProto.FLOAT, present_shape)
         x = self.embedding(input_ids)
-        cos, sin = self.rope_tables(position_ids)
-        bias = self.attention_bias(input_ids, attention_mask)
-        for i in range(spec.n_layers):
-            p = f"model.layers.{i}."
-            x = g.node("Add", [x, self.attention(i, self.rms_norm(x, p + "input_layernorm.weight"), cos, sin, bias)])
-            x = g.node("Add", [x, self.mlp(i, self.rms_norm(x, p + "post_attention_layernorm.weight"))])
-        x = self.rms_norm(x, "model.norm.weight")
-        self.head(x)
+        ropes = self.rope_tables(position_ids)
+        biases = self.attention_biases(input_ids, attention_mask)
+        post_norms = layout.norm("post_attention_norm", 0) is not None  # Gemma 3: attention and FFN outputs normed
+        for i, plan in enumerate(layout.layers):
+            rope = ropes[plan.rope] if plan.rope else None
+            h = self.attention(i, self.rms_norm(x, "attn_norm", i), rope, biases[plan.window])
+            x = g.node("Add", [x, self.rms_norm(h, "post_attention_norm", i) if post_norms else h])
+            h = self.mlp(i, self.rms_norm(x, "ffn_norm", i))
+            x = g.node("Add", [x, self.rms_norm(h, "post_ffw_norm", i) if post_norms else h])
+        self.head(self.rms_norm(x, "output_norm"))
 
 
 # ---------------------------------------------------------------- the folder
@@ -606,9 +645,19 @@ def genai_config(spec: ModelSpec, source_dir: Path) -> dict:
     }
 
 
-def _check_source(source: HFSource, model_dir: Path, out_dir: Path) -> None:
-    if source.spec.gguf_arch not in GENAI_TYPES:
-        raise FormatError(f"{model_dir}: architecture {source.spec.architecture} has no ONNX export")
+def check_exportable(spec: ModelSpec, model_dir: Path) -> None:
+    """A family without an ONNX graph (the mixtures of experts) is refused by name, before anything is read or
+    written; so is an FFN activation the graph cannot spell."""
+    if spec.arch.genai_type is None:
+        kind = " (mixture of experts)" if spec.arch.moe else ""
+        supported = ", ".join(sorted({a.hf_class for a in ARCHITECTURES.values() if a.genai_type}))
+        raise FormatError(
+            f"{model_dir}: architecture {spec.architecture}{kind} has no ONNX export; supported: {supported}"
+        )
+    graph_activation(spec)
+
+
+def _check_source(source: HFSource) -> None:
     for name in COPIED_FILES:  # a file refused at copy time would waste the whole export: checked first
         if folder_files.entry_exists(source.path, name):
             folder_files.checked_bytes(source.path, name)
@@ -622,10 +671,11 @@ def export_onnx(
     may be absent, empty or an earlier qconv output; another non-empty folder is refused unless `force`."""
     start = time.perf_counter()
     options.check()
+    check_exportable(read_model_spec(Path(model_dir)), Path(model_dir))
     out_dir = check_output_folder(Path(out_dir), force)
-    source = HFSource(Path(model_dir))  # unsupported architectures and bad checkpoints fail here
+    source = HFSource(Path(model_dir))  # bad checkpoints fail here
     try:
-        _check_source(source, Path(model_dir), out_dir)
+        _check_source(source)
         imatrix = None
         if options.imatrix is not None:
             imatrix = read_imatrix(Path(options.imatrix))

@@ -198,7 +198,7 @@ _ROWS = (
         "gemma3", "Gemma3ForCausalLM", "gemma3_text", "gemma3",
         (*EMBEDDING, *OUTPUT, *_attention(False), *GEMMA3_NORMS, *GATED_FFN),
         qk_norm="head", rope_scaling_types=("linear",), sliding_window_key=True, sliding_pattern=6, native=True,
-        scaled_embeddings=True,
+        scaled_embeddings=True, genai_type="gemma3_text",
         config_defaults=(  # transformers' Gemma3TextConfig defaults (released configs leave many out)
             ("vocab_size", 262208), ("num_attention_heads", 8), ("num_key_value_heads", 4), ("head_dim", 256),
             ("rms_norm_eps", 1e-6), ("max_position_embeddings", 131072), ("query_pre_attn_scalar", 256),
@@ -218,7 +218,7 @@ _ROWS = (
     ),
     Architecture(
         "smollm3", "SmolLM3ForCausalLM", "smollm3", "smollm3", LLAMA_ROWS, rope_permute=True, native=True,
-        no_rope_step=4,
+        no_rope_step=4, genai_type="smollm3",
         refusals=(
             Refusal("no_rope_layers", _smollm3_rope_layers,
                     "llama.cpp's smollm3 skips rope on every 4th layer ((il + 1) % 4 == 0) and nowhere else"),
@@ -229,7 +229,7 @@ _ROWS = (
     Architecture(
         "phi3", "Phi3ForCausalLM", "phi3", "phi3",
         (*EMBEDDING, *OUTPUT_NORM, *OUTPUT, *ATTN_NORM, *FUSED_ATTENTION, *FFN_NORM, *FUSED_FFN),
-        rope_scaling_types=("longrope", "su"), sliding_window_key=True,
+        rope_scaling_types=("longrope", "su"), sliding_window_key=True, genai_type="phi3",
         refusals=(Refusal("hidden_act", _absent_or("silu"), "llama.cpp's phi3 FFN is SwiGLU"),),
     ),
     Architecture(

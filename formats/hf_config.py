@@ -49,6 +49,8 @@ class ModelSpec:
     n_experts_used: int = 0
     expert_ffn: int = 0
     original_context_length: int | None = None  # Phi-3's original_max_position_embeddings (its converter writes it)
+    hidden_act: str = "silu"  # the FFN's gate activation (Gemma's `hidden_activation`, else `hidden_act`)
+    query_pre_attn_scalar: float | None = None  # Gemma: queries scaled by its inverse square root, not head_dim's
 
     @property
     def gguf_arch(self) -> str:
@@ -381,6 +383,11 @@ def _rope_dim(config: dict, scaling: dict, head_dim: int, hidden: int, n_heads: 
     return 0 if dim == head_dim else dim
 
 
+def _family_key(arch: Architecture, key: str, otherwise: str | None) -> str | None:
+    """`key` where the family's transformers config defines it (the table lists its default), else `otherwise`."""
+    return key if key in dict(arch.config_defaults) else otherwise
+
+
 def read_model_spec(model_dir: Path) -> ModelSpec:
     model_dir = Path(model_dir)
     config = _load_config(model_dir)
@@ -458,6 +465,12 @@ def read_model_spec(model_dir: Path) -> ModelSpec:
         original_context_length=(
             _field(config, "original_max_position_embeddings", _positive_int, path, None)
             if "longrope" in arch.rope_scaling_types
+            else None
+        ),
+        hidden_act=_field(config, _family_key(arch, "hidden_activation", "hidden_act"), _text, path, "silu"),
+        query_pre_attn_scalar=(
+            _field(config, "query_pre_attn_scalar", _positive_number, path)
+            if _family_key(arch, "query_pre_attn_scalar", None)
             else None
         ),
         **_moe_fields(config, arch, path),

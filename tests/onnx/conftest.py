@@ -73,6 +73,51 @@ def kld(ref: np.ndarray, test: np.ndarray) -> float:
     return float((np.exp(p) * (p - q)).sum(-1).mean())
 
 
+# Small random folders of every family to-onnx exports, each with its family's own step inside the 16 tokens of
+# test_export.IDS: gemma3 five sliding layers (window 8) and a global one; phi3 fused q/k/v and gate/up, half of each
+# head rotated, LongRoPE (short factors up to 64 tokens), a window of 12 on every layer; smollm3 layer 3 without rope.
+LONGROPE = {
+    "rope_type": "longrope",
+    "long_factor": [1.0 + 0.5 * i for i in range(4)],
+    "short_factor": [1.0 + 0.05 * i for i in range(4)],
+}
+FAMILIES = {
+    "llama": dict(arch="llama", tied=True),
+    "qwen2": dict(arch="qwen2"),  # q/k/v biases
+    "qwen3": dict(arch="qwen3", head_dim=96),  # q/k norms, head_dim != hidden / heads
+    "gemma3": dict(
+        arch="gemma3", hidden=64, n_layers=6, n_heads=4, n_kv_heads=2, head_dim=32, ffn=128, vocab=512, tied=True,
+        sliding_window=8,
+    ),
+    "phi3": dict(
+        arch="phi3", hidden=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn=128, vocab=512, context_length=256,
+        rope_scaling=LONGROPE,
+        extra_config={"original_max_position_embeddings": 64, "partial_rotary_factor": 0.5, "sliding_window": 12},
+    ),
+    "smollm3": dict(arch="smollm3", hidden=64, n_layers=4, n_heads=4, n_kv_heads=2, ffn=128, vocab=512, tied=True),
+}  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def family_folder(tmp_path_factory):
+    """family_folder(name, **changes) -> a random HF folder of FAMILIES[name] (memoised; shapes hold dicts, which
+    the shared random_model_factory cannot key)."""
+    import json
+
+    from qconv.samples.synthetic import build_random_model
+
+    built: dict[str, Path] = {}
+
+    def build(name: str, **changes) -> Path:
+        shape = {**FAMILIES[name], **changes}
+        key = json.dumps(shape, sort_keys=True)
+        if key not in built:
+            built[key] = build_random_model(tmp_path_factory.mktemp(name), **shape)
+        return built[key]
+
+    return build
+
+
 @pytest.fixture(scope="session")
 def smollm2_onnx(smollm2_dir, tmp_path_factory) -> Path:
     """SmolLM2 exported with the defaults: 4-bit blocks of 32 with zero points, the shared embedding/head 4-bit

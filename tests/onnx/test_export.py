@@ -12,25 +12,27 @@ from click.testing import CliRunner
 from qconv.converter.onnx_cli import to_onnx
 from qconv.converter.onnx_export import OPSETS
 from qconv.runtime.onnx_backend import OnnxModel
-from tests.onnx.conftest import export, float_initializer_shapes, linear_shapes, matmulnbits_shapes, optimized_graph
+from tests.onnx.conftest import (
+    FAMILIES,
+    export,
+    float_initializer_shapes,
+    linear_shapes,
+    matmulnbits_shapes,
+    optimized_graph,
+)
 from tests.onnx.numpy_reference import forward
 
-FAMILIES = {
-    "llama": dict(arch="llama", tied=True),
-    "qwen2": dict(arch="qwen2"),  # q/k/v biases
-    "qwen3": dict(arch="qwen3", head_dim=96),  # q/k norms, head_dim != hidden / heads
-}
 IDS = [5, 300, 17, 42, 260, 511, 3, 99, 128, 77, 250, 1, 400, 64, 33, 8]
 
 
 @pytest.fixture(
     scope="module", params=[(f, o) for f in sorted(FAMILIES) for o in OPSETS], ids=lambda p: f"{p[0]}-opset{p[1]}"
 )
-def exported(request, random_model_factory, tmp_path_factory):
+def exported(request, family_folder, tmp_path_factory):
     """Each family at each opset: 23's RMSNormalization/RotaryEmbedding/Attention nodes and 21's spelled-out
     graph face the same checks (numpy reference, cache, padding, fusion)."""
     family, opset = request.param
-    model_dir = random_model_factory(**FAMILIES[family])
+    model_dir = family_folder(family)
     out = tmp_path_factory.mktemp("onnx") / f"{family}-{opset}"
     return model_dir, export(model_dir, out, bits=4, block_size=32, opset=opset)
 
@@ -52,11 +54,22 @@ def assert_fused_weights(graph: onnx.ModelProto, expected: list[tuple[int, int]]
     assert not float_initializer_shapes(graph) & (set(expected) | {s[::-1] for s in expected})
 
 
+def per_layer_kernels(model_dir, fused: bool) -> int:
+    """MatMulNBits per layer: q, k, v, o, gate, up, down; q/k/v and gate/up as one each when fused (--fuse-linear,
+    or a checkpoint that stores them fused, Phi-3's)."""
+    from qconv.converter.onnx_families import decoder_layout
+    from qconv.formats.hf_config import read_model_spec
+
+    stored_fused = decoder_layout(read_model_spec(model_dir)).stored_fused("self_attn.qkv_proj")
+    return 4 if fused or stored_fused else 7
+
+
 def test_every_linear_layer_fuses_to_matmulnbits(exported, tmp_path):
     """The default: one MatMulNBits per linear layer (q, k, v, o, gate, up, down of each layer, and the head)."""
     model_dir, folder = exported
     expected = linear_shapes(model_dir)
-    assert len(expected) == 2 * 7 + 1
+    n_layers = json.loads((model_dir / "config.json").read_text())["num_hidden_layers"]
+    assert len(expected) == n_layers * per_layer_kernels(model_dir, False) + 1
     assert_fused_weights(optimized_graph(folder, tmp_path), expected)
 
 
@@ -66,7 +79,8 @@ def test_fuse_linear_groups_and_keeps_the_logits(exported, tmp_path):
     opset = onnx.load(str(folder / "model.onnx"), load_external_data=False).opset_import[0].version
     fused = export(model_dir, tmp_path / "fused", bits=4, block_size=32, fuse_linear=True, opset=opset)
     expected = linear_shapes(model_dir, fused=True)
-    assert len(expected) == 2 * 4 + 1
+    n_layers = json.loads((model_dir / "config.json").read_text())["num_hidden_layers"]
+    assert len(expected) == n_layers * per_layer_kernels(model_dir, True) + 1
     assert_fused_weights(optimized_graph(fused, tmp_path), expected)
     ours = OnnxModel(fused, threads=2, accuracy_level=0).logits(IDS)
     assert np.abs(ours - OnnxModel(folder, threads=2, accuracy_level=0).logits(IDS)).max() < 1e-4
@@ -81,7 +95,9 @@ def test_logits_match_numpy_reference(exported):
     ours = model.logits(IDS)
     reference = forward(folder, IDS, model_dir)
     assert ours.shape == (len(IDS), reference.shape[1])
-    assert np.abs(ours - reference).max() < 1e-3
+    # float32 against float64 differs by about 1e-6 here; a rope-free layer rotated, or a query scale off by 10%,
+    # moves these small random models' logits by about 1e-3
+    assert np.abs(ours - reference).max() < 1e-4
 
 
 def test_cache_equals_recompute(exported):
