@@ -103,7 +103,7 @@ def to_onnx(
     as_json: bool,
     quiet: bool,
 ) -> None:
-    """Export MODEL (a Hugging Face llama-family folder) to OUT_DIR: model.onnx with block-quantized weights
+    """Export MODEL (a Hugging Face folder: llama, mistral, qwen2, qwen3, gemma3, phi3 or smollm3) to OUT_DIR: model.onnx with block-quantized weights
     (DequantizeLinear -> MatMul, fused by ONNX Runtime into MatMulNBits), tokenizer files, chat template and
     genai_config.json (loads in onnxruntime-genai and in `qrun OUT_DIR`).
 

@@ -100,3 +100,45 @@ def test_onnxruntime_genai_runs_the_folder(family_folder, tmp_path, family):
         generator.generate_next_token()
         tokens.append(int(generator.get_next_tokens()[0]))
     assert tokens and tokens == OnnxModel(folder, threads=2).generate_ids(prompt, 8)[: len(tokens)]
+
+
+def test_gemma3_multimodal_folder_exports_its_text_model(family_folder, tmp_path):
+    """A Gemma3ForConditionalGeneration folder (text_config, transformers 5's model.language_model. prefix, a vision
+    tower) exports the same decoder as its text model alone."""
+    import json
+    import shutil
+
+    import onnx
+    from onnx import numpy_helper
+
+    from qconv.formats.safetensors_stream import SafetensorsSource
+    from qconv.samples.safetensors_write import TensorEntry, write_safetensors
+
+    text = family_folder("gemma3")
+    folder = tmp_path / "mm"
+    folder.mkdir()
+    for path in text.iterdir():
+        if path.name not in ("config.json", "model.safetensors"):
+            shutil.copy(path, folder / path.name)
+    text_config = json.loads((text / "config.json").read_text())
+    config = {"architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3",
+              "text_config": {k: v for k, v in text_config.items() if k != "architectures"},
+              "vision_config": {"hidden_size": 8}}  # fmt: skip
+    (folder / "config.json").write_text(json.dumps(config))
+    with SafetensorsSource(text) as st:
+        values = {name.replace("model.", "model.language_model.", 1): st.read_f32(name) for name in st.entries}
+    values["model.vision_tower.vision_model.embeddings.patch_embedding.weight"] = np.ones((8, 3), np.float32)
+    entries = [TensorEntry(n, "F32", v.shape) for n, v in values.items()]
+    write_safetensors(folder / "model.safetensors", entries, lambda e: iter([values[e.name]]))
+
+    def weights(out):
+        model = onnx.load(str(out / "model.onnx"))
+        return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+    ours = export(folder, tmp_path / "mm-onnx", calibrate=False)
+    alone = export(text, tmp_path / "text-onnx", calibrate=False)
+    assert json.loads((ours / "genai_config.json").read_text())["model"]["type"] == "gemma3_text"
+    mm, reference = weights(ours), weights(alone)
+    assert mm.keys() == reference.keys() and all(np.array_equal(mm[n], reference[n]) for n in mm)
+    ids = LONG_IDS[:16]
+    assert np.array_equal(OnnxModel(ours, threads=2).logits(ids), OnnxModel(alone, threads=2).logits(ids))
