@@ -229,13 +229,13 @@ _ROWS = (
     Architecture(
         "phi3", "Phi3ForCausalLM", "phi3", "phi3",
         (*EMBEDDING, *OUTPUT_NORM, *OUTPUT, *ATTN_NORM, *FUSED_ATTENTION, *FFN_NORM, *FUSED_FFN),
-        rope_scaling_types=("longrope", "su"), sliding_window_key=True, genai_type="phi3",
+        rope_scaling_types=("longrope", "su"), sliding_window_key=True, genai_type="phi3", native=True,
         refusals=(Refusal("hidden_act", _absent_or("silu"), "llama.cpp's phi3 FFN is SwiGLU"),),
     ),
     Architecture(
         "qwen3moe", "Qwen3MoeForCausalLM", "qwen3_moe", "qwen3moe",
         (*EMBEDDING, *OUTPUT_NORM, *OUTPUT, *ATTN_NORM, *_attention(False), *QK_HEAD_NORM, *FFN_NORM, *MOE_FFN),
-        qk_norm="head", expert_ffn_key="moe_intermediate_size",
+        qk_norm="head", expert_ffn_key="moe_intermediate_size", native=True,
         refusals=(
             Refusal("norm_topk_prob", lambda v, c: v is True,
                     "llama.cpp always renormalises the top-k expert weights of qwen3moe (needs true)"),
@@ -245,7 +245,7 @@ _ROWS = (
     Architecture(
         "olmoe", "OlmoeForCausalLM", "olmoe", "olmoe",
         (*EMBEDDING, *OUTPUT_NORM, *OUTPUT, *ATTN_NORM, *_attention(False), *QK_FULL_NORM, *FFN_NORM, *MOE_FFN),
-        qk_norm="full", expert_ffn_key="intermediate_size",
+        qk_norm="full", expert_ffn_key="intermediate_size", native=True,
         refusals=(
             Refusal("norm_topk_prob", _absent_or(False), "llama.cpp never renormalises the top-k weights of olmoe"),
             Refusal("clip_qkv", _absent_or(), "llama.cpp's olmoe does not clip q/k/v"),

@@ -60,7 +60,7 @@ typedef struct {
     const char *arch;
     int rope_style;
     int qkv_bias;      /* q/k/v biases required */
-    int qk_norm;       /* per-head q/k norms required */
+    int qk_norm;       /* enum qk_norm: q/k norms required */
     int ffn_act;       /* enum ffn_act */
     int post_norms;    /* attn_post_norm and post_ffw_norm required */
     int embd_scaled;   /* embeddings times sqrt(dim) */
@@ -68,18 +68,21 @@ typedef struct {
     int no_rope_step;  /* layers l with (l + 1) % no_rope_step == 0 run without rope; 0 = none */
     int q_prescaled;   /* q is scaled before attention (gemma, phi3: ggml_scale on q, then scores unscaled) */
     int fused_up;      /* ffn_up holds gate and up rows ([2 x ffn, dim], gate first) and there is no ffn_gate */
+    int moe;           /* 0: dense FFN; 1: experts, top-k weights renormalised; 2: experts, weights as routed */
 } arch_row;
 
 /* The architectures the forward pass runs, as data: adding a family is a row here (plus any new step). */
 static const arch_row ARCHS[] = {
-    /* arch       rope       bias qk_norm ffn_act        post embd swa nope q_pre fused_up */
-    {"llama",     ROPE_NORM, 0,   0,      FFN_SILU,      0,   0,   0,  0,   0,    0},
-    {"mistral",   ROPE_NORM, 0,   0,      FFN_SILU,      0,   0,   0,  0,   0,    0},
-    {"qwen2",     ROPE_NEOX, 1,   0,      FFN_SILU,      0,   0,   0,  0,   0,    0},
-    {"qwen3",     ROPE_NEOX, 0,   1,      FFN_SILU,      0,   0,   0,  0,   0,    0},
-    {"gemma3",    ROPE_NEOX, 0,   1,      FFN_GELU_TANH, 1,   1,   6,  0,   1,    0},
-    {"smollm3",   ROPE_NORM, 0,   0,      FFN_SILU,      0,   0,   0,  4,   0,    0},
-    {"phi3",      ROPE_NEOX, 0,   0,      FFN_SILU,      0,   0,   0,  0,   1,    1},
+    /* arch       rope       bias qk_norm       ffn_act        post embd swa nope q_pre fused_up moe */
+    {"llama",     ROPE_NORM, 0,   QK_NORM_NONE, FFN_SILU,      0,   0,   0,  0,   0,    0,       0},
+    {"mistral",   ROPE_NORM, 0,   QK_NORM_NONE, FFN_SILU,      0,   0,   0,  0,   0,    0,       0},
+    {"qwen2",     ROPE_NEOX, 1,   QK_NORM_NONE, FFN_SILU,      0,   0,   0,  0,   0,    0,       0},
+    {"qwen3",     ROPE_NEOX, 0,   QK_NORM_HEAD, FFN_SILU,      0,   0,   0,  0,   0,    0,       0},
+    {"gemma3",    ROPE_NEOX, 0,   QK_NORM_HEAD, FFN_GELU_TANH, 1,   1,   6,  0,   1,    0,       0},
+    {"smollm3",   ROPE_NORM, 0,   QK_NORM_NONE, FFN_SILU,      0,   0,   0,  4,   0,    0,       0},
+    {"phi3",      ROPE_NEOX, 0,   QK_NORM_NONE, FFN_SILU,      0,   0,   0,  0,   1,    1,       0},
+    {"qwen3moe",  ROPE_NEOX, 0,   QK_NORM_HEAD, FFN_SILU,      0,   0,   0,  0,   0,    0,       1},
+    {"olmoe",     ROPE_NEOX, 0,   QK_NORM_FULL, FFN_SILU,      0,   0,   0,  0,   0,    0,       2},
 };
 
 static int meta_u32(const gguf_file *f, const char *arch, const char *suffix, uint32_t *out, int required,
@@ -194,6 +197,24 @@ static int read_layer_kinds(const gguf_file *f, Config *c, const arch_row *row, 
     return 0;
 }
 
+static int read_experts(const gguf_file *f, Config *c, const arch_row *row, const char *path, char *err,
+                        size_t errlen) {
+    c->n_expert = c->n_expert_used = c->expert_ffn = 0;
+    c->expert_norm = row->moe == 1;
+    if (!row->moe) return 0;
+    uint32_t n, used, ffn;
+    if (meta_u32(f, c->arch, "expert_count", &n, 1, path, err, errlen) ||
+        meta_u32(f, c->arch, "expert_used_count", &used, 1, path, err, errlen) ||
+        meta_u32(f, c->arch, "expert_feed_forward_length", &ffn, 1, path, err, errlen))
+        return -1;
+    if (n < 1 || n > QRT_MAX_EXPERTS || used < 1 || used > n || ffn < 1 || ffn > (1u << 18))
+        return set_err(err, errlen, "%s: implausible experts (%u experts, %u used, ffn %u)", path, n, used, ffn);
+    c->n_expert = (int)n;
+    c->n_expert_used = (int)used;
+    c->expert_ffn = (int)ffn;
+    return 0;
+}
+
 static int read_config(const gguf_file *f, Config *c, const char *path, char *err, size_t errlen) {
     gguf_str arch;
     if (gguf_get_str(f, "general.architecture", &arch) != GGUF_OK)
@@ -259,6 +280,7 @@ static int read_config(const gguf_file *f, Config *c, const char *path, char *er
     if (meta_f32(f, c->arch, "attention.layer_norm_rms_epsilon", &c->rms_eps, path, err, errlen) < 0) return -1;
     if (read_rope(f, c, path, err, errlen) < 0) return -1;
     if (read_layer_kinds(f, c, row, path, err, errlen) < 0) return -1;
+    if (read_experts(f, c, row, path, err, errlen) < 0) return -1;
     c->embd_scale = row->embd_scaled ? sqrtf((float)c->dim) : 0.0f;
     /* llama.cpp scales q by 1/sqrt(head size), except for gemma3's 62-layer (27B) model: 1/sqrt(dim / heads) */
     c->q_scale = !row->q_prescaled ? 0.0f
@@ -344,6 +366,37 @@ static int get_vector(loader *L, const float **out, const char *name, int64_t n,
     return 0;
 }
 
+/* A stacked expert tensor [cols, rows, n_expert] as one matrix per expert (views into the file's data). */
+static int get_experts(loader *L, Matrix **out, const char *name, int64_t cols, int64_t rows, const Config *c) {
+    const gguf_tensor *t = find(L, name, 1);
+    if (!t) return -1;
+    if (t->ne[0] != (uint64_t)cols || t->ne[1] != (uint64_t)rows || t->ne[2] != (uint64_t)c->n_expert || t->ne[3] != 1)
+        return set_err(L->err, L->errlen, "%s: tensor '%s' has shape [%llu, %llu, %llu, %llu], expected [%lld, %lld, %d]",
+                       L->path, name, (unsigned long long)t->ne[0], (unsigned long long)t->ne[1],
+                       (unsigned long long)t->ne[2], (unsigned long long)t->ne[3], (long long)cols, (long long)rows,
+                       c->n_expert);
+    Matrix whole;
+    memset(&whole, 0, sizeof whole);
+    if (!qrt_traits((int)t->type) || qrt_select_matmul((int)t->type, &whole.kernels) != 0)
+        return set_err(L->err, L->errlen, "%s: tensor '%s' has type %s, which qrun does not run", L->path, name,
+                       gguf_type_name(t->type) ? gguf_type_name(t->type) : "?");
+    *out = calloc((size_t)c->n_expert, sizeof **out);
+    if (!*out) return set_err(L->err, L->errlen, "%s: out of memory", L->path);
+    whole.type = (int)t->type;
+    whole.cols = cols;
+    whole.rows = rows;
+    whole.row_bytes = qrt_row_bytes(whole.type, cols);
+    whole.name = t->name.ptr;
+    whole.name_len = t->name.len;
+    /* calibration of experts is not collected per expert yet: no matmul records its input */
+    whole.input_recorded = 1;
+    for (int e = 0; e < c->n_expert; e++) {
+        (*out)[e] = whole;
+        (*out)[e].data = t->data + (size_t)e * (size_t)rows * whole.row_bytes;
+    }
+    return 0;
+}
+
 /* Consecutive row ranges of a fused tensor as matrices of their own (views into the same data). The later parts
  * share the first's input: calibration records it once, under the fused tensor's name, as llama-imatrix does. */
 static void split_fused(const Matrix *whole, Matrix *const parts[], const int64_t rows[], int n) {
@@ -384,8 +437,7 @@ static int load_weights(loader *L, Config *c) {
 #define NAME(suffix) (snprintf(name, sizeof name, "blk.%d.%s", l, suffix), name)
         if (get_vector(L, &lw->attn_norm, NAME("attn_norm.weight"), c->dim, 1) ||
             get_vector(L, &lw->ffn_norm, NAME("ffn_norm.weight"), c->dim, 1) ||
-            get_matrix(L, &lw->wo, NAME("attn_output.weight"), q_dim, c->dim, 1) ||
-            get_matrix(L, &lw->w_down, NAME("ffn_down.weight"), c->hidden_dim, c->dim, 1))
+            get_matrix(L, &lw->wo, NAME("attn_output.weight"), q_dim, c->dim, 1))
             return -1;
         /* q, k and v: three tensors, or one fused attn_qkv (phi3) whose row ranges they become */
         Matrix qkv;
@@ -400,7 +452,15 @@ static int load_weights(loader *L, Config *c) {
                    get_matrix(L, &lw->wv, NAME("attn_v.weight"), c->dim, kv_dim, 1)) {
             return -1;
         }
-        if (c->fused_up) { /* gate and up in one ffn_up, gate rows first (ggml_swiglu's halves) */
+        if (c->n_expert) {
+            if (get_matrix(L, &lw->router, NAME("ffn_gate_inp.weight"), c->dim, c->n_expert, 1) ||
+                get_experts(L, &lw->gate_exps, NAME("ffn_gate_exps.weight"), c->dim, c->expert_ffn, c) ||
+                get_experts(L, &lw->up_exps, NAME("ffn_up_exps.weight"), c->dim, c->expert_ffn, c) ||
+                get_experts(L, &lw->down_exps, NAME("ffn_down_exps.weight"), c->expert_ffn, c->dim, c))
+                return -1;
+        } else if (get_matrix(L, &lw->w_down, NAME("ffn_down.weight"), c->hidden_dim, c->dim, 1)) {
+            return -1;
+        } else if (c->fused_up) { /* gate and up in one ffn_up, gate rows first (ggml_swiglu's halves) */
             Matrix up;
             if (get_matrix(L, &up, NAME("ffn_up.weight"), c->dim, 2 * (int64_t)c->hidden_dim, 1)) return -1;
             Matrix *parts[] = {&lw->w_gate, &lw->w_up};
@@ -415,8 +475,9 @@ static int load_weights(loader *L, Config *c) {
             get_vector(L, &lw->bk, NAME("attn_k.bias"), kv_dim, c->has_qkv_bias) < 0 ||
             get_vector(L, &lw->bv, NAME("attn_v.bias"), kv_dim, c->has_qkv_bias) < 0)
             return -1;
-        if (get_vector(L, &lw->q_norm, NAME("attn_q_norm.weight"), c->head_dim, c->has_qk_norm) < 0 ||
-            get_vector(L, &lw->k_norm, NAME("attn_k_norm.weight"), c->head_dim, c->has_qk_norm) < 0)
+        const int full = c->has_qk_norm == QK_NORM_FULL;
+        if (get_vector(L, &lw->q_norm, NAME("attn_q_norm.weight"), full ? q_dim : c->head_dim, c->has_qk_norm) < 0 ||
+            get_vector(L, &lw->k_norm, NAME("attn_k_norm.weight"), full ? kv_dim : c->head_dim, c->has_qk_norm) < 0)
             return -1;
         if (c->post_norms && (get_vector(L, &lw->attn_post_norm, NAME("post_attention_norm.weight"), c->dim, 1) ||
                               get_vector(L, &lw->ffn_post_norm, NAME("post_ffw_norm.weight"), c->dim, 1)))
@@ -424,6 +485,35 @@ static int load_weights(loader *L, Config *c) {
 #undef NAME
     }
     return 0;
+}
+
+/* Every matrix a forward pass multiplies with, experts included, the head last (token_embd itself is only read
+ * row by row), as a list to free; NULL when out of memory. */
+static Matrix **weight_matrices(const Weights *w, const Config *c, int *n_out) {
+    const size_t per_layer = c->n_expert ? 5 + 3 * (size_t)c->n_expert : 7;
+    Matrix **out = malloc(((size_t)c->n_layers * per_layer + 1) * sizeof *out);
+    if (!out) return NULL;
+    int n = 0;
+    for (int l = 0; l < c->n_layers; l++) {
+        LayerWeights *lw = &w->layers[l];
+        Matrix *attn[] = {&lw->wq, &lw->wk, &lw->wv, &lw->wo};
+        for (int i = 0; i < 4; i++) out[n++] = attn[i];
+        if (c->n_expert) {
+            out[n++] = &lw->router;
+            for (int e = 0; e < c->n_expert; e++) {
+                out[n++] = &lw->gate_exps[e];
+                out[n++] = &lw->up_exps[e];
+                out[n++] = &lw->down_exps[e];
+            }
+        } else {
+            out[n++] = &lw->w_gate;
+            out[n++] = &lw->w_up;
+            out[n++] = &lw->w_down;
+        }
+    }
+    out[n++] = (Matrix *)&w->output;
+    *n_out = n;
+    return out;
 }
 
 /* ---- RunState ---- */
@@ -441,13 +531,13 @@ static int alloc_state(qrt_model *mod, int n_batch, int n_ctx, int kv_f32, char 
     const size_t q_dim = qrt_size_mul((size_t)c->n_heads, (size_t)c->head_dim);
     const size_t kv_dim = qrt_size_mul((size_t)c->n_kv_heads, (size_t)c->head_dim);
     const size_t wide = q_dim > (size_t)c->dim ? q_dim : (size_t)c->dim;
-    size_t act = act_bytes_for(&mod->weights.output);
-    for (int l = 0; l < c->n_layers; l++) {
-        const LayerWeights *lw = &mod->weights.layers[l];
-        const Matrix *all[] = {&lw->wq, &lw->wk, &lw->wv, &lw->wo, &lw->w_gate, &lw->w_up, &lw->w_down};
-        for (int i = 0; i < 7; i++)
-            if (act_bytes_for(all[i]) > act) act = act_bytes_for(all[i]);
-    }
+    size_t act = 0;
+    int n_matrices;
+    Matrix **all = weight_matrices(&mod->weights, c, &n_matrices);
+    if (!all) return set_err(err, errlen, "%s: out of memory for the run state", mod->path);
+    for (int i = 0; i < n_matrices; i++)
+        if (act_bytes_for(all[i]) > act) act = act_bytes_for(all[i]);
+    free(all);
     s->act_row_bytes = qrt_size_round64(act);
 #define ALLOC(ptr, rows, width)                                                                                     \
     do {                                                                                                            \
@@ -474,11 +564,24 @@ static int alloc_state(qrt_model *mod, int n_batch, int n_ctx, int kv_f32, char 
     ALLOC(s->logits, 1, (size_t)c->vocab_size);
     ALLOC(s->act, (size_t)n_batch, s->act_row_bytes);
     /* the most block sums any activation row needs (qrt_packed_sums_per_row of the widest row) */
-    const int64_t widest = (int64_t)(wide > (size_t)c->hidden_dim ? wide : (size_t)c->hidden_dim);
+    int64_t widest = (int64_t)(wide > (size_t)c->hidden_dim ? wide : (size_t)c->hidden_dim);
+    if (c->expert_ffn > widest) widest = c->expert_ffn;
     const int64_t sums_q8_0 = qrt_packed_sums_per_row(QRT_TYPE_Q8_0, widest / 32 * 32);
     const int64_t sums_q8_K = qrt_packed_sums_per_row(QRT_TYPE_Q8_K, widest / QK_K * QK_K);
     s->act_sums_stride = (size_t)(sums_q8_0 > sums_q8_K ? sums_q8_0 : sums_q8_K) + 16;
     ALLOC(s->act_sums, (size_t)n_batch, s->act_sums_stride);
+    if (c->n_expert) {
+        const size_t used = (size_t)c->n_expert_used;
+        ALLOC(s->router_probs, (size_t)n_batch, (size_t)c->n_expert);
+        ALLOC(s->expert_weight, (size_t)n_batch, used);
+        ALLOC(s->expert_id, (size_t)n_batch, used);
+        ALLOC(s->expert_pairs, (size_t)n_batch, used);
+        ALLOC(s->expert_first, 1, (size_t)c->n_expert + 1);
+        ALLOC(s->expert_x, (size_t)n_batch, (size_t)c->dim);
+        ALLOC(s->expert_h, (size_t)n_batch, (size_t)c->expert_ffn);
+        ALLOC(s->expert_h2, (size_t)n_batch, (size_t)c->expert_ffn);
+        ALLOC(s->expert_out, qrt_size_mul((size_t)n_batch, used), (size_t)c->dim);
+    }
 #undef ALLOC
     /* the rows each layer keeps (sliding layers: the window plus one batch, at most the context) and where they
      * start; layers x positions x kv width x element: 64 layers of 16 heads x 1024 at 2048 positions is 2^32
@@ -513,23 +616,14 @@ static void free_state(RunState *s) {
     free(s->x), free(s->xb), free(s->xb2), free(s->q), free(s->k), free(s->v), free(s->hb), free(s->hb2);
     free(s->att), free(s->attn_scratch), free(s->rope_cos), free(s->rope_sin), free(s->logits), free(s->act);
     free(s->rope_cos_swa), free(s->rope_sin_swa), free(s->act_sums), free(s->kv_offset), free(s->kv_rows);
+    free(s->router_probs), free(s->expert_weight), free(s->expert_id), free(s->expert_pairs), free(s->expert_first);
+    free(s->expert_x), free(s->expert_h), free(s->expert_h2), free(s->expert_out);
     free(s->key_cache), free(s->value_cache);
 }
 
 /* ---- repacking (packed.h) ---- */
 
 /* The matrices a forward pass multiplies with (the head last; token_embd itself is only read row by row). */
-static int weight_matrices(Weights *w, const Config *c, Matrix **out) {
-    int n = 0;
-    for (int l = 0; l < c->n_layers; l++) {
-        LayerWeights *lw = &w->layers[l];
-        Matrix *all[] = {&lw->wq, &lw->wk, &lw->wv, &lw->wo, &lw->w_gate, &lw->w_up, &lw->w_down};
-        for (int i = 0; i < 7; i++) out[n++] = all[i];
-    }
-    out[n++] = &w->output;
-    return n;
-}
-
 /* Give the pages of a stored matrix back to the kernel once its packed copy exists (file-backed: they are
  * re-read from the file if anything touches them again), so the resident size stays one copy of the weights. */
 static void release_pages(const uint8_t *data, size_t bytes) {
@@ -554,9 +648,9 @@ static uint8_t *alloc_weights(size_t bytes) {
 static int pack_weights(qrt_model *m, char *err, size_t errlen) {
     const Config *c = &m->config;
     Weights *w = &m->weights;
-    Matrix **list = malloc(((size_t)c->n_layers * 7 + 1) * sizeof *list);
+    int n;
+    Matrix **list = weight_matrices(w, c, &n);
     if (!list) return set_err(err, errlen, "%s: out of memory", m->path);
-    const int n = weight_matrices(w, c, list);
     size_t total = 0;
     for (int i = 0; i < n; i++)
         if (qrt_packed_worthwhile(list[i]->type))
@@ -600,6 +694,11 @@ void qrt_model_free(qrt_model *m) {
     for (int i = 0; i < m->weights.n_owned; i++) free(m->weights.owned[i]);
     free(m->weights.owned);
     if (m->weights.packed) munmap(m->weights.packed, m->weights.packed_bytes);
+    for (int l = 0; m->weights.layers && l < m->config.n_layers; l++) {
+        free(m->weights.layers[l].gate_exps);
+        free(m->weights.layers[l].up_exps);
+        free(m->weights.layers[l].down_exps);
+    }
     free(m->weights.layers);
     if (m->pool) qrt_threadpool_destroy(m->pool);
     gguf_close(m->file);
@@ -1026,7 +1125,10 @@ static void qkv_task(void *ctx, int task, int thread) {
     for (int b = b0; b < b1; b++) {
         float *q = s->q + (size_t)b * q_dim, *k = s->k + (size_t)b * kv_dim, *v = s->v + (size_t)b * kv_dim;
         if (lw->bq) op_add(q, lw->bq, q_dim), op_add(k, lw->bk, kv_dim), op_add(v, lw->bv, kv_dim);
-        if (lw->q_norm) {
+        if (c->has_qk_norm == QK_NORM_FULL) {
+            op_rmsnorm(q, q, lw->q_norm, q_dim, c->rms_eps);
+            op_rmsnorm(k, k, lw->k_norm, kv_dim, c->rms_eps);
+        } else if (lw->q_norm) {
             for (int h = 0; h < c->n_heads; h++) op_rmsnorm(q + h * hd, q + h * hd, lw->q_norm, hd, c->rms_eps);
             for (int h = 0; h < c->n_kv_heads; h++) op_rmsnorm(k + h * hd, k + h * hd, lw->k_norm, hd, c->rms_eps);
         }
@@ -1041,6 +1143,86 @@ static void qkv_task(void *ctx, int task, int thread) {
         if (c->q_scale != 0.0f)
             for (int i = 0; i < q_dim; i++) q[i] *= c->q_scale;
         store_kv_row(j->m, j->layer, j->pos0 + b, k, v);
+    }
+}
+
+/* ---- mixture of experts ---- */
+
+/* Per token: softmax of the router's logits, the n_expert_used most probable experts (ties to the lower index)
+ * and their weights, renormalised to sum 1 for families that do (the sum clamped as llama.cpp clamps it). */
+static void route_tokens(qrt_model *m, int n_tok) {
+    const Config *c = &m->config;
+    RunState *s = &m->state;
+    const int n = c->n_expert, k = c->n_expert_used;
+    for (int b = 0; b < n_tok; b++) {
+        float *p = s->router_probs + (size_t)b * n;
+        op_softmax(p, n, m->pass.expf16);
+        int32_t *ids = s->expert_id + (size_t)b * k;
+        float *wt = s->expert_weight + (size_t)b * k;
+        for (int j = 0; j < k; j++) {
+            int best = -1;
+            for (int e = 0; e < n; e++) {
+                int taken = 0;
+                for (int i = 0; i < j; i++) taken |= ids[i] == e;
+                if (!taken && (best < 0 || p[e] > p[best])) best = e;
+            }
+            ids[j] = best;
+            wt[j] = p[best];
+        }
+        if (c->expert_norm) {
+            float sum = 0.0f;
+            for (int j = 0; j < k; j++) sum += wt[j];
+            sum = sum < 6.103515625e-5f ? 6.103515625e-5f : sum;
+            for (int j = 0; j < k; j++) wt[j] /= sum;
+        }
+    }
+    /* the (token, slot) pairs of each expert, in token order: a counting sort */
+    int32_t *first = s->expert_first;
+    memset(first, 0, (size_t)(n + 1) * sizeof *first);
+    for (int i = 0; i < n_tok * k; i++) first[s->expert_id[i] + 1]++;
+    for (int e = 0; e < n; e++) first[e + 1] += first[e];
+    for (int e = 0, at = 0; e < n; e++)
+        for (int i = 0; i < n_tok * k; i++)
+            if (s->expert_id[i] == e) s->expert_pairs[at++] = i;
+}
+
+/* The MoE FFN of xb's n_tok rows into xb: each expert used by any token runs once over its tokens' rows
+ * (gathered), the experts no token chose are never read; each token's expert outputs are weighted and added in
+ * slot order, as llama.cpp adds its views. */
+static void moe_ffn(qrt_model *m, act_cache *cache, const LayerWeights *lw, int n_tok) {
+    const Config *c = &m->config;
+    RunState *s = &m->state;
+    const int dim = c->dim, ffn = c->expert_ffn, k = c->n_expert_used;
+    matmul(m, cache, s->router_probs, c->n_expert, &lw->router, s->xb, n_tok);
+    route_tokens(m, n_tok);
+    for (int e = 0; e < c->n_expert; e++) {
+        const int32_t *pairs = s->expert_pairs + s->expert_first[e];
+        const int n = s->expert_first[e + 1] - s->expert_first[e];
+        if (n == 0) continue;
+        for (int i = 0; i < n; i++)
+            memcpy(s->expert_x + (size_t)i * dim, s->xb + (size_t)(pairs[i] / k) * dim, (size_t)dim * sizeof(float));
+        *cache = (act_cache){0}; /* expert_x holds other rows than for the last expert */
+        const Matrix *const ws[] = {&lw->gate_exps[e], &lw->up_exps[e]};
+        float *const outs[] = {s->expert_h, s->expert_h2};
+        const int64_t strides[] = {ffn, ffn};
+        matmul_many(m, cache, 2, outs, strides, ws, s->expert_x, n);
+        for (int i = 0; i < n; i++)
+            op_swiglu(s->expert_h + (size_t)i * ffn, s->expert_h2 + (size_t)i * ffn, ffn, m->pass.expf16);
+        /* each pair's output row, at (token, slot) */
+        float *out = s->expert_x; /* reused: the gathered input is not needed any more */
+        matmul(m, cache, out, dim, &lw->down_exps[e], s->expert_h, n);
+        for (int i = 0; i < n; i++) {
+            float *dst = s->expert_out + (size_t)pairs[i] * dim;
+            const float wt = s->expert_weight[pairs[i]];
+            for (int d = 0; d < dim; d++) dst[d] = out[(size_t)i * dim + d] * wt;
+        }
+    }
+    *cache = (act_cache){0};
+    for (int b = 0; b < n_tok; b++) {
+        float *sum = s->xb + (size_t)b * dim;
+        const float *rows = s->expert_out + (size_t)b * k * dim;
+        memcpy(sum, rows, (size_t)dim * sizeof(float));
+        for (int j = 1; j < k; j++) op_add(sum, rows + (size_t)j * dim, dim);
     }
 }
 
@@ -1087,6 +1269,14 @@ static void forward(qrt_model *m, const int32_t *tokens, int n_tok, int pos0, fl
         pool_run(m, attention_task, &aj, n_tok * c->n_heads);
         matmul(m, &cache, s->xb, dim, &lw->wo, s->xb2, n_tok);
 
+        if (c->n_expert) { /* mixture of experts */
+            rows_job norm = {.residual = s->xb, .residual_norm = lw->attn_post_norm, .norm = lw->ffn_norm};
+            steps(m, &cache, &norm, 0, n_tok);
+            moe_ffn(m, &cache, lw, n_tok);
+            residual = s->xb;
+            residual_norm = lw->ffn_post_norm;
+            continue;
+        }
         /* SwiGLU feed-forward */
         {
             const Matrix *const ws[] = {&lw->w_gate, &lw->w_up};
@@ -1233,26 +1423,19 @@ void qrt_model_reset_timings(qrt_model *m) {
 }
 
 int qrt_model_type_packed(const qrt_model *m, int type) {
-    const Weights *w = &m->weights;
-    if (w->output.type == type && w->output.packed) return 1;
-    for (int l = 0; l < m->config.n_layers; l++) {
-        const LayerWeights *lw = &w->layers[l];
-        const Matrix *all[] = {&lw->wq, &lw->wk, &lw->wv, &lw->wo, &lw->w_gate, &lw->w_up, &lw->w_down};
-        for (int i = 0; i < 7; i++)
-            if (all[i]->type == type && all[i]->packed) return 1;
-    }
-    return 0;
+    int n, packed = 0;
+    Matrix **all = weight_matrices(&m->weights, &m->config, &n);
+    for (int i = 0; all && i < n; i++) packed |= all[i]->type == type && all[i]->packed;
+    free(all);
+    return packed;
 }
 
 int qrt_model_weight_types(const qrt_model *m, int *types, int cap) {
-    int seen[QRT_TYPE_COUNT] = {0}, n = 0;
-    const Weights *w = &m->weights;
-    seen[w->token_embd.type] = seen[w->output.type] = 1;
-    for (int l = 0; l < m->config.n_layers; l++) {
-        const LayerWeights *lw = &w->layers[l];
-        const Matrix *all[] = {&lw->wq, &lw->wk, &lw->wv, &lw->wo, &lw->w_gate, &lw->w_up, &lw->w_down};
-        for (int i = 0; i < 7; i++) seen[all[i]->type] = 1;
-    }
+    int seen[QRT_TYPE_COUNT] = {0}, n = 0, n_matrices;
+    seen[m->weights.token_embd.type] = 1;
+    Matrix **all = weight_matrices(&m->weights, &m->config, &n_matrices);
+    for (int i = 0; all && i < n_matrices; i++) seen[all[i]->type] = 1;
+    free(all);
     for (int t = 0; t < QRT_TYPE_COUNT; t++)
         if (seen[t]) {
             if (n < cap) types[n] = t;

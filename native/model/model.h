@@ -26,7 +26,14 @@ enum ffn_act {
     FFN_GELU_TANH = 1, /* GeGLU: gelu(gate) * up, gelu's tanh form (gemma3) */
 };
 
+enum qk_norm {
+    QK_NORM_NONE = 0,
+    QK_NORM_HEAD = 1, /* [head_dim] weights, each head normalised alone */
+    QK_NORM_FULL = 2, /* [q_dim] and [kv_dim] weights, all heads normalised together */
+};
+
 #define QRT_MAX_LAYERS 1024 /* read_config refuses more */
+#define QRT_MAX_EXPERTS 512 /* read_config refuses more */
 
 /* What a layer does besides the common steps, per layer: set at open from the family's row and the file's keys. */
 enum layer_flags {
@@ -50,7 +57,7 @@ typedef struct {
     RopeParams rope;
     int rope_style;
     int has_qkv_bias;  /* qwen2 */
-    int has_qk_norm;   /* qwen3, gemma3: per-head RMSNorm of q and k */
+    int has_qk_norm;   /* enum qk_norm: per-head RMSNorm of q and k (qwen3, gemma3), or over all of q and k (olmoe) */
     int ffn_act;       /* enum ffn_act */
     int post_norms;    /* gemma3: RMSNorm of the attention and FFN outputs before their residual adds */
     float embd_scale;  /* gemma3: embedding rows times sqrt(dim); 0 = none */
@@ -59,6 +66,9 @@ typedef struct {
     int n_swa;         /* sliding window in positions (LAYER_SWA layers), 0 = none */
     RopeParams rope_swa; /* the rotary parameters of LAYER_SWA layers (their own frequency base, unscaled) */
     int fused_up;      /* phi3: ffn_up holds the gate rows, then the up rows */
+    /* mixture of experts (0 experts: a dense FFN): softmax over the router's logits, the top n_expert_used,
+     * their weights renormalised to sum 1 when expert_norm */
+    int n_expert, n_expert_used, expert_ffn, expert_norm;
     unsigned char layer[QRT_MAX_LAYERS]; /* enum layer_flags per layer */
 } Config;
 
@@ -84,6 +94,8 @@ typedef struct {
     const float *bq, *bk, *bv;               /* biases (qwen2) or NULL */
     Matrix wq, wk, wv, wo;                   /* attention */
     Matrix w_gate, w_up, w_down;             /* SwiGLU FFN */
+    Matrix router;                           /* MoE: [n_expert rows, dim] */
+    Matrix *gate_exps, *up_exps, *down_exps; /* MoE: n_expert matrices each, views into the stacked tensors */
 } LayerWeights;
 
 typedef struct {
@@ -111,6 +123,12 @@ typedef struct {
     float *rope_cos, *rope_sin; /* [n_batch][n_rot/2] */
     float *rope_cos_swa, *rope_sin_swa; /* the same for LAYER_SWA layers' own base, or NULL when no layer is one */
     float *logits;     /* [vocab] last token */
+    /* MoE: router probabilities [n_batch][n_expert]; per token its experts and weights [n_batch][n_expert_used];
+     * one expert's tokens gathered [n_batch][dim] with their FFN rows [n_batch][expert_ffn] x2; each (token,
+     * expert) output [n_batch][n_expert_used][dim]; the (token, slot) pairs of each expert [n_batch *
+     * n_expert_used], expert by expert from expert_first[e] */
+    float *router_probs, *expert_weight, *expert_x, *expert_h, *expert_h2, *expert_out;
+    int32_t *expert_id, *expert_pairs, *expert_first;
     uint8_t *act;      /* [n_batch][largest activation row in any act type] */
     size_t act_row_bytes;
     int32_t *act_sums; /* [n_batch][act_sums_stride]: block sums of act for the packed kernels */
