@@ -20,6 +20,8 @@
 #include "qrt.h"
 #include "size_math.h"
 
+struct matmul_job;
+
 struct qrt_model {
     gguf_file *file;
     Config config;
@@ -38,6 +40,8 @@ struct qrt_model {
     qrt_imatrix *imatrix; /* when set, every weight matmul's input rows are added to it (calibration) */
     qrt_batch_pos batch;  /* the running forward chunk's place in llama.cpp's ubatch of this eval (packed.h) */
     qrt_pass_kernels pass; /* attention, softmax and exp variants, chosen once at open (select.h) */
+    struct matmul_job *expert_jobs; /* MoE: room for the gate and up (or down) matmuls of every expert */
+    int *expert_first_task;         /* [2 n_expert + 1] */
 };
 
 /* ---- errors ---- */
@@ -518,6 +522,8 @@ static Matrix **weight_matrices(const Weights *w, const Config *c, int *n_out) {
 
 /* ---- RunState ---- */
 
+static int alloc_expert_jobs(qrt_model *m); /* below, beside the matmul jobs */
+
 static size_t act_bytes_for(const Matrix *m) { return qrt_row_bytes(m->kernels.act_type, m->cols); }
 
 static int alloc_state(qrt_model *mod, int n_batch, int n_ctx, int kv_f32, char *err, size_t errlen) {
@@ -576,11 +582,18 @@ static int alloc_state(qrt_model *mod, int n_batch, int n_ctx, int kv_f32, char 
         ALLOC(s->expert_weight, (size_t)n_batch, used);
         ALLOC(s->expert_id, (size_t)n_batch, used);
         ALLOC(s->expert_pairs, (size_t)n_batch, used);
+        ALLOC(s->expert_slot, (size_t)n_batch, used);
         ALLOC(s->expert_first, 1, (size_t)c->n_expert + 1);
-        ALLOC(s->expert_x, (size_t)n_batch, (size_t)c->dim);
-        ALLOC(s->expert_h, (size_t)n_batch, (size_t)c->expert_ffn);
-        ALLOC(s->expert_h2, (size_t)n_batch, (size_t)c->expert_ffn);
-        ALLOC(s->expert_out, qrt_size_mul((size_t)n_batch, used), (size_t)c->dim);
+        const size_t pairs = qrt_size_mul((size_t)n_batch, used);
+        ALLOC(s->expert_x, pairs, (size_t)c->dim);
+        ALLOC(s->expert_h, pairs, (size_t)c->expert_ffn);
+        ALLOC(s->expert_h2, pairs, (size_t)c->expert_ffn);
+        ALLOC(s->expert_out, pairs, (size_t)c->dim);
+        ALLOC(s->expert_act, pairs, s->act_row_bytes);
+        ALLOC(s->expert_act2, pairs, s->act_row_bytes);
+        ALLOC(s->expert_act_sums, pairs, s->act_sums_stride);
+        ALLOC(s->expert_act_sums2, pairs, s->act_sums_stride);
+        if (alloc_expert_jobs(mod)) return set_err(err, errlen, "%s: out of memory for the run state", mod->path);
     }
 #undef ALLOC
     /* the rows each layer keeps (sliding layers: the window plus one batch, at most the context) and where they
@@ -617,7 +630,8 @@ static void free_state(RunState *s) {
     free(s->att), free(s->attn_scratch), free(s->rope_cos), free(s->rope_sin), free(s->logits), free(s->act);
     free(s->rope_cos_swa), free(s->rope_sin_swa), free(s->act_sums), free(s->kv_offset), free(s->kv_rows);
     free(s->router_probs), free(s->expert_weight), free(s->expert_id), free(s->expert_pairs), free(s->expert_first);
-    free(s->expert_x), free(s->expert_h), free(s->expert_h2), free(s->expert_out);
+    free(s->expert_x), free(s->expert_h), free(s->expert_h2), free(s->expert_out), free(s->expert_slot);
+    free(s->expert_act), free(s->expert_act2), free(s->expert_act_sums), free(s->expert_act_sums2);
     free(s->key_cache), free(s->value_cache);
 }
 
@@ -691,6 +705,7 @@ qrt_model_params qrt_model_default_params(void) {
 void qrt_model_free(qrt_model *m) {
     if (!m) return;
     free_state(&m->state);
+    free(m->expert_jobs), free(m->expert_first_task);
     for (int i = 0; i < m->weights.n_owned; i++) free(m->weights.owned[i]);
     free(m->weights.owned);
     if (m->weights.packed) munmap(m->weights.packed, m->weights.packed_bytes);
@@ -763,7 +778,7 @@ static void pool_run(qrt_model *m, qrt_task_fn fn, void *ctx, int n_tasks) {
 
 /* ---- matmul over the thread pool ---- */
 
-typedef struct {
+typedef struct matmul_job {
     const Matrix *w;
     const uint8_t *act; /* n_tok rows of act_row_bytes */
     size_t act_row_bytes;
@@ -925,16 +940,16 @@ static void prepare_act(qrt_model *m, act_cache *cache, const float *x, int n_to
 
 /* Set up out[b][r] = dot(w row r, x[b]) for b < n_tok (x rows are w->cols floats apart, out rows out_stride
  * apart) as a job; returns its number of tasks. */
-static int matmul_setup(qrt_model *m, act_cache *cache, matmul_job *j, float *out, int64_t out_stride,
-                        const Matrix *w, const float *x, int n_tok) {
-    if (m->imatrix && !w->input_recorded) qrt_imatrix_add(m->imatrix, w->name, w->name_len, x, n_tok, w->cols);
+/* The job out[b][r] = dot(w row r, act row b) for b < n_tok over activation rows already converted (act rows
+ * state.act_row_bytes apart, their block sums state.act_sums_stride apart); returns its number of tasks. */
+static int matmul_job_for(qrt_model *m, matmul_job *j, float *out, int64_t out_stride, const Matrix *w,
+                          const uint8_t *act, const int32_t *sums, int n_tok) {
     const qrt_matmul_kernels *k = &w->kernels;
-    prepare_act(m, cache, x, n_tok, w);
-    *j = (matmul_job){w, m->state.act, m->state.act_row_bytes, out, out_stride, n_tok, 0,
+    *j = (matmul_job){w, act, m->state.act_row_bytes, out, out_stride, n_tok, 0,
                       n_tok > 1 ? k->batch_dot : k->dot, NULL, 0, 0, NULL, NULL, 0, {0, 0}};
     if (w->packed) {
         j->packed = k->packed;
-        j->sums = m->state.act_sums;
+        j->sums = sums;
         j->sums_stride = m->state.act_sums_stride;
         j->batch = m->batch;
     }
@@ -948,6 +963,14 @@ static int matmul_setup(qrt_model *m, act_cache *cache, matmul_job *j, float *ou
     per = (per + 15) / 16 * 16;
     j->rows_per_task = per;
     return (int)((w->rows + per - 1) / per);
+}
+
+/* The same for x's n_tok rows of floats, converted first (or taken from the cache). */
+static int matmul_setup(qrt_model *m, act_cache *cache, matmul_job *j, float *out, int64_t out_stride,
+                        const Matrix *w, const float *x, int n_tok) {
+    if (m->imatrix && !w->input_recorded) qrt_imatrix_add(m->imatrix, w->name, w->name_len, x, n_tok, w->cols);
+    prepare_act(m, cache, x, n_tok, w);
+    return matmul_job_for(m, j, out, out_stride, w, m->state.act, m->state.act_sums, n_tok);
 }
 
 static void matmul(qrt_model *m, act_cache *cache, float *out, int64_t out_stride, const Matrix *w, const float *x,
@@ -1146,6 +1169,74 @@ static void qkv_task(void *ctx, int task, int thread) {
     }
 }
 
+/* Rows converted to activations into other buffers than state.act (the experts' gathered rows): first, when
+ * glu_up is set, src = silu(src) * glu_up; then dst row = src row converted, and its block sums when sums. */
+typedef struct {
+    row_split split;
+    float *src;          /* rows of cols floats */
+    const float *glu_up; /* or NULL */
+    int64_t cols;
+    uint8_t *dst;  /* rows of state.act_row_bytes */
+    int32_t *sums; /* rows of state.act_sums_stride, or NULL */
+    size_t dst_stride, sums_stride;
+    int act_type;
+    qrt_act_from_float_fn conv;
+    qrt_expf16_fn exp16;
+} convert_job;
+
+static void convert_task(void *ctx, int task, int thread) {
+    (void)thread;
+    const convert_job *j = ctx;
+    int b0, b1;
+    task_rows(&j->split, task, &b0, &b1);
+    for (int b = b0; b < b1; b++) {
+        float *row = j->src + (size_t)b * j->cols;
+        if (j->glu_up) op_swiglu(row, j->glu_up + (size_t)b * j->cols, (int)j->cols, j->exp16);
+        uint8_t *act = j->dst + (size_t)b * j->dst_stride;
+        j->conv(row, act, j->cols);
+        if (j->sums) qrt_packed_act_sums(j->act_type, act, j->cols, j->sums + (size_t)b * j->sums_stride);
+    }
+}
+
+/* Convert n_rows of j->src for the matrices like w (its act type; block sums when it is packed). */
+static void convert_rows(qrt_model *m, convert_job *j, int n_rows, const Matrix *w, uint8_t *dst, int32_t *sums) {
+    j->act_type = w->kernels.act_type;
+    j->conv = w->kernels.act_from_float;
+    j->dst = dst;
+    j->sums = w->packed ? sums : NULL;
+    j->dst_stride = m->state.act_row_bytes;
+    j->sums_stride = m->state.act_sums_stride;
+    j->exp16 = m->pass.expf16;
+    run_rows(m, convert_task, j, split_rows(m, &j->split, 0, n_rows));
+}
+
+static int alloc_expert_jobs(qrt_model *m) {
+    m->expert_jobs = calloc(2 * (size_t)m->config.n_expert, sizeof *m->expert_jobs);
+    m->expert_first_task = calloc(2 * (size_t)m->config.n_expert + 1, sizeof *m->expert_first_task);
+    return m->expert_jobs && m->expert_first_task ? 0 : -1;
+}
+
+/* Many matmuls in one pool run (a layer's experts): task t belongs to the job whose first task is the largest
+ * one <= t. */
+typedef struct {
+    matmul_job *jobs;
+    int *first_task; /* [n + 1] */
+    int n;
+} matmul_batch;
+
+static void matmul_batch_task(void *ctx, int task, int thread) {
+    const matmul_batch *g = ctx;
+    int lo = 0, hi = g->n - 1;
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) / 2;
+        if (g->first_task[mid] <= task)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    matmul_task(&g->jobs[lo], task - g->first_task[lo], thread);
+}
+
 /* ---- mixture of experts ---- */
 
 /* Per token: softmax of the router's logits, the n_expert_used most probable experts (ties to the lower index)
@@ -1186,43 +1277,71 @@ static void route_tokens(qrt_model *m, int n_tok) {
             if (s->expert_id[i] == e) s->expert_pairs[at++] = i;
 }
 
-/* The MoE FFN of xb's n_tok rows into xb: each expert used by any token runs once over its tokens' rows
- * (gathered), the experts no token chose are never read; each token's expert outputs are weighted and added in
- * slot order, as llama.cpp adds its views. */
+/* The MoE FFN of xb's n_tok rows into xb. The rows of all (token, slot) pairs are gathered expert by expert and
+ * converted once; every chosen expert's gate and up matmuls over its rows run in one pool run, its down matmuls
+ * in another (experts no token chose are never read); each token's expert outputs are weighted and added in slot
+ * order, as llama.cpp adds its views. */
 static void moe_ffn(qrt_model *m, act_cache *cache, const LayerWeights *lw, int n_tok) {
     const Config *c = &m->config;
     RunState *s = &m->state;
-    const int dim = c->dim, ffn = c->expert_ffn, k = c->n_expert_used;
+    const int dim = c->dim, ffn = c->expert_ffn, k = c->n_expert_used, n_pairs = n_tok * k;
+    const size_t ab = s->act_row_bytes, ss = s->act_sums_stride;
     matmul(m, cache, s->router_probs, c->n_expert, &lw->router, s->xb, n_tok);
-    route_tokens(m, n_tok);
-    for (int e = 0; e < c->n_expert; e++) {
-        const int32_t *pairs = s->expert_pairs + s->expert_first[e];
-        const int n = s->expert_first[e + 1] - s->expert_first[e];
-        if (n == 0) continue;
-        for (int i = 0; i < n; i++)
-            memcpy(s->expert_x + (size_t)i * dim, s->xb + (size_t)(pairs[i] / k) * dim, (size_t)dim * sizeof(float));
-        *cache = (act_cache){0}; /* expert_x holds other rows than for the last expert */
-        const Matrix *const ws[] = {&lw->gate_exps[e], &lw->up_exps[e]};
-        float *const outs[] = {s->expert_h, s->expert_h2};
-        const int64_t strides[] = {ffn, ffn};
-        matmul_many(m, cache, 2, outs, strides, ws, s->expert_x, n);
-        for (int i = 0; i < n; i++)
-            op_swiglu(s->expert_h + (size_t)i * ffn, s->expert_h2 + (size_t)i * ffn, ffn, m->pass.expf16);
-        /* each pair's output row, at (token, slot) */
-        float *out = s->expert_x; /* reused: the gathered input is not needed any more */
-        matmul(m, cache, out, dim, &lw->down_exps[e], s->expert_h, n);
-        for (int i = 0; i < n; i++) {
-            float *dst = s->expert_out + (size_t)pairs[i] * dim;
-            const float wt = s->expert_weight[pairs[i]];
-            for (int d = 0; d < dim; d++) dst[d] = out[(size_t)i * dim + d] * wt;
-        }
-    }
     *cache = (act_cache){0};
+    route_tokens(m, n_tok);
+    for (int i = 0; i < n_pairs; i++)
+        memcpy(s->expert_x + (size_t)i * dim, s->xb + (size_t)(s->expert_pairs[i] / k) * dim, (size_t)dim * 4);
+
+    convert_job in = {.src = s->expert_x, .cols = dim};
+    convert_rows(m, &in, n_pairs, &lw->gate_exps[0], s->expert_act, s->expert_act_sums);
+    const uint8_t *up_act = s->expert_act;
+    const int32_t *up_sums = s->expert_act_sums;
+    if (lw->up_exps[0].kernels.act_type != lw->gate_exps[0].kernels.act_type) {
+        convert_rows(m, &in, n_pairs, &lw->up_exps[0], s->expert_act2, s->expert_act_sums2);
+        up_act = s->expert_act2;
+        up_sums = s->expert_act_sums2;
+    }
+    matmul_batch g = {m->expert_jobs, m->expert_first_task, 0};
+    g.first_task[0] = 0;
+    for (int e = 0; e < c->n_expert; e++) {
+        const int f = s->expert_first[e], n = s->expert_first[e + 1] - f;
+        if (n == 0) continue;
+        const Matrix *ws[2] = {&lw->gate_exps[e], &lw->up_exps[e]};
+        float *outs[2] = {s->expert_h + (size_t)f * ffn, s->expert_h2 + (size_t)f * ffn};
+        const uint8_t *acts[2] = {s->expert_act + (size_t)f * ab, up_act + (size_t)f * ab};
+        const int32_t *sums[2] = {s->expert_act_sums + (size_t)f * ss, up_sums + (size_t)f * ss};
+        for (int h = 0; h < 2; h++, g.n++)
+            g.first_task[g.n + 1] = g.first_task[g.n] + matmul_job_for(m, &g.jobs[g.n], outs[h], ffn, ws[h],
+                                                                        acts[h], sums[h], n);
+    }
+    pool_run(m, matmul_batch_task, &g, g.first_task[g.n]);
+
+    convert_job mid = {.src = s->expert_h, .glu_up = s->expert_h2, .cols = ffn};
+    convert_rows(m, &mid, n_pairs, &lw->down_exps[0], s->expert_act, s->expert_act_sums);
+    g.n = 0;
+    for (int e = 0; e < c->n_expert; e++) {
+        const int f = s->expert_first[e], n = s->expert_first[e + 1] - f;
+        if (n == 0) continue;
+        g.first_task[g.n + 1] =
+            g.first_task[g.n] + matmul_job_for(m, &g.jobs[g.n], s->expert_out + (size_t)f * dim, dim,
+                                               &lw->down_exps[e], s->expert_act + (size_t)f * ab,
+                                               s->expert_act_sums + (size_t)f * ss, n);
+        g.n++;
+    }
+    pool_run(m, matmul_batch_task, &g, g.first_task[g.n]);
+
+    /* slot j of token b is pair expert_slot[b * k + j]: its output times its weight, added in slot order */
+    for (int i = 0; i < n_pairs; i++) s->expert_slot[s->expert_pairs[i]] = i;
     for (int b = 0; b < n_tok; b++) {
         float *sum = s->xb + (size_t)b * dim;
-        const float *rows = s->expert_out + (size_t)b * k * dim;
-        memcpy(sum, rows, (size_t)dim * sizeof(float));
-        for (int j = 1; j < k; j++) op_add(sum, rows + (size_t)j * dim, dim);
+        for (int j = 0; j < k; j++) {
+            const float *row = s->expert_out + (size_t)s->expert_slot[b * k + j] * dim;
+            const float wt = s->expert_weight[b * k + j];
+            if (j == 0)
+                for (int d = 0; d < dim; d++) sum[d] = row[d] * wt;
+            else
+                for (int d = 0; d < dim; d++) sum[d] += row[d] * wt;
+        }
     }
 }
 

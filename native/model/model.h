@@ -124,11 +124,12 @@ typedef struct {
     float *rope_cos_swa, *rope_sin_swa; /* the same for LAYER_SWA layers' own base, or NULL when no layer is one */
     float *logits;     /* [vocab] last token */
     /* MoE: router probabilities [n_batch][n_expert]; per token its experts and weights [n_batch][n_expert_used];
-     * one expert's tokens gathered [n_batch][dim] with their FFN rows [n_batch][expert_ffn] x2; each (token,
-     * expert) output [n_batch][n_expert_used][dim]; the (token, slot) pairs of each expert [n_batch *
-     * n_expert_used], expert by expert from expert_first[e] */
+     * the (token, slot) pairs expert by expert (expert e's from expert_first[e]) and the pair of each slot; per
+     * pair its input row [dim], FFN rows [expert_ffn] x2 and output row [dim], in pair order */
     float *router_probs, *expert_weight, *expert_x, *expert_h, *expert_h2, *expert_out;
-    int32_t *expert_id, *expert_pairs, *expert_first;
+    int32_t *expert_id, *expert_pairs, *expert_first, *expert_slot;
+    uint8_t *expert_act, *expert_act2; /* [n_batch * n_expert_used][act_row_bytes]: gathered rows converted */
+    int32_t *expert_act_sums, *expert_act_sums2;
     uint8_t *act;      /* [n_batch][largest activation row in any act type] */
     size_t act_row_bytes;
     int32_t *act_sums; /* [n_batch][act_sums_stride]: block sums of act for the packed kernels */
