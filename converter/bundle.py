@@ -25,8 +25,8 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from qconv.formats.atomic_write import AtomicFile, check_output_file
 from qconv.formats.architectures import NATIVE_GGUF_ARCHS
+from qconv.formats.atomic_write import AtomicFile, check_output_file
 from qconv.formats.errors import FormatError
 from qconv.formats.gguf_read import read_gguf
 from qconv.samples.fetch import cache_dir

@@ -66,8 +66,8 @@ def onnx_layer_errors(folder: Path, ref: Path) -> dict:
     from onnx import numpy_helper
 
     from qconv.converter.onnx_export import FUSED_LINEAR
-    from qconv.formats.gguf_read import read_gguf
     from qconv.formats.architectures import ARCHITECTURES
+    from qconv.formats.gguf_read import read_gguf
     from qconv.formats.tensor_names import gguf_name, permute_rope_rows, rope_permute_heads
 
     model = onnx.load(str(Path(folder) / MODEL_FILE))  # external data is read from beside the file
@@ -75,7 +75,9 @@ def onnx_layer_errors(folder: Path, ref: Path) -> dict:
     out: dict[str, dict[str, float]] = {}
     with read_gguf(ref) as r:
         arch = r.architecture
-        permutes = any(a.gguf_arch == arch and a.rope_permute for a in ARCHITECTURES.values())
+        # the family's table (phi3's fused qkv_proj / gate_up_proj are names of their own), llama's when unknown
+        family = next((a for a in ARCHITECTURES.values() if a.gguf_arch == arch), None)
+        permutes = family is not None and family.rope_permute
         heads = {"n_heads": r.metadata.get(f"{arch}.attention.head_count")}
         heads["n_kv_heads"] = r.metadata.get(f"{arch}.attention.head_count_kv") or heads["n_heads"]
         for node in model.graph.node:
@@ -83,7 +85,9 @@ def onnx_layer_errors(folder: Path, ref: Path) -> dict:
             if node.op_type != "DequantizeLinear" or not stem.startswith("model.layers.") or stem == node.name:
                 continue
             layer, _, kind = stem.removeprefix("model.layers.").partition(".")
-            names = [gguf_name(f"model.layers.{layer}.{part}.weight") for part in FUSED_LINEAR.get(kind, (kind,))]
+            names = [
+                gguf_name(f"model.layers.{layer}.{part}.weight", family) for part in FUSED_LINEAR.get(kind, (kind,))
+            ]
             if any(name not in r.tensors or r.tensors[name].type_name != "F32" for name in names):
                 continue
             block = next(a.i for a in node.attribute if a.name == "block_size")

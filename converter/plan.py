@@ -113,7 +113,8 @@ ROLE_RULES: dict[tuple[str, str], list[tuple[Condition, T, str]]] = {
 for _type_name, (_, _default) in FILE_TYPES.items():
     if _default not in (T.F32, T.F16, T.BF16):
         ROLE_RULES[(_type_name, "attn_v")] = [
-            (EIGHT_EXPERTS, T.Q8_0, "attn_v, 8 experts"), *ROLE_RULES.get((_type_name, "attn_v"), [])
+            (EIGHT_EXPERTS, T.Q8_0, "attn_v, 8 experts"),
+            *ROLE_RULES.get((_type_name, "attn_v"), []),
         ]
         ROLE_RULES[(_type_name, "attn_k")] = [(EIGHT_EXPERTS, T.Q8_0, "attn_k, 8 experts")]
 
@@ -268,7 +269,9 @@ def make_plan(
             plan.choices.append(TensorChoice(name, shape, T.F32, "1-D and norm tensors stay f32"))
             continue
         if name.endswith(ROUTER):
-            plan.choices.append(TensorChoice(name, shape, T.F32, "expert router stays f32 (llama.cpp never quantizes it)"))
+            plan.choices.append(
+                TensorChoice(name, shape, T.F32, "expert router stays f32 (llama.cpp never quantizes it)")
+            )
             continue
         chosen, reason = default, f"--type {type_name}"
         if is_quantized(default):

@@ -149,10 +149,10 @@ class HFSource:
                 experts.setdefault(match.gguf, (set(), template, entry.file))[0].add(match.xid)
         for found, template, file in experts.values():
             if found != set(range(n_experts)):
-                held = f"{len(found)} experts" + ("" if found == set(range(len(found))) else f" (ids up to {max(found)})")
-                raise FormatError(
-                    f"{file}: tensor '{template}' has {held}, config.json's num_experts is {n_experts}"
+                held = f"{len(found)} experts" + (
+                    "" if found == set(range(len(found))) else f" (ids up to {max(found)})"
                 )
+                raise FormatError(f"{file}: tensor '{template}' has {held}, config.json's num_experts is {n_experts}")
 
     def _check_layer_count(self) -> None:
         """num_hidden_layers against the layers the checkpoint holds, before a table of that many is built."""

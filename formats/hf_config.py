@@ -412,7 +412,9 @@ def read_model_spec(model_dir: Path) -> ModelSpec:
     n_layers = _required(config, "num_hidden_layers", path)
     if arch.sliding_pattern:
         _check_sliding_pattern(config, arch, n_layers, path)
-    _attention_scale_check(config, arch, dict(hidden=hidden, n_heads=n_heads, n_layers=n_layers, head_dim=head_dim), path)
+    _attention_scale_check(
+        config, arch, dict(hidden=hidden, n_heads=n_heads, n_layers=n_layers, head_dim=head_dim), path
+    )
     if arch.qk_norm == "full" and n_kv_heads != n_heads:
         # llama.cpp's olmoe sizes attn_k_norm by n_embd: grouped-query k norms do not load
         raise FormatError(

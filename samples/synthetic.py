@@ -45,18 +45,26 @@ TRAITS = {
     "qwen3": ArchTraits("qwen2", (("use_sliding_window", False), ("sliding_window", None))),
     "gemma3": ArchTraits(
         "gpt-2",
-        (("hidden_activation", "gelu_pytorch_tanh"), ("final_logit_softcapping", None),
-         ("attn_logit_softcapping", None), ("use_bidirectional_attention", False)),
+        (
+            ("hidden_activation", "gelu_pytorch_tanh"),
+            ("final_logit_softcapping", None),
+            ("attn_logit_softcapping", None),
+            ("use_bidirectional_attention", False),
+        ),
     ),  # fmt: skip
-    "smollm3": ArchTraits(
-        "gpt-2", (("mlp_bias", False), ("use_sliding_window", False), ("no_rope_layer_interval", 4))
-    ),
+    "smollm3": ArchTraits("gpt-2", (("mlp_bias", False), ("use_sliding_window", False), ("no_rope_layer_interval", 4))),
     # llama.cpp sets attributes on <unk>, <s> and </s> of any model named phi3 and fails without them
     "phi3": ArchTraits("gpt-2", (("resid_pdrop", 0.0), ("embd_pdrop", 0.0)), ("<unk>", "<s>", "</s>")),
     "qwen3moe": ArchTraits(
         "qwen2",
-        (("use_sliding_window", False), ("sliding_window", None), ("norm_topk_prob", True),
-         ("decoder_sparse_step", 1), ("mlp_only_layers", []), ("output_router_logits", False)),
+        (
+            ("use_sliding_window", False),
+            ("sliding_window", None),
+            ("norm_topk_prob", True),
+            ("decoder_sparse_step", 1),
+            ("mlp_only_layers", []),
+            ("output_router_logits", False),
+        ),
     ),  # fmt: skip
     "olmoe": ArchTraits("gpt-2", (("norm_topk_prob", False), ("clip_qkv", None), ("output_router_logits", False))),
 }
@@ -329,7 +337,9 @@ def build_random_model(
         raise ValueError(f"unknown dtype '{dtype}' (known: {', '.join(TORCH_DTYPES)})")
     if n_heads % n_kv_heads:
         raise ValueError(f"n_heads {n_heads} is not a multiple of n_kv_heads {n_kv_heads}")
-    tokenizer = synthetic_tokenizer_fields(vocab, TRAITS[arch].pre_tokenizer, TRAITS[arch].extra_specials)  # checks vocab before writing
+    tokenizer = synthetic_tokenizer_fields(
+        vocab, TRAITS[arch].pre_tokenizer, TRAITS[arch].extra_specials
+    )  # checks vocab before writing
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config = random_model_config(

@@ -79,7 +79,9 @@ def test_the_comparison_catches_a_missing_gemma_norm_shift(tmp_path, monkeypatch
     folder = build_random_model(tmp_path / "hf", dtype="f32", seed=7, **shape)
     gemma3 = architectures.ARCHITECTURES["Gemma3ForCausalLM"]
     unshifted = tuple(architectures.TensorRow(r.hf, r.gguf, r.shape, r.when) for r in gemma3.rows)
-    monkeypatch.setitem(architectures.ARCHITECTURES, "Gemma3ForCausalLM", type(gemma3)(**{**gemma3.__dict__, "rows": unshifted}))
+    monkeypatch.setitem(
+        architectures.ARCHITECTURES, "Gemma3ForCausalLM", type(gemma3)(**{**gemma3.__dict__, "rows": unshifted})
+    )
     out = convert_to_gguf(folder, tmp_path / "broken.gguf", "f32", progress=False).out_path
     relative, _ = _compare(folder, out, shape["vocab"])
     assert relative > 1e-1
