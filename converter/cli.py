@@ -210,6 +210,23 @@ def sample_gemma3(out_dir: Path, force: bool) -> None:
     build_sample(out_dir, force, build_gemma3)
 
 
+@sample.command("gemma3-offgrid")
+@output_folder_option(Path("gemma-3-270m-offgrid"))
+@force_option
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--noise", "relative_noise", type=click.FloatRange(min=0.0, max=1.0), default=0.05, show_default=True,
+    help="Standard deviation of the noise added to each weight row, relative to the row's RMS.",
+)  # fmt: skip
+@user_errors
+def sample_gemma3_offgrid(out_dir: Path, force: bool, seed: int, relative_noise: float) -> None:
+    """Gemma 3 270M with seeded noise on every weight matrix (norms unchanged), so no tensor stays on the grid of
+    the Q4_K_M file the sample comes from (bf16)."""
+    from qconv.samples.gemma3_offgrid import build_gemma3_offgrid
+
+    build_sample(out_dir, force, lambda folder: build_gemma3_offgrid(folder, seed=seed, relative_noise=relative_noise))
+
+
 @sample.command("random")
 @output_folder_option()
 @force_option
