@@ -106,6 +106,8 @@ def collect_imatrix(
         if name.startswith("blk."):
             result.sums[name] = s.sums
             result.counts[name] = float(s.count)
+            if s.expert_counts is not None:  # stacked experts: llama-imatrix's count per expert
+                result.expert_counts[name] = s.expert_counts
     return result
 
 

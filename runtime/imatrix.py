@@ -13,8 +13,9 @@ from qconv.runtime._native import ffi, lib
 @dataclass
 class WeightStats:
     name: str
-    sums: np.ndarray  # float32 [cols]: sum over tokens of x_j^2
+    sums: np.ndarray  # float32 [cols] (expert tensors: [experts * cols]): sum over tokens of x_j^2
     count: int  # tokens summed
+    expert_counts: np.ndarray | None = None  # expert tensors: tokens summed per expert
 
 
 def _model_handle(model):
@@ -62,7 +63,11 @@ class ImatrixCollector:
         for i in range(lib.qrt_imatrix_n_entries(self._handle)):
             name = ffi.string(lib.qrt_imatrix_entry_name(self._handle, i)).decode()
             cols = lib.qrt_imatrix_entry_cols(self._handle, i)
-            sums = np.empty(cols, dtype=np.float32)
+            experts = lib.qrt_imatrix_entry_experts(self._handle, i)
+            sums = np.empty(max(1, experts) * cols, dtype=np.float32)
             lib.qrt_imatrix_entry_sums(self._handle, i, ffi.from_buffer("float[]", sums))
-            out[name] = WeightStats(name, sums, int(lib.qrt_imatrix_entry_count(self._handle, i)))
+            counts = None
+            if experts > 0:
+                counts = np.array([lib.qrt_imatrix_entry_expert_count(self._handle, i, e) for e in range(experts)])
+            out[name] = WeightStats(name, sums, int(lib.qrt_imatrix_entry_count(self._handle, i)), counts)
         return out

@@ -392,8 +392,7 @@ static int get_experts(loader *L, Matrix **out, const char *name, int64_t cols, 
     whole.row_bytes = qrt_row_bytes(whole.type, cols);
     whole.name = t->name.ptr;
     whole.name_len = t->name.len;
-    /* calibration of experts is not collected per expert yet: no matmul records its input */
-    whole.input_recorded = 1;
+    whole.input_recorded = 1; /* moe_ffn records expert inputs per expert (record_expert_inputs) */
     for (int e = 0; e < c->n_expert; e++) {
         (*out)[e] = whole;
         (*out)[e].data = t->data + (size_t)e * (size_t)rows * whole.row_bytes;
@@ -1277,6 +1276,20 @@ static void route_tokens(qrt_model *m, int n_tok) {
             if (s->expert_id[i] == e) s->expert_pairs[at++] = i;
 }
 
+/* Calibration: each expert's gathered input rows (cols wide) into its row of the tensors' importance sums, as
+ * llama-imatrix counts them per expert; a and b (when set) are experts of tensors that share these inputs. */
+static void record_expert_inputs(qrt_model *m, const Matrix *a, const Matrix *b, const float *rows, int64_t cols) {
+    const Config *c = &m->config;
+    const RunState *s = &m->state;
+    for (int e = 0; e < c->n_expert; e++) {
+        const int f = s->expert_first[e], n = s->expert_first[e + 1] - f;
+        if (n == 0) continue;
+        const float *x = rows + (size_t)f * cols;
+        qrt_imatrix_add_expert(m->imatrix, a[e].name, a[e].name_len, e, c->n_expert, x, n, cols);
+        if (b) qrt_imatrix_add_expert(m->imatrix, b[e].name, b[e].name_len, e, c->n_expert, x, n, cols);
+    }
+}
+
 /* The MoE FFN of xb's n_tok rows into xb. The rows of all (token, slot) pairs are gathered expert by expert and
  * converted once; every chosen expert's gate and up matmuls over its rows run in one pool run, its down matmuls
  * in another (experts no token chose are never read); each token's expert outputs are weighted and added in slot
@@ -1292,6 +1305,7 @@ static void moe_ffn(qrt_model *m, act_cache *cache, const LayerWeights *lw, int 
     for (int i = 0; i < n_pairs; i++)
         memcpy(s->expert_x + (size_t)i * dim, s->xb + (size_t)(s->expert_pairs[i] / k) * dim, (size_t)dim * 4);
 
+    if (m->imatrix) record_expert_inputs(m, lw->gate_exps, lw->up_exps, s->expert_x, dim);
     convert_job in = {.src = s->expert_x, .cols = dim};
     convert_rows(m, &in, n_pairs, &lw->gate_exps[0], s->expert_act, s->expert_act_sums);
     const uint8_t *up_act = s->expert_act;
@@ -1318,6 +1332,7 @@ static void moe_ffn(qrt_model *m, act_cache *cache, const LayerWeights *lw, int 
 
     convert_job mid = {.src = s->expert_h, .glu_up = s->expert_h2, .cols = ffn};
     convert_rows(m, &mid, n_pairs, &lw->down_exps[0], s->expert_act, s->expert_act_sums);
+    if (m->imatrix) record_expert_inputs(m, lw->down_exps, NULL, s->expert_h, ffn);
     g.n = 0;
     for (int e = 0; e < c->n_expert; e++) {
         const int f = s->expert_first[e], n = s->expert_first[e + 1] - f;
@@ -1488,11 +1503,11 @@ int qrt_model_set_n_past(qrt_model *m, int n_past) {
         return set_err(m->error, sizeof m->error, "set_n_past: %d is outside 0..%d", n_past, m->n_past);
     /* sliding layers keep positions from swa_base on: going back is possible while the window before the new
      * position is still there (or to 0) */
-    const int first_seen = n_past - m->config.n_swa + 1;
-    if (n_past > 0 && m->config.n_swa && first_seen > 0 && (first_seen & ~63) < m->state.swa_base)
+    const int first_seen = n_past - m->config.n_swa + 1, needed = first_seen > 0 ? first_seen & ~63 : 0;
+    if (n_past > 0 && m->config.n_swa && needed < m->state.swa_base)
         return set_err(m->error, sizeof m->error,
-                       "set_n_past: position %d is before the sliding-window cache's first position %d (only 0 is "
-                       "possible)", n_past, m->state.swa_base + m->config.n_swa - 1);
+                       "set_n_past: %d needs positions from %d on, and the sliding-window layers keep them from %d on "
+                       "(only 0 is possible)", n_past, needed, m->state.swa_base);
     m->n_past = n_past;
     if (n_past == 0) m->has_logits = 0;
     return 0;

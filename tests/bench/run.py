@@ -3,11 +3,14 @@ libqrt's own timers) against llama-bench built from the same llama-cpp-python sd
 off as tests/llama_cpp_cmake_args.sh builds it, weight repacking on as llama-bench runs by default). No Python
 in either timed loop: a per-token Python loop around llama.cpp roughly halves its generation rate.
 
-    python tests/bench/run.py [--threads 1,2] [--repeats 3] [--models 135m,1b] [--types q4_0,q4_k_m,q8_0]
+    python tests/bench/run.py [--threads 1,2] [--repeats 3] [--models 135m,1b,gemma3,qwen3moe,phi3]
+                              [--types q4_0,q4_k_m,q8_0]
 
 Tests, as llama-bench names them: pp62 and pp512 (prompt of 62 / 512 tokens in one eval), tg32 (32 tokens
 decoded one at a time) at depth 0 and after 1024 tokens in the cache (tg32 @ d1024). Models: the SmolLM2-135M
-sample and a random llama 1.1B (hidden 2048, ffn 5632, 22 layers, 32/4 heads), each converted by qconv. Each
+sample and a random llama 1.1B (hidden 2048, ffn 5632, 22 layers, 32/4 heads), each converted by qconv; the real
+gemma3-270m package file as shipped; random qwen3moe (hidden 1024, 16 layers, 32 experts, 4 per token, expert ffn
+512) and phi3 (hidden 2048, 16 layers) folders converted by qconv. Each
 cell is the median of --repeats runs, both runtimes run one after the other for each file and thread count, and
 the ratio is qrun / llama.cpp. qrun's serial share (eval time with only the calling thread working) is printed
 beside its figures, and 1.1B decoding is compared with the machine's DRAM read limit.
@@ -29,7 +32,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tests.bench.measure import median, table  # noqa: E402
-from tests.bench.models import cache_root, random_1b_folder  # noqa: E402
+from tests.bench.models import (  # noqa: E402
+    SHAPE_PHI3,
+    SHAPE_QWEN3MOE,
+    cache_root,
+    random_1b_folder,
+    random_family_folder,
+)
 
 NATIVE = Path(__file__).resolve().parents[2] / "native"
 PROMPT_TESTS = dict(p="62,512", n="0", d="0")
@@ -53,9 +62,19 @@ def bench_files(models: list[str], types: list[str]) -> list[tuple[str, Path]]:
 
     root = cache_root() / "bench"
     root.mkdir(parents=True, exist_ok=True)
-    folders = {"135m": ("smollm2-135m", cached_smollm2), "1b": ("random-1.1b", random_1b_folder)}
+    folders = {
+        "135m": ("smollm2-135m", cached_smollm2),
+        "1b": ("random-1.1b", random_1b_folder),
+        "qwen3moe": ("random-qwen3moe-32x4", lambda: random_family_folder("qwen3moe", SHAPE_QWEN3MOE)),
+        "phi3": ("random-phi3-2048x16", lambda: random_family_folder("phi3", SHAPE_PHI3, smollm2_tokenizer=False)),
+    }
     rows = []
     for model in models:
+        if model == "gemma3":  # the package's own file (a gemma3 GGUF from the wild), as shipped: Q4_K_M
+            from qconv.samples.gemma3 import gemma3_gguf_path
+
+            rows.append(("gemma3-270m package q4_k_m", gemma3_gguf_path()))
+            continue
         label, folder = folders[model]
         for t in types:
             rows.append((f"{label} {t}", convert(folder(), t, root / f"{label}-{t}.gguf")))
@@ -131,7 +150,7 @@ def main() -> None:
     default_threads = ",".join(str(t) for t in sorted({1, 2, 4, 8, 16, cores}) if t <= cores)
     parser.add_argument("--threads", default=default_threads, help=f"thread counts (default {default_threads})")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--models", default="135m,1b", help="135m, 1b")
+    parser.add_argument("--models", default="135m,1b", help="135m, 1b, gemma3, qwen3moe, phi3")
     parser.add_argument("--types", default="q4_0,q4_k_m,q8_0")
     args = parser.parse_args()
 
@@ -150,6 +169,7 @@ def main() -> None:
                 for name, (rate, serial) in ours.items():
                     ratio = rate / theirs[name]
                     rows.append([label, t, name, f"{rate:.1f}", f"{theirs[name]:.1f}", f"{ratio:.2f}", f"{serial:.1%}"])
+                    print(" | ".join(str(c) for c in rows[-1]), file=sys.stderr, flush=True)
                     worst[(name, t)] = min(worst.get((name, t), ratio), ratio)
             print(f"{label}, {t} threads: done", file=sys.stderr, flush=True)
     print(f"tokens/s, median of {args.repeats} runs; {cores} cores ({os.uname().machine})")
