@@ -62,9 +62,16 @@ def test_refuses_type_without_kernel(tmp_path):
 
 
 def test_refuses_unknown_architecture(tmp_path):
-    model = tiny_gguf(tmp_path / "gemma.gguf", arch="gemma3")
-    with pytest.raises(FormatError, match="architecture 'gemma3'"):
+    model = tiny_gguf(tmp_path / "bert.gguf", arch="bert")
+    with pytest.raises(FormatError, match="architecture 'bert' is not run by qrun-native"):
         make_bundle(model, "rpi5", tmp_path / "b.tar.gz", binary=model)
+
+
+@pytest.mark.parametrize("arch", ["gemma3", "smollm3", "phi3", "qwen3moe", "olmoe"])
+def test_accepts_the_families_qrun_native_runs(tmp_path, arch):
+    model = tiny_gguf(tmp_path / f"{arch}.gguf", arch=arch)
+    result = make_bundle(model, "rpi5", tmp_path / "b.tar.gz", binary=model)
+    assert result.path.is_file()
 
 
 def test_refuses_model_larger_than_32_bit_address_space(tmp_path):
