@@ -19,5 +19,7 @@ int qrt_kernel_attn_scores(const char *variant, float *att, const float *q, cons
                            int hd, int f16, int vecdot, float scale);
 int qrt_kernel_attn_values(const char *variant, float *out, const float *w, const void *v, int n_pos, int stride,
                            int hd, int f16, int vecdot);
+/* gate = gelu(gate) * up (gelu's tanh form through ggml's f16 table) through a variant ("scalar" or "avx512"). */
+int qrt_kernel_geglu(const char *variant, float *gate, const float *up, int n);
 /* In-place softmax of n attention scores through a variant ("scalar" or "avx512"); -1 if it does not run here. */
 int qrt_kernel_attn_softmax(const char *variant, float *x, int n);

@@ -174,6 +174,7 @@ void qrt_select_pass(qrt_pass_kernels *out) {
         .attn_softmax = avx512 ? qrt_attn_softmax_avx512 : qrt_attn_softmax_scalar,
         .attn_values = avx512 ? qrt_attn_values_avx512 : qrt_attn_values_scalar,
         .expf16 = avx512 ? qrt_expf16_avx512 : qrt_expf16_scalar,
+        .geglu = avx512 ? qrt_geglu_avx512 : qrt_geglu_scalar,
     };
 }
 

@@ -53,6 +53,13 @@ int qrt_kernel_attn_values(const char *variant, float *out, const float *w, cons
     return 0;
 }
 
+int qrt_kernel_geglu(const char *variant, float *gate, const float *up, int n) {
+    const int v = attn_variant(variant);
+    if (!v || n < 0) return -1;
+    (v == 2 ? qrt_geglu_avx512 : qrt_geglu_scalar)(gate, up, n);
+    return 0;
+}
+
 int qrt_kernel_attn_softmax(const char *variant, float *x, int n) {
     const int v = attn_variant(variant);
     if (!v || n <= 0) return -1;

@@ -77,6 +77,14 @@ typedef void (*qrt_expf16_fn)(float *y, const float *x);
 void qrt_expf16_scalar(float *y, const float *x);
 void qrt_expf16_avx512(float *y, const float *x);
 
+/* gate = gelu(gate) * up over n values, gelu's tanh form as ggml's CPU op computes it (GGML_GELU_FP16): the input
+ * rounded to f16 and looked up in a table of f16 results, exact outside (-10, 10); 0 at or below -10. */
+typedef void (*qrt_geglu_fn)(float *gate, const float *up, int n);
+void qrt_geglu_scalar(float *gate, const float *up, int n);
+void qrt_geglu_avx512(float *gate, const float *up, int n);
+/* The table: gelu of each f16 value, rounded to f16, as floats (65536 of them, filled once). */
+const float *qrt_gelu_f16_table(void);
+
 /* Attention products in ggml's summation orders (so f32/f16 KV-cache results equal llama.cpp's):
  *   vecdot = 1: ggml_vec_dot (4 accumulators x 16 lanes over blocks of 64, folded 0+2, 1+3, 0+1, then reduced),
  *               what ggml runs for single-token decode, and for f32 scores;

@@ -5,6 +5,7 @@
  * expression every variant uses (see kernels.h).
  */
 #include <math.h>
+#include <pthread.h>
 #include <string.h>
 
 #include "kernels.h"
@@ -540,3 +541,28 @@ void qrt_attn_values_scalar(float *out, const float *att, const void *v, int n_p
 
 /* op_softmax (ops.c), the reference of the AVX-512 version */
 void qrt_attn_softmax_scalar(float *x, int n) { op_softmax(x, n, qrt_expf16_scalar); }
+
+static float gelu_f16_table[1 << 16];
+static pthread_once_t gelu_f16_once = PTHREAD_ONCE_INIT;
+
+static void fill_gelu_f16_table(void) {
+    const float sqrt_2_over_pi = 0.79788456080286535587989211986876f, coef_a = 0.044715f;
+    for (int i = 0; i < 1 << 16; i++) {
+        const float x = qrt_fp16_to_fp32((qrt_half)i);
+        const float gelu = 0.5f * x * (1.0f + tanhf(sqrt_2_over_pi * x * (1.0f + coef_a * x * x)));
+        gelu_f16_table[i] = qrt_fp16_to_fp32(qrt_fp32_to_fp16(gelu));
+    }
+}
+
+const float *qrt_gelu_f16_table(void) {
+    pthread_once(&gelu_f16_once, fill_gelu_f16_table);
+    return gelu_f16_table;
+}
+
+void qrt_geglu_scalar(float *gate, const float *up, int n) {
+    const float *table = qrt_gelu_f16_table();
+    for (int i = 0; i < n; i++) {
+        const float g = gate[i];
+        gate[i] = g <= -10.0f ? 0.0f : g >= 10.0f ? g * up[i] : table[qrt_fp32_to_fp16(g)] * up[i];
+    }
+}

@@ -38,12 +38,13 @@ typedef struct {
 /* 0 and *out filled, or -1 when no variant has a kernel for this weight type. */
 int qrt_select_matmul(int type, qrt_matmul_kernels *out);
 
-/* The forward pass's other kernels: attention products and softmax, and the exp of SwiGLU. */
+/* The forward pass's other kernels: attention products and softmax, the exp of SwiGLU, GeGLU. */
 typedef struct {
     qrt_attn_scores_fn attn_scores;
     qrt_attn_softmax_fn attn_softmax;
     qrt_attn_values_fn attn_values;
     qrt_expf16_fn expf16;
+    qrt_geglu_fn geglu;
 } qrt_pass_kernels;
 
 void qrt_select_pass(qrt_pass_kernels *out);

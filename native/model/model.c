@@ -899,7 +899,7 @@ static void rows_task(void *ctx, int task, int thread) {
         if (j->glu) {
             float *gate = s->hb + (size_t)b * c->hidden_dim, *up = s->hb2 + (size_t)b * c->hidden_dim;
             if (c->ffn_act == FFN_GELU_TANH)
-                op_geglu(gate, up, c->hidden_dim);
+                j->m->pass.geglu(gate, up, c->hidden_dim);
             else
                 op_swiglu(gate, up, c->hidden_dim, j->m->pass.expf16);
         }

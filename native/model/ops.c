@@ -3,7 +3,6 @@
 #include "ops.h"
 
 #include <math.h>
-#include <pthread.h>
 
 #include "kernels.h"
 
@@ -77,32 +76,6 @@ void op_swiglu(float *gate, const float *up, int n, qrt_expf16_fn exp16) {
     for (; i < n; i++) {
         const float g = gate[i];
         gate[i] = (g / (1.0f + expf(-g))) * up[i];
-    }
-}
-
-/* gelu's tanh form of f16 inputs, rounded to f16: ggml's table (GGML_GELU_FP16), filled once */
-static qrt_half gelu_f16_table[1 << 16];
-static pthread_once_t gelu_f16_once = PTHREAD_ONCE_INIT;
-
-static void fill_gelu_f16_table(void) {
-    const float sqrt_2_over_pi = 0.79788456080286535587989211986876f, coef_a = 0.044715f;
-    for (int i = 0; i < 1 << 16; i++) {
-        const float x = qrt_fp16_to_fp32((qrt_half)i);
-        gelu_f16_table[i] = qrt_fp32_to_fp16(0.5f * x * (1.0f + tanhf(sqrt_2_over_pi * x * (1.0f + coef_a * x * x))));
-    }
-}
-
-/* as ggml_vec_geglu_f32: the input rounded to f16 and looked up, exact outside (-10, 10) */
-void op_geglu(float *gate, const float *up, int n) {
-    pthread_once(&gelu_f16_once, fill_gelu_f16_table);
-    for (int i = 0; i < n; i++) {
-        const float g = gate[i];
-        if (g <= -10.0f)
-            gate[i] = 0.0f;
-        else if (g >= 10.0f)
-            gate[i] = g * up[i];
-        else
-            gate[i] = qrt_fp16_to_fp32(gelu_f16_table[qrt_fp32_to_fp16(g)]) * up[i];
     }
 }
 

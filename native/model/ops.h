@@ -31,8 +31,6 @@ void op_add(float *x, const float *y, int n);
 /* gate = silu(gate) * up; exp16 is the variant chosen at open (select.h), an argument so that the scalar
  * reference never reaches the dispatcher */
 void op_swiglu(float *gate, const float *up, int n, qrt_expf16_fn exp16);
-/* gate = gelu(gate) * up, gelu in its tanh form through ggml's f16 table */
-void op_geglu(float *gate, const float *up, int n);
 /* dot product in the summation order of ggml's AVX-512 ggml_vec_dot_f32 (4 x 16 lanes, tree reduce) */
 float op_dot_f32_ggml(const float *x, const float *y, int n);
 /* out[i] = sum_t w[t] * v[t * stride + i] for i < n, t < n_pos, in tinyBLAS's order (16 lanes over t, fused) */

@@ -121,3 +121,32 @@ def test_softmax_avx512_equals_scalar():
         want = softmax("scalar", x)
         np.testing.assert_array_equal(softmax("avx512", x), want, err_msg=f"n={n}")
         np.testing.assert_allclose(want.sum(dtype=np.float64), 1.0, rtol=1e-5)
+
+
+def geglu(variant: str, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    y = np.ascontiguousarray(gate, dtype=np.float32).copy()
+    up = np.ascontiguousarray(up, dtype=np.float32)
+    assert (
+        lib.qrt_kernel_geglu(variant.encode(), ffi.from_buffer("float[]", y), ffi.from_buffer("float[]", up), len(y))
+        == 0
+    )
+    return y
+
+
+def test_geglu_is_ggmls_f16_table_and_avx512_equals_scalar():
+    """gelu(gate) * up as ggml computes it: the gate rounded to f16, gelu's tanh form rounded to f16, exact past
+    +-10; the AVX-512 kernel equals the scalar reference bit for bit (tails included)."""
+    rng = np.random.default_rng(5)
+    for n in [1, 15, 16, 17, 2048, 2051]:
+        gate = (rng.standard_normal(n) * 6).astype(np.float32)
+        gate[:3] = [-10.0, 10.0, 12.5][: min(3, n)]
+        up = rng.standard_normal(n).astype(np.float32)
+        h = gate.astype(np.float16).astype(np.float32)
+        gelu = (0.5 * h * (1 + np.tanh(np.float32(0.7978845608) * h * (1 + np.float32(0.044715) * h * h)))).astype(
+            np.float16
+        )
+        want = np.where(gate <= -10, 0, np.where(gate >= 10, gate * up, gelu.astype(np.float32) * up))
+        got = geglu("scalar", gate, up)
+        np.testing.assert_allclose(got, want.astype(np.float32), rtol=2e-3, atol=1e-6, err_msg=f"n={n}")
+        if lib.qrt_kernel_geglu(b"avx512", ffi.NULL, ffi.NULL, 0) == 0:
+            np.testing.assert_array_equal(geglu("avx512", gate, up), got, err_msg=f"n={n}")
