@@ -542,6 +542,9 @@ void qrt_attn_values_scalar(float *out, const float *att, const void *v, int n_p
 /* op_softmax (ops.c), the reference of the AVX-512 version */
 void qrt_attn_softmax_scalar(float *x, int n) { op_softmax(x, n, qrt_expf16_scalar); }
 
+/* ggml fills its table in a C file built with FMA and GCC's default -ffp-contract=fast, which fuses
+ * 1 + a x x into fmaf(a x, x, 1): written out here, since this build does not contract (-std=c11). One f16 step
+ * of difference in a few entries is enough to move q8_0 activations of gemma3's GeGLU output off llama.cpp's. */
 static float gelu_f16_table[1 << 16];
 static pthread_once_t gelu_f16_once = PTHREAD_ONCE_INIT;
 
@@ -549,7 +552,7 @@ static void fill_gelu_f16_table(void) {
     const float sqrt_2_over_pi = 0.79788456080286535587989211986876f, coef_a = 0.044715f;
     for (int i = 0; i < 1 << 16; i++) {
         const float x = qrt_fp16_to_fp32((qrt_half)i);
-        const float gelu = 0.5f * x * (1.0f + tanhf(sqrt_2_over_pi * x * (1.0f + coef_a * x * x)));
+        const float gelu = 0.5f * x * (1.0f + tanhf(sqrt_2_over_pi * x * fmaf(coef_a * x, x, 1.0f)));
         gelu_f16_table[i] = qrt_fp16_to_fp32(qrt_fp32_to_fp16(gelu));
     }
 }

@@ -7,8 +7,7 @@ transformers.
    the top token only at near-ties, so top-1 agreement is ~96%, not 99%: the positions where the f32 file's best
    token leads by a clear margin all agree. Transformers on the folder agrees with qrun on our f32 file.
 2. llama.cpp loads our f32, q8_0 and q4_k_m files and agrees with qrun over 1024 tokens (past the 512-token sliding
-   window; at q8_0 and q4_k_m not yet: RUNTIME_GAP below); the greedy raw continuations are identical at f32 and
-   q8_0.
+   window; bit-equal at q8_0 and q4_k_m); the greedy raw continuations are identical at f32 and q8_0.
 """
 
 from __future__ import annotations
@@ -132,17 +131,9 @@ def test_transformers_on_the_folder_agrees_with_qrun_on_our_f32_file(gemma3_dir,
     assert top1 >= 0.98
 
 
-# On our q8_0 and q4_k_m files qrun's logits equal llama.cpp's to the bit up to a point (position 14 of the text at
-# q8_0, 143 at q4_k_m), then leave them (max |diff| 1.29 and 1.8 over 1024 tokens, top-1 0.9775 and 0.9736, KLD
-# 0.0014 and 0.0028), while on the package's Q4_K_M file, of the same tensor types as our q4_k_m, they stay
-# bit-equal for 768 tokens: a runtime difference that these files' values reach. Strict, so the marker goes when
-# it is fixed.
-RUNTIME_GAP = pytest.mark.xfail(strict=True, reason="qrun leaves llama.cpp mid-text on our quantized gemma3 files")
-
-
-@pytest.mark.parametrize(
-    "name", ["f32", pytest.param("q8_0", marks=RUNTIME_GAP), pytest.param("q4_k_m", marks=RUNTIME_GAP)]
-)
+# Quantized files: the integer kernels follow llama.cpp's summation orders and ggml's GELU table (built with FMA
+# contraction), so the logits are equal to the bit; f32 matmuls are not emulated (llama.cpp's f32 order is not).
+@pytest.mark.parametrize("name", ["f32", "q8_0", "q4_k_m"])
 def test_llama_cpp_agrees_with_qrun(name, converted, long_text, tokens, f32_logits):
     from tests.llama_ref import logits as llama_logits
 
@@ -156,6 +147,8 @@ def test_llama_cpp_agrees_with_qrun(name, converted, long_text, tokens, f32_logi
     print(f"\n{name}: llama.cpp vs qrun over {N_TOKENS} tokens: top-1 {top1:.4f}, KLD {mean_kld(ref, got):.2g}, "
           f"max |diff| {diff:.3g} (std {ref.std():.3g})")  # fmt: skip
     assert top1 >= 0.99
+    if name != "f32":
+        assert diff == 0.0
 
 
 @pytest.mark.parametrize("name", ["f32", "q8_0"])
