@@ -14,9 +14,8 @@ from qconv.formats.errors import FormatError
 from qconv.formats.gguf_read import read_gguf
 from qconv.formats.hf_config import read_model_spec
 from qconv.formats.imatrix import ImportanceMatrix, read_imatrix, write_imatrix
-from qconv.samples.safetensors_write import TensorEntry, write_safetensors
 from qconv.samples.synthetic import build_random_model
-from tests.family_shapes import FAMILY_SHAPES
+from tests.family_shapes import FAMILY_SHAPES, multimodal_gemma3_folder
 
 
 @pytest.fixture(scope="module")
@@ -136,26 +135,7 @@ def test_gemma3_norms_are_stored_plus_one(folders, tmp_path):
 def test_gemma3_multimodal_folder_converts_its_text_model(folders, tmp_path, capfd, layout):
     text = folders("gemma3")
     reference = convert_to_gguf(text, tmp_path / "text.gguf", "f32", progress=False).out_path
-    folder = tmp_path / "mm"
-    folder.mkdir()
-    for path in text.iterdir():
-        if path.name not in ("config.json", "model.safetensors"):
-            shutil.copy(path, folder / path.name)
-    text_config = json.loads((text / "config.json").read_text())
-    config = {"architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3",
-              "text_config": {k: v for k, v in text_config.items() if k != "architectures"},
-              "vision_config": {"hidden_size": 8}}  # fmt: skip
-    (folder / "config.json").write_text(json.dumps(config))
-    prefix = "language_model.model." if layout == "transformers4" else "model.language_model."
-    vision = "vision_tower." if layout == "transformers4" else "model.vision_tower."
-    from qconv.formats.safetensors_stream import SafetensorsSource
-
-    with SafetensorsSource(text) as st:
-        values = {name.replace("model.", prefix, 1): st.read_f32(name) for name in st.entries}
-    values[vision + "vision_model.embeddings.patch_embedding.weight"] = np.ones((8, 3), np.float32)
-    values["multi_modal_projector.mm_input_projection_weight"] = np.ones((8, 64), np.float32)
-    entries = [TensorEntry(n, "F32", v.shape) for n, v in values.items()]
-    write_safetensors(folder / "model.safetensors", entries, lambda e: iter([values[e.name]]))
+    folder = multimodal_gemma3_folder(text, tmp_path / "mm", layout)
     out = convert_to_gguf(folder, tmp_path / "mm.gguf", "f32", progress=False).out_path
     notice = capfd.readouterr().err
     assert "skipping 2 tensors of the vision tower and multi_modal_projector" in notice

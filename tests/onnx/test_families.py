@@ -14,7 +14,7 @@ from qconv.converter.onnx_families import decoder_layout
 from qconv.formats.hf_config import read_model_spec
 from qconv.runtime.onnx_backend import OnnxModel
 from tests.conftest import have, requires_torch
-from tests.family_shapes import FAMILY_SHAPES
+from tests.family_shapes import FAMILY_SHAPES, multimodal_gemma3_folder
 from tests.onnx.conftest import export
 from tests.onnx.numpy_reference import forward
 from tests.qconv_cli import assert_user_error, run
@@ -106,30 +106,12 @@ def test_gemma3_multimodal_folder_exports_its_text_model(family_folder, tmp_path
     """A Gemma3ForConditionalGeneration folder (text_config, transformers 5's model.language_model. prefix, a vision
     tower) exports the same decoder as its text model alone."""
     import json
-    import shutil
 
     import onnx
     from onnx import numpy_helper
 
-    from qconv.formats.safetensors_stream import SafetensorsSource
-    from qconv.samples.safetensors_write import TensorEntry, write_safetensors
-
     text = family_folder("gemma3")
-    folder = tmp_path / "mm"
-    folder.mkdir()
-    for path in text.iterdir():
-        if path.name not in ("config.json", "model.safetensors"):
-            shutil.copy(path, folder / path.name)
-    text_config = json.loads((text / "config.json").read_text())
-    config = {"architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3",
-              "text_config": {k: v for k, v in text_config.items() if k != "architectures"},
-              "vision_config": {"hidden_size": 8}}  # fmt: skip
-    (folder / "config.json").write_text(json.dumps(config))
-    with SafetensorsSource(text) as st:
-        values = {name.replace("model.", "model.language_model.", 1): st.read_f32(name) for name in st.entries}
-    values["model.vision_tower.vision_model.embeddings.patch_embedding.weight"] = np.ones((8, 3), np.float32)
-    entries = [TensorEntry(n, "F32", v.shape) for n, v in values.items()]
-    write_safetensors(folder / "model.safetensors", entries, lambda e: iter([values[e.name]]))
+    folder = multimodal_gemma3_folder(text, tmp_path / "mm")
 
     def weights(out):
         model = onnx.load(str(out / "model.onnx"))

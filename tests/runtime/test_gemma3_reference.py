@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import requires_llama_cpp
-from tests.runtime.test_model_reference import greedy_ids, llama
+from tests.runtime.test_model_reference import assert_greedy_raw_continuation_equal, llama
 
 pytestmark = [pytest.mark.reference, requires_llama_cpp]
 
@@ -58,16 +58,8 @@ def test_logits_match_llama_cpp_past_the_window(gemma3_gguf, long_text):
 def test_greedy_raw_continuation_identical(gemma3_gguf, qrun_native):
     from qconv.runtime.model import Model
 
-    ref_model = llama(gemma3_gguf, f32_kv=False, n_ctx=1024)
+    ref = assert_greedy_raw_continuation_equal(gemma3_gguf, PROMPT)
     ours = Model(gemma3_gguf, threads=2, ctx=1024)
-    prompt_ids = ours.tokenize(PROMPT)
-    assert prompt_ids == ref_model.tokenize(PROMPT.encode(), add_bos=True, special=True)
-    ref = greedy_ids(ref_model, prompt_ids, 64)
-    got: list[int] = []
-    for _ in ours.generate(prompt_ids, 64, temperature=0, ignore_eos=True, token_ids=got):
-        pass
-    assert got == ref, f"qrun diverges at token {next(i for i in range(64) if got[i] != ref[i])}"
-
     native = subprocess.run(
         [qrun_native, gemma3_gguf, "-p", PROMPT, "--raw", "-n", "64", "--temp", "0", "--ignore-eos", "-t", "2"],
         capture_output=True,

@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import requires_llama_cpp, requires_torch
 from tests.runtime.test_gemma3_reference import PROMPT
-from tests.runtime.test_model_reference import greedy_ids, llama, to_gguf
+from tests.runtime.test_model_reference import assert_greedy_raw_continuation_equal, llama, to_gguf
 
 pytestmark = [pytest.mark.reference, requires_llama_cpp]
 
@@ -153,14 +153,4 @@ def test_llama_cpp_agrees_with_qrun(name, converted, long_text, tokens, f32_logi
 
 @pytest.mark.parametrize("name", ["f32", "q8_0"])
 def test_greedy_raw_continuation_identical(name, converted):
-    from qconv.runtime.model import Model
-
-    ref_model = llama(converted[name], f32_kv=False, n_ctx=1024)
-    ours = Model(converted[name], threads=2, ctx=1024)
-    prompt_ids = ours.tokenize(PROMPT)
-    assert prompt_ids == ref_model.tokenize(PROMPT.encode(), add_bos=True, special=True)
-    ref = greedy_ids(ref_model, prompt_ids, 64)
-    got: list[int] = []
-    for _ in ours.generate(prompt_ids, 64, temperature=0, ignore_eos=True, token_ids=got):
-        pass
-    assert got == ref, f"qrun diverges at token {next(i for i in range(64) if got[i] != ref[i])}"
+    assert_greedy_raw_continuation_equal(converted[name], PROMPT)

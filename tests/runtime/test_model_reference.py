@@ -94,6 +94,22 @@ def greedy_ids(model, prompt_ids: list[int], n: int) -> list[int]:
     return out
 
 
+def assert_greedy_raw_continuation_equal(path: Path, prompt: str, n: int = 64) -> list[int]:
+    """qrun's greedy n-token continuation of a raw prompt equals llama.cpp's (both with their default f16 cache)."""
+    from qconv.runtime.model import Model
+
+    ref_model = llama(path, f32_kv=False, n_ctx=1024)
+    ours = Model(path, threads=2, ctx=1024)
+    prompt_ids = ours.tokenize(prompt)
+    assert prompt_ids == ref_model.tokenize(prompt.encode(), add_bos=True, special=True)
+    ref = greedy_ids(ref_model, prompt_ids, n)
+    got: list[int] = []
+    for _ in ours.generate(prompt_ids, n, temperature=0, ignore_eos=True, token_ids=got):
+        pass
+    assert got == ref, f"{path.name}: qrun diverges at token {next(i for i in range(n) if got[i] != ref[i])}"
+    return ref
+
+
 @pytest.mark.parametrize("name", ["f32", "q8_0", "package-q4_1", "q4_0", "q4_k_m"])
 def test_greedy_continuations_identical(name, converted, smollm2_package_gguf):
     from qconv.runtime.model import Model
