@@ -24,21 +24,16 @@ matrices are stored as ``dtype`` (bf16 by default, as Gemma checkpoints ship), t
 from __future__ import annotations
 
 import json
-import shutil
 import zlib
 from pathlib import Path
 
 import numpy as np
 
 from qconv.formats.safetensors_stream import SafetensorsSource
-from qconv.samples.safetensors_write import DTYPE_NAMES, TensorEntry, write_safetensors
+from qconv.samples.safetensors_write import DTYPE_NAMES, TensorEntry, write_safetensors, write_variant_folder_files
 
 RELATIVE_NOISE = 0.05
 ROWS_PER_BLOCK = 16384  # the 262144 x 640 embedding is read, perturbed and written in blocks of rows
-COPIED_FILES = (
-    "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-)  # fmt: skip
-TORCH_DTYPES = {"bf16": "bfloat16", "f16": "float16", "f32": "float32"}
 # Bump when build_offgrid's output changes, so cached folders are rebuilt.
 BUILD_VERSION = "2"
 
@@ -85,13 +80,7 @@ def build_offgrid(
         write_safetensors(out_dir / "model.safetensors", entries, produce)
 
     config = json.loads((src_dir / "config.json").read_text(encoding="utf-8"))
-    config["torch_dtype"] = TORCH_DTYPES[dtype]
-    with open(out_dir / "config.json", "w", encoding="utf-8") as f:
-        json.dump(config, f, indent=2)
-        f.write("\n")
-    for name in COPIED_FILES:
-        if (src_dir / name).is_file():
-            shutil.copyfile(src_dir / name, out_dir / name)
+    write_variant_folder_files(src_dir, out_dir, config, dtype)
     return out_dir
 
 

@@ -13,21 +13,18 @@ the same function up to rounding, while every weight moves off the grid of the f
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 
 from qconv.formats.errors import FormatError
 from qconv.formats.safetensors_stream import SafetensorsSource
-from qconv.samples.safetensors_write import DTYPE_NAMES, TensorEntry, write_safetensors
+from qconv.samples.safetensors_write import DTYPE_NAMES, TensorEntry, write_safetensors, write_variant_folder_files
 
 READS_STREAM = ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight")
 READS_FFN_NORM = ("mlp.gate_proj.weight", "mlp.up_proj.weight")
 WRITES_STREAM = ("self_attn.o_proj.weight", "mlp.down_proj.weight")
 NORMS = ("input_layernorm.weight", "post_attention_layernorm.weight")
-COPIED_FILES = ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-TORCH_DTYPES = {"bf16": "bfloat16", "f16": "float16", "f32": "float32"}
 
 
 def random_orthogonal(n: int, seed: int) -> np.ndarray:
@@ -100,11 +97,5 @@ def build_rotated(src_dir: Path, out_dir: Path, seed: int = 0, dtype: str = "bf1
         write_safetensors(out_dir / "model.safetensors", entries, lambda e: produce(e).astype(np.float32))
 
     config["tie_word_embeddings"] = False
-    config["torch_dtype"] = TORCH_DTYPES[dtype]
-    with open(out_dir / "config.json", "w", encoding="utf-8") as f:
-        json.dump(config, f, indent=2)
-        f.write("\n")
-    for name in COPIED_FILES:
-        if (src_dir / name).is_file():
-            shutil.copyfile(src_dir / name, out_dir / name)
+    write_variant_folder_files(src_dir, out_dir, config, dtype)
     return out_dir

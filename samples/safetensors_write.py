@@ -8,6 +8,7 @@ then the raw little-endian tensor data in header order.
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,3 +117,21 @@ def write_safetensors(
         out.write(header_bytes)
         for entry in entries:
             _write_tensor(out, path, entry, produce(entry))
+
+
+TORCH_DTYPES = {"bf16": "bfloat16", "f16": "float16", "f32": "float32"}  # config.json's torch_dtype per stored dtype
+# the files a weights-only variant of a folder takes from its source unchanged
+FOLDER_FILES = (
+    "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+)  # fmt: skip
+
+
+def write_variant_folder_files(src_dir: Path, out_dir: Path, config: dict, dtype: str) -> None:
+    """A variant folder's config.json (with the stored dtype) and its source's other files, copied."""
+    config = dict(config, torch_dtype=TORCH_DTYPES[dtype])
+    with open(Path(out_dir) / "config.json", "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2)
+        f.write("\n")
+    for name in FOLDER_FILES:
+        if (Path(src_dir) / name).is_file():
+            shutil.copyfile(Path(src_dir) / name, Path(out_dir) / name)

@@ -25,7 +25,7 @@ from qconv.formats.errors import FormatError
 from qconv.formats.hf_config import ModelSpec, read_model_spec
 from qconv.formats.tokenizer_json import write_hf_tokenizer
 from qconv.formats.tokenizer_meta import TOKEN_CONTROL, TOKEN_NORMAL, TokenizerMeta
-from qconv.samples.safetensors_write import DTYPE_NAMES, TensorEntry, write_safetensors
+from qconv.samples.safetensors_write import DTYPE_NAMES, TORCH_DTYPES, TensorEntry, write_safetensors
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,6 @@ TRAITS = {
     "olmoe": ArchTraits("gpt-2", (("norm_topk_prob", False), ("clip_qkv", None), ("output_router_logits", False))),
 }
 ARCHS = {name: FAMILIES[name] for name in TRAITS}  # the families `qconv sample random --arch` builds
-TORCH_DTYPES = {"bf16": "bfloat16", "f16": "float16", "f32": "float32"}
 
 WEIGHT_STD = 0.02
 ROUTER_STD = 0.5  # router logits far apart: top-k choices that rounding differences cannot flip

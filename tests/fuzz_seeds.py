@@ -4,7 +4,8 @@ start from files and inputs the runtime accepts (tests/fuzz.sh calls this).
     python3 -m tests.fuzz_seeds gguf|model|tokenizer|quant CORPUS_DIR [VOCAB_DIR]
 
 - gguf, model: tiny random models converted by `qconv to-gguf`, one per weight type and architecture trait (tied
-  embeddings, qwen2 biases, qwen3 q/k norms, YaRN rope), 256 wide where a k-quant needs it, so that a mutation
+  embeddings, qwen2 biases, qwen3 q/k norms, YaRN rope, and gemma3, smollm3, phi3, qwen3moe and olmoe: a sliding
+  window, rope-free layers, fused tensors, LongRoPE, experts), 256 wide where a k-quant needs it, so that a mutation
   reaches the repacking, the forward pass and the sampler rather than stopping at the loader.
 - tokenizer: VOCAB_DIR receives tokenizer-only GGUFs (the fuzz target loads them once at start): SmolLM2's byte-level
   BPE under every pre-tokenizer native/tokenizer/pretokenize.c implements and Gemma 3's SentencePiece vocabulary;
@@ -46,6 +47,22 @@ MODEL_SEEDS = [
     ("qwen3-q4_k_m", "qwen3", "q4_k_m", 256, {}),
     ("llama-q5_k_m", "llama", "q5_k_m", 256, {}),
     ("mistral-q6_k", "mistral", "q6_k", 256, {}),
+    # issue 11's families: a sliding window and GeGLU, rope-free layers, fused tensors with LongRoPE, experts
+    ("gemma3-q8_0", "gemma3", "q8_0", 64, {"tied": True, "n_layers": 6, "sliding_window": 4}),
+    ("smollm3-q4_0", "smollm3", "q4_0", 64, {"n_layers": 4}),
+    (
+        "phi3-q8_0",
+        "phi3",
+        "q8_0",
+        64,
+        {
+            "context_length": 128,
+            "rope_scaling": {"rope_type": "longrope", "long_factor": [2.0] * 16, "short_factor": [1.0] * 16},
+            "extra_config": {"original_max_position_embeddings": 32},
+        },
+    ),
+    ("qwen3moe-q8_0", "qwen3moe", "q8_0", 64, {"n_experts": 4, "n_experts_used": 2, "expert_ffn": 64}),
+    ("olmoe-q4_0", "olmoe", "q4_0", 64, {"n_experts": 4, "n_experts_used": 2, "n_kv_heads": 2}),
 ]
 GGUF_SEED_TYPES = ("llama-f32", "llama-q8_0", "qwen3-q4_k_m")
 
@@ -74,10 +91,8 @@ def write_model_seeds(corpus: Path, names: tuple[str, ...] | None = None) -> Non
         for name, arch, type_name, hidden, extra in MODEL_SEEDS:
             if names is not None and name not in names:
                 continue
-            folder = build_random_model(
-                Path(scratch) / name, arch=arch, hidden=hidden, n_layers=1, n_heads=2, n_kv_heads=1,
-                ffn=hidden, vocab=300, **extra,
-            )  # fmt: skip
+            shape = {"n_layers": 1, "n_heads": 2, "n_kv_heads": 1, "ffn": hidden, "vocab": 300} | extra
+            folder = build_random_model(Path(scratch) / name, arch=arch, hidden=hidden, **shape)
             convert_to_gguf(folder, corpus / f"{name}.gguf", type_name, progress=False)
             shutil.rmtree(folder)
 
