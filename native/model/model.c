@@ -1266,14 +1266,15 @@ static void route_tokens(qrt_model *m, int n_tok) {
             for (int j = 0; j < k; j++) wt[j] /= sum;
         }
     }
-    /* the (token, slot) pairs of each expert, in token order: a counting sort */
+    /* the (token, slot) pairs of each expert, in token order: a counting sort (first[e] is advanced past each
+     * placed pair, then shifted back to each expert's start) */
     int32_t *first = s->expert_first;
     memset(first, 0, (size_t)(n + 1) * sizeof *first);
     for (int i = 0; i < n_tok * k; i++) first[s->expert_id[i] + 1]++;
     for (int e = 0; e < n; e++) first[e + 1] += first[e];
-    for (int e = 0, at = 0; e < n; e++)
-        for (int i = 0; i < n_tok * k; i++)
-            if (s->expert_id[i] == e) s->expert_pairs[at++] = i;
+    for (int i = 0; i < n_tok * k; i++) s->expert_pairs[first[s->expert_id[i]]++] = i;
+    for (int e = n; e > 0; e--) first[e] = first[e - 1];
+    first[0] = 0;
 }
 
 /* Calibration: each expert's gathered input rows (cols wide) into its row of the tensors' importance sums, as
