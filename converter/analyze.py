@@ -111,7 +111,7 @@ def cheapest(options: dict[str, dict]) -> str:
 
 def eval_tokens(runner, max_tokens: int, ctx: int) -> list[list[int]]:
     """Held-out windows for the KLD trials: a slice of every evaluation suite but long context, interleaved."""
-    from qconv.converter.suites import get_suites
+    from qconv.converter.quality.suites import get_suites
 
     streams = []
     for suite in get_suites():
@@ -132,7 +132,7 @@ def eval_tokens(runner, max_tokens: int, ctx: int) -> list[list[int]]:
 
 
 def measure_kld(ref_logits: list[np.ndarray], runner, windows) -> float:
-    from qconv.converter.evaluate import TokenStats
+    from qconv.converter.quality.evaluate import TokenStats
 
     stats = TokenStats()
     for ref, tokens in zip(ref_logits, windows):
@@ -143,7 +143,7 @@ def measure_kld(ref_logits: list[np.ndarray], runner, windows) -> float:
 def group_klds(model_gguf: Path, source, errors, options: AnalyzeOptions, imatrix_path, log=None) -> list[dict]:
     """For each group: quantize it alone (cheapest candidate), keep the rest f32, measure KLD to the f32 model."""
     from qconv.converter.convert import ConvertOptions, convert_to_gguf
-    from qconv.converter.evaluate import Runner
+    from qconv.converter.quality.runner import Runner
 
     groups = groups_of(errors, source.n_layers, options.bands)
     ref = Runner(model_gguf, options.ctx, options.threads)

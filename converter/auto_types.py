@@ -151,7 +151,7 @@ def convert_auto(
     from qconv.converter.analyze import AnalyzeOptions, analyze, eval_tokens, measure_kld
     from qconv.converter.calibrate import model_gguf
     from qconv.converter.convert import ConvertOptions, convert_to_gguf
-    from qconv.converter.evaluate import Runner
+    from qconv.converter.quality.runner import Runner
     from qconv.formats.atomic_write import check_output_file
 
     check_output_file(out)  # before minutes of analysis

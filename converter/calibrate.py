@@ -14,7 +14,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from qconv.converter import suites as suite_table
+from qconv.converter.quality import suites as suite_table
 from qconv.formats.atomic_write import check_output_file
 from qconv.formats.errors import FormatError
 from qconv.formats.imatrix import ImportanceMatrix, write_imatrix
@@ -81,7 +81,7 @@ def collect_imatrix(
     gguf_path: Path, data: CalibrationText, ctx: int = DEFAULT_CTX, threads: int | None = None,
     max_chunks: int | None = None, log=None,
 ) -> ImportanceMatrix:  # fmt: skip
-    from qconv.converter.evaluate import Runner
+    from qconv.converter.quality.runner import Runner
     from qconv.runtime.imatrix import ImatrixCollector
 
     runner = Runner(gguf_path, ctx, threads)

@@ -76,8 +76,8 @@ def eval_cmd(quant: Path, ref: Path, suite_names, ctx, max_tokens, max_tasks, no
              sensitivity, threads, as_json, quiet) -> None:  # fmt: skip
     """What QUANT lost against REF, per capability: KL divergence, top-1 agreement and perplexity on the
     held-out suites, and maths/JSON/passkey task accuracy."""
-    from qconv.converter.evaluate import EvalOptions, chosen_suites, evaluate, gate_failures, parse_gates
-    from qconv.converter.report import format_table, write_report
+    from qconv.converter.quality.evaluate import EvalOptions, chosen_suites, evaluate, gate_failures, parse_gates
+    from qconv.converter.quality.report import format_table, write_report
 
     gates = parse_gates(gate)  # these checks come before minutes of evaluation
     chosen_suites(suite_names)

@@ -20,13 +20,14 @@ import numpy as np
 
 
 def held_out_text() -> str:
-    from qconv.converter.suites import get_suites
+    from qconv.converter.quality.suites import get_suites
 
     return "\n\n".join(d for s in get_suites() if not s.whole_documents for d in s.documents("eval"))
 
 
 def qconv_side(f32: Path, quant: Path, text: str, n_tokens: int, ctx: int, threads: int) -> tuple[float, int]:
-    from qconv.converter.evaluate import Runner, TokenStats
+    from qconv.converter.quality.evaluate import TokenStats
+    from qconv.converter.quality.runner import Runner
 
     t0 = time.perf_counter()  # loading counts, as it does in llama-perplexity's wall time
     ref, q = Runner(f32, ctx, threads), Runner(quant, ctx, threads)

@@ -75,7 +75,7 @@ def test_imatrix_names_every_matmul_and_counts_tokens(tiny_model, tmp_path):
 def test_first_layer_sums_equal_the_normed_embeddings(smollm2_dir, tmp_path):
     """attn_q/k/v of layer 0 see rmsnorm(embedding) * attn_norm: computed here from the GGUF with numpy."""
     from qconv.converter.convert import convert_to_gguf
-    from qconv.converter.evaluate import Runner
+    from qconv.converter.quality.runner import Runner
     from qconv.runtime.imatrix import ImatrixCollector
 
     f32 = tmp_path / "f32.gguf"

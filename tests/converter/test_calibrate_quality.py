@@ -41,7 +41,7 @@ def sample(request, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def held_out_windows():
-    from qconv.converter.suites import get_suites
+    from qconv.converter.quality.suites import get_suites
     from qconv.runtime.tokenizer import Tokenizer
     from qconv.samples.smollm2 import smollm2_gguf_path
 
@@ -67,7 +67,7 @@ def llama_logits(path, windows) -> list[np.ndarray]:
 
 
 def mean_kld(ref: list[np.ndarray], quant_path, windows) -> float:
-    from qconv.converter.evaluate import TokenStats
+    from qconv.converter.quality.evaluate import TokenStats
 
     stats = TokenStats()
     for r, q, w in zip(ref, llama_logits(quant_path, windows), windows):

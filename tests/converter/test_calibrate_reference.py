@@ -38,7 +38,7 @@ def f32_gguf(smollm2_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def calibration_file(tmp_path_factory):
     """Four chunks of context CTX from the built-in calibration text (llama-imatrix wants at least two)."""
-    from qconv.converter.suites import calibration_text
+    from qconv.converter.quality.suites import calibration_text
 
     path = tmp_path_factory.mktemp("cal") / "calibration.txt"
     path.write_text(calibration_text(["prose", "maths"])[:3000])

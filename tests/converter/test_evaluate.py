@@ -10,8 +10,8 @@ import gguf
 import numpy as np
 import pytest
 
-from qconv.converter import evaluate as ev
-from qconv.converter.report import CHART_DPI, CHART_SIZE, SUITE_COLUMNS, TASK_COLUMNS, write_report
+from qconv.converter.quality import evaluate as ev
+from qconv.converter.quality.report import CHART_DPI, CHART_SIZE, SUITE_COLUMNS, TASK_COLUMNS, write_report
 from qconv.formats.errors import FormatError
 
 

@@ -39,7 +39,7 @@ def f32_gguf(workdir):
 def imatrix(f32_gguf, workdir):
     """llama-imatrix's, over the start of the built-in calibration text, given to both quantizers (ours computes
     the same sums: tests/converter/test_calibrate_reference.py)."""
-    from qconv.converter.suites import calibration_text
+    from qconv.converter.quality.suites import calibration_text
 
     text = workdir / "calibration.txt"
     text.write_text(calibration_text()[:CALIBRATION_CHARS])

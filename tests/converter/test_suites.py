@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from qconv.converter import suites
+from qconv.converter.quality import suites
 
 MIN_EVAL_TOKENS = 2000
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qconv.converter.evaluate import Runner
+from qconv.converter.quality.runner import Runner
 from qconv.runtime.onnx_backend import MODEL_FILE, TOKENIZER_GGUF, is_onnx_folder
 
 DATA_FILE = "model.onnx.data"

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import re
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from qconv.converter import suites as suite_table
+from qconv.converter.quality import suites as suite_table
+from qconv.converter.quality.runner import Runner
 from qconv.formats.errors import FormatError
 from qconv.runtime.logit_stats import logit_stats
 
@@ -135,7 +135,7 @@ def _gguf_identity(path: Path) -> dict:
 def check_compatible(quant: Path, ref: Path) -> None:
     """The reference must be the same network: architecture, shape and vocabulary (quant: a GGUF or an ONNX
     folder, described by its tokenizer.gguf)."""
-    from qconv.converter.eval_onnx import metadata_gguf
+    from qconv.converter.quality.eval_onnx import metadata_gguf
 
     q, r = _gguf_identity(metadata_gguf(quant)), _gguf_identity(ref)
     if q["arch"] != r["arch"]:
@@ -174,87 +174,6 @@ def prepare_reference(ref: Path, workdir: Path, progress: bool = False) -> Path:
             "or the Hugging Face folder"
         )
     return ref
-
-
-class Runner:
-    """One model in the C runtime (runtime.model.Model): fresh-context logits of a window, long prefixes whose
-    last positions alone are scored, greedy continuations, and plain runs (calibration). Time and tokens are
-    counted for the speed line."""
-
-    def __init__(self, path: Path, ctx: int, threads: int | None):
-        from qconv.runtime.model import Model
-
-        self.path = Path(path)
-        self.model = Model(str(path), threads=threads, ctx=ctx)
-        self.tokenizer = self.model.tokenizer
-        self.add_bos = self.tokenizer.add_bos
-        self.bos = self.tokenizer.bos
-        self.n_vocab = self.tokenizer.n_vocab
-        self.seconds = 0.0
-        self.tokens = 0
-
-    def tokenize(self, text: str, bos: bool) -> list[int]:
-        tokens = list(self.tokenizer.encode(text, add_special=False))
-        return ([self.bos] if bos else []) + tokens
-
-    def _eval(self, tokens: list[int], all_logits: bool) -> np.ndarray:
-        """Append tokens to the cache; the logits of every position, or only of the last."""
-        from qconv.runtime._native import ffi, lib
-        from qconv.runtime.imatrix import _model_handle
-
-        handle = _model_handle(self.model)
-        toks = np.ascontiguousarray(tokens, dtype=np.int32)
-        out = np.empty((len(toks) if all_logits else 1, self.n_vocab), dtype=np.float32)
-        out_ptr = ffi.from_buffer("float[]", out) if all_logits else ffi.NULL
-        if lib.qrt_model_eval(handle, ffi.from_buffer("int32_t[]", toks), len(toks), out_ptr) != 0:
-            raise FormatError(f"{self.path}: {ffi.string(lib.qrt_model_error(handle)).decode()}")
-        if not all_logits:
-            out[0] = np.frombuffer(ffi.buffer(lib.qrt_model_logits(handle), 4 * self.n_vocab), dtype=np.float32)
-        return out
-
-    def _reset(self) -> None:
-        self.model.reset()
-
-    def logits(self, tokens: list[int], score_last: int | None = None) -> np.ndarray:
-        """Logits at every position of tokens from an empty cache (only the last score_last rows if given)."""
-        t0 = time.perf_counter()
-        if score_last is None or score_last >= len(tokens):
-            out = np.asarray(self.model.logits(tokens), dtype=np.float32)  # from an empty cache
-        else:
-            self._reset()
-            self._eval(tokens[: len(tokens) - score_last], all_logits=False)
-            out = self._eval(tokens[len(tokens) - score_last :], all_logits=True)
-        self.seconds += time.perf_counter() - t0
-        self.tokens += len(tokens)
-        return out
-
-    def run(self, tokens: list[int]) -> None:
-        """Evaluate tokens from an empty cache, only for their side effects (activation statistics)."""
-        t0 = time.perf_counter()
-        self._reset()
-        self._eval(tokens, all_logits=False)
-        self.seconds += time.perf_counter() - t0
-        self.tokens += len(tokens)
-
-    def greedy(self, tokens: list[int], max_new: int, stop: str = "\n") -> str:
-        """The greedy continuation of tokens, up to max_new tokens or the first stop string after some text."""
-        t0 = time.perf_counter()
-        self._reset()
-        last = self._eval(tokens, all_logits=False)[0]
-        out: list[int] = []
-        text = ""
-        for _ in range(max_new):
-            token = int(np.argmax(last))
-            if self.tokenizer.is_eog(token):
-                break
-            out.append(token)
-            text = self.tokenizer.decode(out)
-            if stop and stop in text.lstrip():
-                break
-            last = self._eval([token], all_logits=False)[0]
-        self.seconds += time.perf_counter() - t0
-        self.tokens += len(tokens) + len(out)
-        return text
 
 
 # ---------------------------------------------------------------- suites and tasks
@@ -323,7 +242,7 @@ def run_tasks(ref: Runner, quant: Runner, items, max_tasks: int | None, max_toke
 
 def longest_input(quant: Path, chosen, options) -> int:
     """Tokens the KV cache must hold: the longest whole document or task prompt plus its answer."""
-    from qconv.converter.eval_onnx import metadata_gguf
+    from qconv.converter.quality.eval_onnx import metadata_gguf
     from qconv.runtime.tokenizer import Tokenizer
 
     tokenizer = Tokenizer.from_gguf(metadata_gguf(quant))
@@ -360,7 +279,7 @@ def chosen_suites(names: list[str] | None) -> list:
 def evaluate(quant: Path, ref: Path, options: EvalOptions | None = None, log=None) -> dict:
     """The report (a JSON-able dict) of QUANT (a GGUF file or a `qconv to-onnx` folder) against REF on the
     held-out suites."""
-    from qconv.converter.eval_onnx import is_onnx_folder, model_bytes, onnx_layer_errors, open_runner
+    from qconv.converter.quality.eval_onnx import is_onnx_folder, model_bytes, onnx_layer_errors, open_runner
 
     options = options or EvalOptions()
     quant = Path(quant)
@@ -411,7 +330,7 @@ def evaluate(quant: Path, ref: Path, options: EvalOptions | None = None, log=Non
         }
         report["overall"] = overall(report)
         if options.layer_errors:
-            from qconv.converter.report import layer_weight_errors
+            from qconv.converter.quality.report import layer_weight_errors
 
             errors = onnx_layer_errors if is_onnx_folder(quant) else layer_weight_errors
             report["layer_errors"] = errors(quant, ref_path)
