@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from qconv.converter.quality import suites as suite_table
+from qconv.converter.quality.task_files import UserTask, chat_renderer, item_text, read_items
 from qconv.formats.atomic_write import check_output_file
 from qconv.formats.errors import FormatError
 from qconv.formats.imatrix import ImportanceMatrix, write_imatrix
@@ -28,13 +30,36 @@ BUILTIN = "qconv-builtin-calibration"
 class CalibrationText:
     text: str
     name: str  # recorded as imatrix.datasets
+    # .jsonl items rendered with the model's chat template: their markers (<|im_start|>, ...) are read as the
+    # special tokens the model sees in a chat, as `qrun` reads a rendered prompt; plain text is read as text
+    parse_special: bool = False
 
 
-def read_calibration_data(paths: list[Path] | None) -> CalibrationText:
-    """The user's files (folders: their text files, sorted, recursively), or the built-in calibration suites."""
+@dataclass
+class CalibrationFiles:
+    """The calibration data read and checked, its .jsonl items not yet rendered: that takes the template of the
+    model being calibrated, which an HF folder only has after conversion."""
+
+    parts: list[str | list[UserTask]]  # a text file's text, or a .jsonl file's items, in order
+    name: str
+
+    def rendered(self, render: Callable[[list[dict]], str] | None) -> CalibrationText:
+        texts, templated = [], False
+        for part in self.parts:
+            if isinstance(part, str):
+                texts.append(part)
+            else:
+                texts.extend(item_text(item, render) for item in part)
+                templated = templated or (render is not None and not all(item.raw for item in part))
+        return CalibrationText("\n\n".join(texts), self.name, templated)
+
+
+def read_calibration_files(paths: list[Path] | None) -> CalibrationFiles:
+    """The user's files (folders: their text files, sorted, recursively; a .jsonl file: one prompt item per line,
+    as a task file's), or the built-in calibration suites."""
     if not paths:
-        return CalibrationText(suite_table.calibration_text(), BUILTIN)
-    texts = []
+        return CalibrationFiles([suite_table.calibration_text()], BUILTIN)
+    parts: list[str | list[UserTask]] = []
     for path in map(Path, paths):
         if path.is_dir():
             files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
@@ -45,11 +70,23 @@ def read_calibration_data(paths: list[Path] | None) -> CalibrationText:
         else:
             raise FormatError(f"--data {path}: no such file or folder")
         for f in files:
+            if f.suffix.lower() == ".jsonl":
+                parts.append(read_items(f, tasks=False))
+                continue
             try:
-                texts.append(f.read_text(encoding="utf-8"))
+                parts.append(f.read_text(encoding="utf-8"))
             except UnicodeDecodeError:
                 raise FormatError(f"--data {f}: not UTF-8 text") from None
-    return CalibrationText("\n\n".join(texts), ",".join(str(p) for p in paths))
+    return CalibrationFiles(parts, ",".join(str(p) for p in paths))
+
+
+def read_calibration_data(
+    paths: list[Path] | None, render: Callable[[list[dict]], str] | None = None
+) -> CalibrationText:
+    """The calibration text: the files' text, each .jsonl item rendered by render (the chat template of the model
+    being calibrated, e.g. Model.render_chat; task_files.chat_renderer(model) gives it or None) unless the item
+    is raw; without render, the items' prompt text."""
+    return read_calibration_files(paths).rendered(render)
 
 
 def model_gguf(model: Path, workdir: Path, progress: bool = False) -> Path:
@@ -78,14 +115,17 @@ def chunks_of(tokens: list[int], ctx: int, bos: int | None) -> list[list[int]]:
 
 
 def collect_imatrix(
-    gguf_path: Path, data: CalibrationText, ctx: int = DEFAULT_CTX, threads: int | None = None,
+    gguf_path: Path, data: CalibrationFiles, ctx: int = DEFAULT_CTX, threads: int | None = None,
     max_chunks: int | None = None, log=None,
 ) -> ImportanceMatrix:  # fmt: skip
     from qconv.converter.quality.runner import Runner
     from qconv.runtime.imatrix import ImatrixCollector
 
     runner = Runner(gguf_path, ctx, threads)
-    tokens = runner.tokenize(data.text, runner.add_bos)
+    text = data.rendered(chat_renderer(runner.model))
+    tokens = ([runner.bos] if runner.add_bos else []) + runner.tokenizer.encode(
+        text.text, add_special=False, parse_special=text.parse_special
+    )
     if len(tokens) < ctx:
         raise FormatError(
             f"calibration text ({data.name}) is {len(tokens)} tokens, shorter than one context window of {ctx}; "
@@ -117,7 +157,7 @@ def calibrate(
 ) -> ImportanceMatrix:  # fmt: skip
     """Write the importance matrix of MODEL (HF folder or GGUF) over the calibration data to out."""
     check_output_file(out)  # before minutes of calibration
-    data = read_calibration_data(data_paths)
+    data = read_calibration_files(data_paths)  # every file read and checked before minutes of conversion
     with tempfile.TemporaryDirectory(prefix="qconv-calibrate-") as tmp:
         gguf_path = model_gguf(model, Path(tmp), progress)
         imatrix = collect_imatrix(gguf_path, data, ctx, threads, max_chunks, log)

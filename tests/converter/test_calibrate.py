@@ -3,6 +3,8 @@ an independent computation of the first layer's attention input."""
 
 from __future__ import annotations
 
+import json
+
 import gguf
 import numpy as np
 import pytest
@@ -95,3 +97,64 @@ def test_first_layer_sums_equal_the_normed_embeddings(smollm2_dir, tmp_path):
         s = stats[f"blk.0.{role}.weight"]
         assert s.count == len(tokens)
         np.testing.assert_allclose(s.sums, expected, rtol=1e-4)
+
+
+TRAFFIC = [
+    {"prompt": "How do I reverse a list in Python?", "user": "a"},  # a log's own keys are ignored
+    {"messages": [{"role": "user", "content": "Name a prime."}, {"role": "assistant", "content": "Seven."}]},
+    {"prompt": "Once upon a time", "raw": True, "expected": "there"},
+]
+
+
+def write_traffic(path, items=TRAFFIC):
+    path.write_text("".join(json.dumps(item) + "\n" for item in items))
+    return path
+
+
+def test_jsonl_items_without_a_template_are_their_prompt_text(tmp_path):
+    traffic = write_traffic(tmp_path / "traffic.jsonl")
+    (tmp_path / "notes.txt").write_text("plain notes")
+    data = cal.read_calibration_data([traffic, tmp_path / "notes.txt"])
+    assert data.text == "How do I reverse a list in Python?\n\nName a prime.\nSeven.\n\nOnce upon a time\n\nplain notes"
+    assert not data.parse_special
+
+
+def test_a_bad_jsonl_line_names_file_and_line(tmp_path):
+    traffic = write_traffic(tmp_path / "traffic.jsonl", [TRAFFIC[0], {"promt": "typo"}])
+    with pytest.raises(FormatError, match=r"traffic\.jsonl:2: no prompt or messages \(exactly one of"):
+        cal.read_calibration_data([traffic])
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "log.jsonl").write_text('{"prompt": "fine"}\n{"prompt": "cut off\n')
+    with pytest.raises(FormatError, match=r"log\.jsonl:2: not JSON: "):
+        cal.read_calibration_data([tmp_path / "folder"])
+
+
+@pytest.fixture(scope="module")
+def smollm2(smollm2_package_gguf):
+    from qconv.runtime.model import Model
+
+    return Model(smollm2_package_gguf, threads=1, ctx=256)
+
+
+@needs_runtime
+def test_jsonl_items_are_rendered_with_the_models_template(smollm2, tmp_path):
+    traffic = write_traffic(tmp_path / "traffic.jsonl")
+    data = cal.read_calibration_data([traffic], smollm2.render_chat)
+    first = smollm2.render_chat([{"role": "user", "content": TRAFFIC[0]["prompt"]}])
+    second = smollm2.render_chat(TRAFFIC[1]["messages"])
+    assert data.text == f"{first}\n\n{second}\n\nOnce upon a time"  # the raw item stays plain text
+    assert "<|im_start|>user\nHow do I reverse a list in Python?<|im_end|>" in data.text
+    assert "<|im_start|>assistant\nSeven.<|im_end|>" in data.text
+    assert data.parse_special
+
+
+@needs_runtime
+def test_calibration_over_jsonl_reads_the_template_markers_as_special_tokens(smollm2_package_gguf, smollm2, tmp_path):
+    traffic = write_traffic(tmp_path / "traffic.jsonl", TRAFFIC * 4)
+    imatrix = cal.calibrate(smollm2_package_gguf, tmp_path / "im.gguf", [traffic], ctx=16, threads=1)
+    text = cal.read_calibration_data([traffic], smollm2.render_chat).text
+    as_chat = smollm2.tokenize(text, add_special=False, parse_special=True)
+    as_text = smollm2.tokenize(text, add_special=False, parse_special=False)
+    assert len(as_chat) // 16 != len(as_text) // 16  # the two readings give different chunk counts
+    assert imatrix.chunk_count == len(as_chat) // 16
+    assert imatrix.datasets == [str(traffic)]
