@@ -10,7 +10,7 @@ import click
 
 from qconv.converter.cli_errors import user_errors
 from qconv.converter.cli_outputs import FILE_RULE, FOLDER_RULE, force_option
-from qconv.formats.atomic_write import AtomicFile, AtomicFolder, check_output_file, check_output_folder
+from qconv.formats.atomic_write import AtomicFile, check_output_file, check_output_folder
 from qconv.formats.errors import FormatError
 
 
@@ -47,23 +47,47 @@ def calibrate_cmd(model: Path, data, ctx: int, max_chunks, out_path: Path, threa
 
 
 @click.command("eval")
-@click.argument("quant", type=click.Path(path_type=Path))
+@click.argument("quants", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--ref", "ref", type=click.Path(path_type=Path), required=True, help="HF folder or f32/f16/bf16 GGUF.")
-@click.option("--suite", "suite_names", multiple=True, help="Only these suites (repeatable; default: all).")
+@click.option(
+    "--suite", "suite_names", multiple=True,
+    help="Only these built-in suites (repeatable; default: all; 'none' for only your --text/--tasks).",
+)  # fmt: skip
+@click.option(
+    "--tasks", "task_files", multiple=True, type=click.Path(path_type=Path),
+    help="A JSONL task file (repeatable): one item per line, {capability, prompt|messages, expected, check, "
+    "schema, max_tokens, raw}; each capability is a suite.",
+)  # fmt: skip
+@click.option(
+    "--text", "texts", multiple=True, metavar="NAME=FILE",
+    help="Your text (repeatable): KLD, top-1 and perplexity ratio, windowed as llama-perplexity -f does.",
+)  # fmt: skip
 @click.option("-c", "--ctx", type=int, default=512, show_default=True, help="Tokens per scored window.")
+@click.option("--long", is_flag=True, help="Passkey items up to the model's context (default: min(context, 2048)).")
 @click.option("--max-tokens", type=int, default=None, help="Score at most this many tokens per suite (quick runs).")
 @click.option("--max-tasks", type=int, default=None, help="At most this many task items per task suite.")
-@click.option("--no-tasks", is_flag=True, help="Skip the greedy task checks.")
+@click.option("--no-tasks", is_flag=True, help="Skip the built-in task checks (--tasks files still run).")
 @click.option(
     "--gate", default=None, metavar="KEY=V,...",
-    help="Fail (exit 2) when a suite crosses a threshold: kld (mean), kld_p99, top1, ppl_ratio, task_drop. "
-    "E.g. kld=0.05,top1=0.90,task_drop=0.03",
+    help="Fail (exit 2) when a suite crosses a threshold: kld (mean), kld_p99, top1, ppl_ratio, task_drop "
+    "(only a significant drop, exact McNemar at 0.05). E.g. kld=0.05,top1=0.90,task_drop=0.10",
+)  # fmt: skip
+@click.option(
+    "--ref-cache", type=click.Path(path_type=Path), default=None,
+    help="Keep the reference's results in this file (and FILE.json) and reuse them on the next run.",
 )  # fmt: skip
 @click.option(
     "-o", "--output", "out_dir", type=click.Path(path_type=Path), default=None,
-    help=f"Folder for report.json, report.html and its charts. {FOLDER_RULE}",
+    help=f"Folder for report.json (rewritten after every suite), report.html and its charts. {FOLDER_RULE}",
 )  # fmt: skip
+@click.option("--resume", is_flag=True, help="Continue the unfinished run whose report is in -o DIR.")
 @force_option
+@click.option(
+    "--junit",
+    type=click.Path(path_type=Path),
+    default=None,
+    help=f"JUnit XML, a test case per gate and suite. {FILE_RULE}",
+)
 @click.option(
     "--sensitivity", type=click.Path(path_type=Path), default=None,
     help="A `qconv analyze -o` JSON whose group KLDs the report charts.",
@@ -72,40 +96,63 @@ def calibrate_cmd(model: Path, data, ctx: int, max_chunks, out_path: Path, threa
 @click.option("--json", "as_json", is_flag=True, help="Print report.json instead of the table.")
 @click.option("-q", "--quiet", is_flag=True)
 @user_errors
-def eval_cmd(quant: Path, ref: Path, suite_names, ctx, max_tokens, max_tasks, no_tasks, gate, out_dir, force,
-             sensitivity, threads, as_json, quiet) -> None:  # fmt: skip
-    """What QUANT lost against REF, per capability: KL divergence, top-1 agreement and perplexity on the
-    held-out suites, and maths/JSON/passkey task accuracy."""
-    from qconv.converter.quality.evaluate import EvalOptions, chosen_suites, evaluate, gate_failures, parse_gates
+def eval_cmd(quants, ref: Path, suite_names, task_files, texts, ctx, long, max_tokens, max_tasks, no_tasks, gate,
+             ref_cache, out_dir, resume, force, junit, sensitivity, threads, as_json, quiet) -> None:  # fmt: skip
+    """What each quantized candidate QUANTS lost against REF, per capability: KL divergence, top-1 agreement and
+    perplexity on the held-out suites and your texts, and task accuracy on the built-in tasks and your task files,
+    with 95% intervals. Exit codes: 0 every gate passed, 1 a user error, 2 a gate failed (the report names it)."""
+    from qconv.converter.quality import run_state
+    from qconv.converter.quality.evaluate import EvalOptions, chosen_suites, evaluate, load_user_inputs
+    from qconv.converter.quality.gates import failure_lines, gate_results, parse_gates
+    from qconv.converter.quality.junit import write_junit
     from qconv.converter.quality.report import format_table, write_report
 
-    gates = parse_gates(gate)  # these checks come before minutes of evaluation
-    chosen_suites(suite_names)
-    if out_dir is not None:
-        check_output_folder(out_dir, force)
     options = EvalOptions(
         suites=list(suite_names) or None, ctx=ctx, threads=threads, max_tokens=max_tokens, max_tasks=max_tasks,
-        tasks=not no_tasks, progress=not quiet,
+        tasks=not no_tasks, task_files=list(task_files), texts=list(texts), long=long, ref_cache=ref_cache,
+        progress=not quiet,
     )  # fmt: skip
+    gates = parse_gates(gate)  # these checks come before minutes of evaluation
+    chosen_suites(options.suites)
+    load_user_inputs(options)
+    if ref_cache is not None:
+        check_output_file(ref_cache)
+    if junit is not None:
+        check_output_file(junit)
     groups = None
     if sensitivity is not None:
         try:
             groups = json.loads(Path(sensitivity).read_text())["groups"]
         except (OSError, ValueError, KeyError) as e:
             raise FormatError(f"--sensitivity {sensitivity}: not a `qconv analyze` JSON ({e})") from None
-    report = evaluate(quant, ref, options, log=_log(quiet))
+    previous = None
+    if resume:
+        if out_dir is None:
+            raise FormatError("--resume needs -o DIR, the folder of the run to continue")
+        previous = run_state.load_for_resume(out_dir)
+    elif out_dir is not None:
+        check_output_folder(out_dir, force)
+        run_state.start_output(out_dir, force)
+    save = (lambda report: run_state.save_report(out_dir, report)) if out_dir is not None else None
+    report = evaluate(list(quants), ref, options, log=_log(quiet), save=save, resume=previous)
     if groups:
         report["sensitivity"] = groups
     report["gates"] = gates
-    report["gate_failures"] = gate_failures(report, gates)
+    failures = []
+    for candidate in report["candidates"]:
+        candidate["gate_results"] = gate_results(candidate, gates)
+        candidate["gate_failures"] = failure_lines(candidate["gate_results"])
+        failures += [f"{candidate['quant']}: {line}" for line in candidate["gate_failures"]]
+    report["gate_failures"] = failures
     if out_dir is not None:
-        with AtomicFolder(out_dir, force) as folder:
-            write_report(report, folder)
+        write_report(report, out_dir)
         if not quiet:
             click.echo(f"report: {Path(out_dir) / 'report.html'}", err=True)
-    click.echo(json.dumps(report, indent=2, default=float) if as_json else format_table(report))
-    if report["gate_failures"]:
-        click.echo("qconv: gate failed: " + "; ".join(report["gate_failures"]), err=True)
+    if junit is not None:
+        write_junit(report, junit)
+    click.echo(run_state.report_text(report) if as_json else format_table(report))
+    if failures:
+        click.echo("qconv: gate failed: " + "; ".join(failures), err=True)
         sys.exit(2)
 
 

@@ -1,16 +1,22 @@
-"""`qconv eval`: run a quantized GGUF and its reference through the C runtime on the held-out suites and say, per
-capability, what quantization lost.
+"""`qconv eval`: run quantized candidates (GGUF files or `qconv to-onnx` folders) and their unquantized reference
+through the runtimes on the held-out suites, the user's texts and the user's task files, and say, per capability,
+what quantization lost.
 
-Per suite: mean and 99th-percentile KL divergence KL(P_ref || P_quant) of the next-token distribution, top-1
-agreement, and the perplexity of each model on the text (ratio quant / ref). Per task suite: the accuracy of both
-models' greedy continuations (maths: exact answer; json: a tool call valid against the schema; passkey: the key).
-Gates (`kld=0.05,top1=0.90,task_drop=0.03`) turn the report into an exit code naming the failing suite.
+Per text suite: mean and 99th-percentile KL divergence KL(P_ref || P_quant) of the next-token distribution, top-1
+agreement and the perplexity ratio quant / ref, each with a 95% bootstrap interval over chunks. Per task suite: both
+models' greedy answers checked the same way, the paired comparison (exact McNemar test, an interval on the
+difference). Gates (converter/quality/gates.py) turn the report into an exit code naming the failing suite.
+
+The reference runs once per window and item, whatever the number of candidates: every candidate is scored against
+the same reference logits (all models are loaded at once), and the reference's greedy answers can be kept in a
+file (`--ref-cache`, converter/quality/ref_cache.py) for the next run. With an output folder, report.json is
+rewritten after every finished suite (`"complete": false` until the end) and `--resume` continues such a run.
 """
 
 from __future__ import annotations
 
-import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,14 +28,8 @@ from qconv.formats.errors import FormatError
 from qconv.runtime.logit_stats import logit_stats
 
 DEFAULT_CTX = 512
-GATE_KEYS = {
-    "kld": "mean KL divergence above",
-    "kld_p99": "99th-percentile KL divergence above",
-    "top1": "top-1 agreement below",
-    "ppl_ratio": "perplexity ratio above",
-    "task_drop": "task accuracy drop above",
-}
 LONG_SCORED_TOKENS = 256  # of a long-context document, the last tokens are scored (the rest only fills the cache)
+USER_STOP = ""  # user task answers end at end-of-turn / EOS or max_tokens, not at a stop string
 
 
 # ---------------------------------------------------------------- metrics
@@ -37,7 +37,8 @@ LONG_SCORED_TOKENS = 256  # of a long-context document, the last tokens are scor
 
 @dataclass
 class TokenStats:
-    """Per scored position: KL(ref || quant), whether the argmaxes agree, and each model's NLL of the next token."""
+    """Per chunk (window) and scored position: KL(ref || quant), whether the argmaxes agree, and each model's NLL of
+    the next token. Kept per chunk: the confidence intervals resample whole chunks."""
 
     kld: list[np.ndarray] = field(default_factory=list)
     top1: list[np.ndarray] = field(default_factory=list)
@@ -55,14 +56,15 @@ class TokenStats:
         self.nll_ref.append(stats.nll_ref[known])
         self.nll_quant.append(stats.nll_quant[known])
 
-    def summary(self) -> dict:
+    def summary(self, intervals: bool = True) -> dict:
         kld = np.concatenate(self.kld) if self.kld else np.zeros(0)
         nll_r = np.concatenate(self.nll_ref) if self.nll_ref else np.zeros(0)
         nll_q = np.concatenate(self.nll_quant) if self.nll_quant else np.zeros(0)
         ppl_ref = float(np.exp(nll_r.mean())) if nll_r.size else float("nan")
         ppl_quant = float(np.exp(nll_q.mean())) if nll_q.size else float("nan")
-        return {
+        row = {
             "tokens": int(kld.size),
+            "chunks": len(self.kld),
             "kld_mean": float(kld.mean()),
             "kld_p99": float(np.percentile(kld, 99)),
             "kld_median": float(np.median(kld)),
@@ -71,44 +73,12 @@ class TokenStats:
             "ppl_quant": ppl_quant,
             "ppl_ratio": ppl_quant / ppl_ref,
         }
+        if intervals:
+            from qconv.converter.quality.stats import text_suite_cis
 
-
-# ---------------------------------------------------------------- gates
-
-
-def parse_gates(spec: str | None) -> dict[str, float]:
-    """'kld=0.05,top1=0.90,task_drop=0.03' -> {key: threshold}; unknown keys and bad numbers are user errors."""
-    gates: dict[str, float] = {}
-    for item in filter(None, (s.strip() for s in (spec or "").split(","))):
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if key not in GATE_KEYS:
-            raise FormatError(f"--gate: unknown key '{key}' in '{item}'; valid keys: {', '.join(GATE_KEYS)}")
-        try:
-            gates[key] = float(value)
-        except ValueError:
-            raise FormatError(f"--gate: '{item}' needs a number after '=' (e.g. {key}=0.05)") from None
-        if not sep:
-            raise FormatError(f"--gate: '{item}' needs KEY=VALUE")
-    return gates
-
-
-def gate_failures(report: dict, gates: dict[str, float]) -> list[str]:
-    """One line per (suite, gate) crossed: 'maths: task accuracy drop above 0.03 (0.150)'."""
-    failures = []
-    for s in report["suites"]:
-        values = {"kld": s["kld_mean"], "kld_p99": s["kld_p99"], "top1": s["top1"], "ppl_ratio": s["ppl_ratio"]}
-        task = report["tasks"].get(s["name"])
-        if task is not None:
-            values["task_drop"] = task["drop"]
-        for key, threshold in gates.items():
-            value = values.get(key)
-            if value is None:
-                continue
-            crossed = value < threshold if key == "top1" else value > threshold
-            if crossed:
-                failures.append(f"{s['name']}: {GATE_KEYS[key]} {threshold:g} ({value:.4f})")
-    return failures
+            cis = text_suite_cis(self.kld, self.top1, self.nll_ref, self.nll_quant)
+            row.update({f"{key}_ci": [float(lo), float(hi)] for key, (lo, hi) in cis.items()})
+        return row
 
 
 # ---------------------------------------------------------------- the two models
@@ -129,6 +99,7 @@ def _gguf_identity(path: Path) -> dict:
             "embedding_length": g.metadata.get(f"{arch}.embedding_length"),
             "quantized": quantized,
             "file_bytes": path.stat().st_size,
+            "context_length": g.metadata.get(f"{arch}.context_length"),
         }
 
 
@@ -176,169 +147,390 @@ def prepare_reference(ref: Path, workdir: Path, progress: bool = False) -> Path:
     return ref
 
 
-# ---------------------------------------------------------------- suites and tasks
+# ---------------------------------------------------------------- what is measured
 
 
-def suite_windows(runner: Runner, suite, ctx: int, max_tokens: int | None) -> list[tuple[list[int], int | None]]:
-    """(tokens, score_last) per window: ctx-sized windows of the suite's text (each starting with BOS when the
-    model adds one), or whole documents for long-context suites."""
-    bos = runner.add_bos
+@dataclass
+class Window:
+    """Tokens fed from an empty cache; rows first.. of their logits are scored; targets[k] is the token that follows
+    row first + k (-1: none known, the row counts for KL divergence and top-1 only)."""
+
+    tokens: list[int]
+    first: int
+    targets: list[int]
+
+
+@dataclass
+class TaskCase:
+    """One task item as both models answer it: greedy from the prompt tokens, up to max_new tokens, end of turn or
+    (built-in few-shot items) the stop string."""
+
+    tokens: list[int]
+    max_new: int
+    stop: str
+    check: Callable[[str], bool]
+    expected: str
+    source: str  # the built-in suite's item number or the task file's FILE:LINE
+
+
+@dataclass
+class Workload:
+    """One suite as the run measures it: windows scored by KL divergence and/or task items answered greedily."""
+
+    name: str
+    description: str
+    kind: str  # the built-in task kind ("maths", "json", "passkey"), "text" or "user"
+    windows: list[Window] = field(default_factory=list)
+    cases: list[TaskCase] = field(default_factory=list)
+    left_out: int = 0  # task items that do not fit the context
+
+
+def _fit(tokens: list[int], limit: int | None, bos: int | None) -> list[int]:
+    """The last `limit` tokens (BOS kept first): a document longer than the model's context is windowed to it."""
+    if not limit or len(tokens) <= limit:
+        return tokens
+    keep = tokens[len(tokens) - limit + (1 if bos is not None else 0) :]
+    return ([bos] if bos is not None else []) + keep
+
+
+def builtin_windows(runner: Runner, suite, ctx: int, limit: int | None, max_tokens: int | None) -> list[Window]:
+    """ctx-sized windows of the suite's text (each starting with BOS when the model adds one), or whole documents
+    for long-context suites (their last LONG_SCORED_TOKENS positions scored), cut to the model's context."""
+    bos = runner.bos if runner.add_bos else None
     docs = suite.documents("eval")
     if suite.whole_documents:  # with max_tokens: only the documents that short (at least the shortest)
-        windows = sorted((runner.tokenize(d, bos) for d in docs), key=len)
-        keep = [w for w in windows if not max_tokens or len(w) <= max_tokens] or windows[:1]
-        return [(w, min(LONG_SCORED_TOKENS, len(w) - 1)) for w in keep]
+        whole = sorted((runner.tokenize(d, bos is not None) for d in docs), key=len)
+        keep = [w for w in whole if not max_tokens or len(w) <= max_tokens] or whole[:1]
+        windows = [_fit(w, limit, bos) for w in keep]
+        return [Window(w, len(w) - min(LONG_SCORED_TOKENS, len(w) - 1), []) for w in windows]
     stream: list[int] = []
     for doc in docs:
         stream += runner.tokenize(doc + "\n\n", False)
     if max_tokens:
         stream = stream[:max_tokens]
-    bos_id = runner.bos
-    width = ctx - 1 if bos else ctx
-    return [(([bos_id] if bos else []) + stream[i : i + width], None) for i in range(0, len(stream), width)]
+    width = min(ctx, limit or ctx) - (1 if bos is not None else 0)
+    windows = [([bos] if bos is not None else []) + stream[i : i + width] for i in range(0, len(stream), width)]
+    return [Window(w, 0, []) for w in windows if len(w) >= 2]
 
 
 def check_answer(kind: str, continuation: str, expected: str) -> bool:
+    """A built-in item's answer: json: a valid tool call; maths and passkey: the first number is the answer."""
+    import re
+
     if kind == "json":
         return suite_table.valid_tool_call(continuation) is not None
     numbers = re.findall(r"-?\d+", continuation)
     return bool(numbers) and numbers[0] == expected
 
 
-def run_tasks(ref: Runner, quant: Runner, items, max_tasks: int | None, max_tokens: int | None = None) -> dict:
-    """Both models' greedy answers to the items. With max_tokens, only prompts that short (at least the shortest)."""
-    prompts = [ref.tokenize(item.prompt, ref.add_bos) for item in items]
-    pairs = list(zip(items, prompts))
-    if max_tokens:
-        pairs = [p for p in pairs if len(p[1]) <= max_tokens] or sorted(pairs, key=lambda p: len(p[1]))[:1]
-    pairs = pairs[:max_tasks] if max_tasks else pairs
-    items = [item for item, _ in pairs]
-    rows = []
-    for item, tokens in pairs:
-        stop = "\n"
-        ref_text = ref.greedy(tokens, item.max_new_tokens, stop)
-        quant_text = quant.greedy(tokens, item.max_new_tokens, stop)
-        rows.append(
-            {
-                "expected": item.expected,
-                "ref": ref_text,
-                "quant": quant_text,
-                "ref_ok": check_answer(item.kind, ref_text, item.expected),
-                "quant_ok": check_answer(item.kind, quant_text, item.expected),
-            }
-        )
-    n = max(1, len(rows))
-    ref_acc = sum(r["ref_ok"] for r in rows) / n
-    quant_acc = sum(r["quant_ok"] for r in rows) / n
-    return {
-        "kind": items[0].kind if items else "",
-        "n": len(rows),
-        "ref_accuracy": ref_acc,
-        "quant_accuracy": quant_acc,
-        "drop": max(0.0, ref_acc - quant_acc),
-        "items": rows,
-    }
+def _fits(cases: list[TaskCase], limit: int | None, max_tasks: int | None) -> tuple[list[TaskCase], int]:
+    kept = [c for c in cases if not limit or len(c.tokens) + c.max_new <= limit]
+    return (kept[:max_tasks] if max_tasks else kept), len(cases) - len(kept)
 
 
-def longest_input(quant: Path, chosen, options) -> int:
-    """Tokens the KV cache must hold: the longest whole document or task prompt plus its answer."""
-    from qconv.converter.quality.eval_onnx import metadata_gguf
-    from qconv.runtime.tokenizer import Tokenizer
+def builtin_cases(runner: Runner, suite, options, limit: int | None) -> tuple[list[TaskCase], int]:
+    items = suite.tasks()
+    cases = [
+        TaskCase(runner.tokenize(item.prompt, runner.add_bos), item.max_new_tokens, "\n",
+                 lambda text, item=item: check_answer(item.kind, text, item.expected), item.expected,
+                 f"{suite.name}#{i + 1}")
+        for i, item in enumerate(items)
+    ]  # fmt: skip
+    if options.max_tokens:  # quick runs: only prompts that short (at least the shortest)
+        short = [c for c in cases if len(c.tokens) <= options.max_tokens]
+        cases = short or sorted(cases, key=lambda c: len(c.tokens))[:1]
+    return _fits(cases, limit, options.max_tasks)
 
-    tokenizer = Tokenizer.from_gguf(metadata_gguf(quant))
-    longest = 0
+
+def user_cases(runner: Runner, tasks: list, options, limit: int | None) -> tuple[list[TaskCase], int]:
+    from qconv.converter.quality.task_files import check_answer as check_user
+    from qconv.converter.quality.task_files import render_prompt
+
+    cases = [
+        TaskCase(render_prompt(task, runner.model), task.max_tokens, USER_STOP,
+                 lambda text, task=task: check_user(task, text), task.expected or "", task.source)
+        for task in tasks
+    ]  # fmt: skip
+    return _fits(cases, limit, options.max_tasks)
+
+
+def text_windows(runner: Runner, text: str, ctx: int, limit: int | None) -> list[Window]:
+    """A user's text scored as llama-perplexity scores `-f FILE -c CTX` (converter/quality/texts.py): whole chunks
+    of ctx tokens, BOS first, the second half of each scored. The chunk's last token is only a target, not fed."""
+    from qconv.converter.quality import texts
+
+    n_ctx = min(ctx, limit or ctx)
+    tokens = runner.tokenize(text, runner.add_bos)
+    return [
+        Window(chunk[:-1], first, chunk[first + 1 :])
+        for chunk, first in texts.text_windows(tokens, n_ctx, runner.bos if runner.add_bos else None)
+    ]
+
+
+def build_workloads(runner: Runner, chosen: list, user: UserInputs, options, limit: int | None) -> list[Workload]:
+    """Every suite of the run, in order: the built-in suites, the user's texts, the user's task capabilities."""
+    out = []
     for suite in chosen:
-        if suite.whole_documents:
-            longest = max([longest] + [len(tokenizer.encode(d)) + 1 for d in suite.documents("eval")])
-        if options.tasks:
-            items = suite.tasks()
-            longest = max([longest] + [len(tokenizer.encode(t.prompt)) + 1 + t.max_new_tokens for t in items])
-    return longest
+        w = Workload(suite.name, suite.description, "text",
+                     builtin_windows(runner, suite, options.ctx, limit, options.max_tokens))  # fmt: skip
+        if options.tasks and suite.tasks():
+            w.kind = suite.tasks()[0].kind
+            w.cases, w.left_out = builtin_cases(runner, suite, options, limit)
+        out.append(w)
+    for name, (path, text) in user.texts.items():
+        windows = text_windows(runner, text, options.ctx, limit)
+        out.append(Workload(name, f"your text {path}", "text", windows))
+    for capability, tasks in user.tasks.items():
+        w = Workload(capability, f"your tasks ({tasks[0].source.rsplit(':', 1)[0]})", "user")
+        w.cases, w.left_out = user_cases(runner, tasks, options, limit)
+        out.append(w)
+    return out
+
+
+# ---------------------------------------------------------------- options and the user's inputs
 
 
 @dataclass
 class EvalOptions:
-    suites: list[str] | None = None
+    suites: list[str] | None = None  # None: every built-in suite; ["none"]: none of them
     ctx: int = DEFAULT_CTX
     threads: int | None = None
     max_tokens: int | None = None  # per suite, for quick runs
     max_tasks: int | None = None  # per task suite
-    tasks: bool = True
+    tasks: bool = True  # the built-in task checks (user task files run regardless)
+    task_files: list[Path] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)  # NAME=FILE
+    long: bool = False  # passkey items up to the model's context (default: up to min(context, 2048))
+    ref_cache: Path | None = None
     layer_errors: bool = True  # per-layer weight error of the quantized file (for the report's chart)
     progress: bool = False
 
 
+@dataclass
+class UserInputs:
+    tasks: dict = field(default_factory=dict)  # capability -> [UserTask]
+    texts: dict = field(default_factory=dict)  # name -> (path, text)
+
+
+def load_user_inputs(options: EvalOptions) -> UserInputs:
+    """The user's task files and texts, read and checked whole before any model is loaded."""
+    from qconv.converter.quality.task_files import load_task_files
+
+    user = UserInputs(tasks=load_task_files([Path(p) for p in options.task_files]) if options.task_files else {})
+    for spec in options.texts:
+        from qconv.converter.quality import texts as text_files
+
+        name, path = text_files.parse_text_option(spec)
+        if name in user.texts or name in user.tasks:
+            raise FormatError(f"--text {spec}: the name '{name}' is given twice")
+        user.texts[name] = (path, text_files.load_text(path))
+    return user
+
+
 def chosen_suites(names: list[str] | None) -> list:
-    """The named suites (all without names); an unknown name is a one-line error listing the valid ones."""
+    """The named built-in suites (all without names, none for 'none'); an unknown name is a one-line error."""
+    if names and "none" in names:
+        if len(names) > 1:
+            raise FormatError("--suite none cannot be combined with other suites")
+        return []
     unknown = [n for n in names or [] if n not in suite_table.SUITES]
     if unknown:
-        raise FormatError(f"--suite {unknown[0]}: no such suite; the suites are {', '.join(suite_table.SUITES)}")
+        raise FormatError(
+            f"--suite {unknown[0]}: no such suite; the suites are {', '.join(suite_table.SUITES)} (or none)"
+        )
     return suite_table.get_suites(names or None)
 
 
-def evaluate(quant: Path, ref: Path, options: EvalOptions | None = None, log=None) -> dict:
-    """The report (a JSON-able dict) of QUANT (a GGUF file or a `qconv to-onnx` folder) against REF on the
-    held-out suites."""
-    from qconv.converter.quality.eval_onnx import is_onnx_folder, model_bytes, onnx_layer_errors, open_runner
+# ---------------------------------------------------------------- the run
+
+
+def _progress(total: int, desc: str, unit: str, on: bool):
+    import sys
+
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, disable=not on, file=sys.stderr, leave=False, dynamic_ncols=True)
+
+
+def score_windows(w: Workload, ref: Runner, runners: list[Runner], progress: bool) -> list[TokenStats]:
+    """Each window through the reference once and through every candidate, compared."""
+    stats = [TokenStats() for _ in runners]
+    with _progress(sum(len(x.tokens) for x in w.windows), w.name, "tok", progress) as bar:
+        for window in w.windows:
+            scored = len(window.tokens) - window.first
+            targets = window.targets or (window.tokens[window.first + 1 :] + [-1])
+            next_tokens = np.array(targets[:scored] + [-1] * (scored - len(targets)), dtype=np.int64)
+            r = ref.logits(window.tokens, scored)
+            for runner, s in zip(runners, stats):
+                s.add(r, runner.logits(window.tokens, scored), next_tokens)
+            bar.update(len(window.tokens))
+    return stats
+
+
+def answer_cases(w: Workload, ref: Runner, runners: list[Runner], ref_answers: dict, progress: bool) -> list[dict]:
+    """Every candidate's task table: per item the expected answer, both answers and whether each is right. The
+    reference's answers come from ref_answers when cached there (keyed by the item's tokens and limits)."""
+    from qconv.converter.quality.stats import compare_tasks
+
+    rows: list[list[dict]] = [[] for _ in runners]
+    with _progress(len(w.cases), w.name, "item", progress) as bar:
+        for case in w.cases:
+            key = answer_key(case)
+            ref_text = ref_answers.get(key)
+            if ref_text is None:
+                ref_text = ref_answers[key] = ref.greedy(case.tokens, case.max_new, case.stop)
+            ref_ok = bool(case.check(ref_text))
+            for runner, table in zip(runners, rows):
+                text = runner.greedy(case.tokens, case.max_new, case.stop)
+                table.append({"source": case.source, "expected": case.expected, "ref": ref_text, "quant": text,
+                              "ref_ok": ref_ok, "quant_ok": bool(case.check(text))})  # fmt: skip
+            bar.update(1)
+    out = []
+    for table in rows:
+        comparison = compare_tasks([r["ref_ok"] for r in table], [r["quant_ok"] for r in table], None)
+        out.append({"kind": w.kind, **comparison.as_dict(), "left_out": w.left_out, "items": table})
+    return out
+
+
+def answer_key(case: TaskCase) -> str:
+    import hashlib
+
+    digest = hashlib.sha256(np.asarray(case.tokens, dtype=np.int64).tobytes()).hexdigest()[:32]
+    return f"{digest}:{case.max_new}:{case.stop!r}"
+
+
+def _model_limit(paths: list[Path]) -> int | None:
+    """The smallest trained context of the models (None when no file says)."""
+    from qconv.converter.quality.eval_onnx import metadata_gguf
+
+    lengths = [_gguf_identity(metadata_gguf(p))["context_length"] for p in paths]
+    lengths = [int(n) for n in lengths if n]
+    return min(lengths) if lengths else None
+
+
+def passkey_limit(limit: int | None, long: bool) -> int:
+    """Passkey documents and items reach min(context, 2048) tokens, or the context with --long."""
+    return (limit or 2048) if long else min(limit or 2048, 2048)
+
+
+def new_report(quants: list[Path], ref: Path, ref_path: Path, options: EvalOptions, identity: dict) -> dict:
+    from qconv.converter.quality.eval_onnx import model_bytes
+
+    return {
+        "schema_version": 2,
+        "complete": False,
+        "reference": str(ref),
+        "reference_bytes": ref_path.stat().st_size,
+        "ctx": options.ctx,
+        "identity": identity,
+        "finished": [],
+        "provenance": suite_table.provenance(),
+        "candidates": [
+            {
+                "quant": str(q),
+                "quant_bytes": model_bytes(q),
+                "suites": [],
+                "tasks": {},
+                "speed": {"tokens": 0, "seconds": 0.0},
+            }
+            for q in quants
+        ],  # fmt: skip
+        "reference_speed": {"tokens": 0, "seconds": 0.0},
+    }
+
+
+def evaluate(
+    quants, ref: Path, options: EvalOptions | None = None, log=None, save=None, resume: dict | None = None
+) -> dict:
+    """The report (a JSON-able dict) of the candidates QUANTS (GGUF files or `qconv to-onnx` folders; one path or
+    a list) against REF. `save(report)` is called after every finished suite; `resume`, a report an earlier run
+    saved (complete false, same identity), is continued: its finished suites are kept."""
+    from qconv.converter.quality.eval_onnx import is_onnx_folder, onnx_layer_errors, open_runner
+    from qconv.converter.quality.run_state import run_identity
 
     options = options or EvalOptions()
-    quant = Path(quant)
-    if not (quant.is_file() or is_onnx_folder(quant)):
-        raise FormatError(f"{quant}: no such GGUF file or ONNX folder (model.onnx and genai_config.json)")
+    quants = [Path(q) for q in ([quants] if isinstance(quants, (str, Path)) else quants)]
+    for quant in quants:
+        if not (quant.is_file() or is_onnx_folder(quant)):
+            raise FormatError(f"{quant}: no such GGUF file or ONNX folder (model.onnx and genai_config.json)")
     chosen = chosen_suites(options.suites)
+    user = load_user_inputs(options)
+    if not chosen and not user.texts and not user.tasks:
+        raise FormatError("nothing to evaluate: --suite none and no --text or --tasks")
     say = log or (lambda msg: None)
+    identity = run_identity(quants, Path(ref), options)
+    if resume is not None and resume.get("identity") != identity:
+        from qconv.converter.quality.run_state import identity_difference
+
+        raise FormatError(f"--resume: {identity_difference(resume.get('identity') or {}, identity)}")
     with tempfile.TemporaryDirectory(prefix="qconv-eval-") as tmp:
         ref_path = prepare_reference(Path(ref), Path(tmp), options.progress)
-        check_compatible(quant, ref_path)
-        model_ctx = max(options.ctx, longest_input(quant, chosen, options) + 8)
+        for quant in quants:
+            check_compatible(quant, ref_path)
+        limit = _model_limit([ref_path, *quants])
+        probe = Runner(ref_path, 64, options.threads)  # tokenizer and chat template, before the cache is sized
+        workloads = build_workloads(probe, chosen, user, options, limit)
+        del probe
+        needed = max([len(x.tokens) for w in workloads for x in w.windows]
+                     + [len(c.tokens) + c.max_new for w in workloads for c in w.cases] + [options.ctx])  # fmt: skip
+        model_ctx = min(needed + 8, limit) if limit else needed + 8
         ref_runner = Runner(ref_path, model_ctx, options.threads)
-        quant_runner = open_runner(quant, model_ctx, options.threads)
-        report = {
-            "quant": str(quant),
-            "reference": str(ref),
-            "quant_bytes": model_bytes(quant),
-            "reference_bytes": ref_path.stat().st_size,
-            "ctx": options.ctx,
-            "suites": [],
-            "tasks": {},
-            "provenance": suite_table.provenance(),
-        }
-        for suite in chosen:
-            stats = TokenStats()
-            for tokens, score_last in suite_windows(ref_runner, suite, options.ctx, options.max_tokens):
-                if len(tokens) < 2:
-                    continue
-                r = ref_runner.logits(tokens, score_last)
-                q = quant_runner.logits(tokens, score_last)
-                scored = tokens[len(tokens) - len(r) :]
-                next_tokens = np.array(scored[1:] + [-1], dtype=np.int64)
-                stats.add(r, q, next_tokens)
-                del r, q
-            row = {"name": suite.name, "description": suite.description, **stats.summary()}
-            report["suites"].append(row)
-            say(f"{suite.name}: {row['tokens']} tokens, KLD {row['kld_mean']:.4f}, top-1 {row['top1']:.3f}")
-            items = suite.tasks() if options.tasks else []
-            if items:
-                task = run_tasks(ref_runner, quant_runner, items, options.max_tasks, options.max_tokens)
-                report["tasks"][suite.name] = task
-                say(f"{suite.name} tasks: ref {task['ref_accuracy']:.2f}, quant {task['quant_accuracy']:.2f}")
-        report["speed"] = {
-            "ref_tokens": ref_runner.tokens,
-            "ref_seconds": ref_runner.seconds,
-            "quant_tokens": quant_runner.tokens,
-            "quant_seconds": quant_runner.seconds,
-        }
-        report["overall"] = overall(report)
-        if options.layer_errors:
-            from qconv.converter.quality.report import layer_weight_errors
+        runners = [open_runner(q, model_ctx, options.threads) for q in quants]
+        report = resume if resume is not None else new_report(quants, Path(ref), ref_path, options, identity)
+        from qconv.converter.quality.run_state import ReferenceAnswers
 
-            errors = onnx_layer_errors if is_onnx_folder(quant) else layer_weight_errors
-            report["layer_errors"] = errors(quant, ref_path)
+        ref_answers = ReferenceAnswers(options.ref_cache, identity)
+        for w in workloads:
+            if w.name in report["finished"]:
+                continue
+            ref_runner.seconds = ref_runner.tokens = 0
+            for r in runners:
+                r.seconds = r.tokens = 0
+            if w.windows:
+                for candidate, stats in zip(
+                    report["candidates"], score_windows(w, ref_runner, runners, options.progress)
+                ):
+                    candidate["suites"].append({"name": w.name, "description": w.description, **stats.summary()})
+            if w.cases:
+                for candidate, task in zip(
+                    report["candidates"], answer_cases(w, ref_runner, runners, ref_answers, options.progress)
+                ):
+                    candidate["tasks"][w.name] = task
+            for candidate, runner in zip(report["candidates"], runners):
+                candidate["speed"]["tokens"] += runner.tokens
+                candidate["speed"]["seconds"] += runner.seconds
+            report["reference_speed"]["tokens"] += ref_runner.tokens
+            report["reference_speed"]["seconds"] += ref_runner.seconds
+            report["finished"].append(w.name)
+            ref_answers.save()
+            say(_suite_line(w.name, report["candidates"]))
+            if save is not None:
+                save(report)
+        for candidate, quant in zip(report["candidates"], quants):
+            candidate["overall"] = overall(candidate)
+            if options.layer_errors:
+                from qconv.converter.quality.report import layer_weight_errors
+
+                errors = onnx_layer_errors if is_onnx_folder(quant) else layer_weight_errors
+                candidate["layer_errors"] = errors(quant, ref_path)
+        report["complete"] = True
     return report
 
 
-def overall(report: dict) -> dict:
-    rows = report["suites"]
+def _suite_line(name: str, candidates: list[dict]) -> str:
+    parts = []
+    for c in candidates:
+        row = next((s for s in c["suites"] if s["name"] == name), None)
+        task = c["tasks"].get(name)
+        text = f"KLD {row['kld_mean']:.4f}, top-1 {row['top1']:.3f}" if row else ""
+        if task:
+            text += (", " if text else "") + f"tasks ref {task['ref_accuracy']:.2f} quant {task['quant_accuracy']:.2f}"
+        parts.append(text)
+    return f"{name}: " + " | ".join(parts)
+
+
+def overall(candidate: dict) -> dict:
+    rows = candidate["suites"]
     n = sum(r["tokens"] for r in rows) or 1
     return {
         "tokens": sum(r["tokens"] for r in rows),

@@ -8,7 +8,6 @@ chart of each matmul's weight error in the quantized file (relative RMSE against
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 
 import numpy as np
@@ -48,24 +47,67 @@ def layer_weight_errors(quant: Path, ref: Path) -> dict:
 # ---------------------------------------------------------------- text
 
 
+def _ci(row: dict, key: str) -> str:
+    lo, hi = row.get(f"{key}_ci") or (float("nan"), float("nan"))
+    return "n/a" if lo != lo else f"[{lo:.4f}, {hi:.4f}]"
+
+
 def format_table(report: dict) -> str:
-    lines = [
-        f"{'suite':<14}{'tokens':>8}{'KLD mean':>10}{'KLD p99':>10}{'top-1':>8}{'PPL ref':>10}{'PPL quant':>11}{'ratio':>8}"
-    ]
-    for s in report["suites"]:
-        lines.append(
-            f"{s['name']:<14}{s['tokens']:>8}{s['kld_mean']:>10.4f}{s['kld_p99']:>10.4f}{s['top1']:>8.3f}"
-            f"{s['ppl_ref']:>10.3f}{s['ppl_quant']:>11.3f}{s['ppl_ratio']:>8.3f}"
-        )
-    if report.get("tasks"):
-        lines += ["", f"{'task':<14}{'kind':<9}{'n':>4}{'ref acc':>9}{'quant acc':>11}{'drop':>7}"]
-        for name, t in report["tasks"].items():
+    """The terminal view: per candidate its suites (with 95% intervals) and task comparisons; with several
+    candidates, a comparison table last."""
+    lines = []
+    for c in report["candidates"]:
+        lines += [f"{c['quant']} ({c['quant_bytes']:,} bytes) against {report['reference']}"]
+        if c["suites"]:
             lines.append(
-                f"{name:<14}{t['kind']:<9}{t['n']:>4}{t['ref_accuracy']:>9.3f}{t['quant_accuracy']:>11.3f}{t['drop']:>7.3f}"
+                f"{'suite':<14}{'tokens':>8}{'KLD mean':>10}{'95% CI':>20}{'KLD p99':>10}{'top-1':>8}{'PPL ref':>10}"
+                f"{'PPL quant':>11}{'ratio':>8}"
             )
-    if report.get("gate_failures"):
-        lines += ["", "gates failed:"] + [f"  {f}" for f in report["gate_failures"]]
-    return "\n".join(lines)
+            for s in c["suites"]:
+                lines.append(
+                    f"{s['name']:<14}{s['tokens']:>8}{s['kld_mean']:>10.4f}{_ci(s, 'kld_mean'):>20}{s['kld_p99']:>10.4f}"
+                    f"{s['top1']:>8.3f}{s['ppl_ref']:>10.3f}{s['ppl_quant']:>11.3f}{s['ppl_ratio']:>8.3f}"
+                )
+        if c["tasks"]:
+            lines += [
+                "",
+                f"{'task':<14}{'kind':<9}{'n':>4}{'ref acc':>9}{'quant acc':>11}{'drop':>8}{'95% CI':>18}{'p':>8}",
+            ]
+            for name, t in c["tasks"].items():
+                lo, hi = t["drop_ci"]
+                lines.append(
+                    f"{name:<14}{t['kind']:<9}{t['n']:>4}{t['ref_accuracy']:>9.3f}{t['quant_accuracy']:>11.3f}"
+                    f"{t['drop']:>8.3f}{f'[{lo:.3f}, {hi:.3f}]':>18}{t['p_value']:>8.3g}"
+                    + ("  too hard to measure" if t.get("too_hard") else "")
+                )
+        if c.get("gate_failures"):
+            lines += ["", "gates failed:"] + [f"  {f}" for f in c["gate_failures"]]
+        lines.append("")
+    if len(report["candidates"]) > 1:
+        lines += comparison_lines(report)
+    return "\n".join(lines).rstrip()
+
+
+def comparison_rows(report: dict) -> list[dict]:
+    """Per candidate: size, overall KLD and top-1, per-suite KLD and task accuracy, and whether its gates pass."""
+    rows = []
+    for c in report["candidates"]:
+        rows.append({
+            "quant": c["quant"], "bytes": c["quant_bytes"],
+            "kld_mean": c.get("overall", {}).get("kld_mean", float("nan")),
+            "top1": c.get("overall", {}).get("top1", float("nan")),
+            "suites": {s["name"]: s["kld_mean"] for s in c["suites"]},
+            "tasks": {n: t["quant_accuracy"] for n, t in c["tasks"].items()},
+            "gates": "fail" if c.get("gate_failures") else "pass",
+        })  # fmt: skip
+    return rows
+
+
+def comparison_lines(report: dict) -> list[str]:
+    lines = ["comparison", f"{'candidate':<40}{'bytes':>14}{'KLD mean':>10}{'top-1':>8}  gates"]
+    for r in comparison_rows(report):
+        lines.append(f"{r['quant'][-40:]:<40}{r['bytes']:>14,}{r['kld_mean']:>10.4f}{r['top1']:>8.3f}  {r['gates']}")
+    return lines
 
 
 # ---------------------------------------------------------------- charts
@@ -88,55 +130,93 @@ def _save(plt, fig, path: Path) -> str:
     return path.name
 
 
-def _grouped_bars(ax, labels, ref_values, quant_values, ylabel, title):
+COLORS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c")
+
+
+def _grouped_bars(ax, labels, series: list[tuple[str, list[float]]], ylabel, title):
+    """Bars per label, one bar per series (the reference first, then each candidate)."""
     x = np.arange(len(labels))
-    ax.bar(x - 0.2, ref_values, 0.4, label="reference", color="#4c72b0")
-    ax.bar(x + 0.2, quant_values, 0.4, label="quantized", color="#dd8452")
+    width = 0.8 / len(series)
+    for i, (name, values) in enumerate(series):
+        ax.bar(x - 0.4 + width * (i + 0.5), values, width, label=name, color=COLORS[i % len(COLORS)])
     ax.set_xticks(x, labels)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.legend()
+    ax.legend(fontsize="small")
+
+
+def _label(candidate: dict, candidates: list[dict]) -> str:
+    return "quantized" if len(candidates) == 1 else Path(candidate["quant"]).name
+
+
+def _layer_chart(plt, fig, ax, layers: dict, title: str) -> None:
+    for role, by_layer in sorted(layers.items()):
+        xs = sorted(int(k) for k in by_layer)
+        ax.plot(xs, [by_layer[str(k)] for k in xs], marker=".", label=role)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("relative weight RMSE")
+    ax.set_title(title)
+    ax.legend(fontsize="small", ncol=4)
+
+
+def _size_chart(out_dir: Path, chart_id: str, points: list[tuple[int, float, str]], ylabel: str, title: str) -> str:
+    plt, fig, ax = _figure()
+    points = sorted(points)
+    ax.plot([p[0] / 2**20 for p in points], [p[1] for p in points], "o-", color=COLORS[0])
+    for size, value, name in points:
+        ax.annotate(name, (size / 2**20, value), textcoords="offset points", xytext=(4, 4), fontsize="small")
+    ax.set_xlabel("file size (MiB)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    return _save(plt, fig, out_dir / f"{chart_id}.png")
 
 
 def write_charts(report: dict, out_dir: Path) -> dict[str, str]:
-    """PNG charts beside the HTML; returns chart id -> file name."""
+    """PNG charts beside the HTML; returns chart id -> file name. With several candidates, a size-vs-KLD chart per
+    text suite and a size-vs-accuracy chart per task suite."""
     charts = {}
-    names = [s["name"] for s in report["suites"]]
+    candidates = report["candidates"]
+    first = candidates[0]
+    names = [s["name"] for s in first["suites"]]
     if names:
         plt, fig, ax = _figure()
-        _grouped_bars(
-            ax, names, [s["ppl_ref"] for s in report["suites"]], [s["ppl_quant"] for s in report["suites"]],
-            "perplexity", "Perplexity per suite",
-        )  # fmt: skip
+        series = [("reference", [s["ppl_ref"] for s in first["suites"]])]
+        series += [(_label(c, candidates), [s["ppl_quant"] for s in c["suites"]]) for c in candidates]
+        _grouped_bars(ax, names, series, "perplexity", "Perplexity per suite")
         charts["perplexity"] = _save(plt, fig, out_dir / "perplexity.png")
         plt, fig, ax = _figure()
-        ax.bar(names, [s["kld_mean"] for s in report["suites"]], color="#c44e52", label="mean")
-        ax.plot(names, [s["kld_p99"] for s in report["suites"]], "k^", label="99th percentile")
+        _grouped_bars(ax, names, [(_label(c, candidates), [s["kld_mean"] for s in c["suites"]]) for c in candidates],
+                      "KL divergence (nats)", "KL divergence to the reference per suite (mean; ^ 99th percentile)")  # fmt: skip
+        width = 0.8 / len(candidates)
+        for i, c in enumerate(candidates):
+            xs = np.arange(len(names)) - 0.4 + width * (i + 0.5)
+            ax.plot(xs, [s["kld_p99"] for s in c["suites"]], "k^")
         ax.set_yscale("log")
-        ax.set_ylabel("KL divergence (nats)")
-        ax.set_title("KL divergence to the reference per suite")
-        ax.legend()
         charts["kld"] = _save(plt, fig, out_dir / "kld.png")
-    if report.get("tasks"):
-        tasks = report["tasks"]
+    if first["tasks"]:
+        tasks = list(first["tasks"])
         plt, fig, ax = _figure()
-        _grouped_bars(
-            ax, list(tasks), [t["ref_accuracy"] for t in tasks.values()], [t["quant_accuracy"] for t in tasks.values()],
-            "accuracy", "Task accuracy (greedy)",
-        )  # fmt: skip
+        series = [("reference", [first["tasks"][n]["ref_accuracy"] for n in tasks])]
+        series += [(_label(c, candidates), [c["tasks"][n]["quant_accuracy"] for n in tasks]) for c in candidates]
+        _grouped_bars(ax, tasks, series, "accuracy", "Task accuracy (greedy)")
         ax.set_ylim(0, 1.05)
         charts["tasks"] = _save(plt, fig, out_dir / "tasks.png")
-    layers = report.get("layer_errors")
-    if layers:
-        plt, fig, ax = _figure()
-        for role, by_layer in sorted(layers.items()):
-            xs = sorted(int(k) for k in by_layer)
-            ax.plot(xs, [by_layer[str(k)] for k in xs], marker=".", label=role)
-        ax.set_xlabel("layer")
-        ax.set_ylabel("relative weight RMSE")
-        ax.set_title("Per-layer weight error of the quantized file")
-        ax.legend(fontsize="small", ncol=4)
-        charts["layers"] = _save(plt, fig, out_dir / "layers.png")
+    for i, c in enumerate(candidates):
+        if c.get("layer_errors"):
+            plt, fig, ax = _figure()
+            _layer_chart(plt, fig, ax, c["layer_errors"], f"Per-layer weight error of {_label(c, candidates)}")
+            key = "layers" if len(candidates) == 1 else f"layers-{i + 1}"
+            charts[key] = _save(plt, fig, out_dir / f"{key}.png")
+    if len(candidates) > 1:
+        for name in names:
+            points = [(c["quant_bytes"], next(s["kld_mean"] for s in c["suites"] if s["name"] == name),
+                       Path(c["quant"]).name) for c in candidates]  # fmt: skip
+            charts[f"size-kld-{name}"] = _size_chart(out_dir, f"size-kld-{name}", points, "mean KL divergence",
+                                                     f"{name}: size vs KL divergence")  # fmt: skip
+        for name in first["tasks"]:
+            points = [(c["quant_bytes"], c["tasks"][name]["quant_accuracy"], Path(c["quant"]).name) for c in candidates]
+            charts[f"size-tasks-{name}"] = _size_chart(out_dir, f"size-tasks-{name}", points, "task accuracy",
+                                                       f"{name}: size vs task accuracy")  # fmt: skip
     sensitivity = report.get("sensitivity")
     if sensitivity:
         plt, fig, ax = _figure()
@@ -162,36 +242,53 @@ def _table(table_id: str, header: list[str], rows: list[list[str]]) -> str:
     return f'<table id="{table_id}"><tr>{head}</tr>{body}</table>'
 
 
-SUITE_COLUMNS = ("tokens", "kld_mean", "kld_p99", "top1", "ppl_ref", "ppl_quant", "ppl_ratio")
-TASK_COLUMNS = ("kind", "n", "ref_accuracy", "quant_accuracy", "drop")
+SUITE_COLUMNS = ("tokens", "kld_mean", "kld_mean_ci", "kld_p99", "top1", "top1_ci", "ppl_ref", "ppl_quant", "ppl_ratio",
+                 "ppl_ratio_ci")  # fmt: skip
+TASK_COLUMNS = ("kind", "n", "ref_accuracy", "quant_accuracy", "drop", "drop_ci", "p_value")
 
 
 def _cell(value) -> str:
     if isinstance(value, float):
-        return f"{value:.6g}"
+        return "n/a" if value != value else f"{value:.6g}"
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        return "n/a" if value[0] != value[0] else f"[{value[0]:.4g}, {value[1]:.4g}]"
     return str(value)
 
 
 def render_html(report: dict, charts: dict[str, str]) -> str:
+    candidates = report["candidates"]
     parts = [
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>qconv eval</title><style>{CSS}</style></head><body>",
         "<h1>qconv eval</h1>",
-        f"<p>quantized: <code>{html.escape(report['quant'])}</code> ({report['quant_bytes']:,} bytes); reference: "
-        f"<code>{html.escape(report['reference'])}</code>; context {report['ctx']}; Python "
-        f"{html.escape(report['provenance']['python_version'])}</p>",
+        f"<p>reference: <code>{html.escape(report['reference'])}</code>; context {report['ctx']}; Python "
+        f"{html.escape(report['provenance']['python_version'])}"
+        + ("" if report.get("complete", True) else "; <b>incomplete run</b>")
+        + "</p>",
     ]
     if report.get("gate_failures"):
         items = "".join(f"<li>{html.escape(f)}</li>" for f in report["gate_failures"])
         parts.append(f'<h2 class="fail">Gates failed</h2><ul id="gate-failures" class="fail">{items}</ul>')
-    parts.append("<h2>Per suite</h2>")
-    parts.append(
-        _table("suites", ["suite", *SUITE_COLUMNS], [[s["name"], *(_cell(s[c]) for c in SUITE_COLUMNS)] for s in report["suites"]])
-    )  # fmt: skip
-    if report.get("tasks"):
-        parts.append("<h2>Tasks</h2>")
+    if len(candidates) > 1:
+        rows = [[r["quant"], _cell(r["bytes"]), _cell(r["kld_mean"]), _cell(r["top1"]), r["gates"]]
+                for r in comparison_rows(report)]  # fmt: skip
+        parts.append("<h2>Comparison</h2>")
+        parts.append(_table("comparison", ["candidate", "bytes", "kld_mean", "top1", "gates"], rows))
+    for i, c in enumerate(candidates):
+        suffix = "" if len(candidates) == 1 else f"-{i + 1}"
         parts.append(
-            _table("tasks", ["suite", *TASK_COLUMNS], [[n, *(_cell(t[c]) for c in TASK_COLUMNS)] for n, t in report["tasks"].items()])
-        )  # fmt: skip
+            f"<h2>{html.escape(Path(c['quant']).name)}</h2><p>quantized: <code>{html.escape(c['quant'])}</code> "
+            f"({c['quant_bytes']:,} bytes)</p>"
+        )
+        if c["suites"]:
+            parts.append(
+                _table(f"suites{suffix}", ["suite", *SUITE_COLUMNS],
+                       [[s["name"], *(_cell(s.get(col)) for col in SUITE_COLUMNS)] for s in c["suites"]])
+            )  # fmt: skip
+        if c["tasks"]:
+            parts.append(
+                _table(f"tasks{suffix}", ["suite", *TASK_COLUMNS],
+                       [[n, *(_cell(t.get(col)) for col in TASK_COLUMNS)] for n, t in c["tasks"].items()])
+            )  # fmt: skip
     titles = {"perplexity": "Perplexity", "kld": "KL divergence", "tasks": "Tasks", "layers": "Per-layer weight error",
               "sensitivity": "Sensitivity"}  # fmt: skip
     for key, name in charts.items():
@@ -201,12 +298,17 @@ def render_html(report: dict, charts: dict[str, str]) -> str:
 
 
 def write_report(report: dict, out_dir: Path) -> dict[str, Path]:
-    """report.json, report.html and the PNG charts into out_dir; returns what was written."""
+    """report.json, report.html and the PNG charts into out_dir, each file replaced whole; returns what was
+    written."""
+    from qconv.converter.quality.run_state import save_report
+    from qconv.formats.atomic_write import AtomicFile
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=float))
+    save_report(out_dir, report)
     charts = write_charts(report, out_dir)
-    (out_dir / "report.html").write_text(render_html(report, charts), encoding="utf-8")
+    with AtomicFile(out_dir / "report.html") as tmp:
+        tmp.write_text(render_html(report, charts), encoding="utf-8")
     return {
         "json": out_dir / "report.json",
         "html": out_dir / "report.html",

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from qconv.converter.quality import evaluate as ev
+from qconv.converter.quality.gates import failure_lines, gate_results, parse_gates
 from qconv.converter.quality.report import CHART_DPI, CHART_SIZE, SUITE_COLUMNS, TASK_COLUMNS, write_report
 from qconv.formats.errors import FormatError
 
@@ -49,18 +50,36 @@ def test_perplexity_uses_the_next_tokens():
 
 
 def test_gates_parse_and_name_the_suite():
-    gates = ev.parse_gates("kld=0.05, top1=0.90,task_drop=0.03")
+    gates = parse_gates("kld=0.05, top1=0.90,task_drop=0.03")
     assert gates == {"kld": 0.05, "top1": 0.9, "task_drop": 0.03}
-    report = {
+    candidate = {
         "suites": [
             {"name": "prose", "kld_mean": 0.01, "kld_p99": 0.1, "top1": 0.95, "ppl_ratio": 1.01},
             {"name": "maths", "kld_mean": 0.02, "kld_p99": 0.2, "top1": 0.85, "ppl_ratio": 1.05},
         ],
-        "tasks": {"maths": {"drop": 0.10}},
+        "tasks": {"maths": {"items": task_items(40, ref_right=22, quant_right=4)}},
     }
-    failures = ev.gate_failures(report, gates)
+    failures = failure_lines(gate_results(candidate, gates))
     assert len(failures) == 2 and all(f.startswith("maths:") for f in failures)
-    assert ev.gate_failures(report, {"kld": 0.5}) == []
+    assert "top-1 agreement below 0.9" in failures[0] and "exact McNemar p=" in failures[1]
+    assert failure_lines(gate_results(candidate, {"kld": 0.5})) == []
+
+
+def task_items(n: int, ref_right: int, quant_right: int) -> list[dict]:
+    """n paired items: the quantized model right on the first quant_right of the reference's right ones."""
+    return [{"ref_ok": i < ref_right, "quant_ok": i < min(quant_right, ref_right)} for i in range(n)]
+
+
+def test_task_drop_fails_only_a_significant_drop():
+    """One miss in 3 items is a 'drop' of 0.333 but no evidence; 22 -> 4 right of 40 is."""
+    gates = {"task_drop": 0.10}
+    small = {"suites": [], "tasks": {"passkey": {"items": task_items(3, ref_right=3, quant_right=2)}}}
+    [row] = gate_results(small, gates)
+    assert row["value"] == pytest.approx(1 / 3) and row["passed"]
+    assert "too few items (3) to detect a drop of 0.1" in row["detail"]
+    big = {"suites": [], "tasks": {"facts": {"items": task_items(40, ref_right=22, quant_right=4)}}}
+    [row] = gate_results(big, gates)
+    assert not row["passed"] and row["value"] == pytest.approx(18 / 40)
 
 
 @pytest.mark.parametrize(
@@ -69,7 +88,7 @@ def test_gates_parse_and_name_the_suite():
 )
 def test_bad_gates_are_user_errors(spec, message):
     with pytest.raises(FormatError, match=message):
-        ev.parse_gates(spec)
+        parse_gates(spec)
 
 
 def write_tiny_gguf(path: Path, arch: str = "llama", tokens=("a", "b", "c"), quantized: bool = False) -> Path:
@@ -120,15 +139,17 @@ def sample_report() -> dict:
             "name": name, "description": name, "tokens": int(rng.integers(2000, 3000)), "kld_mean": kld,
             "kld_p99": kld * 8, "kld_median": kld / 2, "top1": float(rng.uniform(0.7, 0.95)),
             "ppl_ref": float(rng.uniform(5, 20)), "ppl_quant": float(rng.uniform(6, 25)), "ppl_ratio": 1.2,
+            "kld_mean_ci": [kld * 0.9, kld * 1.1], "top1_ci": [0.6, 0.99], "ppl_ratio_ci": [1.1, 1.3],
         })  # fmt: skip
     tasks = {
-        "maths": {"kind": "maths", "n": 20, "ref_accuracy": 0.45, "quant_accuracy": 0.3, "drop": 0.15, "items": []}
-    }
+        "maths": {"kind": "maths", "n": 20, "ref_accuracy": 0.45, "quant_accuracy": 0.3, "drop": 0.15,
+                  "drop_ci": [0.01, 0.3], "p_value": 0.03, "items": []}
+    }  # fmt: skip
     layers = {"attn_q": {str(i): 0.05 + 0.001 * i for i in range(30)}, "ffn_down": {str(i): 0.1 for i in range(30)}}
+    candidate = {"quant": "q2_k.gguf", "quant_bytes": 1, "suites": suites, "tasks": tasks, "layer_errors": layers}
     return {
-        "quant": "q2_k.gguf", "reference": "ref", "quant_bytes": 1, "reference_bytes": 2, "ctx": 512,
-        "suites": suites, "tasks": tasks, "layer_errors": layers, "provenance": {"python_version": "3.x"},
-        "gate_failures": ["maths: task accuracy drop above 0.03 (0.1500)"],
+        "reference": "ref", "reference_bytes": 2, "ctx": 512, "candidates": [candidate],
+        "provenance": {"python_version": "3.x"}, "gate_failures": ["maths: task accuracy drop above 0.03 (0.1500)"],
     }  # fmt: skip
 
 
@@ -174,10 +195,12 @@ def test_html_report_shows_the_json_values_and_real_charts(tmp_path):
     parser.feed(written["html"].read_text())
     suites_table = parser.tables["suites"]
     assert suites_table[0] == ["suite", *SUITE_COLUMNS]
-    for row, suite in zip(suites_table[1:], report["suites"], strict=True):
+    for row, suite in zip(suites_table[1:], report["candidates"][0]["suites"], strict=True):
         assert row[0] == suite["name"]
         for cell, column in zip(row[1:], SUITE_COLUMNS):
-            assert float(cell) == pytest.approx(suite[column], rel=1e-5), (suite["name"], column)
+            values = suite[column] if column.endswith("_ci") else [suite[column]]
+            cells = [float(v) for v in cell.strip("[]").split(",")]
+            assert cells == pytest.approx(values, rel=1e-3), (suite["name"], column)
     task_row = parser.tables["tasks"][1]
     assert task_row[0] == "maths" and float(task_row[1 + TASK_COLUMNS.index("drop")]) == pytest.approx(0.15)
     assert set(parser.images) == {"chart-perplexity", "chart-kld", "chart-tasks", "chart-layers"}

@@ -36,7 +36,9 @@ def test_q2k_against_f32_reports_suites_and_tasks_and_fails_a_gate(smollm2_f32_a
             "--max-tasks", 1, "-t", 2, "-q", "-o", out, "--gate", "kld=0.01,top1=0.99"]  # fmt: skip
     result = run_eval(args)
     assert result.exit_code == 2, result.output
-    report = json.loads((out / "report.json").read_text())
+    full = json.loads((out / "report.json").read_text())
+    assert full["complete"] is True
+    report = full["candidates"][0]
     names = [s["name"] for s in report["suites"]]
     assert names == ["maths", "json", "long_context"]
     for s in report["suites"]:

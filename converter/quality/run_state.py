@@ -1,0 +1,138 @@
+"""What makes an evaluation run resumable and its reference reusable: the run's identity (the models' files, the
+user's task and text files, the options), the partial report saved after every suite, and the reference's greedy
+answers kept between runs.
+
+A run killed after some suites leaves report.json with `"complete": false`; `qconv eval ... -o DIR --resume`
+continues it when the identity is the same and refuses, naming what differs, when it is not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+
+from qconv.formats.atomic_write import AtomicFile, AtomicFolder
+from qconv.formats.errors import FormatError
+
+REPORT = "report.json"
+OPTION_KEYS = ("suites", "ctx", "max_tokens", "max_tasks", "tasks", "long")  # the options that change the figures
+
+
+def _file_identity(path: Path) -> dict:
+    """A model file or folder by name, size and modification time (hashing gigabytes would cost a model pass)."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        return {"path": str(path), "files": {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in files}}
+    stat = path.stat()
+    return {"path": str(path), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def run_identity(quants: list[Path], ref: Path, options) -> dict:
+    """Everything a resumed run must share with the run it continues."""
+    opts = asdict(options) if is_dataclass(options) else dict(options)
+    texts = []
+    for spec in opts.get("texts") or []:
+        name, _, path = spec.partition("=")
+        texts.append({"name": name, "sha256": _sha256(Path(path))})
+    return {
+        "candidates": [_file_identity(q) for q in quants],
+        "reference": _file_identity(ref),
+        "task_files": [{"path": str(p), "sha256": _sha256(Path(p))} for p in opts.get("task_files") or []],
+        "texts": texts,
+        "options": {k: opts.get(k) for k in OPTION_KEYS},
+    }
+
+
+def identity_difference(saved: dict, now: dict) -> str:
+    """The first thing that differs, as a sentence."""
+    for key in ("candidates", "reference", "task_files", "texts", "options"):
+        if saved.get(key) != now.get(key):
+            return f"the saved run differs in its {key.replace('_', ' ')} ({saved.get(key)!r} != {now.get(key)!r})"
+    return "the saved run differs"
+
+
+# ---------------------------------------------------------------- the output folder
+
+
+def start_output(out_dir: Path, force: bool) -> None:
+    """An output folder holding only the qconv marker: partial reports are written into it as suites finish."""
+    with AtomicFolder(out_dir, force):
+        pass
+
+
+def json_safe(value):
+    """NaN and infinities as null: report.json stays standard JSON (jq and CI tools refuse NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if hasattr(value, "item"):  # numpy scalars
+        return json_safe(value.item())
+    return value
+
+
+def report_text(report: dict) -> str:
+    return json.dumps(json_safe(report), indent=2)
+
+
+def save_report(out_dir: Path, report: dict) -> None:
+    with AtomicFile(Path(out_dir) / REPORT) as tmp:
+        tmp.write_text(report_text(report))
+
+
+def load_for_resume(out_dir: Path) -> dict:
+    path = Path(out_dir) / REPORT
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FormatError(f"--resume: {path}: no report of an earlier run to continue") from None
+    except (OSError, ValueError) as e:
+        raise FormatError(f"--resume: {path}: not a qconv eval report ({e})") from None
+    if not isinstance(report, dict) or report.get("schema_version") != 2 or "identity" not in report:
+        raise FormatError(f"--resume: {path}: not a report of this qconv version (schema_version 2)")
+    if report.get("complete"):
+        raise FormatError(f"--resume: {path}: that run is complete; nothing to continue")
+    return report
+
+
+# ---------------------------------------------------------------- the reference's answers
+
+
+class ReferenceAnswers(dict):
+    """The reference's greedy answers by item key; with a cache file, read from FILE.json and written back (the
+    log-probabilities beside them: converter/quality/ref_cache.py)."""
+
+    def __init__(self, cache: Path | None, identity: dict):
+        super().__init__()
+        self.path = Path(str(cache) + ".json") if cache else None
+        self.reference = identity["reference"]
+        if self.path is not None and self.path.is_file():
+            try:
+                saved = json.loads(self.path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as e:
+                raise FormatError(f"--ref-cache {self.path}: not a qconv reference cache ({e})") from None
+            if saved.get("reference") != self.reference:
+                raise FormatError(
+                    f"--ref-cache {self.path}: made with another reference ({saved.get('reference')!r}); "
+                    "give a new cache file or the same reference"
+                )
+            self.update(saved.get("answers") or {})
+
+    def save(self) -> None:
+        if self.path is not None:
+            with AtomicFile(self.path) as tmp:
+                tmp.write_text(json.dumps({"reference": self.reference, "answers": dict(self)}, indent=1))
