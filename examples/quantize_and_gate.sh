@@ -44,8 +44,8 @@ qconv eval "$gguf" --ref "$model_dir" --gate "$gates" -o "$out_dir/report" --jun
 
 # Step 3: check the report against the JSON Schema shipped with the installed qconv, so whatever later reads
 # report.json (dashboards, a comparison between runs) can rely on its shape. python3 is the interpreter qconv was
-# installed in (setup-python, a venv). A user error (exit 1) may have stopped
-# eval before it wrote anything, and there is then nothing to check.
+# installed in (setup-python, a venv). A user error (exit 1) may have stopped eval before it wrote anything, and
+# there is then nothing to check.
 report="$out_dir/report/report.json"
 if [[ -f $report ]]; then
     if ! python3 - "$report" <<'EOF'
