@@ -77,7 +77,8 @@ def gate_results(candidate: dict, gates: dict[str, float]) -> list[dict]:
                 value = suite[gate.metric]
                 crossed = value > threshold if gate.fails_above else value < threshold
                 lo, hi = suite.get(f"{gate.metric}_ci") or (None, None)
-                detail = f"95% CI [{lo:.4g}, {hi:.4g}]" if lo is not None and lo == lo else "95% CI n/a"
+                defined = lo is not None and lo == lo  # NaN, or null once read back from report.json
+                detail = f"95% CI [{lo:.4g}, {hi:.4g}]" if defined else "95% CI n/a"
                 rows.append({"suite": suite["name"], "gate": key, "threshold": threshold, "value": value,
                              "passed": not crossed, "detail": detail})  # fmt: skip
         else:

@@ -48,8 +48,8 @@ def layer_weight_errors(quant: Path, ref: Path) -> dict:
 
 
 def _ci(row: dict, key: str) -> str:
-    lo, hi = row.get(f"{key}_ci") or (float("nan"), float("nan"))
-    return "n/a" if lo != lo else f"[{lo:.4f}, {hi:.4f}]"
+    lo, hi = row.get(f"{key}_ci") or (None, None)
+    return "n/a" if _undefined(lo) else f"[{lo:.4f}, {hi:.4f}]"
 
 
 def format_table(report: dict) -> str:
@@ -75,9 +75,10 @@ def format_table(report: dict) -> str:
             ]
             for name, t in c["tasks"].items():
                 lo, hi = t["drop_ci"]
+                interval = "n/a" if _undefined(lo) else f"[{lo:.3f}, {hi:.3f}]"
                 lines.append(
                     f"{name:<14}{t['kind']:<9}{t['n']:>4}{t['ref_accuracy']:>9.3f}{t['quant_accuracy']:>11.3f}"
-                    f"{t['drop']:>8.3f}{f'[{lo:.3f}, {hi:.3f}]':>18}{t['p_value']:>8.3g}"
+                    f"{t['drop']:>8.3f}{interval:>18}{t['p_value']:>10.3g}"
                     + ("  too hard to measure" if t.get("too_hard") else "")
                 )
         if c.get("gate_failures"):
@@ -247,11 +248,16 @@ SUITE_COLUMNS = ("tokens", "kld_mean", "kld_mean_ci", "kld_p99", "top1", "top1_c
 TASK_COLUMNS = ("kind", "n", "ref_accuracy", "quant_accuracy", "drop", "drop_ci", "p_value")
 
 
+def _undefined(value) -> bool:
+    """NaN in a report being written, null in one read back (report.json has no NaN)."""
+    return value is None or value != value
+
+
 def _cell(value) -> str:
-    if isinstance(value, float):
-        return "n/a" if value != value else f"{value:.6g}"
     if isinstance(value, (list, tuple)) and len(value) == 2:
-        return "n/a" if value[0] != value[0] else f"[{value[0]:.4g}, {value[1]:.4g}]"
+        return "n/a" if _undefined(value[0]) else f"[{value[0]:.4g}, {value[1]:.4g}]"
+    if value is None or isinstance(value, float):
+        return "n/a" if _undefined(value) else f"{value:.6g}"
     return str(value)
 
 
