@@ -72,11 +72,33 @@ def conversion_options(fn):
     "quantize with it.",
 )  # fmt: skip
 @click.option("--target-bpw", type=float, default=None, help="--type auto: bits per weight of the file.")
-@click.option("--max-kld", type=float, default=None, help="--type auto: the smallest file under this predicted KLD.")
+@click.option(
+    "--max-kld", type=float, default=None,
+    help="--type auto: the smallest file under this KLD (predicted; measured with --eval-text/--eval-tasks).",
+)  # fmt: skip
+@click.option(
+    "--sensitivity", type=click.Path(path_type=Path), default=None,
+    help="--type auto: a `qconv analyze -o` JSON of MODEL, used instead of analysing it again.",
+)  # fmt: skip
+@click.option(
+    "--eval-text", "eval_texts", multiple=True, type=click.Path(path_type=Path),
+    help="--type auto: your text (repeatable), windowed as `qconv eval --text`; the file's KLD is measured on it "
+    "and --max-kld holds on each file.",
+)  # fmt: skip
+@click.option(
+    "--eval-tasks", "eval_tasks", multiple=True, type=click.Path(path_type=Path), metavar="FILE.jsonl",
+    help="--type auto: a task file (repeatable, as `qconv eval --tasks`); the KLD is measured over its rendered "
+    "prompts.",
+)  # fmt: skip
+@click.option(
+    "--eval-ctx", type=int, default=None,
+    help="--type auto: tokens per --eval-text window, and the longest --eval-tasks prompt (default 512).",
+)  # fmt: skip
 @user_errors
 def to_gguf(
-    model: Path, out_path: Path, as_json: bool, quiet: bool, calibrate_data, target_bpw, max_kld, **options
-) -> None:
+    model: Path, out_path: Path, as_json: bool, quiet: bool, calibrate_data, target_bpw, max_kld, sensitivity,
+    eval_texts, eval_tasks, eval_ctx, **options,
+) -> None:  # fmt: skip
     """Convert MODEL (a Hugging Face folder, or an f32/f16/bf16 GGUF to re-quantize) to a GGUF file.
 
     --type auto chooses each tensor's type from measured sensitivity to meet --target-bpw (or --max-kld)."""
@@ -86,7 +108,9 @@ def to_gguf(
     from qconv.converter.report_plan import plan_summary, plan_table
     from qconv.formats.atomic_write import check_output_file
 
-    check_auto_options(options["type_name"], target_bpw, max_kld)
+    auto_inputs = check_auto_options(
+        options["type_name"], model, target_bpw, max_kld, sensitivity, eval_texts, eval_tasks, eval_ctx
+    )
     check_output_file(out_path)  # before any calibration or analysis
     log = None if quiet or as_json else (lambda msg: click.echo(msg, err=True))
     with contextlib.ExitStack() as stack:
@@ -96,13 +120,16 @@ def to_gguf(
             options["imatrix"] = stack.enter_context(
                 calibrated_imatrix(model, calibrate_data, threads=options["threads"], log=log)
             )
-        if options["type_name"].lower() == "auto":
+        if auto_inputs is not None:
             from qconv.converter.auto_types import convert_auto
 
             choice, measured = convert_auto(
-                model, out_path, target_bpw, max_kld, imatrix=options["imatrix"], threads=options["threads"], log=log
+                model, out_path, imatrix=options["imatrix"], threads=options["threads"], log=log, inputs=auto_inputs
             )
-            click.echo(f"{out_path}: --type auto, {choice.bits_per_weight:.3f} bits per weight, KLD {measured:.4f}")
+            click.echo(
+                f"{out_path}: --type auto, {choice.bits_per_weight:.3f} bits per weight, KLD {measured:.4f} "
+                f"({choice.measured_on})"
+            )
             return
         result = convert_to_gguf(model, out_path, ConvertOptions(**options), progress=not (quiet or as_json))
     if as_json:
@@ -111,21 +138,35 @@ def to_gguf(
         click.echo(plan_table(result.plan, result.out_path))
 
 
-def check_auto_options(type_name: str, target_bpw: float | None, max_kld: float | None) -> None:
-    """--target-bpw and --max-kld steer --type auto (exactly one of them, checked before minutes of analysis); with
-    any other type they would be silently ignored."""
+def check_auto_options(
+    type_name: str, model: Path, target_bpw: float | None, max_kld: float | None, sensitivity: Path | None = None,
+    eval_texts=(), eval_tasks=(), eval_ctx: int | None = None,
+):  # fmt: skip
+    """--type auto's options, checked before minutes of calibration and analysis: exactly one of --target-bpw and
+    --max-kld, a target the candidate types reach, the analysis JSON against MODEL, the evaluation files read. The
+    checked inputs (auto_types.AutoInputs), or None for any other type, with which these options would be silently
+    ignored: given, they are an error."""
     from qconv.formats.errors import FormatError
 
     if type_name.lower() == "auto":
-        if (target_bpw is None) == (max_kld is None):
-            raise FormatError("--type auto needs exactly one of --target-bpw and --max-kld")
-        return
-    for flag, value in (("--target-bpw", target_bpw), ("--max-kld", max_kld)):
+        from qconv.converter.auto_types import check_auto_inputs
+
+        return check_auto_inputs(
+            model, target_bpw, max_kld, sensitivity=sensitivity, eval_texts=eval_texts, eval_tasks=eval_tasks,
+            eval_ctx=eval_ctx,
+        )  # fmt: skip
+    given = (
+        ("--target-bpw", target_bpw), ("--max-kld", max_kld), ("--sensitivity", sensitivity),
+        ("--eval-text", eval_texts[0] if eval_texts else None), ("--eval-tasks", eval_tasks[0] if eval_tasks else None),
+        ("--eval-ctx", eval_ctx),
+    )  # fmt: skip
+    for flag, value in given:
         if value is not None:
             raise FormatError(
                 f"{flag} {value} needs --type auto (which picks each tensor's type to meet it); --type {type_name} "
                 "fixes the types itself"
             )
+    return None
 
 
 @main.command("plan")
