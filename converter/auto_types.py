@@ -168,8 +168,10 @@ def check_analysis(analysis, shapes: dict, model, source) -> None:
         entry = tensors.get(name)
         if entry is None:
             raise fail(f"no tensor {name}, which {model} has{other}")
-        found = entry.get("shape") if isinstance(entry, dict) else entry
-        if found != shape:
+        if not isinstance(entry, dict):
+            raise fail(f"tensor {name}: expected an object with 'shape' and 'options', found {json.dumps(entry)[:40]}")
+        if entry.get("shape") != shape:
+            found = entry.get("shape")
             raise fail(f"tensor {name} has shape {found}, {model} has {shape}{other}")
     for name in tensors:
         if name not in expected:
@@ -186,8 +188,8 @@ def check_analysis(analysis, shapes: dict, model, source) -> None:
                     f"tensor {name}: option '{type_name}' is not among the types the candidates give a "
                     f"{shape[-1]}-wide row ({', '.join(sizes)})"
                 )
-            found = option.get("bytes") if isinstance(option, dict) else option
-            if found != sizes[type_name]:
+            if not isinstance(option, dict) or option.get("bytes") != sizes[type_name]:
+                found = option.get("bytes") if isinstance(option, dict) else option
                 raise fail(f"tensor {name}: option {type_name} has {found} bytes, expected {sizes[type_name]}")
             if not _is_number(option.get("error")):
                 raise fail(f"tensor {name}: option {type_name} has error {option.get('error')!r}, expected >= 0")
@@ -201,7 +203,7 @@ def check_analysis(analysis, shapes: dict, model, source) -> None:
         names = group.get("tensors") if isinstance(group, dict) else None
         if not isinstance(names, list) or not names:
             raise fail(f"group {label}: no 'tensors' list")
-        unknown = [n for n in names if n not in tensors]
+        unknown = [n for n in names if not isinstance(n, str) or n not in tensors]
         if unknown:
             raise fail(f"group {label}: tensor {unknown[0]} is not in the analysis")
         if not _is_number(group.get("kld")):

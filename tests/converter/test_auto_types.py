@@ -139,6 +139,10 @@ def mutated(sensitivity, tmp_path, change) -> str:
             lambda a: a["tensors"]["output.weight"]["options"]["q4_k"].__setitem__("bytes", 1),
             r"tensor output\.weight: option q4_k has 1 bytes, expected \d+",
         ),  # fmt: skip
+        (
+            lambda a: a["tensors"].__setitem__("blk.0.ffn_up.weight", [512, 256]),
+            r"tensor blk\.0\.ffn_up\.weight: expected an object",
+        ),  # fmt: skip
         (lambda a: a["groups"][0].__setitem__("kld", "high"), r"group .*: 'kld' is 'high'"),
         (lambda a: a.__setitem__("fixed_bytes", 3), r"'fixed_bytes' is 3, .* has \d+"),
     ],
@@ -154,6 +158,9 @@ def test_a_sensitivity_that_is_not_json(folder, tmp_path):
     path = tmp_path / "sens.json"
     path.write_text("{ not json")
     with pytest.raises(FormatError, match=r"sens\.json: not JSON"):
+        check_auto_inputs(folder, 5.0, sensitivity=path)
+    path.write_text("[]")
+    with pytest.raises(FormatError, match=r"sens\.json: not a JSON object"):
         check_auto_inputs(folder, 5.0, sensitivity=path)
 
 
