@@ -132,7 +132,7 @@ def eval_tokens(runner, max_tokens: int, ctx: int) -> list[list[int]]:
 
 
 def measure_kld(ref_logits: list[np.ndarray], runner, windows) -> float:
-    from qconv.converter.quality.evaluate import TokenStats
+    from qconv.converter.quality.token_stats import TokenStats
 
     stats = TokenStats()
     for ref, tokens in zip(ref_logits, windows):

@@ -24,61 +24,12 @@ import numpy as np
 
 from qconv.converter.quality import suites as suite_table
 from qconv.converter.quality.runner import Runner
+from qconv.converter.quality.token_stats import TokenStats
 from qconv.formats.errors import FormatError
-from qconv.runtime.logit_stats import logit_stats
 
 DEFAULT_CTX = 512
 LONG_SCORED_TOKENS = 256  # of a long-context document, the last tokens are scored (the rest only fills the cache)
 USER_STOP = ""  # user task answers end at end-of-turn / EOS or max_tokens, not at a stop string
-
-
-# ---------------------------------------------------------------- metrics
-
-
-@dataclass
-class TokenStats:
-    """Per chunk (window) and scored position: KL(ref || quant), whether the argmaxes agree, and each model's NLL of
-    the next token. Kept per chunk: the confidence intervals resample whole chunks."""
-
-    kld: list[np.ndarray] = field(default_factory=list)
-    top1: list[np.ndarray] = field(default_factory=list)
-    nll_ref: list[np.ndarray] = field(default_factory=list)
-    nll_quant: list[np.ndarray] = field(default_factory=list)
-
-    def add(self, ref_logits: np.ndarray, quant_logits: np.ndarray, next_tokens: np.ndarray) -> None:
-        """Logits of the same positions from both models; next_tokens[i] follows position i (-1: none known).
-        The per-row log-softmaxes run in C (qconv.runtime.logit_stats), threaded, accurate to float64's 1e-6."""
-        nxt = np.asarray(next_tokens, dtype=np.int32)
-        stats = logit_stats(ref_logits, quant_logits, nxt)
-        known = nxt >= 0
-        self.kld.append(stats.kld)
-        self.top1.append(stats.argmax_ref == stats.argmax_quant)
-        self.nll_ref.append(stats.nll_ref[known])
-        self.nll_quant.append(stats.nll_quant[known])
-
-    def summary(self, intervals: bool = True) -> dict:
-        kld = np.concatenate(self.kld) if self.kld else np.zeros(0)
-        nll_r = np.concatenate(self.nll_ref) if self.nll_ref else np.zeros(0)
-        nll_q = np.concatenate(self.nll_quant) if self.nll_quant else np.zeros(0)
-        ppl_ref = float(np.exp(nll_r.mean())) if nll_r.size else float("nan")
-        ppl_quant = float(np.exp(nll_q.mean())) if nll_q.size else float("nan")
-        row = {
-            "tokens": int(kld.size),
-            "chunks": len(self.kld),
-            "kld_mean": float(kld.mean()),
-            "kld_p99": float(np.percentile(kld, 99)),
-            "kld_median": float(np.median(kld)),
-            "top1": float(np.concatenate(self.top1).mean()),
-            "ppl_ref": ppl_ref,
-            "ppl_quant": ppl_quant,
-            "ppl_ratio": ppl_quant / ppl_ref,
-        }
-        if intervals:
-            from qconv.converter.quality.stats import text_suite_cis
-
-            cis = text_suite_cis(self.kld, self.top1, self.nll_ref, self.nll_quant)
-            row.update({f"{key}_ci": [float(lo), float(hi)] for key, (lo, hi) in cis.items()})
-        return row
 
 
 # ---------------------------------------------------------------- the two models
@@ -183,6 +134,7 @@ class Workload:
     windows: list[Window] = field(default_factory=list)
     cases: list[TaskCase] = field(default_factory=list)
     left_out: int = 0  # task items that do not fit the context
+    text_tokens: list[int] | None = None  # a user's text: its tokens, as the reference cache's header holds them
 
 
 def _fit(tokens: list[int], limit: int | None, bos: int | None) -> list[int]:
@@ -254,17 +206,16 @@ def user_cases(runner: Runner, tasks: list, options, limit: int | None) -> tuple
     return _fits(cases, limit, options.max_tasks)
 
 
-def text_windows(runner: Runner, text: str, ctx: int, limit: int | None) -> list[Window]:
+def text_workload(runner: Runner, text, ctx: int, limit: int | None) -> Workload:
     """A user's text scored as llama-perplexity scores `-f FILE -c CTX` (converter/quality/texts.py): whole chunks
     of ctx tokens, BOS first, the second half of each scored. The chunk's last token is only a target, not fed."""
     from qconv.converter.quality import texts
 
     n_ctx = min(ctx, limit or ctx)
-    tokens = runner.tokenize(text, runner.add_bos)
-    return [
-        Window(chunk[:-1], first, chunk[first + 1 :])
-        for chunk, first in texts.text_windows(tokens, n_ctx, runner.bos if runner.add_bos else None)
-    ]
+    tokens = texts.text_tokens(runner, text, n_ctx)
+    chunks = texts.text_windows(tokens, n_ctx, runner.bos if runner.add_bos else None)
+    windows = [Window(chunk[:-1], first, chunk[first + 1 :]) for chunk, first in chunks]
+    return Workload(text.name, f"your text {text.path}", "text", windows, text_tokens=tokens)
 
 
 def build_workloads(runner: Runner, chosen: list, user: UserInputs, options, limit: int | None) -> list[Workload]:
@@ -277,9 +228,8 @@ def build_workloads(runner: Runner, chosen: list, user: UserInputs, options, lim
             w.kind = suite.tasks()[0].kind
             w.cases, w.left_out = builtin_cases(runner, suite, options, limit)
         out.append(w)
-    for name, (path, text) in user.texts.items():
-        windows = text_windows(runner, text, options.ctx, limit)
-        out.append(Workload(name, f"your text {path}", "text", windows))
+    for text in user.texts:
+        out.append(text_workload(runner, text, options.ctx, limit))
     for capability, tasks in user.tasks.items():
         w = Workload(capability, f"your tasks ({tasks[0].source.rsplit(':', 1)[0]})", "user")
         w.cases, w.left_out = user_cases(runner, tasks, options, limit)
@@ -309,21 +259,19 @@ class EvalOptions:
 @dataclass
 class UserInputs:
     tasks: dict = field(default_factory=dict)  # capability -> [UserTask]
-    texts: dict = field(default_factory=dict)  # name -> (path, text)
+    texts: list = field(default_factory=list)  # texts.EvalText
 
 
 def load_user_inputs(options: EvalOptions) -> UserInputs:
     """The user's task files and texts, read and checked whole before any model is loaded."""
     from qconv.converter.quality.task_files import load_task_files
+    from qconv.converter.quality.texts import read_texts
 
     user = UserInputs(tasks=load_task_files([Path(p) for p in options.task_files]) if options.task_files else {})
-    for spec in options.texts:
-        from qconv.converter.quality import texts as text_files
-
-        name, path = text_files.parse_text_option(spec)
-        if name in user.texts or name in user.tasks:
-            raise FormatError(f"--text {spec}: the name '{name}' is given twice")
-        user.texts[name] = (path, text_files.load_text(path))
+    user.texts = read_texts(options.texts) if options.texts else []
+    clash = next((t.name for t in user.texts if t.name in user.tasks), None)
+    if clash:
+        raise FormatError(f"--text {clash}=...: '{clash}' is also a capability of the task files; choose another name")
     return user
 
 
@@ -352,33 +300,70 @@ def _progress(total: int, desc: str, unit: str, on: bool):
     return tqdm(total=total, desc=desc, unit=unit, disable=not on, file=sys.stderr, leave=False, dynamic_ncols=True)
 
 
-def score_windows(w: Workload, ref: Runner, runners: list[Runner], progress: bool) -> list[TokenStats]:
-    """Each window through the reference once and through every candidate, compared."""
+class Reference:
+    """The reference as the loop uses it: the model itself (and, with --ref-cache naming a new file, a cache being
+    written as it runs), or a cache file and no model run at all (converter/quality/ref_cache.py). Live scoring
+    uses the whole vocabulary; scoring from a cache uses the rows as llama-perplexity keeps them (the top 16 nats,
+    1.2e-4 nats apart), which moves a suite's mean KLD by about 0.2%."""
+
+    def __init__(self, runner: Runner | None, cache=None, writer=None):
+        self.runner, self.cache, self.writer = runner, cache, writer
+        self.answers: dict = cache.answers if cache is not None else {}
+
+    def window_stats(self, w: Workload, index: int, window: Window, candidates: list, next_tokens) -> list:
+        """Per candidate logits of the window's scored rows, compared with the reference's: LogitStats each."""
+        from qconv.converter.quality import ref_cache
+        from qconv.runtime.logit_stats import logit_stats
+
+        scored = len(window.tokens) - window.first
+        if self.cache is None:
+            r = self.runner.logits(window.tokens, scored)
+            if self.writer is not None:
+                if w.text_tokens is not None:
+                    self.writer.add_chunk(r)
+                else:
+                    self.writer.add_window(w.name, window.tokens, r)
+            return [logit_stats(r, q, next_tokens) for q in candidates]
+        if w.text_tokens is not None:
+            chunk = window.tokens + [window.targets[-1]]
+            cached = self.cache.reference(w.name)
+            return [cached.chunk_stats(index, chunk, window.first, q) for q in candidates]
+        rows = self.cache.windows.window_rows(w.name, index, window.tokens, scored)
+        return [ref_cache.cached_stats(rows, q, next_tokens) for q in candidates]
+
+    def answer(self, case: TaskCase) -> str:
+        key = answer_key(case)
+        if key not in self.answers:
+            if self.runner is None:
+                raise FormatError(f"reference cache: no answer for task item {case.source}; remake the cache")
+            self.answers[key] = self.runner.greedy(case.tokens, case.max_new, case.stop)
+        return self.answers[key]
+
+
+def score_windows(w: Workload, ref: Reference, runners: list[Runner], progress: bool) -> list[TokenStats]:
+    """Each window through the reference once (or from its cache) and through every candidate, compared."""
     stats = [TokenStats() for _ in runners]
     with _progress(sum(len(x.tokens) for x in w.windows), w.name, "tok", progress) as bar:
-        for window in w.windows:
+        for index, window in enumerate(w.windows):
             scored = len(window.tokens) - window.first
             targets = window.targets or (window.tokens[window.first + 1 :] + [-1])
-            next_tokens = np.array(targets[:scored] + [-1] * (scored - len(targets)), dtype=np.int64)
-            r = ref.logits(window.tokens, scored)
-            for runner, s in zip(runners, stats):
-                s.add(r, runner.logits(window.tokens, scored), next_tokens)
+            next_tokens = np.array(targets[:scored] + [-1] * (scored - len(targets)), dtype=np.int32)
+            candidates = [runner.logits(window.tokens, scored) for runner in runners]
+            for s, row_stats in zip(stats, ref.window_stats(w, index, window, candidates, next_tokens)):
+                s.add_stats(row_stats, next_tokens)
+            del candidates
             bar.update(len(window.tokens))
     return stats
 
 
-def answer_cases(w: Workload, ref: Runner, runners: list[Runner], ref_answers: dict, progress: bool) -> list[dict]:
-    """Every candidate's task table: per item the expected answer, both answers and whether each is right. The
-    reference's answers come from ref_answers when cached there (keyed by the item's tokens and limits)."""
+def answer_cases(w: Workload, ref: Reference, runners: list[Runner], progress: bool) -> list[dict]:
+    """Every candidate's task table: per item the expected answer, both answers and whether each is right."""
     from qconv.converter.quality.stats import compare_tasks
 
     rows: list[list[dict]] = [[] for _ in runners]
     with _progress(len(w.cases), w.name, "item", progress) as bar:
         for case in w.cases:
-            key = answer_key(case)
-            ref_text = ref_answers.get(key)
-            if ref_text is None:
-                ref_text = ref_answers[key] = ref.greedy(case.tokens, case.max_new, case.stop)
+            ref_text = ref.answer(case)
             ref_ok = bool(case.check(ref_text))
             for runner, table in zip(runners, rows):
                 text = runner.greedy(case.tokens, case.max_new, case.stop)
@@ -470,42 +455,33 @@ def evaluate(
         limit = _model_limit([ref_path, *quants])
         probe = Runner(ref_path, 64, options.threads)  # tokenizer and chat template, before the cache is sized
         workloads = build_workloads(probe, chosen, user, options, limit)
+        n_vocab = probe.n_vocab
         del probe
         needed = max([len(x.tokens) for w in workloads for x in w.windows]
                      + [len(c.tokens) + c.max_new for w in workloads for c in w.cases] + [options.ctx])  # fmt: skip
         model_ctx = min(needed + 8, limit) if limit else needed + 8
-        ref_runner = Runner(ref_path, model_ctx, options.threads)
+        cache, writer = open_reference_cache(options, Path(ref), user, chosen, workloads, identity, n_vocab, resume)
+        ref_runner = None if cache is not None else Runner(ref_path, model_ctx, options.threads)
+        if cache is not None:
+            say(f"reference: from the cache {options.ref_cache} (the reference model is not run)")
         runners = [open_runner(q, model_ctx, options.threads) for q in quants]
+        reference = Reference(ref_runner, cache, writer)
         report = resume if resume is not None else new_report(quants, Path(ref), ref_path, options, identity)
-        from qconv.converter.quality.run_state import ReferenceAnswers
-
-        ref_answers = ReferenceAnswers(options.ref_cache, identity)
-        for w in workloads:
-            if w.name in report["finished"]:
-                continue
-            ref_runner.seconds = ref_runner.tokens = 0
-            for r in runners:
-                r.seconds = r.tokens = 0
-            if w.windows:
-                for candidate, stats in zip(
-                    report["candidates"], score_windows(w, ref_runner, runners, options.progress)
-                ):
-                    candidate["suites"].append({"name": w.name, "description": w.description, **stats.summary()})
-            if w.cases:
-                for candidate, task in zip(
-                    report["candidates"], answer_cases(w, ref_runner, runners, ref_answers, options.progress)
-                ):
-                    candidate["tasks"][w.name] = task
-            for candidate, runner in zip(report["candidates"], runners):
-                candidate["speed"]["tokens"] += runner.tokens
-                candidate["speed"]["seconds"] += runner.seconds
-            report["reference_speed"]["tokens"] += ref_runner.tokens
-            report["reference_speed"]["seconds"] += ref_runner.seconds
-            report["finished"].append(w.name)
-            ref_answers.save()
-            say(_suite_line(w.name, report["candidates"]))
-            if save is not None:
-                save(report)
+        try:
+            for w in workloads:
+                if w.name not in report["finished"]:
+                    run_workload(w, reference, runners, report, options)
+                    say(_suite_line(w.name, report["candidates"]))
+                    if save is not None:
+                        save(report)
+            if writer is not None:
+                writer.answers = reference.answers
+                writer.commit()
+                say(f"reference cache: {options.ref_cache}")
+        except BaseException:
+            if writer is not None:
+                writer.discard()
+            raise
         for candidate, quant in zip(report["candidates"], quants):
             candidate["overall"] = overall(candidate)
             if options.layer_errors:
@@ -515,6 +491,45 @@ def evaluate(
                 candidate["layer_errors"] = errors(quant, ref_path)
         report["complete"] = True
     return report
+
+
+def run_workload(w: Workload, reference: Reference, runners: list[Runner], report: dict, options) -> None:
+    """One suite through every candidate: its rows and task tables into the report, its time into the speeds."""
+    ref_runner = reference.runner
+    for runner in [ref_runner, *runners]:
+        if runner is not None:
+            runner.seconds = runner.tokens = 0
+    if w.windows:
+        for candidate, stats in zip(report["candidates"], score_windows(w, reference, runners, options.progress)):
+            candidate["suites"].append({"name": w.name, "description": w.description, **stats.summary()})
+    if w.cases:
+        for candidate, task in zip(report["candidates"], answer_cases(w, reference, runners, options.progress)):
+            candidate["tasks"][w.name] = task
+    for candidate, runner in zip(report["candidates"], runners):
+        candidate["speed"]["tokens"] += runner.tokens
+        candidate["speed"]["seconds"] += runner.seconds
+    if ref_runner is not None:
+        report["reference_speed"]["tokens"] += ref_runner.tokens
+        report["reference_speed"]["seconds"] += ref_runner.seconds
+    report["finished"].append(w.name)
+
+
+def open_reference_cache(options, ref: Path, user, chosen, workloads, identity, n_vocab, resume):
+    """(cache, writer): the --ref-cache file when it was made for this run (then the reference is not run), else
+    a writer filling it as the reference runs. A resumed run writes none: its first suites ran before."""
+    if options.ref_cache is None:
+        return None, None
+    from qconv.converter.quality import ref_cache
+
+    settings = {**identity["options"], "task_files": [f["sha256"] for f in identity["task_files"]]}
+    # the texts' window: --ctx, or the model's context when that is shorter
+    n_ctx = next((len(w.windows[0].tokens) + 1 for w in workloads if w.text_tokens is not None), options.ctx)
+    description = ref_cache.describe(ref, user.texts, n_ctx, [s.name for s in chosen], settings)
+    cache = ref_cache.load_cache(options.ref_cache, description)
+    if cache is not None or resume is not None:
+        return cache, None
+    text_tokens = [(w.name, w.text_tokens) for w in workloads if w.text_tokens is not None]
+    return None, ref_cache.CacheWriter(options.ref_cache, description, n_ctx, n_vocab, text_tokens)
 
 
 def _suite_line(name: str, candidates: list[dict]) -> str:

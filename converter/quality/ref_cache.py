@@ -283,6 +283,101 @@ class CachedReference:
         return cached_stats(f.chunk_rows(chunk), quant_logits, np.asarray(window[first + 1 :]))
 
 
+# ---------------------------------------------------------------- the built-in suites' windows
+
+
+ROWS_SUFFIX = ".rows"
+ROWS_MAGIC = b"qconvrow"
+ROWS_HEADER = np.dtype([("magic", "S8"), ("n_vocab", "<i4"), ("n_rows", "<i8")])
+
+
+def rows_path(path: Path) -> Path:
+    return Path(str(path) + ROWS_SUFFIX)
+
+
+def tokens_sha256(tokens) -> str:
+    return hashlib.sha256(np.asarray(tokens, dtype="<i4").tobytes()).hexdigest()
+
+
+class WindowRowsWriter:
+    """FILE.rows: the reference's rows (the encoding above) of the built-in suites' windows, which have any length
+    and are scored from any position, so they do not fit llama-perplexity's fixed chunks. A 24-byte header
+    (magic, n_vocab, n_rows), then the rows one window after another; the sidecar says where each window is."""
+
+    def __init__(self, path: Path, n_vocab: int):
+        self.n_vocab = int(n_vocab)
+        self.n_rows = 0
+        self.windows: dict[str, list[dict]] = {}
+        self._atomic = AtomicFile(Path(path))
+        self._file = open(self._atomic.open(), "wb")
+        self._file.write(bytes(ROWS_HEADER.itemsize))  # the row count is known at the end
+
+    def add(self, suite: str, tokens, logits: np.ndarray) -> None:
+        rows = encode_log_probs(logits)
+        self.windows.setdefault(suite, []).append(
+            {"offset": self.n_rows, "rows": len(rows), "tokens_sha256": tokens_sha256(tokens)}
+        )
+        self._file.write(rows.astype("<u2", copy=False).tobytes())
+        self.n_rows += len(rows)
+
+    def commit(self) -> int:
+        self._file.seek(0)
+        self._file.write(np.array([(ROWS_MAGIC, self.n_vocab, self.n_rows)], dtype=ROWS_HEADER).tobytes())
+        self._file.close()
+        self._atomic.commit()
+        return ROWS_HEADER.itemsize + 2 * self.n_rows * row_width(self.n_vocab)
+
+    def discard(self) -> None:
+        self._file.close()
+        self._atomic.discard()
+
+
+class CachedWindows:
+    """The built-in suites' cached rows: FILE.rows checked against its size, each window against its entry."""
+
+    def __init__(self, path: Path, windows: dict, n_vocab: int):
+        self.path = Path(path)
+        try:
+            size = self.path.stat().st_size
+            with open(self.path, "rb") as f:
+                head = f.read(ROWS_HEADER.itemsize)
+        except OSError as e:
+            raise FormatError(f"{self.path}: cannot read the reference cache's rows: {e.strerror}") from None
+        if len(head) < ROWS_HEADER.itemsize or np.frombuffer(head, ROWS_HEADER)[0]["magic"] != ROWS_MAGIC:
+            raise FormatError(f"{self.path}: not a qconv reference-cache rows file (magic {ROWS_MAGIC!r})")
+        header = np.frombuffer(head, ROWS_HEADER)[0]
+        n_rows, width = int(header["n_rows"]), row_width(n_vocab)
+        if int(header["n_vocab"]) != n_vocab or n_rows < 0 or size != ROWS_HEADER.itemsize + 2 * n_rows * width:
+            raise FormatError(
+                f"{self.path}: {size} bytes with n_vocab {int(header['n_vocab'])} and {n_rows} rows; expected "
+                f"n_vocab {n_vocab} and {ROWS_HEADER.itemsize} + 2 * rows * {width} bytes"
+            )
+        for suite, entries in windows.items():
+            for i, e in enumerate(entries):
+                offset, count = e.get("offset"), e.get("rows")
+                if not (isinstance(offset, int) and isinstance(count, int) and 0 <= offset and 1 <= count
+                        and offset + count <= n_rows):  # fmt: skip
+                    raise FormatError(f"{self.path}: window {i} of suite '{suite}' lies outside its {n_rows} rows")
+        self.windows = windows
+        self.rows = (
+            np.memmap(self.path, dtype="<u2", mode="r", offset=ROWS_HEADER.itemsize, shape=(n_rows, width))
+            if n_rows else np.zeros((0, width), dtype=np.uint16)
+        )  # fmt: skip
+
+    def window_rows(self, suite: str, index: int, tokens, n_rows: int) -> np.ndarray:
+        entries = self.windows.get(suite) or []
+        if index >= len(entries) or entries[index]["rows"] != n_rows:
+            raise FormatError(f"{self.path}: has no window {index} of {n_rows} rows for suite '{suite}'; remake it")
+        entry = entries[index]
+        if entry["tokens_sha256"] != tokens_sha256(tokens):
+            raise FormatError(f"{self.path}: window {index} of suite '{suite}' holds other tokens; remake the cache")
+        rows = np.array(self.rows[entry["offset"] : entry["offset"] + n_rows])
+        scale, low = row_scales(rows)
+        if not (np.isfinite(scale) & np.isfinite(low) & (scale >= 0)).all():
+            raise FormatError(f"{self.path}: window {index} of suite '{suite}' has a row with a bad scale")
+        return rows
+
+
 # ---------------------------------------------------------------- the sidecar
 
 
@@ -349,6 +444,7 @@ class ReferenceCache:
     texts: dict[str, dict]  # name -> {"first_chunk", "chunks", "tokens"}
     answers: dict = field(default_factory=dict)  # suite -> the reference's greedy answers, as the caller stored them
     log_probs: LogProbFile | None = None
+    windows: CachedWindows | None = None  # the built-in suites' windows
 
     def reference(self, name: str) -> CachedReference:
         """The cached reference of the text `name` (for texts.score_text)."""
@@ -400,7 +496,12 @@ def load_cache(path: Path, description: dict) -> ReferenceCache | None:
                 raise FormatError(
                     f"{side}: text '{name}' ends at chunk {first + chunks}, {path} has {log_probs.n_chunk}"
                 )
-    return ReferenceCache(path, record["description"], texts, record.get("answers") or {}, log_probs)
+    windows = None
+    if record.get("windows"):
+        if not isinstance(record["windows"], dict) or not isinstance(record.get("n_vocab"), int):
+            raise FormatError(f"{side}: its window table is not a table of suites")
+        windows = CachedWindows(rows_path(path), record["windows"], record["n_vocab"])
+    return ReferenceCache(path, record["description"], texts, record.get("answers") or {}, log_probs, windows)
 
 
 class CacheWriter:
@@ -424,7 +525,15 @@ class CacheWriter:
             stream += tokens[: chunks * n_ctx]
         self._sidecar = AtomicFile(sidecar_path(self.path))
         self._sidecar.open()  # checked now, before any model run
+        self.n_vocab = int(n_vocab)
         self.log_probs = LogProbWriter(self.path, n_ctx, n_vocab, stream) if stream else None
+        self.window_rows: WindowRowsWriter | None = None
+
+    def add_window(self, suite: str, tokens, logits: np.ndarray) -> None:
+        """A built-in suite's window: its tokens and the reference's logits of its scored positions."""
+        if self.window_rows is None:
+            self.window_rows = WindowRowsWriter(rows_path(self.path), self.n_vocab)
+        self.window_rows.add(suite, tokens, logits)
 
     def add_chunk(self, logits: np.ndarray) -> None:
         self.log_probs.add_chunk(logits)
@@ -438,9 +547,13 @@ class CacheWriter:
             if self.log_probs
             else {},
             "answers": self.answers,
+            "n_vocab": self.n_vocab,
+            "windows": self.window_rows.windows if self.window_rows else {},
         }
         if self.log_probs is not None:
             self.log_probs.commit()
+        if self.window_rows is not None:
+            self.window_rows.commit()
         try:
             Path(self._sidecar.temp).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n", encoding="utf-8")
             self._sidecar.commit()
@@ -452,6 +565,8 @@ class CacheWriter:
     def discard(self) -> None:
         if self.log_probs is not None:
             self.log_probs.discard()
+        if self.window_rows is not None:
+            self.window_rows.discard()
         self._sidecar.discard()
 
     def __enter__(self) -> CacheWriter:

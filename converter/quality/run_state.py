@@ -1,6 +1,5 @@
-"""What makes an evaluation run resumable and its reference reusable: the run's identity (the models' files, the
-user's task and text files, the options), the partial report saved after every suite, and the reference's greedy
-answers kept between runs.
+"""What makes an evaluation run resumable: the run's identity (the models' files, the user's task and text files,
+the options) and the partial report saved after every suite.
 
 A run killed after some suites leaves report.json with `"complete": false`; `qconv eval ... -o DIR --resume`
 continues it when the identity is the same and refuses, naming what differs, when it is not.
@@ -107,32 +106,3 @@ def load_for_resume(out_dir: Path) -> dict:
     if report.get("complete"):
         raise FormatError(f"--resume: {path}: that run is complete; nothing to continue")
     return report
-
-
-# ---------------------------------------------------------------- the reference's answers
-
-
-class ReferenceAnswers(dict):
-    """The reference's greedy answers by item key; with a cache file, read from FILE.json and written back (the
-    log-probabilities beside them: converter/quality/ref_cache.py)."""
-
-    def __init__(self, cache: Path | None, identity: dict):
-        super().__init__()
-        self.path = Path(str(cache) + ".json") if cache else None
-        self.reference = identity["reference"]
-        if self.path is not None and self.path.is_file():
-            try:
-                saved = json.loads(self.path.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as e:
-                raise FormatError(f"--ref-cache {self.path}: not a qconv reference cache ({e})") from None
-            if saved.get("reference") != self.reference:
-                raise FormatError(
-                    f"--ref-cache {self.path}: made with another reference ({saved.get('reference')!r}); "
-                    "give a new cache file or the same reference"
-                )
-            self.update(saved.get("answers") or {})
-
-    def save(self) -> None:
-        if self.path is not None:
-            with AtomicFile(self.path) as tmp:
-                tmp.write_text(json.dumps({"reference": self.reference, "answers": dict(self)}, indent=1))

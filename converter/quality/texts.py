@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from qconv.converter.quality.token_stats import TokenStats
 from qconv.formats.errors import FormatError
 
 MAX_TEXT_BYTES = 256 << 20
@@ -121,43 +122,6 @@ def scored_logits(runner, window: list[int], first: int) -> np.ndarray:
 # ---------------------------------------------------------------- scores
 
 
-@dataclass
-class ChunkScores:
-    """Per chunk, per scored position: KL(ref || quant), whether the argmaxes agree, and each model's NLL of the
-    next token. Kept per chunk because confidence intervals are bootstrapped over chunks."""
-
-    kld: list[np.ndarray] = field(default_factory=list)
-    top1: list[np.ndarray] = field(default_factory=list)
-    nll_ref: list[np.ndarray] = field(default_factory=list)
-    nll_quant: list[np.ndarray] = field(default_factory=list)
-
-    def add(self, stats) -> None:
-        """One chunk's qconv.runtime.logit_stats.LogitStats (every position has a known next token)."""
-        self.kld.append(np.asarray(stats.kld, dtype=np.float64))
-        self.top1.append(np.asarray(stats.argmax_ref == stats.argmax_quant))
-        self.nll_ref.append(np.asarray(stats.nll_ref, dtype=np.float64))
-        self.nll_quant.append(np.asarray(stats.nll_quant, dtype=np.float64))
-
-    def summary(self) -> dict:
-        """Pooled over every scored position, as llama-perplexity reports them (perplexity = exp(mean NLL))."""
-        if not self.kld:
-            raise ValueError("ChunkScores.summary: no chunk was scored")
-        kld = np.concatenate(self.kld)
-        ppl_ref = float(np.exp(np.concatenate(self.nll_ref).mean()))
-        ppl_quant = float(np.exp(np.concatenate(self.nll_quant).mean()))
-        return {
-            "chunks": len(self.kld),
-            "tokens": int(kld.size),
-            "kld_mean": float(kld.mean()),
-            "kld_p99": float(np.percentile(kld, 99)),
-            "kld_median": float(np.median(kld)),
-            "top1": float(np.concatenate(self.top1).mean()),
-            "ppl_ref": ppl_ref,
-            "ppl_quant": ppl_quant,
-            "ppl_ratio": ppl_quant / ppl_ref,
-        }
-
-
 class LiveReference:
     """The reference model itself: its logits of each window, compared with a candidate's in C (logit_stats).
     With a writer (ref_cache.LogProbWriter), each chunk's rows are also appended to a reference cache."""
@@ -175,12 +139,12 @@ class LiveReference:
         return logit_stats(ref_logits, quant_logits, np.asarray(window[first + 1 :], dtype=np.int32))
 
 
-def score_text(quant, windows: list[tuple[list[int], int]], reference) -> ChunkScores:
+def score_text(quant, windows: list[tuple[list[int], int]], reference) -> TokenStats:
     """A candidate (a Runner) against the reference on the text's windows. reference: a LiveReference, or a
     ref_cache.CachedReference (the reference's log-probabilities from a cache file, no reference model)."""
-    scores = ChunkScores()
+    scores = TokenStats()
     for index, (window, first) in enumerate(windows):
         quant_logits = scored_logits(quant, window, first)
-        scores.add(reference.chunk_stats(index, window, first, quant_logits))
+        scores.add_stats(reference.chunk_stats(index, window, first, quant_logits), np.asarray(window[first + 1 :]))
         del quant_logits
     return scores

@@ -26,8 +26,8 @@ def held_out_text() -> str:
 
 
 def qconv_side(f32: Path, quant: Path, text: str, n_tokens: int, ctx: int, threads: int) -> tuple[float, int]:
-    from qconv.converter.quality.evaluate import TokenStats
     from qconv.converter.quality.runner import Runner
+    from qconv.converter.quality.token_stats import TokenStats
 
     t0 = time.perf_counter()  # loading counts, as it does in llama-perplexity's wall time
     ref, q = Runner(f32, ctx, threads), Runner(quant, ctx, threads)

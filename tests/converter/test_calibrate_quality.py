@@ -67,7 +67,7 @@ def llama_logits(path, windows) -> list[np.ndarray]:
 
 
 def mean_kld(ref: list[np.ndarray], quant_path, windows) -> float:
-    from qconv.converter.quality.evaluate import TokenStats
+    from qconv.converter.quality.token_stats import TokenStats
 
     stats = TokenStats()
     for r, q, w in zip(ref, llama_logits(quant_path, windows), windows):

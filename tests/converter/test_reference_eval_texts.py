@@ -15,6 +15,7 @@ import pytest
 from qconv.converter.convert import convert_to_gguf
 from qconv.converter.quality import ref_cache, suites, texts
 from qconv.converter.quality.runner import Runner
+from qconv.converter.quality.token_stats import TokenStats
 from qconv.runtime.logit_stats import logit_stats
 from tests.llama_tools import build_tools, tools_missing_reason
 
@@ -97,7 +98,7 @@ def ours(files):
     assert len(windows) == CHUNKS
     description = ref_cache.describe(files["f32"], [text], CTX, [], {})
     path = files["out"] / "ours.bin"
-    live, in_memory = texts.ChunkScores(), texts.ChunkScores()
+    live, in_memory = TokenStats(), TokenStats()
     worst = {"nll_ref": 0.0, "kld": 0.0}
     with ref_cache.CacheWriter(path, description, CTX, ref.n_vocab, [("text", tokens)]) as writer:
         for window, first in windows:
@@ -107,8 +108,8 @@ def ours(files):
             exact = logit_stats(r, q, nxt)
             rows = ref_cache.encode_log_probs(r)
             cached = ref_cache.cached_stats(rows, q, nxt)
-            live.add(exact)
-            in_memory.add(cached)
+            live.add_stats(exact, nxt)
+            in_memory.add_stats(cached, nxt)
             writer.add_chunk(r)
             # The bound: each kept log-prob is off by at most scale/2, which moves a row's KLD by at most
             # scale/2 * (1 + sum p |log p - log q|); llama's KLD leaves out the log-probs at or below -16.
