@@ -163,3 +163,33 @@ def test_scoring_from_the_cache_equals_the_live_reference(ours):
     assert from_file["ppl_quant"] == pytest.approx(live["ppl_quant"], rel=1e-6)
     assert from_file["kld_mean"] == pytest.approx(live["kld_mean"], rel=5e-3)
     assert abs(from_file["top1"] - live["top1"]) <= 1 / live["tokens"]
+
+
+def test_qconv_eval_text_agrees_with_llama_perplexity_and_its_cache_skips_the_reference(files, llama_base):
+    """Through the command: `qconv eval Q --ref F --suite none --text NAME=FILE` gives llama-perplexity's
+    --kl-divergence figures within 2%; with --ref-cache the second run reads the reference from the file (llama's
+    base layout, which llama-perplexity reads as its own) and never runs the reference model."""
+    import json
+    import sys
+
+    _, theirs = llama_base
+    cache = files["out"] / "eval-cache.bin"
+    command = [sys.executable, "-c", "from qconv.converter.cli import main; main()", "eval", str(files["q4_k_m"]),
+               "--ref", str(files["f32"]), "--suite", "none", "--text", f"wiki={files['text']}", "-c", str(CTX),
+               "-t", str(THREADS), "-q", "--json", "--ref-cache", str(cache)]  # fmt: skip
+    reports = []
+    for _ in range(2):
+        run = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr
+        reports.append(json.loads(run.stdout))
+    first, second = reports
+    [row] = first["candidates"][0]["suites"]
+    assert row["name"] == "wiki" and row["tokens"] == CHUNKS * (CTX - 1 - CTX // 2)
+    for key in ("kld_mean", "top1", "ppl_ratio", "ppl_ref", "ppl_quant"):
+        assert row[key] == pytest.approx(theirs[key], rel=0.02), key
+    assert first["reference_speed"]["tokens"] > 0 and second["reference_speed"]["tokens"] == 0
+    [cached] = second["candidates"][0]["suites"]
+    for key in ("kld_mean", "top1", "ppl_ratio"):
+        assert cached[key] == pytest.approx(theirs[key], rel=0.02), key
+    read_by_llama = llama_figures(llama_perplexity(files["q4_k_m"], "--kl-divergence-base", cache, "--kl-divergence"))
+    assert read_by_llama["kld_mean"] == pytest.approx(theirs["kld_mean"], rel=1e-3)
