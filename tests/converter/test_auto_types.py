@@ -134,15 +134,15 @@ def mutated(sensitivity, tmp_path, change) -> str:
         (
             lambda a: a["tensors"].__setitem__("blk.7.attn_q.weight", a["tensors"]["blk.0.attn_q.weight"]),
             r"tensor blk\.7\.attn_q\.weight is not a tensor of",
-        ),  # fmt: skip
+        ),
         (
             lambda a: a["tensors"]["output.weight"]["options"]["q4_k"].__setitem__("bytes", 1),
             r"tensor output\.weight: option q4_k has 1 bytes, expected \d+",
-        ),  # fmt: skip
+        ),
         (
             lambda a: a["tensors"].__setitem__("blk.0.ffn_up.weight", [512, 256]),
             r"tensor blk\.0\.ffn_up\.weight: expected an object",
-        ),  # fmt: skip
+        ),
         (lambda a: a["groups"][0].__setitem__("kld", "high"), r"group .*: 'kld' is 'high'"),
         (lambda a: a.__setitem__("fixed_bytes", 3), r"'fixed_bytes' is 3, .* has \d+"),
     ],
