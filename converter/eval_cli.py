@@ -22,7 +22,8 @@ def _log(quiet: bool):
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option(
     "--data", "data", type=click.Path(path_type=Path), multiple=True,
-    help="Calibration text: files or folders (repeatable). Default: the built-in calibration suites. "
+    help="Calibration text: files or folders (repeatable); a .jsonl file is read as prompt items ({prompt} or "
+    "{messages} per line) rendered with the model's chat template. Default: the built-in calibration suites. "
     "Text from your own task is the recommended calibration.",
 )  # fmt: skip
 @click.option("-c", "--ctx", type=int, default=512, show_default=True, help="Tokens per chunk (context window).")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qconv.converter.calibrate import chunks_of, read_calibration_data
+from qconv.converter.calibrate import chunks_of, read_calibration_files
 from qconv.formats.errors import FormatError
 from qconv.formats.imatrix import ImportanceMatrix
 
@@ -24,6 +24,18 @@ from qconv.formats.imatrix import ImportanceMatrix
 # for stable per-column means of the head's and layers' inputs, a few seconds for a small model.
 DEFAULT_CHUNKS = 8
 DEFAULT_CTX = 256
+
+
+def _chat_renderer(tokenizer_gguf: Path, tokenizer):
+    """The source's chat template as a render callable (None without one), for .jsonl calibration items."""
+    from qconv.formats.gguf_read import read_gguf
+    from qconv.runtime.chat import render_chat_for
+
+    with read_gguf(tokenizer_gguf) as g:
+        template = g.metadata.get("tokenizer.chat_template")
+    if not isinstance(template, str):
+        return None
+    return lambda messages: render_chat_for(template, tokenizer, messages)
 
 
 def probe_importance(
@@ -37,12 +49,13 @@ def probe_importance(
     from qconv.formats.onnx_graph import PROTO_LIMIT_BYTES, GraphBuilder
     from qconv.runtime.tokenizer import Tokenizer
 
-    data = read_calibration_data(data_paths)
+    files = read_calibration_files(data_paths)
     with tempfile.TemporaryDirectory(prefix="qconv-onnx-calibrate-") as tmp:
         work = Path(tmp)
         write_tokenizer_gguf(source, work / "tokenizer.gguf")
         tokenizer = Tokenizer.from_gguf(work / "tokenizer.gguf")
-        tokens = tokenizer.encode(data.text, add_special=False)
+        data = files.rendered(_chat_renderer(work / "tokenizer.gguf", tokenizer))  # .jsonl items, as calibrate's
+        tokens = tokenizer.encode(data.text, add_special=False, parse_special=data.parse_special)
         if len(tokens) < ctx:
             raise FormatError(
                 f"calibration text ({data.name}) is {len(tokens)} tokens, shorter than one chunk of {ctx}; give more text"

@@ -374,3 +374,20 @@ def render_chat(
         raise FormatError(f"chat template does not render: {_one_line(exc)}") from exc
     except Exception as exc:  # noqa: BLE001 - a template may raise anything Python does (1/0, 10**-1000000)
         raise FormatError(f"chat template does not render: {type(exc).__name__}: {_one_line(exc)}") from exc
+
+
+def render_chat_for(template: str, tokenizer, messages: list[dict], add_generation_prompt: bool = True) -> str:
+    """render_chat with the special tokens of a vocabulary (runtime.tokenizer.Tokenizer) as the template sees them."""
+
+    def text(token: int) -> str:
+        return tokenizer.token_text(token).decode("utf-8", errors="replace") if token >= 0 else ""
+
+    bos = text(tokenizer.bos)
+    prompt = render_chat(
+        template, messages, add_generation_prompt=add_generation_prompt, bos_token=bos, eos_token=text(tokenizer.eos)
+    )
+    # a template that writes BOS itself (Gemma's) next to a vocabulary that adds it would give two: the
+    # tokenizer's is kept, as llama.cpp's common/chat.cpp does
+    if bos and tokenizer.add_bos and prompt.startswith(bos):
+        prompt = prompt[len(bos) :]
+    return prompt

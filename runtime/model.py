@@ -20,7 +20,7 @@ import numpy as np
 from qconv.formats.errors import FormatError
 from qconv.runtime import mapped_file_guard
 from qconv.runtime._native import ffi, lib
-from qconv.runtime.chat import render_chat
+from qconv.runtime.chat import render_chat_for
 from qconv.runtime.generation import generate
 from qconv.runtime.tokenizer import Tokenizer
 
@@ -147,20 +147,7 @@ class Model:
         template = self.chat_template
         if template is None:
             raise FormatError(f"{self.path}: the file has no tokenizer.chat_template")
-        tok = self.tokenizer
-
-        def text(token: int) -> str:
-            return tok.token_text(token).decode("utf-8", errors="replace") if token >= 0 else ""
-
-        bos = text(tok.bos)
-        prompt = render_chat(
-            template, messages, add_generation_prompt=add_generation_prompt, bos_token=bos, eos_token=text(tok.eos)
-        )
-        # a template that writes BOS itself (Gemma's) next to a vocabulary that adds it would give two: the
-        # tokenizer's is kept, as llama.cpp's common/chat.cpp does
-        if bos and tok.add_bos and prompt.startswith(bos):
-            prompt = prompt[len(bos) :]
-        return prompt
+        return render_chat_for(template, self.tokenizer, messages, add_generation_prompt)
 
     # ---- evaluation ----
 

@@ -367,6 +367,45 @@ def test_calibration_runs_the_float_graph(random_model_factory, tmp_path):
     assert imatrix.chunk_count == 3 and imatrix.chunk_size == 64
 
 
+def test_calibration_items_are_rendered_with_the_chat_template(smollm2_dir, tmp_path, monkeypatch):
+    """A .jsonl calibration file holds prompt items: to-onnx renders them with the source's chat template and
+    tokenizes its markers as the special tokens a chat feeds (as `qconv calibrate --data` does)."""
+    import json
+
+    from qconv.converter import onnx_calibrate
+    from qconv.converter.sources import HFSource
+    from qconv.runtime.tokenizer import Tokenizer
+
+    items = tmp_path / "traffic.jsonl"
+    items.write_text("".join(json.dumps({"prompt": f"Question {i}: what is {i} + {i}?"}) + "\n" for i in range(40)))
+    seen, chunks_of = [], onnx_calibrate.chunks_of
+    monkeypatch.setattr(
+        onnx_calibrate, "chunks_of", lambda tokens, *a: seen.append(list(tokens)) or chunks_of(tokens, *a)
+    )
+    source = HFSource(smollm2_dir)
+    try:
+        onnx_calibrate.probe_importance(source, [items], ctx=64, max_chunks=1)
+    finally:
+        source.close()
+    folder = tmp_path / "tok"
+    folder.mkdir()
+    tokenizer = Tokenizer.from_gguf(_tokenizer_gguf(smollm2_dir, folder))
+    im_start = tokenizer.encode("<|im_start|>", add_special=False, parse_special=True)
+    assert len(im_start) == 1 and seen and seen[0].count(im_start[0]) >= 3 * 40  # system, user, assistant
+
+
+def _tokenizer_gguf(model_dir, folder):
+    from qconv.converter.onnx_export import write_tokenizer_gguf
+    from qconv.converter.sources import HFSource
+
+    source = HFSource(model_dir)
+    try:
+        write_tokenizer_gguf(source, folder / "tokenizer.gguf")
+    finally:
+        source.close()
+    return folder / "tokenizer.gguf"
+
+
 def test_calibrate_and_imatrix_options(random_model_factory, tmp_path):
     model_dir = random_model_factory(**FAMILIES["llama"])
     text = tmp_path / "data.txt"
