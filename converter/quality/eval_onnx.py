@@ -32,13 +32,19 @@ class OnnxRunner(Runner):
         self.n_vocab = self.model.n_vocab
         self.seconds = 0.0
         self.tokens = 0
+        self.kv: list[int] = []
 
     def _eval(self, tokens: list[int], all_logits: bool) -> np.ndarray:
         out = self.model.eval(tokens)
+        self.kv += [int(t) for t in tokens]
         return out if all_logits else out[-1:]
 
     def _reset(self) -> None:
         self.model.reset()
+        self.kv = []
+
+    def _truncate(self, n: int) -> bool:
+        return False  # OnnxModel's cache only grows: a reused prefix starts over
 
 
 def open_runner(path: Path, ctx: int, threads: int | None) -> Runner:

@@ -27,6 +27,7 @@ class Runner:
         self.n_vocab = self.tokenizer.n_vocab
         self.seconds = 0.0
         self.tokens = 0
+        self.kv: list[int] = []  # the tokens in the cache, in order (what a greedy prompt may reuse)
 
     def tokenize(self, text: str, bos: bool) -> list[int]:
         tokens = list(self.tokenizer.encode(text, add_special=False))
@@ -43,18 +44,44 @@ class Runner:
         out_ptr = ffi.from_buffer("float[]", out) if all_logits else ffi.NULL
         if lib.qrt_model_eval(handle, ffi.from_buffer("int32_t[]", toks), len(toks), out_ptr) != 0:
             raise FormatError(f"{self.path}: {ffi.string(lib.qrt_model_error(handle)).decode()}")
+        self.kv += [int(t) for t in tokens]
         if not all_logits:
             out[0] = np.frombuffer(ffi.buffer(lib.qrt_model_logits(handle), 4 * self.n_vocab), dtype=np.float32)
         return out
 
     def _reset(self) -> None:
         self.model.reset()
+        self.kv = []
+
+    def _truncate(self, n: int) -> bool:
+        """Keep the first n cached tokens; False when the cache cannot go back there (a sliding window)."""
+        from qconv.runtime._native import lib
+        from qconv.runtime.imatrix import _model_handle
+
+        return lib.qrt_model_set_n_past(_model_handle(self.model), n) == 0
+
+    def _prefill(self, tokens: list[int]) -> np.ndarray:
+        """The logits after tokens, reusing the cached prefix they share with what ran before: items of one task
+        suite share their few-shot prompt, and a passkey item is the long-context document just scored."""
+        common = 0
+        for a, b in zip(self.kv, tokens):
+            if a != b:
+                break
+            common += 1
+        common = min(common, len(tokens) - 1)  # at least one token to get fresh logits
+        if common and self._truncate(common):
+            self.kv = self.kv[:common]
+        else:
+            self._reset()
+            common = 0
+        return self._eval(tokens[common:], all_logits=False)[0]
 
     def logits(self, tokens: list[int], score_last: int | None = None) -> np.ndarray:
         """Logits at every position of tokens from an empty cache (only the last score_last rows if given)."""
         t0 = time.perf_counter()
         if score_last is None or score_last >= len(tokens):
-            out = np.asarray(self.model.logits(tokens), dtype=np.float32)  # from an empty cache
+            self._reset()
+            out = self._eval(tokens, all_logits=True)  # from an empty cache
         else:
             self._reset()
             self._eval(tokens[: len(tokens) - score_last], all_logits=False)
@@ -74,8 +101,7 @@ class Runner:
     def greedy(self, tokens: list[int], max_new: int, stop: str = "\n") -> str:
         """The greedy continuation of tokens, up to max_new tokens or the first stop string after some text."""
         t0 = time.perf_counter()
-        self._reset()
-        last = self._eval(tokens, all_logits=False)[0]
+        last = self._prefill(tokens)
         out: list[int] = []
         text = ""
         for _ in range(max_new):
