@@ -32,11 +32,24 @@ class TaskItem:
 
 @dataclass(frozen=True)
 class Suite:
+    """documents(part, max_len_tokens) -> texts; tasks(max_len_tokens) -> the evaluation part's items. Both take
+    max_len_tokens with a default (MAX_LEN_TOKENS): only long-context suites size their texts by it, the others'
+    texts are cut into ctx-sized windows by the evaluation and their prompts are short."""
+
     name: str
     description: str
-    documents: Callable[[str], list[str]]  # part -> texts
-    tasks: Callable[[], list[TaskItem]] = lambda: []  # evaluation part only
+    documents: Callable[..., list[str]]
+    tasks: Callable[..., list[TaskItem]] = lambda max_len_tokens=None: []
     whole_documents: bool = False  # score each document in one window (long context), not in ctx-sized windows
+
+
+def _fixed_documents(documents: Callable[[str], list[str]]) -> Callable[..., list[str]]:
+    """Documents whose length does not depend on max_len_tokens, with the Suite's signature."""
+    return lambda part, max_len_tokens=None: documents(part)
+
+
+def _fixed_tasks(tasks: Callable[[], list[TaskItem]]) -> Callable[..., list[TaskItem]]:
+    return lambda max_len_tokens=None: tasks()
 
 
 def _check_part(part: str) -> None:
@@ -113,43 +126,81 @@ def code(part: str) -> list[str]:
 NAMES = ("Ana", "Ben", "Chen", "Dara", "Eli", "Fatima", "Goran", "Hana", "Ivan", "Jon", "Kemi", "Lea")
 ITEMS = ("apples", "books", "coins", "pencils", "stamps", "marbles", "cards", "shells")
 SEEDS = {"calibration": 1, "eval": 2}
+Fact = tuple[int, str, int]  # (a, op, b), op one of OPERATIONS
+OPERATIONS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "x": lambda a, b: a * b}
 
 
-def _maths_problem(rng: random.Random) -> tuple[str, int]:
+def _maths_problem(rng: random.Random) -> tuple[str, int, Fact]:
+    """A problem for the documents (text scored for KL divergence, and calibration): two-digit sums and
+    differences, tables to 12 and word problems, harder than the task items."""
     kind = rng.randrange(6)
     a, b = rng.randint(2, 99), rng.randint(2, 99)
-    if kind == 0:
-        return f"What is {a} + {b}?", a + b
-    if kind == 1:
+    if kind in (1, 4):
         a, b = max(a, b), min(a, b)
-        return f"What is {a} - {b}?", a - b
     if kind == 2:
         a, b = rng.randint(2, 12), rng.randint(2, 12)
-        return f"What is {a} times {b}?", a * b
+    if kind == 5:
+        a, b = rng.randint(2, 9), rng.randint(2, 12)
+    fact = (a, "+-x+-x"[kind], b)
+    answer = OPERATIONS[fact[1]](a, b)
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
-    if kind == 3:
-        return f"{name} has {a} {item} and gets {b} more. How many {item} does {name} have now?", a + b
-    if kind == 4:
-        a, b = max(a, b), min(a, b)
-        return f"{name} had {a} {item} and gave away {b}. How many {item} are left?", a - b
-    a, b = rng.randint(2, 9), rng.randint(2, 12)
-    return f"{name} buys {a} boxes with {b} {item} in each box. How many {item} is that?", a * b
+    question = (
+        f"What is {a} + {b}?", f"What is {a} - {b}?", f"What is {a} times {b}?",
+        f"{name} has {a} {item} and gets {b} more. How many {item} does {name} have now?",
+        f"{name} had {a} {item} and gave away {b}. How many {item} are left?",
+        f"{name} buys {a} boxes with {b} {item} in each box. How many {item} is that?",
+    )[kind]  # fmt: skip
+    return question, answer, fact
 
 
 def maths_problems(part: str, n: int = 120) -> list[tuple[str, int]]:
-    """Problems of one part; the calibration part skips every question the evaluation part holds."""
+    """Problems of one part; the calibration part skips every question the evaluation part holds and every fact
+    (operands and operation) of the evaluation's task items."""
     _check_part(part)
-    held_out = set() if part == "eval" else {q for q, _ in maths_problems("eval", n)}
+    held_out, held_facts = set(), set()
+    if part == "calibration":
+        held_out, held_facts = {q for q, _ in maths_problems("eval", n)}, set(maths_facts("eval"))
     rng, out, seen = random.Random(SEEDS[part]), [], set()
     while len(out) < n:
-        q, a = _maths_problem(rng)
-        if q not in seen and q not in held_out:
+        q, a, fact = _maths_problem(rng)
+        if q not in seen and q not in held_out and fact not in held_facts:
             seen.add(q)
             out.append((q, a))
     return out
 
 
-MATHS_SHOTS = (("What is 3 + 4?", 7), ("Sam has 10 coins and gets 5 more. How many coins does Sam have now?", 15))
+# The task items are what SmolLM2-135M-Instruct (f32) mostly gets right, so that a drop in accuracy is the
+# quantization's: with these shots it solves 38 of the 48 (sums 14/14, products 18/21, differences 6/13), where
+# questions ("Question: What is 43 - 24?") of the documents' kind got 7/40 and any "Question/Answer" layout at most
+# 60%; one-digit sums with a carry, tables to 9 x 9 and differences of teens each got about 70%, 65% and 25%.
+MATHS_SHOTS: tuple[Fact, ...] = (
+    (2, "+", 3), (9, "-", 4), (3, "x", 4), (7, "+", 8), (12, "-", 5), (6, "x", 7),
+    (6, "+", 6), (8, "-", 2), (5, "x", 5), (1, "+", 9), (15, "-", 8), (2, "x", 9),
+)  # fmt: skip
+MATHS_TASKS = 48
+
+
+def _easy_facts() -> list[Fact]:
+    sums = [(a, "+", b) for a in range(1, 6) for b in range(1, 6)]
+    differences = [(a, "-", b) for a in range(2, 8) for b in range(1, a)]
+    small_tables = [(a, "x", b) for a in range(2, 6) for b in range(2, 6)]
+    by_two_and_ten = [(a, "x", 2) for a in range(6, 13)] + [(a, "x", 10) for a in range(2, 13)]
+    doubles = [(a, "+", a) for a in range(6, 10)]
+    return [f for f in sums + differences + small_tables + by_two_and_ten + doubles if f not in MATHS_SHOTS]
+
+
+def maths_facts(part: str) -> list[Fact]:
+    """The easy facts, shuffled once: the first MATHS_TASKS are the evaluation's task items, the rest go to the
+    calibration text."""
+    _check_part(part)
+    facts = _easy_facts()
+    random.Random(SEEDS["eval"]).shuffle(facts)
+    return facts[:MATHS_TASKS] if part == "eval" else facts[MATHS_TASKS:]
+
+
+def _equation(fact: Fact) -> str:
+    a, op, b = fact
+    return f"{a} {op} {b} = {OPERATIONS[op](a, b)}\n"
 
 
 def _qa(q: str, a) -> str:
@@ -157,14 +208,19 @@ def _qa(q: str, a) -> str:
 
 
 def maths(part: str) -> list[str]:
-    return ["\n".join(_qa(q, a) for q, a in maths_problems(part))]
+    text = "\n".join(_qa(q, a) for q, a in maths_problems(part))
+    if part == "calibration":
+        text += "\n" + "".join(map(_equation, maths_facts("calibration")))
+    return [text]
 
 
-def maths_tasks(n: int = 20) -> list[TaskItem]:
-    shots = "\n".join(_qa(q, a) for q, a in MATHS_SHOTS)
+def maths_tasks(n: int = MATHS_TASKS) -> list[TaskItem]:
+    """Bare equations after twelve solved ones ("6 x 7 = 42"): a 135M model follows this layout far better than
+    questions (see MATHS_SHOTS)."""
+    shots = "".join(map(_equation, MATHS_SHOTS))
     return [
-        TaskItem("maths", f"{shots}\nQuestion: {q}\nAnswer:", str(a), max_new_tokens=8)
-        for q, a in maths_problems("eval")[:n]
+        TaskItem("maths", f"{shots}{a} {op} {b} =", str(OPERATIONS[op](a, b)), max_new_tokens=5)
+        for a, op, b in maths_facts("eval")[:n]
     ]
 
 
@@ -278,36 +334,75 @@ def matches_schema(call_text: str) -> bool:
 # ---------------------------------------------------------------- long context: a passkey hidden in filler
 
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
-# repetitions of FILLER (about 24 tokens each for BPE vocabularies) -> roughly 1k, 2k and 4k tokens
-PASSKEY_LENGTHS = {"1k": 40, "2k": 80, "4k": 160}
+# Lengths are asked in tokens but built in FILLER repetitions: BPE vocabularies take 24 tokens a repetition and
+# 56 for the rest of the document (SmolLM2: exactly), so a document meant for L tokens has (L - 56) // 24
+# repetitions; a vocabulary that splits finer can run longer, and the evaluation cuts anything past the context.
+FILLER_TOKENS = 24
+PASSKEY_FRAME_TOKENS = 56  # the instruction, the key's line and the question
+MAX_LEN_TOKENS = 2048  # the default bound of long-context documents and prompts: min(context, this), --long: context
+PASSKEY_ITEMS = 20
+PASSKEY_MIN_TOKENS = 128  # the shortest item; the others grow geometrically to the bound (~14k tokens in all)
 PASSKEY_QUESTION = "What is the pass key? The pass key is"
+PASSKEY_ANSWER_TOKENS = 7  # a space and five digits, and one more; with a BOS the longest item still fits the bound
+# evaluation keys have five digits, calibration keys six: the parts can never share one
+PASSKEY_KEYS = {"calibration": (100000, 999999), "eval": (10000, 99999)}
 
 
-def passkey_document(reps: int, seed: int) -> tuple[str, str]:
-    rng = random.Random(seed)
-    key = str(rng.randint(10000, 99999))
-    at = rng.randint(reps // 5, 4 * reps // 5)
+def filler_repetitions(tokens: int) -> int:
+    return max(1, (tokens - PASSKEY_FRAME_TOKENS) // FILLER_TOKENS)
+
+
+def passkey_lengths(max_len_tokens: int = MAX_LEN_TOKENS, n: int = PASSKEY_ITEMS) -> list[int]:
+    """n lengths in tokens, geometric from PASSKEY_MIN_TOKENS (or the bound, if smaller) to max_len_tokens: most
+    items stay short, which keeps the default to ~14k prompt tokens per model (~25 s for the f32 135M sample on two
+    threads), and the last reaches the bound."""
+    low = min(PASSKEY_MIN_TOKENS, max_len_tokens)
+    ratio = (max_len_tokens / low) ** (1 / max(1, n - 1))
+    return [min(max_len_tokens, round(low * ratio**i)) for i in range(n)]
+
+
+def passkey_document(reps: int, key: str, depth: float) -> str:
+    """The key's line after depth (0..1) of reps filler repetitions, then the question."""
+    at = round(depth * reps)
     line = f"The pass key is {key}. Remember it. {key} is the pass key. "
-    text = (
+    return (
         "There is important info hidden inside a lot of irrelevant text. Find it and memorize it.\n"
         + FILLER * at + line + FILLER * (reps - at) + "\n" + PASSKEY_QUESTION
     )  # fmt: skip
-    return text, key
 
 
-def long_context(part: str) -> list[str]:
+def _passkeys(part: str, n: int) -> list[tuple[str, float]]:
+    """(key, depth) per item: distinct keys from a fixed seed; depths spread over 10-90% by the golden ratio, so
+    neighbouring lengths hide their key at different depths."""
+    rng, low_high = random.Random(SEEDS[part] * 1000), PASSKEY_KEYS[part]
+    keys: list[str] = []
+    while len(keys) < n:
+        key = str(rng.randint(*low_high))
+        if key not in keys:
+            keys.append(key)
+    return [(key, 0.1 + 0.8 * ((i + 1) * 0.6180339887 % 1)) for i, key in enumerate(keys)]
+
+
+def long_context(part: str, max_len_tokens: int = MAX_LEN_TOKENS) -> list[str]:
+    """Three documents of a quarter, a half and all of max_len_tokens (with a BOS), scored whole."""
     _check_part(part)
-    base = SEEDS[part] * 1000
-    return [passkey_document(reps, base + i)[0] for i, reps in enumerate(PASSKEY_LENGTHS.values())]
+    lengths = [max_len_tokens // 4, max_len_tokens // 2, max_len_tokens - 1]
+    keys = _passkeys(part, len(lengths))
+    return [passkey_document(filler_repetitions(n), key, depth) for n, (key, depth) in zip(lengths, keys)]
 
 
-def passkey_tasks() -> list[TaskItem]:
-    base = SEEDS["eval"] * 1000
-    items = []
-    for i, reps in enumerate(PASSKEY_LENGTHS.values()):
-        text, key = passkey_document(reps, base + i)
-        items.append(TaskItem("passkey", text, key, max_new_tokens=8))
-    return items
+def passkey_tasks(max_len_tokens: int = MAX_LEN_TOKENS, n: int = PASSKEY_ITEMS) -> list[TaskItem]:
+    """n passkey items, shortest first, whose prompt and answer fit max_len_tokens."""
+    lengths = passkey_lengths(max_len_tokens - PASSKEY_ANSWER_TOKENS - 1, n)
+    return [
+        TaskItem(
+            "passkey",
+            passkey_document(filler_repetitions(tokens), key, depth),
+            key,
+            max_new_tokens=PASSKEY_ANSWER_TOKENS,
+        )
+        for tokens, (key, depth) in zip(lengths, _passkeys("eval", n))
+    ]
 
 
 # ---------------------------------------------------------------- the table
@@ -315,14 +410,19 @@ def passkey_tasks() -> list[TaskItem]:
 SUITES: dict[str, Suite] = {
     s.name: s
     for s in (
-        Suite("prose", "English prose: paragraphs written for qconv, then the Python reference's topic texts", prose),
-        Suite("code", "Python: the first lines of a fixed list of the interpreter's standard-library modules", code),
-        Suite("maths", "generated arithmetic and word problems with answers", maths, maths_tasks),
-        Suite("json", "generated tool calls (JSON) after a tool schema", json_calls, json_tasks),
-        Suite("multilingual", "short texts in 14+ languages and 10+ scripts", multilingual),
-        Suite("long_context", "a passkey hidden in ~1k/2k/4k tokens of filler", long_context, passkey_tasks, True),
+        Suite("prose", "English prose: paragraphs written for qconv, then the Python reference's topic texts",
+              _fixed_documents(prose)),
+        Suite("code", "Python: the first lines of a fixed list of the interpreter's standard-library modules",
+              _fixed_documents(code)),
+        Suite("maths", "generated arithmetic and word problems; tasks: one-digit sums and differences, small tables",
+              _fixed_documents(maths), _fixed_tasks(maths_tasks)),
+        Suite("json", "generated tool calls (JSON) after a tool schema", _fixed_documents(json_calls),
+              _fixed_tasks(json_tasks)),
+        Suite("multilingual", "short texts in 14+ languages and 10+ scripts", _fixed_documents(multilingual)),
+        Suite("long_context", f"{PASSKEY_ITEMS} passkeys hidden in filler, {PASSKEY_MIN_TOKENS} tokens up to "
+              f"min(context, {MAX_LEN_TOKENS}) (--long: the context)", long_context, passkey_tasks, True),
     )
-}
+}  # fmt: skip
 
 
 def get_suites(names: list[str] | None = None) -> list[Suite]:
@@ -334,9 +434,9 @@ def get_suites(names: list[str] | None = None) -> list[Suite]:
     return [SUITES[n] for n in names]
 
 
-def calibration_text(names: list[str] | None = None) -> str:
+def calibration_text(names: list[str] | None = None, max_len_tokens: int = MAX_LEN_TOKENS) -> str:
     """Every calibration document of the named suites (all by default), one after another."""
-    return "\n\n".join(doc for s in get_suites(names) for doc in s.documents("calibration"))
+    return "\n\n".join(doc for s in get_suites(names) for doc in s.documents("calibration", max_len_tokens))
 
 
 def provenance() -> dict:
