@@ -29,6 +29,9 @@ from qconv.formats.errors import FormatError
 
 DEFAULT_CTX = 512
 LONG_SCORED_TOKENS = 256  # of a long-context document, the last tokens are scored (the rest only fills the cache)
+# of a windowed built-in suite, the first tokens are scored: four windows of 512, enough for a chunk bootstrap, and
+# the default evaluation of a small model stays within two minutes on two cores (the texts are sized for calibration)
+SUITE_TOKENS = 2048
 USER_STOP = ""  # user task answers end at end-of-turn / EOS or max_tokens, not at a stop string
 
 
@@ -145,11 +148,12 @@ def _fit(tokens: list[int], limit: int | None, bos: int | None) -> list[int]:
     return ([bos] if bos is not None else []) + keep
 
 
-def builtin_windows(runner: Runner, suite, ctx: int, limit: int | None, max_tokens: int | None) -> list[Window]:
+def builtin_windows(runner: Runner, suite, options, limit: int | None) -> list[Window]:
     """ctx-sized windows of the suite's text (each starting with BOS when the model adds one), or whole documents
     for long-context suites (their last LONG_SCORED_TOKENS positions scored), cut to the model's context."""
+    ctx, max_tokens = options.ctx, options.max_tokens
     bos = runner.bos if runner.add_bos else None
-    docs = suite.documents("eval")
+    docs = suite.documents("eval", max_len_tokens=long_limit(limit, options.long))
     if suite.whole_documents:  # with max_tokens: only the documents that short (at least the shortest)
         whole = sorted((runner.tokenize(d, bos is not None) for d in docs), key=len)
         keep = [w for w in whole if not max_tokens or len(w) <= max_tokens] or whole[:1]
@@ -158,8 +162,7 @@ def builtin_windows(runner: Runner, suite, ctx: int, limit: int | None, max_toke
     stream: list[int] = []
     for doc in docs:
         stream += runner.tokenize(doc + "\n\n", False)
-    if max_tokens:
-        stream = stream[:max_tokens]
+    stream = stream[: min(max_tokens or SUITE_TOKENS, SUITE_TOKENS)]
     width = min(ctx, limit or ctx) - (1 if bos is not None else 0)
     windows = [([bos] if bos is not None else []) + stream[i : i + width] for i in range(0, len(stream), width)]
     return [Window(w, 0, []) for w in windows if len(w) >= 2]
@@ -180,8 +183,7 @@ def _fits(cases: list[TaskCase], limit: int | None, max_tasks: int | None) -> tu
     return (kept[:max_tasks] if max_tasks else kept), len(cases) - len(kept)
 
 
-def builtin_cases(runner: Runner, suite, options, limit: int | None) -> tuple[list[TaskCase], int]:
-    items = suite.tasks()
+def builtin_cases(runner: Runner, items: list, suite, options, limit: int | None) -> tuple[list[TaskCase], int]:
     cases = [
         TaskCase(runner.tokenize(item.prompt, runner.add_bos), item.max_new_tokens, "\n",
                  lambda text, item=item: check_answer(item.kind, text, item.expected), item.expected,
@@ -222,11 +224,11 @@ def build_workloads(runner: Runner, chosen: list, user: UserInputs, options, lim
     """Every suite of the run, in order: the built-in suites, the user's texts, the user's task capabilities."""
     out = []
     for suite in chosen:
-        w = Workload(suite.name, suite.description, "text",
-                     builtin_windows(runner, suite, options.ctx, limit, options.max_tokens))  # fmt: skip
-        if options.tasks and suite.tasks():
-            w.kind = suite.tasks()[0].kind
-            w.cases, w.left_out = builtin_cases(runner, suite, options, limit)
+        w = Workload(suite.name, suite.description, "text", builtin_windows(runner, suite, options, limit))
+        items = suite.tasks(max_len_tokens=long_limit(limit, options.long)) if options.tasks else []
+        if items:
+            w.kind = items[0].kind
+            w.cases, w.left_out = builtin_cases(runner, items, suite, options, limit)
         out.append(w)
     for text in user.texts:
         out.append(text_workload(runner, text, options.ctx, limit))
@@ -360,15 +362,20 @@ def answer_cases(w: Workload, ref: Reference, runners: list[Runner], progress: b
     """Every candidate's task table: per item the expected answer, both answers and whether each is right."""
     from qconv.converter.quality.stats import compare_tasks
 
-    rows: list[list[dict]] = [[] for _ in runners]
+    rows: list[list[dict | None]] = [[None] * len(w.cases) for _ in runners]
+    # in the prompts' lexicographic order, each prompt shares the longest prefix with the one before it, which the
+    # runners keep cached (passkey items share their filler up to the key: about 40% fewer tokens); the tables
+    # keep the items' own order
+    order = sorted(range(len(w.cases)), key=lambda i: w.cases[i].tokens)
     with _progress(len(w.cases), w.name, "item", progress) as bar:
-        for case in w.cases:
+        for i in order:
+            case = w.cases[i]
             ref_text = ref.answer(case)
             ref_ok = bool(case.check(ref_text))
             for runner, table in zip(runners, rows):
                 text = runner.greedy(case.tokens, case.max_new, case.stop)
-                table.append({"source": case.source, "expected": case.expected, "ref": ref_text, "quant": text,
-                              "ref_ok": ref_ok, "quant_ok": bool(case.check(text))})  # fmt: skip
+                table[i] = {"source": case.source, "expected": case.expected, "ref": ref_text, "quant": text,
+                            "ref_ok": ref_ok, "quant_ok": bool(case.check(text))}  # fmt: skip
             bar.update(1)
     out = []
     for table in rows:
@@ -393,9 +400,10 @@ def _model_limit(paths: list[Path]) -> int | None:
     return min(lengths) if lengths else None
 
 
-def passkey_limit(limit: int | None, long: bool) -> int:
-    """Passkey documents and items reach min(context, 2048) tokens, or the context with --long."""
-    return (limit or 2048) if long else min(limit or 2048, 2048)
+def long_limit(limit: int | None, long: bool) -> int:
+    """Long-context documents and passkey items reach min(context, 2048) tokens, or the context with --long."""
+    default = suite_table.MAX_LEN_TOKENS
+    return (limit or default) if long else min(limit or default, default)
 
 
 def new_report(quants: list[Path], ref: Path, ref_path: Path, options: EvalOptions, identity: dict) -> dict:

@@ -286,10 +286,15 @@ def json_calls(part: str) -> list[str]:
     return [TOOL_SCHEMA_TEXT + "\n\n" + "\n".join(_call_line(*c) for c in tool_calls(part))]
 
 
+JSON_CALL_TOKENS = 40  # the longest right call is 34 tokens (SmolLM2); a longer answer is no valid call anyway
+
+
 def json_tasks(n: int = 20) -> list[TaskItem]:
     shots = "\n".join(_call_line(*c) for c in tool_calls("calibration")[:3])
     return [
-        TaskItem("json", f"{TOOL_SCHEMA_TEXT}\n\n{shots}\nUser: {request}\nCall:", name, max_new_tokens=64)
+        TaskItem(
+            "json", f"{TOOL_SCHEMA_TEXT}\n\n{shots}\nUser: {request}\nCall:", name, max_new_tokens=JSON_CALL_TOKENS
+        )
         for request, _, name in tool_calls("eval")[:n]
     ]
 
