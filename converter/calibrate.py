@@ -95,7 +95,7 @@ def model_gguf(model: Path, workdir: Path, progress: bool = False) -> Path:
     if model.is_dir():
         from qconv.converter.convert import convert_to_gguf
 
-        out = workdir / "calibration-f32.gguf"
+        out = workdir / "f32.gguf"
         convert_to_gguf(model, out, "f32", progress=progress)
         return out
     if not model.is_file():

@@ -19,6 +19,11 @@ class LogitStats:
     nll_ref: np.ndarray  # float64 [n]: -log softmax(ref)[next token]; NaN where the next token is unknown (< 0)
     nll_quant: np.ndarray  # float64 [n]
 
+    @classmethod
+    def empty(cls, n: int) -> LogitStats:
+        """Arrays for n rows, in the fields' order and types."""
+        return cls(*(np.empty(n, dtype=t) for t in (np.float64, np.int32, np.int32, np.float64, np.float64)))
+
 
 def logit_stats(
     ref_logits: np.ndarray, quant_logits: np.ndarray, next_tokens: np.ndarray | None = None, threads: int = 0
@@ -37,13 +42,7 @@ def logit_stats(
             raise ValueError(f"logit_stats: next_tokens has shape {nxt.shape}, expected ({n},)")
         if n and int(nxt.max()) >= vocab:
             raise ValueError(f"logit_stats: next token {int(nxt.max())} is outside the vocabulary of {vocab}")
-    out = LogitStats(
-        kld=np.empty(n, dtype=np.float64),
-        argmax_ref=np.empty(n, dtype=np.int32),
-        argmax_quant=np.empty(n, dtype=np.int32),
-        nll_ref=np.empty(n, dtype=np.float64),
-        nll_quant=np.empty(n, dtype=np.float64),
-    )
+    out = LogitStats.empty(n)
     if n == 0:
         return out
     rc = lib.qrt_logit_stats(

@@ -58,6 +58,16 @@ class Timings:
         return self.gen_tokens / self.gen_seconds if self.gen_seconds > 0 else 0.0
 
 
+def shared_prefix(cached: Sequence[int], tokens: Sequence[int]) -> int:
+    """How many leading tokens two sequences share (the cache a new prompt can keep)."""
+    common = 0
+    for a, b in zip(cached, tokens):
+        if a != b:
+            break
+        common += 1
+    return common
+
+
 class Model:
     """A loaded GGUF model. `threads=None` uses every CPU; `ctx` is the KV-cache length in tokens;
     `kv_f32=True` keeps the cache in f32 (exact comparisons), else f16 as llama.cpp does; `pack=False` keeps the
@@ -193,12 +203,7 @@ class Model:
 
     def _feed_prompt(self, tokens: list[int]) -> None:
         """Evaluate a prompt, reusing the cached prefix it shares with what was evaluated before."""
-        common = 0
-        for a, b in zip(self._cached, tokens):
-            if a != b:
-                break
-            common += 1
-        common = min(common, len(tokens) - 1)  # at least one token to get fresh logits
+        common = min(shared_prefix(self._cached, tokens), len(tokens) - 1)  # one token at least: fresh logits
         if lib.qrt_model_set_n_past(self._handle, common) != 0:  # too far back for a sliding-window cache
             common = 0
             lib.qrt_model_set_n_past(self._handle, 0)

@@ -15,6 +15,7 @@ rewritten after every finished suite (`"complete": false` until the end) and `--
 
 from __future__ import annotations
 
+import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ LONG_SCORED_TOKENS = 256  # of a long-context document, the last tokens are scor
 # of a windowed built-in suite, the first tokens are scored: four windows of 512, enough for a chunk bootstrap, and
 # the default evaluation of a small model stays within two minutes on two cores (the texts are sized for calibration)
 SUITE_TOKENS = 2048
+# a built-in maths or passkey answer is decided by its first number: it ends at the first character after one
+BUILTIN_STOPS = {"maths": re.compile(r"\d\D"), "passkey": re.compile(r"\d\D")}
 USER_STOP = ""  # user task answers end at end-of-turn / EOS or max_tokens, not at a stop string
 
 
@@ -82,11 +85,9 @@ def prepare_reference(ref: Path, workdir: Path, progress: bool = False) -> Path:
     """An unquantized GGUF of REF: the file itself (f32/f16/bf16), or an HF folder converted to f32 in workdir."""
     ref = Path(ref)
     if ref.is_dir():
-        from qconv.converter.convert import convert_to_gguf
+        from qconv.converter.calibrate import model_gguf
 
-        out = workdir / "reference-f32.gguf"
-        convert_to_gguf(ref, out, "f32", progress=progress)
-        return out
+        return model_gguf(ref, workdir, progress)
     if not ref.is_file():
         raise FormatError(f"reference {ref}: no such file or folder")
     with open(ref, "rb") as f:
@@ -121,7 +122,7 @@ class TaskCase:
 
     tokens: list[int]
     max_new: int
-    stop: str
+    stop: str | re.Pattern
     check: Callable[[str], bool]
     expected: str
     source: str  # the built-in suite's item number or the task file's FILE:LINE
@@ -170,8 +171,6 @@ def builtin_windows(runner: Runner, suite, options, limit: int | None) -> list[W
 
 def check_answer(kind: str, continuation: str, expected: str) -> bool:
     """A built-in item's answer: json: a valid tool call; maths and passkey: the first number is the answer."""
-    import re
-
     if kind == "json":
         return suite_table.valid_tool_call(continuation) is not None
     numbers = re.findall(r"-?\d+", continuation)
@@ -185,7 +184,7 @@ def _fits(cases: list[TaskCase], limit: int | None, max_tasks: int | None) -> tu
 
 def builtin_cases(runner: Runner, items: list, suite, options, limit: int | None) -> tuple[list[TaskCase], int]:
     cases = [
-        TaskCase(runner.tokenize(item.prompt, runner.add_bos), item.max_new_tokens, "\n",
+        TaskCase(runner.tokenize(item.prompt, runner.add_bos), item.max_new_tokens, BUILTIN_STOPS.get(item.kind, "\n"),
                  lambda text, item=item: check_answer(item.kind, text, item.expected), item.expected,
                  f"{suite.name}#{i + 1}")
         for i, item in enumerate(items)

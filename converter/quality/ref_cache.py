@@ -105,13 +105,7 @@ def cached_stats(rows: np.ndarray, quant_logits: np.ndarray, next_tokens: np.nda
     nxt = np.asarray(next_tokens, dtype=np.int64)
     if rows.shape != (n, row_width(n_vocab)) or nxt.shape != (n,):
         raise ValueError(f"cached_stats: rows {rows.shape}, logits {quant_logits.shape}, next {nxt.shape} differ")
-    out = LogitStats(
-        kld=np.empty(n, dtype=np.float64),
-        argmax_ref=np.empty(n, dtype=np.int32),
-        argmax_quant=np.empty(n, dtype=np.int32),
-        nll_ref=np.empty(n, dtype=np.float64),
-        nll_quant=np.empty(n, dtype=np.float64),
-    )
+    out = LogitStats.empty(n)
     for lo in range(0, n, ROW_BLOCK):
         hi = min(n, lo + ROW_BLOCK)
         base = decode_log_probs(rows[lo:hi], n_vocab).astype(np.float64)
@@ -132,7 +126,20 @@ def cached_stats(rows: np.ndarray, quant_logits: np.ndarray, next_tokens: np.nda
 # ---------------------------------------------------------------- the log-prob file
 
 
-class LogProbWriter:
+class _CommitOnExit:
+    """`with writer:` commits when the block ends without an error and discards otherwise."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is None:
+            self.commit()
+        else:
+            self.discard()
+
+
+class LogProbWriter(_CommitOnExit):
     """Streams a log-prob file: the header and tokens now, then each chunk's scored rows as they are computed.
     `commit()` renames it into place once every chunk is written; `discard()` (or an error in a `with` block)
     removes the temporary."""
@@ -177,15 +184,6 @@ class LogProbWriter:
     def discard(self) -> None:
         self._file.close()
         self._atomic.discard()
-
-    def __enter__(self) -> LogProbWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc is None:
-            self.commit()
-        else:
-            self.discard()
 
 
 @dataclass
@@ -504,7 +502,7 @@ def load_cache(path: Path, description: dict) -> ReferenceCache | None:
     return ReferenceCache(path, record["description"], texts, record.get("answers") or {}, log_probs, windows)
 
 
-class CacheWriter:
+class CacheWriter(_CommitOnExit):
     """Writes a cache: the log-prob file streamed chunk by chunk (add_chunk, in the order of `texts`, as
     texts.LiveReference does), the answers set by the caller, and on commit the binary then its sidecar.
 
@@ -568,12 +566,3 @@ class CacheWriter:
         if self.window_rows is not None:
             self.window_rows.discard()
         self._sidecar.discard()
-
-    def __enter__(self) -> CacheWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc is None:
-            self.commit()
-        else:
-            self.discard()

@@ -3,6 +3,7 @@ window, long prefixes whose last positions alone are scored, greedy answers, and
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -63,12 +64,9 @@ class Runner:
     def _prefill(self, tokens: list[int]) -> np.ndarray:
         """The logits after tokens, reusing the cached prefix they share with what ran before: items of one task
         suite share their few-shot prompt, and a passkey item is the long-context document just scored."""
-        common = 0
-        for a, b in zip(self.kv, tokens):
-            if a != b:
-                break
-            common += 1
-        common = min(common, len(tokens) - 1)  # at least one token to get fresh logits
+        from qconv.runtime.model import shared_prefix
+
+        common = min(shared_prefix(self.kv, tokens), len(tokens) - 1)  # one token at least: fresh logits
         if common and self._truncate(common):
             self.kv = self.kv[:common]
         else:
@@ -98,8 +96,9 @@ class Runner:
         self.seconds += time.perf_counter() - t0
         self.tokens += len(tokens)
 
-    def greedy(self, tokens: list[int], max_new: int, stop: str = "\n") -> str:
-        """The greedy continuation of tokens, up to max_new tokens or the first stop string after some text."""
+    def greedy(self, tokens: list[int], max_new: int, stop: str | re.Pattern = "\n") -> str:
+        """The greedy continuation of tokens, up to max_new tokens, end of generation, or the first stop string
+        (or match of a stop pattern) in the text after its leading spaces."""
         t0 = time.perf_counter()
         last = self._prefill(tokens)
         out: list[int] = []
@@ -110,7 +109,7 @@ class Runner:
                 break
             out.append(token)
             text = self.tokenizer.decode(out)
-            if stop and stop in text.lstrip():
+            if stop and (stop.search(text.lstrip()) if isinstance(stop, re.Pattern) else stop in text.lstrip()):
                 break
             last = self._eval([token], all_logits=False)[0]
         self.seconds += time.perf_counter() - t0

@@ -163,5 +163,19 @@ def test_suite_none_needs_something_to_evaluate(small_models, tmp_path):
     assert "nothing to evaluate" in result.stderr
 
 
-if __name__ == "__main__":
-    sys.exit(pytest.main([__file__]))
+def test_no_tasks_skips_only_the_builtin_tasks(small_models, tmp_path):
+    _, files = small_models
+    tasks = facts_file(tmp_path / "tasks.jsonl", n=3)
+    result = qconv_eval(files["q8_0"], "--ref", files["f32"], "--suite", "maths", "--no-tasks", "--tasks", tasks,
+                        "--max-tokens", 64, "-t", 2, "-q", "--json", check_rc=0)  # fmt: skip
+    [candidate] = json.loads(result.stdout)["candidates"]
+    assert list(candidate["tasks"]) == ["echo"] and candidate["tasks"]["echo"]["n"] == 3
+    assert [s["name"] for s in candidate["suites"]] == ["maths"]
+
+
+def test_long_context_reaches_min_context_2048_or_the_context_with_long():
+    from qconv.converter.quality.evaluate import long_limit
+
+    assert long_limit(8192, long=False) == 2048 and long_limit(8192, long=True) == 8192
+    assert long_limit(1024, long=False) == long_limit(1024, long=True) == 1024
+    assert long_limit(None, long=False) == 2048
