@@ -30,9 +30,10 @@ from qconv.formats.errors import FormatError
 
 DEFAULT_CTX = 512
 LONG_SCORED_TOKENS = 256  # of a long-context document, the last tokens are scored (the rest only fills the cache)
-# of a windowed built-in suite, the first tokens are scored: four windows of 512, enough for a chunk bootstrap, and
-# the default evaluation of a small model stays within two minutes on two cores (the texts are sized for calibration)
-SUITE_TOKENS = 2048
+# of a windowed built-in suite, the first tokens are scored: three windows of 512 (a chunk bootstrap needs two), so
+# that the default evaluation of a small model stays within two minutes on two cores (the texts are sized for
+# calibration; --text gives a suite of any size)
+SUITE_TOKENS = 1536
 # a built-in maths or passkey answer is decided by its first number: it ends at the first character after one
 BUILTIN_STOPS = {"maths": re.compile(r"\d\D"), "passkey": re.compile(r"\d\D")}
 USER_STOP = ""  # user task answers end at end-of-turn / EOS or max_tokens, not at a stop string
@@ -362,12 +363,8 @@ def answer_cases(w: Workload, ref: Reference, runners: list[Runner], progress: b
     from qconv.converter.quality.stats import compare_tasks
 
     rows: list[list[dict | None]] = [[None] * len(w.cases) for _ in runners]
-    # in the prompts' lexicographic order, each prompt shares the longest prefix with the one before it, which the
-    # runners keep cached (passkey items share their filler up to the key: about 40% fewer tokens); the tables
-    # keep the items' own order
-    order = sorted(range(len(w.cases)), key=lambda i: w.cases[i].tokens)
     with _progress(len(w.cases), w.name, "item", progress) as bar:
-        for i in order:
+        for i in prefix_order(w.cases, (ref.runner or runners[0]).kv):
             case = w.cases[i]
             ref_text = ref.answer(case)
             ref_ok = bool(case.check(ref_text))
@@ -381,6 +378,20 @@ def answer_cases(w: Workload, ref: Reference, runners: list[Runner], progress: b
         comparison = compare_tasks([r["ref_ok"] for r in table], [r["quant_ok"] for r in table], None)
         out.append({"kind": w.kind, **comparison.as_dict(), "left_out": w.left_out, "items": table})
     return out
+
+
+def prefix_order(cases: list[TaskCase], cached: list[int]) -> list[int]:
+    """The items in the order that reuses the most cached prompt: their prompts' lexicographic order (each shares
+    the longest prefix with the one before), started at the item sharing the most with what the cache holds (the
+    document just scored). Passkey items share their filler up to the key: about 40% fewer tokens. The tables keep
+    the items' own order."""
+    from qconv.runtime.model import shared_prefix
+
+    order = sorted(range(len(cases)), key=lambda i: cases[i].tokens)
+    if not order:
+        return order
+    start = max(range(len(order)), key=lambda k: shared_prefix(cached, cases[order[k]].tokens))
+    return order[start:] + order[:start]
 
 
 def answer_key(case: TaskCase) -> str:

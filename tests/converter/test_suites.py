@@ -108,7 +108,7 @@ def test_passkey_documents_hold_their_key():
     for task in suites.passkey_tasks():
         assert task.prompt.count(task.expected) == 2 and task.prompt.endswith(suites.PASSKEY_QUESTION)
     lengths = [len(d) for d in suites.long_context("eval")]
-    assert lengths == sorted(lengths) and lengths[-1] > 3 * lengths[0]
+    assert lengths == sorted(lengths) and lengths[-1] > 1.8 * lengths[0]
 
 
 def test_passkey_items_are_many_with_distinct_keys_at_varied_depths():

@@ -388,25 +388,31 @@ def _passkeys(part: str, n: int) -> list[tuple[str, float]]:
     return [(key, 0.1 + 0.8 * ((i + 1) * 0.6180339887 % 1)) for i, key in enumerate(keys)]
 
 
+def _passkey_prompts(part: str, max_len_tokens: int, n: int) -> list[tuple[str, str]]:
+    """(prompt, key) of n passkey documents, shortest first, whose prompt and answer fit max_len_tokens."""
+    lengths = passkey_lengths(max_len_tokens - PASSKEY_ANSWER_TOKENS - 1, n)
+    return [
+        (passkey_document(filler_repetitions(tokens), key, depth), key)
+        for tokens, (key, depth) in zip(lengths, _passkeys(part, n))
+    ]
+
+
 def long_context(part: str, max_len_tokens: int = MAX_LEN_TOKENS) -> list[str]:
-    """Three documents of a quarter, a half and all of max_len_tokens (with a BOS), scored whole."""
+    """The passkey documents of about half and all of max_len_tokens, scored whole (their last positions). The
+    evaluation's are two of the passkey task prompts: the longest, scored last, stays in the cache and its task item
+    costs only its answer."""
     _check_part(part)
-    lengths = [max_len_tokens // 4, max_len_tokens // 2, max_len_tokens - 1]
-    keys = _passkeys(part, len(lengths))
-    return [passkey_document(filler_repetitions(n), key, depth) for n, (key, depth) in zip(lengths, keys)]
+    prompts = [prompt for prompt, _ in _passkey_prompts(part, max_len_tokens, PASSKEY_ITEMS)]
+    lengths = passkey_lengths(max_len_tokens - PASSKEY_ANSWER_TOKENS - 1, PASSKEY_ITEMS)
+    half = min(range(len(lengths)), key=lambda i: abs(lengths[i] - max_len_tokens // 2))
+    return [prompts[half], prompts[-1]]
 
 
 def passkey_tasks(max_len_tokens: int = MAX_LEN_TOKENS, n: int = PASSKEY_ITEMS) -> list[TaskItem]:
     """n passkey items, shortest first, whose prompt and answer fit max_len_tokens."""
-    lengths = passkey_lengths(max_len_tokens - PASSKEY_ANSWER_TOKENS - 1, n)
     return [
-        TaskItem(
-            "passkey",
-            passkey_document(filler_repetitions(tokens), key, depth),
-            key,
-            max_new_tokens=PASSKEY_ANSWER_TOKENS,
-        )
-        for tokens, (key, depth) in zip(lengths, _passkeys("eval", n))
+        TaskItem("passkey", prompt, key, max_new_tokens=PASSKEY_ANSWER_TOKENS)
+        for prompt, key in _passkey_prompts("eval", max_len_tokens, n)
     ]
 
 
