@@ -460,7 +460,12 @@ def load_cache(path: Path, description: dict) -> ReferenceCache | None:
     if not side.is_file():
         raise FormatError(f"{path}: its sidecar {side.name} is missing; delete {path} or pass another --ref-cache")
     try:
-        record = json.loads(side.read_text(encoding="utf-8"))
+        from qconv.converter.quality.run_state import MAX_JSON_BYTES
+        from qconv.formats.folder_files import parse_json
+
+        if side.stat().st_size > MAX_JSON_BYTES:
+            raise FormatError(f"{side}: larger than {MAX_JSON_BYTES >> 20} MiB; not a reference-cache sidecar")
+        record = parse_json(side.read_bytes(), side)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise FormatError(f"{side}: not a readable reference-cache sidecar ({e})") from None
     if not isinstance(record, dict) or record.get("format") != SIDECAR_FORMAT:

@@ -15,8 +15,10 @@ from pathlib import Path
 
 from qconv.formats.atomic_write import AtomicFile, AtomicFolder
 from qconv.formats.errors import FormatError
+from qconv.formats.folder_files import parse_json
 
 REPORT = "report.json"
+MAX_JSON_BYTES = 256 << 20  # a report or cache sidecar read back: far above what a run writes, bounded all the same
 OPTION_KEYS = ("suites", "ctx", "max_tokens", "max_tasks", "tasks", "long")  # the options that change the figures
 
 
@@ -96,7 +98,9 @@ def save_report(out_dir: Path, report: dict) -> None:
 def load_for_resume(out_dir: Path) -> dict:
     path = Path(out_dir) / REPORT
     try:
-        report = json.loads(path.read_text(encoding="utf-8"))
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise FormatError(f"--resume: {path}: larger than {MAX_JSON_BYTES >> 20} MiB; not a qconv eval report")
+        report = parse_json(path.read_bytes(), f"--resume: {path}")
     except FileNotFoundError:
         raise FormatError(f"--resume: {path}: no report of an earlier run to continue") from None
     except (OSError, ValueError) as e:
