@@ -260,7 +260,7 @@ def open_log_probs(path: Path) -> LogProbFile:
 
 
 class CachedReference:
-    """The reference of one text as its cached rows, for texts.score_text: chunk `index` of the text is chunk
+    """The reference of one text as its cached rows (evaluate.Reference scores a candidate against it): chunk `index` of the text is chunk
     first_chunk + index of the file. The windows must be the cached ones (same tokens), or the cache is stale."""
 
     def __init__(self, log_probs: LogProbFile, first_chunk: int = 0, n_chunks: int | None = None):
@@ -445,7 +445,7 @@ class ReferenceCache:
     windows: CachedWindows | None = None  # the built-in suites' windows
 
     def reference(self, name: str) -> CachedReference:
-        """The cached reference of the text `name` (for texts.score_text)."""
+        """The cached reference of the text `name`."""
         entry = self.texts[name]
         return CachedReference(self.log_probs, entry["first_chunk"], entry["chunks"])
 
@@ -509,10 +509,10 @@ def load_cache(path: Path, description: dict) -> ReferenceCache | None:
 
 class CacheWriter(_CommitOnExit):
     """Writes a cache: the log-prob file streamed chunk by chunk (add_chunk, in the order of `texts`, as
-    texts.LiveReference does), the answers set by the caller, and on commit the binary then its sidecar.
+    evaluate.Reference does), the answers set by the caller, and on commit the binary then its sidecar.
 
         with CacheWriter(path, description, ctx, n_vocab, [(name, tokens), ...]) as cache:
-            for name, windows in ...: texts.score_text(quant, windows, texts.LiveReference(ref, cache))
+            for each text's chunk: cache.add_chunk(the reference's logits of its scored positions)
             cache.answers["maths"] = [...]
     """
 

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 
-from qconv.converter.quality.token_stats import TokenStats
 from qconv.formats.errors import FormatError
 
 MAX_TEXT_BYTES = 256 << 20
@@ -117,34 +116,3 @@ def scored_logits(runner, window: list[int], first: int) -> np.ndarray:
     """The logits of positions first .. n_ctx-2 (the scored ones) from an empty cache. The window's last token
     is never an input of a scored position, so it is left out; the positions before `first` fill the cache."""
     return runner.logits(window[:-1], score_last=len(window) - 1 - first)
-
-
-# ---------------------------------------------------------------- scores
-
-
-class LiveReference:
-    """The reference model itself: its logits of each window, compared with a candidate's in C (logit_stats).
-    With a writer (ref_cache.LogProbWriter), each chunk's rows are also appended to a reference cache."""
-
-    def __init__(self, runner, writer=None):
-        self.runner = runner
-        self.writer = writer
-
-    def chunk_stats(self, index: int, window: list[int], first: int, quant_logits: np.ndarray):
-        from qconv.runtime.logit_stats import logit_stats
-
-        ref_logits = scored_logits(self.runner, window, first)
-        if self.writer is not None:
-            self.writer.add_chunk(ref_logits)
-        return logit_stats(ref_logits, quant_logits, np.asarray(window[first + 1 :], dtype=np.int32))
-
-
-def score_text(quant, windows: list[tuple[list[int], int]], reference) -> TokenStats:
-    """A candidate (a Runner) against the reference on the text's windows. reference: a LiveReference, or a
-    ref_cache.CachedReference (the reference's log-probabilities from a cache file, no reference model)."""
-    scores = TokenStats()
-    for index, (window, first) in enumerate(windows):
-        quant_logits = scored_logits(quant, window, first)
-        scores.add_stats(reference.chunk_stats(index, window, first, quant_logits), np.asarray(window[first + 1 :]))
-        del quant_logits
-    return scores

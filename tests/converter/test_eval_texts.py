@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from qconv.converter.quality import ref_cache, texts
+from qconv.converter.quality.token_stats import TokenStats
 from qconv.formats.errors import FormatError
 from qconv.runtime.logit_stats import logit_stats
 
@@ -189,7 +190,7 @@ def write_cache(tmp_path, n_ctx=16, chunks=(3, 2), noise=0.4, name="cache.bin"):
     path = tmp_path / name
     with ref_cache.CacheWriter(path, description, n_ctx, ref.n_vocab, list(zip(["t0", "t1"], tokens))) as writer:
         for wins in windows:
-            live.append(texts.score_text(quant, wins, texts.LiveReference(ref, writer)))
+            live.append(score_text(quant, wins, LiveReference(ref, writer)))
         writer.answers["maths"] = ["42", "7"]
     return path, description, windows, quant, live
 
@@ -207,7 +208,7 @@ def test_cache_round_trip(tmp_path):
     assert cache.answers == {"maths": ["42", "7"]}
     assert cache.texts["t1"] == {"first_chunk": 3, "chunks": 2, "tokens": 2 * 16 + 5 + 1}
     for name, wins, exact in zip(["t0", "t1"], windows, live):
-        cached = texts.score_text(quant, wins, cache.reference(name))
+        cached = score_text(quant, wins, cache.reference(name))
         assert len(cached.kld) == len(wins) and all(k.shape == (7,) for k in cached.kld)
         a, b = exact.summary(), cached.summary()
         assert a["tokens"] == b["tokens"] == 7 * len(wins)
@@ -218,7 +219,7 @@ def test_cache_round_trip(tmp_path):
     stale = [(list(w), f) for w, f in windows[1]]
     stale[0][0][3] += 1
     with pytest.raises(FormatError, match="other tokens"):
-        texts.score_text(quant, stale, cache.reference("t1"))
+        score_text(quant, stale, cache.reference("t1"))
 
 
 def test_an_interrupted_write_leaves_nothing(tmp_path):
@@ -282,3 +283,33 @@ def test_hostile_log_prob_files_are_one_line_errors(tmp_path):
     damaged = ref_cache.open_log_probs(hostile(tmp_path, bytes(nan_scale)))
     damaged.chunk_rows(1)
     one_line_error(damaged.chunk_rows, 2, match="chunk 2 row 3 has scale nan")
+
+
+# ---------------------------------------------------------------- scoring a text outside qconv eval (its loop is
+# evaluate.Reference): the live reference, optionally writing a cache, or a cached one, against one candidate
+
+
+class LiveReference:
+    """The reference model's logits of each window compared with a candidate's; with a writer, each chunk's rows
+    are also appended to a reference cache."""
+
+    def __init__(self, runner, writer=None):
+        self.runner = runner
+        self.writer = writer
+
+    def chunk_stats(self, index: int, window: list[int], first: int, quant_logits: np.ndarray):
+        from qconv.runtime.logit_stats import logit_stats
+
+        ref_logits = texts.scored_logits(self.runner, window, first)
+        if self.writer is not None:
+            self.writer.add_chunk(ref_logits)
+        return logit_stats(ref_logits, quant_logits, np.asarray(window[first + 1 :], dtype=np.int32))
+
+
+def score_text(quant, windows, reference) -> TokenStats:
+    """A candidate against a LiveReference or a ref_cache.CachedReference on a text's windows."""
+    scores = TokenStats()
+    for index, (window, first) in enumerate(windows):
+        quant_logits = texts.scored_logits(quant, window, first)
+        scores.add_stats(reference.chunk_stats(index, window, first, quant_logits), np.asarray(window[first + 1 :]))
+    return scores

@@ -17,6 +17,7 @@ from qconv.converter.quality import ref_cache, suites, texts
 from qconv.converter.quality.runner import Runner
 from qconv.converter.quality.token_stats import TokenStats
 from qconv.runtime.logit_stats import logit_stats
+from tests.converter.test_eval_texts import score_text
 from tests.llama_tools import build_tools, tools_missing_reason
 
 pytestmark = [
@@ -125,7 +126,7 @@ def ours(files):
             worst["kld"] = max(worst["kld"], float(np.abs(cached.kld - exact.kld).max()))
             del r, q
     cache = ref_cache.load_cache(path, description)
-    from_file = texts.score_text(quant, windows, cache.reference("text"))
+    from_file = score_text(quant, windows, cache.reference("text"))
     return {"path": path, "live": live, "in_memory": in_memory, "from_file": from_file, "worst": worst}
 
 
