@@ -48,6 +48,22 @@ int qrt_model_eval(qrt_model *m, const int32_t *tokens, int n, float *all_logits
 /* Logits of the last evaluated token (n_vocab floats), NULL before any eval. */
 const float *qrt_model_logits(const qrt_model *m);
 
+/* ---- embeddings ---- */
+
+/* Width of an embedding (the hidden size). */
+int qrt_model_n_embd(const qrt_model *m);
+/* 1 for encoder families (bert): they answer embed only; eval is an error. */
+int qrt_model_is_encoder(const qrt_model *m);
+/* The most tokens one sequence may have in embed: the file's embedding length for encoders
+ * (qconv.embedding.max_seq_length, else the trained context), the context for decoders. */
+int qrt_model_embed_max_tokens(const qrt_model *m);
+/* Embed n_seq sequences: tokens holds their ids one after the other (seq_lens[i] of sequence i, each 1..
+ * qrt_model_embed_max_tokens); out receives n_seq x qrt_model_n_embd floats, each row the sequence's hidden states
+ * pooled as the file says ({arch}.pooling_type: mean, cls or last; decoders: mean of the rows after output_norm)
+ * and L2-normalised unless qconv.embedding.normalize is false. Encoders run many sequences per forward pass;
+ * decoders run each from an empty cache (what was cached before is forgotten). Sequences do not see each other. */
+int qrt_model_embed(qrt_model *m, const int32_t *tokens, const int32_t *seq_lens, int n_seq, float *out);
+
 /* The distinct GGUF types of the weight matrices (for reporting kernels); returns how many (<= cap written). */
 int qrt_model_weight_types(const qrt_model *m, int *types, int cap);
 /* 1 if matrices of this type were repacked into 16-row groups at open (their matmuls run the packed kernels). */

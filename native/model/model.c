@@ -20,33 +20,10 @@
 #include "qrt.h"
 #include "size_math.h"
 
-struct matmul_job;
-
-struct qrt_model {
-    gguf_file *file;
-    Config config;
-    Weights weights;
-    RunState state;
-    qrt_threadpool *pool;
-    int n_threads;
-    int n_past;
-    int has_logits;
-    char path[512];
-    char describe[160];
-    char error[512];
-    double prompt_s, gen_s;
-    int prompt_tokens, gen_tokens;
-    double pool_s; /* of prompt_s + gen_s, the time spent inside pool runs; the rest is the calling thread alone */
-    qrt_imatrix *imatrix; /* when set, every weight matmul's input rows are added to it (calibration) */
-    qrt_batch_pos batch;  /* the running forward chunk's place in llama.cpp's ubatch of this eval (packed.h) */
-    qrt_pass_kernels pass; /* attention, softmax and exp variants, chosen once at open (select.h) */
-    struct matmul_job *expert_jobs; /* MoE: room for the gate and up (or down) matmuls of every expert */
-    int *expert_first_task;         /* [2 n_expert + 1] */
-};
 
 /* ---- errors ---- */
 
-__attribute__((format(printf, 3, 4))) static int set_err(char *err, size_t errlen, const char *fmt, ...) {
+int model_set_err(char *err, size_t errlen, const char *fmt, ...) {
     if (err && errlen) {
         va_list ap;
         va_start(ap, fmt);
@@ -73,20 +50,24 @@ typedef struct {
     int q_prescaled;   /* q is scaled before attention (gemma, phi3: ggml_scale on q, then scores unscaled) */
     int fused_up;      /* ffn_up holds gate and up rows ([2 x ffn, dim], gate first) and there is no ffn_gate */
     int moe;           /* 0: dense FFN; 1: experts, top-k weights renormalised; 2: experts, weights as routed */
+    int encoder;       /* BERT's layout (encoder.c): post-LayerNorm, learned positions, bidirectional, no cache */
+    int pooling;       /* enum pooling of embed when the file names none ({arch}.pooling_type) */
 } arch_row;
 
 /* The architectures the forward pass runs, as data: adding a family is a row here (plus any new step). */
 static const arch_row ARCHS[] = {
-    /* arch       rope       bias qk_norm       ffn_act        post embd swa nope q_pre fused_up moe */
-    {"llama",     ROPE_NORM, 0,   QK_NORM_NONE, FFN_SILU,      0,   0,   0,  0,   0,    0,       0},
-    {"mistral",   ROPE_NORM, 0,   QK_NORM_NONE, FFN_SILU,      0,   0,   0,  0,   0,    0,       0},
-    {"qwen2",     ROPE_NEOX, 1,   QK_NORM_NONE, FFN_SILU,      0,   0,   0,  0,   0,    0,       0},
-    {"qwen3",     ROPE_NEOX, 0,   QK_NORM_HEAD, FFN_SILU,      0,   0,   0,  0,   0,    0,       0},
-    {"gemma3",    ROPE_NEOX, 0,   QK_NORM_HEAD, FFN_GELU_TANH, 1,   1,   6,  0,   1,    0,       0},
-    {"smollm3",   ROPE_NORM, 0,   QK_NORM_NONE, FFN_SILU,      0,   0,   0,  4,   0,    0,       0},
-    {"phi3",      ROPE_NEOX, 0,   QK_NORM_NONE, FFN_SILU,      0,   0,   0,  0,   1,    1,       0},
-    {"qwen3moe",  ROPE_NEOX, 0,   QK_NORM_HEAD, FFN_SILU,      0,   0,   0,  0,   0,    0,       1},
-    {"olmoe",     ROPE_NEOX, 0,   QK_NORM_FULL, FFN_SILU,      0,   0,   0,  0,   0,    0,       2},
+    /* arch       rope       bias qk_norm       ffn_act        post embd swa nope q_pre fused_up moe enc pooling */
+    {"llama",     ROPE_NORM, 0,   QK_NORM_NONE, FFN_SILU,      0,   0,   0,  0,   0,    0,       0,  0,  POOL_MEAN},
+    {"mistral",   ROPE_NORM, 0,   QK_NORM_NONE, FFN_SILU,      0,   0,   0,  0,   0,    0,       0,  0,  POOL_MEAN},
+    {"qwen2",     ROPE_NEOX, 1,   QK_NORM_NONE, FFN_SILU,      0,   0,   0,  0,   0,    0,       0,  0,  POOL_MEAN},
+    {"qwen3",     ROPE_NEOX, 0,   QK_NORM_HEAD, FFN_SILU,      0,   0,   0,  0,   0,    0,       0,  0,  POOL_MEAN},
+    {"gemma3",    ROPE_NEOX, 0,   QK_NORM_HEAD, FFN_GELU_TANH, 1,   1,   6,  0,   1,    0,       0,  0,  POOL_MEAN},
+    {"smollm3",   ROPE_NORM, 0,   QK_NORM_NONE, FFN_SILU,      0,   0,   0,  4,   0,    0,       0,  0,  POOL_MEAN},
+    {"phi3",      ROPE_NEOX, 0,   QK_NORM_NONE, FFN_SILU,      0,   0,   0,  0,   1,    1,       0,  0,  POOL_MEAN},
+    {"qwen3moe",  ROPE_NEOX, 0,   QK_NORM_HEAD, FFN_SILU,      0,   0,   0,  0,   0,    0,       1,  0,  POOL_MEAN},
+    {"olmoe",     ROPE_NEOX, 0,   QK_NORM_FULL, FFN_SILU,      0,   0,   0,  0,   0,    0,       2,  0,  POOL_MEAN},
+    /* llama.cpp's bert has no default pooling: its converter always writes bert.pooling_type */
+    {"bert",      ROPE_NORM, 1,   QK_NORM_NONE, FFN_GELU_ERF,  0,   0,   0,  0,   0,    0,       0,  1,  POOL_NONE},
 };
 
 static int meta_u32(const gguf_file *f, const char *arch, const char *suffix, uint32_t *out, int required,
@@ -96,7 +77,7 @@ static int meta_u32(const gguf_file *f, const char *arch, const char *suffix, ui
     int r = gguf_get_u32(f, key, out);
     if (r == GGUF_OK) return 0;
     if (r == GGUF_MISSING && !required) return 1;
-    return set_err(err, errlen, "%s: metadata '%s' is %s", path, key,
+    return model_set_err(err, errlen, "%s: metadata '%s' is %s", path, key,
                    r == GGUF_MISSING ? "missing" : "not an unsigned 32-bit integer");
 }
 
@@ -105,7 +86,7 @@ static int meta_f32(const gguf_file *f, const char *arch, const char *suffix, fl
     char key[128];
     snprintf(key, sizeof key, "%s.%s", arch, suffix);
     int r = gguf_get_f32(f, key, out);
-    if (r == GGUF_WRONG_TYPE) return set_err(err, errlen, "%s: metadata '%s' is not a number", path, key);
+    if (r == GGUF_WRONG_TYPE) return model_set_err(err, errlen, "%s: metadata '%s' is not a number", path, key);
     return r == GGUF_OK ? 0 : 1;
 }
 
@@ -118,7 +99,7 @@ static int read_rope(const gguf_file *f, Config *c, const char *path, char *err,
     *rope = (RopeParams){.theta = 10000.0f, .freq_scale = 1.0f, .ext_factor = 0.0f, .attn_factor = 1.0f};
     if (meta_f32(f, c->arch, "rope.freq_base", &rope->theta, path, err, errlen) < 0) return -1;
     if (!(rope->theta > 1.0f && rope->theta < 1e30f))
-        return set_err(err, errlen, "%s: rope.freq_base %g is not a usable base", path, (double)rope->theta);
+        return model_set_err(err, errlen, "%s: rope.freq_base %g is not a usable base", path, (double)rope->theta);
     float attn_factor = 1.0f;
     if (meta_f32(f, c->arch, "rope.scaling.attn_factor", &attn_factor, path, err, errlen) < 0) return -1;
     char key[128];
@@ -129,20 +110,20 @@ static int read_rope(const gguf_file *f, Config *c, const char *path, char *err,
     /* longrope: the per-pair factors are tensors (rope_factors_long/short, chosen at open by the context) */
     if (has_type && !gguf_str_eq(scaling, "none") && !gguf_str_eq(scaling, "linear") && !yarn &&
         !gguf_str_eq(scaling, "longrope"))
-        return set_err(err, errlen,
+        return model_set_err(err, errlen,
                        "%s: rope scaling type '%.*s' is not supported (qrun runs: none, linear, yarn, longrope)", path,
                        (int)(scaling.len > 20 ? 20 : scaling.len), scaling.ptr);
     uint32_t n_ctx_orig = (uint32_t)c->n_ctx_train;
     if (meta_u32(f, c->arch, "rope.scaling.original_context_length", &n_ctx_orig, 0, path, err, errlen) < 0)
         return -1;
     if (n_ctx_orig == 0 || n_ctx_orig > (1u << 24))
-        return set_err(err, errlen, "%s: rope.scaling.original_context_length %u is implausible", path, n_ctx_orig);
+        return model_set_err(err, errlen, "%s: rope.scaling.original_context_length %u is implausible", path, n_ctx_orig);
     c->n_ctx_orig = (int)n_ctx_orig;
     if (!has_type || !gguf_str_eq(scaling, "none")) { /* a factor without a type is linear, as in llama.cpp */
         float factor = 0.0f;
         if (meta_f32(f, c->arch, "rope.scaling.factor", &factor, path, err, errlen) < 0) return -1;
         if (factor != 0.0f && !(factor > 0.0f && factor < 1e6f))
-            return set_err(err, errlen, "%s: rope.scaling.factor %g is not a usable factor", path, (double)factor);
+            return model_set_err(err, errlen, "%s: rope.scaling.factor %g is not a usable factor", path, (double)factor);
         if (factor > 0.0f) rope->freq_scale = 1.0f / factor;
     }
     if (yarn) {
@@ -184,7 +165,7 @@ static int read_layer_kinds(const gguf_file *f, Config *c, const arch_row *row, 
     if (gguf_get_arr(f, key, &elem_type, &len) == GGUF_OK) {
         if (elem_type == GGUF_VT_STRING || elem_type == GGUF_VT_ARRAY || elem_type == GGUF_VT_FLOAT32 ||
             elem_type == GGUF_VT_FLOAT64 || len != (uint64_t)c->n_layers)
-            return set_err(err, errlen, "%s: metadata '%s' is not one flag per layer (%llu entries, %d layers)", path, key,
+            return model_set_err(err, errlen, "%s: metadata '%s' is not one flag per layer (%llu entries, %d layers)", path, key,
                            (unsigned long long)len, c->n_layers);
         const int64_t kv = gguf_find_key(f, key);
         for (int l = 0; l < c->n_layers; l++)
@@ -197,7 +178,7 @@ static int read_layer_kinds(const gguf_file *f, Config *c, const arch_row *row, 
     c->rope_swa = (RopeParams){.theta = 10000.0f, .freq_scale = 1.0f, .ext_factor = 0.0f, .attn_factor = 1.0f};
     if (meta_f32(f, c->arch, "rope.freq_base_swa", &c->rope_swa.theta, path, err, errlen) < 0) return -1;
     if (!(c->rope_swa.theta > 1.0f && c->rope_swa.theta < 1e30f))
-        return set_err(err, errlen, "%s: rope.freq_base_swa %g is not a usable base", path, (double)c->rope_swa.theta);
+        return model_set_err(err, errlen, "%s: rope.freq_base_swa %g is not a usable base", path, (double)c->rope_swa.theta);
     return 0;
 }
 
@@ -212,17 +193,55 @@ static int read_experts(const gguf_file *f, Config *c, const arch_row *row, cons
         meta_u32(f, c->arch, "expert_feed_forward_length", &ffn, 1, path, err, errlen))
         return -1;
     if (n < 1 || n > QRT_MAX_EXPERTS || used < 1 || used > n || ffn < 1 || ffn > (1u << 18))
-        return set_err(err, errlen, "%s: implausible experts (%u experts, %u used, ffn %u)", path, n, used, ffn);
+        return model_set_err(err, errlen, "%s: implausible experts (%u experts, %u used, ffn %u)", path, n, used, ffn);
     c->n_expert = (int)n;
     c->n_expert_used = (int)used;
     c->expert_ffn = (int)ffn;
     return 0;
 }
 
+/* What embed does: {arch}.pooling_type (else the family's default), L2 normalisation (qconv.embedding.normalize,
+ * else on, as llama.cpp's embedding tools normalise by default), and the tokens one text may take
+ * (qconv.embedding.max_seq_length, else the trained context). Encoders also read their LayerNorm epsilon. */
+static int read_embedding(const gguf_file *f, Config *c, const arch_row *row, const char *path, char *err,
+                          size_t errlen) {
+    static const char *const pooling_names[] = {"none", "mean", "cls", "last", "rank"};
+    uint32_t pooling = (uint32_t)row->pooling;
+    if (meta_u32(f, c->arch, "pooling_type", &pooling, 0, path, err, errlen) < 0) return -1;
+    if (pooling > POOL_LAST)
+        return model_set_err(err, errlen, "%s: %s.pooling_type %u (%s) is not a pooling qrun runs (mean, cls, last)",
+                             path, c->arch, pooling, pooling < 5 ? pooling_names[pooling] : "unknown");
+    c->pooling = (int)pooling;
+    c->normalize = 1;
+    if (gguf_get_bool(f, "qconv.embedding.normalize", &c->normalize) == GGUF_WRONG_TYPE)
+        return model_set_err(err, errlen, "%s: metadata 'qconv.embedding.normalize' is not a boolean", path);
+    uint32_t max_seq = (uint32_t)c->n_ctx_train;
+    const int r = gguf_get_u32(f, "qconv.embedding.max_seq_length", &max_seq);
+    if (r == GGUF_WRONG_TYPE || (r == GGUF_OK && (max_seq < 1 || max_seq > (uint32_t)c->n_ctx_train)))
+        return model_set_err(err, errlen, "%s: metadata 'qconv.embedding.max_seq_length' is not a count of 1..%d",
+                             path, c->n_ctx_train);
+    c->max_seq_len = (int)max_seq;
+    c->encoder = row->encoder;
+    c->norm_eps = 1e-12f;
+    if (c->encoder) {
+        if (meta_f32(f, c->arch, "attention.layer_norm_epsilon", &c->norm_eps, path, err, errlen) < 0) return -1;
+        if (!(c->norm_eps > 0.0f && c->norm_eps < 1.0f))
+            return model_set_err(err, errlen, "%s: %s.attention.layer_norm_epsilon %g is not usable", path, c->arch,
+                                 (double)c->norm_eps);
+        int causal = 0;
+        char key[128];
+        snprintf(key, sizeof key, "%s.attention.causal", c->arch);
+        if (gguf_get_bool(f, key, &causal) == GGUF_OK && causal)
+            return model_set_err(err, errlen, "%s: %s is causal: qrun runs %s encoders bidirectional only", path, key,
+                                 c->arch);
+    }
+    return 0;
+}
+
 static int read_config(const gguf_file *f, Config *c, const char *path, char *err, size_t errlen) {
     gguf_str arch;
     if (gguf_get_str(f, "general.architecture", &arch) != GGUF_OK)
-        return set_err(err, errlen, "%s: metadata 'general.architecture' is missing", path);
+        return model_set_err(err, errlen, "%s: metadata 'general.architecture' is missing", path);
     const arch_row *row = NULL;
     for (size_t i = 0; i < sizeof ARCHS / sizeof ARCHS[0]; i++)
         if (gguf_str_eq(arch, ARCHS[i].arch)) row = &ARCHS[i];
@@ -231,7 +250,7 @@ static int read_config(const gguf_file *f, Config *c, const char *path, char *er
         snprintf(name, sizeof name, "%.*s", (int)(arch.len > 31 ? 31 : arch.len), arch.ptr);
         for (size_t i = 0; i < sizeof ARCHS / sizeof ARCHS[0]; i++)
             snprintf(runs + strlen(runs), sizeof runs - strlen(runs), "%s%s", i ? ", " : "", ARCHS[i].arch);
-        return set_err(err, errlen, "%s: architecture '%s' is not supported (qrun runs: %s)", path, name, runs);
+        return model_set_err(err, errlen, "%s: architecture '%s' is not supported (qrun runs: %s)", path, name, runs);
     }
     snprintf(c->arch, sizeof c->arch, "%s", row->arch);
     c->rope_style = row->rope_style;
@@ -257,7 +276,7 @@ static int read_config(const gguf_file *f, Config *c, const char *path, char *er
     if (c->dim <= 0 || c->dim > (1 << 16) || c->hidden_dim <= 0 || c->hidden_dim > (1 << 18) || c->n_layers <= 0 ||
         c->n_layers > QRT_MAX_LAYERS || c->n_heads <= 0 || c->n_heads > 1024 || c->n_kv_heads <= 0 ||
         c->n_heads % c->n_kv_heads != 0)
-        return set_err(err, errlen, "%s: implausible shape (dim %d, ffn %d, layers %d, heads %d/%d)", path, c->dim,
+        return model_set_err(err, errlen, "%s: implausible shape (dim %d, ffn %d, layers %d, heads %d/%d)", path, c->dim,
                        c->hidden_dim, c->n_layers, c->n_heads, c->n_kv_heads);
     c->head_dim = c->dim / c->n_heads;
     r = meta_u32(f, c->arch, "attention.key_length", &v, 0, path, err, errlen);
@@ -267,15 +286,15 @@ static int read_config(const gguf_file *f, Config *c, const char *path, char *er
     r = meta_u32(f, c->arch, "attention.value_length", &vlen, 0, path, err, errlen);
     if (r < 0) return -1;
     if (r == 0 && (int)vlen != c->head_dim)
-        return set_err(err, errlen, "%s: key_length %d != value_length %u is not supported", path, c->head_dim, vlen);
+        return model_set_err(err, errlen, "%s: key_length %d != value_length %u is not supported", path, c->head_dim, vlen);
     if (c->head_dim <= 0 || c->head_dim > 1024 || c->head_dim % 2)
-        return set_err(err, errlen, "%s: implausible head size %d", path, c->head_dim);
+        return model_set_err(err, errlen, "%s: implausible head size %d", path, c->head_dim);
     c->n_rot = c->head_dim;
     r = meta_u32(f, c->arch, "rope.dimension_count", &v, 0, path, err, errlen);
     if (r < 0) return -1;
     if (r == 0) c->n_rot = (int)v;
     if (c->n_rot <= 0 || c->n_rot > c->head_dim || c->n_rot % 2)
-        return set_err(err, errlen, "%s: rope dimension %d does not fit head size %d", path, c->n_rot, c->head_dim);
+        return model_set_err(err, errlen, "%s: rope dimension %d does not fit head size %d", path, c->n_rot, c->head_dim);
     c->n_ctx_train = 2048;
     r = meta_u32(f, c->arch, "context_length", &v, 0, path, err, errlen);
     if (r < 0) return -1;
@@ -285,6 +304,7 @@ static int read_config(const gguf_file *f, Config *c, const char *path, char *er
     if (read_rope(f, c, path, err, errlen) < 0) return -1;
     if (read_layer_kinds(f, c, row, path, err, errlen) < 0) return -1;
     if (read_experts(f, c, row, path, err, errlen) < 0) return -1;
+    if (read_embedding(f, c, row, path, err, errlen) < 0) return -1;
     c->embd_scale = row->embd_scaled ? sqrtf((float)c->dim) : 0.0f;
     /* llama.cpp scales q by 1/sqrt(head size), except for gemma3's 62-layer (27B) model: 1/sqrt(dim / heads) */
     c->q_scale = !row->q_prescaled ? 0.0f
@@ -293,7 +313,7 @@ static int read_config(const gguf_file *f, Config *c, const char *path, char *er
     c->logit_softcap = 0.0f;
     if (meta_f32(f, c->arch, "final_logit_softcapping", &c->logit_softcap, path, err, errlen) < 0) return -1;
     if (!(c->logit_softcap >= 0.0f && c->logit_softcap < 1e30f))
-        return set_err(err, errlen, "%s: final_logit_softcapping %g is not usable", path, (double)c->logit_softcap);
+        return model_set_err(err, errlen, "%s: final_logit_softcapping %g is not usable", path, (double)c->logit_softcap);
     /* vocabulary size: the embedding's rows are authoritative; checked against the tensor below */
     c->vocab_size = 0;
     return 0;
@@ -301,31 +321,23 @@ static int read_config(const gguf_file *f, Config *c, const char *path, char *er
 
 /* ---- loading: Weights ---- */
 
-typedef struct {
-    const gguf_file *f;
-    const char *path;
-    char *err;
-    size_t errlen;
-    Weights *w;
-} loader;
-
 static const gguf_tensor *find(loader *L, const char *name, int required) {
     const gguf_tensor *t = gguf_find_tensor(L->f, name);
-    if (!t && required) set_err(L->err, L->errlen, "%s: tensor '%s' is missing", L->path, name);
+    if (!t && required) model_set_err(L->err, L->errlen, "%s: tensor '%s' is missing", L->path, name);
     return t;
 }
 
-static int get_matrix(loader *L, Matrix *m, const char *name, int64_t cols, int64_t rows, int required) {
+int model_get_matrix(loader *L, Matrix *m, const char *name, int64_t cols, int64_t rows, int required) {
     memset(m, 0, sizeof *m);
     const gguf_tensor *t = find(L, name, required);
     if (!t) return required ? -1 : 1;
     if (t->ne[0] != (uint64_t)cols || (rows >= 0 && t->ne[1] != (uint64_t)rows) || t->ne[2] != 1 || t->ne[3] != 1)
-        return set_err(L->err, L->errlen, "%s: tensor '%s' has shape [%llu, %llu, %llu, %llu], expected [%lld, %lld]",
+        return model_set_err(L->err, L->errlen, "%s: tensor '%s' has shape [%llu, %llu, %llu, %llu], expected [%lld, %lld]",
                        L->path, name, (unsigned long long)t->ne[0], (unsigned long long)t->ne[1],
                        (unsigned long long)t->ne[2], (unsigned long long)t->ne[3], (long long)cols, (long long)rows);
     if (!qrt_traits((int)t->type) || qrt_select_matmul((int)t->type, &m->kernels) != 0) {
         const char *tn = gguf_type_name(t->type);
-        return set_err(L->err, L->errlen,
+        return model_set_err(L->err, L->errlen,
                        "%s: tensor '%s' has type %s, which qrun does not run (it runs f32, f16, bf16, q4_0, q4_1, "
                        "q5_0, q5_1, q8_0, q2_K, q3_K, q4_K, q5_K, q6_K, iq4_nl)",
                        L->path, name, tn ? tn : "?");
@@ -341,31 +353,31 @@ static int get_matrix(loader *L, Matrix *m, const char *name, int64_t cols, int6
 }
 
 /* A vector of n floats: in place when stored as aligned f32, else converted once into an owned buffer. */
-static int get_vector(loader *L, const float **out, const char *name, int64_t n, int required) {
+int model_get_vector(loader *L, const float **out, const char *name, int64_t n, int required) {
     *out = NULL;
     const gguf_tensor *t = find(L, name, required);
     if (!t) return required ? -1 : 1;
     if (t->ne[0] != (uint64_t)n || t->ne[1] != 1 || t->ne[2] != 1 || t->ne[3] != 1)
-        return set_err(L->err, L->errlen, "%s: tensor '%s' has %llu x %llu values, expected %lld", L->path, name,
+        return model_set_err(L->err, L->errlen, "%s: tensor '%s' has %llu x %llu values, expected %lld", L->path, name,
                        (unsigned long long)t->ne[0], (unsigned long long)t->ne[1], (long long)n);
     if (t->type == QRT_TYPE_F32 && ((uintptr_t)t->data % 4) == 0) {
         *out = t->data;
         return 0;
     }
     if (!qrt_traits((int)t->type) || t->type == QRT_TYPE_Q8_K)
-        return set_err(L->err, L->errlen, "%s: tensor '%s' has unsupported type %s", L->path, name,
+        return model_set_err(L->err, L->errlen, "%s: tensor '%s' has unsupported type %s", L->path, name,
                        gguf_type_name(t->type) ? gguf_type_name(t->type) : "?");
     float *buf = malloc((size_t)n * sizeof(float));
     float **grown = realloc(L->w->owned, (size_t)(L->w->n_owned + 1) * sizeof(float *));
     if (!buf || !grown) {
         free(buf);
         if (grown) L->w->owned = grown;
-        return set_err(L->err, L->errlen, "%s: out of memory", L->path);
+        return model_set_err(L->err, L->errlen, "%s: out of memory", L->path);
     }
     L->w->owned = grown;
     L->w->owned[L->w->n_owned++] = buf;
     if (qrt_dequantize_row((int)t->type, t->data, buf, n) != 0)
-        return set_err(L->err, L->errlen, "%s: cannot convert tensor '%s'", L->path, name);
+        return model_set_err(L->err, L->errlen, "%s: cannot convert tensor '%s'", L->path, name);
     *out = buf;
     return 0;
 }
@@ -375,17 +387,17 @@ static int get_experts(loader *L, Matrix **out, const char *name, int64_t cols, 
     const gguf_tensor *t = find(L, name, 1);
     if (!t) return -1;
     if (t->ne[0] != (uint64_t)cols || t->ne[1] != (uint64_t)rows || t->ne[2] != (uint64_t)c->n_expert || t->ne[3] != 1)
-        return set_err(L->err, L->errlen, "%s: tensor '%s' has shape [%llu, %llu, %llu, %llu], expected [%lld, %lld, %d]",
+        return model_set_err(L->err, L->errlen, "%s: tensor '%s' has shape [%llu, %llu, %llu, %llu], expected [%lld, %lld, %d]",
                        L->path, name, (unsigned long long)t->ne[0], (unsigned long long)t->ne[1],
                        (unsigned long long)t->ne[2], (unsigned long long)t->ne[3], (long long)cols, (long long)rows,
                        c->n_expert);
     Matrix whole;
     memset(&whole, 0, sizeof whole);
     if (!qrt_traits((int)t->type) || qrt_select_matmul((int)t->type, &whole.kernels) != 0)
-        return set_err(L->err, L->errlen, "%s: tensor '%s' has type %s, which qrun does not run", L->path, name,
+        return model_set_err(L->err, L->errlen, "%s: tensor '%s' has type %s, which qrun does not run", L->path, name,
                        gguf_type_name(t->type) ? gguf_type_name(t->type) : "?");
     *out = calloc((size_t)c->n_expert, sizeof **out);
-    if (!*out) return set_err(L->err, L->errlen, "%s: out of memory", L->path);
+    if (!*out) return model_set_err(L->err, L->errlen, "%s: out of memory", L->path);
     whole.type = (int)t->type;
     whole.cols = cols;
     whole.rows = rows;
@@ -418,72 +430,73 @@ static int load_weights(loader *L, Config *c) {
     const gguf_tensor *embd = find(L, "token_embd.weight", 1);
     if (!embd) return -1;
     if (embd->ne[1] == 0 || embd->ne[1] > (1u << 24))
-        return set_err(L->err, L->errlen, "%s: token_embd.weight has %llu rows", L->path,
+        return model_set_err(L->err, L->errlen, "%s: token_embd.weight has %llu rows", L->path,
                        (unsigned long long)embd->ne[1]);
     c->vocab_size = (int)embd->ne[1];
-    if (get_matrix(L, &w->token_embd, "token_embd.weight", c->dim, c->vocab_size, 1)) return -1;
-    if (get_vector(L, &w->output_norm, "output_norm.weight", c->dim, 1)) return -1;
-    int r = get_matrix(L, &w->output, "output.weight", c->dim, c->vocab_size, 0);
+    if (model_get_matrix(L, &w->token_embd, "token_embd.weight", c->dim, c->vocab_size, 1)) return -1;
+    if (c->encoder) return encoder_load_weights(L, c);
+    if (model_get_vector(L, &w->output_norm, "output_norm.weight", c->dim, 1)) return -1;
+    int r = model_get_matrix(L, &w->output, "output.weight", c->dim, c->vocab_size, 0);
     if (r < 0) return -1;
     if (r == 1) w->output = w->token_embd; /* tied head */
-    if (get_vector(L, &w->rope_freqs, "rope_freqs.weight", c->n_rot / 2, 0) < 0 ||
-        get_vector(L, &w->rope_long, "rope_factors_long.weight", c->n_rot / 2, 0) < 0 ||
-        get_vector(L, &w->rope_short, "rope_factors_short.weight", c->n_rot / 2, 0) < 0)
+    if (model_get_vector(L, &w->rope_freqs, "rope_freqs.weight", c->n_rot / 2, 0) < 0 ||
+        model_get_vector(L, &w->rope_long, "rope_factors_long.weight", c->n_rot / 2, 0) < 0 ||
+        model_get_vector(L, &w->rope_short, "rope_factors_short.weight", c->n_rot / 2, 0) < 0)
         return -1;
 
     w->layers = calloc((size_t)c->n_layers, sizeof(LayerWeights));
-    if (!w->layers) return set_err(L->err, L->errlen, "%s: out of memory", L->path);
+    if (!w->layers) return model_set_err(L->err, L->errlen, "%s: out of memory", L->path);
     const int64_t q_dim = (int64_t)c->n_heads * c->head_dim, kv_dim = (int64_t)c->n_kv_heads * c->head_dim;
     for (int l = 0; l < c->n_layers; l++) {
         LayerWeights *lw = &w->layers[l];
         char name[96];
 #define NAME(suffix) (snprintf(name, sizeof name, "blk.%d.%s", l, suffix), name)
-        if (get_vector(L, &lw->attn_norm, NAME("attn_norm.weight"), c->dim, 1) ||
-            get_vector(L, &lw->ffn_norm, NAME("ffn_norm.weight"), c->dim, 1) ||
-            get_matrix(L, &lw->wo, NAME("attn_output.weight"), q_dim, c->dim, 1))
+        if (model_get_vector(L, &lw->attn_norm, NAME("attn_norm.weight"), c->dim, 1) ||
+            model_get_vector(L, &lw->ffn_norm, NAME("ffn_norm.weight"), c->dim, 1) ||
+            model_get_matrix(L, &lw->wo, NAME("attn_output.weight"), q_dim, c->dim, 1))
             return -1;
         /* q, k and v: three tensors, or one fused attn_qkv (phi3) whose row ranges they become */
         Matrix qkv;
-        r = get_matrix(L, &qkv, NAME("attn_qkv.weight"), c->dim, q_dim + 2 * kv_dim, 0);
+        r = model_get_matrix(L, &qkv, NAME("attn_qkv.weight"), c->dim, q_dim + 2 * kv_dim, 0);
         if (r < 0) return -1;
         if (r == 0) {
             Matrix *parts[] = {&lw->wq, &lw->wk, &lw->wv};
             const int64_t rows[] = {q_dim, kv_dim, kv_dim};
             split_fused(&qkv, parts, rows, 3);
-        } else if (get_matrix(L, &lw->wq, NAME("attn_q.weight"), c->dim, q_dim, 1) ||
-                   get_matrix(L, &lw->wk, NAME("attn_k.weight"), c->dim, kv_dim, 1) ||
-                   get_matrix(L, &lw->wv, NAME("attn_v.weight"), c->dim, kv_dim, 1)) {
+        } else if (model_get_matrix(L, &lw->wq, NAME("attn_q.weight"), c->dim, q_dim, 1) ||
+                   model_get_matrix(L, &lw->wk, NAME("attn_k.weight"), c->dim, kv_dim, 1) ||
+                   model_get_matrix(L, &lw->wv, NAME("attn_v.weight"), c->dim, kv_dim, 1)) {
             return -1;
         }
         if (c->n_expert) {
-            if (get_matrix(L, &lw->router, NAME("ffn_gate_inp.weight"), c->dim, c->n_expert, 1) ||
+            if (model_get_matrix(L, &lw->router, NAME("ffn_gate_inp.weight"), c->dim, c->n_expert, 1) ||
                 get_experts(L, &lw->gate_exps, NAME("ffn_gate_exps.weight"), c->dim, c->expert_ffn, c) ||
                 get_experts(L, &lw->up_exps, NAME("ffn_up_exps.weight"), c->dim, c->expert_ffn, c) ||
                 get_experts(L, &lw->down_exps, NAME("ffn_down_exps.weight"), c->expert_ffn, c->dim, c))
                 return -1;
-        } else if (get_matrix(L, &lw->w_down, NAME("ffn_down.weight"), c->hidden_dim, c->dim, 1)) {
+        } else if (model_get_matrix(L, &lw->w_down, NAME("ffn_down.weight"), c->hidden_dim, c->dim, 1)) {
             return -1;
         } else if (c->fused_up) { /* gate and up in one ffn_up, gate rows first (ggml_swiglu's halves) */
             Matrix up;
-            if (get_matrix(L, &up, NAME("ffn_up.weight"), c->dim, 2 * (int64_t)c->hidden_dim, 1)) return -1;
+            if (model_get_matrix(L, &up, NAME("ffn_up.weight"), c->dim, 2 * (int64_t)c->hidden_dim, 1)) return -1;
             Matrix *parts[] = {&lw->w_gate, &lw->w_up};
             const int64_t rows[] = {c->hidden_dim, c->hidden_dim};
             split_fused(&up, parts, rows, 2);
-        } else if (get_matrix(L, &lw->w_gate, NAME("ffn_gate.weight"), c->dim, c->hidden_dim, 1) ||
-                   get_matrix(L, &lw->w_up, NAME("ffn_up.weight"), c->dim, c->hidden_dim, 1)) {
+        } else if (model_get_matrix(L, &lw->w_gate, NAME("ffn_gate.weight"), c->dim, c->hidden_dim, 1) ||
+                   model_get_matrix(L, &lw->w_up, NAME("ffn_up.weight"), c->dim, c->hidden_dim, 1)) {
             return -1;
         }
         /* biases: required for qwen2, honoured for any arch that has them */
-        if (get_vector(L, &lw->bq, NAME("attn_q.bias"), q_dim, c->has_qkv_bias) < 0 ||
-            get_vector(L, &lw->bk, NAME("attn_k.bias"), kv_dim, c->has_qkv_bias) < 0 ||
-            get_vector(L, &lw->bv, NAME("attn_v.bias"), kv_dim, c->has_qkv_bias) < 0)
+        if (model_get_vector(L, &lw->bq, NAME("attn_q.bias"), q_dim, c->has_qkv_bias) < 0 ||
+            model_get_vector(L, &lw->bk, NAME("attn_k.bias"), kv_dim, c->has_qkv_bias) < 0 ||
+            model_get_vector(L, &lw->bv, NAME("attn_v.bias"), kv_dim, c->has_qkv_bias) < 0)
             return -1;
         const int full = c->has_qk_norm == QK_NORM_FULL;
-        if (get_vector(L, &lw->q_norm, NAME("attn_q_norm.weight"), full ? q_dim : c->head_dim, c->has_qk_norm) < 0 ||
-            get_vector(L, &lw->k_norm, NAME("attn_k_norm.weight"), full ? kv_dim : c->head_dim, c->has_qk_norm) < 0)
+        if (model_get_vector(L, &lw->q_norm, NAME("attn_q_norm.weight"), full ? q_dim : c->head_dim, c->has_qk_norm) < 0 ||
+            model_get_vector(L, &lw->k_norm, NAME("attn_k_norm.weight"), full ? kv_dim : c->head_dim, c->has_qk_norm) < 0)
             return -1;
-        if (c->post_norms && (get_vector(L, &lw->attn_post_norm, NAME("post_attention_norm.weight"), c->dim, 1) ||
-                              get_vector(L, &lw->ffn_post_norm, NAME("post_ffw_norm.weight"), c->dim, 1)))
+        if (c->post_norms && (model_get_vector(L, &lw->attn_post_norm, NAME("post_attention_norm.weight"), c->dim, 1) ||
+                              model_get_vector(L, &lw->ffn_post_norm, NAME("post_ffw_norm.weight"), c->dim, 1)))
             return -1;
 #undef NAME
     }
@@ -491,30 +504,26 @@ static int load_weights(loader *L, Config *c) {
 }
 
 /* Every matrix a forward pass multiplies with, experts included, the head last (token_embd itself is only read
- * row by row), as a list to free; NULL when out of memory. */
+ * row by row), as a list to free; NULL when out of memory. Matrices a family lacks (an encoder's gate and head)
+ * are left out. */
 static Matrix **weight_matrices(const Weights *w, const Config *c, int *n_out) {
     const size_t per_layer = c->n_expert ? 5 + 3 * (size_t)c->n_expert : 7;
     Matrix **out = malloc(((size_t)c->n_layers * per_layer + 1) * sizeof *out);
     if (!out) return NULL;
     int n = 0;
+#define ADD(mat) (void)((mat)->data ? (out[n++] = (mat)) : NULL)
     for (int l = 0; l < c->n_layers; l++) {
         LayerWeights *lw = &w->layers[l];
-        Matrix *attn[] = {&lw->wq, &lw->wk, &lw->wv, &lw->wo};
-        for (int i = 0; i < 4; i++) out[n++] = attn[i];
+        ADD(&lw->wq), ADD(&lw->wk), ADD(&lw->wv), ADD(&lw->wo);
         if (c->n_expert) {
-            out[n++] = &lw->router;
-            for (int e = 0; e < c->n_expert; e++) {
-                out[n++] = &lw->gate_exps[e];
-                out[n++] = &lw->up_exps[e];
-                out[n++] = &lw->down_exps[e];
-            }
+            ADD(&lw->router);
+            for (int e = 0; e < c->n_expert; e++) ADD(&lw->gate_exps[e]), ADD(&lw->up_exps[e]), ADD(&lw->down_exps[e]);
         } else {
-            out[n++] = &lw->w_gate;
-            out[n++] = &lw->w_up;
-            out[n++] = &lw->w_down;
+            ADD(&lw->w_gate), ADD(&lw->w_up), ADD(&lw->w_down);
         }
     }
-    out[n++] = (Matrix *)&w->output;
+    ADD((Matrix *)&w->output);
+#undef ADD
     *n_out = n;
     return out;
 }
@@ -539,7 +548,7 @@ static int alloc_state(qrt_model *mod, int n_batch, int n_ctx, int kv_f32, char 
     size_t act = 0;
     int n_matrices;
     Matrix **all = weight_matrices(&mod->weights, c, &n_matrices);
-    if (!all) return set_err(err, errlen, "%s: out of memory for the run state", mod->path);
+    if (!all) return model_set_err(err, errlen, "%s: out of memory for the run state", mod->path);
     for (int i = 0; i < n_matrices; i++)
         if (act_bytes_for(all[i]) > act) act = act_bytes_for(all[i]);
     free(all);
@@ -548,7 +557,7 @@ static int alloc_state(qrt_model *mod, int n_batch, int n_ctx, int kv_f32, char 
     do {                                                                                                            \
         const size_t bytes_ = qrt_size_round64(qrt_size_mul3((rows), (width), sizeof(*(ptr))));                     \
         (ptr) = qrt_size_ok(bytes_) ? aligned_alloc(64, bytes_ ? bytes_ : 64) : NULL;                               \
-        if (!(ptr)) return set_err(err, errlen, "%s: out of memory for the run state", mod->path);                  \
+        if (!(ptr)) return model_set_err(err, errlen, "%s: out of memory for the run state", mod->path);                  \
     } while (0)
     ALLOC(s->x, (size_t)n_batch, (size_t)c->dim);
     ALLOC(s->xb, (size_t)n_batch, wide);
@@ -558,7 +567,8 @@ static int alloc_state(qrt_model *mod, int n_batch, int n_ctx, int kv_f32, char 
     ALLOC(s->v, (size_t)n_batch, kv_dim);
     ALLOC(s->hb, (size_t)n_batch, (size_t)c->hidden_dim);
     ALLOC(s->hb2, (size_t)n_batch, (size_t)c->hidden_dim);
-    ALLOC(s->att, (size_t)mod->n_threads, qrt_size_add((size_t)n_ctx, (size_t)c->head_dim));
+    ALLOC(s->att, (size_t)mod->n_threads,
+          c->encoder ? QRT_ENCODER_ATT_FLOATS(n_ctx, c->head_dim) : qrt_size_add((size_t)n_ctx, (size_t)c->head_dim));
     ALLOC(s->attn_scratch, (size_t)mod->n_threads, qrt_size_mul(64, (size_t)c->head_dim));
     ALLOC(s->rope_cos, (size_t)n_batch, (size_t)(c->n_rot / 2));
     ALLOC(s->rope_sin, (size_t)n_batch, (size_t)(c->n_rot / 2));
@@ -566,7 +576,9 @@ static int alloc_state(qrt_model *mod, int n_batch, int n_ctx, int kv_f32, char 
         ALLOC(s->rope_cos_swa, (size_t)n_batch, (size_t)(c->n_rot / 2));
         ALLOC(s->rope_sin_swa, (size_t)n_batch, (size_t)(c->n_rot / 2));
     }
-    ALLOC(s->logits, 1, (size_t)c->vocab_size);
+    if (!c->encoder) ALLOC(s->logits, 1, (size_t)c->vocab_size);
+    ALLOC(s->seq_start, (size_t)n_batch + 1, 1);
+    ALLOC(s->pooled, 1, (size_t)c->dim);
     ALLOC(s->act, (size_t)n_batch, s->act_row_bytes);
     /* the most block sums any activation row needs (qrt_packed_sums_per_row of the widest row) */
     int64_t widest = (int64_t)(wide > (size_t)c->hidden_dim ? wide : (size_t)c->hidden_dim);
@@ -592,15 +604,16 @@ static int alloc_state(qrt_model *mod, int n_batch, int n_ctx, int kv_f32, char 
         ALLOC(s->expert_act2, pairs, s->act_row_bytes);
         ALLOC(s->expert_act_sums, pairs, s->act_sums_stride);
         ALLOC(s->expert_act_sums2, pairs, s->act_sums_stride);
-        if (alloc_expert_jobs(mod)) return set_err(err, errlen, "%s: out of memory for the run state", mod->path);
+        if (alloc_expert_jobs(mod)) return model_set_err(err, errlen, "%s: out of memory for the run state", mod->path);
     }
 #undef ALLOC
+    if (c->encoder) return 0; /* no cache: each embed batch is whole */
     /* the rows each layer keeps (sliding layers: the window plus one batch, at most the context) and where they
      * start; layers x positions x kv width x element: 64 layers of 16 heads x 1024 at 2048 positions is 2^32
      * bytes, which wrapped to 0 on 32-bit builds before */
     s->kv_offset = calloc((size_t)c->n_layers, sizeof *s->kv_offset);
     s->kv_rows = calloc((size_t)c->n_layers, sizeof *s->kv_rows);
-    if (!s->kv_offset || !s->kv_rows) return set_err(err, errlen, "%s: out of memory for the run state", mod->path);
+    if (!s->kv_offset || !s->kv_rows) return model_set_err(err, errlen, "%s: out of memory for the run state", mod->path);
     size_t cache_values = 0;
     for (int l = 0; l < c->n_layers; l++) {
         /* what a batch sees, from a multiple of 64 on (see slide_window) */
@@ -616,7 +629,7 @@ static int alloc_state(qrt_model *mod, int n_batch, int n_ctx, int kv_f32, char 
         double rows = 0.0;
         for (int l = 0; l < c->n_layers; l++) rows += s->kv_rows[l];
         const double mib = 2.0 * rows * (double)kv_dim * (kv_f32 ? 4 : 2) / (1 << 20);
-        return set_err(err, errlen,
+        return model_set_err(err, errlen,
                        "%s: out of memory for a KV cache of %d tokens x %d layers x %zu values (%.0f MiB; a smaller "
                        "context, -c, needs less)",
                        mod->path, n_ctx, c->n_layers, kv_dim, mib);
@@ -631,7 +644,7 @@ static void free_state(RunState *s) {
     free(s->router_probs), free(s->expert_weight), free(s->expert_id), free(s->expert_pairs), free(s->expert_first);
     free(s->expert_x), free(s->expert_h), free(s->expert_h2), free(s->expert_out), free(s->expert_slot);
     free(s->expert_act), free(s->expert_act2), free(s->expert_act_sums), free(s->expert_act_sums2);
-    free(s->key_cache), free(s->value_cache);
+    free(s->key_cache), free(s->value_cache), free(s->seq_start), free(s->pooled);
 }
 
 /* ---- repacking (packed.h) ---- */
@@ -663,7 +676,7 @@ static int pack_weights(qrt_model *m, char *err, size_t errlen) {
     Weights *w = &m->weights;
     int n;
     Matrix **list = weight_matrices(w, c, &n);
-    if (!list) return set_err(err, errlen, "%s: out of memory", m->path);
+    if (!list) return model_set_err(err, errlen, "%s: out of memory", m->path);
     size_t total = 0;
     for (int i = 0; i < n; i++)
         if (qrt_packed_worthwhile(list[i]->type))
@@ -676,7 +689,7 @@ static int pack_weights(qrt_model *m, char *err, size_t errlen) {
     w->packed_bytes = w->packed ? total : 0;
     if (!w->packed) {
         free(list);
-        return set_err(err, errlen, "%s: out of memory repacking %zu MB of weights (QRT_PACK=0 skips it)", m->path,
+        return model_set_err(err, errlen, "%s: out of memory repacking %zu MB of weights (QRT_PACK=0 skips it)", m->path,
                        total >> 20);
     }
     size_t off = 0;
@@ -723,7 +736,7 @@ qrt_model *qrt_model_open(const char *path, const qrt_model_params *params, char
     qrt_model_params p = params ? *params : qrt_model_default_params();
     qrt_model *m = calloc(1, sizeof *m);
     if (!m) {
-        set_err(err, errlen, "%s: out of memory", path);
+        model_set_err(err, errlen, "%s: out of memory", path);
         return NULL;
     }
     snprintf(m->path, sizeof m->path, "%s", path);
@@ -737,7 +750,7 @@ qrt_model *qrt_model_open(const char *path, const qrt_model_params *params, char
 
     m->pool = qrt_threadpool_create(p.n_threads);
     if (!m->pool) {
-        set_err(err, errlen, "%s: cannot start the thread pool", path);
+        model_set_err(err, errlen, "%s: cannot start the thread pool", path);
         goto fail;
     }
     m->n_threads = qrt_threadpool_size(m->pool);
@@ -746,13 +759,19 @@ qrt_model *qrt_model_open(const char *path, const qrt_model_params *params, char
     if (n_ctx > m->config.n_ctx_train) n_ctx = m->config.n_ctx_train;
     int n_batch = p.n_batch > 0 ? p.n_batch : 64;
     if (n_batch > 512) n_batch = 512;
+    if (m->config.encoder) {
+        /* an encoder sees one sequence at a time (attention rows: max_seq_len) and runs as many sequences as fit
+         * QRT_ENCODER_BATCH tokens through each matmul (a weight row read once for all of them) */
+        n_ctx = m->config.max_seq_len;
+        n_batch = n_ctx > QRT_ENCODER_BATCH ? n_ctx : QRT_ENCODER_BATCH;
+    }
     if (alloc_state(m, n_batch, n_ctx, p.kv_f32, err, errlen)) goto fail;
     /* LongRoPE's factors: the long ones when the context exceeds the trained one, as llama.cpp picks them */
     if (!m->weights.rope_freqs)
         m->weights.rope_freqs = n_ctx > m->config.n_ctx_orig ? m->weights.rope_long : m->weights.rope_short;
     const Config *c = &m->config;
-    snprintf(m->describe, sizeof m->describe, "%s, %d layers, %d hidden, %d ffn, %d/%d heads, vocab %d", c->arch,
-             c->n_layers, c->dim, c->hidden_dim, c->n_heads, c->n_kv_heads, c->vocab_size);
+    snprintf(m->describe, sizeof m->describe, "%s%s, %d layers, %d hidden, %d ffn, %d/%d heads, vocab %d", c->arch,
+             c->encoder ? " encoder" : "", c->n_layers, c->dim, c->hidden_dim, c->n_heads, c->n_kv_heads, c->vocab_size);
     return m;
 fail:
     qrt_model_free(m);
@@ -761,7 +780,7 @@ fail:
 
 /* ---- the thread pool ---- */
 
-static double now_s(void) {
+double model_now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
@@ -769,10 +788,10 @@ static double now_s(void) {
 
 /* Every pool run of the forward pass goes through here, so the time no worker can help with (the serial share:
  * eval time minus pool time) is measured rather than guessed. */
-static void pool_run(qrt_model *m, qrt_task_fn fn, void *ctx, int n_tasks) {
-    const double t0 = now_s();
+void model_pool_run(qrt_model *m, qrt_task_fn fn, void *ctx, int n_tasks) {
+    const double t0 = model_now_s();
     qrt_threadpool_run(m->pool, fn, ctx, n_tasks);
-    m->pool_s += now_s() - t0;
+    m->pool_s += model_now_s() - t0;
 }
 
 /* ---- matmul over the thread pool ---- */
@@ -826,13 +845,6 @@ static void matmul_task(void *ctx, int task, int thread) {
     }
 }
 
-/* The activation rows converted for a matmul; reused by consecutive matmuls with the same input. */
-typedef struct {
-    const float *src;
-    int act_type;
-    int n_tok;
-    int has_sums; /* state.act_sums holds the block sums of these rows */
-} act_cache;
 
 /* ---- per-token steps over the pool ----
  * Everything between two matmuls is per token row (residual adds, norms, SwiGLU, activation conversion, rope,
@@ -840,11 +852,7 @@ typedef struct {
  * code in the same order whichever thread runs them, so the bits do not depend on the thread count. Single-token
  * decode runs them on the calling thread: one row is less work than a pool hand-off. */
 
-typedef struct {
-    int first, end, per_task; /* rows first..end-1, per_task rows per task */
-} row_split;
-
-static int split_rows(const qrt_model *m, row_split *split, int first, int end) {
+int model_split_rows(const qrt_model *m, row_split *split, int first, int end) {
     const int n = end - first, most_tasks = 4 * m->n_threads;
     split->first = first;
     split->end = end;
@@ -852,16 +860,16 @@ static int split_rows(const qrt_model *m, row_split *split, int first, int end) 
     return (n + split->per_task - 1) / split->per_task;
 }
 
-static void task_rows(const row_split *split, int task, int *b0, int *b1) {
+void model_task_rows(const row_split *split, int task, int *b0, int *b1) {
     *b0 = split->first + task * split->per_task;
     *b1 = *b0 + split->per_task < split->end ? *b0 + split->per_task : split->end;
 }
 
-static void run_rows(qrt_model *m, qrt_task_fn fn, void *job, int n_tasks) {
+void model_run_rows(qrt_model *m, qrt_task_fn fn, void *job, int n_tasks) {
     if (n_tasks == 1)
         fn(job, 0, 0);
     else
-        pool_run(m, fn, job, n_tasks);
+        model_pool_run(m, fn, job, n_tasks);
 }
 
 /* The steps between matmuls, each run when its field is set, in this order per row b:
@@ -887,7 +895,7 @@ static void rows_task(void *ctx, int task, int thread) {
     const Config *c = &j->m->config;
     RunState *s = &j->m->state;
     int b0, b1;
-    task_rows(&j->split, task, &b0, &b1);
+    model_task_rows(&j->split, task, &b0, &b1);
     for (int b = b0; b < b1; b++) {
         float *x = s->x + (size_t)b * c->dim, *xb = s->xb + (size_t)b * c->dim;
         if (j->residual) {
@@ -915,7 +923,7 @@ static void rows_task(void *ctx, int task, int thread) {
 /* Run the steps of j over rows first..end-1; when it converts, the cache then holds the result. */
 static void steps(qrt_model *m, act_cache *cache, rows_job *j, int first, int end) {
     j->m = m;
-    run_rows(m, rows_task, j, split_rows(m, &j->split, first, end));
+    model_run_rows(m, rows_task, j, model_split_rows(m, &j->split, first, end));
     /* a converted input is kept; otherwise a step may have rewritten the rows the cache describes */
     *cache = j->act_src ? (act_cache){j->act_src, j->act_type, end, j->sums} : (act_cache){0};
 }
@@ -972,15 +980,15 @@ static int matmul_setup(qrt_model *m, act_cache *cache, matmul_job *j, float *ou
     return matmul_job_for(m, j, out, out_stride, w, m->state.act, m->state.act_sums, n_tok);
 }
 
-static void matmul(qrt_model *m, act_cache *cache, float *out, int64_t out_stride, const Matrix *w, const float *x,
+void model_matmul(qrt_model *m, act_cache *cache, float *out, int64_t out_stride, const Matrix *w, const float *x,
                    int n_tok) {
     matmul_job j;
     const int n_tasks = matmul_setup(m, cache, &j, out, out_stride, w, x, n_tok);
-    pool_run(m, matmul_task, &j, n_tasks);
+    model_pool_run(m, matmul_task, &j, n_tasks);
 }
 
 /* Up to 3 matmuls of the same input (q/k/v, gate/up) in one pool run: one synchronisation instead of several.
- * Each output is computed exactly as by matmul(). */
+ * Each output is computed exactly as by model_matmul(). */
 typedef struct {
     matmul_job jobs[3];
     int first_task[4];
@@ -993,19 +1001,19 @@ static void matmul_group_task(void *ctx, int task, int thread) {
     matmul_task(&g->jobs[k], task - g->first_task[k], thread);
 }
 
-static void matmul_many(qrt_model *m, act_cache *cache, int n, float *const outs[], const int64_t strides[],
+void model_matmul_many(qrt_model *m, act_cache *cache, int n, float *const outs[], const int64_t strides[],
                         const Matrix *const ws[], const float *x, int n_tok) {
     int same = 1;
     for (int k = 1; k < n; k++) same &= ws[k]->kernels.act_type == ws[0]->kernels.act_type;
     if (!same || m->n_threads == 1) { /* one act buffer; and nothing to save without threads */
-        for (int k = 0; k < n; k++) matmul(m, cache, outs[k], strides[k], ws[k], x, n_tok);
+        for (int k = 0; k < n; k++) model_matmul(m, cache, outs[k], strides[k], ws[k], x, n_tok);
         return;
     }
     matmul_group g;
     g.first_task[0] = 0;
     for (int k = 0; k < n; k++)
         g.first_task[k + 1] = g.first_task[k] + matmul_setup(m, cache, &g.jobs[k], outs[k], strides[k], ws[k], x, n_tok);
-    pool_run(m, matmul_group_task, &g, g.first_task[n]);
+    model_pool_run(m, matmul_group_task, &g, g.first_task[n]);
 }
 
 /* ---- attention ---- */
@@ -1096,7 +1104,7 @@ static void embed_task(void *ctx, int task, int thread) {
     RunState *s = &j->m->state;
     const int half_rot = c->n_rot / 2;
     int b0, b1;
-    task_rows(&j->split, task, &b0, &b1);
+    model_task_rows(&j->split, task, &b0, &b1);
     for (int b = b0; b < b1; b++) {
         const uint8_t *row = w->token_embd.data + (size_t)j->tokens[b] * w->token_embd.row_bytes;
         float *x = s->x + (size_t)b * c->dim;
@@ -1143,7 +1151,7 @@ static void qkv_task(void *ctx, int task, int thread) {
     RunState *s = &j->m->state;
     const int hd = c->head_dim, q_dim = c->n_heads * hd, kv_dim = c->n_kv_heads * hd, half_rot = c->n_rot / 2;
     int b0, b1;
-    task_rows(&j->split, task, &b0, &b1);
+    model_task_rows(&j->split, task, &b0, &b1);
     for (int b = b0; b < b1; b++) {
         float *q = s->q + (size_t)b * q_dim, *k = s->k + (size_t)b * kv_dim, *v = s->v + (size_t)b * kv_dim;
         if (lw->bq) op_add(q, lw->bq, q_dim), op_add(k, lw->bk, kv_dim), op_add(v, lw->bv, kv_dim);
@@ -1187,7 +1195,7 @@ static void convert_task(void *ctx, int task, int thread) {
     (void)thread;
     const convert_job *j = ctx;
     int b0, b1;
-    task_rows(&j->split, task, &b0, &b1);
+    model_task_rows(&j->split, task, &b0, &b1);
     for (int b = b0; b < b1; b++) {
         float *row = j->src + (size_t)b * j->cols;
         if (j->glu_up) op_swiglu(row, j->glu_up + (size_t)b * j->cols, (int)j->cols, j->exp16);
@@ -1206,7 +1214,7 @@ static void convert_rows(qrt_model *m, convert_job *j, int n_rows, const Matrix 
     j->dst_stride = m->state.act_row_bytes;
     j->sums_stride = m->state.act_sums_stride;
     j->exp16 = m->pass.expf16;
-    run_rows(m, convert_task, j, split_rows(m, &j->split, 0, n_rows));
+    model_run_rows(m, convert_task, j, model_split_rows(m, &j->split, 0, n_rows));
 }
 
 static int alloc_expert_jobs(qrt_model *m) {
@@ -1300,7 +1308,7 @@ static void moe_ffn(qrt_model *m, act_cache *cache, const LayerWeights *lw, int 
     RunState *s = &m->state;
     const int dim = c->dim, ffn = c->expert_ffn, k = c->n_expert_used, n_pairs = n_tok * k;
     const size_t ab = s->act_row_bytes, ss = s->act_sums_stride;
-    matmul(m, cache, s->router_probs, c->n_expert, &lw->router, s->xb, n_tok);
+    model_matmul(m, cache, s->router_probs, c->n_expert, &lw->router, s->xb, n_tok);
     *cache = (act_cache){0};
     route_tokens(m, n_tok);
     for (int i = 0; i < n_pairs; i++)
@@ -1329,7 +1337,7 @@ static void moe_ffn(qrt_model *m, act_cache *cache, const LayerWeights *lw, int 
             g.first_task[g.n + 1] = g.first_task[g.n] + matmul_job_for(m, &g.jobs[g.n], outs[h], ffn, ws[h],
                                                                         acts[h], sums[h], n);
     }
-    pool_run(m, matmul_batch_task, &g, g.first_task[g.n]);
+    model_pool_run(m, matmul_batch_task, &g, g.first_task[g.n]);
 
     convert_job mid = {.src = s->expert_h, .glu_up = s->expert_h2, .cols = ffn};
     convert_rows(m, &mid, n_pairs, &lw->down_exps[0], s->expert_act, s->expert_act_sums);
@@ -1344,7 +1352,7 @@ static void moe_ffn(qrt_model *m, act_cache *cache, const LayerWeights *lw, int 
                                                s->expert_act_sums + (size_t)f * ss, n);
         g.n++;
     }
-    pool_run(m, matmul_batch_task, &g, g.first_task[g.n]);
+    model_pool_run(m, matmul_batch_task, &g, g.first_task[g.n]);
 
     /* slot j of token b is pair expert_slot[b * k + j]: its output times its weight, added in slot order */
     for (int i = 0; i < n_pairs; i++) s->expert_slot[s->expert_pairs[i]] = i;
@@ -1369,9 +1377,9 @@ static void softcap(float *x, size_t n, float cap) {
 }
 
 /* Run n_tok tokens at positions pos0..; logits of every token go to all_logits (if not NULL), the last token's
- * to state.logits. Each layer: attention then SwiGLU, each a norm, matmuls and a residual add; the residual add
+ * to state.logits; with hidden set, no logits: state.xb holds every row's hidden state after output_norm. Each layer: attention then SwiGLU, each a norm, matmuls and a residual add; the residual add
  * of one block is the first step of the next block's norm (one pass over the rows instead of two). */
-static void forward(qrt_model *m, const int32_t *tokens, int n_tok, int pos0, float *all_logits) {
+static void forward(qrt_model *m, const int32_t *tokens, int n_tok, int pos0, float *all_logits, int hidden) {
     const Config *c = &m->config;
     const Weights *w = &m->weights;
     RunState *s = &m->state;
@@ -1381,7 +1389,7 @@ static void forward(qrt_model *m, const int32_t *tokens, int n_tok, int pos0, fl
 
     if (c->n_swa) slide_window(m, pos0, n_tok);
     embed_job ej = {.m = m, .tokens = tokens, .pos0 = pos0};
-    run_rows(m, embed_task, &ej, split_rows(m, &ej.split, 0, n_tok));
+    model_run_rows(m, embed_task, &ej, model_split_rows(m, &ej.split, 0, n_tok));
     float *residual = NULL;             /* the last block's output, not yet added to x */
     const float *residual_norm = NULL;  /* and the norm it takes first (gemma's post-FFN norm) */
 
@@ -1396,13 +1404,13 @@ static void forward(qrt_model *m, const int32_t *tokens, int n_tok, int pos0, fl
             steps(m, &cache, &norm, 0, n_tok);
             float *const outs[] = {s->q, s->k, s->v};
             const int64_t strides[] = {q_dim, kv_dim, kv_dim};
-            matmul_many(m, &cache, 3, outs, strides, ws, s->xb, n_tok);
+            model_matmul_many(m, &cache, 3, outs, strides, ws, s->xb, n_tok);
         }
         qkv_job qj = {.m = m, .lw = lw, .layer = l, .pos0 = pos0};
-        run_rows(m, qkv_task, &qj, split_rows(m, &qj.split, 0, n_tok));
+        model_run_rows(m, qkv_task, &qj, model_split_rows(m, &qj.split, 0, n_tok));
         attn_job aj = {m, l, pos0, n_tok};
-        pool_run(m, attention_task, &aj, n_tok * c->n_heads);
-        matmul(m, &cache, s->xb, dim, &lw->wo, s->xb2, n_tok);
+        model_pool_run(m, attention_task, &aj, n_tok * c->n_heads);
+        model_matmul(m, &cache, s->xb, dim, &lw->wo, s->xb2, n_tok);
 
         if (c->n_expert) { /* mixture of experts */
             rows_job norm = {.residual = s->xb, .residual_norm = lw->attn_post_norm, .norm = lw->ffn_norm};
@@ -1421,7 +1429,7 @@ static void forward(qrt_model *m, const int32_t *tokens, int n_tok, int pos0, fl
             steps(m, &cache, &norm, 0, n_tok);
             float *const outs[] = {s->hb, s->hb2};
             const int64_t strides[] = {ffn, ffn};
-            matmul_many(m, &cache, 2, outs, strides, ws, s->xb, n_tok);
+            model_matmul_many(m, &cache, 2, outs, strides, ws, s->xb, n_tok);
         }
         {
             const Matrix *const ws[] = {&lw->w_down};
@@ -1429,35 +1437,29 @@ static void forward(qrt_model *m, const int32_t *tokens, int n_tok, int pos0, fl
             convert_for(&glu, ws, 1);
             steps(m, &cache, &glu, 0, n_tok);
         }
-        matmul(m, &cache, s->xb, dim, &lw->w_down, s->hb, n_tok);
+        model_matmul(m, &cache, s->xb, dim, &lw->w_down, s->hb, n_tok);
         residual = s->xb;
         residual_norm = lw->ffn_post_norm;
     }
 
-    /* head: all rows when asked for, else only the last token */
-    const int first = all_logits ? 0 : n_tok - 1;
+    /* head: all rows when asked for (or their hidden states), else only the last token */
+    const int first = all_logits || hidden ? 0 : n_tok - 1;
     rows_job final = {.residual = residual, .residual_norm = residual_norm, .norm = w->output_norm};
     steps(m, &cache, &final, first, n_tok); /* x is not read again past this pass: only these rows are needed */
+    if (hidden) return;
     if (all_logits) {
-        matmul(m, &cache, all_logits, c->vocab_size, &w->output, s->xb, n_tok);
+        model_matmul(m, &cache, all_logits, c->vocab_size, &w->output, s->xb, n_tok);
         if (c->logit_softcap != 0.0f) softcap(all_logits, (size_t)n_tok * c->vocab_size, c->logit_softcap);
         memcpy(s->logits, all_logits + (size_t)(n_tok - 1) * c->vocab_size, (size_t)c->vocab_size * sizeof(float));
     } else {
-        matmul(m, &cache, s->logits, c->vocab_size, &w->output, s->xb + (size_t)(n_tok - 1) * dim, 1);
+        model_matmul(m, &cache, s->logits, c->vocab_size, &w->output, s->xb + (size_t)(n_tok - 1) * dim, 1);
         if (c->logit_softcap != 0.0f) softcap(s->logits, (size_t)c->vocab_size, c->logit_softcap);
     }
 }
 
-int qrt_model_eval(qrt_model *m, const int32_t *tokens, int n, float *all_logits) {
-    if (n <= 0) return set_err(m->error, sizeof m->error, "eval: no tokens");
-    if (n > m->state.n_ctx - m->n_past)
-        return set_err(m->error, sizeof m->error, "context full: %d tokens in the cache + %d new > context %d",
-                       m->n_past, n, m->state.n_ctx);
-    for (int i = 0; i < n; i++)
-        if (tokens[i] < 0 || tokens[i] >= m->config.vocab_size)
-            return set_err(m->error, sizeof m->error, "token id %d at index %d is outside the vocabulary (0..%d)",
-                           tokens[i], i, m->config.vocab_size - 1);
-    const double t0 = now_s();
+/* n tokens from position n_past on, in chunks; all_logits as qrt_model_eval's. With pooled set (a decoder's
+ * embed), no logits: each chunk's hidden rows are pooled into it (op_pool_rows; n is the whole sequence). */
+static void run_chunks(qrt_model *m, const int32_t *tokens, int n, float *all_logits, float *pooled) {
     /* llama.cpp runs an eval in ubatches of QRT_LLAMA_UBATCH tokens; within one, qrun runs chunks of n_batch
      * tokens, never a 1-token tail (ggml treats single tokens differently: decode), and the packed kernels get
      * each chunk's place in the ubatch (their orders depend on it, as llama.cpp's kernel choice does) */
@@ -1468,12 +1470,30 @@ int qrt_model_eval(qrt_model *m, const int32_t *tokens, int n, float *all_logits
         int chunk = left < m->state.n_batch ? left : m->state.n_batch;
         if (left - chunk == 1) chunk--;
         m->batch = (qrt_batch_pos){done - ubatch0, ubatch_n};
-        forward(m, tokens + done, chunk, m->n_past, all_logits ? all_logits + (size_t)done * m->config.vocab_size : NULL);
+        forward(m, tokens + done, chunk, m->n_past, all_logits ? all_logits + (size_t)done * m->config.vocab_size : NULL,
+                pooled != NULL);
+        if (pooled) op_pool_rows(pooled, m->state.xb, chunk, m->config.dim, done, n, m->config.pooling);
         m->n_past += chunk;
         done += chunk;
     }
+}
+
+int qrt_model_eval(qrt_model *m, const int32_t *tokens, int n, float *all_logits) {
+    if (m->config.encoder)
+        return model_set_err(m->error, sizeof m->error, "%s: %s is an embedding model: use embed", m->path,
+                             m->config.arch);
+    if (n <= 0) return model_set_err(m->error, sizeof m->error, "eval: no tokens");
+    if (n > m->state.n_ctx - m->n_past)
+        return model_set_err(m->error, sizeof m->error, "context full: %d tokens in the cache + %d new > context %d",
+                       m->n_past, n, m->state.n_ctx);
+    for (int i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= m->config.vocab_size)
+            return model_set_err(m->error, sizeof m->error, "token id %d at index %d is outside the vocabulary (0..%d)",
+                           tokens[i], i, m->config.vocab_size - 1);
+    const double t0 = model_now_s();
+    run_chunks(m, tokens, n, all_logits, NULL);
     m->has_logits = 1;
-    const double dt = now_s() - t0;
+    const double dt = model_now_s() - t0;
     if (n > 1) {
         m->prompt_s += dt;
         m->prompt_tokens += n;
@@ -1481,6 +1501,65 @@ int qrt_model_eval(qrt_model *m, const int32_t *tokens, int n, float *all_logits
         m->gen_s += dt;
         m->gen_tokens += 1;
     }
+    return 0;
+}
+
+/* ---- embeddings ---- */
+
+int qrt_model_n_embd(const qrt_model *m) { return m->config.dim; }
+int qrt_model_is_encoder(const qrt_model *m) { return m->config.encoder; }
+int qrt_model_embed_max_tokens(const qrt_model *m) {
+    return m->config.encoder ? m->config.max_seq_len : m->state.n_ctx;
+}
+
+int qrt_model_embed(qrt_model *m, const int32_t *tokens, const int32_t *seq_lens, int n_seq, float *out) {
+    const Config *c = &m->config;
+    if (c->pooling == POOL_NONE)
+        return model_set_err(m->error, sizeof m->error,
+                             "%s: %s.pooling_type is 0 (none): the file names no way to pool a text into one vector",
+                             m->path, c->arch);
+    if (n_seq < 0) return model_set_err(m->error, sizeof m->error, "embed: %d sequences", n_seq);
+    const int max_len = qrt_model_embed_max_tokens(m);
+    size_t total = 0;
+    for (int i = 0; i < n_seq; i++) {
+        if (seq_lens[i] < 1 || seq_lens[i] > max_len)
+            return model_set_err(m->error, sizeof m->error, "embed: sequence %d has %d tokens (expected 1..%d)", i,
+                                 seq_lens[i], max_len);
+        total += (size_t)seq_lens[i];
+    }
+    for (size_t i = 0; i < total; i++)
+        if (tokens[i] < 0 || tokens[i] >= c->vocab_size)
+            return model_set_err(m->error, sizeof m->error,
+                                 "token id %d at index %zu is outside the vocabulary (0..%d)", tokens[i], i,
+                                 c->vocab_size - 1);
+    const double t0 = model_now_s();
+    const size_t dim = (size_t)c->dim;
+    if (c->encoder) {
+        /* as many whole sequences per forward as fit the batch's rows */
+        size_t first_token = 0;
+        for (int i = 0; i < n_seq;) {
+            int n = 0, n_tok = 0;
+            while (i + n < n_seq && n_tok + seq_lens[i + n] <= m->state.n_batch) n_tok += seq_lens[i + n++];
+            m->batch = (qrt_batch_pos){0, n_tok};
+            encoder_forward(m, tokens + first_token, seq_lens + i, n, out + (size_t)i * dim);
+            first_token += (size_t)n_tok;
+            i += n;
+        }
+    } else {
+        /* each sequence from an empty cache; what was cached before is gone */
+        size_t first_token = 0;
+        for (int i = 0; i < n_seq; i++) {
+            m->n_past = 0;
+            run_chunks(m, tokens + first_token, seq_lens[i], NULL, out + (size_t)i * dim);
+            first_token += (size_t)seq_lens[i];
+        }
+        m->n_past = 0;
+        m->has_logits = 0;
+    }
+    if (c->normalize)
+        for (int i = 0; i < n_seq; i++) op_l2_normalize(out + (size_t)i * dim, c->dim);
+    m->prompt_s += model_now_s() - t0;
+    m->prompt_tokens += (int)(total < INT32_MAX ? total : INT32_MAX);
     return 0;
 }
 
@@ -1501,12 +1580,12 @@ size_t qrt_model_file_bytes(const qrt_model *m) { return m->file->size; }
 
 int qrt_model_set_n_past(qrt_model *m, int n_past) {
     if (n_past < 0 || n_past > m->n_past)
-        return set_err(m->error, sizeof m->error, "set_n_past: %d is outside 0..%d", n_past, m->n_past);
+        return model_set_err(m->error, sizeof m->error, "set_n_past: %d is outside 0..%d", n_past, m->n_past);
     /* sliding layers keep positions from swa_base on: going back is possible while the window before the new
      * position is still there (or to 0) */
     const int first_seen = n_past - m->config.n_swa + 1, needed = first_seen > 0 ? first_seen & ~63 : 0;
     if (n_past > 0 && m->config.n_swa && needed < m->state.swa_base)
-        return set_err(m->error, sizeof m->error,
+        return model_set_err(m->error, sizeof m->error,
                        "set_n_past: %d needs positions from %d on, and the sliding-window layers keep them from %d on "
                        "(only 0 is possible)", n_past, needed, m->state.swa_base);
     m->n_past = n_past;
@@ -1518,6 +1597,7 @@ size_t qrt_model_kv_bytes(const qrt_model *m) {
     const Config *c = &m->config;
     const size_t kv_dim = (size_t)c->n_kv_heads * c->head_dim; /* the cache exists, so these products fit */
     size_t rows = 0;
+    if (!m->state.kv_rows) return 0; /* an encoder */
     for (int l = 0; l < c->n_layers; l++) rows += (size_t)m->state.kv_rows[l];
     return 2 * rows * kv_dim * (m->state.kv_f32 ? 4 : 2);
 }

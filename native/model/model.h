@@ -12,6 +12,7 @@
 #include "gguf.h"
 #include "kernels.h"
 #include "ops.h"
+#include "qrt.h"
 #include "select.h"
 #include "threadpool.h"
 #pragma GCC visibility push(hidden)
@@ -24,7 +25,9 @@ enum rope_style {
 enum ffn_act {
     FFN_SILU = 0,      /* SwiGLU: silu(gate) * up */
     FFN_GELU_TANH = 1, /* GeGLU: gelu(gate) * up, gelu's tanh form (gemma3) */
+    FFN_GELU_ERF = 2,  /* no gate: gelu(up), gelu's erf form (BERT, as transformers computes it) */
 };
+
 
 enum qk_norm {
     QK_NORM_NONE = 0,
@@ -34,6 +37,9 @@ enum qk_norm {
 
 #define QRT_MAX_LAYERS 1024 /* read_config refuses more */
 #define QRT_MAX_EXPERTS 512 /* read_config refuses more */
+#define QRT_ENCODER_BATCH 1024 /* rows of an encoder's forward (whole sequences; more when one sequence is longer) */
+/* an encoder's attention buffer per thread: one head's keys transposed ([head_dim][n_ctx]) and a row of scores */
+#define QRT_ENCODER_ATT_FLOATS(n_ctx, head_dim) ((size_t)(n_ctx) * ((size_t)(head_dim) + 1) + 16)
 
 /* What a layer does besides the common steps, per layer: set at open from the family's row and the file's keys. */
 enum layer_flags {
@@ -70,6 +76,12 @@ typedef struct {
      * their weights renormalised to sum 1 when expert_norm */
     int n_expert, n_expert_used, expert_ffn, expert_norm;
     unsigned char layer[QRT_MAX_LAYERS]; /* enum layer_flags per layer */
+    /* embeddings (qrt_model_embed): pooling, L2 normalisation, the tokens one text may take */
+    int pooling, normalize, max_seq_len;
+    /* encoders (BERT): bidirectional attention within each sequence, post-LayerNorm with bias, learned positions,
+     * no KV cache (encoder.c) */
+    int encoder;
+    float norm_eps; /* LayerNorm epsilon */
 } Config;
 
 /* A weight matrix of `rows` output rows, each `cols` values of GGUF type `type` (row_bytes bytes per row). */
@@ -96,10 +108,16 @@ typedef struct {
     Matrix w_gate, w_up, w_down;             /* SwiGLU FFN */
     Matrix router;                           /* MoE: [n_expert rows, dim] */
     Matrix *gate_exps, *up_exps, *down_exps; /* MoE: n_expert matrices each, views into the stacked tensors */
+    /* encoders: the other biases, and the LayerNorms after the attention and FFN residual adds */
+    const float *bo, *b_up, *b_down;
+    const float *attn_out_norm, *attn_out_norm_b, *layer_out_norm, *layer_out_norm_b;
 } LayerWeights;
 
 typedef struct {
     Matrix token_embd; /* rows = vocab, cols = dim; any type, dequantized one row per token */
+    /* encoders: learned position and token-type rows (read like token_embd) and the LayerNorm of their sum */
+    Matrix position_embd, token_types;
+    const float *embd_norm, *embd_norm_b;
     LayerWeights *layers;
     const float *output_norm;
     Matrix output; /* the head: its own tensor, or token_embd when tied */
@@ -143,7 +161,79 @@ typedef struct {
     int swa_base; /* the position in row 0 of the sliding layers' rows */
     int kv_f32;
     int n_ctx;
+    int32_t *seq_start; /* embed: [n_batch + 1] first row of each sequence of a batch */
+    float *pooled;      /* embed of a decoder: [dim] running sum of a sequence's rows */
 } RunState;
+
+/* ---- the model, and the pieces of model.c that encoder.c runs too ---- */
+
+struct matmul_job;
+
+struct qrt_model {
+    gguf_file *file;
+    Config config;
+    Weights weights;
+    RunState state;
+    qrt_threadpool *pool;
+    int n_threads;
+    int n_past;
+    int has_logits;
+    char path[512];
+    char describe[160];
+    char error[512];
+    double prompt_s, gen_s;
+    int prompt_tokens, gen_tokens;
+    double pool_s; /* of prompt_s + gen_s, the time spent inside pool runs; the rest is the calling thread alone */
+    qrt_imatrix *imatrix; /* when set, every weight matmul's input rows are added to it (calibration) */
+    qrt_batch_pos batch;  /* the running forward chunk's place in llama.cpp's ubatch of this eval (packed.h) */
+    qrt_pass_kernels pass; /* attention, softmax and exp variants, chosen once at open (select.h) */
+    struct matmul_job *expert_jobs; /* MoE: room for the gate and up (or down) matmuls of every expert */
+    int *expert_first_task;         /* [2 n_expert + 1] */
+};
+
+__attribute__((format(printf, 3, 4))) int model_set_err(char *err, size_t errlen, const char *fmt, ...);
+double model_now_s(void);
+
+/* loading */
+typedef struct {
+    const gguf_file *f;
+    const char *path;
+    char *err;
+    size_t errlen;
+    Weights *w;
+} loader;
+/* 0, or 1 when absent and not required, or -1 with the error set */
+int model_get_matrix(loader *L, Matrix *m, const char *name, int64_t cols, int64_t rows, int required);
+int model_get_vector(loader *L, const float **out, const char *name, int64_t n, int required);
+int encoder_load_weights(loader *L, Config *c); /* encoder.c */
+
+/* The activation rows converted for a matmul; reused by consecutive matmuls with the same input. */
+typedef struct {
+    const float *src;
+    int act_type;
+    int n_tok;
+    int has_sums; /* state.act_sums holds the block sums of these rows */
+} act_cache;
+
+/* Rows first..end-1 split into tasks for the pool. */
+typedef struct {
+    int first, end, per_task; /* rows first..end-1, per_task rows per task */
+} row_split;
+int model_split_rows(const qrt_model *m, row_split *split, int first, int end); /* returns the number of tasks */
+void model_task_rows(const row_split *split, int task, int *b0, int *b1);
+void model_run_rows(qrt_model *m, qrt_task_fn fn, void *job, int n_tasks); /* one task: on the calling thread */
+void model_pool_run(qrt_model *m, qrt_task_fn fn, void *ctx, int n_tasks);
+/* out[b][r] = dot(w row r, x[b]) for b < n_tok (x rows w->cols floats apart, out rows out_stride apart); the
+ * conversion of x is kept in cache for the next matmul of the same input */
+void model_matmul(qrt_model *m, act_cache *cache, float *out, int64_t out_stride, const Matrix *w, const float *x,
+                  int n_tok);
+/* up to 3 matmuls of the same input in one pool run */
+void model_matmul_many(qrt_model *m, act_cache *cache, int n, float *const outs[], const int64_t strides[],
+                       const Matrix *const ws[], const float *x, int n_tok);
+
+/* encoder.c: n_seq sequences (seq_lens tokens each, their tokens concatenated, sum <= state.n_batch) through the
+ * encoder; out receives n_seq pooled rows of dim floats (not normalised) */
+void encoder_forward(qrt_model *m, const int32_t *tokens, const int32_t *seq_lens, int n_seq, float *out);
 
 #pragma GCC visibility pop
 #endif

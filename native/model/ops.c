@@ -128,3 +128,53 @@ void op_weighted_sum_ggml(float *out, const float *w, const float *v, int n_pos,
         out[i] = op_reduce16(lanes);
     }
 }
+
+void op_layernorm(float *out, const float *x, const float *weight, const float *bias, int n, float eps) {
+    double sum = 0.0;
+    for (int i = 0; i < n; i++) sum += (double)x[i];
+    const float mean = (float)(sum / n);
+    double var = 0.0;
+    for (int i = 0; i < n; i++) {
+        const float d = x[i] - mean;
+        var += (double)(d * d);
+    }
+    const float scale = 1.0f / sqrtf((float)(var / n) + eps);
+    for (int i = 0; i < n; i++) out[i] = (x[i] - mean) * scale * weight[i] + bias[i];
+}
+
+void op_gelu_erf(float *x, const float *bias, int n) {
+    for (int i = 0; i < n; i++) {
+        const float v = x[i] + bias[i];
+        x[i] = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
+    }
+}
+
+void op_pool_rows(float *acc, const float *rows, int n_rows, int dim, int first, int total, int pooling) {
+    const int last = first + n_rows == total;
+    switch (pooling) {
+    case POOL_MEAN:
+        if (first == 0)
+            for (int d = 0; d < dim; d++) acc[d] = 0.0f;
+        for (int b = 0; b < n_rows; b++) op_add(acc, rows + (size_t)b * dim, dim);
+        if (last)
+            for (int d = 0; d < dim; d++) acc[d] /= (float)total;
+        break;
+    case POOL_CLS:
+        if (first == 0)
+            for (int d = 0; d < dim; d++) acc[d] = rows[d];
+        break;
+    case POOL_LAST:
+        if (last)
+            for (int d = 0; d < dim; d++) acc[d] = rows[(size_t)(n_rows - 1) * dim + d];
+        break;
+    default: break;
+    }
+}
+
+void op_l2_normalize(float *x, int n) {
+    double sum = 0.0;
+    for (int i = 0; i < n; i++) sum += (double)x[i] * x[i];
+    const double norm = sqrt(sum);
+    const float scale = (float)(1.0 / (norm > 1e-12 ? norm : 1e-12)); /* torch's F.normalize eps */
+    for (int i = 0; i < n; i++) x[i] *= scale;
+}

@@ -39,6 +39,23 @@ void op_weighted_sum_ggml(float *out, const float *w, const float *v, int n_pos,
 float op_reduce16(const float *v);
 /* in-place softmax of n scores */
 void op_softmax(float *x, int n, qrt_expf16_fn exp16);
+/* out = (x - mean) / sqrt(var + eps) * weight + bias over n values (mean and variance summed in double, as ggml_norm) */
+void op_layernorm(float *out, const float *x, const float *weight, const float *bias, int n, float eps);
+/* x = gelu(x + bias), gelu's erf form x/2 (1 + erf(x / sqrt 2)) (transformers' "gelu"; llama.cpp's bert runs
+ * ggml_gelu, the tanh approximation) */
+void op_gelu_erf(float *x, const float *bias, int n);
+/* How embed turns a sequence's hidden rows into one vector: llama.cpp's numbers, as {arch}.pooling_type holds them. */
+enum pooling {
+    POOL_NONE = 0, /* no pooled vector: embed is refused */
+    POOL_MEAN = 1,
+    POOL_CLS = 2,  /* the first token's row */
+    POOL_LAST = 3, /* the last token's row */
+};
+/* Embedding pooling (enum pooling) of n_rows hidden rows of dim floats, rows first.. of a sequence of total rows,
+ * into acc: mean (acc zeroed at first 0, divided at the end), cls (row 0), last (row total - 1). */
+void op_pool_rows(float *acc, const float *rows, int n_rows, int dim, int first, int total, int pooling);
+/* x /= max(|x|, 1e-12) */
+void op_l2_normalize(float *x, int n);
 
 #pragma GCC visibility pop
 #endif
