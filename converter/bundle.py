@@ -25,7 +25,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from qconv.formats.architectures import NATIVE_GGUF_ARCHS
+from qconv.formats.architectures import ENCODER_GGUF_ARCHS, NATIVE_GGUF_ARCHS
 from qconv.formats.atomic_write import AtomicFile, check_output_file
 from qconv.formats.errors import FormatError
 from qconv.formats.gguf_read import read_gguf
@@ -83,8 +83,8 @@ class BundleResult:
     binary: Path
 
 
-def check_model(model: Path, target: Target) -> None:
-    """Raise FormatError if `target` cannot run `model`."""
+def check_model(model: Path, target: Target) -> str:
+    """Raise FormatError if `target` cannot run `model`; its general.architecture otherwise."""
     with read_gguf(model) as g:
         arch = g.architecture
         if arch not in ARCHITECTURES:
@@ -103,6 +103,7 @@ def check_model(model: Path, target: Target) -> None:
             f"{model}: {size / GIB:.1f} GiB does not fit target {target.name} ({target.board}: at most "
             f"{target.memory_bytes / GIB:.0f} GiB)"
         )
+    return arch
 
 
 def compiler_for(arch: str) -> tuple[str, str]:
@@ -163,13 +164,22 @@ def build_binary(arch: str, native_dir: Path = NATIVE_DIR) -> Path:
 
 RUN_SH = """#!/bin/sh
 # {board}: runs {model} with qrun-native (kernel variant on this board: {kernel}).
-#   ./run.sh -p "Why is the sky blue?"            one chat turn
-#   ./run.sh --raw -p "Once upon a time" -n 64    plain continuation; any qrun-native flag works (-h)
-# QEMU=qemu-aarch64 ./run.sh ... runs the binary under user-mode emulation (testing on another machine).
+{usage}# QEMU=qemu-aarch64 ./run.sh ... runs the binary under user-mode emulation (testing on another machine).
 here=$(cd "$(dirname "$0")" && pwd)
-if [ $# -eq 0 ]; then set -- -p "Hello! Who are you?"; fi
+if [ $# -eq 0 ]; then set -- {default}; fi
 exec ${{QEMU:+$QEMU}} "$here/qrun-native" "$here/{model}" "$@"
 """
+# run.sh's usage lines and default arguments: chat for a decoder, sentence vectors for an encoder (BERT)
+DECODER_USAGE = (
+    '#   ./run.sh -p "Why is the sky blue?"            one chat turn\n'
+    '#   ./run.sh --raw -p "Once upon a time" -n 64    plain continuation; any qrun-native flag works (-h)\n',
+    '-p "Hello! Who are you?"',
+)
+ENCODER_USAGE = (
+    '#   ./run.sh --embed "Why is the sky blue?"       one sentence vector, printed as a JSON array\n'
+    "#   ./run.sh --embed-file texts.txt               one vector per line of the file; any qrun-native flag works (-h)\n",
+    '--embed "Hello! Who are you?"',
+)
 
 
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mode: int) -> None:
@@ -188,7 +198,7 @@ def make_bundle(model: Path, target_name: str, output: Path, binary: Path | None
     if not model.is_file():
         raise FormatError(f"{model}: no such file")
     check_output_file(output)
-    check_model(model, target)
+    arch = check_model(model, target)
     binary = Path(binary) if binary else build_binary(target.arch)
     top = f"qconv-bundle-{target.name}"
     manifest = {
@@ -202,7 +212,8 @@ def make_bundle(model: Path, target_name: str, output: Path, binary: Path | None
     with AtomicFile(output) as tmp, tarfile.open(tmp, "w:gz", compresslevel=1) as tar:
         tar.add(binary, f"{top}/qrun-native")
         tar.add(model, f"{top}/{model.name}")
-        run_sh = RUN_SH.format(board=target.board, model=model.name, kernel=target.kernel)
+        usage, default = ENCODER_USAGE if arch in ENCODER_GGUF_ARCHS else DECODER_USAGE
+        run_sh = RUN_SH.format(board=target.board, model=model.name, kernel=target.kernel, usage=usage, default=default)
         _add_bytes(tar, f"{top}/run.sh", run_sh.encode(), 0o755)
         _add_bytes(tar, f"{top}/bundle.json", (json.dumps(manifest, indent=2) + "\n").encode(), 0o644)
     return BundleResult(output, target, manifest["model_bytes"], binary)

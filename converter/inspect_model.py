@@ -44,7 +44,8 @@ def inspect_file(path: Path) -> dict:
 def _inspect_safetensors(path: Path) -> dict:
     folder = path if path.is_dir() else path.parent
     source = SafetensorsSource(folder)
-    entries = source.entries.values()
+    # weights and integer buffers (position_ids: listed with their dtype, never converted), in file order
+    entries = sorted([*source.entries.values(), *source.buffers.values()], key=lambda e: (str(e.file), e.start))
     if path.is_file():
         entries = [e for e in entries if e.file == path]
         if not entries:

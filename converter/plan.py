@@ -7,7 +7,9 @@ in src/llama-quant.cpp), restated here as tables:
 - ROW_FALLBACK: when a type's block does not divide the row length, the type llama.cpp falls back to.
 Tensor roles are llama.cpp's categories, found by substring as it does: ffn_up/ffn_gate/ffn_down cover the stacked
 experts (ffn_*_exps) too, and the fused attn_qkv follows attn_v's rules (llama.cpp's category_is_attn_v) and counts
-with it. The expert router (ffn_gate_inp) is never quantized and stays f32, as llama.cpp's converter writes it.
+with it. The expert router (ffn_gate_inp) is never quantized and stays f32, as llama.cpp's converter writes it; so
+are BERT's learned position and token-type embeddings (position_embd, token_types: tensor_allows_quantization).
+A BERT has no output.weight, so llama.cpp gives its token_embd the output head's type, as for a tied embedding.
 Models with exactly 8 experts get llama.cpp's 8-expert bumps (attn_v, attn_qkv and attn_k to q8_0, attn_output to
 q5_k). Rules for Falcon, 70B llamas and the IQ1/IQ2/IQ3 types we do not write are left out.
 """
@@ -122,6 +124,12 @@ for _type_name, (_, _default) in FILE_TYPES.items():
 ROLES = ("attn_qkv", "attn_v", "attn_k", "attn_q", "attn_output", "ffn_up", "ffn_gate", "ffn_down")
 ATTN_V_LIKE = ("attn_v", "attn_qkv")
 ROUTER = "ffn_gate_inp.weight"  # never quantized (llama.cpp's tensor_allows_quantization); f32 as converted
+# 2-D tensors llama.cpp never quantizes (tensor_allows_quantization), which its converter writes f32 at any outtype
+ALWAYS_F32 = {
+    ROUTER: "expert router stays f32 (llama.cpp never quantizes it)",
+    "position_embd.weight": "learned positions stay f32 (llama.cpp never quantizes them)",
+    "token_types.weight": "token-type embeddings stay f32 (llama.cpp never quantizes them)",
+}
 
 
 def role_of(name: str) -> str:
@@ -268,10 +276,9 @@ def make_plan(
         if len(shape) < 2 or not name.endswith(".weight") or "_norm." in name:
             plan.choices.append(TensorChoice(name, shape, T.F32, "1-D and norm tensors stay f32"))
             continue
-        if name.endswith(ROUTER):
-            plan.choices.append(
-                TensorChoice(name, shape, T.F32, "expert router stays f32 (llama.cpp never quantizes it)")
-            )
+        kept = next((why for suffix, why in ALWAYS_F32.items() if name.endswith(suffix)), None)
+        if kept is not None:
+            plan.choices.append(TensorChoice(name, shape, T.F32, kept))
             continue
         chosen, reason = default, f"--type {type_name}"
         if is_quantized(default):

@@ -11,7 +11,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from qconv.formats.architectures import TensorRow, checkpoint_name, match_hf, unknown_tensor
+from qconv.formats.architectures import Architecture, TensorRow, checkpoint_name, match_hf, unknown_tensor
 from qconv.formats.errors import FormatError
 from qconv.formats.gguf_read import GGUFFile, read_gguf
 from qconv.formats.gguf_write import add_model_metadata, copy_metadata, llama3_rope_factors
@@ -25,7 +25,6 @@ ROPE_FREQS = "rope_freqs.weight"
 ROPE_FACTORS_LONG = "rope_factors_long.weight"  # Phi-3 LongRoPE: divisors beyond the original context
 ROPE_FACTORS_SHORT = "rope_factors_short.weight"  # ... and within it
 GENERATED = (ROPE_FREQS, ROPE_FACTORS_LONG, ROPE_FACTORS_SHORT)  # written from config.json, not read
-LAYER_NAME = re.compile(r"model\.layers\.(\d{1,9})\.")
 CHUNK_BYTES = 64 * 2**20  # f32 bytes read, checked and quantized at a time: bounds memory on large tensors
 FLOAT_TYPES = (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16, gguf.GGMLQuantizationType.BF16)
 
@@ -38,11 +37,20 @@ def row_chunks(shape: tuple[int, ...], chunk_bytes: int = CHUNK_BYTES):
 
 
 def writing_order(name: str) -> tuple:
-    """token_embd, rope tensors, the blocks in order, output_norm, output: the order llama.cpp's converter uses."""
+    """token_embd (and an encoder's other embeddings and their norm), rope tensors, the blocks in order,
+    output_norm, output: the order llama.cpp's converter uses."""
     if name.startswith("blk."):
         return (2, int(name.split(".")[1]), name)
-    first = {"token_embd.weight": 0, ROPE_FREQS: 1, ROPE_FACTORS_LONG: 1, ROPE_FACTORS_SHORT: 1}
+    embeddings = ("token_embd.weight", "position_embd.weight", "token_types.weight", "token_embd_norm.weight",
+                  "token_embd_norm.bias")  # fmt: skip
+    first = {**dict.fromkeys(embeddings, 0), ROPE_FREQS: 1, ROPE_FACTORS_LONG: 1, ROPE_FACTORS_SHORT: 1}
     return ({**first, "output_norm.weight": 3, "output.weight": 4}.get(name, 5), 0, name)
+
+
+def _layer_name(arch: Architecture) -> re.Pattern:
+    """The checkpoint prefix of a block's tensors (`model.layers.N.`, BERT's `encoder.layer.N.`), from the rows."""
+    prefixes = sorted({row.hf.split("{bid}")[0] for row in arch.rows if row.per_block})
+    return re.compile("|".join(re.escape(p) + r"(\d{1,9})\." for p in prefixes))
 
 
 @dataclass
@@ -69,7 +77,7 @@ class HFSource:
             # config.json's numbers size the tokenizer (vocab_size) and the tensor table (num_hidden_layers):
             # checked against the tensor headers before either is built
             self.tensors = self._map_tensors()
-            self.tokenizer = read_hf_tokenizer(self.path, self.spec.vocab_size)
+            self.tokenizer = read_hf_tokenizer(self.path, self.spec.vocab_size, self.spec.arch.tokenizer)
         except BaseException:
             self.safetensors.close()
             raise
@@ -125,15 +133,19 @@ class HFSource:
             tensor.hf[match.xid or 0] = name
             found.add(spelled)
         missing = [hf for hf in expected if hf not in found]
+        buffers = {checkpoint_name(arch, name): entry for name, entry in source.buffers.items()}
+        stored_as_integers = [hf for hf in missing if hf in buffers]
+        if stored_as_integers:
+            entry = buffers[stored_as_integers[0]]
+            raise FormatError(
+                f"{entry.file}: tensor '{shown(entry.name)}' is {entry.dtype}; a weight must be F32, F16 or BF16 "
+                "(integer tensors are read only as buffers, which the converter skips)"
+            )
         if missing:
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
             raise FormatError(f"{source.model_dir}: tensor '{missing[0]}'{more} is missing from the checkpoint")
         if skipped:
-            print(
-                f"qconv: {self.path}: skipping {skipped} tensors of the vision tower and multi_modal_projector "
-                "(converting the text model)",
-                file=sys.stderr,
-            )
+            print(f"qconv: {self.path}: skipping {skipped} tensors of {arch.skipped_what}", file=sys.stderr)
         return tensors
 
     def _check_experts(self) -> None:
@@ -156,12 +168,13 @@ class HFSource:
 
     def _check_layer_count(self) -> None:
         """num_hidden_layers against the layers the checkpoint holds, before a table of that many is built."""
+        layer_name = _layer_name(self.spec.arch)
         layers = set()
         for hf in self.safetensors.entries:
             spelled = checkpoint_name(self.spec.arch, hf)
-            match = LAYER_NAME.match(spelled) if spelled else None
+            match = layer_name.match(spelled) if spelled else None
             if match:
-                layers.add(int(match.group(1)))
+                layers.add(int(next(g for g in match.groups() if g is not None)))
         if self.spec.n_layers > len(layers):
             raise FormatError(
                 f"{self.path / 'config.json'}: num_hidden_layers is {self.spec.n_layers}, the checkpoint holds "

@@ -118,6 +118,41 @@ LLAMA_ROWS = (*EMBEDDING, *OUTPUT_NORM, *OUTPUT, *ATTN_NORM, *_attention(True), 
 NEOX_ROWS = (*EMBEDDING, *OUTPUT_NORM, *OUTPUT, *ATTN_NORM, *_attention(False), *FFN_NORM, *GATED_FFN)
 
 
+def _bert_rows() -> tuple[TensorRow, ...]:
+    """BERT (post-norm encoder): learned positions and token types, LayerNorms with bias, biased linears, GELU FFN;
+    llama.cpp's `bert` names (conversion/bert.py, src/models/bert.cpp)."""
+    e, layer = "embeddings.", "encoder.layer.{bid}."
+    a, o = layer + "attention.self.", layer + "attention.output."
+
+    def linear(hf: str, gguf: str, rows: str, cols: str) -> tuple[TensorRow, TensorRow]:
+        return TensorRow(hf + ".weight", B + gguf + ".weight", (rows, cols)), TensorRow(
+            hf + ".bias", B + gguf + ".bias", (rows,)
+        )
+
+    def layer_norm(hf: str, gguf: str) -> tuple[TensorRow, TensorRow]:
+        return TensorRow(hf + ".weight", gguf + ".weight", ("hidden",)), TensorRow(
+            hf + ".bias", gguf + ".bias", ("hidden",)
+        )
+
+    return (
+        TensorRow(e + "word_embeddings.weight", "token_embd.weight", ("vocab_size", "hidden")),
+        TensorRow(e + "position_embeddings.weight", "position_embd.weight", ("context_length", "hidden")),
+        TensorRow(e + "token_type_embeddings.weight", "token_types.weight", ("n_token_types", "hidden")),
+        *layer_norm(e + "LayerNorm", "token_embd_norm"),
+        *linear(a + "query", "attn_q", "q_dim", "hidden"),
+        *linear(a + "key", "attn_k", "kv_dim", "hidden"),
+        *linear(a + "value", "attn_v", "kv_dim", "hidden"),
+        *linear(o + "dense", "attn_output", "hidden", "q_dim"),
+        *layer_norm(o + "LayerNorm", B + "attn_output_norm"),
+        *linear(layer + "intermediate.dense", "ffn_up", "ffn", "hidden"),
+        *linear(layer + "output.dense", "ffn_down", "hidden", "ffn"),
+        *layer_norm(layer + "output.LayerNorm", B + "layer_output_norm"),
+    )
+
+
+BERT_ROWS = _bert_rows()
+
+
 # --- config refusals ----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Refusal:
@@ -166,6 +201,11 @@ class Architecture:
     scaled_embeddings: bool = False  # embedding rows times sqrt(hidden) (Gemma)
     no_rope_step: int = 0  # every n-th layer has no rope (llama.cpp's n_no_rope_layer_step; SmolLM3: 4)
     native: bool = False  # qrun-native runs it (native/model/model.c's table)
+    # A bidirectional encoder (BERT): learned positions instead of rope, LayerNorm with bias (eps from
+    # layer_norm_eps), no output head; the GGUF says causal = false and how sentence vectors are pooled.
+    encoder: bool = False
+    tokenizer: str = "bpe"  # the tokenizer.json model the family's GGUF tokenizer is made from: "bpe", "wordpiece"
+    skipped_what: str = "the vision tower and multi_modal_projector (converting the text model)"  # the notice
 
     @property
     def norm_shift(self) -> bool:
@@ -255,16 +295,69 @@ _ROWS = (
     ),
 )  # fmt: skip
 
+_BERT = Architecture(
+    "bert",
+    "BertModel",
+    "bert",
+    "bert",
+    BERT_ROWS,
+    encoder=True,
+    tokenizer="wordpiece",
+    native=True,
+    rope_scaling_types=(),
+    config_defaults=(  # transformers' BertConfig defaults
+        ("hidden_act", "gelu"),
+        ("layer_norm_eps", 1e-12),
+        ("type_vocab_size", 2),
+        ("max_position_embeddings", 512),
+        ("position_embedding_type", "absolute"),
+    ),
+    refusals=(
+        Refusal(
+            "position_embedding_type",
+            _absent_or("absolute"),
+            "llama.cpp's bert adds learned absolute positions (no relative position embeddings)",
+        ),
+        Refusal("hidden_act", _absent_or("gelu"), "the bert FFN is GELU (erf form)"),
+        Refusal("is_decoder", _absent_or(False), "llama.cpp's bert is a bidirectional encoder"),
+        Refusal("add_cross_attention", _absent_or(False), "llama.cpp's bert has no cross-attention"),
+        Refusal(
+            "num_key_value_heads",
+            lambda v, c: v is None or v == c.get("num_attention_heads"),
+            "BERT attention has as many key/value heads as query heads",
+        ),
+    ),
+    # BertForMaskedLM (and BertModel weights saved from it) keep the encoder under `bert.`; the pooler (a tanh layer
+    # over [CLS] for next-sentence prediction) and the masked-LM head `cls.*` are not part of sentence embeddings
+    renamed_prefixes=(("bert.", ""),),
+    skipped_prefixes=("pooler.", "bert.pooler.", "cls."),
+    skipped_what="the pooler and masked-LM head (unused for sentence embeddings)",
+)
+_BERT_MASKED_LM = Architecture(**{**_BERT.__dict__, "hf_class": "BertForMaskedLM"})
+
+# RoBERTa-family encoders look like BERT but are not converted as one: their positions start at padding_idx + 1
+# (llama.cpp's converter trims the table) and their tokenizers are byte-level BPE or SentencePiece, not WordPiece.
+REFUSED_CLASSES: dict[str, str] = {
+    name: "RoBERTa-family encoders offset positions by padding_idx + 1 and tokenize with BPE/SentencePiece; "
+    "qconv converts BERT (WordPiece) encoders only"
+    for name in (
+        "RobertaModel", "RobertaForMaskedLM", "XLMRobertaModel", "XLMRobertaForMaskedLM", "CamembertModel",
+        "CamembertForMaskedLM", "XLMRobertaXLModel", "RobertaPreLayerNormModel",
+    )
+}  # fmt: skip
+REFUSED_MODEL_TYPES = ("roberta", "xlm-roberta", "camembert", "xlm-roberta-xl", "roberta-prelayernorm")
+
 # A multimodal Gemma 3 folder converts as its text model (llama.cpp writes the vision tower to a separate mmproj).
 _GEMMA3 = next(a for a in _ROWS if a.family == "gemma3")
 _GEMMA3_MULTIMODAL = Architecture(
     **{**_GEMMA3.__dict__, "hf_class": "Gemma3ForConditionalGeneration", "model_type": "gemma3", "text_config": True}
 )
 
-ARCHITECTURES: dict[str, Architecture] = {a.hf_class: a for a in (*_ROWS, _GEMMA3_MULTIMODAL)}
-FAMILIES: dict[str, Architecture] = {a.family: a for a in _ROWS}
+ARCHITECTURES: dict[str, Architecture] = {a.hf_class: a for a in (*_ROWS, _GEMMA3_MULTIMODAL, _BERT, _BERT_MASKED_LM)}
+FAMILIES: dict[str, Architecture] = {a.family: a for a in (*_ROWS, _BERT)}
 DEFAULT_ARCHITECTURE = "LlamaForCausalLM"
-NATIVE_GGUF_ARCHS = frozenset(a.gguf_arch for a in _ROWS if a.native)
+NATIVE_GGUF_ARCHS = frozenset(a.gguf_arch for a in FAMILIES.values() if a.native)
+ENCODER_GGUF_ARCHS = frozenset(a.gguf_arch for a in FAMILIES.values() if a.encoder)
 
 
 def architecture(hf_class: str | None) -> Architecture:

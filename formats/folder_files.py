@@ -28,6 +28,7 @@ MAX_BYTES = {
     "special_tokens_map.json": 4 * MiB,
     "tokenizer_config.json": 64 * MiB,  # may carry chat templates and thousands of added tokens
     "tokenizer.json": 512 * MiB,
+    "vocab.txt": 64 * MiB,  # WordPiece vocabularies (BERT's: 230 kB)
     "chat_template.jinja": 4 * MiB,
     "chat_template.json": 4 * MiB,
     "model.safetensors.index.json": 64 * MiB,

@@ -27,6 +27,9 @@ def add_model_metadata(writer: gguf.GGUFWriter, spec: ModelSpec) -> None:
     writer.add_block_count(spec.n_layers)
     writer.add_feed_forward_length(spec.ffn)
     writer.add_head_count(spec.n_heads)
+    if spec.arch.encoder:
+        add_encoder_metadata(writer, spec)
+        return
     writer.add_head_count_kv(spec.n_kv_heads)
     writer.add_layer_norm_rms_eps(spec.rms_eps)
     writer.add_rope_freq_base(spec.rope_theta)
@@ -62,6 +65,26 @@ def add_model_metadata(writer: gguf.GGUFWriter, spec: ModelSpec) -> None:
         writer.add_rope_scaling_orig_ctx_len(int(scaling["original_max_position_embeddings"]))
         writer.add_rope_scaling_attn_factors(longrope_attention_factor(spec))
     # llama3 scaling is carried by the rope_freqs tensor (llama3_rope_factors), not by keys
+
+
+# qconv's own keys for sentence embeddings (llama.cpp ignores them)
+EMBEDDING_NORMALIZE = "qconv.embedding.normalize"  # bool: L2-normalise the pooled vector
+EMBEDDING_MAX_SEQ_LENGTH = "qconv.embedding.max_seq_length"  # u32: tokens per text, [CLS] and [SEP] included
+
+
+def add_encoder_metadata(writer: gguf.GGUFWriter, spec: ModelSpec) -> None:
+    """The keys of llama.cpp's bert (as its conversion/bert.py writes them: no rope, no head_count_kv) and qconv's
+    embedding keys. tokenizer.ggml.token_type_count must equal the rows of token_types.weight: llama.cpp's loader
+    creates that tensor with shape {n_embd, token_type_count} and refuses the file otherwise."""
+    writer.add_layer_norm_eps(spec.layer_norm_eps)
+    writer.add_causal_attention(False)
+    embedding = spec.embedding
+    if embedding.pooling is not None:
+        writer.add_pooling_type(gguf.PoolingType(embedding.pooling))
+    writer.add_token_type_count(spec.n_token_types)
+    writer.add_bool(EMBEDDING_NORMALIZE, embedding.normalize)
+    if embedding.max_seq_length is not None:
+        writer.add_uint32(EMBEDDING_MAX_SEQ_LENGTH, embedding.max_seq_length)
 
 
 def longrope_attention_factor(spec: ModelSpec) -> float:

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qconv.formats import folder_files
-from qconv.formats.architectures import ARCHITECTURES, Architecture
+from qconv.formats.architectures import ARCHITECTURES, REFUSED_CLASSES, REFUSED_MODEL_TYPES, Architecture
 from qconv.formats.errors import FormatError
 from qconv.formats.printable import shown
+from qconv.formats.sentence_transformers import SentenceEmbedding, read_sentence_embedding
 
 CONFIG_FILE = "config.json"
 ArchInfo = Architecture  # the name older callers use
@@ -51,6 +52,10 @@ class ModelSpec:
     original_context_length: int | None = None  # Phi-3's original_max_position_embeddings (its converter writes it)
     hidden_act: str = "silu"  # the FFN's gate activation (Gemma's `hidden_activation`, else `hidden_act`)
     query_pre_attn_scalar: float | None = None  # Gemma: queries scaled by its inverse square root, not head_dim's
+    # encoders (BERT): LayerNorm epsilon, rows of the token-type embedding, how sentence vectors are pooled
+    layer_norm_eps: float | None = None
+    n_token_types: int = 0
+    embedding: SentenceEmbedding | None = None
 
     @property
     def gguf_arch(self) -> str:
@@ -267,6 +272,11 @@ def _architecture(config: dict, path: Path) -> str:
     if not isinstance(architectures, list) or not all(isinstance(a, str) for a in architectures):
         raise FormatError(f"{path}: 'architectures' must be a list of class names, found {shown(architectures)}")
     supported = [a for a in architectures if a in ARCHITECTURES]
+    refused = [a for a in architectures if a in REFUSED_CLASSES]
+    if not supported and (refused or config.get("model_type") in REFUSED_MODEL_TYPES):
+        name = refused[0] if refused else config.get("model_type")
+        reason = REFUSED_CLASSES.get(name) or next(iter(REFUSED_CLASSES.values()))
+        raise FormatError(f"{path}: architecture {shown(name)} is not supported: {reason}")
     if not supported:
         found = architectures or config.get("model_type")
         raise FormatError(
@@ -383,6 +393,16 @@ def _rope_dim(config: dict, scaling: dict, head_dim: int, hidden: int, n_heads: 
     return 0 if dim == head_dim else dim
 
 
+def _encoder_fields(config: dict, arch: Architecture, model_dir: Path, context_length: int, path: Path) -> dict:
+    if not arch.encoder:
+        return {}
+    return {
+        "layer_norm_eps": float(_field(config, "layer_norm_eps", _positive_number, path)),
+        "n_token_types": _required(config, "type_vocab_size", path),
+        "embedding": read_sentence_embedding(model_dir, context_length),
+    }
+
+
 def _family_key(arch: Architecture, key: str, otherwise: str | None) -> str | None:
     """`key` where the family's transformers config defines it (the table lists its default), else `otherwise`."""
     return key if key in dict(arch.config_defaults) else otherwise
@@ -454,7 +474,7 @@ def read_model_spec(model_dir: Path) -> ModelSpec:
         rope_theta=rope_theta,
         context_length=context_length,
         tied_embeddings=_field(config, "tie_word_embeddings", _boolean, path, False),
-        attention_bias=arch.qkv_bias or _field(config, "attention_bias", _boolean, path, False),
+        attention_bias=arch.qkv_bias or arch.encoder or _field(config, "attention_bias", _boolean, path, False),
         rope_scaling=rope_scaling,
         bos_token_id=_field(config, "bos_token_id", _token_id, path, None),
         eos_token_id=_eos_token_id(config, path),
@@ -476,4 +496,5 @@ def read_model_spec(model_dir: Path) -> ModelSpec:
             else None
         ),
         **_moe_fields(config, arch, path),
+        **_encoder_fields(config, arch, model_dir, context_length, path),
     )

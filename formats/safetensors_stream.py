@@ -4,6 +4,9 @@ Each shard is memory-mapped; `read_f32` copies one tensor out as float32 and the
 mapped pages (MADV_DONTNEED), so file-backed pages do not pile up in the resident set while a large model is
 converted. Every offset in a shard header is checked against the file size before it is used; shards are opened
 through formats.folder_files (inside the folder, regular files only).
+
+Integer tensors (BERT's `embeddings.position_ids`, attention-mask buffers) are buffers some exporters save, not
+weights: they are listed apart (`buffers`), shown by `qconv inspect` and never read as floats.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ STORED_DTYPES = {
     "F16": (np.dtype("<f2"), 2),
     "BF16": (np.dtype("<u2"), 2),  # decoded by shifting into the high half of a float32
 }
+# integer and boolean dtypes: bytes per element (buffers, listed but never converted)
+INTEGER_DTYPES = {"I64": 8, "U64": 8, "I32": 4, "U32": 4, "I16": 2, "U16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 INDEX_FILE = "model.safetensors.index.json"
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors spec caps the JSON header at 100 MB
 MAX_HEADER_DEPTH = 4  # {name: {"shape": [...]}}: three levels; __metadata__ maps strings to strings
@@ -47,6 +52,11 @@ class TensorEntry:
     @property
     def n_elements(self) -> int:
         return math.prod(self.shape)
+
+    @property
+    def is_buffer(self) -> bool:
+        """An integer or boolean tensor: a buffer (position ids, masks), not a weight."""
+        return self.dtype in INTEGER_DTYPES
 
 
 def _read_header(fd: int, path: Path) -> tuple[dict, int]:
@@ -87,9 +97,10 @@ def _entry_fields(info, path: Path, name: str) -> tuple[str, tuple[int, ...], in
         raise FormatError(
             f"{path}: tensor '{shown(name)}' has data_offsets {shown(offsets)}; expected [begin, end] integers"
         )
-    if dtype not in STORED_DTYPES:
+    if dtype not in STORED_DTYPES and dtype not in INTEGER_DTYPES:
         raise FormatError(
-            f"{path}: tensor '{shown(name)}' has dtype {shown(dtype)}; supported: {', '.join(STORED_DTYPES)}"
+            f"{path}: tensor '{shown(name)}' has dtype {shown(dtype)}; supported: {', '.join(STORED_DTYPES)} "
+            f"(and integer buffers: {', '.join(INTEGER_DTYPES)})"
         )
     return dtype, tuple(shape), offsets[0], offsets[1]
 
@@ -102,7 +113,8 @@ def _entries_of(fd: int, path: Path) -> dict[str, TensorEntry]:
         if name == "__metadata__":
             continue
         dtype, shape, begin, end = _entry_fields(info, path, name)
-        nbytes = math.prod(shape) * STORED_DTYPES[dtype][1]  # Python integers: a shape of 2^64 cannot wrap
+        itemsize = STORED_DTYPES[dtype][1] if dtype in STORED_DTYPES else INTEGER_DTYPES[dtype]
+        nbytes = math.prod(shape) * itemsize  # Python integers: a shape of 2^64 cannot wrap
         if not begin <= end or end - begin != nbytes:
             raise FormatError(
                 f"{path}: tensor '{shown(name)}' of shape {list(shape)} {dtype} has data offsets [{begin}, {end}], "
@@ -142,11 +154,13 @@ def checkpoint_files(model_dir: Path) -> dict[Path, Path]:
 
 
 class SafetensorsSource:
-    """All tensors of a checkpoint folder, read one at a time; use as a context manager."""
+    """All tensors of a checkpoint folder, read one at a time; use as a context manager. `entries` are the float
+    tensors (weights), `buffers` the integer ones (skipped by conversion, listed by inspect)."""
 
     def __init__(self, model_dir: Path):
         self.model_dir = Path(model_dir)
         self.entries: dict[str, TensorEntry] = {}
+        self.buffers: dict[str, TensorEntry] = {}
         self._real = checkpoint_files(self.model_dir)
         for path, real in self._real.items():
             fd = folder_files.open_regular(real, path)
@@ -155,9 +169,10 @@ class SafetensorsSource:
             finally:
                 os.close(fd)
             for name, entry in entries.items():
-                if name in self.entries:
-                    raise FormatError(f"{path}: tensor '{shown(name)}' is also in {self.entries[name].file.name}")
-                self.entries[name] = entry
+                seen = self.entries.get(name) or self.buffers.get(name)
+                if seen is not None:
+                    raise FormatError(f"{path}: tensor '{shown(name)}' is also in {seen.file.name}")
+                (self.buffers if entry.is_buffer else self.entries)[name] = entry
         self._maps: dict[Path, mmap.mmap] = {}
 
     def __enter__(self) -> SafetensorsSource:

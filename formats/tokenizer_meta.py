@@ -56,13 +56,18 @@ SPECIAL_TOKENS_MAP = "special_tokens_map.json"
 GENERATION_CONFIG = "generation_config.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
 
+# keys llama.cpp reads that gguf-py has no writer method for (src/llama-arch.cpp LLM_KV_TOKENIZER_*)
+CLS_TOKEN_ID = "tokenizer.ggml.cls_token_id"  # deprecated there (bos is [CLS]); written for older readers
+NORMALIZER_LOWERCASE = "tokenizer.ggml.normalizer.lowercase"
+NORMALIZER_STRIP_ACCENTS = "tokenizer.ggml.normalizer.strip_accents"
+
 
 @dataclass
 class TokenizerMeta:
     """Everything a GGUF file says about its tokenizer (the ``tokenizer.*`` keys)."""
 
-    model: str  # tokenizer.ggml.model: "gpt2" (byte-level BPE) or "llama" (SentencePiece-style BPE)
-    pre: str | None  # tokenizer.ggml.pre, gpt2 models only
+    model: str  # tokenizer.ggml.model: "gpt2" (byte-level BPE), "llama" (SentencePiece-style BPE), "bert" (WordPiece)
+    pre: str | None  # tokenizer.ggml.pre, gpt2 (and, ignored by llama.cpp, bert) models only
     tokens: list[str]
     token_types: list[int]
     scores: list[float] | None  # llama models only
@@ -76,6 +81,12 @@ class TokenizerMeta:
     add_space_prefix: bool | None = None
     chat_template: str | None = None
     named_chat_templates: dict[str, str] = field(default_factory=dict)  # tokenizer.chat_template.<name>
+    # WordPiece (bert) only: the separator, mask and classifier tokens, and the BertNormalizer's two switches
+    sep_id: int | None = None
+    mask_id: int | None = None
+    cls_id: int | None = None
+    lowercase: bool | None = None
+    strip_accents: bool | None = None  # resolved: the HF null (strip exactly when lower-casing) is never stored
 
     def add_to(self, writer: gguf.GGUFWriter) -> None:
         """Write all ``tokenizer.*`` keys; keys whose value is None are left out (llama.cpp then uses its default)."""
@@ -92,10 +103,16 @@ class TokenizerMeta:
             (self.bos_id, writer.add_bos_token_id),
             (self.eos_id, writer.add_eos_token_id),
             (self.unk_id, writer.add_unk_token_id),
+            (self.sep_id, writer.add_sep_token_id),
             (self.pad_id, writer.add_pad_token_id),
+            (self.mask_id, writer.add_mask_token_id),
+            (self.cls_id, lambda token_id: writer.add_uint32(CLS_TOKEN_ID, token_id)),
         ):
             if token_id is not None:
                 add(token_id)
+        for flag, key in ((self.lowercase, NORMALIZER_LOWERCASE), (self.strip_accents, NORMALIZER_STRIP_ACCENTS)):
+            if flag is not None:
+                writer.add_bool(key, flag)
         for flag, add in (
             (self.add_bos, writer.add_add_bos_token),
             (self.add_eos, writer.add_add_eos_token),
@@ -519,8 +536,13 @@ def _check_unique(tokens: list[str], where: str) -> None:
         first_id[text] = token_id
 
 
-def read_hf_tokenizer(model_dir: Path, vocab_size: int) -> TokenizerMeta:
-    """The GGUF tokenizer metadata of the HF folder ``model_dir``, padded to the model's ``vocab_size``."""
+def read_hf_tokenizer(model_dir: Path, vocab_size: int, kind: str = "bpe") -> TokenizerMeta:
+    """The GGUF tokenizer metadata of the HF folder ``model_dir``, padded to the model's ``vocab_size``. ``kind`` is
+    the family's tokenizer (formats/architectures.py): "bpe", or "wordpiece" for BERT encoders."""
+    if kind == "wordpiece":
+        from qconv.formats.wordpiece_meta import read_wordpiece_tokenizer  # it builds on this module's readers
+
+        return read_wordpiece_tokenizer(model_dir, vocab_size)
     model_dir = Path(model_dir)
     where = str(model_dir / TOKENIZER_JSON)
     tokenizer_json = _read_json(model_dir, TOKENIZER_JSON, required=True)

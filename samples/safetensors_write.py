@@ -17,7 +17,7 @@ import numpy as np
 
 from qconv.formats.atomic_write import AtomicFile
 
-ITEM_BYTES = {"F32": 4, "F16": 2, "BF16": 2}
+ITEM_BYTES = {"F32": 4, "F16": 2, "BF16": 2, "I64": 8}  # I64: buffers such as BERT's position_ids
 BF16_CHUNK = 1 << 18
 DTYPE_NAMES = {"f32": "F32", "f16": "F16", "bf16": "BF16"}
 
@@ -25,7 +25,7 @@ DTYPE_NAMES = {"f32": "F32", "f16": "F16", "bf16": "BF16"}
 @dataclass(frozen=True)
 class TensorEntry:
     name: str
-    dtype: str  # safetensors dtype name: F32, F16 or BF16
+    dtype: str  # safetensors dtype name: F32, F16, BF16 (or I64 for an integer buffer)
     shape: tuple[int, ...]
 
     @property
@@ -66,6 +66,8 @@ def encode_tensor(values: np.ndarray, dtype: str) -> np.ndarray:
         return np.ascontiguousarray(values, dtype="<f2")
     if dtype == "BF16":
         return f32_to_bf16_bits(values)
+    if dtype == "I64":
+        return np.ascontiguousarray(values, dtype="<i8")
     raise ValueError(f"unsupported safetensors dtype {dtype}")
 
 

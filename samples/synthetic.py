@@ -5,7 +5,8 @@ The config.json is written first; the tensors are then the ones the architecture
 own generator (seeded by ``seed`` and the tensor's name), so a folder is written one tensor at a time, shard by
 shard: a 1B-parameter folder needs memory for one tensor, not the model.
 The tokenizer is a small byte-level BPE (256 byte tokens, merges learned from a built-in text and then filled up to
-``vocab``, three ChatML specials) written as real tokenizer.json files.
+``vocab``, three ChatML specials) written as real tokenizer.json files. Encoders (BERT) are built by
+samples/synthetic_encoder.py: a WordPiece tokenizer and sentence-transformers' pooling files.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ TRAITS = {
         ),
     ),  # fmt: skip
     "olmoe": ArchTraits("gpt-2", (("norm_topk_prob", False), ("clip_qkv", None), ("output_router_logits", False))),
+    "bert": ArchTraits("default"),  # WordPiece, not byte-level: samples/synthetic_encoder.py writes the folder
 }
 ARCHS = {name: FAMILIES[name] for name in TRAITS}  # the families `qconv sample random --arch` builds
 
@@ -108,7 +110,7 @@ def _random_values(entry: TensorEntry, seed: int, shifted: bool) -> Iterator[np.
     step = max(1, BLOCK_VALUES // row_values) if row_shape else entry.shape[0]
     for start in range(0, entry.shape[0], step):
         noise = rng.standard_normal((min(step, entry.shape[0] - start), *row_shape), dtype=np.float32)
-        if entry.name.endswith("norm.weight"):
+        if entry.name.lower().endswith("norm.weight"):  # BERT spells it LayerNorm
             noise *= NORM_STD
             if not shifted:
                 noise += 1.0
@@ -334,6 +336,13 @@ def build_random_model(
         raise ValueError(f"unknown arch '{arch}' (known: {', '.join(ARCHS)})")
     if dtype not in TORCH_DTYPES:
         raise ValueError(f"unknown dtype '{dtype}' (known: {', '.join(TORCH_DTYPES)})")
+    if ARCHS[arch].encoder:  # BERT: as many key/value heads as heads, learned positions up to the context
+        from qconv.samples.synthetic_encoder import build_random_encoder
+
+        return build_random_encoder(
+            out_dir, hidden=hidden, n_layers=n_layers, n_heads=n_heads, ffn=ffn, vocab=vocab, dtype=dtype, seed=seed,
+            context_length=context_length, extra_config=extra_config,
+        )  # fmt: skip
     if n_heads % n_kv_heads:
         raise ValueError(f"n_heads {n_heads} is not a multiple of n_kv_heads {n_kv_heads}")
     tokenizer = synthetic_tokenizer_fields(

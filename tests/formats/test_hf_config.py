@@ -54,7 +54,7 @@ def test_invalid_json(tmp_path):
 
 def test_unsupported_architecture_lists_supported(tmp_path):
     with pytest.raises(FormatError) as e:
-        read_model_spec(_write(tmp_path, architectures=["BertModel"]))
+        read_model_spec(_write(tmp_path, architectures=["GPT2LMHeadModel"]))
     for name in ARCHITECTURES:
         assert name in str(e.value)
 

@@ -284,7 +284,7 @@ def test_implausible_offsets(tmp_path, offsets):
 
 
 def test_tensor_name_with_control_characters_is_escaped(tmp_path):
-    header = json.dumps({"w\x1b]0;x\x07": {"dtype": "I64", "shape": [1], "data_offsets": [0, 8]}}).encode()
+    header = json.dumps({"w\x1b]0;x\x07": {"dtype": "F64", "shape": [1], "data_offsets": [0, 8]}}).encode()
     _safetensors_with_header(tmp_path / "model.safetensors", header, bytes(8))
     with pytest.raises(FormatError) as e:
         SafetensorsSource(tmp_path)

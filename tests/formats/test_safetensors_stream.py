@@ -68,9 +68,22 @@ def test_offsets_that_contradict_shape(tmp_path):
 
 
 def test_unsupported_dtype(tmp_path):
-    save_file({"i": np.arange(4, dtype=np.int64)}, str(tmp_path / "model.safetensors"))
-    with pytest.raises(FormatError, match="dtype I64"):
+    save_file({"d": np.arange(4, dtype=np.float64)}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(FormatError, match="dtype F64"):
         SafetensorsSource(tmp_path)
+
+
+def test_integer_tensors_are_buffers(tmp_path):
+    """BERT's embeddings.position_ids (I64) and other integer tensors are listed apart, never read as weights."""
+    tensors = {"position_ids": np.arange(8, dtype=np.int64)[None], "mask": np.ones(3, dtype=np.bool_)}
+    save_file({**tensors, "w": np.ones((2, 4), np.float32)}, str(tmp_path / "model.safetensors"))
+    with SafetensorsSource(tmp_path) as source:
+        assert set(source.entries) == {"w"}
+        assert {n: (e.dtype, e.shape) for n, e in source.buffers.items()} == {
+            "position_ids": ("I64", (1, 8)),
+            "mask": ("BOOL", (3,)),
+        }
+        assert source.read_f32("w").sum() == 8
 
 
 def test_file_truncated_after_its_header_was_read(tmp_path):
