@@ -181,7 +181,6 @@ static void encoder_attn_task(void *ctx, int task, int thread) {
     float *scores = kt + (size_t)hd * s->n_ctx;
     for (int t = 0; t < len; t++)
         for (int i = 0; i < hd; i++) kt[(size_t)i * len + t] = k[(size_t)t * dim + i];
-    const qrt_expf16_fn exp16 = j->m->pass.expf16;
     for (int t = 0; t < len; t++) {
         const float *qr = q + (size_t)t * dim;
         for (int u = 0; u < len; u++) scores[u] = 0.0f;
@@ -192,16 +191,13 @@ static void encoder_attn_task(void *ctx, int task, int thread) {
         }
         float max = scores[0];
         for (int u = 1; u < len; u++) max = scores[u] > max ? scores[u] : max;
-        for (int u = 0; u < len; u++) scores[u] -= max;
-        int u = 0;
-        for (; u + 16 <= len; u += 16) exp16(scores + u, scores + u);
-        for (; u < len; u++) scores[u] = expf(scores[u]);
+        op_exp_shifted(scores, len, max);
         float sum = 0.0f;
-        for (u = 0; u < len; u++) sum += scores[u];
+        for (int u = 0; u < len; u++) sum += scores[u];
         const float inv = 1.0f / sum;
         float *o = s->xb2 + (size_t)(first + t) * dim + h * hd;
         for (int i = 0; i < hd; i++) o[i] = 0.0f;
-        for (u = 0; u < len; u++) {
+        for (int u = 0; u < len; u++) {
             const float a = scores[u] * inv;
             const float *vr = v + (size_t)u * dim;
             for (int i = 0; i < hd; i++) o[i] += a * vr[i];

@@ -51,6 +51,8 @@ enum pooling {
     POOL_CLS = 2,  /* the first token's row */
     POOL_LAST = 3, /* the last token's row */
 };
+/* x = e^(x - shift) for n values x <= shift (a softmax's numerators; relative error below 3e-7) */
+void op_exp_shifted(float *x, int n, float shift);
 /* Embedding pooling (enum pooling) of n_rows hidden rows of dim floats, rows first.. of a sequence of total rows,
  * into acc: mean (acc zeroed at first 0, divided at the end), cls (row 0), last (row total - 1). */
 void op_pool_rows(float *acc, const float *rows, int n_rows, int dim, int first, int total, int pooling);
