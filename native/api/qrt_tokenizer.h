@@ -10,8 +10,8 @@ typedef struct qrt_tokenizer qrt_tokenizer;
 struct gguf_file; /* the loader's open file (qrt_model.h: qrt_model_gguf()) */
 
 /* Build the tokenizer from a GGUF file's tokenizer.ggml.* metadata (byte-level BPE "gpt2" with the
- * pre-tokenizer named by tokenizer.ggml.pre, or SentencePiece-style "llama"). Returns NULL and writes a
- * message (naming the file and e.g. the unsupported model/pre) into err on failure. */
+ * pre-tokenizer named by tokenizer.ggml.pre, SentencePiece-style "llama", or BERT WordPiece "bert"). Returns NULL
+ * and writes a message (naming the file and e.g. the unsupported model/pre) into err on failure. */
 qrt_tokenizer *qrt_tokenizer_load(const char *gguf_path, char *err, size_t errlen);
 /* The same from a GGUF file already open (the model's: qrt_model_gguf()); `name` is used in messages. The
  * tokenizer copies what it needs: the file may be closed afterwards. */
@@ -24,6 +24,20 @@ void qrt_tokenizer_free(qrt_tokenizer *tok);
  * `capacity` is too small (nothing useful is written then), or INT32_MIN on out-of-memory. */
 int32_t qrt_tokenizer_encode(const qrt_tokenizer *tok, const char *text, size_t len, int add_special,
                              int parse_special, int32_t *out, int32_t capacity);
+
+/* ids of text[0..len) cut as Hugging Face truncates one text: the vocabulary's specials (BOS/EOS as add_bos/add_eos
+ * say; [CLS]/[SEP] for bert) are kept and the text's own ids cut so that the total is <= max_tokens (when
+ * max_tokens cannot hold the specials, BOS is kept before EOS). Special tokens written in the text are matched
+ * (as Hugging Face and llama.cpp's embedding tools do). Returns the number of ids, -(required capacity), or
+ * INT32_MIN on out-of-memory, as qrt_tokenizer_encode. */
+int32_t qrt_tokenizer_encode_truncated(const qrt_tokenizer *tok, const char *text, size_t len, int32_t max_tokens,
+                                       int32_t *out, int32_t capacity);
+
+/* bert vocabularies: the words WordPiece sees (normalized and pre-tokenized text, words joined by one space, each
+ * cut at 100 characters) for tests and debugging. Returns the length, -(required capacity), or INT32_MIN for
+ * another vocabulary (or a result over INT32_MAX bytes). */
+int32_t qrt_tokenizer_wordpiece_words(const qrt_tokenizer *tok, const char *text, size_t len, char *out,
+                                      int32_t capacity);
 
 /* The bytes of one token (byte-level BPE decoded, SentencePiece ▁ -> space and <0xXX> -> the byte). Control
  * and unknown tokens give their text when `special` is set, else nothing. Returns the length, or -(length)

@@ -1,4 +1,5 @@
-/* tokenizer.c — byte-level BPE ("gpt2") and SentencePiece-style BPE ("llama") tokenizers from GGUF metadata.
+/* tokenizer.c — byte-level BPE ("gpt2"), SentencePiece-style BPE ("llama") and BERT WordPiece ("bert") tokenizers
+ * from GGUF metadata.
  *
  * The contract is llama.cpp's tokenizer (src/llama-vocab.cpp): same ids for the same text and flags. So the
  * pieces below mirror its steps, in its order:
@@ -7,7 +8,9 @@
  *   2. gpt2: pre-tokenize each raw fragment (pretokenize.c), byte-level encode each piece, merge by rank;
  *      llama: escape spaces to U+2581 (with a space prefix after BOS/special tokens), merge by score, unknown
  *      pieces fall back to <0xXX> byte tokens;
- *   3. BOS/EOS as the vocabulary asks.
+ *      bert: BERT normalizer, pre-tokenizer and WordPiece (wordpiece.c), whose contract is Hugging Face
+ *      tokenizers' (what sentence-transformers runs) rather than llama.cpp's;
+ *   3. BOS/EOS as the vocabulary asks ([CLS]/[SEP] for bert).
  * Lookups are hash maps (token text -> id, merge pair -> rank) and merging uses a binary heap, so work is
  * O(n log n) in the text length.
  */
@@ -21,8 +24,9 @@
 #include "pretokenize.h"
 #include "size_math.h"
 #include "unicode_tables.h"
+#include "wordpiece.h"
 
-typedef enum { VOCAB_BPE, VOCAB_SPM } vocab_kind;
+typedef enum { VOCAB_BPE, VOCAB_SPM, VOCAB_WPM } vocab_kind;
 
 /* ---- hashing ------------------------------------------------------------------------------------------- */
 
@@ -74,6 +78,7 @@ struct qrt_tokenizer {
     char pre_name[64];
     const pretok_regex *pre_stages;
     int ignore_merges, clean_spaces, add_space_prefix, add_bos, add_eos;
+    int lowercase, strip_accents; /* bert normalizer */
 
     int32_t n_vocab;
     char *text_arena;
@@ -342,8 +347,20 @@ static int read_kind(qrt_tokenizer *t, const gguf_file *f, const char *name, cha
         t->bos = 1;
         t->eos = 2;
         t->unk = 0;
+    } else if (gguf_str_eq(model, "bert")) {
+        /* llama.cpp's defaults; its separator token ends the text as our EOS ([SEP]) does */
+        t->kind = VOCAB_WPM;
+        t->add_bos = t->add_eos = 1;
+        t->clean_spaces = 1;
+        t->bos = 101;
+        t->eos = -1;
+        t->unk = 100;
+        /* absent lowercase: BERT uncased, as llama.cpp assumes; absent strip_accents: as lowercase (the
+         * tokenizers rule for strip_accents null) */
+        t->lowercase = read_flag(f, "tokenizer.ggml.normalizer.lowercase", 1);
+        t->strip_accents = read_flag(f, "tokenizer.ggml.normalizer.strip_accents", t->lowercase);
     } else {
-        FAIL("%s: unsupported tokenizer.ggml.model '%.*s' (supported: gpt2, llama)", name, (int)model.len,
+        FAIL("%s: unsupported tokenizer.ggml.model '%.*s' (supported: gpt2, llama, bert)", name, (int)model.len,
              model.ptr);
     }
     t->add_space_prefix = read_flag(f, "tokenizer.ggml.add_space_prefix", t->add_space_prefix);
@@ -510,6 +527,7 @@ static void find_special_tokens(qrt_tokenizer *t, const gguf_file *f) {
         int32_t id = text_to_id(t, always_rendered[i], strlen(always_rendered[i]));
         if (id >= 0) t->attr[id] = TOK_ATTR_USER_DEFINED;
     }
+    if (t->kind == VOCAB_WPM && t->eos < 0) t->eos = read_token_id(f, "tokenizer.ggml.seperator_token_id", 102, nv);
     if (t->eos >= 0) t->is_eog[t->eos] = 1;
     if (t->eot >= 0) t->is_eog[t->eot] = 1;
     if (t->eom >= 0) t->is_eog[t->eom] = 1;
@@ -659,7 +677,7 @@ static unsigned char byte_token_value(const qrt_tokenizer *t, int32_t id) {
 
 /* Room make_piece needs for a token text of len bytes. */
 static uint64_t piece_bound(vocab_kind kind, uint64_t len) {
-    if (kind == VOCAB_SPM) return len + 8;
+    if (kind != VOCAB_BPE) return len + 8;
     return len * (21 + (len <= MARKER_TEXT_MAX ? len : 0)) + 64;
 }
 
@@ -675,7 +693,7 @@ static size_t make_piece(const qrt_tokenizer *t, int32_t id, char *out) {
     }
     if (attr & TOK_ATTR_NORMAL) {
         size_t n = 0;
-        if (t->kind == VOCAB_SPM) { /* U+2581 -> space */
+        if (t->kind != VOCAB_BPE) { /* U+2581 -> space (a bert continuation piece is stored without "##") */
             for (size_t i = 0; i < len;) {
                 if (i + 3 <= len && memcmp(text + i, "\xe2\x96\x81", 3) == 0) {
                     out[n++] = ' ';
@@ -1082,6 +1100,13 @@ static int partition_specials(const qrt_tokenizer *t, const char *text, size_t l
 
 /* ---- encode --------------------------------------------------------------------------------------------- */
 
+static int32_t lookup_text(const void *tok, const char *s, size_t n) { return text_to_id(tok, s, n); }
+
+static int emit_id(void *ids, int32_t id) {
+    push_id(ids, id);
+    return !((id_list *)ids)->oom;
+}
+
 static int encode_into(const qrt_tokenizer *t, const char *text, size_t len, int add_special, int parse_special,
                        id_list *out) {
     fragment_list frags = {0};
@@ -1114,6 +1139,15 @@ static int encode_into(const qrt_tokenizer *t, const char *text, size_t len, int
         free(w.word);
         free(w.merge.symbols);
         free(w.merge.heap);
+    } else if (t->kind == VOCAB_WPM) {
+        wpm_config cfg = {t->lowercase, t->strip_accents, t->unk, lookup_text, t};
+        if (add_special && t->add_bos && t->bos >= 0) push_id(out, t->bos);
+        for (size_t i = 0; i < frags.n && ok; i++) {
+            const fragment *f = &frags.items[i];
+            if (f->token >= 0) push_id(out, f->token);
+            else ok = wpm_tokenize(&cfg, text + f->off, f->len, emit_id, out);
+        }
+        if (ok && add_special && t->add_eos && t->eos >= 0) push_id(out, t->eos);
     } else {
         merge_work w = {0};
         size_t n = qrt_size_add(longest, 1);
@@ -1160,6 +1194,44 @@ int32_t qrt_tokenizer_encode(const qrt_tokenizer *t, const char *text, size_t le
     if (n) memcpy(out, ids.ids, (size_t)n * sizeof *out);
     free(ids.ids);
     return n;
+}
+
+/* HF truncation of a single text: its pieces are cut so that they and the specials the vocabulary adds fit in
+ * max_tokens (specials are kept; when max_tokens cannot hold them all, BOS goes first). */
+int32_t qrt_tokenizer_encode_truncated(const qrt_tokenizer *t, const char *text, size_t len, int32_t max_tokens,
+                                       int32_t *out, int32_t capacity) {
+    id_list ids = {0};
+    if (!encode_into(t, text, len, 0, 1, &ids)) {
+        free(ids.ids);
+        return INT32_MIN;
+    }
+    size_t budget = max_tokens > 0 ? (size_t)max_tokens : 0;
+    int bos = t->add_bos && t->bos >= 0 && budget > 0;
+    budget -= (size_t)bos;
+    int eos = t->add_eos && t->eos >= 0 && budget > 0;
+    budget -= (size_t)eos;
+    size_t n_text = ids.n < budget ? ids.n : budget;
+    int32_t n = (int32_t)(n_text + (size_t)bos + (size_t)eos); /* <= max_tokens */
+    if (n > capacity) {
+        free(ids.ids);
+        return -n;
+    }
+    int32_t k = 0;
+    if (bos) out[k++] = t->bos;
+    if (n_text) memcpy(out + k, ids.ids, n_text * sizeof *out);
+    k += (int32_t)n_text;
+    if (eos) out[k++] = t->eos;
+    free(ids.ids);
+    return n;
+}
+
+int32_t qrt_tokenizer_wordpiece_words(const qrt_tokenizer *t, const char *text, size_t len, char *out,
+                                      int32_t capacity) {
+    if (t->kind != VOCAB_WPM) return INT32_MIN;
+    wpm_config cfg = {t->lowercase, t->strip_accents, t->unk, lookup_text, t};
+    int64_t n = wpm_words(&cfg, text, len, out, capacity > 0 ? capacity : 0);
+    if (n < 0) return INT32_MIN;
+    return n > capacity ? -(int32_t)n : (int32_t)n;
 }
 
 /* ---- decode --------------------------------------------------------------------------------------------- */
@@ -1214,9 +1286,9 @@ static int32_t clean_spaces(char *text, int32_t total) {
 
 int32_t qrt_tokenizer_decode(const qrt_tokenizer *t, const int32_t *ids, int32_t n_ids, char *out,
                              int32_t capacity, int remove_special, int unparse_special) {
-    int remove_space = t->add_space_prefix;
+    int remove_space = t->add_space_prefix || t->kind == VOCAB_WPM; /* bert: no space before the first word */
     if (remove_special && t->add_bos && n_ids > 0 && ids[0] == t->bos) {
-        remove_space = 0; /* as llama.cpp: the space after a removed BOS stays */
+        remove_space = t->kind == VOCAB_WPM; /* as llama.cpp: the space after a removed BOS stays */
         n_ids--;
         ids++;
     }
