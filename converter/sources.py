@@ -78,6 +78,9 @@ class HFSource:
             # checked against the tensor headers before either is built
             self.tensors = self._map_tensors()
             self.tokenizer = read_hf_tokenizer(self.path, self.spec.vocab_size, self.spec.arch.tokenizer)
+            if self._skipped:  # said once the folder has passed every check (an error stays the only line)
+                print(f"qconv: {self.path}: skipping {self._skipped} tensors of {self.spec.arch.skipped_what}",
+                      file=sys.stderr)  # fmt: skip
         except BaseException:
             self.safetensors.close()
             raise
@@ -144,8 +147,7 @@ class HFSource:
         if missing:
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
             raise FormatError(f"{source.model_dir}: tensor '{missing[0]}'{more} is missing from the checkpoint")
-        if skipped:
-            print(f"qconv: {self.path}: skipping {skipped} tensors of {arch.skipped_what}", file=sys.stderr)
+        self._skipped = skipped
         return tensors
 
     def _check_experts(self) -> None:

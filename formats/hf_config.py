@@ -276,7 +276,7 @@ def _architecture(config: dict, path: Path) -> str:
     if not supported and (refused or config.get("model_type") in REFUSED_MODEL_TYPES):
         name = refused[0] if refused else config.get("model_type")
         reason = REFUSED_CLASSES.get(name) or next(iter(REFUSED_CLASSES.values()))
-        raise FormatError(f"{path}: architecture {shown(name)} is not supported: {reason}")
+        raise FormatError(f"{path}: architecture '{shown(name)}' is not supported: {reason}")
     if not supported:
         found = architectures or config.get("model_type")
         raise FormatError(

@@ -58,7 +58,7 @@ def _modules(model_dir: Path) -> list[dict]:
 def _module_folder(module: dict, where: Path) -> str:
     path = module.get("path", "")
     if not isinstance(path, str) or PurePosixPath(path).is_absolute() or ".." in PurePosixPath(path).parts:
-        raise FormatError(f"{where}: module path {shown(path)} must be a folder inside the model folder")
+        raise FormatError(f"{where}: module path '{shown(path)}' must be a folder inside the model folder")
     return path
 
 
@@ -74,7 +74,7 @@ def _pooling_mode(model_dir: Path, folder: str) -> int:
     if len(modes) != 1 or modes[0] not in POOLING_TYPES:
         found = " + ".join(modes) if modes else "none"
         raise FormatError(
-            f"{where}: pooling mode {shown(found)} is not supported; supported: one of {', '.join(POOLING_TYPES)}"
+            f"{where}: pooling mode '{shown(found)}' is not supported; supported: one of {', '.join(POOLING_TYPES)}"
         )
     return POOLING_TYPES[modes[0]]
 

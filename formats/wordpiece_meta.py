@@ -114,7 +114,7 @@ def _from_tokenizer_json(model_dir: Path, tokenizer_json: dict, vocab_size: int)
     if not isinstance(model, dict) or model.get("type") != "WordPiece":
         found = model.get("type") if isinstance(model, dict) else None
         raise FormatError(
-            f"{where}: tokenizer model type {shown(found)} is not WordPiece; a BERT encoder needs a WordPiece "
+            f"{where}: tokenizer model type '{shown(found)}' is not WordPiece; a BERT encoder needs a WordPiece "
             "tokenizer (llama.cpp's bert vocabulary)"
         )
     prefix = model.get("continuing_subword_prefix", CONTINUATION)
