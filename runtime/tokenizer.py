@@ -86,6 +86,35 @@ class Tokenizer:
                 return list(out[0:n])
             capacity = -n
 
+    def encode_truncated(self, text: str | bytes, max_tokens: int) -> list[int]:
+        """Ids with the vocabulary's specials (BOS/EOS, [CLS]/[SEP] for bert), the text's own ids cut so that the
+        whole is at most max_tokens (Hugging Face's truncation of one text); special tokens in the text match."""
+        data = text.encode() if isinstance(text, str) else bytes(text)
+        max_tokens = max(0, min(int(max_tokens), 2**31 - 1))
+        capacity = min(len(data) + 8, max_tokens) or 1
+        while True:
+            out = ffi.new("int32_t[]", capacity)
+            n = lib.qrt_tokenizer_encode_truncated(self._handle, data, len(data), max_tokens, out, capacity)
+            if n == -(2**31):
+                raise MemoryError(f"tokenizing {len(data)} bytes")
+            if n >= 0:
+                return list(out[0:n])
+            capacity = -n
+
+    def wordpiece_words(self, text: str | bytes) -> list[str]:
+        """bert vocabularies: the normalized, pre-tokenized words WordPiece sees (each cut at 100 characters)."""
+        data = text.encode() if isinstance(text, str) else bytes(text)
+        capacity = 4 * len(data) + 16
+        while True:
+            out = ffi.new("char[]", capacity)
+            n = lib.qrt_tokenizer_wordpiece_words(self._handle, data, len(data), out, capacity)
+            if n == -(2**31):
+                raise ValueError(f"not a WordPiece (bert) vocabulary: {self.model_name}")
+            if n >= 0:
+                words = ffi.buffer(out, n)[:].decode()
+                return words.split(" ") if words else []
+            capacity = -n
+
     def token_to_piece(self, token: int, special: bool = False) -> bytes:
         buf = ffi.new("char[]", 64)
         n = lib.qrt_tokenizer_token_to_piece(self._handle, token, buf, 64, special)

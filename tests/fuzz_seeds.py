@@ -8,8 +8,8 @@ start from files and inputs the runtime accepts (tests/fuzz.sh calls this).
   window, rope-free layers, fused tensors, LongRoPE, experts), 256 wide where a k-quant needs it, so that a mutation
   reaches the repacking, the forward pass and the sampler rather than stopping at the loader.
 - tokenizer: VOCAB_DIR receives tokenizer-only GGUFs (the fuzz target loads them once at start): SmolLM2's byte-level
-  BPE under every pre-tokenizer native/tokenizer/pretokenize.c implements and Gemma 3's SentencePiece vocabulary;
-  the corpus is text with specials, digits, punctuation, spaces and malformed UTF-8.
+  BPE under every pre-tokenizer native/tokenizer/pretokenize.c implements, Gemma 3's SentencePiece vocabulary and
+  all-MiniLM-L6-v2's WordPiece (bert) vocabulary as `qconv to-gguf` writes it; the corpus is text with specials, digits, punctuation, spaces and malformed UTF-8.
 - quant: a few inputs in fuzz_quant.c's layout (a header, then values as bytes).
 """
 
@@ -80,6 +80,8 @@ TEXT_SEEDS = [
     b"\xff\xfe\xc3\x28\xe2\x82\x28\xf0\x9f\x98 \x80\x80 broken \xed\xa0\x80 utf8 \x00 nul",
     b"   leading and trailing spaces   ",
     b"",
+    "[CLS] Café NAÏVE Ångström\u00a0\u3000\u200b 東京タワー 한국어 👨\u200d👩\u200d👧 [SEP][MASK]".encode(),
+    b"unbelievably " + b"x" * 120 + b" !!!???...,,, e\xcc\x81 \xef\xbf\xbd \x7f\x1b",
 ]
 
 
@@ -128,12 +130,27 @@ def write_vocabularies(vocab_dir: Path) -> None:
     for pre in PRE_TOKENIZERS:
         copy_tokenizer(smollm2, vocab_dir / f"smollm2-{pre}.gguf", pre)
     copy_tokenizer(gemma3_gguf_path(), vocab_dir / "gemma3-spm.gguf")
+    copy_tokenizer(minilm_gguf(), vocab_dir / "minilm-bert.gguf")
+
+
+def minilm_gguf() -> Path:
+    """The MiniLM folder converted once (f32) into the cache, for its bert vocabulary."""
+    from qconv.converter.convert import convert_to_gguf
+    from qconv.samples.minilm import cached_minilm
+
+    folder = Path(cached_minilm())
+    out = folder.parent / "minilm-fuzz-vocab-f32.gguf"
+    if not out.exists():
+        with tempfile.TemporaryDirectory(dir=folder.parent) as scratch:
+            convert_to_gguf(folder, Path(scratch) / out.name, "f32", progress=False)
+            (Path(scratch) / out.name).replace(out)
+    return out
 
 
 def write_text_seeds(corpus: Path) -> None:
     # the first byte picks the vocabulary (fuzz_tokenizer.c: modulo their count), so each text goes in twice
     for i, text in enumerate(TEXT_SEEDS):
-        for pick in (0, 5, 8):
+        for pick in (0, 1, 5, 8):  # 1: minilm-bert (gemma3-spm sorts first)
             (corpus / f"text-{i}-{pick}").write_bytes(bytes([pick]) + text)
 
 

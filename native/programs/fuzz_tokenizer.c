@@ -2,8 +2,8 @@
  * not in SOURCES).
  *
  * Vocabularies: every *.gguf in $QRT_FUZZ_VOCABS, loaded once at start, in name order. tests/fuzz_seeds.py writes
- * them: SmolLM2's byte-level BPE under each pre-tokenizer native/tokenizer/pretokenize.c implements, and Gemma 3's
- * SentencePiece vocabulary. Input: the first byte picks the vocabulary (modulo their count; its top bit asks for
+ * them: SmolLM2's byte-level BPE under each pre-tokenizer native/tokenizer/pretokenize.c implements, Gemma 3's
+ * SentencePiece vocabulary and MiniLM's WordPiece (bert) vocabulary. Input: the first byte picks the vocabulary (modulo their count; its top bit asks for
  * BOS/EOS), the rest is the text, encoded without and with special-token parsing, then decoded, detokenized
  * token by token and streamed.
  *
@@ -181,6 +181,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     const int add_special = data[0] >> 7;
     const char *text = (const char *)data + 1;
     const size_t len = size - 1;
+    /* truncation: never more than asked, specials kept (data[0] also picks the bound) */
+    int32_t truncated[64];
+    const int32_t max_tokens = (int32_t)(data[0] % 64);
+    const int32_t n_truncated = qrt_tokenizer_encode_truncated(tok, text, len, max_tokens, truncated, 64);
+    if (n_truncated == INT32_MIN) broken("encode_truncated ran out of memory", tok);
+    if (n_truncated < 0 || n_truncated > max_tokens) broken("encode_truncated gave more than max_tokens", tok);
+    for (int32_t i = 0; i < n_truncated; i++)
+        if (truncated[i] < 0 || truncated[i] >= qrt_tokenizer_n_vocab(tok)) broken("encode_truncated id", tok);
+    if (qrt_tokenizer_wordpiece_words(tok, text, len, NULL, 0) > 0) broken("wordpiece_words wrote to no room", tok);
     for (int parse_special = 0; parse_special <= 1; parse_special++) {
         int32_t *ids;
         const int32_t n = encode(tok, text, len, add_special, parse_special, &ids);
