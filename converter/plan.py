@@ -270,7 +270,8 @@ def make_plan(
     file_type, default = FILE_TYPES[type_name]
     tied = "output.weight" not in tensors
     plan = TypePlan(type_name, file_type)
-    n_attn_v = sum(1 for n in tensors if role_of(n) in ATTN_V_LIKE)
+    # llama.cpp counts attn_v.weight / attn_qkv.weight only (tensor_get_category): never the biases (Qwen2, BERT)
+    n_attn_v = sum(1 for n in tensors if role_of(n) in ATTN_V_LIKE and n.endswith(".weight"))
     i_attn_v = 0
     for name, shape in tensors.items():
         if len(shape) < 2 or not name.endswith(".weight") or "_norm." in name:

@@ -327,3 +327,35 @@ def test_llama_cpp_loads_random_bert(tmp_path):
     assert llama.tokenize(text.encode(), add_bos=True) == AutoTokenizer.from_pretrained(folder)(text)["input_ids"]
     assert len(llama.embed(text)) == SMALL["hidden"]
     shutil.rmtree(folder)
+
+
+def test_bundle_accepts_bert(tmp_path):
+    """qrun-native runs bert GGUFs: bundle takes them, and run.sh's default asks for a sentence vector."""
+    import tarfile
+
+    from qconv.converter.bundle import make_bundle
+
+    folder = build_random_encoder(tmp_path / "hf", **SMALL)
+    model = tmp_path / "bert.gguf"
+    convert_to_gguf(folder, model, "q8_0", progress=False)
+    binary = tmp_path / "qrun-native"
+    binary.write_bytes(b"#!/bin/sh\n")
+    out = tmp_path / "bundle.tar.gz"
+    make_bundle(model, "x86_64", out, binary=binary)
+    with tarfile.open(out) as tar:
+        run_sh = tar.extractfile("qconv-bundle-x86_64/run.sh").read().decode()
+    assert '--embed "' in run_sh and " -p " not in run_sh
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("type_name", ["q8_0", "q4_0", "q4_k_m"])
+def test_types_as_llama_quantize(minilm_dir, minilm_f32, tmp_path, type_name):
+    """llama.cpp's own quantization of our f32 file picks the types our plan picks, tensor by tensor (token_embd as
+    the output head, position_embd and token_types kept f32, 384-wide rows falling back)."""
+    from tests.llama_ref import quantize_file
+
+    quantized = quantize_file(minilm_f32, tmp_path / f"llama-{type_name}.gguf", type_name)
+    with read_gguf(quantized) as g:
+        theirs = {n: t.type_name for n, t in g.tensors.items()}
+    plan = make_plan_only(minilm_dir, ConvertOptions(type_name=type_name)).plan
+    assert {c.name: c.ggml_type.name for c in plan.choices} == theirs
