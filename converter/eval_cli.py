@@ -103,6 +103,7 @@ def eval_cmd(quants, ref: Path, suite_names, task_files, texts, ctx, long, max_t
     perplexity on the held-out suites and your texts, and task accuracy on the built-in tasks and your task files,
     with 95% intervals. Exit codes: 0 every gate passed, 1 a user error, 2 a gate failed (the report names it)."""
     from qconv.converter.quality import run_state
+    from qconv.converter.quality.embed_eval import check_options, is_encoder_model
     from qconv.converter.quality.evaluate import EvalOptions, chosen_suites, evaluate, load_user_inputs
     from qconv.converter.quality.gates import failure_lines, gate_results, parse_gates
     from qconv.converter.quality.junit import write_junit
@@ -114,8 +115,11 @@ def eval_cmd(quants, ref: Path, suite_names, task_files, texts, ctx, long, max_t
         progress=not quiet,
     )  # fmt: skip
     gates = parse_gates(gate)  # these checks come before minutes of evaluation
-    chosen_suites(options.suites)
-    load_user_inputs(options)
+    if is_encoder_model(Path(quants[0])):
+        check_options(options)  # the embedding suites; --text, --tasks, --long... are refused
+    else:
+        chosen_suites(options.suites)
+        load_user_inputs(options)
     if ref_cache is not None:
         check_output_file(ref_cache)
     if junit is not None:

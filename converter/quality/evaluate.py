@@ -448,11 +448,14 @@ def evaluate(
     """The report (a JSON-able dict) of the candidates QUANTS (GGUF files or `qconv to-onnx` folders; one path or
     a list) against REF. `save(report)` is called after every finished suite; `resume`, a report an earlier run
     saved (complete false, same identity), is continued: its finished suites are kept."""
+    from qconv.converter.quality.embed_eval import evaluate_embeddings, is_encoder_model
     from qconv.converter.quality.eval_onnx import is_onnx_folder, onnx_layer_errors, open_runner
     from qconv.converter.quality.run_state import run_identity
 
     options = options or EvalOptions()
     quants = [Path(q) for q in ([quants] if isinstance(quants, (str, Path)) else quants)]
+    if quants and is_encoder_model(quants[0]):  # an embedding model: its vectors are compared (embed_eval.py)
+        return evaluate_embeddings(quants, Path(ref), options, log, save, resume)
     for quant in quants:
         if not (quant.is_file() or is_onnx_folder(quant)):
             raise FormatError(f"{quant}: no such GGUF file or ONNX folder (model.onnx and genai_config.json)")

@@ -3,8 +3,13 @@
 Text gates compare a suite's point estimate with the threshold (its 95% interval is reported beside it). The task
 gate is statistical: `task_drop=X` fails a suite only when the quantized model's accuracy drop exceeds X *and* the
 paired exact McNemar test finds the drop significant at alpha 0.05, so that a 3-item suite missing one answer
-(a "drop" of 0.333) does not fail a file, while a real collapse on 40 items does. Other families of gates (the
-embeddings' cosine and retrieval gates) add rows here.
+(a "drop" of 0.333) does not fail a file, while a real collapse on 40 items does.
+
+Embedding models (converter/quality/embed_eval.py) have their own rows: `cos_mean` and `cos_min` compare a suite's
+mean and worst cosine similarity between the candidate's and the reference's vectors with the threshold (a value
+below it fails), and `retrieval_drop=X` is task_drop on the retrieval suite: the share of queries whose partner
+stops being the nearest passage must exceed X and be significant (exact McNemar at 0.05). A gate whose rows a run
+does not have (a KLD gate on an embedding model, a cosine gate on a decoder) checks nothing.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ class Gate:
     text: str  # how a failure reads: "<suite>: <text> <threshold> (<value>)"
     metric: str  # the field of the suite row (text suites) or of the task comparison (task suites)
     fails_above: bool  # True: a value above the threshold fails; False: below
-    on: str  # "text": suites scored by KL divergence; "tasks": suites of task items
+    on: str  # "text": suites scored by KL divergence; "tasks": suites of task items; "embeddings": suites of
+    # vectors compared by cosine; "retrieval": retrieval suites
 
 
 GATES: dict[str, Gate] = {
@@ -31,6 +37,9 @@ GATES: dict[str, Gate] = {
         Gate("top1", "top-1 agreement below", "top1", False, "text"),
         Gate("ppl_ratio", "perplexity ratio above", "ppl_ratio", True, "text"),
         Gate("task_drop", "task accuracy drop above", "drop", True, "tasks"),
+        Gate("cos_mean", "mean cosine similarity below", "cos_mean", False, "embeddings"),
+        Gate("cos_min", "worst cosine similarity below", "cos_min", False, "embeddings"),
+        Gate("retrieval_drop", "retrieval accuracy drop above", "drop", True, "retrieval"),
     )
 }
 
@@ -81,8 +90,19 @@ def gate_results(candidate: dict, gates: dict[str, float]) -> list[dict]:
                 detail = f"95% CI [{lo:.4g}, {hi:.4g}]" if defined else "95% CI n/a"
                 rows.append({"suite": suite["name"], "gate": key, "threshold": threshold, "value": value,
                              "passed": not crossed, "detail": detail})  # fmt: skip
+        elif gate.on == "embeddings":
+            for suite in candidate.get("embeddings", []):
+                value = suite[gate.metric]
+                lo, hi = suite.get(f"{gate.metric}_ci") or (None, None)
+                if lo is not None and lo == lo:
+                    detail = f"95% CI [{lo:.6g}, {hi:.6g}]"
+                else:
+                    detail = f"worst text {suite['worst']['source']}" if gate.metric == "cos_min" else "95% CI n/a"
+                rows.append({"suite": suite["name"], "gate": key, "threshold": threshold, "value": value,
+                             "passed": not value < threshold, "detail": detail})  # fmt: skip
         else:
-            for name, task in candidate["tasks"].items():
+            tables = candidate["tasks"] if gate.on == "tasks" else candidate.get("retrieval", {})
+            for name, task in tables.items():
                 rows.append({"suite": name, "gate": key, "threshold": threshold, **_task_result(gate, threshold, task)})
     return rows
 
@@ -93,5 +113,6 @@ def failure_lines(results: list[dict]) -> list[str]:
     for r in results:
         if not r["passed"]:
             gate = GATES[r["gate"]]
-            lines.append(f"{r['suite']}: {gate.text} {r['threshold']:g} ({r['value']:.4f}; {r['detail']})")
+            value = f"{r['value']:.6f}" if gate.on == "embeddings" else f"{r['value']:.4f}"  # cosines sit near 1
+            lines.append(f"{r['suite']}: {gate.text} {r['threshold']:g} ({value}; {r['detail']})")
     return lines

@@ -18,6 +18,7 @@ def junit_tree(report: dict) -> ET.ElementTree:
         results = candidate.get("gate_results") or []
         names = [s["name"] for s in candidate["suites"]] + [n for n in candidate["tasks"] if n not in
                                                              {s["name"] for s in candidate["suites"]}]  # fmt: skip
+        names += [r["name"] for r in candidate.get("embeddings", [])]  # an embedding model's (retrieval among them)
         tests = failures = 0
         for name in names:
             rows = [r for r in results if r["suite"] == name]
@@ -46,6 +47,12 @@ def junit_tree(report: dict) -> ET.ElementTree:
 def _measured(candidate: dict, name: str) -> str:
     row = next((s for s in candidate["suites"] if s["name"] == name), None)
     parts = [f"KLD {row['kld_mean']:.6g}, top-1 {row['top1']:.4f}, ppl ratio {row['ppl_ratio']:.4f}"] if row else []
+    vectors = next((r for r in candidate.get("embeddings", []) if r["name"] == name), None)
+    if vectors:
+        parts.append(f"cosine mean {vectors['cos_mean']:.6f}, min {vectors['cos_min']:.6f}")
+    retrieval = candidate.get("retrieval", {}).get(name)
+    if retrieval:
+        parts.append(f"retrieval accuracy ref {retrieval['ref_accuracy']:.3f} quant {retrieval['quant_accuracy']:.3f}")
     task = candidate["tasks"].get(name)
     if task:
         parts.append(f"accuracy ref {task['ref_accuracy']:.3f} quant {task['quant_accuracy']:.3f}")

@@ -81,12 +81,37 @@ def format_table(report: dict) -> str:
                     f"{t['drop']:>8.3f}{interval:>18}{t['p_value']:>10.3g}"
                     + ("  too hard to measure" if t.get("too_hard") else "")
                 )
+        if c.get("embeddings"):
+            lines += embedding_lines(c)
         if c.get("gate_failures"):
             lines += ["", "gates failed:"] + [f"  {f}" for f in c["gate_failures"]]
         lines.append("")
     if len(report["candidates"]) > 1:
         lines += comparison_lines(report)
     return "\n".join(lines).rstrip()
+
+
+def _cos_ci(row: dict) -> str:
+    lo, hi = row.get("cos_mean_ci") or (None, None)
+    return "n/a" if _undefined(lo) else f"[{lo:.6f}, {hi:.6f}]"
+
+
+def embedding_lines(c: dict) -> list[str]:
+    """An embedding candidate's suites: cosine of its vectors to the reference's per text (mean with its 95%
+    interval, 5th percentile, worst and which text), then the retrieval accuracies of both models."""
+    lines = [f"{'suite':<14}{'texts':>6}{'cos mean':>11}{'95% CI':>24}{'cos p05':>10}{'cos min':>10}  worst"]
+    for r in c["embeddings"]:
+        lines.append(f"{r['name']:<14}{r['texts']:>6}{r['cos_mean']:>11.6f}{_cos_ci(r):>24}{r['cos_p05']:>10.6f}"
+                     f"{r['cos_min']:>10.6f}  {r['worst']['source']}")  # fmt: skip
+    if c.get("retrieval"):
+        lines += ["", f"{'retrieval':<14}{'n':>5}{'pool':>6}{'ref acc':>9}{'quant acc':>11}{'drop':>8}{'95% CI':>18}"
+                      f"{'p':>10}{'same NN':>9}"]  # fmt: skip
+        for name, t in c["retrieval"].items():
+            lo, hi = t["drop_ci"]
+            interval = "n/a" if _undefined(lo) else f"[{lo:.3f}, {hi:.3f}]"
+            lines.append(f"{name:<14}{t['n']:>5}{t['passages']:>6}{t['ref_accuracy']:>9.3f}{t['quant_accuracy']:>11.3f}"
+                         f"{t['drop']:>8.3f}{interval:>18}{t['p_value']:>10.3g}{t['same_nearest']:>9.3f}")  # fmt: skip
+    return lines
 
 
 def comparison_rows(report: dict) -> list[dict]:
@@ -100,11 +125,21 @@ def comparison_rows(report: dict) -> list[dict]:
             "suites": {s["name"]: s["kld_mean"] for s in c["suites"]},
             "tasks": {n: t["quant_accuracy"] for n, t in c["tasks"].items()},
             "gates": "fail" if c.get("gate_failures") else "pass",
+            "cos_mean": c.get("overall", {}).get("cos_mean", float("nan")),
+            "cos_min": c.get("overall", {}).get("cos_min", float("nan")),
+            "retrieval": {n: t["quant_accuracy"] for n, t in c.get("retrieval", {}).items()},
         })  # fmt: skip
     return rows
 
 
 def comparison_lines(report: dict) -> list[str]:
+    if report.get("kind") == "embedding":
+        lines = ["comparison", f"{'candidate':<40}{'bytes':>14}{'cos mean':>11}{'cos min':>10}{'retrieval':>11}  gates"]
+        for r in comparison_rows(report):
+            accuracy = next(iter(r["retrieval"].values()), float("nan"))
+            lines.append(f"{r['quant'][-40:]:<40}{r['bytes']:>14,}{r['cos_mean']:>11.6f}{r['cos_min']:>10.6f}"
+                         f"{accuracy:>11.3f}  {r['gates']}")  # fmt: skip
+        return lines
     lines = ["comparison", f"{'candidate':<40}{'bytes':>14}{'KLD mean':>10}{'top-1':>8}  gates"]
     for r in comparison_rows(report):
         lines.append(f"{r['quant'][-40:]:<40}{r['bytes']:>14,}{r['kld_mean']:>10.4f}{r['top1']:>8.3f}  {r['gates']}")
@@ -172,6 +207,34 @@ def _size_chart(out_dir: Path, chart_id: str, points: list[tuple[int, float, str
     return _save(plt, fig, out_dir / f"{chart_id}.png")
 
 
+def _embedding_charts(report: dict, out_dir: Path) -> dict[str, str]:
+    """Per suite 1 - cosine (mean as bars, worst as ^, log scale: cosines sit near 1), and the retrieval accuracies
+    of the reference and each candidate."""
+    charts = {}
+    candidates = report["candidates"]
+    first = candidates[0]
+    names = [r["name"] for r in first["embeddings"]]
+    plt, fig, ax = _figure()
+    distance = [(_label(c, candidates), [max(1.0 - r["cos_mean"], 1e-9) for r in c["embeddings"]]) for c in candidates]
+    _grouped_bars(ax, names, distance, "1 - cosine similarity",
+                  "Cosine distance to the reference's vectors per suite (mean; ^ worst text)")  # fmt: skip
+    width = 0.8 / len(candidates)
+    for i, c in enumerate(candidates):
+        xs = np.arange(len(names)) - 0.4 + width * (i + 0.5)
+        ax.plot(xs, [max(1.0 - r["cos_min"], 1e-9) for r in c["embeddings"]], "k^")
+    ax.set_yscale("log")
+    charts["cosine"] = _save(plt, fig, out_dir / "cosine.png")
+    if first.get("retrieval"):
+        tables = list(first["retrieval"])
+        plt, fig, ax = _figure()
+        series = [("reference", [first["retrieval"][n]["ref_accuracy"] for n in tables])]
+        series += [(_label(c, candidates), [c["retrieval"][n]["quant_accuracy"] for n in tables]) for c in candidates]
+        _grouped_bars(ax, tables, series, "accuracy", "Retrieval: the partner is the nearest passage")
+        ax.set_ylim(0, 1.05)
+        charts["retrieval"] = _save(plt, fig, out_dir / "retrieval.png")
+    return charts
+
+
 def write_charts(report: dict, out_dir: Path) -> dict[str, str]:
     """PNG charts beside the HTML; returns chart id -> file name. With several candidates, a size-vs-KLD chart per
     text suite and a size-vs-accuracy chart per task suite."""
@@ -202,6 +265,8 @@ def write_charts(report: dict, out_dir: Path) -> dict[str, str]:
         _grouped_bars(ax, tasks, series, "accuracy", "Task accuracy (greedy)")
         ax.set_ylim(0, 1.05)
         charts["tasks"] = _save(plt, fig, out_dir / "tasks.png")
+    if first.get("embeddings"):
+        charts.update(_embedding_charts(report, out_dir))
     for i, c in enumerate(candidates):
         if c.get("layer_errors"):
             plt, fig, ax = _figure()
@@ -246,6 +311,8 @@ def _table(table_id: str, header: list[str], rows: list[list[str]]) -> str:
 SUITE_COLUMNS = ("tokens", "kld_mean", "kld_mean_ci", "kld_p99", "top1", "top1_ci", "ppl_ref", "ppl_quant", "ppl_ratio",
                  "ppl_ratio_ci")  # fmt: skip
 TASK_COLUMNS = ("kind", "n", "ref_accuracy", "quant_accuracy", "drop", "drop_ci", "p_value")
+EMBEDDING_COLUMNS = ("texts", "cos_mean", "cos_mean_ci", "cos_median", "cos_p05", "cos_min")
+RETRIEVAL_COLUMNS = ("n", "passages", "ref_accuracy", "quant_accuracy", "drop", "drop_ci", "p_value", "same_nearest")
 
 
 def _undefined(value) -> bool:
@@ -261,12 +328,23 @@ def _cell(value) -> str:
     return str(value)
 
 
+def _cosine_cell(value) -> str:
+    """Cosines sit near 1: six decimals, where _cell's four significant digits would show 1.000 for all."""
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        return "n/a" if _undefined(value[0]) else f"[{value[0]:.6f}, {value[1]:.6f}]"
+    if isinstance(value, float):
+        return "n/a" if _undefined(value) else f"{value:.6f}"
+    return _cell(value)
+
+
 def render_html(report: dict, charts: dict[str, str]) -> str:
     candidates = report["candidates"]
     parts = [
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>qconv eval</title><style>{CSS}</style></head><body>",
         "<h1>qconv eval</h1>",
-        f"<p>reference: <code>{html.escape(report['reference'])}</code>; context {report['ctx']}; Python "
+        f"<p>reference: <code>{html.escape(report['reference'])}</code>; "
+        + ("embedding model (vectors compared)" if report.get("kind") == "embedding" else f"context {report['ctx']}")
+        + "; Python "
         f"{html.escape(report['provenance']['python_version'])}"
         + ("" if report.get("complete", True) else "; <b>incomplete run</b>")
         + "</p>",
@@ -274,7 +352,13 @@ def render_html(report: dict, charts: dict[str, str]) -> str:
     if report.get("gate_failures"):
         items = "".join(f"<li>{html.escape(f)}</li>" for f in report["gate_failures"])
         parts.append(f'<h2 class="fail">Gates failed</h2><ul id="gate-failures" class="fail">{items}</ul>')
-    if len(candidates) > 1:
+    if len(candidates) > 1 and report.get("kind") == "embedding":
+        rows = [[r["quant"], _cell(r["bytes"]), _cosine_cell(r["cos_mean"]), _cosine_cell(r["cos_min"]),
+                 *(_cell(v) for v in r["retrieval"].values()), r["gates"]] for r in comparison_rows(report)]  # fmt: skip
+        retrieval = [f"{n} accuracy" for n in candidates[0].get("retrieval", {})]
+        parts.append("<h2>Comparison</h2>")
+        parts.append(_table("comparison", ["candidate", "bytes", "cos_mean", "cos_min", *retrieval, "gates"], rows))
+    elif len(candidates) > 1:
         rows = [[r["quant"], _cell(r["bytes"]), _cell(r["kld_mean"]), _cell(r["top1"]), r["gates"]]
                 for r in comparison_rows(report)]  # fmt: skip
         parts.append("<h2>Comparison</h2>")
@@ -295,8 +379,19 @@ def render_html(report: dict, charts: dict[str, str]) -> str:
                 _table(f"tasks{suffix}", ["suite", *TASK_COLUMNS],
                        [[n, *(_cell(t.get(col)) for col in TASK_COLUMNS)] for n, t in c["tasks"].items()])
             )  # fmt: skip
+        if c.get("embeddings"):
+            parts.append(
+                _table(f"embeddings{suffix}", ["suite", *EMBEDDING_COLUMNS, "worst text"],
+                       [[r["name"], *(_cosine_cell(r.get(col)) for col in EMBEDDING_COLUMNS),
+                         f"{r['worst']['source']}: {r['worst']['text']}"] for r in c["embeddings"]])
+            )  # fmt: skip
+        if c.get("retrieval"):
+            parts.append(
+                _table(f"retrieval{suffix}", ["suite", *RETRIEVAL_COLUMNS],
+                       [[n, *(_cell(t.get(col)) for col in RETRIEVAL_COLUMNS)] for n, t in c["retrieval"].items()])
+            )  # fmt: skip
     titles = {"perplexity": "Perplexity", "kld": "KL divergence", "tasks": "Tasks", "layers": "Per-layer weight error",
-              "sensitivity": "Sensitivity"}  # fmt: skip
+              "sensitivity": "Sensitivity", "cosine": "Cosine similarity", "retrieval": "Retrieval"}  # fmt: skip
     for key, name in charts.items():
         parts.append(f"<h2>{titles.get(key, key)}</h2><img id='chart-{key}' src='{html.escape(name)}' alt='{key}'>")
     parts.append("</body></html>")

@@ -63,6 +63,19 @@ def bootstrap_ci(
     return _percentile_interval(values, level)
 
 
+def mean_ci(
+    values: Sequence[float], n_resamples: int = 1000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of independent values (one per item, e.g. the cosine of each
+    sentence's two vectors): bootstrap_ci with every value its own chunk, vectorised over the resamples."""
+    _check_bootstrap_args(n_resamples, level)
+    values = np.asarray(values, dtype=np.float64).ravel()
+    if values.size < 2:
+        return NO_INTERVAL
+    rows = resample_indices(values.size, n_resamples, seed)
+    return _percentile_interval(values[rows].mean(axis=1), level)
+
+
 def _resample_counts(rows: np.ndarray, n_chunks: int) -> np.ndarray:
     """How often each chunk is drawn in each resample: the (n_resamples, n_chunks) multinomial count matrix."""
     offsets = np.arange(rows.shape[0])[:, None] * n_chunks
