@@ -650,7 +650,7 @@ def check_exportable(spec: ModelSpec, model_dir: Path) -> None:
     written; so is an FFN activation the graph cannot spell."""
     if spec.arch.genai_type is None:
         kind = " (mixture of experts)" if spec.arch.moe else ""
-        supported = ", ".join(sorted({a.hf_class for a in ARCHITECTURES.values() if a.genai_type}))
+        supported = ", ".join(sorted({a.hf_class for a in ARCHITECTURES.values() if a.genai_type or a.encoder}))
         raise FormatError(
             f"{model_dir}: architecture {spec.architecture}{kind} has no ONNX export; supported: {supported}"
         )
@@ -671,7 +671,12 @@ def export_onnx(
     may be absent, empty or an earlier qconv output; another non-empty folder is refused unless `force`."""
     start = time.perf_counter()
     options.check()
-    check_exportable(read_model_spec(Path(model_dir)), Path(model_dir))
+    spec = read_model_spec(Path(model_dir))
+    if spec.arch.encoder:  # BERT: sentence-transformers' ONNX folder (onnx_encoder.py)
+        from qconv.converter.onnx_encoder import export_encoder
+
+        return export_encoder(model_dir, out_dir, options, progress, log, force)
+    check_exportable(spec, Path(model_dir))
     out_dir = check_output_folder(Path(out_dir), force)
     source = HFSource(Path(model_dir))  # bad checkpoints fail here
     try:
