@@ -52,7 +52,8 @@ def calibrate_cmd(model: Path, data, ctx: int, max_chunks, out_path: Path, threa
 @click.option("--ref", "ref", type=click.Path(path_type=Path), required=True, help="HF folder or f32/f16/bf16 GGUF.")
 @click.option(
     "--suite", "suite_names", multiple=True,
-    help="Only these built-in suites (repeatable; default: all; 'none' for only your --text/--tasks).",
+    help="Only these built-in suites (repeatable; default: all; 'none' for only your --text/--tasks). An embedding "
+    "model has its own: prose, code, multilingual, queries, retrieval.",
 )  # fmt: skip
 @click.option(
     "--tasks", "task_files", multiple=True, type=click.Path(path_type=Path),
@@ -67,11 +68,15 @@ def calibrate_cmd(model: Path, data, ctx: int, max_chunks, out_path: Path, threa
 @click.option("--long", is_flag=True, help="Passkey items up to the model's context (default: min(context, 2048)).")
 @click.option("--max-tokens", type=int, default=None, help="Score at most this many tokens per suite (quick runs).")
 @click.option("--max-tasks", type=int, default=None, help="At most this many task items per task suite.")
-@click.option("--no-tasks", is_flag=True, help="Skip the built-in task checks (--tasks files still run).")
+@click.option(
+    "--no-tasks", is_flag=True,
+    help="Skip the built-in task checks (--tasks files still run); for an embedding model, the retrieval suite.",
+)  # fmt: skip
 @click.option(
     "--gate", default=None, metavar="KEY=V,...",
     help="Fail (exit 2) when a suite crosses a threshold: kld (mean), kld_p99, top1, ppl_ratio, task_drop "
-    "(only a significant drop, exact McNemar at 0.05). E.g. kld=0.05,top1=0.90,task_drop=0.10",
+    "(only a significant drop, exact McNemar at 0.05); embedding models: cos_mean, cos_min (cosine of the "
+    "candidate's vectors to the reference's), retrieval_drop. E.g. kld=0.05,top1=0.90,task_drop=0.10",
 )  # fmt: skip
 @click.option(
     "--ref-cache", type=click.Path(path_type=Path), default=None,
@@ -101,7 +106,7 @@ def eval_cmd(quants, ref: Path, suite_names, task_files, texts, ctx, long, max_t
              ref_cache, out_dir, resume, force, junit, sensitivity, threads, as_json, quiet) -> None:  # fmt: skip
     """What each quantized candidate QUANTS lost against REF, per capability: KL divergence, top-1 agreement and
     perplexity on the held-out suites and your texts, and task accuracy on the built-in tasks and your task files,
-    with 95% intervals. Exit codes: 0 every gate passed, 1 a user error, 2 a gate failed (the report names it)."""
+    with 95% intervals; for an embedding model, the cosine of its vectors to the reference's and retrieval accuracy. Exit codes: 0 every gate passed, 1 a user error, 2 a gate failed (the report names it)."""
     from qconv.converter.quality import run_state
     from qconv.converter.quality.embed_eval import check_options, is_encoder_model
     from qconv.converter.quality.evaluate import EvalOptions, chosen_suites, evaluate, load_user_inputs

@@ -43,9 +43,10 @@ DECODER_ONLY_OPTIONS = (
 
 
 def is_onnx_encoder_folder(path: Path) -> bool:
-    """A `qconv to-onnx` encoder folder (sentence-transformers' layout: onnx/model.onnx)."""
-    path = Path(path)
-    return path.is_dir() and (path / ONNX_ENCODER_DIR / "model.onnx").is_file()
+    """A `qconv to-onnx` encoder folder (sentence-transformers' layout: onnx/model.onnx, modules.json)."""
+    from qconv.runtime.onnx_backend import is_onnx_encoder_folder as is_encoder_folder
+
+    return is_encoder_folder(Path(path))
 
 
 def _gguf_is_encoder(path: Path) -> bool:
@@ -376,7 +377,7 @@ def evaluate_embeddings(quants: list[Path], ref: Path, options, log=None, save=N
     chosen = check_options(options)
     for quant in quants:
         if not (quant.is_file() or is_onnx_encoder_folder(quant)):
-            raise FormatError(f"{quant}: no such GGUF file or ONNX encoder folder (onnx/model.onnx)")
+            raise FormatError(f"{quant}: no such GGUF file or ONNX encoder folder (onnx/model.onnx, modules.json)")
     say = log or (lambda msg: None)
     identity = run_identity(quants, Path(ref), options)
     if resume is not None and resume.get("identity") != identity:
