@@ -9,8 +9,9 @@ switches are stored (``tokenizer.ggml.normalizer.lowercase`` and ``.strip_accent
 tokenizer whose normaliser or pre-tokenizer differs from BERT's is refused rather than converted to a file that
 tokenizes otherwise. Encoding always adds [CLS] (bos) before and [SEP] after the text.
 
-Compared with the file llama.cpp's converter writes for all-MiniLM-L6-v2 (tests/formats/test_wordpiece_meta.py),
-tokens, token types and special ids are the same; the differences are deliberate:
+Compared with the file llama.cpp's converter writes for all-MiniLM-L6-v2 (test_same_as_llama_cpp_converter in
+tests/converter/test_bert_convert.py), tokens, token types and special ids are the same; the differences are
+deliberate:
 - tokenizer.ggml.pre is "default", not the "jina-v2-en" its text-hash table guesses: llama.cpp reads pre only for
   BPE vocabularies (llama_vocab::impl::load), so the name has no effect on WPM.
 - tokenizer.ggml.normalizer.strip_accents is written (resolved: HF's null means "as lowercase"); llama.cpp's
