@@ -197,6 +197,75 @@ def test_options_that_mean_nothing_for_an_embedding_model_are_refused():
     assert "retrieval" not in [s.name for s in chosen]
 
 
+@pytest.fixture
+def fake_run(tmp_path, monkeypatch):
+    """evaluate_embeddings with FakeEmbedders behind the files ref.gguf (the reference) and q.gguf (noise 0.02);
+    returns (run(**options), the list of files whose model was opened)."""
+    from qconv.converter.quality import evaluate
+
+    ref, quant = tmp_path / "ref.gguf", tmp_path / "q.gguf"
+    ref.write_bytes(b"GGUF" + bytes(60))
+    quant.write_bytes(b"GGUF" + bytes(20))
+    opened = []
+
+    def open_embedder(path, threads):
+        opened.append(Path(path).name)
+        return FakeEmbedder() if Path(path) == ref else FakeEmbedder(noise=0.02)
+
+    monkeypatch.setattr(embed_eval, "open_embedder", open_embedder)
+    monkeypatch.setattr(embed_eval, "_gguf_is_encoder", lambda path: True)
+    monkeypatch.setattr(embed_eval, "check_compatible", lambda quant, ref: None)
+    monkeypatch.setattr(evaluate, "prepare_reference", lambda ref, workdir, progress=False: Path(ref))
+
+    def run(save=None, resume=None, **kw):
+        options = embed_eval_options(layer_errors=False, **kw)
+        return embed_eval.evaluate_embeddings([quant], ref, options, save=save, resume=resume)
+
+    return run, opened
+
+
+def test_a_killed_embedding_run_resumes_after_its_last_suite(fake_run):
+    run, opened = fake_run
+    fresh = run()
+    saved = []
+
+    def save_then_die(report):
+        saved.append(json.loads(json.dumps(report)))
+        if len(saved) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(save=save_then_die)
+    partial = saved[-1]
+    assert partial["complete"] is False and partial["finished"] == ["prose", "code"]
+    jsonschema.validate(partial, schema())
+    done = run(resume=partial)
+    assert done["complete"] and done["finished"] == list(embed_suites.EMBED_SUITES)
+    resumed, whole = done["candidates"][0], fresh["candidates"][0]
+    assert [r["cos_mean"] for r in resumed["embeddings"]] == pytest.approx([r["cos_mean"] for r in whole["embeddings"]])
+    assert resumed["retrieval"] == whole["retrieval"]
+    with pytest.raises(FormatError, match="--resume: the saved run differs in its options"):
+        run(resume=partial, suites=["prose"])
+
+
+def test_ref_cache_keeps_the_reference_vectors(fake_run, tmp_path):
+    run, opened = fake_run
+    cache = tmp_path / "vectors.npz"
+    first = run(ref_cache=cache, suites=["queries", "retrieval"])
+    assert cache.is_file() and (tmp_path / "vectors.npz.json").is_file() and "ref.gguf" in opened
+    opened.clear()
+    second = run(ref_cache=cache, suites=["queries", "retrieval"])
+    assert opened == ["q.gguf"]  # the reference model is not opened
+    a, b = first["candidates"][0], second["candidates"][0]
+    assert b["embeddings"][0]["cos_mean"] == pytest.approx(a["embeddings"][0]["cos_mean"], abs=1e-6)
+    assert b["retrieval"] == a["retrieval"]
+    with pytest.raises(FormatError, match="cached for suites"):
+        run(ref_cache=cache, suites=["prose"])
+    cache.write_bytes(cache.read_bytes()[:-10])
+    with pytest.raises(FormatError, match="not the vectors file its sidecar was written with"):
+        run(ref_cache=cache, suites=["queries", "retrieval"])
+
+
 # ---------------------------------------------------------------- the real MiniLM through the command
 
 
