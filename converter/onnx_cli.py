@@ -107,6 +107,11 @@ def to_onnx(
     (DequantizeLinear -> MatMul, fused by ONNX Runtime into MatMulNBits), tokenizer files, chat template and
     genai_config.json (loads in onnxruntime-genai and in `qrun OUT_DIR`).
 
+    A BERT encoder (BertModel, BertForMaskedLM) is written in sentence-transformers' ONNX layout instead:
+    onnx/model.onnx (last_hidden_state out), the tokenizer files and sentence-transformers module configs
+    (SentenceTransformer(OUT_DIR, backend="onnx") and `qrun OUT_DIR --embed` load it); the word table is
+    quantized like the head (--head-bits, --head-block-size).
+
     Importance weights: --imatrix FILE, or measured first by ONNX Runtime running the unquantized graph over
     --calibrate DATA (default: the built-in calibration text; a few seconds for a small model), or none with
     --no-calibrate."""

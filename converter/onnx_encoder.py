@@ -361,15 +361,20 @@ def export_encoder(
     from qconv.converter.onnx_export import ExportResult, estimated_bytes, write_tokenizer_gguf
     from qconv.converter.sources import HFSource
     from qconv.formats.atomic_write import AtomicFolder, check_output_folder
+    from qconv.formats.hf_config import read_model_spec
     from qconv.formats.imatrix import read_imatrix
 
     start = time.perf_counter()
     model_dir = Path(model_dir)
+    if options.fuse_linear:
+        raise FormatError(
+            f"{model_dir}: --fuse-linear is for decoders; an encoder runs one MatMulNBits per linear layer"
+        )
+    modules = module_files(read_model_spec(model_dir), model_dir)
     out_dir = check_output_folder(Path(out_dir), force)
     source = HFSource(model_dir)  # bad checkpoints fail here
     try:
         shape = encoder_shape(source.spec)
-        modules = module_files(source.spec, model_dir)
         copied = [name for name in COPIED_FILES if folder_files.entry_exists(model_dir, name)]
         copied += [name for name in modules if name not in copied]
         for name in copied:  # a file refused at copy time would waste the whole export: checked first
