@@ -290,6 +290,7 @@ class OnnxEncoder:
         level = ENCODER_ACCURACY_LEVEL if accuracy_level is None else accuracy_level
         self.session, options = _session(folder_files.resolve_in_folder(self.path, ENCODER_MODEL), threads, level)
         self.threads = options.intra_op_num_threads
+        self.kv_bytes = 0  # no cache: every text runs whole
         self._check_graph()
 
     def _check_graph(self) -> None:
