@@ -4,6 +4,8 @@
     qrun MODEL.gguf -f question.txt                      # the prompt from a file
     qrun MODEL.gguf --raw --prompt "Once upon a time"    # plain text continuation
     qrun MODEL.gguf                                      # interactive chat (/reset, /exit, Ctrl-D)
+    qrun MODEL.gguf --embed "a sentence"                 # its embedding: one JSON array on stdout
+    qrun MODEL.gguf --embed-file texts.txt               # one text per line -> one JSON array per line
 
 stdout receives only the generated text, streamed; the speed line and --verbose details go to stderr. Every
 error is one line on stderr, `qrun: error: ...`: a bad flag value (exit 2, before the model loads), a bad file or
@@ -124,7 +126,18 @@ def _check_model_path(path: Path) -> None:
     "-c", "--ctx", default=2048, show_default=True, type=click.IntRange(1, INT32_MAX), help="Context length in tokens."
 )
 @click.option("--kv-f32", is_flag=True, help="Keep the KV cache in f32 (default f16, as llama.cpp).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (text, tokens, speeds, seed) instead.")
+@click.option("--embed", "embed_text", metavar="TEXT", help="Print the embedding of TEXT (one JSON array) and exit.")
+@click.option(
+    "--embed-file",
+    metavar="TEXTS_FILE",
+    help="Print the embedding of each line of this UTF-8 file (one JSON array per line) and exit.",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print one JSON object (text, tokens, speeds, seed) instead; with --embed: {tokens, embedding} per text.",
+)
 @click.option(
     "-v", "--verbose", is_flag=True, help="Model shape, threads, seed and the kernel variant per weight type."
 )
@@ -148,26 +161,42 @@ def main(
     threads,
     ctx,
     kv_f32,
+    embed_text,
+    embed_file,
     as_json,
     verbose,
 ) -> None:
     """Generate text with MODEL: a GGUF file (the C runtime), or a folder written by `qconv to-onnx` (ONNX Runtime)."""
     from qconv.runtime.model import Model
-    from qconv.runtime.onnx_backend import OnnxModel, is_onnx_folder
+    from qconv.runtime.onnx_backend import OnnxModel, is_onnx_encoder_folder, is_onnx_folder
 
     if prompt is not None and prompt_file is not None:
         _fail("give the prompt with -p/--prompt or -f/--file, not both")
+    embedding = embed_text is not None or embed_file is not None
+    if embed_text is not None and embed_file is not None:
+        _fail("give the texts with --embed or --embed-file, not both")
+    if embedding and (prompt is not None or prompt_file is not None):
+        _fail("--embed/--embed-file and a prompt (-p/-f) are different jobs: give one")
     seed = secrets.randbits(32) if seed is None else seed
     try:
+        texts = [embed_text] if embed_text is not None else _read_texts_file(embed_file) if embed_file else None
         if prompt_file is not None:
             prompt = _read_prompt_file(prompt_file)
-        if is_onnx_folder(model_path):
+        if is_onnx_folder(model_path) or is_onnx_encoder_folder(model_path):
             model = OnnxModel(model_path, threads=threads)
         else:
             _check_model_path(Path(model_path))
             model = Model(model_path, threads=threads, ctx=ctx, kv_f32=kv_f32)
     except FormatError as exc:
         _fail(str(exc))
+    if embedding:
+        try:
+            _embed(model, texts, as_json)
+        except FormatError as exc:
+            _fail(str(exc))
+        return
+    if getattr(model, "is_encoder", False):
+        _fail(f"{model_path} is an embedding model: use --embed TEXT or --embed-file FILE")
     if verbose:
         click.echo(f"qrun: {model_path}: {model.description}", err=True)
         click.echo(
@@ -199,6 +228,56 @@ def main(
     except KeyboardInterrupt:
         click.echo("", err=True)
         sys.exit(130)
+
+
+def _read_texts_file(path: str) -> list[str]:
+    """One text per line: split on newlines only (a text may hold other line-breaking characters), a CR before
+    the newline dropped, no text after a final newline."""
+    data = _read_prompt_file(path)
+    lines = data.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
+def format_float32(value) -> str:
+    """The shortest %g form that reads back as the same float32 (qrun-native prints the same text); null for a
+    value that is not finite (JSON has no nan)."""
+    import numpy as np
+
+    value = np.float32(value)
+    if not np.isfinite(value):
+        return "null"
+    # numpy's shortest round-trip digits give the precision to start from; %g then formats as C does
+    digits = np.format_float_scientific(value, unique=True, trim="-").split("e")[0].lstrip("-").replace(".", "")
+    for precision in range(max(1, len(digits)), 10):
+        text = f"{float(value):.{precision}g}"  # Python's g is C's %g
+        if np.float32(text) == value:
+            return text
+    return f"{float(value):.9g}"
+
+
+def embedding_line(vector) -> str:
+    return "[" + ",".join(format_float32(v) for v in vector) + "]"
+
+
+def _embed(model, texts: list[str], as_json: bool) -> None:
+    import time
+
+    if not hasattr(model, "embed"):
+        raise FormatError(f"{model.path}: this model gives no embeddings")
+    started = time.perf_counter()
+    vectors = model.embed(texts)
+    seconds = time.perf_counter() - started
+    for text, vector in zip(texts, vectors):
+        if as_json:
+            limit = getattr(model, "embed_max_tokens", None) or model.max_tokens  # Model / OnnxEncoder
+            n_tokens = len(model.tokenizer.encode_truncated(text, limit))
+            click.echo(f'{{"tokens": {n_tokens}, "embedding": {embedding_line(vector)}}}')
+        else:
+            click.echo(embedding_line(vector))
+    rate = len(texts) / seconds if seconds > 0 else 0.0
+    click.echo(f"embed: {len(texts)} texts, {len(vectors[0]) if len(texts) else 0} dims, {rate:.1f} texts/s", err=True)
 
 
 def _messages(system_prompt, turns):

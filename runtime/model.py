@@ -6,6 +6,9 @@ stream, render chats with the file's own template.
     logits = m.logits(ids)                     # (len(ids), n_vocab) float32, one row per position
     for piece in m.generate("Once upon a time", max_tokens=32, temperature=0):
         print(piece, end="")
+    vectors = m.embed(["first text", "second text"])   # (2, n_embd) float32, pooled and normalised as the file says
+
+An encoder (bert) answers only embed; every family answers it (decoders: the mean of the rows after the final norm).
 """
 
 from __future__ import annotations
@@ -101,6 +104,9 @@ class Model:
         self.tokenizer = Tokenizer.from_open_gguf(lib.qrt_model_gguf(self._handle), str(self.path))
         self.n_vocab = lib.qrt_model_n_vocab(self._handle)
         self.n_ctx = lib.qrt_model_n_ctx(self._handle)
+        self.n_embd = lib.qrt_model_n_embd(self._handle)
+        self.is_encoder = bool(lib.qrt_model_is_encoder(self._handle))
+        self.embed_max_tokens = lib.qrt_model_embed_max_tokens(self._handle)
         self._cached: list[int] = []  # the tokens whose keys/values are in the cache, in order
 
     # ---- metadata ----
@@ -170,7 +176,13 @@ class Model:
     def n_past(self) -> int:
         return lib.qrt_model_n_past(self._handle)
 
+    def _refuse_encoder(self) -> None:
+        if self.is_encoder:
+            arch = self.meta_str("general.architecture")
+            raise FormatError(f"{self.path}: {arch} is an embedding model: use embed (qrun --embed), not generation")
+
     def _eval(self, tokens: Sequence[int], all_logits: np.ndarray | None = None) -> None:
+        self._refuse_encoder()
         if not tokens:
             return
         if len(self._cached) + len(tokens) > self.n_ctx:
@@ -218,10 +230,48 @@ class Model:
     def reset_timings(self) -> None:
         lib.qrt_model_reset_timings(self._handle)
 
+    # ---- embeddings ----
+
+    def embed(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        """One vector per text, shape (len(texts), n_embd) float32: each text tokenized with the vocabulary's
+        specials and cut to the model's embedding length (Hugging Face's truncation), its hidden states pooled and
+        normalised as the file says. batch_size texts go through each forward pass (an encoder runs them as one
+        batch of rows; a decoder one after the other from an empty cache)."""
+        if isinstance(texts, (str, bytes)):
+            raise TypeError("embed takes a sequence of texts; wrap a single text in a list")
+        ids = [self.tokenizer.encode_truncated(text, self.embed_max_tokens) for text in texts]
+        return self.embed_tokens(ids, batch_size)
+
+    def embed_tokens(self, sequences: Sequence[Sequence[int]], batch_size: int = 32) -> np.ndarray:
+        """embed for token ids already made (each sequence 1..embed_max_tokens ids, specials included)."""
+        out = np.empty((len(sequences), self.n_embd), dtype=np.float32)
+        step = max(1, int(batch_size))
+        for first in range(0, len(sequences), step):
+            batch = sequences[first : first + step]
+            lens = np.array([len(seq) for seq in batch], dtype=np.int32)
+            flat = np.ascontiguousarray(np.concatenate([np.asarray(seq, dtype=np.int64) for seq in batch]))
+            if flat.size and (flat.min() < 0 or flat.max() >= self.n_vocab):
+                raise FormatError(f"embed: token id outside the vocabulary (0..{self.n_vocab - 1})")
+            tokens = flat.astype(np.int32)
+            rows = out[first : first + len(batch)]
+            status = lib.qrt_model_embed(
+                self._handle,
+                ffi.from_buffer("int32_t[]", tokens),
+                ffi.from_buffer("int32_t[]", lens),
+                len(batch),
+                ffi.from_buffer("float[]", rows),
+            )
+            if status != 0:
+                raise FormatError(ffi.string(lib.qrt_model_error(self._handle)).decode(errors="replace"))
+        if not self.is_encoder:
+            self._cached = []  # a decoder's embed ran in its cache
+        return out
+
     # ---- generation ----
 
     def generate(self, prompt: str | Sequence[int], max_tokens: int = 256, **options) -> Iterator[str]:
         """Stream generated text; see qconv.runtime.generation.generate for the options."""
+        self._refuse_encoder()
         return generate(self, prompt, max_tokens, **options)
 
     def current_logits(self):
