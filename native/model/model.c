@@ -557,7 +557,8 @@ static int alloc_state(qrt_model *mod, int n_batch, int n_ctx, int kv_f32, char 
     do {                                                                                                            \
         const size_t bytes_ = qrt_size_round64(qrt_size_mul3((rows), (width), sizeof(*(ptr))));                     \
         (ptr) = qrt_size_ok(bytes_) ? aligned_alloc(64, bytes_ ? bytes_ : 64) : NULL;                               \
-        if (!(ptr)) return model_set_err(err, errlen, "%s: out of memory for the run state", mod->path);                  \
+        if (!(ptr)) return model_set_err(err, errlen, "%s: out of memory for the run state", mod->path);            \
+        memset((ptr), 0, bytes_); /* touched now: the first batch pays no page faults */                            \
     } while (0)
     ALLOC(s->x, (size_t)n_batch, (size_t)c->dim);
     ALLOC(s->xb, (size_t)n_batch, wide);

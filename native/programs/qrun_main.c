@@ -3,17 +3,25 @@
  *   qrun-native MODEL.gguf -p "Why is the sky blue?"        # one chat turn (ChatML, llama-2/3, Gemma, Phi-3 prompt)
  *   qrun-native MODEL.gguf -p "Hi" --assistant "Hello!" -p "Why is the sky blue?"   # earlier turns given
  *   qrun-native MODEL.gguf --raw -p "Once upon a time" -n 32 --temp 0
+ *   qrun-native MODEL.gguf --embed "a sentence"             # its embedding: one JSON array on stdout
+ *   qrun-native MODEL.gguf --embed-file texts.txt           # one text per line -> one JSON array per line
  *
  * Follows qrun (runtime/cli.py): stdout gets only the generated text, streamed, then a newline; the speed line
  * ("prompt: N tokens, X tok/s | generation: ...") goes to stderr; same flags and defaults, same sampler. With
  * --raw the output equals qrun's for the same arguments. Chat prompts are rendered by the C templates below (the
  * GGUF's Jinja template is not run; its family is recognised from its marker tokens, and a default system
  * message written in it, as SmolLM2's, is used when --system is not given). --print-prompt writes the rendered
- * prompt and exits: tests compare it with the Jinja template's rendering.
+ * prompt and exits: tests compare it with the Jinja template's rendering. --embed/--embed-file print what qrun's
+ * do, byte for byte (each float the shortest %g text that reads back as the same float32), and on stderr the
+ * texts per second of the embed calls alone (this program's timer: tokenizing, printing and one warm-up run of the
+ * first text excluded).
  */
+#include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "qrt.h"
 
@@ -21,6 +29,7 @@
 
 typedef struct {
     const char *model, *system, *kernel;
+    const char *embed_text, *embed_file; /* embed instead of generating */
     const char *turns[MAX_TURNS]; /* user, assistant, user, ...: each -p a user turn, each --assistant a reply */
     int n_turns;
     int raw, print_prompt, n_predict, top_k, repeat_last_n, threads, ctx, kv_f32, ignore_eos, verbose;
@@ -34,6 +43,7 @@ static void usage(FILE *out) {
             "                   [--top-p P] [--min-p P] [--repeat-penalty R] [--repeat-last-n N] [--seed S]\n"
             "                   [--ignore-eos] [-t THREADS] [-c CTX] [--kv-f32] [--kernel VARIANT] [-v]\n"
             "                   [--assistant REPLY -p PROMPT]... [--print-prompt]\n"
+            "       qrun-native MODEL.gguf --embed TEXT | --embed-file TEXTS_FILE [-t THREADS] [-c CTX]\n"
             "  earlier turns: -p and --assistant alternate, the last one a -p\n"
             "  --print-prompt: write the rendered chat prompt to stdout and exit\n"
             "  VARIANT: auto, scalar, neon, neon-dotprod, neon-i8mm, avx2, avx512 (also env QRT_KERNEL)\n");
@@ -70,6 +80,8 @@ static int parse_args(int argc, char **argv, options *o) {
             o->turns[o->n_turns++] = v;
         }
         else if (VALUE("--system", "--system")) o->system = v;
+        else if (VALUE("--embed", "--embed")) o->embed_text = v;
+        else if (VALUE("--embed-file", "--embed-file")) o->embed_file = v;
         else if (VALUE("--kernel", "--kernel")) o->kernel = v;
         else if (VALUE("-n", "--n-predict")) o->n_predict = atoi(v);
         else if (VALUE("--temp", "--temp")) o->temp = strtof(v, NULL);
@@ -90,6 +102,12 @@ static int parse_args(int argc, char **argv, options *o) {
     if (!o->model) {
         usage(stderr);
         return 1;
+    }
+    if (o->embed_text && o->embed_file) return fail("give the texts with --embed or --embed-file, not both", NULL);
+    if (o->embed_text || o->embed_file) {
+        if (o->n_turns) return fail("--embed/--embed-file and a prompt (-p) are different jobs: give one", NULL);
+        if (o->ctx <= 0 || o->threads < 0) return fail("-c and -t must be positive", NULL);
+        return 0;
     }
     if (!o->n_turns) return fail("-p PROMPT is required (qrun-native has no interactive chat)", NULL);
     if (o->n_turns % 2 == 0) return fail("the last turn must be a -p, not --assistant", NULL);
@@ -285,6 +303,111 @@ static int render_chat(const qrt_model *m, const qrt_tokenizer *tok, const optio
     return 1;
 }
 
+/* ---- embeddings ---- */
+
+#define EMBED_BATCH 32 /* texts per qrt_model_embed call, as Model.embed's default batch */
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* A float as qrun prints it: the shortest %g text that reads back as the same float32; null if not finite. */
+static void print_float(float v) {
+    if (!isfinite(v)) {
+        fputs("null", stdout);
+        return;
+    }
+    char buf[32];
+    for (int precision = 1; precision <= 9; precision++) {
+        snprintf(buf, sizeof buf, "%.*g", precision, (double)v);
+        if (strtof(buf, NULL) == v) break;
+    }
+    fputs(buf, stdout);
+}
+
+static int read_whole_file(const char *path, text *out) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return -1;
+    char chunk[65536];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) put(out, chunk, n);
+    const int bad = ferror(f);
+    fclose(f);
+    if (!out->s) put(out, "", 0);
+    return bad ? -1 : 0;
+}
+
+/* Embed each text (--embed's one, or each line of --embed-file: split on newlines only, a CR before a newline
+ * dropped, nothing after a final newline) in batches of EMBED_BATCH and print one JSON array per text. */
+static int run_embed(qrt_model *m, const qrt_tokenizer *tok, const options *o) {
+    text file = {0};
+    const char *data = o->embed_text;
+    size_t size = data ? strlen(data) : 0;
+    if (o->embed_file) {
+        if (read_whole_file(o->embed_file, &file) != 0) return fail("cannot read the texts file", o->embed_file);
+        data = file.s;
+        size = file.len;
+    }
+    const int dim = qrt_model_n_embd(m), max_tokens = qrt_model_embed_max_tokens(m);
+    int32_t *ids = malloc(sizeof *ids * (size_t)max_tokens * EMBED_BATCH);
+    float *vectors = malloc(sizeof *vectors * (size_t)dim * EMBED_BATCH);
+    if (!ids || !vectors) return fail("out of memory", NULL);
+    int32_t lens[EMBED_BATCH];
+    double seconds = 0.0;
+    long n_texts = 0, n_tokens = 0;
+    size_t pos = 0;
+    int done = 0;
+    while (!done) {
+        int n = 0, n_ids = 0;
+        while (n < EMBED_BATCH && !done) {
+            size_t end = pos;
+            if (o->embed_file) {
+                if (pos == size) { /* no text after a final newline (or in an empty file) */
+                    done = 1;
+                    break;
+                }
+                while (end < size && data[end] != '\n') end++;
+            } else {
+                end = size;
+            }
+            size_t len = end - pos;
+            if (o->embed_file && len > 0 && data[end - 1] == '\r' && end < size) len--;
+            const int32_t got = qrt_tokenizer_encode_truncated(tok, data + pos, len, max_tokens, ids + n_ids, max_tokens);
+            if (got < 0) return fail("cannot tokenize a text (out of memory)", NULL);
+            lens[n++] = got;
+            n_ids += got;
+            pos = end < size ? end + 1 : end;
+            if (!o->embed_file || pos == size) done = 1;
+        }
+        if (n == 0) break;
+        /* one untimed warm-up run of the first text (its pages and the pool's threads), as llama.cpp's tools
+         * warm up before they time */
+        if (n_texts == 0 && qrt_model_embed(m, ids, lens, 1, vectors) != 0) return fail(qrt_model_error(m), NULL);
+        const double t0 = now_s();
+        if (qrt_model_embed(m, ids, lens, n, vectors) != 0) return fail(qrt_model_error(m), NULL);
+        seconds += now_s() - t0;
+        n_texts += n;
+        n_tokens += n_ids;
+        for (int i = 0; i < n; i++) {
+            fputc('[', stdout);
+            for (int d = 0; d < dim; d++) {
+                if (d) fputc(',', stdout);
+                print_float(vectors[(size_t)i * dim + d]);
+            }
+            fputs("]\n", stdout);
+        }
+    }
+    if (fflush(stdout) != 0) return fail("cannot write the output", NULL);
+    fprintf(stderr, "embed: %ld texts, %ld tokens, %.2f ms, %.1f texts/s\n", n_texts, n_tokens, 1e3 * seconds,
+            seconds > 0 ? (double)n_texts / seconds : 0.0);
+    free(ids);
+    free(vectors);
+    free(file.s);
+    return 0;
+}
+
 /* ---- generation ---- */
 
 int main(int argc, char **argv) {
@@ -318,6 +441,14 @@ int main(int argc, char **argv) {
                         qrt_model_type_packed(m, types[i]) ? ", packed x16" : "");
         }
     }
+
+    if (o.embed_text || o.embed_file) {
+        const int status = run_embed(m, tok, &o);
+        qrt_tokenizer_free(tok);
+        qrt_model_free(m);
+        return status;
+    }
+    if (qrt_model_is_encoder(m)) return fail("the model is an embedding model: use --embed TEXT or --embed-file FILE", o.model);
 
     text prompt = {0};
     if (o.raw || !render_chat(m, tok, &o, &prompt)) {
