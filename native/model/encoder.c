@@ -156,7 +156,7 @@ typedef struct {
 /* One (sequence, head): that head's slices of q, k and v for the sequence's rows get their biases (q also the
  * 1/sqrt(head_dim) scale: no other task touches these slices), then each query row attends to every row of its
  * sequence; the output goes to xb2. */
-static void encoder_attn_task(void *ctx, int task, int thread) {
+QRT_SIMD_CLONES static void encoder_attn_task(void *ctx, int task, int thread) {
     const encoder_attn_job *j = ctx;
     const Config *c = &j->m->config;
     RunState *s = &j->m->state;

@@ -4,6 +4,7 @@
 
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "kernels.h"
 
@@ -130,7 +131,7 @@ void op_weighted_sum_ggml(float *out, const float *w, const float *v, int n_pos,
     }
 }
 
-void op_layernorm(float *out, const float *x, const float *weight, const float *bias, int n, float eps) {
+QRT_SIMD_CLONES void op_layernorm(float *out, const float *x, const float *weight, const float *bias, int n, float eps) {
     double sum = 0.0;
     for (int i = 0; i < n; i++) sum += (double)x[i];
     const float mean = (float)(sum / n);
@@ -143,16 +144,25 @@ void op_layernorm(float *out, const float *x, const float *weight, const float *
     for (int i = 0; i < n; i++) out[i] = (x[i] - mean) * scale * weight[i] + bias[i];
 }
 
-/* The element-wise loops below vectorise only when comparisons may be if-converted: without trapping math (no
- * effect on the results; this code raises no floating-point traps). */
-#pragma GCC push_options
-#pragma GCC optimize("no-trapping-math")
+/* The element-wise helpers below compare and select on the floats' bits as integers: compilers vectorise
+ * integer selects, while float comparisons in a loop are only if-converted without trapping math. */
+static inline uint32_t float_bits(float x) {
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    return u;
+}
+static inline float bits_float(uint32_t u) {
+    float x;
+    memcpy(&x, &u, sizeof x);
+    return x;
+}
 
-/* e^x for x <= 0 (0 below -87), branch-free so that compilers vectorise the loops calling it: 2^n times a
- * degree-6 Taylor polynomial of e^r, r = x - n ln 2 in [-ln2/2, ln2/2] (ln 2 split in two for an exact r);
- * relative error below 3e-7. */
+/* e^x for x <= 0 (e^-87 for x below -87): 2^n times a degree-6 Taylor polynomial of e^r, r = x - n ln 2 in
+ * [-ln2/2, ln2/2] (ln 2 split in two for an exact r); relative error below 3e-7. */
 static inline float exp_nonpositive(float x) {
-    x = x < -87.0f ? -87.0f : x;
+    const uint32_t limit = 0xC2AE0000u; /* -87.0f: a larger pattern is a more negative float */
+    const uint32_t u = float_bits(x);
+    x = bits_float(u > limit ? limit : u);
     const float n = (float)(int)(x * 1.44269504f - 0.5f); /* round to nearest: x * log2(e) <= 0 */
     const float r = (x - n * 0.693145752f) - n * 1.42860677e-6f;
     float p = 1.0f / 720.0f;
@@ -162,16 +172,13 @@ static inline float exp_nonpositive(float x) {
     p = p * r + 0.5f;
     p = p * r + 1.0f;
     p = p * r + 1.0f;
-    union {
-        int32_t i;
-        float f;
-    } scale = {.i = ((int32_t)n + 127) << 23};
-    return p * scale.f;
+    return p * bits_float((uint32_t)((int32_t)n + 127) << 23);
 }
 
 /* erf(x) by Abramowitz and Stegun 7.1.26 (absolute error below 1.5e-7, under a float's rounding of 1 + erf). */
 static inline float erf_as(float x) {
-    const float a = x < 0.0f ? -x : x;
+    const uint32_t sign = float_bits(x) & 0x80000000u;
+    const float a = bits_float(float_bits(x) & 0x7FFFFFFFu);
     const float t = 1.0f / (1.0f + 0.3275911f * a);
     float p = 1.061405429f;
     p = p * t - 1.453152027f;
@@ -179,21 +186,19 @@ static inline float erf_as(float x) {
     p = p * t - 0.284496736f;
     p = p * t + 0.254829592f;
     const float e = 1.0f - p * t * exp_nonpositive(-a * a);
-    return x < 0.0f ? -e : e;
+    return bits_float(float_bits(e) | sign);
 }
 
-void op_gelu_erf(float *x, const float *bias, int n) {
+QRT_SIMD_CLONES void op_gelu_erf(float *x, const float *bias, int n) {
     for (int i = 0; i < n; i++) {
         const float v = x[i] + bias[i];
         x[i] = 0.5f * v * (1.0f + erf_as(v * 0.70710678118654752f));
     }
 }
 
-void op_exp_shifted(float *x, int n, float shift) {
+QRT_SIMD_CLONES void op_exp_shifted(float *x, int n, float shift) {
     for (int i = 0; i < n; i++) x[i] = exp_nonpositive(x[i] - shift);
 }
-
-#pragma GCC pop_options
 
 void op_pool_rows(float *acc, const float *rows, int n_rows, int dim, int first, int total, int pooling) {
     const int last = first + n_rows == total;

@@ -6,6 +6,15 @@
 #include "kernels.h"
 #pragma GCC visibility push(hidden)
 
+/* Element-wise loops built also for AVX2 and AVX-512, the clone picked by the loader for this CPU (the build
+ * itself targets baseline x86-64). Every clone does the same float operations per element (no contraction under
+ * -std=c11), so results do not depend on which one runs. */
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
+#define QRT_SIMD_CLONES __attribute__((target_clones("default", "avx2", "avx512f")))
+#else
+#define QRT_SIMD_CLONES
+#endif
+
 /* out = x / rms(x) * weight over n values (the mean square summed in double, as ggml does). */
 void op_rmsnorm(float *out, const float *x, const float *weight, int n, float eps);
 /* Rotary embedding parameters, as llama.cpp derives them from the GGUF's rope keys (model.c reads them). */
