@@ -9,6 +9,7 @@
  * allocated at open for state.n_batch rows; nothing is allocated here.
  */
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -153,6 +154,55 @@ typedef struct {
     int n_seq;
 } encoder_attn_job;
 
+/* x = (x + bias) * scale over n values (restrict: the loop vectorises without an overlap check) */
+static inline void add_bias(float *restrict x, const float *restrict bias, int n, float scale) {
+    for (int i = 0; i < n; i++) x[i] = (x[i] + bias[i]) * scale;
+}
+
+/* The largest of n floats, n a multiple of 16, compared as integers (a float's bits made monotonic: flip all
+ * but the sign bit of negative values) so that the loop vectorises. */
+static inline float block_max(const float *x, int n) {
+    int32_t key[16];
+    for (int b = 0; b < 16; b++) key[b] = INT32_MIN;
+    for (int u0 = 0; u0 < n; u0 += 16)
+        for (int b = 0; b < 16; b++) {
+            int32_t bits;
+            memcpy(&bits, &x[u0 + b], sizeof bits);
+            const int32_t k = bits ^ ((bits >> 31) & 0x7FFFFFFF);
+            key[b] = k > key[b] ? k : key[b];
+        }
+    int32_t best = key[0];
+    for (int b = 1; b < 16; b++) best = key[b] > best ? key[b] : best;
+    best ^= (best >> 31) & 0x7FFFFFFF;
+    float out;
+    memcpy(&out, &best, sizeof out);
+    return out;
+}
+
+/* 16 floats as one value: GCC and clang lower the arithmetic to the widest registers of each clone (one AVX-512
+ * register, two AVX2 ones, four SSE or NEON ones) */
+typedef float f32x16 __attribute__((vector_size(64)));
+/* the same for loads and stores at any float's address (no function passes one by value: its ABI would differ
+ * between the clones) */
+typedef float f32x16_unaligned __attribute__((vector_size(64), aligned(4), may_alias));
+#define load16(p) (*(const f32x16_unaligned *)(p))
+#define store16(p, v) (*(f32x16_unaligned *)(p) = (v))
+
+#define QUERIES 4 /* queries of one head per pass over its keys and values */
+
+/* The softmax numerators of a row of n scores in place (len16: n rounded up to 16, the padding left 0); returns
+ * 1 / their sum. */
+static inline float softmax_numerators(float *row, int n, int len16) {
+    for (int u = n; u < len16; u++) row[u] = row[0]; /* the padding changes no maximum */
+    op_exp_shifted(row, len16, block_max(row, len16));
+    for (int u = n; u < len16; u++) row[u] = 0.0f;
+    f32x16 part = {0};
+    for (int u0 = 0; u0 < len16; u0 += 16) part += load16(row + u0);
+    float sum = 0.0f;
+    for (int b = 0; b < 16; b++) sum += part[b];
+    return 1.0f / sum;
+}
+
 /* One (sequence, head): that head's slices of q, k and v for the sequence's rows get their biases (q also the
  * 1/sqrt(head_dim) scale: no other task touches these slices), then each query row attends to every row of its
  * sequence; the output goes to xb2. */
@@ -169,39 +219,50 @@ QRT_SIMD_CLONES static void encoder_attn_task(void *ctx, int task, int thread) {
     float *k = s->k + (size_t)first * dim + h * hd;
     float *v = s->v + (size_t)first * dim + h * hd;
     for (int t = 0; t < len; t++) {
-        float *qr = q + (size_t)t * dim, *kr = k + (size_t)t * dim, *vr = v + (size_t)t * dim;
-        for (int i = 0; i < hd; i++) {
-            qr[i] = (qr[i] + bq[i]) * scale;
-            kr[i] += bk[i];
-            vr[i] += bv[i];
-        }
+        add_bias(q + (size_t)t * dim, bq, hd, scale);
+        add_bias(k + (size_t)t * dim, bk, hd, 1.0f);
+        add_bias(v + (size_t)t * dim, bv, hd, 1.0f);
     }
-    /* k transposed ([hd][len]) so that a query's scores and its weighted value sum are both contiguous loops */
+    /* k transposed ([hd][len16], zero-padded to whole blocks of 16): the scores of QUERIES queries accumulate 16
+     * keys at a time in registers, and their weighted value sums 16 dims at a time, each key or value row loaded
+     * once for all of them */
+    const int len16 = (len + 15) & ~15;
     float *kt = s->att + (size_t)thread * QRT_ENCODER_ATT_FLOATS(s->n_ctx, hd);
-    float *scores = kt + (size_t)hd * s->n_ctx;
-    for (int t = 0; t < len; t++)
-        for (int i = 0; i < hd; i++) kt[(size_t)i * len + t] = k[(size_t)t * dim + i];
-    for (int t = 0; t < len; t++) {
-        const float *qr = q + (size_t)t * dim;
-        for (int u = 0; u < len; u++) scores[u] = 0.0f;
-        for (int i = 0; i < hd; i++) {
-            const float qi = qr[i];
-            const float *kr = kt + (size_t)i * len;
-            for (int u = 0; u < len; u++) scores[u] += qi * kr[u];
+    float *scores = kt + (size_t)hd * len16; /* [QUERIES][len16] */
+    for (int i = 0; i < hd; i++) {
+        float *row = kt + (size_t)i * len16;
+        for (int t = 0; t < len; t++) row[t] = k[(size_t)t * dim + i];
+        for (int t = len; t < len16; t++) row[t] = 0.0f;
+    }
+    for (int t0 = 0; t0 < len; t0 += QUERIES) {
+        const float *qr[QUERIES]; /* past the last query: the last one again (computed, not written) */
+        for (int j = 0; j < QUERIES; j++) qr[j] = q + (size_t)(t0 + j < len ? t0 + j : len - 1) * dim;
+        for (int u0 = 0; u0 < len16; u0 += 16) {
+            f32x16 acc[QUERIES] = {{0}};
+            for (int i = 0; i < hd; i++) {
+                const f32x16 key = load16(kt + (size_t)i * len16 + u0);
+                for (int j = 0; j < QUERIES; j++) acc[j] += qr[j][i] * key;
+            }
+            for (int j = 0; j < QUERIES; j++) store16(scores + (size_t)j * len16 + u0, acc[j]);
         }
-        float max = scores[0];
-        for (int u = 1; u < len; u++) max = scores[u] > max ? scores[u] : max;
-        op_exp_shifted(scores, len, max);
-        float sum = 0.0f;
-        for (int u = 0; u < len; u++) sum += scores[u];
-        const float inv = 1.0f / sum;
-        float *o = s->xb2 + (size_t)(first + t) * dim + h * hd;
-        for (int i = 0; i < hd; i++) o[i] = 0.0f;
-        for (int u = 0; u < len; u++) {
-            const float a = scores[u] * inv;
-            const float *vr = v + (size_t)u * dim;
-            for (int i = 0; i < hd; i++) o[i] += a * vr[i];
+        float inv[QUERIES];
+        for (int j = 0; j < QUERIES; j++) inv[j] = softmax_numerators(scores + (size_t)j * len16, len, len16);
+        const int n_q = len - t0 < QUERIES ? len - t0 : QUERIES;
+        int i0 = 0;
+        for (; i0 + 16 <= hd; i0 += 16) {
+            f32x16 acc[QUERIES] = {{0}};
+            for (int u = 0; u < len; u++) {
+                const f32x16 value = load16(v + (size_t)u * dim + i0);
+                for (int j = 0; j < QUERIES; j++) acc[j] += scores[(size_t)j * len16 + u] * value;
+            }
+            for (int j = 0; j < n_q; j++) store16(s->xb2 + (size_t)(first + t0 + j) * dim + h * hd + i0, acc[j] * inv[j]);
         }
+        for (; i0 < hd; i0++) /* a head size that is not a multiple of 16 */
+            for (int j = 0; j < n_q; j++) {
+                float acc = 0.0f;
+                for (int u = 0; u < len; u++) acc += scores[(size_t)j * len16 + u] * v[(size_t)u * dim + i0];
+                s->xb2[(size_t)(first + t0 + j) * dim + h * hd + i0] = acc * inv[j];
+            }
     }
 }
 

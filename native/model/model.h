@@ -38,8 +38,9 @@ enum qk_norm {
 #define QRT_MAX_LAYERS 1024 /* read_config refuses more */
 #define QRT_MAX_EXPERTS 512 /* read_config refuses more */
 #define QRT_ENCODER_BATCH 1024 /* rows of an encoder's forward (whole sequences; more when one sequence is longer) */
-/* an encoder's attention buffer per thread: one head's keys transposed ([head_dim][n_ctx]) and a row of scores */
-#define QRT_ENCODER_ATT_FLOATS(n_ctx, head_dim) ((size_t)(n_ctx) * ((size_t)(head_dim) + 1) + 16)
+/* an encoder's attention buffer per thread: one head's keys transposed ([head_dim][n_ctx rounded up to 16]) and
+ * four rows of scores (encoder.c's QUERIES) */
+#define QRT_ENCODER_ATT_FLOATS(n_ctx, head_dim) (((size_t)(n_ctx) + 15) / 16 * 16 * ((size_t)(head_dim) + 4))
 
 /* What a layer does besides the common steps, per layer: set at open from the family's row and the file's keys. */
 enum layer_flags {
