@@ -1517,7 +1517,8 @@ int qrt_model_embed(qrt_model *m, const int32_t *tokens, const int32_t *seq_lens
     const Config *c = &m->config;
     if (c->pooling == POOL_NONE)
         return model_set_err(m->error, sizeof m->error,
-                             "%s: %s.pooling_type is 0 (none): the file names no way to pool a text into one vector",
+                             "%s: %s.pooling_type is absent or 0 (none): the file names no way to pool a text into one "
+                             "vector",
                              m->path, c->arch);
     if (n_seq < 0) return model_set_err(m->error, sizeof m->error, "embed: %d sequences", n_seq);
     const int max_len = qrt_model_embed_max_tokens(m);

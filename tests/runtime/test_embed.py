@@ -210,3 +210,43 @@ def test_decoder_embed_is_mean_of_final_norm_rows(random_llama):
     np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-6)
     np.testing.assert_array_equal(model.logits(sequences[1]), logits_before)
     assert model.embed(["some text"]).shape == (1, model.n_embd)
+
+
+@pytest.fixture(scope="module")
+def random_encoders(tmp_path_factory) -> dict[str | None, tuple[Path, Path]]:
+    """Random BERT folders pooling by the first and by the last token, unnormalised, and one with no
+    sentence-transformers modules (no pooling key in the GGUF), each converted at f32."""
+    from qconv.samples.synthetic_encoder import build_random_encoder
+
+    out = tmp_path_factory.mktemp("encoders")
+    built = {}
+    for pooling in ("cls", "lasttoken", None):
+        folder = build_random_encoder(out / f"hf-{pooling}", pooling=pooling, normalize=False, seed=4)
+        gguf = out / f"{pooling}.gguf"
+        convert_to_gguf(folder, gguf, "f32", progress=False)
+        built[pooling] = folder, gguf
+    return built
+
+
+def test_no_pooling_refuses_embed(random_encoders):
+    model = Model(random_encoders[None][1], threads=2)
+    with pytest.raises(FormatError, match=r"pooling_type is absent or 0 \(none\)"):
+        model.embed(["a text"])
+
+
+@pytest.mark.reference
+@requires_torch
+@pytest.mark.parametrize("pooling", ["cls", "lasttoken"])
+def test_cls_and_last_pooling_unnormalised(random_encoders, pooling):
+    import torch
+    from transformers import BertModel
+
+    folder, gguf = random_encoders[pooling]
+    rng = np.random.default_rng(2)
+    sequences = [[2] + [int(t) for t in rng.integers(5, 500, n)] + [3] for n in (0, 5, 40, 100)]
+    ours = Model(gguf, threads=2).embed_tokens(sequences)
+    model = BertModel.from_pretrained(folder, dtype=torch.float32).eval()
+    with torch.no_grad():
+        rows = [model(torch.tensor([s])).last_hidden_state[0] for s in sequences]
+    ref = np.array([(r[0] if pooling == "cls" else r[-1]).numpy() for r in rows])
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=2e-4 * float(np.abs(ref).max()))
