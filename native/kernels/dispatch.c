@@ -165,6 +165,13 @@ int qrt_select_matmul(int type, qrt_matmul_kernels *out) {
     return 0;
 }
 
+int qrt_select_matmul_float(int type, qrt_matmul_kernels *out) {
+    const qrt_type_traits *traits = qrt_traits(type);
+    if (!traits || !traits->dequantize_row || qrt_select_matmul(QRT_TYPE_F32, out) != 0) return -1;
+    out->dequantize = type == QRT_TYPE_F32 ? NULL : traits->dequantize_row;
+    return 0;
+}
+
 void qrt_select_pass(qrt_pass_kernels *out) {
     init();
     const unsigned scalar_or_avx512 = QRT_VARIANT_BIT(QRT_VARIANT_SCALAR) | QRT_VARIANT_BIT(QRT_VARIANT_AVX512);

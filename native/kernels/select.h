@@ -11,6 +11,7 @@
 
 #include "kernels.h"
 #include "packed.h"
+#include "quant_types.h"
 #pragma GCC visibility push(hidden)
 
 #define QRT_VARIANT_BIT(v) (1u << (v))
@@ -33,10 +34,17 @@ typedef struct {
     int prompt_tile_nr;
     qrt_tile_fn decode_tile;              /* QRT_ROWS_NR rows x 1 token, or NULL */
     qrt_packed_fn packed;                 /* on x16 groups (packed.h), or NULL when the type has no packed layout */
+    /* float activations only: weight rows are dequantized to f32 (a few rows at a time, per thread) and run
+     * through the f32 kernels above; NULL when the weights are f32 already or activations are converted */
+    qrt_dequantize_row_fn dequantize;
 } qrt_matmul_kernels;
 
 /* 0 and *out filled, or -1 when no variant has a kernel for this weight type. */
 int qrt_select_matmul(int type, qrt_matmul_kernels *out);
+/* The same with f32 activations whatever the weight type: the f32 kernels, on rows dequantized as they are used.
+ * Encoders run this way: the LayerNorm outputs a BERT multiplies carry a few outlier channels, and one q8_0 block
+ * scale shared with them costs short texts 0.002 of cosine at q8_0 weights (llama.cpp converts them). */
+int qrt_select_matmul_float(int type, qrt_matmul_kernels *out);
 
 /* The forward pass's other kernels: attention products and softmax, the exp of SwiGLU, GeGLU. */
 typedef struct {

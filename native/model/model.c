@@ -327,6 +327,10 @@ static const gguf_tensor *find(loader *L, const char *name, int required) {
     return t;
 }
 
+static int select_matmul(const loader *L, int type, qrt_matmul_kernels *out) {
+    return L->float_act ? qrt_select_matmul_float(type, out) : qrt_select_matmul(type, out);
+}
+
 int model_get_matrix(loader *L, Matrix *m, const char *name, int64_t cols, int64_t rows, int required) {
     memset(m, 0, sizeof *m);
     const gguf_tensor *t = find(L, name, required);
@@ -335,7 +339,7 @@ int model_get_matrix(loader *L, Matrix *m, const char *name, int64_t cols, int64
         return model_set_err(L->err, L->errlen, "%s: tensor '%s' has shape [%llu, %llu, %llu, %llu], expected [%lld, %lld]",
                        L->path, name, (unsigned long long)t->ne[0], (unsigned long long)t->ne[1],
                        (unsigned long long)t->ne[2], (unsigned long long)t->ne[3], (long long)cols, (long long)rows);
-    if (!qrt_traits((int)t->type) || qrt_select_matmul((int)t->type, &m->kernels) != 0) {
+    if (!qrt_traits((int)t->type) || select_matmul(L, (int)t->type, &m->kernels) != 0) {
         const char *tn = gguf_type_name(t->type);
         return model_set_err(L->err, L->errlen,
                        "%s: tensor '%s' has type %s, which qrun does not run (it runs f32, f16, bf16, q4_0, q4_1, "
@@ -393,7 +397,7 @@ static int get_experts(loader *L, Matrix **out, const char *name, int64_t cols, 
                        c->n_expert);
     Matrix whole;
     memset(&whole, 0, sizeof whole);
-    if (!qrt_traits((int)t->type) || qrt_select_matmul((int)t->type, &whole.kernels) != 0)
+    if (!qrt_traits((int)t->type) || select_matmul(L, (int)t->type, &whole.kernels) != 0)
         return model_set_err(L->err, L->errlen, "%s: tensor '%s' has type %s, which qrun does not run", L->path, name,
                        gguf_type_name(t->type) ? gguf_type_name(t->type) : "?");
     *out = calloc((size_t)c->n_expert, sizeof **out);
@@ -549,8 +553,14 @@ static int alloc_state(qrt_model *mod, int n_batch, int n_ctx, int kv_f32, char 
     int n_matrices;
     Matrix **all = weight_matrices(&mod->weights, c, &n_matrices);
     if (!all) return model_set_err(err, errlen, "%s: out of memory for the run state", mod->path);
-    for (int i = 0; i < n_matrices; i++)
+    s->rows_f32_per_thread = 0; /* one tile of dequantized rows per thread, for float-activation matrices */
+    for (int i = 0; i < n_matrices; i++) {
         if (act_bytes_for(all[i]) > act) act = act_bytes_for(all[i]);
+        const qrt_matmul_kernels *k = &all[i]->kernels;
+        const size_t tile = k->dequantize ? qrt_size_mul((size_t)(k->prompt_tile_nr > QRT_ROWS_NR ? k->prompt_tile_nr : QRT_ROWS_NR),
+                                                        (size_t)all[i]->cols) : 0;
+        if (tile > s->rows_f32_per_thread) s->rows_f32_per_thread = tile;
+    }
     free(all);
     s->act_row_bytes = qrt_size_round64(act);
 #define ALLOC(ptr, rows, width)                                                                                     \
@@ -578,6 +588,7 @@ static int alloc_state(qrt_model *mod, int n_batch, int n_ctx, int kv_f32, char 
         ALLOC(s->rope_sin_swa, (size_t)n_batch, (size_t)(c->n_rot / 2));
     }
     if (!c->encoder) ALLOC(s->logits, 1, (size_t)c->vocab_size);
+    if (s->rows_f32_per_thread) ALLOC(s->rows_f32, (size_t)mod->n_threads, s->rows_f32_per_thread);
     ALLOC(s->seq_start, (size_t)n_batch + 1, 1);
     ALLOC(s->pooled, 1, (size_t)c->dim);
     ALLOC(s->act, (size_t)n_batch, s->act_row_bytes);
@@ -645,7 +656,7 @@ static void free_state(RunState *s) {
     free(s->router_probs), free(s->expert_weight), free(s->expert_id), free(s->expert_pairs), free(s->expert_first);
     free(s->expert_x), free(s->expert_h), free(s->expert_h2), free(s->expert_out), free(s->expert_slot);
     free(s->expert_act), free(s->expert_act2), free(s->expert_act_sums), free(s->expert_act_sums2);
-    free(s->key_cache), free(s->value_cache), free(s->seq_start), free(s->pooled);
+    free(s->key_cache), free(s->value_cache), free(s->seq_start), free(s->pooled), free(s->rows_f32);
 }
 
 /* ---- repacking (packed.h) ---- */
@@ -671,6 +682,9 @@ static uint8_t *alloc_weights(size_t bytes) {
     return p;
 }
 
+/* Matrices run on converted activations (not dequantized rows) whose type has a worthwhile x16 layout. */
+static int packable(const Matrix *m) { return !m->kernels.dequantize && qrt_packed_worthwhile(m->type); }
+
 /* Repack every matrix whose type has an x16 layout with a SIMD kernel on this CPU into one owned buffer. */
 static int pack_weights(qrt_model *m, char *err, size_t errlen) {
     const Config *c = &m->config;
@@ -680,7 +694,7 @@ static int pack_weights(qrt_model *m, char *err, size_t errlen) {
     if (!list) return model_set_err(err, errlen, "%s: out of memory", m->path);
     size_t total = 0;
     for (int i = 0; i < n; i++)
-        if (qrt_packed_worthwhile(list[i]->type))
+        if (packable(list[i]))
             total = qrt_size_add(total, qrt_size_round64(qrt_packed_bytes(list[i]->type, list[i]->rows, list[i]->cols)));
     if (total == 0) {
         free(list);
@@ -696,7 +710,7 @@ static int pack_weights(qrt_model *m, char *err, size_t errlen) {
     size_t off = 0;
     for (int i = 0; i < n; i++) {
         Matrix *mat = list[i];
-        const size_t bytes = qrt_packed_worthwhile(mat->type) ? qrt_packed_bytes(mat->type, mat->rows, mat->cols) : 0;
+        const size_t bytes = packable(mat) ? qrt_packed_bytes(mat->type, mat->rows, mat->cols) : 0;
         if (bytes == 0) continue;
         qrt_pack_matrix(mat->type, mat->data, mat->row_bytes, mat->rows, mat->cols, w->packed + off);
         mat->packed = w->packed + off;
@@ -744,7 +758,7 @@ qrt_model *qrt_model_open(const char *path, const qrt_model_params *params, char
     m->file = gguf_open(path, err, errlen);
     if (!m->file) goto fail;
     if (read_config(m->file, &m->config, path, err, errlen)) goto fail;
-    loader L = {m->file, path, err, errlen, &m->weights};
+    loader L = {m->file, path, err, errlen, &m->weights, m->config.encoder};
     if (load_weights(&L, &m->config)) goto fail;
     const char *pack_env = getenv("QRT_PACK");
     if (!p.no_pack && !(pack_env && strcmp(pack_env, "0") == 0) && pack_weights(m, err, errlen)) goto fail;
@@ -812,15 +826,42 @@ typedef struct matmul_job {
     const int32_t *sums;
     size_t sums_stride;
     qrt_batch_pos batch; /* where these tokens sit in llama.cpp's batching of the same eval */
+    /* float activations (w->kernels.dequantize): each task dequantizes the rows of one tile (or one row) at a
+     * time into its thread's rows of `rows_f32` and runs the f32 kernels on them */
+    qrt_dequantize_row_fn dequantize;
+    float *rows_f32;
+    size_t rows_f32_per_thread; /* floats */
 } matmul_job;
 
+/* matmul_task for weights dequantized to f32 rows as they are used (float activations): the same tiles and dots
+ * as an f32 matrix, over a tile of rows made f32 in this thread's scratch. */
+static void matmul_dequantized_task(const matmul_job *j, int64_t r0, int64_t r1, int thread) {
+    const int64_t cols = j->w->cols;
+    const size_t rb = j->w->row_bytes, ab = j->act_row_bytes, os = (size_t)j->out_stride, fb = (size_t)cols * 4;
+    float *rows = j->rows_f32 + (size_t)thread * j->rows_f32_per_thread;
+    const int nr = j->tile ? j->tile_nr : 1, nt = j->tile ? j->tile_nt : 1;
+    const int b_tiled = j->tile ? j->n_tok / nt * nt : 0;
+    for (int64_t r = r0; r < r1; r += nr) {
+        const int n_rows = r + nr <= r1 ? nr : (int)(r1 - r);
+        for (int rr = 0; rr < n_rows; rr++) j->dequantize(j->w->data + (size_t)(r + rr) * rb, rows + (size_t)rr * cols, cols);
+        if (n_rows == nr)
+            for (int b = 0; b < b_tiled; b += nt) j->tile(cols, rows, fb, j->act + (size_t)b * ab, ab, j->out + (size_t)b * os + r, os);
+        for (int rr = 0; rr < n_rows; rr++)
+            for (int b = n_rows == nr ? b_tiled : 0; b < j->n_tok; b++)
+                j->out[(size_t)b * os + r + rr] = j->dot(cols, rows + (size_t)rr * cols, j->act + (size_t)b * ab);
+    }
+}
+
 static void matmul_task(void *ctx, int task, int thread) {
-    (void)thread;
     const matmul_job *j = ctx;
     const int64_t r0 = task * j->rows_per_task;
     const int64_t r1 = r0 + j->rows_per_task < j->w->rows ? r0 + j->rows_per_task : j->w->rows;
     const int64_t cols = j->w->cols;
     const size_t rb = j->w->row_bytes, ab = j->act_row_bytes, os = (size_t)j->out_stride;
+    if (j->dequantize) {
+        matmul_dequantized_task(j, r0, r1, thread);
+        return;
+    }
     int64_t r = r0;
     if (j->packed) { /* rows_per_task is a multiple of 16, and so are the rows of a packed matrix */
         for (; r < r1; r += QRT_PACK_ROWS)
@@ -954,7 +995,7 @@ static int matmul_job_for(qrt_model *m, matmul_job *j, float *out, int64_t out_s
                           const uint8_t *act, const int32_t *sums, int n_tok) {
     const qrt_matmul_kernels *k = &w->kernels;
     *j = (matmul_job){w, act, m->state.act_row_bytes, out, out_stride, n_tok, 0,
-                      n_tok > 1 ? k->batch_dot : k->dot, NULL, 0, 0, NULL, NULL, 0, {0, 0}};
+                      n_tok > 1 ? k->batch_dot : k->dot, NULL, 0, 0, NULL, NULL, 0, {0, 0}, NULL, NULL, 0};
     if (w->packed) {
         j->packed = k->packed;
         j->sums = sums;
@@ -965,6 +1006,11 @@ static int matmul_job_for(qrt_model *m, matmul_job *j, float *out, int64_t out_s
     j->tile_nr = n_tok > 1 ? k->prompt_tile_nr : QRT_ROWS_NR;
     j->tile_nt = n_tok > 1 ? QRT_TILE_NT : 1;
     if (j->tile && n_tok > 1 && n_tok < QRT_TILE_NT) j->tile = NULL;
+    if (k->dequantize) {
+        j->dequantize = k->dequantize;
+        j->rows_f32 = m->state.rows_f32;
+        j->rows_f32_per_thread = m->state.rows_f32_per_thread;
+    }
     /* enough tasks to balance the threads, each a whole number of 16-row groups (cache-line friendly output) */
     const int64_t target = (int64_t)m->n_threads * 4;
     int64_t per = (w->rows + target - 1) / target;

@@ -150,6 +150,8 @@ typedef struct {
     uint8_t *expert_act, *expert_act2; /* [n_batch * n_expert_used][act_row_bytes]: gathered rows converted */
     int32_t *expert_act_sums, *expert_act_sums2;
     uint8_t *act;      /* [n_batch][largest activation row in any act type] */
+    float *rows_f32;   /* [n_threads][rows_f32_per_thread]: weight rows dequantized for float-activation matmuls */
+    size_t rows_f32_per_thread;
     size_t act_row_bytes;
     int32_t *act_sums; /* [n_batch][act_sums_stride]: block sums of act for the packed kernels */
     size_t act_sums_stride;
@@ -202,6 +204,7 @@ typedef struct {
     char *err;
     size_t errlen;
     Weights *w;
+    int float_act; /* matrices multiply f32 activations (qrt_select_matmul_float): encoders */
 } loader;
 /* 0, or 1 when absent and not required, or -1 with the error set */
 int model_get_matrix(loader *L, Matrix *m, const char *name, int64_t cols, int64_t rows, int required);

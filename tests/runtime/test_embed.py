@@ -156,10 +156,9 @@ def test_f32_equals_transformers(minilm, bert_ref, sentences):
 @pytest.mark.reference
 @requires_torch
 def test_quantized_vs_transformers(minilm_dir, bert_ref, sentences, tmp_path):
-    """q8_0 and the 4-bit types against the f32 reference (printed for the report). q8_0's worst sentences are
-    bounded by its q8_0 activations (as llama.cpp's): BERT's LayerNorm outputs carry outlier dimensions that a
-    32-value block scale shares; the weights alone reach 0.9994 (measured by running transformers on the
-    dequantized weights)."""
+    """q8_0 and the 4-bit types against the f32 reference (printed for the report): q8_0 at cosine >= 0.999 on
+    every sentence. Encoders multiply f32 activations (qrt_select_matmul_float): with q8_0 activations, as
+    llama.cpp runs them, BERT's LayerNorm outliers sharing a block scale take the worst short texts to 0.9976."""
     figures = {}
     for type_name in ("q8_0", "q4_k_m", "q4_0"):
         path = tmp_path / f"minilm-{type_name}.gguf"
@@ -168,7 +167,7 @@ def test_quantized_vs_transformers(minilm_dir, bert_ref, sentences, tmp_path):
         figures[type_name] = (float(cos.min()), float(cos.mean()))
         path.unlink()
     print("\n" + "\n".join(f"{t}: min {lo:.5f} mean {mean:.5f}" for t, (lo, mean) in figures.items()))
-    assert figures["q8_0"][1] >= 0.999 and figures["q8_0"][0] >= 0.997
+    assert figures["q8_0"][0] >= 0.999
     assert figures["q4_k_m"][1] >= 0.98 and figures["q4_0"][1] >= 0.95
 
 
