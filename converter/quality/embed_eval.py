@@ -25,7 +25,6 @@ import numpy as np
 from qconv.converter.quality import embed_suites
 from qconv.formats.errors import FormatError
 
-ONNX_ENCODER_DIR = "onnx"  # sentence-transformers' layout: OUT_DIR/onnx/model.onnx
 TOKENIZER_GGUF = "tokenizer.gguf"
 CACHE_KIND = "embedding"
 MAX_CACHE_BYTES = 1 << 30  # a vectors file read back: far above what the built-in suites need (about 2 MB)
@@ -114,14 +113,6 @@ def metadata_gguf(path: Path) -> Path | None:
         return path
     found = path / TOKENIZER_GGUF
     return found if found.is_file() else None
-
-
-def model_bytes(path: Path) -> int:
-    """Bytes of the weights: the GGUF file, or an ONNX encoder folder's onnx/ files."""
-    path = Path(path)
-    if not path.is_dir():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in (path / ONNX_ENCODER_DIR).iterdir() if p.is_file())
 
 
 def check_compatible(quant: Path, ref: Path) -> None:
@@ -317,32 +308,16 @@ def save_vectors(path: Path, ref: Path, suites: list, vectors: dict[str, np.ndar
 
 
 def new_report(quants: list[Path], ref: Path, ref_path: Path, options, identity: dict) -> dict:
-    from qconv.converter.quality import suites as suite_table
+    """evaluate.new_report's report, of kind "embedding": per candidate its cosine rows and retrieval table, and
+    texts counted beside tokens in the speed records."""
+    from qconv.converter.quality.evaluate import new_report as decoder_report
 
-    return {
-        "schema_version": 2,
-        "kind": "embedding",
-        "complete": False,
-        "reference": str(ref),
-        "reference_bytes": ref_path.stat().st_size,
-        "ctx": options.ctx,
-        "identity": identity,
-        "finished": [],
-        "provenance": suite_table.provenance(),
-        "candidates": [
-            {
-                "quant": str(q),
-                "quant_bytes": model_bytes(q),
-                "suites": [],
-                "tasks": {},
-                "embeddings": [],
-                "retrieval": {},
-                "speed": {"tokens": 0, "seconds": 0.0, "texts": 0},
-            }
-            for q in quants
-        ],  # fmt: skip
-        "reference_speed": {"tokens": 0, "seconds": 0.0, "texts": 0},
-    }
+    report = {"schema_version": 2, "kind": "embedding", **decoder_report(quants, ref, ref_path, options, identity)}
+    for candidate in report["candidates"]:
+        candidate.update(embeddings=[], retrieval={})
+        candidate["speed"]["texts"] = 0
+    report["reference_speed"]["texts"] = 0
+    return report
 
 
 def overall(candidate: dict) -> dict:

@@ -12,7 +12,13 @@ from pathlib import Path
 import numpy as np
 
 from qconv.converter.quality.runner import Runner
-from qconv.runtime.onnx_backend import MODEL_FILE, TOKENIZER_GGUF, is_onnx_folder
+from qconv.runtime.onnx_backend import (
+    ENCODER_MODEL,
+    MODEL_FILE,
+    TOKENIZER_GGUF,
+    is_onnx_encoder_folder,
+    is_onnx_folder,
+)
 
 DATA_FILE = "model.onnx.data"
 
@@ -58,11 +64,14 @@ def metadata_gguf(path: Path) -> Path:
 
 
 def model_bytes(path: Path) -> int:
-    """Bytes of the weights: the GGUF file, or an ONNX folder's model.onnx and its external data."""
+    """Bytes of the weights: the GGUF file, an ONNX decoder folder's model.onnx and its external data, or an
+    encoder folder's onnx/ files (sentence-transformers' layout)."""
     path = Path(path)
-    if not is_onnx_folder(path):
-        return path.stat().st_size
-    return sum((path / name).stat().st_size for name in (MODEL_FILE, DATA_FILE) if (path / name).is_file())
+    if is_onnx_folder(path):
+        return sum((path / name).stat().st_size for name in (MODEL_FILE, DATA_FILE) if (path / name).is_file())
+    if is_onnx_encoder_folder(path):
+        return sum(p.stat().st_size for p in (path / ENCODER_MODEL).parent.iterdir() if p.is_file())
+    return path.stat().st_size
 
 
 def onnx_layer_errors(folder: Path, ref: Path) -> dict:

@@ -337,3 +337,5 @@ def test_minilm_onnx_encoder_folder_as_candidate(minilm_files, tmp_path):
     jsonschema.validate(report, schema())
     row = report["candidates"][0]["embeddings"][0]
     assert row["name"] == "queries" and 0.9 < row["cos_min"] <= row["cos_mean"] < 1.0, row
+    onnx_bytes = sum(p.stat().st_size for p in (folder / "onnx").iterdir())
+    assert report["candidates"][0]["quant_bytes"] == onnx_bytes > 10 << 20  # the weights, not the folder entry
