@@ -112,18 +112,10 @@ class EncoderGraph:
         self.n_quantized = 0
         self.parameters = 0
         self.linear_inputs: dict[str, str] = {}  # GGUF weight name -> the graph tensor multiplied by it
-        self._consts: dict[tuple, str] = {}
         self._reads = 0
         self._total_reads = 5 + 16 * shape.n_layers
 
     # -- helpers
-
-    def const(self, values, dtype=np.int64) -> str:
-        array = np.asarray(values, dtype=dtype)
-        key = (array.dtype.str, array.shape, array.tobytes())
-        if key not in self._consts:
-            self._consts[key] = self.g.constant(self.g.fresh("const"), array)
-        return self._consts[key]
 
     def read(self, name: str) -> np.ndarray:
         self._reads += 1
@@ -190,7 +182,7 @@ class EncoderGraph:
         g = self.g
         words = self.word_embedding(input_ids)
         seq = g.node("Shape", [input_ids], start=1, end=2)
-        positions = g.node("Range", [self.const(0), g.node("Squeeze", [seq, self.const([0])]), self.const(1)])
+        positions = g.node("Range", [self.g.const(0), g.node("Squeeze", [seq, self.g.const([0])]), self.g.const(1)])
         table = g.constant("position_embd.weight", self.read("position_embd.weight"))
         position_rows = g.node("Gather", [table, positions], axis=0)  # [seq, hidden], broadcast over the batch
         types = g.constant("token_types.weight", self.read("token_types.weight"))
@@ -204,12 +196,14 @@ class EncoderGraph:
         query axis spelled out: [batch, 1, seq, seq]."""
         g = self.g
         keep = g.node("Cast", [attention_mask], to=TensorProto.BOOL)
-        bias = g.node("Where", [keep, self.const(0.0, np.float32), self.const(MASK_MIN, np.float32)])
-        bias = g.node("Unsqueeze", [bias, self.const([1, 2])])
+        bias = g.node("Where", [keep, self.g.const(0.0, np.float32), self.g.const(MASK_MIN, np.float32)])
+        bias = g.node("Unsqueeze", [bias, self.g.const([1, 2])])
         if self.options.opset < 23:
             return bias
         seq = g.node("Shape", [attention_mask], start=1, end=2)
-        full = g.node("Concat", [g.node("Shape", [attention_mask], start=0, end=1), self.const([1]), seq, seq], axis=0)
+        full = g.node(
+            "Concat", [g.node("Shape", [attention_mask], start=0, end=1), self.g.const([1]), seq, seq], axis=0
+        )
         return g.node("Expand", [bias, full])
 
     def attention(self, i: int, x: str, bias: str) -> str:
@@ -219,13 +213,13 @@ class EncoderGraph:
         if self.options.opset >= 23:
             out = g.node("Attention", [q, k, v, bias], q_num_heads=s.n_heads, kv_num_heads=s.n_heads, scale=scale)
         else:
-            to_heads = self.const([0, 0, s.n_heads, s.head_dim])
+            to_heads = self.g.const([0, 0, s.n_heads, s.head_dim])
             q, k, v = (g.node("Transpose", [g.node("Reshape", [t, to_heads])], perm=[0, 2, 1, 3]) for t in (q, k, v))
-            scores = g.node("MatMul", [g.node("Mul", [q, self.const(scale, np.float32)]),
+            scores = g.node("MatMul", [g.node("Mul", [q, self.g.const(scale, np.float32)]),
                                        g.node("Transpose", [k], perm=[0, 1, 3, 2])])  # fmt: skip
             probs = g.node("Softmax", [g.node("Add", [scores, bias])], axis=-1)
             out = g.node("Transpose", [g.node("MatMul", [probs, v])], perm=[0, 2, 1, 3])
-            out = g.node("Reshape", [out, self.const([0, 0, s.hidden])])
+            out = g.node("Reshape", [out, self.g.const([0, 0, s.hidden])])
         return self.linear(out, f"blk.{i}.attn_output")
 
     def ffn(self, i: int, x: str) -> str:

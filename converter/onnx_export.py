@@ -206,17 +206,9 @@ class DecoderGraph:
         self.n_quantized = 0
         self.parameters = 0
         self.linear_inputs: dict[str, str] = {}  # GGUF weight name -> the graph tensor multiplied by it
-        self._consts: dict[tuple, str] = {}
         self._reads = 0
 
     # -- helpers
-
-    def const(self, values, dtype=np.int64) -> str:
-        array = np.asarray(values, dtype=dtype)
-        key = (array.dtype.str, array.shape, array.tobytes())
-        if key not in self._consts:
-            self._consts[key] = self.g.constant(self.g.fresh("const"), array)
-        return self._consts[key]
 
     def gguf(self, hf_name: str) -> str:
         return gguf_name(hf_name, self.spec.arch)
@@ -281,7 +273,7 @@ class DecoderGraph:
         if self.layout.stored_fused(fused):
             y = self.linear(x, stem + ".weight")
             sizes = self.layout.part_sizes(fused)
-            return g.node("Split", [y, self.const(sizes)], len(sizes), axis=-1) if split else y
+            return g.node("Split", [y, self.g.const(sizes)], len(sizes), axis=-1) if split else y
         parts = [f"{prefix}.{part}.weight" for part in FUSED_LINEAR[fused]]
         hf_biases = [b if b in self.present else None for b in (w.replace(".weight", ".bias") for w in parts)]
         if not (o.quantize and o.fuse_linear):
@@ -301,7 +293,7 @@ class DecoderGraph:
         if any(hf_biases):
             biases = [self.read(b) if b else np.zeros(n, np.float32) for b, n in zip(hf_biases, sizes)]
             y = g.node("Add", [y, g.constant(f"{stem}.bias", np.concatenate(biases))])
-        return g.node("Split", [y, self.const(sizes)], len(sizes), axis=-1) if split else y
+        return g.node("Split", [y, self.g.const(sizes)], len(sizes), axis=-1) if split else y
 
     def bias_add(self, y: str, hf_bias: str | None, out: str | None) -> str:
         if not hf_bias:
@@ -317,9 +309,9 @@ class DecoderGraph:
         gamma = g.constant(hf_weight, gain + np.float32(shift) if shift else gain)
         if self.options.fused_ops:
             return g.node("RMSNormalization", [x, gamma], axis=-1, epsilon=self.spec.rms_eps)
-        square = g.node("Pow", [x, self.const(2.0, np.float32)])
-        mean = g.node("ReduceMean", [square, self.const([-1])], keepdims=1)
-        rms = g.node("Sqrt", [g.node("Add", [mean, self.const(self.spec.rms_eps, np.float32)])])
+        square = g.node("Pow", [x, self.g.const(2.0, np.float32)])
+        mean = g.node("ReduceMean", [square, self.g.const([-1])], keepdims=1)
+        rms = g.node("Sqrt", [g.node("Add", [mean, self.g.const(self.spec.rms_eps, np.float32)])])
         return g.node("Mul", [g.node("Div", [x, rms]), gamma])
 
     # -- parts
@@ -330,7 +322,7 @@ class DecoderGraph:
         rows = self.embedding_lookup(input_ids)
         if self.layout.embedding_scale is None:
             return rows
-        return self.g.node("Mul", [rows, self.const(self.layout.embedding_scale, np.float32)])
+        return self.g.node("Mul", [rows, self.g.const(self.layout.embedding_scale, np.float32)])
 
     def embedding_lookup(self, input_ids: str) -> str:
         g, o = self.g, self.options
@@ -374,8 +366,8 @@ class DecoderGraph:
         logits = self.head_matmul(x, out)
         if not cap:
             return logits
-        capped = g.node("Tanh", [g.node("Div", [logits, self.const(cap, np.float32)])])
-        return g.node("Mul", [capped, self.const(cap, np.float32)], ["logits"])
+        capped = g.node("Tanh", [g.node("Div", [logits, self.g.const(cap, np.float32)])])
+        return g.node("Mul", [capped, self.g.const(cap, np.float32)], ["logits"])
 
     def head_matmul(self, x: str, out: str) -> str:
         g, o, spec = self.g, self.options, self.spec
@@ -401,30 +393,30 @@ class DecoderGraph:
         cos 1 and sin 0, so they pass through). LongRoPE picks its long or short frequencies per call with a Where
         on max(position_ids) + 1 (see onnx_families)."""
         g, spec = self.g, self.spec
-        positions = g.node("Unsqueeze", [g.node("Cast", [position_ids], to=TensorProto.FLOAT), self.const([2])])
+        positions = g.node("Unsqueeze", [g.node("Cast", [position_ids], to=TensorProto.FLOAT), self.g.const([2])])
         tables = {}
         for kind in self.layout.rope_kinds:
             rope = rope_frequencies(spec, kind)
             suffix = "_local" if kind == LOCAL_ROPE else ""
             inv_freq = g.constant(f"rope_inv_freq{suffix}", rope.inv_freq)
             if rope.long_inv_freq is not None:
-                length = g.node("Add", [g.node("ReduceMax", [position_ids], keepdims=0), self.const(1)])
-                long = g.node("Greater", [length, self.const(rope.long_after)])
+                length = g.node("Add", [g.node("ReduceMax", [position_ids], keepdims=0), self.g.const(1)])
+                long = g.node("Greater", [length, self.g.const(rope.long_after)])
                 long_inv_freq = g.constant(f"rope_inv_freq_long{suffix}", rope.long_inv_freq)
                 inv_freq = g.node("Where", [long, long_inv_freq, inv_freq])
             freqs = g.node("Mul", [positions, inv_freq])  # [batch, seq, rotary_dim/2]
             angles = freqs if self.options.fused_ops else g.node("Concat", [freqs, freqs], axis=-1)
             cos, sin = g.node("Cos", [angles]), g.node("Sin", [angles])
             if rope.factor != 1.0:
-                cos = g.node("Mul", [cos, self.const(rope.factor, np.float32)])
-                sin = g.node("Mul", [sin, self.const(rope.factor, np.float32)])
+                cos = g.node("Mul", [cos, self.g.const(rope.factor, np.float32)])
+                sin = g.node("Mul", [sin, self.g.const(rope.factor, np.float32)])
             if not self.options.fused_ops:
                 passed = spec.head_dim - spec.rotary_dim
                 if passed:
-                    pads = self.const([0, 0, 0, 0, 0, passed])
-                    cos = g.node("Pad", [cos, pads, self.const(1.0, np.float32)])
-                    sin = g.node("Pad", [sin, pads, self.const(0.0, np.float32)])
-                cos, sin = (g.node("Unsqueeze", [t, self.const([2])]) for t in (cos, sin))
+                    pads = self.g.const([0, 0, 0, 0, 0, passed])
+                    cos = g.node("Pad", [cos, pads, self.g.const(1.0, np.float32)])
+                    sin = g.node("Pad", [sin, pads, self.g.const(0.0, np.float32)])
+                cos, sin = (g.node("Unsqueeze", [t, self.g.const([2])]) for t in (cos, sin))
             tables[kind] = (cos, sin)
         return tables
 
@@ -434,23 +426,23 @@ class DecoderGraph:
         (finite, so a fully masked padding row stays finite). [batch, 1, seq, total] for the Attention node,
         which broadcasts it over the heads; [batch, 1, group * seq, total] for the spelled-out attention's rows."""
         g = self.g
-        total = g.node("Squeeze", [g.node("Shape", [attention_mask], start=1, end=2), self.const([0])])
-        seq = g.node("Squeeze", [g.node("Shape", [input_ids], start=1, end=2), self.const([0])])
+        total = g.node("Squeeze", [g.node("Shape", [attention_mask], start=1, end=2), self.g.const([0])])
+        seq = g.node("Squeeze", [g.node("Shape", [input_ids], start=1, end=2), self.g.const([0])])
         past = g.node("Sub", [total, seq])
-        query_pos = g.node("Unsqueeze", [g.node("Range", [past, total, self.const(1)]), self.const([1])])
-        key_pos = g.node("Unsqueeze", [g.node("Range", [self.const(0), total, self.const(1)]), self.const([0])])
+        query_pos = g.node("Unsqueeze", [g.node("Range", [past, total, self.g.const(1)]), self.g.const([1])])
+        key_pos = g.node("Unsqueeze", [g.node("Range", [self.g.const(0), total, self.g.const(1)]), self.g.const([0])])
         causal = g.node("LessOrEqual", [key_pos, query_pos])  # [seq, total]
-        keep = g.node("Unsqueeze", [g.node("Cast", [attention_mask], to=TensorProto.BOOL), self.const([1, 2])])
+        keep = g.node("Unsqueeze", [g.node("Cast", [attention_mask], to=TensorProto.BOOL), self.g.const([1, 2])])
         allowed = g.node("And", [causal, keep])  # [batch, 1, seq, total]
         biases = {}
         for window in self.layout.windows:
             visible = allowed
             if window is not None:
-                near = g.node("Less", [g.node("Sub", [query_pos, key_pos]), self.const(window)])
+                near = g.node("Less", [g.node("Sub", [query_pos, key_pos]), self.g.const(window)])
                 visible = g.node("And", [allowed, near])
-            bias = g.node("Where", [visible, self.const(0.0, np.float32), self.const(MASK_MIN, np.float32)])
+            bias = g.node("Where", [visible, self.g.const(0.0, np.float32), self.g.const(MASK_MIN, np.float32)])
             if not self.options.fused_ops:  # the query rows of one kv head are (group member, position)
-                bias = g.node("Tile", [bias, self.const([1, 1, self.spec.n_heads // self.spec.n_kv_heads, 1])])
+                bias = g.node("Tile", [bias, self.g.const([1, 1, self.spec.n_heads // self.spec.n_kv_heads, 1])])
             biases[window] = bias
         return biases
 
@@ -465,7 +457,7 @@ class DecoderGraph:
         rotation[np.arange(half), np.arange(half) + half] = 1.0
         g = self.g
         # named, so that weight-only quantizers run on a float32 export can leave this constant alone
-        rotated = g.node("MatMul", [x, self.const(rotation, np.float32)], name=g.fresh(ROPE_MATMUL))
+        rotated = g.node("MatMul", [x, self.g.const(rotation, np.float32)], name=g.fresh(ROPE_MATMUL))
         return g.node("Add", [g.node("Mul", [x, cos]), g.node("Mul", [rotated, sin])])
 
     def attention(self, i: int, x: str, rope: tuple[str, str] | None, bias: str) -> str:
@@ -486,8 +478,8 @@ class DecoderGraph:
         rotated = []
         for x, norm, n_heads in ((q, "attn_q_norm", spec.n_heads), (k, "attn_k_norm", spec.n_kv_heads)):
             if spec.arch.qk_norm:  # a norm per head, q's and k's own, before rope
-                heads = g.node("Reshape", [x, self.const([0, 0, n_heads, spec.head_dim])])
-                x = g.node("Reshape", [self.rms_norm(heads, norm, i), self.const([0, 0, -1])])
+                heads = g.node("Reshape", [x, self.g.const([0, 0, n_heads, spec.head_dim])])
+                x = g.node("Reshape", [self.rms_norm(heads, norm, i), self.g.const([0, 0, -1])])
             if rope is not None:
                 partial = {"rotary_embedding_dim": spec.rotary_dim} if spec.rotary_dim != spec.head_dim else {}
                 x = g.node("RotaryEmbedding", [x, *rope], num_heads=n_heads, interleaved=0, **partial)
@@ -504,33 +496,33 @@ class DecoderGraph:
         """Opset 21: rope, grouped-query attention and the cache in MatMul/Softmax/Concat."""
         g, spec = self.g, self.spec
         n_q, n_kv = spec.n_heads, spec.n_kv_heads
-        heads = g.node("Reshape", [qkv, self.const([0, 0, n_q + 2 * n_kv, spec.head_dim])])  # [b, s, heads, d]
+        heads = g.node("Reshape", [qkv, self.g.const([0, 0, n_q + 2 * n_kv, spec.head_dim])])  # [b, s, heads, d]
         if spec.arch.qk_norm:  # a norm per head, q's and k's own, before rope
-            q, k, v = g.node("Split", [heads, self.const([n_q, n_kv, n_kv])], 3, axis=2)
+            q, k, v = g.node("Split", [heads, self.g.const([n_q, n_kv, n_kv])], 3, axis=2)
             q, k = self.rms_norm(q, "attn_q_norm", i), self.rms_norm(k, "attn_k_norm", i)
             if rope is not None:
                 q, k = self.rotate(q, *rope), self.rotate(k, *rope)
         else:  # q and k heads rotated together
-            qk, v = g.node("Split", [heads, self.const([n_q + n_kv, n_kv])], 2, axis=2)
+            qk, v = g.node("Split", [heads, self.g.const([n_q + n_kv, n_kv])], 2, axis=2)
             if rope is not None:
                 qk = self.rotate(qk, *rope)
-            q, k = g.node("Split", [qk, self.const([n_q, n_kv])], 2, axis=2)
+            q, k = g.node("Split", [qk, self.g.const([n_q, n_kv])], 2, axis=2)
         to_heads = [0, 2, 1, 3]  # [b, s, h, d] -> [b, h, s, d]
         q = g.node(
-            "Mul", [g.node("Transpose", [q], perm=to_heads), self.const(self.layout.attention_scale, np.float32)]
+            "Mul", [g.node("Transpose", [q], perm=to_heads), self.g.const(self.layout.attention_scale, np.float32)]
         )
         k = g.node("Transpose", [k], perm=to_heads)
         v = g.node("Transpose", [v], perm=to_heads)
         key = g.node("Concat", [f"past_key_values.{i}.key", k], [f"present.{i}.key"], axis=2)
         value = g.node("Concat", [f"past_key_values.{i}.value", v], [f"present.{i}.value"], axis=2)
         # query heads h = kv * group + j share kv head kv: fold the group into the query rows
-        q_rows = g.node("Reshape", [q, self.const([0, spec.n_kv_heads, -1, spec.head_dim])])
+        q_rows = g.node("Reshape", [q, self.g.const([0, spec.n_kv_heads, -1, spec.head_dim])])
         scores = g.node("MatMul", [q_rows, g.node("Transpose", [key], perm=[0, 1, 3, 2])])  # [b, kv, g*s, t]
         probs = g.node("Softmax", [g.node("Add", [scores, bias])], axis=-1)
         out = g.node("MatMul", [probs, value])  # [b, kv, g*s, head_dim]
-        out = g.node("Reshape", [out, self.const([0, spec.n_heads, -1, spec.head_dim])])
+        out = g.node("Reshape", [out, self.g.const([0, spec.n_heads, -1, spec.head_dim])])
         out = g.node("Transpose", [out], perm=[0, 2, 1, 3])
-        return g.node("Reshape", [out, self.const([0, 0, spec.n_heads * spec.head_dim])])
+        return g.node("Reshape", [out, self.g.const([0, 0, spec.n_heads * spec.head_dim])])
 
     def mlp(self, i: int, x: str) -> str:
         """SwiGLU (silu(gate) * up), or Gemma's GeGLU with tanh-GELU."""

@@ -54,6 +54,7 @@ class GraphBuilder:
         self._names: set[str] = set()
         self._types: dict[str, int] = {}
         self._counter = 0
+        self._consts: dict[tuple, str] = {}
         self.external_path = Path(external_data) if external_data else None
         self._external = open(self.external_path, "wb") if self.external_path else None
         self.data_bytes = 0  # bytes of initializer data written so far
@@ -109,6 +110,14 @@ class GraphBuilder:
         array = np.asarray(array)
         onnx_type = helper.np_dtype_to_tensor_dtype(array.dtype)
         return self.raw_initializer(name, onnx_type, array.shape, np.ascontiguousarray(array).tobytes())
+
+    def const(self, values, dtype=np.int64) -> str:
+        """A small constant (shapes, axes, scalars) as an initializer, made once per distinct value."""
+        array = np.asarray(values, dtype=dtype)
+        key = (array.dtype.str, array.shape, array.tobytes())
+        if key not in self._consts:
+            self._consts[key] = self.constant(self.fresh("const"), array)
+        return self._consts[key]
 
     def quantized(self, name: str, values: np.ndarray, onnx_type: int) -> str:
         return self.raw_initializer(name, onnx_type, values.shape, pack_values(values, onnx_type))
