@@ -352,7 +352,7 @@ def export_encoder(
     import dataclasses
     import time
 
-    from qconv.converter.onnx_export import ExportResult, estimated_bytes, write_tokenizer_gguf
+    from qconv.converter.onnx_export import ExportResult, estimated_bytes, model_metadata, write_tokenizer_gguf
     from qconv.converter.sources import HFSource
     from qconv.formats.atomic_write import AtomicFolder, check_output_folder
     from qconv.formats.hf_config import read_model_spec
@@ -400,16 +400,7 @@ def export_encoder(
                 graph.build()
             finally:
                 g.close()
-            metadata = {
-                "qconv.bits": str(options.bits),
-                "qconv.head_bits": str(options.head_quant_bits),
-                "qconv.head_block_size": str(options.head_block),
-                "qconv.block_size": str(options.block_size),
-                "qconv.symmetric": str(int(options.symmetric)),
-                "qconv.opset": str(options.opset),
-                "qconv.imatrix": options.imatrix_label or "",
-                "qconv.source": source.spec.name,
-            }
+            metadata = model_metadata(options, source.spec.name)
             onnx.save_model(
                 g.model("bert_encoder", options.opset, "qconv", metadata), str(tmp / ENCODER_DIR / MODEL_FILE)
             )

@@ -562,6 +562,21 @@ class DecoderGraph:
 # ---------------------------------------------------------------- the folder
 
 
+def model_metadata(options: OnnxOptions, source_name: str) -> dict[str, str]:
+    """The export options written into model.onnx's metadata (decoders and encoders)."""
+    return {
+        "qconv.bits": str(options.bits),
+        "qconv.head_bits": str(options.head_quant_bits),
+        "qconv.head_block_size": str(options.head_block),
+        "qconv.block_size": str(options.block_size),
+        "qconv.symmetric": str(int(options.symmetric)),
+        "qconv.fuse_linear": str(int(options.fuse_linear)),
+        "qconv.opset": str(options.opset),
+        "qconv.imatrix": options.imatrix_label or "",
+        "qconv.source": source_name,
+    }
+
+
 def estimated_bytes(spec: ModelSpec, options: OnnxOptions) -> int:
     params = sum(math.prod(shape) for shape in spec.expected_shapes().values())
     bits = max(options.bits, options.head_quant_bits)
@@ -713,17 +728,7 @@ def _write_folder(
     finally:
         g.close()
     spec = source.spec
-    metadata = {
-        "qconv.bits": str(options.bits),
-        "qconv.head_bits": str(options.head_quant_bits),
-        "qconv.head_block_size": str(options.head_block),
-        "qconv.block_size": str(options.block_size),
-        "qconv.symmetric": str(int(options.symmetric)),
-        "qconv.fuse_linear": str(int(options.fuse_linear)),
-        "qconv.opset": str(options.opset),
-        "qconv.imatrix": options.imatrix_label or "",
-        "qconv.source": spec.name,
-    }
+    metadata = model_metadata(options, spec.name)
     model = g.model(f"{spec.gguf_arch}_decoder", options.opset, "qconv", metadata)
     onnx.save_model(model, str(folder / MODEL_FILE))
     for name in COPIED_FILES:

@@ -15,7 +15,6 @@ FILE.json as the decoders' cache), `--resume` continues after the last finished 
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from qconv.converter.quality import embed_suites
+from qconv.converter.quality.run_state import file_sha256
 from qconv.formats.errors import FormatError
 
 TOKENIZER_GGUF = "tokenizer.gguf"
@@ -239,14 +239,6 @@ def _cache_description(ref: Path, suites: list) -> dict:
                               {"kind": CACHE_KIND, "suites": {s.name: s.sha256 for s in suites}})  # fmt: skip
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def load_vectors(path: Path, ref: Path, suites: list) -> dict[str, np.ndarray] | None:
     """The reference's vectors per suite from --ref-cache FILE (an .npz; the sidecar FILE.json says what they were
     made for), or None when neither file exists yet. A cache of something else or a damaged one: one line."""
@@ -261,7 +253,7 @@ def load_vectors(path: Path, ref: Path, suites: list) -> dict[str, np.ndarray] |
     if not isinstance(vectors, dict) or not path.is_file():
         raise FormatError(f"{path}: not the vectors file its sidecar was written with; delete both and rerun")
     size = path.stat().st_size
-    if size > MAX_CACHE_BYTES or vectors.get("bytes") != size or vectors.get("sha256") != _file_sha256(path):
+    if size > MAX_CACHE_BYTES or vectors.get("bytes") != size or vectors.get("sha256") != file_sha256(path):
         raise FormatError(f"{path}: not the vectors file its sidecar was written with; delete both and rerun")
     try:
         with np.load(path, allow_pickle=False) as npz:
@@ -298,7 +290,7 @@ def save_vectors(path: Path, ref: Path, suites: list, vectors: dict[str, np.ndar
         "format": SIDECAR_FORMAT,
         "description": _cache_description(ref, suites),
         "texts": {},
-        "vectors": {"bytes": path.stat().st_size, "sha256": _file_sha256(path)},
+        "vectors": {"bytes": path.stat().st_size, "sha256": file_sha256(path)},
     }
     with AtomicFile(sidecar_path(path)) as tmp:
         tmp.write_text(json.dumps(record, indent=1))

@@ -32,7 +32,7 @@ def _file_identity(path: Path) -> dict:
     return {"path": str(path), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -46,11 +46,11 @@ def run_identity(quants: list[Path], ref: Path, options) -> dict:
     texts = []
     for spec in opts.get("texts") or []:
         name, _, path = spec.partition("=")
-        texts.append({"name": name, "sha256": _sha256(Path(path))})
+        texts.append({"name": name, "sha256": file_sha256(Path(path))})
     return {
         "candidates": [_file_identity(q) for q in quants],
         "reference": _file_identity(ref),
-        "task_files": [{"path": str(p), "sha256": _sha256(Path(p))} for p in opts.get("task_files") or []],
+        "task_files": [{"path": str(p), "sha256": file_sha256(Path(p))} for p in opts.get("task_files") or []],
         "texts": texts,
         "options": {k: opts.get(k) for k in OPTION_KEYS},
     }
