@@ -34,9 +34,9 @@ from qconv.runtime.blockwise import BITS, BLOCK_SIZES
 @click.option(
     "--block-size",
     type=click.Choice([str(b) for b in BLOCK_SIZES]),
-    default="32",
-    show_default=True,
-    help="Values per scale (along each layer's input dimension).",
+    default=None,
+    help="Values per scale (along each layer's input dimension). Default: 32; 16 for BERT encoders (their outlier "
+    "channels share ONNX Runtime's int8 input blocks).",
 )
 @click.option(
     "--head-bits",
@@ -126,7 +126,7 @@ def to_onnx(
         sys.exit(2)
     options = OnnxOptions(
         bits=int(bits),
-        block_size=int(block_size),
+        block_size=int(block_size) if block_size else None,
         head_bits=int(head_bits) if head_bits else None,
         head_block_size=int(head_block_size) if head_block_size else None,
         symmetric=symmetric,
@@ -155,6 +155,7 @@ def to_onnx(
     finally:  # the bar's line ends before any error message
         if bar is not None:
             bar.render_finish()
+    options = result.options or options
     summary = {
         "out_dir": str(result.out_dir),
         "files": result.files,

@@ -108,6 +108,11 @@ MASK_MIN = float(np.finfo(np.float32).min)  # HF's masked score: exp() is 0 and 
 # The output head is the most sensitive matrix of a small model (SmolLM2-135M: a 4-bit head alone moves the KLD to
 # f32 from 0.21 to 0.28); blocks of 16 there cost 4 bytes per 16 weights of one matrix, within the size bound.
 HEAD_BLOCK_SIZE = 16
+DECODER_BLOCK_SIZE = 32
+# A BERT's activations carry outlier channels that ONNX Runtime's int8 input blocks (its default MatMulNBits
+# accuracy level) share a scale with: blocks of 16 halve that, and with the smoothing of onnx_encoder.py MiniLM at
+# 8 bits keeps every test sentence at cosine >= 0.999 to float32 (blocks of 32: 0.9989)
+ENCODER_BLOCK_SIZE = 16
 ROPE_MATMUL = "rope_rotate_half_MatMul"  # node name prefix of rope's x @ R (not a weight)
 HEAD_IMATRIX = "output.weight"  # llama.cpp's name of the head's importance entry (input: the final norm's output)
 
@@ -115,7 +120,7 @@ HEAD_IMATRIX = "output.weight"  # llama.cpp's name of the head's importance entr
 @dataclass(frozen=True)
 class OnnxOptions:
     bits: int = 4
-    block_size: int = 32
+    block_size: int | None = None  # None: DECODER_BLOCK_SIZE, or ENCODER_BLOCK_SIZE for a BERT encoder (for_family)
     head_bits: int | None = None  # the embedding table and output head; None: `bits` (the size bound counts so)
     head_block_size: int | None = None  # None: HEAD_BLOCK_SIZE, or block_size when that is smaller
     symmetric: bool = False
@@ -151,6 +156,12 @@ class OnnxOptions:
             if size is not None and size not in BLOCK_SIZES:
                 raise FormatError(f"unsupported {flag} {size}; valid: {', '.join(map(str, BLOCK_SIZES))}")
 
+    def for_family(self, encoder: bool) -> OnnxOptions:
+        """These options with the family's default block size when none was given."""
+        if self.block_size is not None:
+            return self
+        return dataclasses.replace(self, block_size=ENCODER_BLOCK_SIZE if encoder else DECODER_BLOCK_SIZE)
+
     @property
     def head_quant_bits(self) -> int:
         return self.bits if self.head_bits is None else self.head_bits
@@ -159,7 +170,7 @@ class OnnxOptions:
     def head_block(self) -> int:
         if self.head_block_size is not None:
             return self.head_block_size
-        return min(HEAD_BLOCK_SIZE, self.block_size)
+        return min(HEAD_BLOCK_SIZE, self.block_size or DECODER_BLOCK_SIZE)
 
     @property
     def onnx_type(self) -> int:
@@ -180,6 +191,7 @@ class ExportResult:
     seconds: float
     files: list[str] = field(default_factory=list)
     imatrix: str | None = None  # where the importance weights came from
+    options: OnnxOptions | None = None  # as the export ran them (the family's default block size filled in)
 
 
 # ---------------------------------------------------------------- the graph
@@ -679,6 +691,7 @@ def export_onnx(
     start = time.perf_counter()
     options.check()
     spec = read_model_spec(Path(model_dir))
+    options = options.for_family(spec.arch.encoder)
     if spec.arch.encoder:  # BERT: sentence-transformers' ONNX folder (onnx_encoder.py)
         from qconv.converter.onnx_encoder import export_encoder
 
@@ -714,7 +727,7 @@ def export_onnx(
         source.close()
     result.out_dir = out_dir
     result.seconds = time.perf_counter() - start
-    result.imatrix = options.imatrix_label
+    result.imatrix, result.options = options.imatrix_label, options
     return result
 
 
