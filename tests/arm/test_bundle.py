@@ -62,8 +62,8 @@ def test_refuses_type_without_kernel(tmp_path):
 
 
 def test_refuses_unknown_architecture(tmp_path):
-    model = tiny_gguf(tmp_path / "bert.gguf", arch="bert")
-    with pytest.raises(FormatError, match="architecture 'bert' is not run by qrun-native"):
+    model = tiny_gguf(tmp_path / "falcon.gguf", arch="falcon")
+    with pytest.raises(FormatError, match="architecture 'falcon' is not run by qrun-native"):
         make_bundle(model, "rpi5", tmp_path / "b.tar.gz", binary=model)
 
 

@@ -249,8 +249,8 @@ def test_duplicate_keys_and_overlapping_tensors_are_refused(tiny, tmp_path):
 
 
 def test_unsupported_architecture_and_type_are_named(tmp_path):
-    with pytest.raises(FormatError, match=r"architecture 'bert' is not supported \(qrun runs: llama, .*gemma3"):
-        Model(write_tiny_model(tmp_path / "b.gguf", arch="bert"))
+    with pytest.raises(FormatError, match=r"architecture 'falcon' is not supported \(qrun runs: llama, .*gemma3"):
+        Model(write_tiny_model(tmp_path / "f.gguf", arch="falcon"))
     with pytest.raises(FormatError, match="type iq4_xs, which qrun does not run"):
         Model(write_tiny_model(tmp_path / "iq.gguf", weight_type="IQ4_XS"))
 
