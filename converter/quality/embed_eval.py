@@ -24,8 +24,8 @@ import numpy as np
 from qconv.converter.quality import embed_suites
 from qconv.converter.quality.run_state import file_sha256
 from qconv.formats.errors import FormatError
+from qconv.runtime.onnx_backend import is_onnx_encoder_folder
 
-TOKENIZER_GGUF = "tokenizer.gguf"
 CACHE_KIND = "embedding"
 MAX_CACHE_BYTES = 1 << 30  # a vectors file read back: far above what the built-in suites need (about 2 MB)
 # the options of `qconv eval` that mean nothing for an embedding model: refused at once, naming the flag
@@ -41,13 +41,6 @@ DECODER_ONLY_OPTIONS = (
 # ---------------------------------------------------------------- which models are encoders
 
 
-def is_onnx_encoder_folder(path: Path) -> bool:
-    """A `qconv to-onnx` encoder folder (sentence-transformers' layout: onnx/model.onnx, modules.json)."""
-    from qconv.runtime.onnx_backend import is_onnx_encoder_folder as is_encoder_folder
-
-    return is_encoder_folder(Path(path))
-
-
 def _gguf_is_encoder(path: Path) -> bool:
     """An encoder GGUF: its attention is not causal (llama.cpp writes `<arch>.attention.causal = false` for bert),
     or its family is an encoder in the architecture table."""
@@ -59,7 +52,7 @@ def _gguf_is_encoder(path: Path) -> bool:
         causal = g.metadata.get(f"{arch}.attention.causal")
     if causal is False:
         return True
-    return any(a.gguf_arch == arch and getattr(a, "encoder", False) for a in ARCHITECTURES.values())
+    return any(a.gguf_arch == arch and a.encoder for a in ARCHITECTURES.values())
 
 
 def is_encoder_model(path: Path) -> bool:
@@ -104,31 +97,6 @@ def check_options(options) -> list[embed_suites.EmbedSuite]:
 
 
 # ---------------------------------------------------------------- the models
-
-
-def metadata_gguf(path: Path) -> Path | None:
-    """The GGUF describing the model: the file itself, or an ONNX encoder folder's tokenizer.gguf (None if absent)."""
-    path = Path(path)
-    if not path.is_dir():
-        return path
-    found = path / TOKENIZER_GGUF
-    return found if found.is_file() else None
-
-
-def check_compatible(quant: Path, ref: Path) -> None:
-    """The reference must be the same network: a GGUF candidate is checked as the decoders' are (architecture,
-    shape, vocabulary); an ONNX folder by its tokenizer.gguf's vocabulary (its width is checked on the vectors)."""
-    from qconv.converter.quality import evaluate
-
-    meta = metadata_gguf(quant)
-    if not Path(quant).is_dir():
-        evaluate.check_compatible(quant, ref)
-        return
-    if meta is None:
-        raise FormatError(f"{quant}: no {TOKENIZER_GGUF} (the folder `qconv to-onnx` writes has one)")
-    q, r = evaluate._gguf_identity(meta), evaluate._gguf_identity(ref)
-    if q["tokens"] is not None and (q["tokens"] or []) != (r["tokens"] or []):
-        raise FormatError(f"reference {ref} has another vocabulary than {quant}: not the same model")
 
 
 def open_embedder(path: Path, threads: int | None):
@@ -338,7 +306,7 @@ def suite_line(name: str, candidates: list[dict]) -> str:
 def evaluate_embeddings(quants: list[Path], ref: Path, options, log=None, save=None, resume: dict | None = None):
     """The report of embedding candidates QUANTS against REF (see the module's docstring); `save` and `resume`
     as evaluate.evaluate."""
-    from qconv.converter.quality.evaluate import prepare_reference
+    from qconv.converter.quality import evaluate
     from qconv.converter.quality.run_state import identity_difference, run_identity
 
     chosen = check_options(options)
@@ -352,11 +320,11 @@ def evaluate_embeddings(quants: list[Path], ref: Path, options, log=None, save=N
     if resume is not None and resume.get("kind") != "embedding":
         raise FormatError("--resume: the saved run is not an evaluation of an embedding model")
     with tempfile.TemporaryDirectory(prefix="qconv-eval-") as tmp:
-        ref_path = prepare_reference(Path(ref), Path(tmp), options.progress)
+        ref_path = evaluate.prepare_reference(Path(ref), Path(tmp), options.progress)
         if not _gguf_is_encoder(ref_path):
             raise FormatError(f"reference {ref} is not an embedding model, the candidates are")
         for quant in quants:
-            check_compatible(quant, ref_path)
+            evaluate.check_compatible(quant, ref_path)
         cached = load_vectors(options.ref_cache, Path(ref), chosen) if options.ref_cache is not None else None
         if cached is not None:
             say(f"reference: from the cache {options.ref_cache} (the reference model is not run)")

@@ -59,8 +59,10 @@ def open_runner(path: Path, ctx: int, threads: int | None) -> Runner:
 
 
 def metadata_gguf(path: Path) -> Path:
-    """The GGUF whose metadata describes the model: the file itself, or an ONNX folder's tokenizer.gguf."""
-    return Path(path) / TOKENIZER_GGUF if is_onnx_folder(path) else Path(path)
+    """The GGUF whose metadata describes the model: the file itself, or an ONNX folder's tokenizer.gguf (decoder
+    or encoder: both carry the architecture, shape and vocabulary)."""
+    path = Path(path)
+    return path / TOKENIZER_GGUF if is_onnx_folder(path) or is_onnx_encoder_folder(path) else path
 
 
 def model_bytes(path: Path) -> int:

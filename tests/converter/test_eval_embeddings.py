@@ -214,7 +214,7 @@ def fake_run(tmp_path, monkeypatch):
 
     monkeypatch.setattr(embed_eval, "open_embedder", open_embedder)
     monkeypatch.setattr(embed_eval, "_gguf_is_encoder", lambda path: True)
-    monkeypatch.setattr(embed_eval, "check_compatible", lambda quant, ref: None)
+    monkeypatch.setattr(evaluate, "check_compatible", lambda quant, ref: None)
     monkeypatch.setattr(evaluate, "prepare_reference", lambda ref, workdir, progress=False: Path(ref))
 
     def run(save=None, resume=None, **kw):
