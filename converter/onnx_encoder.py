@@ -38,6 +38,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
+from qconv.converter.onnx_export import DATA_FILE
 from qconv.formats import folder_files
 from qconv.formats.errors import FormatError
 from qconv.formats.imatrix import ImportanceMatrix
@@ -45,12 +46,10 @@ from qconv.formats.onnx_graph import GATHERABLE, PROTO_LIMIT_BYTES, GraphBuilder
 from qconv.formats.printable import shown
 from qconv.formats.sentence_transformers import MODULES_FILE
 from qconv.runtime.blockwise import quantize_blockwise
+from qconv.runtime.onnx_backend import ENCODER_MODEL, MODEL_FILE, TOKENIZER_GGUF
+from qconv.runtime.onnx_backend import ENCODER_OUTPUT as OUTPUT
 
-ENCODER_DIR = "onnx"  # sentence-transformers looks for onnx/model.onnx
-MODEL_FILE = "model.onnx"
-DATA_FILE = "model.onnx.data"
-TOKENIZER_GGUF = "tokenizer.gguf"
-OUTPUT = "last_hidden_state"
+ENCODER_DIR = str(Path(ENCODER_MODEL).parent)  # sentence-transformers looks for onnx/model.onnx
 # files copied as they are (when the source has them): what sentence-transformers and transformers' tokenizer
 # read from an ONNX folder; the module configs are checked first (encoder_modules)
 COPIED_FILES = (

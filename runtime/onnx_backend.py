@@ -23,7 +23,7 @@ from qconv.formats import folder_files
 from qconv.formats.errors import FormatError
 from qconv.formats.gguf_read import read_gguf
 from qconv.formats.printable import shown
-from qconv.formats.sentence_transformers import POOLING_CLS, POOLING_LAST, POOLING_MEAN
+from qconv.formats.sentence_transformers import MODULES_FILE, POOLING_CLS, POOLING_LAST, POOLING_MEAN
 from qconv.runtime.chat import render_chat
 from qconv.runtime.generation import generate
 from qconv.runtime.model import Timings
@@ -31,7 +31,6 @@ from qconv.runtime.tokenizer import Tokenizer
 
 MODEL_FILE = "model.onnx"
 ENCODER_MODEL = "onnx/model.onnx"  # sentence-transformers' ONNX layout
-MODULES_FILE = "modules.json"
 ENCODER_OUTPUT = "last_hidden_state"
 ENCODER_INPUTS = ("input_ids", "attention_mask")  # and token_type_ids, when the graph takes them (zeros)
 # Encoders run their MatMulNBits in float32 (accuracy level 1) unless told otherwise: ONNX Runtime's default int8
