@@ -376,15 +376,57 @@ def render_chat(
         raise FormatError(f"chat template does not render: {type(exc).__name__}: {_one_line(exc)}") from exc
 
 
-def render_chat_for(template: str, tokenizer, messages: list[dict], add_generation_prompt: bool = True) -> str:
-    """render_chat with the special tokens of a vocabulary (runtime.tokenizer.Tokenizer) as the template sees them."""
+def template_messages(messages: list[dict]) -> list[dict]:
+    """OpenAI chat messages as chat templates expect them, converted as transformers' callers and llama-server do
+    (common/chat.cpp): an assistant message's `tool_calls[i].function.arguments` arrives as JSON text but templates
+    print it with `tojson` (Qwen's), so it is parsed into its object; a message with tool calls and no content gets
+    "" (templates concatenate content). The caller's messages are not changed."""
+    converted = []
+    for index, message in enumerate(messages):
+        calls = message.get("tool_calls") if isinstance(message, dict) else None
+        if not calls:
+            converted.append(message)
+            continue
+        message = dict(message)
+        if message.get("content") is None:
+            message["content"] = ""
+        message["tool_calls"] = [_parsed_arguments(call, index) for call in calls]
+        converted.append(message)
+    return converted
+
+
+def _parsed_arguments(call, message_index: int):
+    function = call.get("function") if isinstance(call, dict) else None
+    arguments = function.get("arguments") if isinstance(function, dict) else None
+    if not isinstance(arguments, str):
+        return call
+    try:
+        parsed = json.loads(arguments)
+    except ValueError as exc:
+        raise FormatError(
+            f"messages[{message_index}]: a tool call's arguments are not JSON ({exc.msg} at character {exc.pos})"
+        ) from None
+    return {**call, "function": {**function, "arguments": parsed}}
+
+
+def render_chat_for(
+    template: str, tokenizer, messages: list[dict], add_generation_prompt: bool = True, tools: list[dict] | None = None
+) -> str:
+    """render_chat with the special tokens of a vocabulary (runtime.tokenizer.Tokenizer) as the template sees them,
+    OpenAI messages converted by template_messages, and `tools` (OpenAI's list of {"type": "function", "function":
+    {...}}) passed to the template as transformers' apply_chat_template passes them (None when there are none)."""
 
     def text(token: int) -> str:
         return tokenizer.token_text(token).decode("utf-8", errors="replace") if token >= 0 else ""
 
     bos = text(tokenizer.bos)
     prompt = render_chat(
-        template, messages, add_generation_prompt=add_generation_prompt, bos_token=bos, eos_token=text(tokenizer.eos)
+        template,
+        template_messages(messages),
+        add_generation_prompt=add_generation_prompt,
+        bos_token=bos,
+        eos_token=text(tokenizer.eos),
+        tools=tools,
     )
     # a template that writes BOS itself (Gemma's) next to a vocabulary that adds it would give two: the
     # tokenizer's is kept, as llama.cpp's common/chat.cpp does
