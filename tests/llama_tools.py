@@ -1,8 +1,10 @@
-"""llama.cpp's command-line tools (llama-imatrix, llama-quantize, llama-perplexity; llama-bench and llama-embedding
-for the benches) built with cmake from the
-llama.cpp source vendored in the llama-cpp-python sdist, once, cached under $QCONV_CACHE/llama-tools.
+"""llama.cpp's command-line tools (llama-imatrix, llama-quantize, llama-perplexity; llama-bench, llama-embedding and
+llama-server for the benches) built with cmake from the llama.cpp source vendored in the llama-cpp-python sdist,
+once, cached under $QCONV_CACHE/llama-tools.
 
 The build leaves AMX off (tests/llama_cpp_cmake_args.sh): ggml's AMX kernels crash in the VMs we run on.
+llama-server is built without OpenSSL (it serves plain HTTP on 127.0.0.1 to the bench) and without its web UI
+(LLAMA_USE_PREBUILT_UI would download the UI's assets from Hugging Face at build time; LLAMA_BUILD_UI runs npm).
 `python -m tests.llama_tools` builds them ahead of the tests.
 """
 
@@ -48,7 +50,8 @@ def build_tools(tools: tuple[str, ...] = TOOLS, jobs: int | None = None) -> dict
             flags = subprocess.run(["bash", str(CMAKE_ARGS_SCRIPT)], capture_output=True, text=True, check=True)
             configure = [
                 "cmake", "-S", str(source), "-B", str(out), "-DCMAKE_BUILD_TYPE=Release",
-                "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=ON",  # llama-embedding is an example "-DLLAMA_BUILD_SERVER=OFF",
+                "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=ON",  # llama-embedding is an example
+                "-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_USE_PREBUILT_UI=OFF", "-DLLAMA_BUILD_UI=OFF",
                 "-DLLAMA_OPENSSL=OFF", "-DBUILD_SHARED_LIBS=OFF", *flags.stdout.split(),
             ]  # fmt: skip
             log = out / "build.log"
