@@ -18,14 +18,6 @@ class WeightStats:
     expert_counts: np.ndarray | None = None  # expert tensors: tokens summed per expert
 
 
-def _model_handle(model):
-    """The qrt_model* of a runtime Model (or a raw handle)."""
-    handle = getattr(model, "_handle", model)
-    if not isinstance(handle, ffi.CData):
-        raise TypeError(f"{type(model).__name__} is not a runtime Model")
-    return handle
-
-
 class ImatrixCollector:
     """Sums of squared matmul inputs while attached: `with ImatrixCollector(model) as c: model.logits(...)`."""
 
@@ -34,20 +26,26 @@ class ImatrixCollector:
         if self._handle == ffi.NULL:
             raise MemoryError("qrt_imatrix_new failed")
         self._model = None
-        self._model_ref = None
         if model is not None:
             self.attach(model)
 
     def attach(self, model) -> None:
+        """Collect from a runtime Model's matmuls from now on (Model.record_activations)."""
+        if not hasattr(model, "record_activations"):
+            raise TypeError(f"{type(model).__name__} is not a runtime Model (the C runtime's)")
         self.detach()
-        self._model = _model_handle(model)
-        self._model_ref = model  # the collector must not outlive the model's use of it
-        lib.qrt_model_set_imatrix(self._model, self._handle)
+        model.record_activations(self)
+        self._model = model  # the collector must not outlive the model's use of it
 
     def detach(self) -> None:
         if self._model is not None:
-            lib.qrt_model_set_imatrix(self._model, ffi.NULL)
-            self._model = self._model_ref = None
+            self._model.record_activations(None)
+            self._model = None
+
+    @property
+    def native(self):
+        """The qrt_imatrix* the C runtime adds to."""
+        return self._handle
 
     def __enter__(self) -> ImatrixCollector:
         return self

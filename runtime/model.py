@@ -1,12 +1,15 @@
 """`Model`: a GGUF run by libqrt — tokenize, evaluate (all-position logits for evaluation), generate a token
-stream, render chats with the file's own template.
+stream, chat with the file's own template, embed; several sequences at once (`n_seq` KV slots, evaluated together
+by `evaluate_batch`). It implements qconv.runtime.protocol.SequenceModel.
 
-    m = Model("model.gguf", threads=2, ctx=2048)
-    ids = m.tokenize("Hello")
-    logits = m.logits(ids)                     # (len(ids), n_vocab) float32, one row per position
-    for piece in m.generate("Once upon a time", max_tokens=32, temperature=0):
-        print(piece, end="")
-    vectors = m.embed(["first text", "second text"])   # (2, n_embd) float32, pooled and normalised as the file says
+    with Model("model.gguf", threads=2, ctx=2048) as m:
+        ids = m.tokenize("Hello")
+        logits = m.logits(ids)                     # (len(ids), n_vocab) float32, one row per position
+        for piece in m.generate("Once upon a time", max_tokens=32, temperature=0):
+            print(piece, end="")
+        for piece in m.chat([{"role": "user", "content": "Hi"}], max_tokens=32):
+            print(piece, end="")
+        vectors = m.embed(["first text", "second text"])   # (2, n_embd) float32, pooled and normalised as the file says
 
 An encoder (bert) answers only embed; every family answers it (decoders: the mean of the rows after the final norm).
 """
@@ -25,6 +28,7 @@ from qconv.runtime import mapped_file_guard
 from qconv.runtime._native import ffi, lib
 from qconv.runtime.chat import render_chat_for
 from qconv.runtime.generation import generate
+from qconv.runtime.protocol import shared_prefix
 from qconv.runtime.tokenizer import Tokenizer
 
 TYPE_NAMES = {
@@ -61,18 +65,12 @@ class Timings:
         return self.gen_tokens / self.gen_seconds if self.gen_seconds > 0 else 0.0
 
 
-def shared_prefix(cached: Sequence[int], tokens: Sequence[int]) -> int:
-    """How many leading tokens two sequences share (the cache a new prompt can keep)."""
-    common = 0
-    for a, b in zip(cached, tokens):
-        if a != b:
-            break
-        common += 1
-    return common
+__all__ = ["Model", "Timings", "TYPE_NAMES", "shared_prefix"]
 
 
 class Model:
-    """A loaded GGUF model. `threads=None` uses every CPU; `ctx` is the KV-cache length in tokens;
+    """A loaded GGUF model. `threads=None` uses every CPU; `ctx` is the KV-cache length in tokens of each of the
+    `n_seq` sequences it holds at once;
     `kv_f32=True` keeps the cache in f32 (exact comparisons), else f16 as llama.cpp does; `pack=False` keeps the
     weights as stored instead of repacking q4_0/q4_1/q5_0/q5_1/q8_0/q4_K/q6_K matrices into 16-row groups (slower; for comparisons)."""
 
@@ -85,6 +83,7 @@ class Model:
         kv_f32: bool = False,
         n_batch: int = 64,
         pack: bool = True,
+        n_seq: int = 1,
     ) -> None:
         self.path = Path(path)
         if not self.path.is_file():
@@ -96,6 +95,7 @@ class Model:
         params.n_batch = int(n_batch)
         params.kv_f32 = 1 if kv_f32 else 0
         params.no_pack = 0 if pack else 1
+        params.n_seq = max(1, int(n_seq))
         err = ffi.new("char[1024]")
         handle = lib.qrt_model_open(str(self.path).encode(), ffi.new("qrt_model_params *", params), err, len(err))
         if handle == ffi.NULL:
@@ -107,7 +107,20 @@ class Model:
         self.n_embd = lib.qrt_model_n_embd(self._handle)
         self.is_encoder = bool(lib.qrt_model_is_encoder(self._handle))
         self.embed_max_tokens = lib.qrt_model_embed_max_tokens(self._handle)
-        self._cached: list[int] = []  # the tokens whose keys/values are in the cache, in order
+        self.n_seq = lib.qrt_model_n_seq(self._handle)
+        self._cached: list[list[int]] = [[] for _ in range(self.n_seq)]  # per sequence, the tokens in its cache
+
+    def close(self) -> None:
+        """Free the weights' mapping, the cache and the threads now (else when the object is collected)."""
+        handle, self._handle = getattr(self, "_handle", None), None
+        if handle is not None:
+            ffi.release(handle)
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # ---- metadata ----
 
@@ -159,68 +172,115 @@ class Model:
     def detokenize(self, ids: Sequence[int], special: bool = False) -> str:
         return self.tokenizer.decode(list(ids), unparse_special=special)
 
-    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True, tools=None) -> str:
         template = self.chat_template
         if template is None:
             raise FormatError(f"{self.path}: the file has no tokenizer.chat_template")
-        return render_chat_for(template, self.tokenizer, messages, add_generation_prompt)
+        return render_chat_for(template, self.tokenizer, messages, add_generation_prompt, tools=tools)
 
-    # ---- evaluation ----
+    # ---- evaluation (qconv.runtime.protocol) ----
 
-    def reset(self) -> None:
-        """Empty the KV cache."""
-        lib.qrt_model_set_n_past(self._handle, 0)
-        self._cached = []
+    def _check_seq(self, seq: int) -> None:
+        if not 0 <= seq < self.n_seq:
+            raise FormatError(f"sequence {seq} outside 0..{self.n_seq - 1}")
+
+    def cached(self, seq: int = 0) -> list[int]:
+        self._check_seq(seq)
+        return list(self._cached[seq])
+
+    def truncate(self, n: int, seq: int = 0) -> bool:
+        self._check_seq(seq)
+        if not 0 <= n <= len(self._cached[seq]) or lib.qrt_model_seq_set_n_past(self._handle, seq, n) != 0:
+            return False
+        del self._cached[seq][n:]
+        return True
+
+    def reset(self, seq: int | None = None) -> None:
+        """Empty one sequence's cache (None: every sequence)."""
+        for s in range(self.n_seq) if seq is None else [seq]:
+            self._check_seq(s)
+            lib.qrt_model_seq_set_n_past(self._handle, s, 0)
+            self._cached[s] = []
 
     @property
     def n_past(self) -> int:
         return lib.qrt_model_n_past(self._handle)
+
+    def evaluate(self, tokens: Sequence[int], seq: int = 0, all_logits: bool = False) -> np.ndarray:
+        """Append tokens to the sequence; the logits after the last one (n_vocab,), or of every one."""
+        self._refuse_encoder()
+        self._check_seq(seq)
+        tokens = [int(t) for t in tokens]
+        if not tokens:
+            raise FormatError("evaluate: no tokens")
+        self._check_room(seq, len(tokens))
+        if all_logits:
+            out = np.empty((len(tokens), self.n_vocab), dtype=np.float32)
+            self._decode([(seq, tokens)], out, every_row=True)
+            return out
+        out = np.empty((1, self.n_vocab), dtype=np.float32)
+        self._decode([(seq, tokens)], out)
+        return out[0]
+
+    def evaluate_batch(self, steps: Sequence[tuple[int, Sequence[int]]]) -> list[np.ndarray]:
+        """Several sequences' tokens in one call (each sequence at most once); each step's last logits. Single-token
+        steps run as the rows of one forward pass, each with the kernels it runs alone."""
+        self._refuse_encoder()
+        steps = [(int(seq), [int(t) for t in tokens]) for seq, tokens in steps]
+        seen = set()
+        for seq, tokens in steps:
+            self._check_seq(seq)
+            if seq in seen:
+                raise FormatError(f"evaluate_batch: sequence {seq} appears twice")
+            if not tokens:
+                raise FormatError(f"evaluate_batch: no tokens for sequence {seq}")
+            seen.add(seq)
+            self._check_room(seq, len(tokens))
+        out = np.empty((len(steps), self.n_vocab), dtype=np.float32)
+        if steps:
+            self._decode(steps, out)
+        return list(out)
+
+    def _check_room(self, seq: int, n: int) -> None:
+        if len(self._cached[seq]) + n > self.n_ctx:
+            raise FormatError(
+                f"context full: {len(self._cached[seq])} cached + {n} new tokens > context {self.n_ctx} (use a larger ctx)"
+            )
+
+    def _decode(self, steps: list[tuple[int, list[int]]], out: np.ndarray, every_row: bool = False) -> None:
+        """qrt_model_decode over the steps: a logits row for each step's last token (every token with every_row)."""
+        n = sum(len(tokens) for _, tokens in steps)
+        entries = ffi.new("qrt_batch_entry[]", n)
+        i = 0
+        for seq, tokens in steps:
+            past = len(self._cached[seq])
+            for k, token in enumerate(tokens):
+                entries[i].token, entries[i].seq, entries[i].pos = token, seq, past + k
+                entries[i].logits = 1 if every_row or k == len(tokens) - 1 else 0
+                i += 1
+        if lib.qrt_model_decode(self._handle, entries, n, ffi.from_buffer("float[]", out)) != 0:
+            raise FormatError(ffi.string(lib.qrt_model_error(self._handle)).decode(errors="replace"))
+        for seq, tokens in steps:
+            self._cached[seq].extend(tokens)
 
     def _refuse_encoder(self) -> None:
         if self.is_encoder:
             arch = self.meta_str("general.architecture")
             raise FormatError(f"{self.path}: {arch} is an embedding model: use embed (qrun --embed), not generation")
 
-    def _eval(self, tokens: Sequence[int], all_logits: np.ndarray | None = None) -> None:
-        self._refuse_encoder()
-        if not tokens:
-            return
-        if len(self._cached) + len(tokens) > self.n_ctx:
-            raise FormatError(
-                f"context full: {len(self._cached)} cached + {len(tokens)} new tokens > context {self.n_ctx} (use a larger ctx)"
-            )
-        arr = np.ascontiguousarray(tokens, dtype=np.int32)
-        out = ffi.NULL if all_logits is None else ffi.from_buffer("float[]", all_logits)
-        if lib.qrt_model_eval(self._handle, ffi.from_buffer("int32_t[]", arr), len(arr), out) != 0:
-            raise FormatError(ffi.string(lib.qrt_model_error(self._handle)).decode(errors="replace"))
-        self._cached.extend(int(t) for t in tokens)
-
     def eval(self, tokens: Sequence[int]) -> np.ndarray:
-        """Append tokens to the cache; returns the logits after the last one (a copy)."""
-        self._eval(tokens)
-        return self.last_logits()
+        """Append tokens to sequence 0; the logits after the last one (evaluate's short form)."""
+        return self.evaluate(tokens)
 
-    def last_logits(self) -> np.ndarray:
-        ptr = lib.qrt_model_logits(self._handle)
-        if ptr == ffi.NULL:
-            raise FormatError("no logits yet: evaluate some tokens first")
-        return np.frombuffer(ffi.buffer(ptr, 4 * self.n_vocab), dtype=np.float32).copy()
-
-    def logits(self, tokens: Sequence[int]) -> np.ndarray:
+    def logits(self, tokens: Sequence[int], seq: int = 0) -> np.ndarray:
         """Logits at every position of `tokens` from an empty cache: shape (len(tokens), n_vocab)."""
-        self.reset()
-        out = np.empty((len(tokens), self.n_vocab), dtype=np.float32)
-        self._eval(tokens, out)
-        return out
+        self.reset(seq)
+        return self.evaluate(tokens, seq, all_logits=True)
 
-    def _feed_prompt(self, tokens: list[int]) -> None:
-        """Evaluate a prompt, reusing the cached prefix it shares with what was evaluated before."""
-        common = min(shared_prefix(self._cached, tokens), len(tokens) - 1)  # one token at least: fresh logits
-        if lib.qrt_model_set_n_past(self._handle, common) != 0:  # too far back for a sliding-window cache
-            common = 0
-            lib.qrt_model_set_n_past(self._handle, 0)
-        self._cached = self._cached[:common]
-        self._eval(tokens[common:])
+    def record_activations(self, collector) -> None:
+        """Add every weight matmul's input rows to an imatrix collector (qconv.runtime.imatrix.ImatrixCollector)
+        from now on; None stops it."""
+        lib.qrt_model_set_imatrix(self._handle, ffi.NULL if collector is None else collector.native)
 
     def timings(self) -> Timings:
         ps, pt, gs, gt = ffi.new("double *"), ffi.new("int *"), ffi.new("double *"), ffi.new("int *")
@@ -264,7 +324,7 @@ class Model:
             if status != 0:
                 raise FormatError(ffi.string(lib.qrt_model_error(self._handle)).decode(errors="replace"))
         if not self.is_encoder:
-            self._cached = []  # a decoder's embed ran in its cache
+            self._cached[0] = []  # a decoder's embed ran in sequence 0's cache
         return out
 
     # ---- generation ----
@@ -274,6 +334,8 @@ class Model:
         self._refuse_encoder()
         return generate(self, prompt, max_tokens, **options)
 
-    def current_logits(self):
-        """The logits after the last evaluated token, as the sampler takes them (a pointer into the run state)."""
-        return lib.qrt_model_logits(self._handle)
+    def chat(self, messages: list[dict], max_tokens: int = 256, *, tools=None, **options) -> Iterator[str]:
+        """Stream the answer to a conversation ([{"role", "content"}, ...]) rendered with the file's chat template;
+        the options as generate's. A follow-up turn reuses the cached prefix of the previous one."""
+        prompt = self.render_chat(messages, add_generation_prompt=True, tools=tools)
+        return self.generate(prompt, max_tokens, **options)  # tokenized as qrun tokenizes a rendered chat

@@ -24,7 +24,7 @@ from qconv.formats.errors import FormatError
 from qconv.formats.gguf_read import read_gguf
 from qconv.formats.printable import shown
 from qconv.formats.sentence_transformers import MODULES_FILE, POOLING_CLS, POOLING_LAST, POOLING_MEAN
-from qconv.runtime.chat import render_chat
+from qconv.runtime.chat import render_chat_for
 from qconv.runtime.generation import generate
 from qconv.runtime.model import Timings
 from qconv.runtime.tokenizer import Tokenizer
@@ -104,7 +104,6 @@ class OnnxModel:
         with read_gguf(tokenizer_file) as meta:
             template = meta.metadata.get("tokenizer.chat_template")
         self._chat_template = template if isinstance(template, str) else None
-        self._last = None
         self.reset_timings()
         self.reset()
 
@@ -160,17 +159,66 @@ class OnnxModel:
     def detokenize(self, ids) -> str:
         return self.tokenizer.decode(list(ids))
 
-    # -- evaluation
+    # -- evaluation (qconv.runtime.protocol: one sequence; a server queues requests for it)
+
+    n_seq = 1
 
     @property
     def n_past(self) -> int:
         return self._past[0].shape[2]
 
-    def reset(self) -> None:
+    def _check_seq(self, seq: int | None) -> None:
+        if seq not in (None, 0):
+            raise FormatError(f"sequence {seq} outside 0..0 (an ONNX model holds one)")
+
+    def reset(self, seq: int | None = None) -> None:
         """Empty the KV cache."""
-        self._cached = []
+        self._check_seq(seq)
+        self._cached: list[int] = []
         empty = np.zeros((1, self.n_kv_heads, 0, self.head_dim), dtype=np.float32)
         self._past = [empty] * (2 * self.n_layers)
+
+    def cached(self, seq: int = 0) -> list[int]:
+        self._check_seq(seq)
+        return list(self._cached)
+
+    def truncate(self, n: int, seq: int = 0) -> bool:
+        self._check_seq(seq)
+        if not 0 <= n <= len(self._cached):
+            return False
+        self._past = [np.ascontiguousarray(p[:, :, :n]) for p in self._past]
+        del self._cached[n:]
+        return True
+
+    def evaluate(self, tokens: Sequence[int], seq: int = 0, all_logits: bool = False) -> np.ndarray:
+        """Append tokens to the cache; the logits after the last one (n_vocab,), or of every one."""
+        self._check_seq(seq)
+        tokens = [int(t) for t in tokens]
+        if not tokens:
+            raise FormatError("evaluate: no tokens")
+        if len(self._cached) + len(tokens) > self.n_ctx:
+            raise FormatError(f"context full: {len(self._cached)} cached + {len(tokens)} new tokens > context {self.n_ctx}")
+        start = time.perf_counter()
+        rows = self.eval(tokens)
+        self._cached.extend(tokens)
+        slot = 0 if len(tokens) > 1 else 2
+        self._timings[slot] += len(tokens)
+        self._timings[slot + 1] += time.perf_counter() - start
+        return np.ascontiguousarray(rows if all_logits else rows[-1], dtype=np.float32)
+
+    def evaluate_batch(self, steps: Sequence[tuple[int, Sequence[int]]]) -> list[np.ndarray]:
+        if len(steps) > 1:
+            raise FormatError("evaluate_batch: an ONNX model holds one sequence")
+        return [self.evaluate(tokens, seq) for seq, tokens in steps]
+
+    def close(self) -> None:
+        self.session = None
+
+    def __enter__(self) -> OnnxModel:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def eval(self, tokens) -> np.ndarray:
         """Append tokens to the cache; returns the logits of each of them, (len(tokens), n_vocab) float32."""
@@ -199,25 +247,6 @@ class OnnxModel:
 
     # -- generation
 
-    # -- the interface qrun and the shared token loop use (runtime.generation)
-
-    def _feed_prompt(self, tokens: list[int]) -> None:
-        start = time.perf_counter()
-        self._last = self.logits(tokens)[-1]
-        self._cached = list(tokens)
-        self._timings[0] += len(tokens)
-        self._timings[1] += time.perf_counter() - start
-
-    def _eval(self, tokens: list[int]) -> None:
-        start = time.perf_counter()
-        self._last = self.eval(tokens)[-1]
-        self._cached.extend(tokens)
-        self._timings[2] += len(tokens)
-        self._timings[3] += time.perf_counter() - start
-
-    def current_logits(self) -> np.ndarray:
-        return np.ascontiguousarray(self._last, dtype=np.float32)
-
     def generate(self, prompt: str | list[int], max_tokens: int = 128, **options) -> Iterator[str]:
         """Stream generated text; see qconv.runtime.generation.generate for the options."""
         return generate(self, prompt, max_tokens, **options)
@@ -226,15 +255,14 @@ class OnnxModel:
     def chat_template(self) -> str | None:
         return self._chat_template
 
-    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True, tools=None) -> str:
         if self._chat_template is None:
             raise FormatError(f"{self.path}: the folder has no chat template")
-        text = self.tokenizer.token_text
-        return render_chat(
-            self._chat_template, messages, add_generation_prompt=add_generation_prompt,
-            bos_token=text(self.bos).decode("utf-8", "replace") if self.bos >= 0 else "",
-            eos_token=text(self.eos).decode("utf-8", "replace") if self.eos >= 0 else "",
-        )  # fmt: skip
+        return render_chat_for(self._chat_template, self.tokenizer, messages, add_generation_prompt, tools=tools)
+
+    def chat(self, messages: list[dict], max_tokens: int = 128, *, tools=None, **options) -> Iterator[str]:
+        """Stream the answer to a conversation, as Model.chat."""
+        return self.generate(self.render_chat(messages, True, tools=tools), max_tokens, **options)
 
     def timings(self) -> Timings:
         prompt_tokens, prompt_s, gen_tokens, gen_s = self._timings

@@ -30,27 +30,7 @@ class OnnxRunner(Runner):
     def __init__(self, path: Path, ctx: int, threads: int | None):  # ctx: the ONNX cache grows as needed
         from qconv.runtime.onnx_backend import OnnxModel
 
-        self.path = Path(path)
-        self.model = OnnxModel(self.path, threads=threads)
-        self.tokenizer = self.model.tokenizer
-        self.add_bos = self.tokenizer.add_bos
-        self.bos = self.tokenizer.bos
-        self.n_vocab = self.model.n_vocab
-        self.seconds = 0.0
-        self.tokens = 0
-        self.kv: list[int] = []
-
-    def _eval(self, tokens: list[int], all_logits: bool) -> np.ndarray:
-        out = self.model.eval(tokens)
-        self.kv += [int(t) for t in tokens]
-        return out if all_logits else out[-1:]
-
-    def _reset(self) -> None:
-        self.model.reset()
-        self.kv = []
-
-    def _truncate(self, n: int) -> bool:
-        return False  # OnnxModel's cache only grows: a reused prefix starts over
+        super().__init__(path, ctx, threads, model=OnnxModel(Path(path), threads=threads))
 
 
 def open_runner(path: Path, ctx: int, threads: int | None) -> Runner:

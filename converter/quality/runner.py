@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from qconv.formats.errors import FormatError
+from qconv.runtime.protocol import prefill
 
 
 class Runner:
@@ -17,62 +18,43 @@ class Runner:
     last positions alone are scored, greedy continuations, and plain runs (calibration). Time and tokens are
     counted for the speed line."""
 
-    def __init__(self, path: Path, ctx: int, threads: int | None):
-        from qconv.runtime.model import Model
+    def __init__(self, path: Path, ctx: int, threads: int | None, model=None):
+        """model: any qconv.runtime.protocol.SequenceModel (default: the C runtime's Model of path)."""
+        from qconv.runtime.model import Model  # the native library loads with the first runner
 
         self.path = Path(path)
-        self.model = Model(str(path), threads=threads, ctx=ctx)
+        self.model = model if model is not None else Model(str(path), threads=threads, ctx=ctx)
         self.tokenizer = self.model.tokenizer
         self.add_bos = self.tokenizer.add_bos
         self.bos = self.tokenizer.bos
         self.n_vocab = self.tokenizer.n_vocab
         self.seconds = 0.0
         self.tokens = 0
-        self.kv: list[int] = []  # the tokens in the cache, in order (what a greedy prompt may reuse)
 
     def tokenize(self, text: str, bos: bool) -> list[int]:
         tokens = list(self.tokenizer.encode(text, add_special=False))
         return ([self.bos] if bos else []) + tokens
 
     def _eval(self, tokens: list[int], all_logits: bool) -> np.ndarray:
-        """Append tokens to the cache; the logits of every position, or only of the last."""
-        from qconv.runtime._native import ffi, lib
-        from qconv.runtime.imatrix import _model_handle
-
-        handle = _model_handle(self.model)
-        toks = np.ascontiguousarray(tokens, dtype=np.int32)
-        out = np.empty((len(toks) if all_logits else 1, self.n_vocab), dtype=np.float32)
-        out_ptr = ffi.from_buffer("float[]", out) if all_logits else ffi.NULL
-        if lib.qrt_model_eval(handle, ffi.from_buffer("int32_t[]", toks), len(toks), out_ptr) != 0:
-            raise FormatError(f"{self.path}: {ffi.string(lib.qrt_model_error(handle)).decode()}")
-        self.kv += [int(t) for t in tokens]
-        if not all_logits:
-            out[0] = np.frombuffer(ffi.buffer(lib.qrt_model_logits(handle), 4 * self.n_vocab), dtype=np.float32)
-        return out
+        """Append tokens to the cache; the logits of every position, or only of the last (one row)."""
+        try:
+            out = self.model.evaluate(tokens, all_logits=all_logits)
+        except FormatError as e:
+            raise FormatError(f"{self.path}: {e}") from None
+        return out if all_logits else out[None, :]
 
     def _reset(self) -> None:
         self.model.reset()
-        self.kv = []
 
-    def _truncate(self, n: int) -> bool:
-        """Keep the first n cached tokens; False when the cache cannot go back there (a sliding window)."""
-        from qconv.runtime._native import lib
-        from qconv.runtime.imatrix import _model_handle
-
-        return lib.qrt_model_set_n_past(_model_handle(self.model), n) == 0
+    @property
+    def kv(self) -> list[int]:
+        """The tokens in the cache, in order (what a greedy prompt may reuse)."""
+        return self.model.cached()
 
     def _prefill(self, tokens: list[int]) -> np.ndarray:
         """The logits after tokens, reusing the cached prefix they share with what ran before: items of one task
         suite share their few-shot prompt, and a passkey item is the long-context document just scored."""
-        from qconv.runtime.model import shared_prefix
-
-        common = min(shared_prefix(self.kv, tokens), len(tokens) - 1)  # one token at least: fresh logits
-        if common and self._truncate(common):
-            self.kv = self.kv[:common]
-        else:
-            self._reset()
-            common = 0
-        return self._eval(tokens[common:], all_logits=False)[0]
+        return prefill(self.model, tokens)
 
     def logits(self, tokens: list[int], score_last: int | None = None) -> np.ndarray:
         """Logits at every position of tokens from an empty cache (only the last score_last rows if given)."""

@@ -17,6 +17,7 @@ typedef struct {
     int no_pack;    /* 1: keep the weights as stored; 0: repack q4_0/q4_1/q5_0/q5_1/q8_0/q4_K/q6_K matrices into 16-row groups
                        where this CPU has a kernel for them (faster; QRT_PACK=0 in the environment
                        also turns it off) */
+    int n_seq;      /* sequences the KV cache holds at once (n_ctx positions each); <= 0: 1 */
 } qrt_model_params;
 
 qrt_model_params qrt_model_default_params(void);
@@ -47,6 +48,28 @@ const char *qrt_model_describe(const qrt_model *m);
 int qrt_model_eval(qrt_model *m, const int32_t *tokens, int n, float *all_logits);
 /* Logits of the last evaluated token (n_vocab floats), NULL before any eval. */
 const float *qrt_model_logits(const qrt_model *m);
+
+/* ---- several sequences (KV slots), the way llama_batch feeds llama.cpp ----
+ * qrt_model_eval, qrt_model_n_past and qrt_model_set_n_past act on sequence 0. */
+
+typedef struct {
+    int32_t token;
+    int32_t seq;    /* 0 .. qrt_model_n_seq() - 1 */
+    int32_t pos;    /* must continue the sequence: its n_past, then +1 for each later entry of the same sequence */
+    int32_t logits; /* nonzero: a row of logits for this entry */
+} qrt_batch_entry;
+
+int qrt_model_n_seq(const qrt_model *m);
+int qrt_model_seq_n_past(const qrt_model *m, int seq);
+/* Forget sequence seq's cache from position n_past on (0: empty); an error when a sliding window cannot go back. */
+int qrt_model_seq_set_n_past(qrt_model *m, int seq, int n_past);
+/* Evaluate n entries of any sequences in one call; logits receives one n_vocab row per entry with logits set, in
+ * entry order. The sequences that add one token each run as the rows of one forward pass (every weight read once
+ * for all of them: a decode step of several streams); a sequence adding several runs its own prompt pass. Each
+ * row runs the kernels it runs alone, so a sequence's logits are bit-identical whatever else is in the batch
+ * (mixture-of-experts models run single-token sequences one after the other). Nothing is evaluated when an entry
+ * is invalid (sequence, token, position, or the context full). */
+int qrt_model_decode(qrt_model *m, const qrt_batch_entry *entries, int n, float *logits);
 
 /* ---- embeddings ---- */
 

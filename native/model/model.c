@@ -538,11 +538,12 @@ static int alloc_expert_jobs(qrt_model *m); /* below, beside the matmul jobs */
 
 static size_t act_bytes_for(const Matrix *m) { return qrt_row_bytes(m->kernels.act_type, m->cols); }
 
-static int alloc_state(qrt_model *mod, int n_batch, int n_ctx, int kv_f32, char *err, size_t errlen) {
+static int alloc_state(qrt_model *mod, int n_batch, int n_ctx, int n_seq, int kv_f32, char *err, size_t errlen) {
     const Config *c = &mod->config;
     RunState *s = &mod->state;
     s->n_batch = n_batch;
     s->n_ctx = n_ctx;
+    s->n_seq = n_seq;
     s->kv_f32 = kv_f32;
     /* every size below comes from file values: saturating products (size_math.h) keep a 32-bit build from
      * wrapping them into small buffers */
@@ -590,6 +591,10 @@ static int alloc_state(qrt_model *mod, int n_batch, int n_ctx, int kv_f32, char 
     if (!c->encoder) ALLOC(s->logits, 1, (size_t)c->vocab_size);
     if (s->rows_f32_per_thread) ALLOC(s->rows_f32, (size_t)mod->n_threads, s->rows_f32_per_thread);
     ALLOC(s->seq_start, (size_t)n_batch + 1, 1);
+    ALLOC(s->row_seq, (size_t)n_batch, 1);
+    ALLOC(s->row_pos, (size_t)n_batch, 1);
+    ALLOC(s->swa_base, (size_t)n_seq, 1);
+    ALLOC(mod->n_past, (size_t)n_seq, 1);
     ALLOC(s->pooled, 1, (size_t)c->dim);
     ALLOC(s->act, (size_t)n_batch, s->act_row_bytes);
     /* the most block sums any activation row needs (qrt_packed_sums_per_row of the widest row) */
@@ -634,17 +639,18 @@ static int alloc_state(qrt_model *mod, int n_batch, int n_ctx, int kv_f32, char 
         s->kv_offset[l] = cache_values;
         cache_values = qrt_size_add(cache_values, qrt_size_mul((size_t)s->kv_rows[l], kv_dim));
     }
-    const size_t cache_bytes = qrt_size_mul(cache_values, kv_f32 ? 4 : 2);
+    s->kv_seq_values = cache_values;
+    const size_t cache_bytes = qrt_size_mul3(cache_values, (size_t)n_seq, kv_f32 ? 4 : 2);
     s->key_cache = qrt_size_ok(cache_bytes) ? calloc(1, cache_bytes ? cache_bytes : 1) : NULL;
     s->value_cache = qrt_size_ok(cache_bytes) ? calloc(1, cache_bytes ? cache_bytes : 1) : NULL;
     if (!s->key_cache || !s->value_cache) {
         double rows = 0.0;
         for (int l = 0; l < c->n_layers; l++) rows += s->kv_rows[l];
-        const double mib = 2.0 * rows * (double)kv_dim * (kv_f32 ? 4 : 2) / (1 << 20);
+        const double mib = 2.0 * rows * n_seq * (double)kv_dim * (kv_f32 ? 4 : 2) / (1 << 20);
         return model_set_err(err, errlen,
-                       "%s: out of memory for a KV cache of %d tokens x %d layers x %zu values (%.0f MiB; a smaller "
-                       "context, -c, needs less)",
-                       mod->path, n_ctx, c->n_layers, kv_dim, mib);
+                       "%s: out of memory for a KV cache of %d sequences x %d tokens x %d layers x %zu values (%.0f "
+                       "MiB; a smaller context, -c, or fewer sequences need less)",
+                       mod->path, n_seq, n_ctx, c->n_layers, kv_dim, mib);
     }
     return 0;
 }
@@ -657,6 +663,7 @@ static void free_state(RunState *s) {
     free(s->expert_x), free(s->expert_h), free(s->expert_h2), free(s->expert_out), free(s->expert_slot);
     free(s->expert_act), free(s->expert_act2), free(s->expert_act_sums), free(s->expert_act_sums2);
     free(s->key_cache), free(s->value_cache), free(s->seq_start), free(s->pooled), free(s->rows_f32);
+    free(s->row_seq), free(s->row_pos), free(s->swa_base);
 }
 
 /* ---- repacking (packed.h) ---- */
@@ -725,13 +732,14 @@ static int pack_weights(qrt_model *m, char *err, size_t errlen) {
 /* ---- open / free ---- */
 
 qrt_model_params qrt_model_default_params(void) {
-    qrt_model_params p = {2048, 0, 64, 0, 0};
+    qrt_model_params p = {2048, 0, 64, 0, 0, 1};
     return p;
 }
 
 void qrt_model_free(qrt_model *m) {
     if (!m) return;
     free_state(&m->state);
+    free(m->n_past);
     free(m->expert_jobs), free(m->expert_first_task);
     for (int i = 0; i < m->weights.n_owned; i++) free(m->weights.owned[i]);
     free(m->weights.owned);
@@ -780,7 +788,8 @@ qrt_model *qrt_model_open(const char *path, const qrt_model_params *params, char
         n_ctx = m->config.max_seq_len;
         n_batch = n_ctx > QRT_ENCODER_BATCH ? n_ctx : QRT_ENCODER_BATCH;
     }
-    if (alloc_state(m, n_batch, n_ctx, p.kv_f32, err, errlen)) goto fail;
+    if (alloc_state(m, n_batch, n_ctx, m->config.encoder || p.n_seq < 1 ? 1 : p.n_seq, p.kv_f32, err, errlen))
+        goto fail;
     /* LongRoPE's factors: the long ones when the context exceeds the trained one, as llama.cpp picks them */
     if (!m->weights.rope_freqs)
         m->weights.rope_freqs = n_ctx > m->config.n_ctx_orig ? m->weights.rope_long : m->weights.rope_short;
@@ -831,6 +840,9 @@ typedef struct matmul_job {
     qrt_dequantize_row_fn dequantize;
     float *rows_f32;
     size_t rows_f32_per_thread; /* floats */
+    /* the tokens are single-token steps of different sequences (model.decode_rows): the kernels above are the
+     * one-token ones, run token by token over each 16-row block (its weights read from memory once) */
+    int per_token;
 } matmul_job;
 
 /* matmul_task for weights dequantized to f32 rows as they are used (float activations): the same tiles and dots
@@ -852,10 +864,8 @@ static void matmul_dequantized_task(const matmul_job *j, int64_t r0, int64_t r1,
     }
 }
 
-static void matmul_task(void *ctx, int task, int thread) {
-    const matmul_job *j = ctx;
-    const int64_t r0 = task * j->rows_per_task;
-    const int64_t r1 = r0 + j->rows_per_task < j->w->rows ? r0 + j->rows_per_task : j->w->rows;
+/* Rows r0..r1-1 of the job for all its tokens. */
+static void matmul_rows(const matmul_job *j, int64_t r0, int64_t r1, int thread) {
     const int64_t cols = j->w->cols;
     const size_t rb = j->w->row_bytes, ab = j->act_row_bytes, os = (size_t)j->out_stride;
     if (j->dequantize) {
@@ -884,6 +894,29 @@ static void matmul_task(void *ctx, int task, int thread) {
     for (; r < r1; r++) {
         const uint8_t *wrow = j->w->data + (size_t)r * rb;
         for (int b = 0; b < j->n_tok; b++) j->out[(size_t)b * os + r] = j->dot(cols, wrow, j->act + (size_t)b * ab);
+    }
+}
+
+static void matmul_task(void *ctx, int task, int thread) {
+    const matmul_job *j = ctx;
+    const int64_t r0 = task * j->rows_per_task;
+    const int64_t r1 = r0 + j->rows_per_task < j->w->rows ? r0 + j->rows_per_task : j->w->rows;
+    /* the packed kernels give each token the products and order of a one-token call, whatever the number of
+     * tokens (their token tiles only share the weights' decoding): one call for all */
+    if (!j->per_token || j->packed) {
+        matmul_rows(j, r0, r1, thread);
+        return;
+    }
+    matmul_job one = *j;
+    one.n_tok = 1;
+    for (int64_t r = r0; r < r1; r += QRT_PACK_ROWS) { /* r0 and rows_per_task are multiples of 16 */
+        const int64_t end = r + QRT_PACK_ROWS < r1 ? r + QRT_PACK_ROWS : r1;
+        for (int b = 0; b < j->n_tok; b++) {
+            one.act = j->act + (size_t)b * j->act_row_bytes;
+            one.out = j->out + (size_t)b * (size_t)j->out_stride;
+            one.sums = j->sums ? j->sums + (size_t)b * j->sums_stride : NULL;
+            matmul_rows(&one, r, end, thread);
+        }
     }
 }
 
@@ -994,18 +1027,20 @@ static void prepare_act(qrt_model *m, act_cache *cache, const float *x, int n_to
 static int matmul_job_for(qrt_model *m, matmul_job *j, float *out, int64_t out_stride, const Matrix *w,
                           const uint8_t *act, const int32_t *sums, int n_tok) {
     const qrt_matmul_kernels *k = &w->kernels;
+    const int batch = n_tok > 1 && !m->decode_rows; /* the prompt kernels, else each token runs the one-token ones */
     *j = (matmul_job){w, act, m->state.act_row_bytes, out, out_stride, n_tok, 0,
-                      n_tok > 1 ? k->batch_dot : k->dot, NULL, 0, 0, NULL, NULL, 0, {0, 0}, NULL, NULL, 0};
+                      batch ? k->batch_dot : k->dot, NULL, 0, 0, NULL, NULL, 0, {0, 0}, NULL, NULL, 0,
+                      n_tok > 1 && !batch};
     if (w->packed) {
         j->packed = k->packed;
         j->sums = sums;
         j->sums_stride = m->state.act_sums_stride;
-        j->batch = m->batch;
+        j->batch = batch ? m->batch : (qrt_batch_pos){0, 1};
     }
-    j->tile = n_tok > 1 ? k->prompt_tile : k->decode_tile;
-    j->tile_nr = n_tok > 1 ? k->prompt_tile_nr : QRT_ROWS_NR;
-    j->tile_nt = n_tok > 1 ? QRT_TILE_NT : 1;
-    if (j->tile && n_tok > 1 && n_tok < QRT_TILE_NT) j->tile = NULL;
+    j->tile = batch ? k->prompt_tile : k->decode_tile;
+    j->tile_nr = batch ? k->prompt_tile_nr : QRT_ROWS_NR;
+    j->tile_nt = batch ? QRT_TILE_NT : 1;
+    if (j->tile && batch && n_tok < QRT_TILE_NT) j->tile = NULL;
     if (k->dequantize) {
         j->dequantize = k->dequantize;
         j->rows_f32 = m->state.rows_f32;
@@ -1067,35 +1102,42 @@ void model_matmul_many(qrt_model *m, act_cache *cache, int n, float *const outs[
 
 typedef struct {
     qrt_model *m;
-    int layer, pos0, n_tok;
+    int layer, n_tok;
 } attn_job;
 
-/* The cache row of a position: sliding layers hold positions from swa_base on (slide_window keeps it there). */
-static int kv_row(const RunState *s, int layer, int pos) {
-    return s->kv_rows[layer] < s->n_ctx ? pos - s->swa_base : pos;
+/* The cache row of a sequence's position: sliding layers hold positions from the sequence's swa_base on
+ * (slide_window keeps it there). */
+static int kv_row(const RunState *s, int layer, int seq, int pos) {
+    return s->kv_rows[layer] < s->n_ctx ? pos - s->swa_base[seq] : pos;
+}
+
+/* The first value of a sequence's rows of a layer. */
+static size_t kv_first(const RunState *s, int layer, int seq) {
+    return (size_t)seq * s->kv_seq_values + s->kv_offset[layer];
 }
 
 /* Before a batch at positions pos0..pos0+n_tok-1: drop from the sliding layers' rows the positions no token of
  * the batch sees, when the batch would not fit otherwise. The kept rows move to the front in one memmove per
  * layer, every few batches; base stays a multiple of 64 (see attention_task), so a window never wraps. */
-static void slide_window(qrt_model *m, int pos0, int n_tok) {
+static void slide_window(qrt_model *m, int seq, int pos0, int n_tok) {
     const Config *c = &m->config;
     RunState *s = &m->state;
-    if (pos0 == 0) s->swa_base = 0;
+    int *base = &s->swa_base[seq];
+    if (pos0 == 0) *base = 0;
     const int first_seen = pos0 - c->n_swa + 1 > 0 ? (pos0 - c->n_swa + 1) & ~63 : 0;
     const size_t kv_dim = (size_t)c->n_kv_heads * c->head_dim, elem = s->kv_f32 ? 4 : 2;
     for (int l = 0; l < c->n_layers; l++) {
         const int rows = s->kv_rows[l];
-        if (rows == s->n_ctx || pos0 + n_tok - s->swa_base <= rows || first_seen <= s->swa_base) continue;
-        const size_t keep = (size_t)(pos0 - first_seen) * kv_dim * elem, drop = (size_t)(first_seen - s->swa_base);
-        uint8_t *kc = (uint8_t *)s->key_cache + s->kv_offset[l] * elem;
-        uint8_t *vc = (uint8_t *)s->value_cache + s->kv_offset[l] * elem;
+        if (rows == s->n_ctx || pos0 + n_tok - *base <= rows || first_seen <= *base) continue;
+        const size_t keep = (size_t)(pos0 - first_seen) * kv_dim * elem, drop = (size_t)(first_seen - *base);
+        uint8_t *kc = (uint8_t *)s->key_cache + kv_first(s, l, seq) * elem;
+        uint8_t *vc = (uint8_t *)s->value_cache + kv_first(s, l, seq) * elem;
         memmove(kc, kc + drop * kv_dim * elem, keep);
         memmove(vc, vc + drop * kv_dim * elem, keep);
     }
     for (int l = 0; l < c->n_layers; l++)
-        if (s->kv_rows[l] < s->n_ctx && pos0 + n_tok - s->swa_base > s->kv_rows[l]) {
-            s->swa_base = first_seen;
+        if (s->kv_rows[l] < s->n_ctx && pos0 + n_tok - *base > s->kv_rows[l]) {
+            *base = first_seen;
             break;
         }
 }
@@ -1107,7 +1149,7 @@ static void attention_task(void *ctx, int task, int thread) {
     const int b = task / c->n_heads, h = task % c->n_heads;
     const int hd = c->head_dim, kv_dim = c->n_kv_heads * hd;
     const int kvh = h / (c->n_heads / c->n_kv_heads);
-    const int pos = j->pos0 + b;
+    const int pos = s->row_pos[b], seq = s->row_seq[b];
     /* positions first..pos are seen: all of them, or the last n_swa in a sliding layer. ggml's lanes and blocks
      * count from cache cell 0, masked cells included: the products start at a multiple of 64 (rows of a ring
      * are too), the positions before `first` masked, so that the sums round as there */
@@ -1120,12 +1162,12 @@ static void attention_task(void *ctx, int task, int thread) {
     const float scale = c->q_scale != 0.0f ? 1.0f : 1.0f / sqrtf((float)hd);
     /* ggml's paths: prompt batches go through tinyBLAS (except f32 scores: the permuted query is not contiguous),
      * single tokens through ggml_vec_dot; with an f16 cache the query and the weights are rounded to f16 */
-    const int f16 = !s->kv_f32, decode = j->n_tok == 1;
+    const int f16 = !s->kv_f32, decode = j->n_tok == 1 || j->m->decode_rows;
     const size_t elem = f16 ? 2 : 4;
-    const uint8_t *kc = (const uint8_t *)s->key_cache + (s->kv_offset[j->layer] + (size_t)kvh * hd) * elem;
-    const uint8_t *vc = (const uint8_t *)s->value_cache + (s->kv_offset[j->layer] + (size_t)kvh * hd) * elem;
+    const uint8_t *kc = (const uint8_t *)s->key_cache + (kv_first(s, j->layer, seq) + (size_t)kvh * hd) * elem;
+    const uint8_t *vc = (const uint8_t *)s->value_cache + (kv_first(s, j->layer, seq) + (size_t)kvh * hd) * elem;
     const size_t row_bytes = (size_t)kv_dim * elem;
-    const int row0 = kv_row(s, j->layer, start);
+    const int row0 = kv_row(s, j->layer, seq, start);
     /* with an f16 cache the kernels round q and the weights to f16 themselves, as ggml does */
     const qrt_pass_kernels *k = &j->m->pass;
     k->attn_scores(att, q, kc + (size_t)row0 * row_bytes, n_pos, kv_dim, hd, f16, decode || !f16, scale);
@@ -1140,7 +1182,6 @@ typedef struct {
     row_split split;
     qrt_model *m;
     const int32_t *tokens;
-    int pos0;
 } embed_job;
 
 static void embed_task(void *ctx, int task, int thread) {
@@ -1158,11 +1199,11 @@ static void embed_task(void *ctx, int task, int thread) {
         qrt_dequantize_row(w->token_embd.type, row, x, c->dim);
         if (c->embd_scale != 0.0f)
             for (int i = 0; i < c->dim; i++) x[i] *= c->embd_scale;
-        op_rope_angles(s->rope_cos + (size_t)b * half_rot, s->rope_sin + (size_t)b * half_rot, j->pos0 + b, c->n_rot,
+        op_rope_angles(s->rope_cos + (size_t)b * half_rot, s->rope_sin + (size_t)b * half_rot, s->row_pos[b], c->n_rot,
                        &c->rope, w->rope_freqs);
         if (s->rope_cos_swa)
             op_rope_angles(s->rope_cos_swa + (size_t)b * half_rot, s->rope_sin_swa + (size_t)b * half_rot,
-                           j->pos0 + b, c->n_rot, &c->rope_swa, NULL);
+                           s->row_pos[b], c->n_rot, &c->rope_swa, NULL);
     }
 }
 
@@ -1171,13 +1212,13 @@ typedef struct {
     row_split split;
     qrt_model *m;
     const LayerWeights *lw;
-    int layer, pos0;
+    int layer;
 } qkv_job;
 
-static void store_kv_row(qrt_model *m, int layer, int pos, const float *k, const float *v) {
+static void store_kv_row(qrt_model *m, int layer, int seq, int pos, const float *k, const float *v) {
     RunState *s = &m->state;
     const int kv_dim = m->config.n_kv_heads * m->config.head_dim;
-    const size_t off = s->kv_offset[layer] + (size_t)kv_row(s, layer, pos) * kv_dim;
+    const size_t off = kv_first(s, layer, seq) + (size_t)kv_row(s, layer, seq, pos) * kv_dim;
     if (s->kv_f32) {
         memcpy((float *)s->key_cache + off, k, (size_t)kv_dim * sizeof(float));
         memcpy((float *)s->value_cache + off, v, (size_t)kv_dim * sizeof(float));
@@ -1219,7 +1260,7 @@ static void qkv_task(void *ctx, int task, int thread) {
         }
         if (c->q_scale != 0.0f)
             for (int i = 0; i < q_dim; i++) q[i] *= c->q_scale;
-        store_kv_row(j->m, j->layer, j->pos0 + b, k, v);
+        store_kv_row(j->m, j->layer, s->row_seq[b], s->row_pos[b], k, v);
     }
 }
 
@@ -1423,10 +1464,10 @@ static void softcap(float *x, size_t n, float cap) {
     for (size_t i = 0; i < n; i++) x[i] = tanhf(x[i] * (1.0f / cap)) * cap;
 }
 
-/* Run n_tok tokens at positions pos0..; logits of every token go to all_logits (if not NULL), the last token's
+/* Run n_tok token rows, each at the sequence and position state.row_seq/row_pos give it; logits of every token go to all_logits (if not NULL), the last token's
  * to state.logits; with hidden set, no logits: state.xb holds every row's hidden state after output_norm. Each layer: attention then SwiGLU, each a norm, matmuls and a residual add; the residual add
  * of one block is the first step of the next block's norm (one pass over the rows instead of two). */
-static void forward(qrt_model *m, const int32_t *tokens, int n_tok, int pos0, float *all_logits, int hidden) {
+static void forward(qrt_model *m, const int32_t *tokens, int n_tok, float *all_logits, int hidden) {
     const Config *c = &m->config;
     const Weights *w = &m->weights;
     RunState *s = &m->state;
@@ -1434,8 +1475,13 @@ static void forward(qrt_model *m, const int32_t *tokens, int n_tok, int pos0, fl
     const int q_dim = c->n_heads * hd, kv_dim = c->n_kv_heads * hd;
     act_cache cache = {0};
 
-    if (c->n_swa) slide_window(m, pos0, n_tok);
-    embed_job ej = {.m = m, .tokens = tokens, .pos0 = pos0};
+    if (c->n_swa) {
+        if (m->decode_rows)
+            for (int b = 0; b < n_tok; b++) slide_window(m, s->row_seq[b], s->row_pos[b], 1);
+        else
+            slide_window(m, s->row_seq[0], s->row_pos[0], n_tok);
+    }
+    embed_job ej = {.m = m, .tokens = tokens};
     model_run_rows(m, embed_task, &ej, model_split_rows(m, &ej.split, 0, n_tok));
     float *residual = NULL;             /* the last block's output, not yet added to x */
     const float *residual_norm = NULL;  /* and the norm it takes first (gemma's post-FFN norm) */
@@ -1453,9 +1499,9 @@ static void forward(qrt_model *m, const int32_t *tokens, int n_tok, int pos0, fl
             const int64_t strides[] = {q_dim, kv_dim, kv_dim};
             model_matmul_many(m, &cache, 3, outs, strides, ws, s->xb, n_tok);
         }
-        qkv_job qj = {.m = m, .lw = lw, .layer = l, .pos0 = pos0};
+        qkv_job qj = {.m = m, .lw = lw, .layer = l};
         model_run_rows(m, qkv_task, &qj, model_split_rows(m, &qj.split, 0, n_tok));
-        attn_job aj = {m, l, pos0, n_tok};
+        attn_job aj = {m, l, n_tok};
         model_pool_run(m, attention_task, &aj, n_tok * c->n_heads);
         model_matmul(m, &cache, s->xb, dim, &lw->wo, s->xb2, n_tok);
 
@@ -1504,9 +1550,9 @@ static void forward(qrt_model *m, const int32_t *tokens, int n_tok, int pos0, fl
     }
 }
 
-/* n tokens from position n_past on, in chunks; all_logits as qrt_model_eval's. With pooled set (a decoder's
- * embed), no logits: each chunk's hidden rows are pooled into it (op_pool_rows; n is the whole sequence). */
-static void run_chunks(qrt_model *m, const int32_t *tokens, int n, float *all_logits, float *pooled) {
+/* n tokens of sequence seq from its n_past on, in chunks; all_logits as qrt_model_eval's. With pooled set (a
+ * decoder's embed), no logits: each chunk's hidden rows are pooled into it (op_pool_rows; n is the whole sequence). */
+static void run_chunks(qrt_model *m, int seq, const int32_t *tokens, int n, float *all_logits, float *pooled) {
     /* llama.cpp runs an eval in ubatches of QRT_LLAMA_UBATCH tokens; within one, qrun runs chunks of n_batch
      * tokens, never a 1-token tail (ggml treats single tokens differently: decode), and the packed kernels get
      * each chunk's place in the ubatch (their orders depend on it, as llama.cpp's kernel choice does) */
@@ -1517,38 +1563,161 @@ static void run_chunks(qrt_model *m, const int32_t *tokens, int n, float *all_lo
         int chunk = left < m->state.n_batch ? left : m->state.n_batch;
         if (left - chunk == 1) chunk--;
         m->batch = (qrt_batch_pos){done - ubatch0, ubatch_n};
-        forward(m, tokens + done, chunk, m->n_past, all_logits ? all_logits + (size_t)done * m->config.vocab_size : NULL,
+        for (int b = 0; b < chunk; b++) m->state.row_seq[b] = seq, m->state.row_pos[b] = m->n_past[seq] + b;
+        forward(m, tokens + done, chunk, all_logits ? all_logits + (size_t)done * m->config.vocab_size : NULL,
                 pooled != NULL);
         if (pooled) op_pool_rows(pooled, m->state.xb, chunk, m->config.dim, done, n, m->config.pooling);
-        m->n_past += chunk;
+        m->n_past[seq] += chunk;
         done += chunk;
     }
 }
 
-int qrt_model_eval(qrt_model *m, const int32_t *tokens, int n, float *all_logits) {
-    if (m->config.encoder)
-        return model_set_err(m->error, sizeof m->error, "%s: %s is an embedding model: use embed", m->path,
-                             m->config.arch);
-    if (n <= 0) return model_set_err(m->error, sizeof m->error, "eval: no tokens");
-    if (n > m->state.n_ctx - m->n_past)
-        return model_set_err(m->error, sizeof m->error, "context full: %d tokens in the cache + %d new > context %d",
-                       m->n_past, n, m->state.n_ctx);
-    for (int i = 0; i < n; i++)
-        if (tokens[i] < 0 || tokens[i] >= m->config.vocab_size)
-            return model_set_err(m->error, sizeof m->error, "token id %d at index %d is outside the vocabulary (0..%d)",
-                           tokens[i], i, m->config.vocab_size - 1);
-    const double t0 = model_now_s();
-    run_chunks(m, tokens, n, all_logits, NULL);
-    m->has_logits = 1;
+static void count_time(qrt_model *m, double t0, int n_tok, int prompt) {
     const double dt = model_now_s() - t0;
-    if (n > 1) {
+    if (prompt) {
         m->prompt_s += dt;
-        m->prompt_tokens += n;
+        m->prompt_tokens += n_tok;
     } else {
         m->gen_s += dt;
-        m->gen_tokens += 1;
+        m->gen_tokens += n_tok;
     }
+}
+
+static int refuse_encoder(qrt_model *m) {
+    return model_set_err(m->error, sizeof m->error, "%s: %s is an embedding model: use embed", m->path, m->config.arch);
+}
+
+static int check_token(qrt_model *m, int32_t token, int index) {
+    if (token >= 0 && token < m->config.vocab_size) return 0;
+    return model_set_err(m->error, sizeof m->error, "token id %d at index %d is outside the vocabulary (0..%d)", token,
+                         index, m->config.vocab_size - 1);
+}
+
+static int check_room(qrt_model *m, int seq, int n) {
+    if (n <= m->state.n_ctx - m->n_past[seq]) return 0;
+    return model_set_err(m->error, sizeof m->error, "context full: %d tokens in the cache + %d new > context %d",
+                         m->n_past[seq], n, m->state.n_ctx);
+}
+
+int qrt_model_eval(qrt_model *m, const int32_t *tokens, int n, float *all_logits) {
+    if (m->config.encoder) return refuse_encoder(m);
+    if (n <= 0) return model_set_err(m->error, sizeof m->error, "eval: no tokens");
+    if (check_room(m, 0, n)) return -1;
+    for (int i = 0; i < n; i++)
+        if (check_token(m, tokens[i], i)) return -1;
+    const double t0 = model_now_s();
+    run_chunks(m, 0, tokens, n, all_logits, NULL);
+    m->has_logits = 1;
+    count_time(m, t0, n, n > 1);
     return 0;
+}
+
+/* ---- several sequences in one call ---- */
+
+/* One forward over single-token steps of different sequences (rows b < n_rows: seqs[b], tokens[b]), their logits
+ * rows into logits. */
+static void decode_rows(qrt_model *m, const int32_t *tokens, const int *seqs, int n_rows, float *logits) {
+    RunState *s = &m->state;
+    for (int first = 0; first < n_rows; first += s->n_batch) {
+        const int n = n_rows - first < s->n_batch ? n_rows - first : s->n_batch;
+        for (int b = 0; b < n; b++) s->row_seq[b] = seqs[first + b], s->row_pos[b] = m->n_past[seqs[first + b]];
+        m->batch = (qrt_batch_pos){0, 1};
+        m->decode_rows = n > 1;
+        forward(m, tokens + first, n, logits + (size_t)first * m->config.vocab_size, 0);
+        m->decode_rows = 0;
+        for (int b = 0; b < n; b++) m->n_past[seqs[first + b]] += 1;
+    }
+}
+
+int qrt_model_decode(qrt_model *m, const qrt_batch_entry *e, int n, float *logits) {
+    if (m->config.encoder) return refuse_encoder(m);
+    if (n <= 0) return model_set_err(m->error, sizeof m->error, "decode: no entries");
+    const int n_seq = m->state.n_seq;
+    const size_t vocab = (size_t)m->config.vocab_size;
+    int *count = calloc((size_t)n_seq, sizeof *count);  /* entries per sequence */
+    int *out_row = malloc((size_t)n * sizeof *out_row);  /* per entry its logits row, or -1 */
+    int32_t *run = malloc((size_t)n * sizeof *run);      /* the tokens of one forward */
+    int *run_entry = malloc((size_t)n * sizeof *run_entry); /* and the entry of each */
+    int *run_seq = malloc((size_t)n * sizeof *run_seq);     /* and its sequence */
+    float *rows = NULL;
+    int status = 0, n_out = 0;
+    if (!count || !out_row || !run || !run_entry || !run_seq) {
+        status = model_set_err(m->error, sizeof m->error, "decode: out of memory");
+        goto done;
+    }
+    for (int i = 0; i < n && !status; i++) {
+        if (e[i].seq < 0 || e[i].seq >= n_seq) {
+            status = model_set_err(m->error, sizeof m->error, "decode: entry %d names sequence %d (expected 0..%d)", i,
+                                   e[i].seq, n_seq - 1);
+        } else if (!(status = check_token(m, e[i].token, i)) && e[i].pos != m->n_past[e[i].seq] + count[e[i].seq]) {
+            status = model_set_err(m->error, sizeof m->error,
+                                   "decode: entry %d is at position %d of sequence %d (expected %d: it continues the "
+                                   "sequence)", i, e[i].pos, e[i].seq, m->n_past[e[i].seq] + count[e[i].seq]);
+        }
+        if (!status) count[e[i].seq]++;
+        out_row[i] = e[i].logits ? n_out++ : -1;
+    }
+    for (int q = 0; q < n_seq && !status; q++)
+        if (count[q]) status = check_room(m, q, count[q]);
+    if (status) goto done;
+
+    const double t0 = model_now_s();
+    int n_prompt = 0, n_single = 0;
+    /* sequences adding several tokens: their own prompt pass each (all rows' logits when a row before the last
+     * is asked for) */
+    for (int q = 0; q < n_seq; q++) {
+        if (count[q] < 2) continue;
+        int k = 0, want_inner = 0;
+        for (int i = 0; i < n; i++) {
+            if (e[i].seq != q) continue;
+            if (k < count[q] - 1 && e[i].logits) want_inner = 1;
+            run_entry[k] = i;
+            run[k++] = e[i].token;
+        }
+        float *all = NULL;
+        if (want_inner && !(all = malloc((size_t)k * vocab * sizeof *all))) {
+            status = model_set_err(m->error, sizeof m->error, "decode: out of memory");
+            goto done;
+        }
+        run_chunks(m, q, run, k, all, NULL);
+        for (int r = 0; r < k; r++) {
+            const int row = out_row[run_entry[r]];
+            if (row < 0) continue;
+            const float *src = all ? all + (size_t)r * vocab : m->state.logits;
+            memcpy(logits + (size_t)row * vocab, src, vocab * sizeof *src);
+        }
+        free(all);
+        n_prompt += k;
+    }
+    /* sequences adding one token: rows of one forward (mixtures of experts group tokens by expert, which would
+     * change a row's kernels with the batch: they run one at a time) */
+    for (int i = 0; i < n; i++) {
+        if (count[e[i].seq] != 1) continue;
+        run[n_single] = e[i].token;
+        run_seq[n_single] = e[i].seq;
+        run_entry[n_single++] = i;
+    }
+    if (n_single) {
+        if (!(rows = malloc((size_t)n_single * vocab * sizeof *rows))) {
+            status = model_set_err(m->error, sizeof m->error, "decode: out of memory");
+            goto done;
+        }
+        if (m->config.n_expert)
+            for (int b = 0; b < n_single; b++) decode_rows(m, run + b, run_seq + b, 1, rows + (size_t)b * vocab);
+        else
+            decode_rows(m, run, run_seq, n_single, rows);
+        for (int b = 0; b < n_single; b++) {
+            const int row = out_row[run_entry[b]];
+            if (row >= 0) memcpy(logits + (size_t)row * vocab, rows + (size_t)b * vocab, vocab * sizeof *rows);
+        }
+        memcpy(m->state.logits, rows + (size_t)(n_single - 1) * vocab, vocab * sizeof *rows);
+    }
+    m->has_logits = 1;
+    if (n_prompt) count_time(m, t0, n_prompt, 1);
+    if (n_single && !n_prompt) count_time(m, t0, n_single, 0);
+done:
+    free(count), free(out_row), free(run), free(run_entry), free(run_seq), free(rows);
+    return status;
 }
 
 /* ---- embeddings ---- */
@@ -1597,11 +1766,11 @@ int qrt_model_embed(qrt_model *m, const int32_t *tokens, const int32_t *seq_lens
         /* each sequence from an empty cache; what was cached before is gone */
         size_t first_token = 0;
         for (int i = 0; i < n_seq; i++) {
-            m->n_past = 0;
-            run_chunks(m, tokens + first_token, seq_lens[i], NULL, out + (size_t)i * dim);
+            m->n_past[0] = 0;
+            run_chunks(m, 0, tokens + first_token, seq_lens[i], NULL, out + (size_t)i * dim);
             first_token += (size_t)seq_lens[i];
         }
-        m->n_past = 0;
+        m->n_past[0] = 0;
         m->has_logits = 0;
     }
     if (c->normalize)
@@ -1621,23 +1790,32 @@ int qrt_model_n_vocab(const qrt_model *m) { return m->config.vocab_size; }
 int qrt_model_n_ctx(const qrt_model *m) { return m->state.n_ctx; }
 int qrt_model_n_ctx_train(const qrt_model *m) { return m->config.n_ctx_train; }
 int qrt_model_n_threads(const qrt_model *m) { return m->n_threads; }
-int qrt_model_n_past(const qrt_model *m) { return m->n_past; }
+int qrt_model_n_past(const qrt_model *m) { return m->n_past ? m->n_past[0] : 0; }
 const char *qrt_model_describe(const qrt_model *m) { return m->describe; }
 const float *qrt_model_logits(const qrt_model *m) { return m->has_logits ? m->state.logits : NULL; }
 size_t qrt_model_file_bytes(const qrt_model *m) { return m->file->size; }
 
-int qrt_model_set_n_past(qrt_model *m, int n_past) {
-    if (n_past < 0 || n_past > m->n_past)
-        return model_set_err(m->error, sizeof m->error, "set_n_past: %d is outside 0..%d", n_past, m->n_past);
+int qrt_model_set_n_past(qrt_model *m, int n_past) { return qrt_model_seq_set_n_past(m, 0, n_past); }
+int qrt_model_n_seq(const qrt_model *m) { return m->state.n_seq; }
+int qrt_model_seq_n_past(const qrt_model *m, int seq) {
+    return seq >= 0 && seq < m->state.n_seq ? m->n_past[seq] : -1;
+}
+
+int qrt_model_seq_set_n_past(qrt_model *m, int seq, int n_past) {
+    if (seq < 0 || seq >= m->state.n_seq)
+        return model_set_err(m->error, sizeof m->error, "set_n_past: sequence %d (expected 0..%d)", seq,
+                             m->state.n_seq - 1);
+    if (n_past < 0 || n_past > m->n_past[seq])
+        return model_set_err(m->error, sizeof m->error, "set_n_past: %d is outside 0..%d", n_past, m->n_past[seq]);
     /* sliding layers keep positions from swa_base on: going back is possible while the window before the new
      * position is still there (or to 0) */
     const int first_seen = n_past - m->config.n_swa + 1, needed = first_seen > 0 ? first_seen & ~63 : 0;
-    if (n_past > 0 && m->config.n_swa && needed < m->state.swa_base)
+    if (n_past > 0 && m->config.n_swa && needed < m->state.swa_base[seq])
         return model_set_err(m->error, sizeof m->error,
                        "set_n_past: %d needs positions from %d on, and the sliding-window layers keep them from %d on "
-                       "(only 0 is possible)", n_past, needed, m->state.swa_base);
-    m->n_past = n_past;
-    if (n_past == 0) m->has_logits = 0;
+                       "(only 0 is possible)", n_past, needed, m->state.swa_base[seq]);
+    m->n_past[seq] = n_past;
+    if (n_past == 0 && seq == 0) m->has_logits = 0;
     return 0;
 }
 
@@ -1647,7 +1825,7 @@ size_t qrt_model_kv_bytes(const qrt_model *m) {
     size_t rows = 0;
     if (!m->state.kv_rows) return 0; /* an encoder */
     for (int l = 0; l < c->n_layers; l++) rows += (size_t)m->state.kv_rows[l];
-    return 2 * rows * kv_dim * (m->state.kv_f32 ? 4 : 2);
+    return 2 * rows * (size_t)m->state.n_seq * kv_dim * (m->state.kv_f32 ? 4 : 2);
 }
 
 int qrt_model_meta_str(const qrt_model *m, const char *key, const char **ptr, size_t *len) {

@@ -161,9 +161,14 @@ typedef struct {
     void *key_cache, *value_cache;
     size_t *kv_offset;
     int *kv_rows;
-    int swa_base; /* the position in row 0 of the sliding layers' rows */
+    int *swa_base; /* per sequence: the position in row 0 of the sliding layers' rows */
     int kv_f32;
-    int n_ctx;
+    int n_ctx;         /* positions per sequence */
+    int n_seq;         /* sequences the cache holds: each has its own rows, kv_seq_values values from the first's */
+    size_t kv_seq_values;
+    /* the running forward's rows: the sequence and position of each (one sequence's consecutive positions, or one
+     * position of each of several sequences: model.decode_rows) */
+    int32_t *row_seq, *row_pos;
     int32_t *seq_start; /* embed: [n_batch + 1] first row of each sequence of a batch */
     float *pooled;      /* embed of a decoder: [dim] running sum of a sequence's rows */
 } RunState;
@@ -179,8 +184,12 @@ struct qrt_model {
     RunState state;
     qrt_threadpool *pool;
     int n_threads;
-    int n_past;
+    int *n_past; /* per sequence: the tokens in its cache (the position of its next token) */
     int has_logits;
+    /* the running forward's rows are single-token steps of different sequences: each row runs the kernels it runs
+     * alone (the one-token matmuls, token by token over each block of weight rows; decode attention), so a
+     * sequence's logits do not depend on what else is in the batch */
+    int decode_rows;
     char path[512];
     char describe[160];
     char error[512];

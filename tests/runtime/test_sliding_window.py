@@ -44,16 +44,17 @@ def test_kv_cache_holds_the_window_after_8192_tokens(gemma3_f32):
 
 
 def test_going_back_past_the_kept_window_is_refused_then_recomputed(gemma3_f32):
-    from qconv.runtime.model import Model
+    from qconv.runtime import Model, prefill
 
     model = Model(gemma3_f32, threads=2, ctx=1024, kv_f32=True)
     tokens = np.random.default_rng(1).integers(0, SHAPE["vocab"], size=600).tolist()
     full = model.logits(tokens)
     # a prompt sharing only a short prefix with what the cache holds: the window before it is gone, so the prompt
     # is evaluated from the start, and its logits are those of a fresh model
-    model._feed_prompt(tokens[:20] + tokens[:10])
+    assert not model.truncate(29)
+    last = prefill(model, tokens[:20] + tokens[:10])
     fresh = Model(gemma3_f32, threads=2, ctx=1024, kv_f32=True).logits(tokens[:20] + tokens[:10])
-    np.testing.assert_allclose(model.last_logits(), fresh[-1], rtol=0, atol=1e-5 * np.abs(fresh[-1]).max())
+    np.testing.assert_allclose(last, fresh[-1], rtol=0, atol=1e-5 * np.abs(fresh[-1]).max())
     assert np.isfinite(full).all()
 
 
