@@ -6,6 +6,7 @@
     qrun MODEL.gguf                                      # interactive chat (/reset, /exit, Ctrl-D)
     qrun MODEL.gguf --embed "a sentence"                 # its embedding: one JSON array on stdout
     qrun MODEL.gguf --embed-file texts.txt               # one text per line -> one JSON array per line
+    qrun MODEL.gguf -p "A cat" --json-schema cat.json    # the answer: JSON valid for that schema
 
 stdout receives only the generated text, streamed; the speed line and --verbose details go to stderr. Every
 error is one line on stderr, `qrun: error: ...`: a bad flag value (exit 2, before the model loads), a bad file or
@@ -120,6 +121,12 @@ def _check_model_path(path: Path) -> None:
     "--seed", type=click.IntRange(0, 2**64 - 1), help="Sampling seed (default: a random one, printed by -v / --json)."
 )
 @click.option("--stop", multiple=True, help="Stop when this text is generated (repeatable).")
+@click.option(
+    "--json-schema",
+    "json_schema_file",
+    metavar="FILE",
+    help="Constrain the answer to JSON valid for the JSON schema in FILE (compact JSON; ends when it is complete).",
+)
 @click.option("--ignore-eos", is_flag=True, help="Keep generating past end-of-generation tokens.")
 @click.option("-t", "--threads", type=click.IntRange(1, MAX_THREADS), default=None, help="Threads (default: all CPUs).")
 @click.option(
@@ -157,6 +164,7 @@ def main(
     repeat_last_n,
     seed,
     stop,
+    json_schema_file,
     ignore_eos,
     threads,
     ctx,
@@ -177,11 +185,14 @@ def main(
         _fail("give the texts with --embed or --embed-file, not both")
     if embedding and (prompt is not None or prompt_file is not None):
         _fail("--embed/--embed-file and a prompt (-p/-f) are different jobs: give one")
+    if embedding and json_schema_file is not None:
+        _fail("--json-schema constrains generated text: not with --embed/--embed-file")
     seed = secrets.randbits(32) if seed is None else seed
     try:
         texts = [embed_text] if embed_text is not None else _read_texts_file(embed_file) if embed_file else None
         if prompt_file is not None:
             prompt = _read_prompt_file(prompt_file)
+        json_schema = _read_json_schema(json_schema_file) if json_schema_file is not None else None
         if is_onnx_folder(model_path) or is_onnx_encoder_folder(model_path):
             model = OnnxModel(model_path, threads=threads)
         else:
@@ -217,17 +228,47 @@ def main(
         stop=stop,
         ignore_eos=ignore_eos,
     )
+    new_constraint = _constraint_factory(model, json_schema, json_schema_file) if json_schema_file else None
     use_chat = not raw and model.chat_template is not None
     try:
         if prompt is not None:
-            _one_turn(model, prompt, use_chat, system_prompt, max_tokens, sampling, as_json)
+            _one_turn(model, prompt, use_chat, system_prompt, max_tokens, sampling, as_json, new_constraint)
         else:
-            Chat(model, system_prompt, max_tokens, sampling, use_chat).run()
+            Chat(model, system_prompt, max_tokens, sampling, use_chat, new_constraint).run()
     except FormatError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
         click.echo("", err=True)
         sys.exit(130)
+
+
+def _read_json_schema(path: str):
+    try:
+        return json.loads(Path(path).read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise FormatError(f"{path}: cannot read the JSON schema: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise FormatError(f"{path}: the JSON schema is not UTF-8 text (byte {exc.start})") from exc
+    except json.JSONDecodeError as exc:
+        raise FormatError(f"{path}: not JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise FormatError(f"{path}: the JSON schema is nested too deeply") from exc
+
+
+def _constraint_factory(model, schema, path: str):
+    """A function giving each answer (an interactive chat has many) a fresh constraint for the schema; a bad schema
+    is reported here, before the first prompt."""
+    from qconv.runtime.constrained import JsonConstraint
+
+    try:
+        JsonConstraint.for_schema(model.tokenizer, schema)
+    except FormatError as exc:
+        _fail(f"{path}: {exc}")
+    return lambda: JsonConstraint.for_schema(model.tokenizer, schema)
+
+
+def _answer_options(sampling: dict, new_constraint) -> dict:
+    return sampling if new_constraint is None else {**sampling, "constraint": new_constraint()}
 
 
 def _read_texts_file(path: str) -> list[str]:
@@ -284,14 +325,14 @@ def _messages(system_prompt, turns):
     return ([{"role": "system", "content": system_prompt}] if system_prompt else []) + turns
 
 
-def _one_turn(model, prompt, use_chat, system_prompt, max_tokens, sampling, as_json) -> None:
+def _one_turn(model, prompt, use_chat, system_prompt, max_tokens, sampling, as_json, new_constraint=None) -> None:
     if use_chat:
         text = model.render_chat(_messages(system_prompt, [{"role": "user", "content": prompt}]))
     else:
         text = prompt
     ids: list[int] = []
     pieces = []
-    for piece in model.generate(text, max_tokens, token_ids=ids, **sampling):
+    for piece in model.generate(text, max_tokens, token_ids=ids, **_answer_options(sampling, new_constraint)):
         if as_json:
             pieces.append(piece)
         else:
@@ -319,12 +360,13 @@ class Chat:
     """The interactive loop: one line per user turn; Ctrl-C stops a reply, Ctrl-C at the prompt or Ctrl-D ends the
     chat; the oldest turns give way when the context is full (the system prompt stays)."""
 
-    def __init__(self, model, system_prompt, max_tokens, sampling, use_chat) -> None:
+    def __init__(self, model, system_prompt, max_tokens, sampling, use_chat, new_constraint=None) -> None:
         self.model = model
         self.system_prompt = system_prompt
         self.max_tokens = max_tokens
         self.sampling = sampling
         self.use_chat = use_chat
+        self.new_constraint = new_constraint
         self.turns: list[dict] = []
         self.tty = sys.stdin.isatty()
         # the room a reply needs in the context, kept free when old turns are dropped
@@ -377,7 +419,9 @@ class Chat:
         reply = []
         self.model.reset_timings()
         try:
-            for piece in self.model.generate(prompt, self.max_tokens, **self.sampling):
+            for piece in self.model.generate(
+                prompt, self.max_tokens, **_answer_options(self.sampling, self.new_constraint)
+            ):
                 reply.append(piece)
                 sys.stdout.write(piece)
                 sys.stdout.flush()
