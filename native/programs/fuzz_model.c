@@ -23,12 +23,14 @@ static const char PROMPT[] = "Hello, world! <s> 12345 über ünïcödé 你好 \
 
 static volatile uint64_t sink;
 
-/* Open, tokenize, eval up to 8 prompt tokens and 2 sampled ones; "ok" or the first error in err. */
+/* Open, tokenize, eval up to 8 prompt tokens and 2 sampled ones, then a batch of both sequences (a decode step of
+sequence 0 beside a prompt of sequence 1); "ok" or the first error in err. */
 static int exercise(const char *path, int n_ctx, char *err, size_t errlen) {
     qrt_model_params p = qrt_model_default_params();
     p.n_ctx = n_ctx;
     p.n_threads = 1;
     p.n_batch = 4; /* two forward chunks for an 8-token prompt */
+    p.n_seq = 2;
     qrt_model *m = qrt_model_open(path, &p, err, errlen);
     if (!m) return -1;
     sink += qrt_model_kv_bytes(m) + strlen(qrt_model_describe(m));
@@ -63,6 +65,11 @@ static int exercise(const char *path, int n_ctx, char *err, size_t errlen) {
         if (piece && len) sink += (uint8_t)piece[len - 1];
         if (qrt_model_eval(m, &next, 1, NULL) != 0) break;
     }
+    const int past = qrt_model_seq_n_past(m, 0);
+    const qrt_batch_entry batch[3] = {{ids[0], 1, 0, 0}, {ids[n - 1], 0, past, 1}, {ids[0], 1, 1, 1}};
+    float *rows = malloc(2 * (size_t)n_vocab * sizeof *rows);
+    if (rows && past < n_ctx && qrt_model_decode(m, batch, 3, rows) == 0) sink += (uint64_t)(rows[0] != rows[n_vocab]);
+    free(rows);
     char text[256];
     sink += (uint64_t)qrt_tokenizer_decode(tok, ids, n, text, sizeof text, 0, 1);
     qrt_detokenizer_free(d);
