@@ -197,7 +197,9 @@ class OnnxModel:
         if not tokens:
             raise FormatError("evaluate: no tokens")
         if len(self._cached) + len(tokens) > self.n_ctx:
-            raise FormatError(f"context full: {len(self._cached)} cached + {len(tokens)} new tokens > context {self.n_ctx}")
+            raise FormatError(
+                f"context full: {len(self._cached)} cached + {len(tokens)} new tokens > context {self.n_ctx}"
+            )
         start = time.perf_counter()
         rows = self.eval(tokens)
         self._cached.extend(tokens)

@@ -21,8 +21,13 @@ def files(tmp_path_factory):
     sliding window (gemma3) and experts (qwen3moe)."""
     tmp = tmp_path_factory.mktemp("batch")
     llama = build_random_model(tmp / "llama", arch="llama", hidden=256, n_layers=2, ffn=512, vocab=512, seed=3)
-    out = {t: convert_to_gguf(llama, tmp / f"llama-{t}.gguf", t, progress=False).out_path for t in ("q4_0", "q8_0", "q4_k_m", "q5_k_m", "f16")}
-    gemma = build_random_model(tmp / "gemma3", dtype="f32", seed=5, **dict(FAMILY_SHAPES["gemma3"], context_length=2048))
+    out = {
+        t: convert_to_gguf(llama, tmp / f"llama-{t}.gguf", t, progress=False).out_path
+        for t in ("q4_0", "q8_0", "q4_k_m", "q5_k_m", "f16")
+    }
+    gemma = build_random_model(
+        tmp / "gemma3", dtype="f32", seed=5, **dict(FAMILY_SHAPES["gemma3"], context_length=2048)
+    )
     out["gemma3"] = convert_to_gguf(gemma, tmp / "gemma3.gguf", "q8_0", progress=False).out_path
     moe = build_random_model(tmp / "moe", dtype="f32", seed=7, **FAMILY_SHAPES["qwen3moe"])
     out["qwen3moe"] = convert_to_gguf(moe, tmp / "moe.gguf", "q8_0", progress=False).out_path
