@@ -6,6 +6,7 @@
     qrun MODEL.gguf                                      # interactive chat (/reset, /exit, Ctrl-D)
     qrun MODEL.gguf --embed "a sentence"                 # its embedding: one JSON array on stdout
     qrun MODEL.gguf --embed-file texts.txt               # one text per line -> one JSON array per line
+    qrun serve MODEL.gguf --port 8080                    # an OpenAI-compatible server (runtime/server/)
     qrun MODEL.gguf -p "A cat" --json-schema cat.json    # the answer: JSON valid for that schema
 
 stdout receives only the generated text, streamed; the speed line and --verbose details go to stderr. Every
@@ -57,6 +58,18 @@ class OneLineErrors(click.Command):
         return code
 
 
+class Qrun(OneLineErrors):
+    """qrun itself: `qrun serve ...` is the server (runtime/server/command.py), anything else `qrun MODEL ...`."""
+
+    def main(self, args=None, prog_name=None, *rest, **extra):
+        argv = list(sys.argv[1:] if args is None else args)
+        if argv[:1] == ["serve"]:
+            from qconv.runtime.server.command import serve
+
+            return serve.main(argv[1:], "qrun serve", *rest, **extra)
+        return super().main(args, prog_name, *rest, **extra)
+
+
 def _fail(message: str) -> None:
     click.echo(f"qrun: error: {escaped(message)}", err=True)  # one line, no terminal controls from files
     sys.exit(1)
@@ -90,7 +103,7 @@ def _check_model_path(path: Path) -> None:
         raise FormatError(f"{path} is a folder: expected a GGUF file or a folder written by `qconv to-onnx`")
 
 
-@click.command(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=Qrun, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("model_path", metavar="MODEL", type=click.Path())
 @click.option("-p", "--prompt", help="Answer this prompt (as a chat turn if the file has a chat template) and exit.")
 @click.option(
@@ -174,7 +187,8 @@ def main(
     as_json,
     verbose,
 ) -> None:
-    """Generate text with MODEL: a GGUF file (the C runtime), or a folder written by `qconv to-onnx` (ONNX Runtime)."""
+    """Generate text with MODEL: a GGUF file (the C runtime), or a folder written by `qconv to-onnx` (ONNX Runtime).
+    `qrun serve MODEL` serves it over HTTP with OpenAI's API instead (`qrun serve --help`)."""
     from qconv.runtime.model import Model
     from qconv.runtime.onnx_backend import OnnxModel, is_onnx_encoder_folder, is_onnx_folder
 
