@@ -61,6 +61,7 @@ class Server:
         self.name, self.command, self.port = name, command, port
         self.log = log_dir / f"{name}.log"
         self.process: subprocess.Popen | None = None
+        self.model_id = ""  # what the server calls its model (/v1/models); qrun refuses other names
 
     @property
     def url(self) -> str:
@@ -77,6 +78,7 @@ class Server:
                 raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.tail()}")
             try:
                 if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    self.model_id = httpx.get(f"{self.url}/v1/models", timeout=10).json()["data"][0]["id"]
                     return self
             except httpx.TransportError:
                 pass
@@ -97,10 +99,10 @@ class Server:
         return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
 
 
-async def stream_chat(client, url: str, text: str, max_tokens: int) -> tuple[float, float, int]:
+async def stream_chat(client, url: str, model: str, text: str, max_tokens: int) -> tuple[float, float, int]:
     """(seconds to the first content, seconds to the end, generated tokens) of one streamed chat completion."""
     body = {
-        "model": "bench",
+        "model": model,
         "messages": [{"role": "user", "content": text}],
         "max_tokens": max_tokens,
         "temperature": 0,
@@ -130,7 +132,7 @@ async def stream_chat(client, url: str, text: str, max_tokens: int) -> tuple[flo
     return first, end, tokens if tokens is not None else pieces
 
 
-async def one_round(url: str, streams: int, round_number: int, max_tokens: int) -> tuple[float, float]:
+async def one_round(server: Server, streams: int, round_number: int, max_tokens: int) -> tuple[float, float]:
     """(aggregate generated tokens per second, median time to first token in seconds) of `streams` clients."""
     import httpx
 
@@ -138,21 +140,26 @@ async def one_round(url: str, streams: int, round_number: int, max_tokens: int) 
     async with httpx.AsyncClient(timeout=600, limits=limits) as client:
         start = time.perf_counter()
         results = await asyncio.gather(
-            *(stream_chat(client, url, prompt(i, round_number), max_tokens) for i in range(streams))
+            *(
+                stream_chat(client, server.url, server.model_id, prompt(i, round_number), max_tokens)
+                for i in range(streams)
+            )
         )
         wall = time.perf_counter() - start
     tokens = [r[2] for r in results]
     if min(tokens) != max_tokens:
-        raise RuntimeError(f"{url}: answers of {tokens} tokens, not {max_tokens} each (ignore_eos not honoured?)")
+        raise RuntimeError(
+            f"{server.name}: answers of {tokens} tokens, not {max_tokens} each (ignore_eos not honoured?)"
+        )
     return sum(tokens) / wall, median([r[0] for r in results])
 
 
 def measure(server: Server, stream_counts: list[int], repeats: int, max_tokens: int) -> dict[int, tuple]:
     """streams -> (median tok/s, median time to first token) over `repeats` rounds, after one warm-up round."""
-    asyncio.run(one_round(server.url, max(stream_counts), 0, max_tokens))
+    asyncio.run(one_round(server, max(stream_counts), 0, max_tokens))
     results = {}
     for streams in stream_counts:
-        rounds = [asyncio.run(one_round(server.url, streams, r + 1, max_tokens)) for r in range(repeats)]
+        rounds = [asyncio.run(one_round(server, streams, r + 1, max_tokens)) for r in range(repeats)]
         results[streams] = (median([r[0] for r in rounds]), median([r[1] for r in rounds]))
         rate, ttft = results[streams]
         print(f"  {server.name}: {streams} streams: {rate:.1f} tok/s, TTFT {ttft * 1000:.0f} ms", flush=True)
