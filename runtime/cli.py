@@ -75,11 +75,13 @@ def _fail(message: str) -> None:
     sys.exit(1)
 
 
-def _speed_line(model) -> str:
+def _speed_line(model, generated: int | None = None) -> str:
+    """The prompt and generation rates from the runtime's own timers; `generated` tokens when known (the last one
+    sampled is never evaluated, so the timers count one fewer)."""
     t = model.timings()
     return (
         f"prompt: {t.prompt_tokens} tokens, {t.prompt_tps:.1f} tok/s | "
-        f"generation: {t.gen_tokens} tokens, {t.gen_tps:.1f} tok/s"
+        f"generation: {t.gen_tokens if generated is None else generated} tokens, {t.gen_tps:.1f} tok/s"
     )
 
 
@@ -367,7 +369,7 @@ def _one_turn(model, prompt, use_chat, system_prompt, max_tokens, sampling, as_j
     else:
         sys.stdout.write("\n")
         sys.stdout.flush()
-    click.echo(_speed_line(model), err=True)
+    click.echo(_speed_line(model, len(ids)), err=True)
 
 
 class Chat:
