@@ -17,6 +17,7 @@ import base64
 import json
 import logging
 import secrets
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -524,12 +525,49 @@ def _failed_error(event: Failed) -> ApiError:
     return ApiError(event.status, event.message)
 
 
-async def _respond(request, served, body, prompt, options, constraint, answer) -> Response:
+class Mailbox:
+    """Events from the scheduler thread to one event loop's request queues, with one wake-up of the loop per burst
+    (a decode step of N streams posts N events; waking the loop N times costs more than handing them over)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.lock = threading.Lock()
+        self.posted: list[tuple[asyncio.Queue, object]] = []
+
+    def post(self, queue: asyncio.Queue, event) -> None:
+        with self.lock:
+            self.posted.append((queue, event))
+            if len(self.posted) > 1:
+                return  # a delivery is scheduled already
+        self.loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        with self.lock:
+            posted, self.posted = self.posted, []
+        for queue, event in posted:
+            queue.put_nowait(event)
+
+
+_MAILBOXES: dict[asyncio.AbstractEventLoop, Mailbox] = {}
+
+
+def _mailbox() -> Mailbox:
     loop = asyncio.get_running_loop()
+    if loop not in _MAILBOXES:
+        for old in [old for old in _MAILBOXES if old.is_closed()]:
+            del _MAILBOXES[old]
+        _MAILBOXES[loop] = Mailbox(loop)
+    return _MAILBOXES[loop]
+
+
+async def _respond(request, served, body, prompt, options, constraint, answer) -> Response:
+    mailbox = _mailbox()
     events: asyncio.Queue = asyncio.Queue()
 
     def sink(event) -> None:
-        loop.call_soon_threadsafe(events.put_nowait, event)
+        if mailbox.loop.is_closed():
+            raise RuntimeError("the request's event loop is closed")
+        mailbox.post(events, event)
 
     job = GenerationJob(prompt, options, sink, constraint)
     try:
@@ -542,22 +580,38 @@ async def _respond(request, served, body, prompt, options, constraint, answer) -
     return await _whole_answer(request, served.scheduler, job, events, answer)
 
 
+async def _next_events(events: asyncio.Queue) -> list:
+    """The next event and those queued behind it, consecutive pieces joined: a client (or a loop) that fell behind
+    gets fewer, longer deltas of the same text."""
+    out = [await events.get()]
+    while not events.empty():
+        event = events.get_nowait()
+        if isinstance(event, Piece) and isinstance(out[-1], Piece):
+            out[-1] = Piece(out[-1].text + event.text)
+        else:
+            out.append(event)
+    return out
+
+
 async def _stream_events(events: asyncio.Queue, answer, include_usage: bool) -> AsyncIterator[str]:
     for chunk in answer.start():
         yield _sse(chunk)
-    while True:
-        event = await events.get()
-        if isinstance(event, Piece):
-            for chunk in answer.piece(event.text):
-                yield _sse(chunk)
-        elif isinstance(event, Finished):
-            for chunk in answer.end(event, include_usage):
-                yield _sse(chunk)
+    ended = False
+    while not ended:
+        text = ""
+        for event in await _next_events(events):
+            if isinstance(event, Piece):
+                text += "".join(_sse(chunk) for chunk in answer.piece(event.text))
+                continue
+            if isinstance(event, Finished):
+                text += "".join(_sse(chunk) for chunk in answer.end(event, include_usage))
+            else:  # the status line is sent already: the error goes as an event, as OpenAI's streams do
+                error = _failed_error(event)
+                text += _sse({"error": {"message": error.message, "type": error.kind, "param": None, "code": None}})
+            ended = True
             break
-        else:  # the status line is sent already: the error goes as an event, as OpenAI's streams do
-            error = _failed_error(event)
-            yield _sse({"error": {"message": error.message, "type": error.kind, "param": None, "code": None}})
-            break
+        if text:
+            yield text
     yield _sse("[DONE]")
 
 
