@@ -75,3 +75,22 @@ def test_generate_is_the_protocol_loop(models, kind):
         again: list[int] = []
         list(generate(model, [1, 2, 3], 8, temperature=0, ignore_eos=True, token_ids=again))
         assert again == ids
+
+
+def test_model_chat_streams_the_cli_answer(smollm2_package_gguf):
+    """Model.chat renders with the file's template and tokenizes as qrun does: the same greedy answer."""
+    import json
+    import subprocess
+    import sys
+
+    from qconv.runtime import Model
+
+    question = "What is the capital of France?"
+    with Model(smollm2_package_gguf, threads=2, ctx=512) as model:
+        answer = "".join(model.chat([{"role": "user", "content": question}], 16, temperature=0))
+    run = subprocess.run(
+        [sys.executable, "-m", "qconv.runtime.cli", str(smollm2_package_gguf), "--prompt", question, "--temp", "0",
+         "-n", "16", "-t", "2", "-c", "512", "--json"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert answer and answer == json.loads(run.stdout)["text"]
