@@ -52,7 +52,7 @@ def softmax_like(rng, n_pos: int) -> np.ndarray:
 
 @pytest.mark.parametrize("f16", [False, True])
 @pytest.mark.parametrize("vecdot", [0, 1])
-@pytest.mark.parametrize("hd", [64, 128])
+@pytest.mark.parametrize("hd", [64, 80, 128, 256])
 def test_avx512_equals_scalar(f16, vecdot, hd):
     needs_avx512()
     rng = np.random.default_rng(hd + 2 * vecdot + int(f16))

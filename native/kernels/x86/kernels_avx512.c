@@ -203,24 +203,32 @@ void qrt_attn_values_avx512(float *out, const float *att, const void *v, int n_p
         else values_sgemm(out, att, v, n_pos, stride, hd, 0);
         return;
     }
-    /* ggml_vec_dot order: 64 accumulator rows of hd floats (position t into row t mod 64), kept in scratch */
-    for (int r = 0; r < 64; r++)
-        for (int i = 0; i < hd; i += 16) _mm512_storeu_ps(scratch + (size_t)r * hd + i, _mm512_setzero_ps());
-    for (int t = 0; t < n_pos; t++) {
-        float *acc = scratch + (size_t)(t & 63) * hd;
-        float a = att[t];
-        if (f16) a = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtps_ph(_mm_set_ss(a), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)));
-        const __m512 w = _mm512_set1_ps(a);
-        const size_t row = (size_t)t * stride;
-        for (int i = 0; i < hd; i += 16)
-            _mm512_storeu_ps(acc + i, _mm512_fmadd_ps(load_kv(v, row + i, f16), w, _mm512_loadu_ps(acc + i)));
+    /* ggml_vec_dot order: 64 accumulator rows of hd floats, position t added into row t mod 64 (positions in
+     * order within a row), then the rows summed. Each row is accumulated in registers, 64 values at a time, and
+     * stored once into scratch; rows from n_pos on would stay zeros: they are neither stored nor loaded (the sums
+     * below still add them, as literal zeros: the same operations, so the same bits) */
+    const int used = n_pos < 64 ? n_pos : 64;
+    for (int i0 = 0; i0 < hd; i0 += 64) {
+        const int width = hd - i0 < 64 ? hd - i0 : 64; /* a multiple of 16 */
+        for (int r = 0; r < used; r++) {
+            __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+            for (int t = r; t < n_pos; t += 64) {
+                float a = att[t];
+                if (f16)
+                    a = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtps_ph(_mm_set_ss(a), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)));
+                const __m512 w = _mm512_set1_ps(a);
+                const size_t row = (size_t)t * stride + (size_t)i0;
+                for (int j = 0; j < width / 16; j++) acc[j] = _mm512_fmadd_ps(load_kv(v, row + 16 * j, f16), w, acc[j]);
+            }
+            for (int j = 0; j < width / 16; j++) _mm512_storeu_ps(scratch + (size_t)r * hd + i0 + 16 * j, acc[j]);
+        }
     }
-#define ROW(r) (scratch + (size_t)(r) * hd)
+#define ROW(r) ((r) < used ? _mm512_loadu_ps(scratch + (size_t)(r) * hd + i) : _mm512_setzero_ps())
     for (int i = 0; i < hd; i += 16) {
         __m512 lane[16];
         for (int l = 0; l < 16; l++) {
-            const __m512 s0 = _mm512_loadu_ps(ROW(l) + i), s2 = _mm512_loadu_ps(ROW(32 + l) + i);
-            const __m512 s1 = _mm512_loadu_ps(ROW(16 + l) + i), s3 = _mm512_loadu_ps(ROW(48 + l) + i);
+            const __m512 s0 = ROW(l), s2 = ROW(32 + l);
+            const __m512 s1 = ROW(16 + l), s3 = ROW(48 + l);
             lane[l] = _mm512_add_ps(_mm512_add_ps(s0, s2), _mm512_add_ps(s1, s3));
         }
         for (int l = 0; l < 8; l++) lane[l] = _mm512_add_ps(lane[l + 8], lane[l]);
