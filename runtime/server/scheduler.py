@@ -3,7 +3,9 @@
 Each step (continuous batching, as llama-server's slots do it):
 1. requests whose client went away leave their slot (their cache stays: a later prompt may share its prefix);
 2. waiting requests take free slots, each the free slot whose cached tokens share the longest prefix with its
-   prompt (a follow-up chat turn finds its earlier turns there), and their prompts are evaluated there (prefill);
+   prompt (a follow-up chat turn finds its earlier turns there); the rest of a prompt is evaluated there in pieces
+   of PREFILL_CHUNK tokens, one piece per request per step, so a long prompt does not stall the other streams
+   (pieces cut at llama.cpp's 512-token batches give the logits one call gives, so answers stay qrun's);
 3. ONE model.evaluate_batch call evaluates the last sampled token of every active stream together (a decode step
    of N streams reads each weight once); a stream's logits are those it would get alone, so each answer is the
    one it gets alone;
@@ -26,10 +28,14 @@ from dataclasses import dataclass, field
 
 from qconv.formats.errors import FormatError
 from qconv.runtime.generation import TextStream
-from qconv.runtime.protocol import prefill, shared_prefix
+from qconv.runtime.protocol import shared_prefix
 from qconv.runtime.server.metrics import Metrics
 
 log = logging.getLogger("qconv.serve")
+
+# Prompt tokens a request evaluates per step: a multiple of the runtime's 512-token batches (QRT_LLAMA_UBATCH), whose
+# kernel choices depend on a token's place in its batch: cut there, a prompt's logits are those of one call.
+PREFILL_CHUNK = 512
 
 
 @dataclass
@@ -66,6 +72,7 @@ class GenerationJob:
     constraint: object | None = None
     cancelled: bool = False
     stream: TextStream | None = field(default=None, repr=False)
+    pending: list[int] = field(default_factory=list, repr=False)  # prompt tokens its slot has still to evaluate
 
 
 class Scheduler:
@@ -162,7 +169,12 @@ class Scheduler:
     def _step(self) -> None:
         self._drop_cancelled()
         self._admit()
-        batch = [(seq, job) for seq, job in enumerate(self.slots) if job is not None and job.stream.needs_eval]
+        self._prefill()
+        batch = [
+            (seq, job)
+            for seq, job in enumerate(self.slots)
+            if job is not None and job.stream is not None and job.stream.needs_eval
+        ]
         if not batch:
             return
         started = time.perf_counter()
@@ -199,17 +211,30 @@ class Scheduler:
             caches = {seq: self.model.cached(seq) for seq in free}
             # the longest shared prefix; among equals the emptiest slot, keeping other slots' prefixes for later
             seq = max(free, key=lambda s: (shared_prefix(caches[s], job.prompt), -len(caches[s])))
+            # what the slot keeps (prefill's rule: at least the last prompt token is evaluated again, for logits)
+            keep = min(shared_prefix(caches[seq], job.prompt), len(job.prompt) - 1)
+            if not self.model.truncate(keep, seq):
+                self.model.reset(seq)
+                keep = 0
+            job.pending = job.prompt[keep:]
+            self.slots[seq] = job
+
+    def _prefill(self) -> None:
+        """One piece of every admitted prompt; a prompt whose last piece ran starts its stream."""
+        for seq, job in enumerate(self.slots):
+            if job is None or not job.pending:
+                continue
+            piece, job.pending = job.pending[:PREFILL_CHUNK], job.pending[PREFILL_CHUNK:]
             started = time.perf_counter()
             try:
-                reused = min(shared_prefix(caches[seq], job.prompt), len(job.prompt) - 1)
-                logits = prefill(self.model, job.prompt, seq)
-                job.stream = TextStream(self.model, job.prompt, constraint=job.constraint, **job.options)
+                logits = self.model.evaluate(piece, seq)
+                if not job.pending:
+                    job.stream = TextStream(self.model, job.prompt, constraint=job.constraint, **job.options)
             except Exception as exc:  # noqa: BLE001 - this request fails, the others go on
                 self._fail(seq, job, str(exc), 400 if isinstance(exc, FormatError) else 500)
                 continue
-            self.metrics.prompt_done(len(job.prompt) - reused, time.perf_counter() - started)
-            self.slots[seq] = job
-            if self._advance(seq, job, logits):
+            self.metrics.prompt_done(len(piece), time.perf_counter() - started)
+            if not job.pending and self._advance(seq, job, logits):
                 self.metrics.first_token()
 
     def _advance(self, seq: int, job: GenerationJob, logits) -> int:

@@ -8,6 +8,7 @@ import threading
 import time
 
 import httpx
+import numpy as np
 import pytest
 
 from qconv.runtime import Model
@@ -174,3 +175,62 @@ def test_eight_streams_decode_faster_together(smollm2_q8):
     )
     assert runtime[8] >= 2.6 * runtime[1]
     assert together >= 2 * single
+
+
+class CallLog:
+    """A model that records its calls: ("prompt", seq, n tokens) for evaluate, ("step", seqs) for evaluate_batch."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.calls: list[tuple] = []
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def evaluate(self, tokens, seq: int = 0, all_logits: bool = False):
+        self.calls.append(("prompt", seq, len(tokens)))
+        return self.model.evaluate(tokens, seq, all_logits)
+
+    def evaluate_batch(self, steps):
+        self.calls.append(("step", tuple(seq for seq, _ in steps)))
+        return self.model.evaluate_batch(steps)
+
+
+def test_a_long_prompt_is_evaluated_in_pieces_between_the_other_streams_steps(chat_gguf):
+    """A prompt of 1300 tokens runs as pieces of 512 while another stream decodes between them, and its answer is the
+    one a single call gives (pieces cut at the runtime's 512-token batches)."""
+    from qconv.runtime import generate
+    from qconv.runtime.server.metrics import Metrics
+    from qconv.runtime.server.scheduler import PREFILL_CHUNK, Finished, GenerationJob, Piece, Scheduler
+
+    options = {"max_tokens": 24, "temperature": 0, "ignore_eos": True}
+    with Model(chat_gguf, threads=2, ctx=2048, n_seq=2) as model:
+        long = [int(t) for t in np.random.default_rng(4).integers(3, model.n_vocab, size=1300)]
+        alone = "".join(generate(model, long, **options))
+        model.reset()
+        logged = CallLog(model)
+        scheduler = Scheduler(logged, Metrics())
+        texts = {"short": [], "long": []}
+        done = threading.Event()
+
+        def sink(name):
+            def receive(event):
+                if isinstance(event, Piece):
+                    texts[name].append(event.text)
+                elif isinstance(event, Finished) and name == "long":
+                    done.set()
+
+            return receive
+
+        scheduler.start()
+        try:
+            scheduler.submit(GenerationJob([1, 2, 3], dict(options, max_tokens=1000), sink("short")))
+            time.sleep(0.2)  # the short stream is decoding
+            scheduler.submit(GenerationJob(long, options, sink("long")))
+            assert done.wait(60)
+        finally:
+            scheduler.stop()
+    assert "".join(texts["long"]) == alone
+    pieces = [i for i, call in enumerate(logged.calls) if call[0] == "prompt" and call[2] >= 100]
+    assert [logged.calls[i][2] for i in pieces] == [PREFILL_CHUNK, PREFILL_CHUNK, 1300 - 2 * PREFILL_CHUNK]
+    assert all(call[0] == "step" for i in pieces[:-1] for call in [logged.calls[i + 1]])  # decoding in between
