@@ -647,10 +647,12 @@ static int alloc_state(qrt_model *mod, int n_batch, int n_ctx, int n_seq, int kv
         double rows = 0.0;
         for (int l = 0; l < c->n_layers; l++) rows += s->kv_rows[l];
         const double mib = 2.0 * rows * n_seq * (double)kv_dim * (kv_f32 ? 4 : 2) / (1 << 20);
+        char seqs[32] = "";
+        if (n_seq > 1) snprintf(seqs, sizeof seqs, "%d sequences x ", n_seq);
         return model_set_err(err, errlen,
-                       "%s: out of memory for a KV cache of %d sequences x %d tokens x %d layers x %zu values (%.0f "
-                       "MiB; a smaller context, -c, or fewer sequences need less)",
-                       mod->path, n_seq, n_ctx, c->n_layers, kv_dim, mib);
+                       "%s: out of memory for a KV cache of %s%d tokens x %d layers x %zu values (%.0f MiB; a smaller "
+                       "context, -c%s, needs less)",
+                       mod->path, seqs, n_ctx, c->n_layers, kv_dim, mib, n_seq > 1 ? ", or fewer sequences" : "");
     }
     return 0;
 }
