@@ -66,9 +66,9 @@ def check_units(units: list[Unit]) -> None:
 
 # ---------------------------------------------------------------- shared inputs
 
-# How a shared input travels (see each executor's `share`): "value" the object itself (in memory, or from the Ray
-# object store), "npy" a numpy array saved by the driver, "pickle" any other object saved by the driver, "path" a path
-# the units read themselves (every worker must see it).
+# How a shared input travels (see each executor's `share`): "value" the object itself (serial), "npy" a numpy array
+# saved by the driver, "pickle" any other object saved by the driver (pool), "ray" an object in Ray's object store,
+# "rayfile" a small file sent through it, "path" a path the units read themselves (every worker must see it).
 _loaded: dict[tuple[str, str], Any] = {}  # per worker process: a shared file is read once, not once per unit
 
 
@@ -108,6 +108,10 @@ def _load(how: str, path: Any) -> Any:
         import ray
 
         return ray.get(path)
+    if how == "rayfile":  # (object reference, file name, digest): a small file, written once on this node
+        from qconv.converter.work.ray_executor import shipped_file
+
+        return shipped_file(*path)
     raise ValueError(f"unknown shared input kind '{how}'")
 
 
