@@ -110,7 +110,6 @@ def _system_errors() -> tuple[type[BaseException], ...]:
 class RayExecutor(Executor):
     def __init__(self, address: str, threads: int | None = None, paths: list[Path] = (), progress: bool = True):
         super().__init__(threads or 1, progress)
-        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")  # Ray's C++ warnings are not the user's business
         import ray
 
         self.address = address
@@ -147,10 +146,12 @@ class RayExecutor(Executor):
             except BaseException as e:
                 outcome.append(e)
 
-        # ray.init waits minutes for a port that answers but is no Ray cluster: wait for it in a thread, bounded
-        joining = threading.Thread(target=init, name="qconv-ray-init", daemon=True)
-        joining.start()
-        joining.join(CONNECT_SECONDS)
+        if address == "auto":  # a local instance, started here unless one runs: in the main thread, as Ray wants
+            init()
+        else:  # ray.init waits minutes for a port that answers but is no Ray cluster: wait in a thread, bounded
+            joining = threading.Thread(target=init, name="qconv-ray-init", daemon=True)
+            joining.start()
+            joining.join(CONNECT_SECONDS)
         if not outcome:
             raise FormatError(f"--ray {address}: no Ray cluster answered there within {CONNECT_SECONDS} s")
         if outcome[0] is not None:
