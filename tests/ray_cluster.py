@@ -64,7 +64,9 @@ def run_in_cluster(steps: dict[str, str], out_dir: Path, timeout: float = 300) -
     # Ray's unix sockets live under its temp folder and must stay under the 107-byte path limit
     temp_dir = Path(tempfile.mkdtemp(prefix="qray-", dir="/tmp"))
     paths = [str(ROOT), *(p for p in sys.path if p)]
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", PYTHONPATH=os.pathsep.join(paths))
+    # no token authentication: `ray start --head` turns it on when ~/.ray/auth_token exists (a local ray.init()
+    # writes one), and the second node would then need the token passed explicitly
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled", PYTHONPATH=os.pathsep.join(paths))
     env.pop("RAY_ADDRESS", None)
     env.pop("QCONV_RAY_ADDRESS", None)
     script = cluster_script(steps, out_dir, temp_dir)

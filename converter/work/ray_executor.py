@@ -82,18 +82,27 @@ def ray_unit(fn, unit: Unit, shared: Shared) -> dict:
     return run_unit(fn, unit, shared, node=_node_id())
 
 
+def _shipped_path(name: str, digest: str) -> Path:
+    return Path(tempfile.gettempdir()) / "qconv-shared" / f"{digest[:16]}-{name}"
+
+
 def shipped_file(ref, name: str, digest: str) -> Path:
-    """A shared file sent through the object store, written once per node (by the first unit there that needs it)."""
+    """A shared file sent through the object store, written once per node (by the first unit there that needs it);
+    the driver's close() removes it from every node."""
     import ray
 
-    folder = Path(tempfile.gettempdir()) / "qconv-shared"
-    folder.mkdir(exist_ok=True)
-    target = folder / f"{digest[:16]}-{name}"
+    target = _shipped_path(name, digest)
+    target.parent.mkdir(exist_ok=True)
     if not target.exists():
-        temp = folder / f".{target.name}.{os.getpid()}.part"
+        temp = target.parent / f".{target.name}.{os.getpid()}.part"
         temp.write_bytes(ray.get(ref))
         os.replace(temp, target)
     return target
+
+
+def remove_shipped(files: list[tuple[str, str]]) -> None:
+    for name, digest in files:
+        _shipped_path(name, digest).unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- the driver
@@ -161,16 +170,8 @@ class RayExecutor(Executor):
     def _probe(self, paths: list[str]) -> list[dict]:
         """One probe task pinned to each alive node, before any unit: qconv importable, every path readable."""
         import ray
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        alive = [n for n in ray.nodes() if n.get("Alive")]
-        probe = ray.remote(probe_node)
-        refs = {
-            probe.options(
-                num_cpus=0, max_retries=0, scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
-            ).remote(paths): n
-            for n in alive
-        }  # fmt: skip
+        refs = self._on_every_node(probe_node, paths, wait=False)
         ready, not_ready = ray.wait(list(refs), num_returns=len(refs), timeout=CONNECT_SECONDS)
         if not_ready:
             node = refs[not_ready[0]]
@@ -196,6 +197,24 @@ class RayExecutor(Executor):
                 )
             nodes.append(answer)
         return nodes
+
+    def _on_every_node(self, fn, *args, wait: bool = True):
+        """fn(*args) as a task pinned to each alive node (no CPU asked: it runs beside the units); {ref: node} when
+        not waiting, else after CONNECT_SECONDS at most."""
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        task = ray.remote(fn)
+        refs = {
+            task.options(
+                num_cpus=0, max_retries=0, scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+            ).remote(*args): n
+            for n in ray.nodes()
+            if n.get("Alive")
+        }  # fmt: skip
+        if wait:
+            ray.wait(list(refs), num_returns=len(refs), timeout=CONNECT_SECONDS)
+        return refs
 
     def share(self, name: str, value: Any) -> None:
         import ray
@@ -267,7 +286,11 @@ class RayExecutor(Executor):
     def close(self) -> None:
         import ray
 
+        shipped = [(name, digest) for how, value in self.shared.entries.values() if how == "rayfile"
+                   for _, name, digest in [value]]  # fmt: skip
         self.shared.entries.clear()
+        if shipped and ray.is_initialized():
+            self._on_every_node(remove_shipped, shipped)
         if self._owns_connection and ray.is_initialized():
             ray.shutdown()
         self._owns_connection = False

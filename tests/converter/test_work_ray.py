@@ -6,11 +6,13 @@ what it saw as JSON for the tests to check."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,6 +28,9 @@ pytest.importorskip("ray")
 
 
 # ---------------------------------------------------------------- steps, run inside the cluster
+
+
+SHIPPED = Path(tempfile.gettempdir()) / "qconv-shared"  # where the nodes (all on this machine) write shared files
 
 
 def _address() -> str:
@@ -67,6 +72,9 @@ def step_units(out: Path) -> dict:
         seen["bad_input_attempts"] = count.read_text().count("attempt")
         seen["bug"] = _error_of(lambda: executor.run([Unit("test_bug", "tensor.7", {})], "bug"))
         seen["log"] = executor.log
+        shipped = SHIPPED / f"{hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]}-{Path(__file__).name}"
+        seen["shipped_during"] = shipped.exists()
+    seen["shipped_after"] = shipped.exists()  # removed from the nodes
     del os.environ["QCONV_RAY_ADDRESS"]
     missing = out / "missing.gguf"
     seen["unreadable"] = _error_of(lambda: make_executor(ray=_address(), paths=[Path(__file__), missing]))
@@ -136,6 +144,7 @@ def test_units_ran_on_both_nodes_with_the_serial_records(cluster):
     assert seen["executor"] == "RayExecutor"
     assert seen["squares"] == [{"x": i, "y": i * i + 6.0} for i in range(8)]
     assert seen["read"] == [{"chars": len(Path(__file__).read_text())}]
+    assert seen["shipped_during"] and not seen["shipped_after"]
     log = seen["log"][:8]
     assert [e["key"] for e in log] == [u.key for u in squares(8)]
     assert len({e["where"]["node"] for e in log}) == 2, log
