@@ -10,6 +10,7 @@ import click
 
 from qconv.converter.cli_errors import user_errors
 from qconv.converter.cli_outputs import FILE_RULE, FOLDER_RULE, force_option
+from qconv.converter.work.cli_options import work_options
 from qconv.formats.atomic_write import AtomicFile, check_output_file, check_output_folder
 from qconv.formats.errors import FormatError
 
@@ -101,12 +102,14 @@ def calibrate_cmd(model: Path, data, ctx: int, max_chunks, out_path: Path, threa
 @click.option("-t", "--threads", type=int, default=None)
 @click.option("--json", "as_json", is_flag=True, help="Print report.json instead of the table.")
 @click.option("-q", "--quiet", is_flag=True)
+@work_options
 @user_errors
 def eval_cmd(quants, ref: Path, suite_names, task_files, texts, ctx, long, max_tokens, max_tasks, no_tasks, gate,
-             ref_cache, out_dir, resume, force, junit, sensitivity, threads, as_json, quiet) -> None:  # fmt: skip
+             ref_cache, out_dir, resume, force, junit, sensitivity, threads, as_json, quiet, work) -> None:  # fmt: skip
     """What each quantized candidate QUANTS lost against REF, per capability: KL divergence, top-1 agreement and
     perplexity on the held-out suites and your texts, and task accuracy on the built-in tasks and your task files,
-    with 95% intervals; for an embedding model, the cosine of its vectors to the reference's and retrieval accuracy. Exit codes: 0 every gate passed, 1 a user error, 2 a gate failed (the report names it)."""
+    with 95% intervals; for an embedding model, the cosine of its vectors to the reference's and retrieval accuracy. Exit codes: 0 every gate passed, 1 a user error, 2 a gate failed (the report names it).
+    With -j N or --ray, the reference runs once here and each candidate is a unit against it: the same report."""
     from qconv.converter.quality import run_state
     from qconv.converter.quality.embed_eval import check_options, is_encoder_model
     from qconv.converter.quality.evaluate import EvalOptions, chosen_suites, evaluate, load_user_inputs
@@ -144,7 +147,9 @@ def eval_cmd(quants, ref: Path, suite_names, task_files, texts, ctx, long, max_t
         check_output_folder(out_dir, force)
         run_state.start_output(out_dir, force)
     save = (lambda report: run_state.save_report(out_dir, report)) if out_dir is not None else None
-    report = evaluate(list(quants), ref, options, log=_log(quiet), save=save, resume=previous)
+    # the units open the candidates; the reference's rows and GGUF reach them through the executor's sharing
+    with work.executor(threads, [Path(q).resolve() for q in quants], progress=not quiet) as executor:
+        report = evaluate(list(quants), ref, options, log=_log(quiet), save=save, resume=previous, executor=executor)
     if groups:
         report["sensitivity"] = groups
     report["gates"] = gates

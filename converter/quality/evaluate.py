@@ -9,8 +9,10 @@ difference). Gates (converter/quality/gates.py) turn the report into an exit cod
 
 The reference runs once per window and item, whatever the number of candidates: every candidate is scored against
 the same reference logits (all models are loaded at once), and the reference's greedy answers can be kept in a
-file (`--ref-cache`, converter/quality/ref_cache.py) for the next run. With an output folder, report.json is
-rewritten after every finished suite (`"complete": false` until the end) and `--resume` continues such a run.
+file (`--ref-cache`, converter/quality/ref_cache.py) for the next run. With -j N or --ray the reference runs once in
+this process and each candidate is a unit in a worker (converter/quality/eval_units.py): the same report. With an
+output folder, report.json is rewritten after every finished suite (`"complete": false` until the end; with units,
+as their parts are merged at the end) and `--resume` continues such a run.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -124,7 +127,7 @@ class TaskCase:
     tokens: list[int]
     max_new: int
     stop: str | re.Pattern
-    check: Callable[[str], bool]
+    check: Callable[[str], bool]  # a partial of a module function: units receive the cases pickled
     expected: str
     source: str  # the built-in suite's item number or the task file's FILE:LINE
 
@@ -186,7 +189,7 @@ def _fits(cases: list[TaskCase], limit: int | None, max_tasks: int | None) -> tu
 def builtin_cases(runner: Runner, items: list, suite, options, limit: int | None) -> tuple[list[TaskCase], int]:
     cases = [
         TaskCase(runner.tokenize(item.prompt, runner.add_bos), item.max_new_tokens, BUILTIN_STOPS.get(item.kind, "\n"),
-                 lambda text, item=item: check_answer(item.kind, text, item.expected), item.expected,
+                 partial(check_answer, item.kind, expected=item.expected), item.expected,
                  f"{suite.name}#{i + 1}")
         for i, item in enumerate(items)
     ]  # fmt: skip
@@ -202,7 +205,7 @@ def user_cases(runner: Runner, tasks: list, options, limit: int | None) -> tuple
 
     cases = [
         TaskCase(render_prompt(task, runner.model), task.max_tokens, USER_STOP,
-                 lambda text, task=task: check_user(task, text), task.expected or "", task.source)
+                 partial(check_user, task), task.expected or "", task.source)
         for task in tasks
     ]  # fmt: skip
     return _fits(cases, limit, options.max_tasks)
@@ -304,34 +307,50 @@ def _progress(total: int, desc: str, unit: str, on: bool):
 
 class Reference:
     """The reference as the loop uses it: the model itself (and, with --ref-cache naming a new file, a cache being
-    written as it runs), or a cache file and no model run at all (converter/quality/ref_cache.py). Live scoring
-    uses the whole vocabulary; scoring from a cache uses the rows as llama-perplexity keeps them (the top 16 nats,
-    1.2e-4 nats apart), which moves a suite's mean KLD by about 0.2%."""
+    written as it runs), a cache file and no model run at all (converter/quality/ref_cache.py), or the logits and
+    answers of the reference pass the driver of a unit run made once (converter/quality/eval_units.py). Live
+    scoring and the reference pass use the whole vocabulary, bit for bit the same; scoring from a cache uses the
+    rows as llama-perplexity keeps them (the top 16 nats, 1.2e-4 nats apart), which moves a suite's mean KLD by
+    about 0.2%."""
 
-    def __init__(self, runner: Runner | None, cache=None, writer=None):
-        self.runner, self.cache, self.writer = runner, cache, writer
-        self.answers: dict = cache.answers if cache is not None else {}
+    def __init__(self, runner: Runner | None, cache=None, writer=None, passed=None, answers: dict | None = None):
+        self.runner, self.cache, self.writer, self.passed = runner, cache, writer, passed
+        self.answers: dict = answers if answers is not None else cache.answers if cache is not None else {}
+
+    def run_window(self, w: Workload, index: int, window: Window) -> np.ndarray:
+        """The reference model's logits of the window's scored rows (into the cache being written, if any)."""
+        r = self.runner.logits(window.tokens, len(window.tokens) - window.first)
+        if self.writer is not None:
+            if w.text_tokens is not None:
+                self.writer.add_chunk(r)
+            else:
+                self.writer.add_window(w.name, window.tokens, r)
+        return r
+
+    def window_rows(self, w: Workload, index: int, window: Window) -> np.ndarray:
+        """The reference's side of the window's scored rows: float32 logits [rows, n_vocab] (the model run now, or
+        the reference pass), or a cache's encoded uint16 rows [rows, ref_cache.row_width]."""
+        if self.passed is not None:
+            return self.passed.rows(w.name, index)
+        if self.cache is None:
+            return self.run_window(w, index, window)
+        if w.text_tokens is not None:
+            chunk = window.tokens + [window.targets[-1]]
+            return self.cache.reference(w.name).chunk_rows(index, chunk, window.first)
+        return self.cache.windows.window_rows(w.name, index, window.tokens, len(window.tokens) - window.first)
 
     def window_stats(self, w: Workload, index: int, window: Window, candidates: list, next_tokens) -> list:
         """Per candidate logits of the window's scored rows, compared with the reference's: LogitStats each."""
         from qconv.converter.quality import ref_cache
         from qconv.runtime.logit_stats import logit_stats
 
-        scored = len(window.tokens) - window.first
-        if self.cache is None:
-            r = self.runner.logits(window.tokens, scored)
-            if self.writer is not None:
-                if w.text_tokens is not None:
-                    self.writer.add_chunk(r)
-                else:
-                    self.writer.add_window(w.name, window.tokens, r)
-            return [logit_stats(r, q, next_tokens) for q in candidates]
-        if w.text_tokens is not None:
-            chunk = window.tokens + [window.targets[-1]]
-            cached = self.cache.reference(w.name)
-            return [cached.chunk_stats(index, chunk, window.first, q) for q in candidates]
-        rows = self.cache.windows.window_rows(w.name, index, window.tokens, scored)
-        return [ref_cache.cached_stats(rows, q, next_tokens) for q in candidates]
+        r = self.window_rows(w, index, window)
+        if r.dtype == np.uint16:
+            wrong = next((q.shape[1] for q in candidates if ref_cache.row_width(q.shape[1]) != r.shape[1]), None)
+            if wrong is not None:
+                raise FormatError(f"reference cache: its rows are not for a vocabulary of {wrong}; remake the cache")
+            return [ref_cache.cached_stats(r, q, next_tokens) for q in candidates]
+        return [logit_stats(r, q, next_tokens) for q in candidates]
 
     def answer(self, case: TaskCase) -> str:
         key = answer_key(case)
@@ -364,7 +383,7 @@ def answer_cases(w: Workload, ref: Reference, runners: list[Runner], progress: b
 
     rows: list[list[dict | None]] = [[None] * len(w.cases) for _ in runners]
     with _progress(len(w.cases), w.name, "item", progress) as bar:
-        for i in prefix_order(w.cases, (ref.runner or runners[0]).kv):
+        for i in case_order(w):
             case = w.cases[i]
             ref_text = ref.answer(case)
             ref_ok = bool(case.check(ref_text))
@@ -392,6 +411,14 @@ def prefix_order(cases: list[TaskCase], cached: list[int]) -> list[int]:
         return order
     start = max(range(len(order)), key=lambda k: shared_prefix(cached, cases[order[k]].tokens))
     return order[start:] + order[:start]
+
+
+def case_order(w: Workload) -> list[int]:
+    """A suite's items in prefix order from its last window, which every model's cache holds once the windows are
+    scored (a suite without windows starts at its first item in that order). It depends on the suite alone, not
+    on a model's earlier answers: every candidate answers in the same order in one process or in its own unit,
+    and so gets the same bits (a prompt's reused prefix decides where its batches are cut)."""
+    return prefix_order(w.cases, w.windows[-1].tokens if w.windows else [])
 
 
 def answer_key(case: TaskCase) -> str:
@@ -442,12 +469,13 @@ def new_report(quants: list[Path], ref: Path, ref_path: Path, options: EvalOptio
     }
 
 
-def evaluate(
-    quants, ref: Path, options: EvalOptions | None = None, log=None, save=None, resume: dict | None = None
-) -> dict:
+def evaluate(quants, ref: Path, options: EvalOptions | None = None, log=None, save=None, resume: dict | None = None,
+             executor=None) -> dict:  # fmt: skip
     """The report (a JSON-able dict) of the candidates QUANTS (GGUF files or `qconv to-onnx` folders; one path or
     a list) against REF. `save(report)` is called after every finished suite; `resume`, a report an earlier run
-    saved (complete false, same identity), is continued: its finished suites are kept."""
+    saved (complete false, same identity), is continued: its finished suites are kept. `executor` (converter/work):
+    None or a serial one runs every model in this process; a pool or Ray runs each candidate as a unit against
+    the reference pass made once here (converter/quality/eval_units.py), with the same report."""
     from qconv.converter.quality.embed_eval import evaluate_embeddings, is_encoder_model
     from qconv.converter.quality.eval_onnx import is_onnx_folder, onnx_layer_errors, open_runner
     from qconv.converter.quality.run_state import run_identity
@@ -485,13 +513,27 @@ def evaluate(
         ref_runner = None if cache is not None else Runner(ref_path, model_ctx, options.threads)
         if cache is not None:
             say(f"reference: from the cache {options.ref_cache} (the reference model is not run)")
-        runners = [open_runner(q, model_ctx, options.threads) for q in quants]
         reference = Reference(ref_runner, cache, writer)
         report = resume if resume is not None else new_report(quants, Path(ref), ref_path, options, identity)
+        todo = [w for w in workloads if w.name not in report["finished"]]
+        in_process = executor is None or _is_serial(executor)
         try:
-            for w in workloads:
-                if w.name not in report["finished"]:
+            if in_process:
+                runners = [open_runner(q, model_ctx, options.threads) for q in quants]
+                for w in todo:
                     run_workload(w, reference, runners, report, options)
+                    say(_suite_line(w.name, report["candidates"]))
+                    if save is not None:
+                        save(report)
+                del runners
+            else:
+                from qconv.converter.quality import eval_units
+
+                results = eval_units.run_candidates(
+                    executor, quants, ref_path, todo, reference, n_vocab, model_ctx, options, Path(tmp), report
+                )
+                for k, w in enumerate(todo):
+                    merge_parts(report, w, [result["parts"][k] for result in results])
                     say(_suite_line(w.name, report["candidates"]))
                     if save is not None:
                         save(report)
@@ -503,36 +545,61 @@ def evaluate(
             if writer is not None:
                 writer.discard()
             raise
-        for candidate, quant in zip(report["candidates"], quants):
+        for i, (candidate, quant) in enumerate(zip(report["candidates"], quants)):
             candidate["overall"] = overall(candidate)
             if options.layer_errors:
                 from qconv.converter.quality.report import layer_weight_errors
 
                 errors = onnx_layer_errors if is_onnx_folder(quant) else layer_weight_errors
-                candidate["layer_errors"] = errors(quant, ref_path)
+                candidate["layer_errors"] = errors(quant, ref_path) if in_process else results[i]["layer_errors"]
         report["complete"] = True
     return report
+
+
+def _is_serial(executor) -> bool:
+    from qconv.converter.work.executors import SerialExecutor
+
+    return isinstance(executor, SerialExecutor)
+
+
+def workload_parts(w: Workload, reference: Reference, runners: list[Runner], progress: bool) -> list[dict]:
+    """One suite through every runner: per runner its parts of the report (the suite's row, its task table, the
+    tokens and seconds it took)."""
+    for runner in runners:
+        runner.seconds = runner.tokens = 0
+    parts: list[dict] = [{} for _ in runners]
+    if w.windows:
+        for part, stats in zip(parts, score_windows(w, reference, runners, progress)):
+            part["suite"] = {"name": w.name, "description": w.description, **stats.summary()}
+    if w.cases:
+        for part, task in zip(parts, answer_cases(w, reference, runners, progress)):
+            part["tasks"] = task
+    for part, runner in zip(parts, runners):
+        part["speed"] = {"tokens": runner.tokens, "seconds": runner.seconds}
+    return parts
+
+
+def merge_parts(report: dict, w: Workload, parts: list[dict]) -> None:
+    """Each candidate's parts of one suite into the report, in candidate order; the suite is then finished."""
+    for candidate, part in zip(report["candidates"], parts):
+        if "suite" in part:
+            candidate["suites"].append(part["suite"])
+        if "tasks" in part:
+            candidate["tasks"][w.name] = part["tasks"]
+        candidate["speed"]["tokens"] += part["speed"]["tokens"]
+        candidate["speed"]["seconds"] += part["speed"]["seconds"]
+    report["finished"].append(w.name)
 
 
 def run_workload(w: Workload, reference: Reference, runners: list[Runner], report: dict, options) -> None:
     """One suite through every candidate: its rows and task tables into the report, its time into the speeds."""
     ref_runner = reference.runner
-    for runner in [ref_runner, *runners]:
-        if runner is not None:
-            runner.seconds = runner.tokens = 0
-    if w.windows:
-        for candidate, stats in zip(report["candidates"], score_windows(w, reference, runners, options.progress)):
-            candidate["suites"].append({"name": w.name, "description": w.description, **stats.summary()})
-    if w.cases:
-        for candidate, task in zip(report["candidates"], answer_cases(w, reference, runners, options.progress)):
-            candidate["tasks"][w.name] = task
-    for candidate, runner in zip(report["candidates"], runners):
-        candidate["speed"]["tokens"] += runner.tokens
-        candidate["speed"]["seconds"] += runner.seconds
+    if ref_runner is not None:
+        ref_runner.seconds = ref_runner.tokens = 0
+    merge_parts(report, w, workload_parts(w, reference, runners, options.progress))
     if ref_runner is not None:
         report["reference_speed"]["tokens"] += ref_runner.tokens
         report["reference_speed"]["seconds"] += ref_runner.seconds
-    report["finished"].append(w.name)
 
 
 def open_reference_cache(options, ref: Path, user, chosen, workloads, identity, n_vocab, resume):

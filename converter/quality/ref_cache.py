@@ -268,7 +268,8 @@ class CachedReference:
         self.first_chunk = first_chunk
         self.n_chunks = log_probs.n_chunk - first_chunk if n_chunks is None else n_chunks
 
-    def chunk_stats(self, index: int, window: list[int], first: int, quant_logits: np.ndarray):
+    def chunk_rows(self, index: int, window: list[int], first: int) -> np.ndarray:
+        """The cached rows of the text's chunk `index`, checked to be this window's."""
         f = self.log_probs
         chunk = self.first_chunk + index
         if index >= self.n_chunks or len(window) != f.n_ctx or first != f.n_ctx // 2:
@@ -276,9 +277,15 @@ class CachedReference:
         cached = f.chunk_tokens(chunk)
         if not np.array_equal(cached[1:], np.asarray(window[1:])):
             raise FormatError(f"{f.path}: chunk {chunk} holds other tokens than this text's; remake the cache")
-        if quant_logits.shape[1] != f.n_vocab:
-            raise FormatError(f"{f.path}: vocabulary of {f.n_vocab}, the model has {quant_logits.shape[1]}")
-        return cached_stats(f.chunk_rows(chunk), quant_logits, np.asarray(window[first + 1 :]))
+        return f.chunk_rows(chunk)
+
+    def chunk_stats(self, index: int, window: list[int], first: int, quant_logits: np.ndarray):
+        rows = self.chunk_rows(index, window, first)
+        if quant_logits.shape[1] != self.log_probs.n_vocab:
+            raise FormatError(
+                f"{self.log_probs.path}: vocabulary of {self.log_probs.n_vocab}, the model has {quant_logits.shape[1]}"
+            )
+        return cached_stats(rows, quant_logits, np.asarray(window[first + 1 :]))
 
 
 # ---------------------------------------------------------------- the built-in suites' windows
