@@ -125,6 +125,12 @@ class RayExecutor(Executor):
         self._owns_connection = False
         self._connect(address)
         try:
+            cpus = [n.get("Resources", {}).get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
+            if self.threads > max(cpus, default=0):  # Ray would wait for such a node for ever
+                raise FormatError(
+                    f"-t {self.threads}: each unit would ask {self.threads} CPUs of one Ray node, and the largest node "
+                    f"at {address} has {max(cpus, default=0):g}"
+                )
             self.nodes = self._probe([str(p) for p in paths])
             self._unit_task = ray.remote(ray_unit).options(
                 num_cpus=self.threads, max_retries=0, retry_exceptions=False, scheduling_strategy="SPREAD"
