@@ -6,10 +6,17 @@ Two measures:
 - per tensor group (role x layer band, and the output head), the KL divergence to the unquantized model when only
   that group is quantized (to the cheapest candidate type), measured through the C runtime on held-out text.
 The second calibrates the first: auto_types assumes a group's KLD grows in proportion to its tensors' errors.
+
+Both are units of work (converter/work): a "tensor_errors" unit per tensor and a "group_kld" unit per group, run by
+whichever executor the caller gives (serial, a local process pool, Ray). The reference's logits of the held-out
+windows are computed once, here, and shared with every group_kld unit. A unit's record depends only on its inputs,
+and the merge is in a fixed order (tensors in the source's order; groups by KLD, ties by name), so the report is the
+same, bit for bit, on every executor.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import tempfile
 from dataclasses import dataclass, field
@@ -18,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from qconv.converter.plan import T, fit_row, role_of, row_bytes
+from qconv.converter.work.units import Unit, register
 from qconv.formats.errors import FormatError
 
 DEFAULT_TYPES = ("q2_k", "q3_k", "q4_0", "iq4_nl", "q4_1", "q4_k", "q5_0", "q5_1", "q5_k", "q6_k", "q8_0")
@@ -42,7 +50,15 @@ class AnalyzeOptions:
     max_tokens: int = 1024  # scored per KLD trial
     bands: int = 3  # layer bands per role
     kld: bool = True
-    threads: int | None = None
+    threads: int | None = None  # the driver's (the f32 conversion, the reference pass) and a serial run's units
+    work_dir: Path | None = None  # where the f32 GGUF of an HF folder goes (a Ray cluster's nodes must see it)
+
+
+# the analysis' shared inputs (executor.share), by name
+SHARED_MODEL = "analyze.model"  # the f32/f16/bf16 GGUF every unit reads
+SHARED_IMATRIX = "analyze.imatrix"  # the file, which the trial conversions read
+SHARED_IMPORTANCE = "analyze.importance"  # tensor -> its E[x^2] per column from the imatrix (or None)
+SHARED_REFERENCE = "analyze.reference_logits"  # the reference's logits of every held-out window, one after another
 
 
 def ggml_type(name: str) -> T:
@@ -62,33 +78,41 @@ def weighted_error(weights: np.ndarray, decoded: np.ndarray, importance: np.ndar
     return float((diff * w).sum() / max((weights.astype(np.float64) ** 2 * w).sum(), 1e-30))
 
 
-def tensor_errors(source, imatrix, types: list[str], threads: int | None, log=None) -> dict[str, dict]:
-    """{tensor: {"shape", "role", "layer", "options": {type: {"bytes", "error"}}}} over the candidate types, each
-    after llama.cpp's row fallback (so a 576-wide q2_k is the q4_0 it becomes)."""
+def tensor_options(weights: np.ndarray, width: int, importance, types: list[str], threads: int | None) -> dict:
+    """{type: {"bytes", "error"}} of one tensor's weights (rows of `width`) over the candidate types, each after
+    llama.cpp's row fallback (so a 576-wide q2_k is the q4_0 it becomes)."""
     from qconv.runtime import quants
 
-    out = {}
-    wanted = [ggml_type(t) for t in types]
-    for name, shape in source.shapes.items():
-        if not choosable(name, shape):
+    options = {}
+    for t in (ggml_type(name) for name in types):
+        effective, _ = fit_row(t, width)
+        key = effective.name.lower()
+        if key in options or effective in (T.F16, T.F32):
             continue
-        weights = source.read_f32(name).reshape(-1, shape[-1])
-        importance = imatrix.mean_squares(name) if imatrix is not None else None
-        options = {}
-        for t in wanted:
-            effective, _ = fit_row(t, shape[-1])
-            key = effective.name.lower()
-            if key in options or effective in (T.F16, T.F32):
-                continue
-            blocks = quants.quantize(weights, effective.name, importance=importance, threads=threads)
-            decoded = quants.dequantize(blocks, effective.name, weights.shape, threads=threads)
-            nbytes = row_bytes(effective, shape[-1]) * weights.shape[0]
-            options[key] = {"bytes": nbytes, "error": weighted_error(weights, decoded, importance)}
-        layer = int(name.split(".")[1]) if name.startswith("blk.") else -1
-        out[name] = {"shape": list(shape), "role": role_of(name), "layer": layer, "options": options}
-        if log:
-            log(f"{name}: " + ", ".join(f"{k} {v['error']:.2e}" for k, v in options.items()))
-    return out
+        blocks = quants.quantize(weights, effective.name, importance=importance, threads=threads)
+        decoded = quants.dequantize(blocks, effective.name, weights.shape, threads=threads)
+        nbytes = row_bytes(effective, width) * weights.shape[0]
+        options[key] = {"bytes": nbytes, "error": weighted_error(weights, decoded, importance)}
+    return options
+
+
+@register("tensor_errors")
+def tensor_errors_unit(args: dict, shared) -> dict:
+    """One tensor of the shared source GGUF, read from where the driver found it (`offset`, `nbytes`, `type`, `shape`:
+    no unit parses the file's header again): {"shape", "role", "layer", "options"} (tensor_options)."""
+    from qconv.runtime import quants
+
+    name, shape = args["tensor"], tuple(args["shape"])
+    raw = np.fromfile(shared.get(args["source"]), dtype=np.uint8, count=args["nbytes"], offset=args["offset"])
+    if raw.size != args["nbytes"]:
+        raise FormatError(f"{shared.get(args['source'])}: tensor '{name}' is cut short ({raw.size} of its "
+                          f"{args['nbytes']} bytes)")  # fmt: skip
+    weights = raw.view(np.float32) if args["type"] == "F32" else quants.dequantize(raw, args["type"], shape)
+    weights = weights.reshape(-1, shape[-1])
+    importance = shared.get(args["importance"]).get(name) if args["importance"] else None
+    options = tensor_options(weights, shape[-1], importance, args["types"], shared.threads)
+    layer = int(name.split(".")[1]) if name.startswith("blk.") else -1
+    return {"shape": list(shape), "role": role_of(name), "layer": layer, "options": options}
 
 
 def groups_of(errors: dict[str, dict], n_layers: int, bands: int) -> dict[str, list[str]]:
@@ -131,70 +155,131 @@ def eval_tokens(runner, max_tokens: int, ctx: int) -> list[list[int]]:
     return windows[: max(1, -(-max_tokens // width))]
 
 
-def measure_kld(ref_logits: list[np.ndarray], runner, windows) -> float:
+def measure_kld(ref_logits: np.ndarray, runner, windows: list[list[int]]) -> float:
+    """Mean KL(reference || runner's model) over every position of the windows; ref_logits holds the reference's
+    logits of all the windows' positions, one window after the other."""
     from qconv.converter.quality.token_stats import TokenStats
 
     stats = TokenStats()
-    for ref, tokens in zip(ref_logits, windows):
+    start = 0
+    for tokens in windows:
+        ref = ref_logits[start : start + len(tokens)]
+        start += len(tokens)
         stats.add(ref, runner.logits(tokens), np.full(len(tokens), -1))
     return float(np.concatenate(stats.kld).mean())
 
 
-def group_klds(model_gguf: Path, source, errors, options: AnalyzeOptions, imatrix_path, log=None) -> list[dict]:
-    """For each group: quantize it alone (cheapest candidate), keep the rest f32, measure KLD to the f32 model."""
+@register("group_kld")
+def group_kld_unit(args: dict, shared) -> dict:
+    """One group trial: the shared model GGUF converted with this group's overrides (the rest f32) into a temp folder
+    of the unit's own, then its KLD to the shared reference logits over the held-out windows. {"kld"}."""
     from qconv.converter.convert import ConvertOptions, convert_to_gguf
     from qconv.converter.quality.runner import Runner
 
-    groups = groups_of(errors, source.n_layers, options.bands)
+    imatrix = shared.get(args["imatrix"]) if args["imatrix"] else None
+    options = ConvertOptions(
+        type_name="q8_0", pure=True, tensor_types=tuple(args["overrides"]), imatrix=imatrix, threads=shared.threads
+    )
+    with tempfile.TemporaryDirectory(prefix="qconv-group-kld-") as tmp:
+        trial = Path(tmp) / "trial.gguf"
+        convert_to_gguf(shared.get(args["model"]), trial, options, progress=False)
+        runner = Runner(trial, args["ctx"], shared.threads)
+        kld = measure_kld(shared.get(args["reference_logits"]), runner, args["windows"])
+        del runner  # the model's mapping of the trial file, before the folder goes
+    return {"kld": kld}
+
+
+def tensor_errors(executor, tensors: list, importance: bool, options: AnalyzeOptions, log=None) -> dict[str, dict]:
+    """{tensor: {"shape", "role", "layer", "options": {type: {"bytes", "error"}}}}, one tensor_errors unit per
+    tensor (gguf_read.GGUFTensor of the shared source), in the source's order."""
+    units = [
+        Unit("tensor_errors", t.name, {
+            "source": SHARED_MODEL, "tensor": t.name, "type": t.type_name, "shape": list(t.shape), "offset": t.offset,
+            "nbytes": t.nbytes, "types": list(options.types), "importance": SHARED_IMPORTANCE if importance else None,
+        })
+        for t in tensors
+    ]  # fmt: skip
+    errors = dict(zip((t.name for t in tensors), executor.run(units, "tensor errors")))
+    if log:
+        for name, e in errors.items():
+            log(f"{name}: " + ", ".join(f"{k} {v['error']:.2e}" for k, v in e["options"].items()))
+    return errors
+
+
+def group_klds(executor, model_gguf: Path, n_layers: int, errors, options: AnalyzeOptions, log=None) -> list[dict]:
+    """For each group: quantize it alone (cheapest candidate), keep the rest f32, measure KLD to the f32 model; one
+    group_kld unit per group, over the reference logits computed here once and shared. Ranked by KLD, largest
+    first (ties by group name)."""
+    from qconv.converter.quality.runner import Runner
+
+    groups = groups_of(errors, n_layers, options.bands)
     ref = Runner(model_gguf, options.ctx, options.threads)
     windows = eval_tokens(ref, options.max_tokens, options.ctx)
-    ref_logits = [ref.logits(w) for w in windows]
+    reference, start = None, 0  # every window's logits, one after the other (no list of copies to concatenate)
+    for tokens in windows:
+        logits = ref.logits(tokens)
+        if reference is None:
+            reference = np.empty((sum(len(w) for w in windows), logits.shape[1]), dtype=np.float32)
+        reference[start : start + len(tokens)] = logits
+        start += len(tokens)
     del ref
+    executor.share(SHARED_REFERENCE, reference)
+    units = []
+    for group, names in groups.items():
+        overrides = [f"^{re.escape(n)}$={cheapest(errors[n]['options'])}" for n in names] + [".*=f32"]
+        units.append(Unit("group_kld", group, {
+            "model": SHARED_MODEL, "overrides": overrides, "windows": windows, "ctx": options.ctx,
+            "imatrix": SHARED_IMATRIX if options.imatrix else None, "reference_logits": SHARED_REFERENCE,
+        }))  # fmt: skip
     results = []
-    with tempfile.TemporaryDirectory(prefix="qconv-analyze-") as tmp:
-        trial = Path(tmp) / "trial.gguf"
-        for group, names in groups.items():
-            overrides = tuple(f"^{re.escape(n)}$={cheapest(errors[n]['options'])}" for n in names) + (".*=f32",)
-            convert_to_gguf(
-                model_gguf, trial,
-                ConvertOptions(type_name="q8_0", pure=True, tensor_types=overrides, imatrix=imatrix_path,
-                               threads=options.threads),
-                progress=False,
-            )  # fmt: skip
-            runner = Runner(trial, options.ctx, options.threads)
-            kld = measure_kld(ref_logits, runner, windows)
-            del runner
-            types = sorted({cheapest(errors[n]["options"]) for n in names})
-            saved = sum(
-                4 * np.prod(errors[n]["shape"]) - errors[n]["options"][cheapest(errors[n]["options"])]["bytes"]
-                for n in names
-            )
-            results.append({"group": group, "tensors": names, "types": types, "kld": kld, "bytes_saved": int(saved)})
-            if log:
-                log(f"{group}: {len(names)} tensors at {'/'.join(types)} -> KLD {kld:.5f}")
-    results.sort(key=lambda r: -r["kld"])
+    for (group, names), record in zip(groups.items(), executor.run(units, "group KLD trials")):
+        types = sorted({cheapest(errors[n]["options"]) for n in names})
+        saved = sum(
+            4 * np.prod(errors[n]["shape"]) - errors[n]["options"][cheapest(errors[n]["options"])]["bytes"]
+            for n in names
+        )
+        results.append({"group": group, "tensors": names, "types": types, "kld": record["kld"],
+                        "bytes_saved": int(saved)})  # fmt: skip
+        if log:
+            log(f"{group}: {len(names)} tensors at {'/'.join(types)} -> KLD {record['kld']:.5f}")
+    results.sort(key=lambda r: (-r["kld"], r["group"]))
     return results
 
 
-def analyze(model: Path, options: AnalyzeOptions | None = None, log=None) -> dict:
-    """The sensitivity report of MODEL (HF folder or f32/f16/bf16 GGUF), a JSON-able dict."""
+def analyze(model: Path, options: AnalyzeOptions | None = None, executor=None, log=None) -> dict:
+    """The sensitivity report of MODEL (HF folder or f32/f16/bf16 GGUF), a JSON-able dict. The units run on
+    `executor` (converter.work; None: serially here); the report is the same on every executor.
+
+    An HF folder is converted to an f32 GGUF first, in a temporary folder under options.work_dir (default: the
+    system's). The units read that GGUF (and the imatrix) as shared inputs: a pool's workers from the path, Ray's
+    nodes through the object store when under 1 GiB, else from the path, which must then be on storage every node
+    sees (the work_dir)."""
     from qconv.converter.calibrate import model_gguf
     from qconv.converter.convert import load_imatrix
     from qconv.converter.sources import open_source
+    from qconv.converter.work.executors import make_executor
 
     options = options or AnalyzeOptions()
-    with tempfile.TemporaryDirectory(prefix="qconv-analyze-src-") as tmp:
+    with contextlib.ExitStack() as stack:
+        if executor is None:
+            executor = stack.enter_context(make_executor(threads=options.threads, progress=False))
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="qconv-analyze-src-", dir=options.work_dir))
         gguf_path = model_gguf(Path(model), Path(tmp))
         source = open_source(gguf_path)
         try:
-            imatrix = load_imatrix(options.imatrix, source.shapes)
-            errors = tensor_errors(source, imatrix, options.types, options.threads, log)
-            groups = group_klds(gguf_path, source, errors, options, options.imatrix, log) if options.kld else []
-            n_elements = sum(int(np.prod(s)) for s in source.shapes.values())
-            fixed_bytes = sum(4 * int(np.prod(s)) for n, s in source.shapes.items() if n not in errors)
-            n_layers = source.n_layers
+            shapes, n_layers = dict(source.shapes), source.n_layers
+            tensors = [t for t in source.gguf.tensors.values() if choosable(t.name, t.shape)]
+            imatrix = load_imatrix(options.imatrix, shapes)  # a bad imatrix stops here, before any unit
         finally:
             source.close()
+        executor.share(SHARED_MODEL, Path(gguf_path).absolute())  # absolute: a Ray worker runs in a folder of its own
+        if imatrix is not None:
+            executor.share(SHARED_IMPORTANCE, {t.name: imatrix.mean_squares(t.name) for t in tensors})
+            executor.share(SHARED_IMATRIX, Path(options.imatrix).absolute())
+        errors = tensor_errors(executor, tensors, imatrix is not None, options, log)
+        groups = group_klds(executor, gguf_path, n_layers, errors, options, log) if options.kld else []
+    n_elements = sum(int(np.prod(s)) for s in shapes.values())
+    fixed_bytes = sum(4 * int(np.prod(s)) for n, s in shapes.items() if n not in errors)
     return {
         "model": str(model),
         "imatrix": str(options.imatrix) if options.imatrix else None,

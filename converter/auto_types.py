@@ -548,12 +548,13 @@ def copy_with_metadata(src, out, metadata: dict) -> None:
 def convert_auto(
     model, out, target_bpw: float | None = None, max_kld: float | None = None, imatrix=None,
     threads: int | None = None, analysis: dict | None = None, kld_tokens: int = 1024, log=None,
-    inputs: AutoInputs | None = None,
+    inputs: AutoInputs | None = None, executor=None, work_dir: Path | None = None,
 ) -> tuple[AutoChoice, float]:  # fmt: skip
     """to-gguf --type auto: check the inputs (unless checked already: `inputs`), measure the reference on the data
-    (the user's, else the built-in held-out text), analyse (unless given), choose, convert, measure the file's KLD,
-    record both. With --max-kld and the user's data the choice is measured (search_measured). Files are converted
-    and measured in a temporary folder; `out` is written only at the end, with the measurement."""
+    (the user's, else the built-in held-out text), analyse (unless given; its units on `executor`, None: serially),
+    choose, convert, measure the file's KLD, record both. With --max-kld and the user's data the choice is measured
+    (search_measured). Files are converted and measured in a temporary folder under work_dir (default: the system's;
+    the analysis' units read its f32 GGUF); `out` is written only at the end, with the measurement."""
     from qconv.converter.analyze import AnalyzeOptions, analyze
     from qconv.converter.calibrate import model_gguf
     from qconv.converter.convert import ConvertOptions, convert_to_gguf
@@ -561,7 +562,7 @@ def convert_auto(
 
     inputs = inputs or check_auto_inputs(model, target_bpw, max_kld, analysis=analysis)
     check_output_file(out)  # before minutes of analysis
-    with tempfile.TemporaryDirectory(prefix="qconv-auto-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="qconv-auto-", dir=work_dir) as tmp:
         tmp = Path(tmp)
         f32 = model_gguf(Path(model), tmp)
         # the reference pass comes first: a text shorter than a window or a prompt longer than one stops here
@@ -571,7 +572,8 @@ def convert_auto(
             data = KldMeasure(f32, HELD_OUT_CTX, threads, tmp, lambda runner: held_out_sources(runner, kld_tokens))
         analysis = inputs.analysis
         if analysis is None:
-            analysis = analyze(f32, AnalyzeOptions(imatrix=imatrix, threads=threads, max_tokens=kld_tokens), log)
+            options = AnalyzeOptions(imatrix=imatrix, threads=threads, max_tokens=kld_tokens, work_dir=work_dir)
+            analysis = analyze(f32, options, executor=executor, log=log)
 
         def convert(choice: AutoChoice, path: Path) -> list[float]:
             options = ConvertOptions(

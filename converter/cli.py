@@ -9,6 +9,8 @@ import click
 
 from qconv.converter.cli_errors import stop_on_sigterm, user_errors
 from qconv.converter.cli_outputs import FILE_RULE, FOLDER_RULE, force_option
+from qconv.converter.eval_cli import run_folder, work_dir_option
+from qconv.converter.work.cli_options import work_options
 from qconv.formats.architectures import FAMILIES
 
 
@@ -94,14 +96,17 @@ def conversion_options(fn):
     "--eval-ctx", type=int, default=None,
     help="--type auto: tokens per --eval-text window, and the longest --eval-tasks prompt (default 512).",
 )  # fmt: skip
+@work_dir_option
+@work_options
 @user_errors
 def to_gguf(
     model: Path, out_path: Path, as_json: bool, quiet: bool, calibrate_data, target_bpw, max_kld, sensitivity,
-    eval_texts, eval_tasks, eval_ctx, **options,
+    eval_texts, eval_tasks, eval_ctx, work_dir, work, **options,
 ) -> None:  # fmt: skip
     """Convert MODEL (a Hugging Face folder, or an f32/f16/bf16 GGUF to re-quantize) to a GGUF file.
 
-    --type auto chooses each tensor's type from measured sensitivity to meet --target-bpw (or --max-kld)."""
+    --type auto chooses each tensor's type from measured sensitivity to meet --target-bpw (or --max-kld); its
+    analysis runs as units (-j N, --ray), and the file is the same on every executor."""
     import contextlib
 
     from qconv.converter.convert import ConvertOptions, convert_to_gguf
@@ -111,6 +116,8 @@ def to_gguf(
     auto_inputs = check_auto_options(
         options["type_name"], model, target_bpw, max_kld, sensitivity, eval_texts, eval_tasks, eval_ctx
     )
+    if auto_inputs is None:
+        refuse_work_options(options["type_name"], work, work_dir)
     check_output_file(out_path)  # before any calibration or analysis
     log = None if quiet or as_json else (lambda msg: click.echo(msg, err=True))
     with contextlib.ExitStack() as stack:
@@ -123,9 +130,11 @@ def to_gguf(
         if auto_inputs is not None:
             from qconv.converter.auto_types import convert_auto
 
+            executor = stack.enter_context(work.executor(options["threads"], progress=not (quiet or as_json)))
             choice, measured = convert_auto(
-                model, out_path, imatrix=options["imatrix"], threads=options["threads"], log=log, inputs=auto_inputs
-            )
+                model, out_path, imatrix=options["imatrix"], threads=options["threads"], log=log, inputs=auto_inputs,
+                executor=executor, work_dir=run_folder(work_dir, out_path, work),
+            )  # fmt: skip
             click.echo(
                 f"{out_path}: --type auto, {choice.bits_per_weight:.3f} bits per weight, KLD {measured:.4f} "
                 f"({choice.measured_on})"
@@ -167,6 +176,19 @@ def check_auto_options(
                 "fixes the types itself"
             )
     return None
+
+
+def refuse_work_options(type_name: str, work, work_dir: Path | None) -> None:
+    """-j, --ray, --units-log and --work-dir are for --type auto's analysis, the only part of to-gguf run as units;
+    with any other type they would be silently ignored."""
+    from qconv.formats.errors import FormatError
+
+    given = (("-j", work.jobs), ("--ray", work.ray), ("--units-log", work.units_log), ("--work-dir", work_dir))
+    for flag, value in given:
+        if value is not None:
+            raise FormatError(
+                f"{flag} {value} needs --type auto (its analysis runs as units); --type {type_name} converts here"
+            )
 
 
 @main.command("plan")

@@ -19,6 +19,28 @@ def _log(quiet: bool):
     return None if quiet else (lambda msg: click.echo(msg, err=True))
 
 
+def work_dir_option(fn):
+    """--work-dir of the commands whose units read a temporary GGUF (analyze, to-gguf --type auto)."""
+    return click.option(
+        "--work-dir", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
+        help="Folder for the run's temporary files (the f32 GGUF of an HF folder). Default: with --ray the output's "
+        "folder, else the system's temporary folder. Ray nodes receive a file under 1 GiB through the object store; a "
+        "bigger one they read from its path, so put it on storage every node sees.",
+    )(fn)  # fmt: skip
+
+
+def run_folder(work_dir: Path | None, out_path: Path | None, work) -> Path | None:
+    """Where a run's temporary folder goes: --work-dir; with Ray, beside the output (a shared disk, the likeliest
+    place every node sees); else the system's temporary folder (None)."""
+    from qconv.converter.work.executors import ray_address
+
+    if work_dir is not None:
+        return work_dir
+    if ray_address(work.ray) is not None and out_path is not None:
+        return Path(out_path).absolute().parent
+    return None
+
+
 @click.command("calibrate")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option(
@@ -185,22 +207,28 @@ def eval_cmd(quants, ref: Path, suite_names, task_files, texts, ctx, long, max_t
     "-o", "--output", "out_path", type=click.Path(path_type=Path), default=None,
     help=f"The sensitivity JSON to write (for `to-gguf --type auto` and `eval --sensitivity`). {FILE_RULE}",
 )  # fmt: skip
+@work_dir_option
 @click.option("-t", "--threads", type=int, default=None)
 @click.option("-q", "--quiet", is_flag=True)
+@work_options
 @user_errors
-def analyze_cmd(model: Path, imatrix, types, ctx, max_tokens, bands, no_kld, out_path, threads, quiet) -> None:
+def analyze_cmd(
+    model: Path, imatrix, types, ctx, max_tokens, bands, no_kld, out_path, work_dir, threads, quiet, work
+) -> None:
     """Sensitivity of MODEL (HF folder or f32/f16 GGUF): the importance-weighted error of each candidate type per
-    tensor, and the KL divergence caused by quantizing one tensor group at a time, ranked."""
+    tensor, and the KL divergence caused by quantizing one tensor group at a time, ranked. With -j N or --ray, each
+    tensor and each group trial is a unit: the same JSON."""
     from qconv.converter.analyze import DEFAULT_TYPES, AnalyzeOptions, analyze, format_analysis
 
     options = AnalyzeOptions(
         imatrix=imatrix, types=[t.strip() for t in types.split(",") if t.strip()] if types else list(DEFAULT_TYPES),
-        ctx=ctx, max_tokens=max_tokens,
-        bands=bands, kld=not no_kld, threads=threads,
+        ctx=ctx, max_tokens=max_tokens, bands=bands, kld=not no_kld, threads=threads,
+        work_dir=run_folder(work_dir, out_path, work),
     )  # fmt: skip
     if out_path is not None:
         check_output_file(out_path)  # before minutes of analysis
-    result = analyze(model, options, log=_log(quiet))
+    with work.executor(threads, progress=not quiet) as executor:
+        result = analyze(model, options, executor=executor, log=_log(quiet))
     if out_path is not None:
         with AtomicFile(out_path) as tmp:
             tmp.write_text(json.dumps(result, indent=2, default=float))
