@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -53,7 +54,7 @@ def step_units(out: Path) -> dict:
     from qconv.converter.work import Unit, make_executor
     from tests.work_units import squares
 
-    seen: dict = {}
+    seen: dict = {"address": _address()}
     os.environ["QCONV_RAY_ADDRESS"] = _address()  # the environment stands for --ray
     with make_executor(paths=[Path(__file__)]) as executor:
         seen["executor"] = type(executor).__name__
@@ -79,6 +80,7 @@ def step_units(out: Path) -> dict:
     missing = out / "missing.gguf"
     seen["unreadable"] = _error_of(lambda: make_executor(ray=_address(), paths=[Path(__file__), missing]))
     seen["unreachable"] = _error_of(lambda: make_executor(ray="127.0.0.1:1"))
+    seen["too_many_threads"] = _error_of(lambda: make_executor(ray=_address(), threads=2))  # nodes of 1 CPU
     return seen
 
 
@@ -119,21 +121,79 @@ def step_interrupt(out: Path) -> dict:
     return {"workers": workers, "rc": driver.returncode, "stderr": stderr[-2000:], "alive": alive}
 
 
+# ---------------------------------------------------------------- qconv's commands on the cluster
+
+QCONV = [sys.executable, "-m", "qconv.converter.cli"]
+SHAPE = dict(arch="llama", hidden=64, n_layers=12, n_heads=4, n_kv_heads=2, ffn=128, vocab=320)
+ANALYZE = ["--max-tokens", "256", "-c", "64", "-q"]  # four windows of 64 tokens per group trial
+AUTO = ["--type", "auto", "--target-bpw", "5.0", "-q"]
+CANDIDATES = ("q4_0", "q5_0", "q8_0")
+
+
+@pytest.fixture(scope="module")
+def inputs(random_model_factory, tmp_path_factory) -> dict[str, Path]:
+    """A random 12-layer folder (analyze, to-gguf --type auto) and an f32 reference with three candidates (eval)."""
+    from qconv.converter.convert import convert_to_gguf
+
+    folder = random_model_factory(**SHAPE)
+    out = tmp_path_factory.mktemp("ray-inputs")
+    files = {"folder": folder, "out": out}
+    for type_name in ("f32", *CANDIDATES):
+        files[type_name] = out / f"{type_name}.gguf"
+        convert_to_gguf(folder, files[type_name], type_name, progress=False)
+    files["tasks"] = out / "tasks.jsonl"
+    files["tasks"].write_text("".join(
+        json.dumps({"capability": "echo", "prompt": f"item {i}", "expected": "never", "max_tokens": 16}) + "\n"
+        for i in range(4)
+    ))  # fmt: skip
+    files["text"] = out / "text.txt"
+    files["text"].write_text("The quick brown fox jumps over the lazy dog, and the dog sleeps on. " * 120)
+    return files
+
+
+def eval_args(files: dict[str, Path]) -> list[str]:
+    return [*(str(files[t]) for t in CANDIDATES), "--ref", str(files["f32"]), "--suite", "maths", "--suite", "prose",
+            "--max-tokens", "128", "--max-tasks", "2", "--tasks", str(files["tasks"]), "--text", f"mine={files['text']}",
+            "-c", "64", "-q", "--json"]  # fmt: skip
+
+
+def qconv_steps(files: dict[str, Path]) -> dict[str, str]:
+    """The commands whose outputs must equal the serial and -j 2 ones, with --ray."""
+    out, ray = files["out"], ["--ray", "$RAY_TEST_ADDRESS"]
+
+    def command(*args) -> str:
+        return " ".join(QCONV + [str(a) if str(a).startswith("$") else shlex.quote(str(a)) for a in args])
+
+    return {
+        "analyze": command("analyze", files["folder"], *ANALYZE, "-o", out / "analyze-ray.json", *ray,
+                           "--units-log", out / "analyze-ray.units.jsonl"),
+        "eval": command("eval", *eval_args(files), *ray, "--units-log", out / "eval-ray.units.jsonl")
+        + f" > {out / 'eval-ray.json'}",
+        "auto": command("to-gguf", files["folder"], "-o", out / "auto-ray.gguf", *AUTO, *ray,
+                        "--units-log", out / "auto-ray.units.jsonl"),
+        "unreachable": command("analyze", files["folder"], *ANALYZE, "-o", out / "never.json",
+                               "--ray", "127.0.0.1:1"),
+    }  # fmt: skip
+
+
 # ---------------------------------------------------------------- the tests, on what the steps saw
 
 STEPS = ["units", "interrupt"]
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory) -> dict[str, dict]:
+def cluster(inputs, tmp_path_factory) -> dict[str, dict]:
     out = tmp_path_factory.mktemp("ray")
     command = f"{sys.executable} -m tests.converter.test_work_ray {{step}} {out}"
-    steps = run_in_cluster({step: command.format(step=step) for step in STEPS}, out / "steps")
+    steps = {step: command.format(step=step) for step in STEPS}
+    steps.update(qconv_steps(inputs))
+    ran = run_in_cluster(steps, out / "steps")
     seen = {}
     for step in STEPS:
         result = out / f"{step}.json"
-        assert steps[step].rc == 0 and result.exists(), str(steps[step])
+        assert ran[step].rc == 0 and result.exists(), str(ran[step])
         seen[step] = json.loads(result.read_text())
+    seen["qconv"] = ran
     return seen
 
 
@@ -173,6 +233,9 @@ def test_unreachable_address_and_unreadable_path(cluster):
     message = seen["unreadable"]
     assert "missing.gguf: not readable on Ray node " in message and "no such file" in message
     assert "\n" not in message
+    assert seen["too_many_threads"] == (
+        f"-t 2: each unit would ask 2 CPUs of one Ray node, and the largest node at {seen['address']} has 1"
+    )
 
 
 def test_ctrl_c_cancels_the_remote_units(cluster):
@@ -180,6 +243,57 @@ def test_ctrl_c_cancels_the_remote_units(cluster):
     assert len(seen["workers"]) >= 2, seen
     assert seen["rc"] != 0 and "KeyboardInterrupt" in seen["stderr"], seen
     assert seen["alive"] == [], seen
+
+
+def qconv(*args) -> str:
+    proc = subprocess.run([*QCONV, *map(str, args)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def units_log(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def assert_ran_on_both_nodes(step, log: Path) -> None:
+    assert step.rc == 0, str(step)
+    entries = units_log(log)
+    assert len({e["where"]["node"] for e in entries}) == 2, entries
+
+
+def test_analyze_on_ray_equals_serial_and_the_pool(cluster, inputs, tmp_path):
+    assert_ran_on_both_nodes(cluster["qconv"]["analyze"], inputs["out"] / "analyze-ray.units.jsonl")
+    serial, pooled = tmp_path / "serial.json", tmp_path / "pooled.json"
+    qconv("analyze", inputs["folder"], *ANALYZE, "-o", serial)
+    qconv("analyze", inputs["folder"], *ANALYZE, "-o", pooled, "-j", 2)
+    assert pooled.read_bytes() == serial.read_bytes()
+    assert (inputs["out"] / "analyze-ray.json").read_bytes() == serial.read_bytes()
+
+
+def test_eval_on_ray_equals_without(cluster, inputs):
+    from tests.converter.test_eval_units import without_seconds
+
+    assert_ran_on_both_nodes(cluster["qconv"]["eval"], inputs["out"] / "eval-ray.units.jsonl")
+    serial = json.loads(qconv("eval", *eval_args(inputs), "-t", 2))
+    on_ray = json.loads((inputs["out"] / "eval-ray.json").read_text())
+    assert without_seconds(on_ray) == without_seconds(serial)
+    assert [c["quant"] for c in serial["candidates"]] == [str(inputs[t]) for t in CANDIDATES]
+
+
+def test_to_gguf_auto_on_ray_writes_the_same_bytes(cluster, inputs, tmp_path):
+    assert_ran_on_both_nodes(cluster["qconv"]["auto"], inputs["out"] / "auto-ray.units.jsonl")
+    pooled = tmp_path / "pooled.gguf"  # the pool's file is the serial one (tests/converter/test_analyze_units.py)
+    qconv("to-gguf", inputs["folder"], "-o", pooled, *AUTO, "-j", 2)
+    assert (inputs["out"] / "auto-ray.gguf").read_bytes() == pooled.read_bytes()
+
+
+def test_an_unreachable_address_is_one_line_before_any_work(cluster, inputs):
+    step = cluster["qconv"]["unreachable"]
+    assert step.rc == 1 and "Traceback" not in step.err, str(step)
+    assert step.err.strip().splitlines() == [
+        "qconv: error: --ray 127.0.0.1:1: cannot reach a Ray cluster there (Connection refused)"
+    ]
+    assert not (inputs["out"] / "never.json").exists()
 
 
 if __name__ == "__main__":
