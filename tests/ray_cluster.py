@@ -58,8 +58,11 @@ def cluster_script(steps: dict[str, str], out_dir: Path, temp_dir: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_in_cluster(steps: dict[str, str], out_dir: Path, timeout: float = 300) -> dict[str, Step]:
-    """Run the steps (name -> shell command) in order in one 2-node cluster; each step's exit code and output."""
+def run_in_cluster(
+    steps: dict[str, str], out_dir: Path, timeout: float = 300, extra_env: dict[str, str] | None = None
+) -> dict[str, Step]:
+    """Run the steps (name -> shell command) in order in one 2-node cluster; each step's exit code and output.
+    `extra_env`: more environment for the nodes and the steps."""
     out_dir.mkdir(parents=True, exist_ok=True)
     # Ray's unix sockets live under its temp folder and must stay under the 107-byte path limit
     temp_dir = Path(tempfile.mkdtemp(prefix="qray-", dir="/tmp"))
@@ -67,6 +70,7 @@ def run_in_cluster(steps: dict[str, str], out_dir: Path, timeout: float = 300) -
     # no token authentication: `ray start --head` turns it on when ~/.ray/auth_token exists (a local ray.init()
     # writes one), and the second node would then need the token passed explicitly
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled", PYTHONPATH=os.pathsep.join(paths))
+    env.update(extra_env or {})
     env.pop("RAY_ADDRESS", None)
     env.pop("QCONV_RAY_ADDRESS", None)
     script = cluster_script(steps, out_dir, temp_dir)
