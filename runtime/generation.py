@@ -33,17 +33,13 @@ class TextStream:
         prompt_tokens: Sequence[int],
         max_tokens: int = 256,
         *,
-        temperature: float = 0.8,
-        top_k: int = 40,
-        top_p: float = 0.95,
-        min_p: float = 0.05,
-        repeat_penalty: float = 1.0,
-        repeat_last_n: int = 64,
-        seed: int = 0,
         stop: Sequence[str] = (),
         ignore_eos: bool = False,
         constraint=None,
+        **sampling,
     ) -> None:
+        """sampling: the Sampler's options (temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed),
+        with its defaults."""
         self.tokenizer = model.tokenizer
         self.max_tokens = max_tokens
         # the tokens that fit the sequence's context after the prompt, plus the one sampled from the logits of a
@@ -51,16 +47,7 @@ class TextStream:
         self.room = model.n_ctx - len(prompt_tokens) + 1
         self.ignore_eos = ignore_eos
         self.constraint = constraint
-        self.sampler = Sampler(
-            model.n_vocab,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            min_p=min_p,
-            repeat_penalty=repeat_penalty,
-            repeat_last_n=repeat_last_n,
-            seed=seed,
-        )
+        self.sampler = Sampler(model.n_vocab, **sampling)
         for t in prompt_tokens:
             self.sampler.accept(t)
         self.detok = self.tokenizer.stream(special=False)
