@@ -129,7 +129,11 @@ def test_pool_gives_up_after_three_deaths():
 
 
 INTERRUPTED_RUN = """
+import signal
 import sys
+
+# Ctrl-C as at a terminal, also under a caller that started the tests with SIGINT ignored (a background job)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from pathlib import Path
 from qconv.converter.work import Unit, make_executor
 import tests.work_units

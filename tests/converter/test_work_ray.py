@@ -85,7 +85,11 @@ def step_units(out: Path) -> dict:
 
 
 HANGING_RUN = """
+import signal
 import sys
+
+# Ctrl-C as at a terminal, also under a caller that started the tests with SIGINT ignored (a background job)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from qconv.converter.work import Unit, make_executor
 import tests.work_units
 with make_executor(ray=sys.argv[1]) as executor:
