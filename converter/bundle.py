@@ -69,7 +69,7 @@ TARGETS = {
         Target("rpi4", "aarch64", "Raspberry Pi 4 (Cortex-A72, 64-bit OS)", "neon", "cortex-a72", 8 * GIB),
         Target("jetson-orin", "aarch64", "Jetson Orin (Cortex-A78AE)", "neon-dotprod", "max", 64 * GIB),
         Target("aarch64", "aarch64", "any ARMv8-A Linux (64-bit)", "best of neon/neon-dotprod", "max", 1 << 62),
-        Target("armv7", "armv7", "32-bit Raspberry Pi OS (ARMv7 + NEON)", "scalar", "max", 2 * GIB),
+        Target("armv7", "armv7", "32-bit Raspberry Pi OS (ARMv7)", "neon if NEON + VFPv4, else scalar", "max", 2 * GIB),
         Target("x86_64", "x86_64", "x86-64 Linux", "best of avx2/avx512", "max", 1 << 62),
     )
 }

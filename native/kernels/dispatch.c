@@ -18,6 +18,14 @@
 #ifndef HWCAP2_I8MM
 #define HWCAP2_I8MM (1 << 13)
 #endif
+#elif defined(__arm__)
+#include <sys/auxv.h>
+#ifndef HWCAP_NEON
+#define HWCAP_NEON (1 << 12)
+#endif
+#ifndef HWCAP_VFPv4
+#define HWCAP_VFPv4 (1 << 16)
+#endif
 #endif
 
 static qrt_kernel_entry table[QRT_TYPE_COUNT];
@@ -58,6 +66,14 @@ static void detect(void) {
     supported[QRT_VARIANT_NEON] = 1;
     supported[QRT_VARIANT_NEON_DOTPROD] = (hwcap & HWCAP_ASIMDDP) != 0;
     supported[QRT_VARIANT_NEON_I8MM] = supported[QRT_VARIANT_NEON_DOTPROD] && (hwcap2 & HWCAP2_I8MM) != 0;
+#elif defined(__arm__)
+    /* 32-bit: NEON is optional (ARMv6 boards, VFP-only ARMv7 cores), and the kernels need VFPv4's fused
+     * multiply-add for the reference's fmaf: Cortex-A8/A9 (NEON, VFPv3) run the scalar reference.
+     * QRT_HWCAP_MASK clears bits as on aarch64 (1000: no NEON). */
+    const char *mask_env = getenv("QRT_HWCAP_MASK");
+    const unsigned long mask = mask_env ? strtoul(mask_env, NULL, 16) : 0;
+    const unsigned long hwcap = getauxval(AT_HWCAP) & ~mask;
+    supported[QRT_VARIANT_NEON] = (hwcap & HWCAP_NEON) && (hwcap & HWCAP_VFPv4);
 #endif
     for (int t = 0; t < QRT_TYPE_COUNT; t++) table[t].act_type = -1;
     qrt_kernels_register_scalar(table);
@@ -65,8 +81,10 @@ static void detect(void) {
     if (supported[QRT_VARIANT_AVX2]) qrt_kernels_register_avx2(table);
     if (supported[QRT_VARIANT_AVX512]) qrt_kernels_register_avx512(table);
 #endif
+#if defined(__aarch64__) || defined(__arm__)
+    if (supported[QRT_VARIANT_NEON]) qrt_kernels_register_neon(table);
+#endif
 #if defined(__aarch64__)
-    qrt_kernels_register_neon(table);
     if (supported[QRT_VARIANT_NEON_DOTPROD]) qrt_kernels_register_neon_dotprod(table);
     if (supported[QRT_VARIANT_NEON_I8MM]) qrt_kernels_register_neon_i8mm(table);
 #endif

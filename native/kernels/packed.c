@@ -336,8 +336,10 @@ static void fill(void) {
 #if defined(__x86_64__)
     if (qrt_variant_supported(QRT_VARIANT_AVX2)) qrt_packed_register_avx2(table);
     if (qrt_variant_supported(QRT_VARIANT_AVX512)) qrt_packed_register_avx512(table);
-#elif defined(__aarch64__)
-    qrt_packed_register_neon(table);
+#elif defined(__aarch64__) || defined(__arm__)
+    if (qrt_variant_supported(QRT_VARIANT_NEON)) qrt_packed_register_neon(table);
+#endif
+#if defined(__aarch64__)
     if (qrt_variant_supported(QRT_VARIANT_NEON_DOTPROD)) qrt_packed_register_neon_dotprod(table, QRT_VARIANT_NEON_DOTPROD);
     if (qrt_variant_supported(QRT_VARIANT_NEON_I8MM)) qrt_packed_register_neon_dotprod(table, QRT_VARIANT_NEON_I8MM);
 #endif

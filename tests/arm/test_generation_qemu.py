@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from tests.arm.conftest import generate, run
+from tests.arm.conftest import PROMPT, generate, run
 
 pytestmark = pytest.mark.reference
 
@@ -48,7 +48,20 @@ def test_fallback_on_cpu_without_extensions(aarch64_build, sample_ggufs, x86_tex
 
 
 def test_armv7_equals_x86(armv7_build, sample_ggufs, x86_texts):
-    assert generate(["qemu-arm", armv7_build / "qrun-native"], sample_ggufs["q4_0"]) == x86_texts["q4_0"]
+    """32-bit on a NEON + VFPv4 core: the NEON kernels (packed x16)."""
+    prefix = ["qemu-arm", "-cpu", "cortex-a15", armv7_build / "qrun-native"]
+    proc = run([*prefix, sample_ggufs["q4_0"], "--raw", "-p", "Hi", "-n", "1", "-v"])
+    assert proc.returncode == 0 and "kernel Q4_0: neon, packed x16\n" in proc.stderr, proc.stderr
+    assert generate(prefix, sample_ggufs["q4_0"]) == x86_texts["q4_0"]
+
+
+def test_armv7_vfp_only_core_equals_x86(armv7_build, host_build, sample_ggufs):
+    """32-bit on a core without NEON (qemu's cortex-r5f, VFPv3-D16): the scalar reference runs, the text is the x86
+    build's (two tokens: the scalar kernels under qemu take ~8 s per token of the 135M model)."""
+    model, args = sample_ggufs["q4_0"], ["--raw", "-p", PROMPT, "-n", "2", "--temp", "0", "-t", "2"]
+    proc = run(["qemu-arm", "-cpu", "cortex-r5f", armv7_build / "qrun-native", model, *args, "-v"])
+    assert proc.returncode == 0 and "kernel Q4_0: scalar\n" in proc.stderr, proc.stderr
+    assert proc.stdout.strip() and proc.stdout == run([host_build / "qrun-native", model, *args]).stdout
 
 
 def test_qrun_native_raw_equals_qrun(host_build, sample_ggufs):

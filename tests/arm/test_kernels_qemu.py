@@ -1,6 +1,7 @@
 """Under qemu, every NEON kernel (baseline, SDOT, SMMLA) equals the scalar reference on random blocks, quantized
 blocks and rows of the package's real GGUF, and so does every NEON packed (x16) kernel (native/programs/kernel_check.c); a CPU
-without the extensions falls back."""
+without the extensions falls back. The 32-bit build the same: NEON kernels on a core with NEON and VFPv4, the scalar
+reference on one without (qemu-arm's cortex-a9: NEON without VFPv4's fused multiply-add; cortex-r5f: VFP only)."""
 
 from __future__ import annotations
 
@@ -21,15 +22,15 @@ def packed_results(stdout: str) -> dict[tuple[str, str], tuple[int, int]]:
     return {(m[1], m[2]): (int(m[3]), int(m[4])) for m in PACKED.finditer(stdout)}
 
 
-def kernel_check_output(build, cpu, model=None, env=None) -> str:
-    proc = run(["qemu-aarch64", "-cpu", cpu, build / "kernel-check", *([model] if model else [])], env=env)
+def kernel_check_output(build, cpu, model=None, env=None, qemu="qemu-aarch64") -> str:
+    proc = run([qemu, "-cpu", cpu, build / "kernel-check", *([model] if model else [])], env=env)
     print(proc.stdout)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
 
 
-def kernel_check(build, cpu, model=None, env=None) -> dict[tuple[str, str], tuple[int, int, int]]:
-    stdout = kernel_check_output(build, cpu, model, env)
+def kernel_check(build, cpu, model=None, env=None, qemu="qemu-aarch64") -> dict[tuple[str, str], tuple[int, int, int]]:
+    stdout = kernel_check_output(build, cpu, model, env, qemu)
     return {(m[1].upper(), m[2]): (int(m[3]), int(m[4]), int(m[5])) for m in LINE.finditer(stdout)}
 
 
@@ -70,6 +71,26 @@ def test_hwcap_mask_hides_dotprod(aarch64_build):
     assert {v for _, v in results} == {"neon"}
 
 
-def test_armv7_build_runs_scalar(armv7_build):
-    proc = run(["qemu-arm", armv7_build / "kernel-check"])
-    assert proc.returncode == 0 and "0 type/variant pairs, 0 mismatches" in proc.stdout, proc.stdout
+def test_armv7_neon_kernels_equal_scalar(armv7_build, smollm2_package_gguf):
+    """32-bit NEON (Cortex-A15: NEON + VFPv4, as the Cortex-A7/A53/A72 of 32-bit Raspberry Pi OS): every dot kernel but
+    bf16's (ARMv7 NEON has no doubles) and every packed kernel, bit for bit against the scalar reference."""
+    stdout = kernel_check_output(armv7_build, "cortex-a15", smollm2_package_gguf, qemu="qemu-arm")
+    results = {(m[1].upper(), m[2]): (int(m[3]), int(m[4]), int(m[5])) for m in LINE.finditer(stdout)}
+    assert {v for _, v in results} == {"neon"}
+    for t in set(TYPES) - {"BF16"}:
+        rows, _, bad = results[(t, "neon")]
+        assert bad == 0 and rows >= 32, t
+    assert results[("Q4_1", "neon")][1] > 0 and results[("Q8_0", "neon")][1] > 0
+    packed = packed_results(stdout)
+    for t in PACKED_TYPES:
+        assert packed[(t, "neon")] == (3, 0), t
+
+
+@pytest.mark.parametrize(
+    ("cpu", "env"), [("cortex-a9", None), ("cortex-r5f", None), ("cortex-a15", {"QRT_HWCAP_MASK": "1000"})]
+)
+def test_armv7_without_neon_runs_scalar(armv7_build, cpu, env):
+    """No NEON (cortex-r5f, or HWCAP_NEON masked), or NEON without VFPv4 (cortex-a9): no SIMD kernel is registered,
+    and the scalar reference runs (on a VFP-only core, with no NEON instruction on the way)."""
+    stdout = kernel_check_output(armv7_build, cpu, env=env, qemu="qemu-arm")
+    assert "0 type/variant pairs, 0 mismatches" in stdout, stdout

@@ -1,7 +1,12 @@
-/* kernels_neon.c — baseline ARMv8-A NEON dot kernels (every aarch64 CPU has them): the integer kernels of
- * kernels_neon.inc with the widening-multiply lanes, and the f32/f16/bf16 kernels. Registered in the "neon"
- * slot. Compiles to a stub elsewhere (the 32-bit armv7 build runs the scalar reference). */
-#if defined(__aarch64__)
+/* kernels_neon.c — baseline NEON dot kernels: the integer kernels of kernels_neon.inc with the widening-multiply
+ * lanes, and the f32/f16/bf16 kernels. Registered in the "neon" slot. Every aarch64 CPU has them; in the 32-bit
+ * build they are compiled for NEON with VFPv4 (this file only: the rest of that build runs on VFP-only cores) and
+ * dispatch.c registers them when the CPU reports both (bf16 stays scalar there: ARMv7 NEON has no doubles).
+ * Compiles to a stub elsewhere. */
+#if defined(__aarch64__) || defined(__arm__)
+#if defined(__arm__)
+#pragma GCC target("arch=armv7-a,fpu=neon-vfpv4")
+#endif
 #include <math.h>
 #include <string.h>
 
@@ -23,7 +28,7 @@ static float reduce16_tree(const float *v) {
 
 static inline float32x4_t load4_f32(const void *p, int64_t i) { return vld1q_f32((const float *)p + i); }
 static inline float32x4_t load4_f16(const void *p, int64_t i) {
-    return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16((const uint16_t *)p + i)));
+    return qrt_f16x4_to_f32(vld1_u16((const uint16_t *)p + i));
 }
 
 static float vecdot_lanes64(int64_t n, const void *x, const void *y, float32x4_t (*load)(const void *, int64_t),
@@ -77,6 +82,7 @@ static float batch_dot_f16(int64_t n, const void *x, const void *y) {
     return n % 16 ? dot_f16(n, x, y) : sgemm_lanes16(n, x, y, load4_f16);
 }
 
+#if defined(__aarch64__)
 /* bf16: the reference sums exact double products in order; here two double lanes per register (reordered
  * sums, within the float tolerance of the tests) */
 static float dot_bf16(int64_t n, const void *vx, const void *vy) {
@@ -93,11 +99,14 @@ static float dot_bf16(int64_t n, const void *vx, const void *vy) {
     for (; i < n; i++) sum += (double)qrt_bf16_to_fp32(x[i]) * (double)qrt_bf16_to_fp32(y[i]);
     return (float)sum;
 }
+#endif
 
 void qrt_kernels_register_neon(qrt_kernel_entry t[QRT_TYPE_COUNT]) {
     t[QRT_TYPE_F32].vec_dot[QRT_VARIANT_NEON] = dot_f32;
     t[QRT_TYPE_F16].vec_dot[QRT_VARIANT_NEON] = dot_f16;
+#if defined(__aarch64__)
     t[QRT_TYPE_BF16].vec_dot[QRT_VARIANT_NEON] = dot_bf16;
+#endif
     t[QRT_TYPE_F32].batch_dot[QRT_VARIANT_NEON] = batch_dot_f32;
     t[QRT_TYPE_F16].batch_dot[QRT_VARIANT_NEON] = batch_dot_f16;
     register_int_neon(t, QRT_VARIANT_NEON);

@@ -1,6 +1,10 @@
-/* packed_neon.c — the x16 kernels on baseline ARMv8 NEON (4-byte dots by widening multiplies), in the "neon"
- * slot: Raspberry Pi 4 (Cortex-A72) and other cores without SDOT. */
-#if defined(__aarch64__)
+/* packed_neon.c — the x16 kernels on baseline NEON (4-byte dots by widening multiplies), in the "neon" slot:
+ * Raspberry Pi 4 (Cortex-A72) and other cores without SDOT, and the 32-bit build on NEON + VFPv4 cores (this file
+ * compiled for them, as kernels_neon.c). */
+#if defined(__aarch64__) || defined(__arm__)
+#if defined(__arm__)
+#pragma GCC target("arch=armv7-a,fpu=neon-vfpv4")
+#endif
 #define QRT_PK_SDOT 0
 #define K(name) name##_neon
 #include "packed_neon.inc"
