@@ -14,8 +14,13 @@ from qconv.formats.errors import FormatError
 
 @register("test_square")
 def square(args: dict, shared: Shared) -> dict:
-    """x^2 plus the shared offsets' sum; `sleep` seconds first, so that units overlap across workers."""
-    time.sleep(args.get("sleep", 0))
+    """x^2 plus the shared offsets' sum; `sleep` seconds first, so that units overlap across workers. Under a
+    progress bar (disabled, as the real units' bars are in a worker): tqdm makes its locks where it first runs."""
+    from tqdm import tqdm
+
+    with tqdm(total=1, disable=True) as bar:
+        time.sleep(args.get("sleep", 0))
+        bar.update(1)
     offset = float(shared.get("offsets").sum()) if "offsets" in shared.entries else 0.0
     return {"x": args["x"], "y": args["x"] ** 2 + offset}
 

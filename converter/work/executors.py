@@ -1,8 +1,10 @@
 """Executors: where a run's units go. Serial (in this process), a local process pool (`-j N`) or Ray (`--ray`).
 
 Every executor gives the same answer: `run(units)` returns the units' records in the order of `units`, whatever order
-they ran in, so the merged outputs (sens.json, the GGUF, report.json) are identical bit for bit. What differs is
-recorded apart, in `log` (where each unit ran, how long, how many attempts), which `--units-log` writes.
+they ran in, so the merged outputs (sens.json, the GGUF, report.json) are identical bit for bit. A caller that keeps
+progress (eval's checkpoint of finished candidates) also gets each record as its unit finishes, in whatever order
+that is, through `run(..., landed=fn)`. What differs is recorded apart, in `log` (where each unit ran, how long, how
+many attempts), which `--units-log` writes.
 
 Faults: a unit whose own code raises fails the run at once with its one-line message (a FormatError), the other
 units cancelled; it is not retried, since it would fail again. A worker that dies under a unit (a killed process, a
@@ -20,6 +22,7 @@ import shutil
 import signal
 import sys
 import tempfile
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -37,6 +40,8 @@ from qconv.converter.work.units import (
 from qconv.formats.errors import FormatError
 
 MAX_ATTEMPTS = 3  # starts of one unit whose worker died under it, before the run gives up
+
+Landed = Callable[[int, dict], None]  # (index in the run's units, the unit's record), called as each unit finishes
 
 
 def cores() -> int:
@@ -70,7 +75,9 @@ class Executor:
         array, any picklable value) or a Path the units open themselves."""
         self.shared.entries[name] = ("path", str(value)) if isinstance(value, Path) else ("value", value)
 
-    def run(self, units: list[Unit], desc: str) -> list[dict]:
+    def run(self, units: list[Unit], desc: str, landed: Landed | None = None) -> list[dict]:
+        """The units' records in the order of `units`; `landed(i, record)` as each one finishes (any order), in this
+        process: what it raises ends the run as a failing unit does."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -92,11 +99,11 @@ class Executor:
 class SerialExecutor(Executor):
     """The units one after another in this process, with the caller's thread count."""
 
-    def run(self, units: list[Unit], desc: str) -> list[dict]:
+    def run(self, units: list[Unit], desc: str, landed: Landed | None = None) -> list[dict]:
         check_units(units)
         results = []
         with progress_bar(len(units), desc, self.progress) as bar:
-            for unit in units:
+            for i, unit in enumerate(units):
                 try:
                     done = run_unit(unit_function(unit.kind), unit, self.shared)
                 except UnitFailed as e:
@@ -104,26 +111,43 @@ class SerialExecutor(Executor):
                 self._record(unit, done, 1)
                 results.append(done["result"])
                 bar.update(1)
+                if landed is not None:
+                    landed(i, done["result"])
         return results
 
 
 # ---------------------------------------------------------------- the local process pool
 
+STOP = "stop"  # in a run's folder of running markers while the driver drops the pool: units taken now do not start
+
 
 def _start_worker(threads: int) -> None:
     """Each pool worker: Ctrl-C is the driver's to handle (it stops the workers), and libraries that size their own
-    thread pools from the environment (BLAS, OpenMP, onnxruntime) keep to the worker's share of the cores."""
+    thread pools from the environment (BLAS, OpenMP, onnxruntime) keep to the worker's share of the cores.
+
+    tqdm guards its bars with a multiprocessing lock, a named semaphore that the resource tracker unlinks for a
+    process that dies without cleaning up, warning about "leaked semaphore objects" as the driver exits; a worker
+    killed under a unit is such a process. A worker's bars need only a thread lock."""
+    import threading
+
+    from tqdm import tqdm
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
         os.environ[name] = str(threads)
+    tqdm.set_lock(threading.RLock())
 
 
-def _run_in_worker(fn, unit: Unit, shared: Shared, running: str) -> dict:
-    """A pool worker runs one unit; `running` marks it started (the driver counts an attempt only for a unit that
-    started, so units queued behind a dying worker are not charged for it)."""
+def _run_in_worker(fn, unit: Unit, shared: Shared, running: str) -> dict | None:
+    """A pool worker runs one unit. `running` marks it started, holding the worker's pid: the driver counts an
+    attempt only for a unit that started (units queued behind a dying worker are not charged for it), and kills
+    the busy workers by these pids when it drops the pool. The marker comes before the look for STOP, so a worker
+    the dropping driver did not see running starts nothing."""
     marker = Path(running)
     marker.write_text(str(os.getpid()))
     try:
+        if (marker.parent / STOP).exists():
+            return None  # the run is over; nobody reads this
         return run_unit(fn, unit, shared)
     finally:
         marker.unlink(missing_ok=True)
@@ -166,21 +190,31 @@ class PoolExecutor(Executor):
             )  # fmt: skip
         return self._pool
 
-    def _drop_pool(self, kill: bool) -> None:
-        """Shut the pool down; `kill` stops busy workers at once instead of letting them finish their unit."""
+    def _drop_pool(self, running_dir: Path | None = None) -> None:
+        """Shut the pool down and wait for its workers to be gone. Without `running_dir` the workers are idle and
+        exit as asked (cleanly: their exit handlers run); with it, the workers busy with a unit of that run are
+        killed at once (the pool then stops the others) and queued units do not start."""
         pool, self._pool = self._pool, None
         if pool is None:
             return
-        processes = list((getattr(pool, "_processes", None) or {}).values())
-        pool.shutdown(wait=False, cancel_futures=True)
-        if kill:
-            for process in processes:
-                if process.is_alive():
-                    process.kill()
-        for process in processes:
-            process.join(timeout=10)
+        if running_dir is not None:
+            (running_dir / STOP).touch()
+            busy = set()
+            for marker in running_dir.iterdir():
+                try:
+                    busy.add(int(marker.read_text()))
+                except (OSError, ValueError):  # STOP, or a marker removed or still being written as we look
+                    continue
+            # the pids among this process's live children only: a worker that is gone and reaped is not killed
+            # under a pid the system may have given to another process since
+            for child in multiprocessing.active_children():
+                if child.pid in busy:
+                    child.kill()
+        pool.shutdown(wait=True, cancel_futures=True)
+        if running_dir is not None:
+            (running_dir / STOP).unlink()
 
-    def run(self, units: list[Unit], desc: str) -> list[dict]:
+    def run(self, units: list[Unit], desc: str, landed: Landed | None = None) -> list[dict]:
         check_units(units)
         self._runs += 1
         running_dir = self.work_dir / f"running-{self._runs}"
@@ -193,15 +227,19 @@ class PoolExecutor(Executor):
                 while pending:
                     pool = self._pool_now()
                     futures: dict[Future, int] = {}
+                    broken = False
                     for i in pending:
-                        unit = units[i]
                         marker = running_dir / f"{i}.{attempts[i]}"
-                        futures[
-                            pool.submit(_run_in_worker, unit_function(unit.kind), unit, self.shared, str(marker))
-                        ] = i
-                    broken = self._collect(futures, units, results, bar)
-                    if broken:
-                        self._drop_pool(kill=True)
+                        args = (unit_function(units[i].kind), units[i], self.shared, str(marker))
+                        try:
+                            future = pool.submit(_run_in_worker, *args)
+                        except BrokenProcessPool:  # a worker died while the units were being handed out
+                            broken = True
+                            break
+                        futures[future] = i
+                    broken = self._collect(futures, results, bar, landed) or broken
+                    if broken:  # the pool has stopped its other workers
+                        self._drop_pool()
                         for i in range(len(units)):  # every unit that started and did not finish: a lost attempt
                             started = [m for m in running_dir.glob(f"{i}.*")]
                             attempts[i] += len(started)
@@ -215,7 +253,7 @@ class PoolExecutor(Executor):
                                 f"{attempts[i]} times; giving up"
                             )
         except BaseException:
-            self._drop_pool(kill=True)  # a failed unit, Ctrl-C or SIGTERM: nothing keeps running
+            self._drop_pool(running_dir)  # a failed unit, Ctrl-C or SIGTERM: nothing keeps running
             raise
         finally:
             shutil.rmtree(running_dir, ignore_errors=True)
@@ -223,8 +261,9 @@ class PoolExecutor(Executor):
             self._record(unit, results[i], attempts[i] + 1)
         return [results[i]["result"] for i in range(len(units))]
 
-    def _collect(self, futures: dict[Future, int], units: list[Unit], results: dict, bar) -> bool:
-        """Wait for the futures; True when the pool broke (a worker died), with the finished ones in `results`."""
+    def _collect(self, futures: dict[Future, int], results: dict, bar, landed: Landed | None) -> bool:
+        """Wait for the futures, each record into `results` (and to `landed`) as it comes; True when the pool broke
+        (a worker died), with the finished ones in `results`."""
         waiting = set(futures)
         broken = False
         while waiting:
@@ -232,15 +271,18 @@ class PoolExecutor(Executor):
             for future in done:
                 try:
                     results[futures[future]] = future.result()
-                    bar.update(1)
                 except UnitFailed as e:
                     raise FormatError(e.message) from None
                 except BrokenProcessPool:
                     broken = True
+                    continue
+                bar.update(1)
+                if landed is not None:
+                    landed(futures[future], results[futures[future]]["result"])
         return broken
 
     def close(self) -> None:
-        self._drop_pool(kill=True)
+        self._drop_pool()
         forget_loaded()
         shutil.rmtree(self.work_dir, ignore_errors=True)
 

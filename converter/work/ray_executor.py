@@ -26,7 +26,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from qconv.converter.work.executors import MAX_ATTEMPTS, Executor, progress_bar
+from qconv.converter.work.executors import MAX_ATTEMPTS, Executor, Landed, progress_bar
 from qconv.converter.work.units import Shared, Unit, UnitFailed, check_units, run_unit, unit_function
 from qconv.formats.errors import FormatError
 
@@ -236,7 +236,7 @@ class RayExecutor(Executor):
             return
         self.shared.entries[name] = ("ray", ray.put(value))
 
-    def run(self, units: list[Unit], desc: str) -> list[dict]:
+    def run(self, units: list[Unit], desc: str, landed: Landed | None = None) -> list[dict]:
         import ray
 
         check_units(units)
@@ -260,7 +260,6 @@ class RayExecutor(Executor):
                         i = tasks.pop(ref)
                         try:
                             results[i] = ray.get(ref)
-                            bar.update(1)
                         except system_errors as e:
                             if attempts[i] >= MAX_ATTEMPTS:
                                 raise FormatError(
@@ -268,8 +267,12 @@ class RayExecutor(Executor):
                                     f"{attempts[i]} times; giving up (last: {type(e).__name__})"
                                 ) from None
                             submit(i)
+                            continue
                         except ray.exceptions.RayTaskError as e:
                             raise self._unit_error(units[i], e) from None
+                        bar.update(1)
+                        if landed is not None:
+                            landed(i, results[i]["result"])
         except BaseException:
             for ref in tasks:  # a failed unit, Ctrl-C or SIGTERM: nothing keeps running on the cluster
                 ray.cancel(ref, force=True)

@@ -128,6 +128,31 @@ def test_pool_gives_up_after_three_deaths():
     assert str(error.value) == "test_die_always unit 'doomed': the worker process running it died 3 times; giving up"
 
 
+@pytest.mark.parametrize("jobs", [None, 2])
+def test_records_land_as_their_units_finish(jobs):
+    """`landed` gets each record as its unit finishes (the pool's slow first unit last), `run` returns them in unit
+    order."""
+    units = [Unit("test_square", "slow", {"x": 0, "sleep": 3.0})] + squares(4, sleep=0.1)[1:]
+    landed = []
+    with make_executor(jobs) as executor:
+        results = executor.run(units, "squares", landed=lambda i, record: landed.append((i, record)))
+    assert results == expected_squares(4)
+    assert sorted(landed) == list(enumerate(results))
+    assert [i for i, _ in landed] == ([0, 1, 2, 3] if jobs is None else [1, 2, 3, 0])
+
+
+def test_an_error_where_records_land_stops_the_pool(tmp_path):
+    def stop(i, record):
+        raise FormatError("cannot save the checkpoint")
+
+    # the hanging unit, first in the queue, has started by the time the other worker's square lands
+    units = [Unit("test_hang", "hangs", {"folder": str(tmp_path)}), *squares(1, sleep=0.5)]
+    with make_executor(2) as pool, pytest.raises(FormatError, match="cannot save the checkpoint"):
+        pool.run(units, "landing", landed=stop)
+    hanging = [int(p.stem) for p in tmp_path.glob("*.pid")]
+    assert len(hanging) == 1 and process_gone(hanging[0])
+
+
 INTERRUPTED_RUN = """
 import signal
 import sys
@@ -173,14 +198,20 @@ def process_gone(pid: int) -> bool:
 
 @click.command()
 @click.option("-n", type=int, default=4)
+@click.option("--sleep", type=float, default=0.0)
+@click.option("--fail", "fail_count", default=None, help="A failing unit after the squares; FILE counts its attempts.")
 @work_options
-def squares_cmd(n: int, work: WorkOptions) -> None:
+def squares_cmd(n: int, sleep: float, fail_count: str | None, work: WorkOptions) -> None:
     from qconv.converter.cli_errors import user_errors
+
+    units = squares(n, sleep)
+    if fail_count is not None:
+        units.append(Unit("test_bad_input", "bad", {"path": "/models/x.gguf", "count": fail_count}))
 
     @user_errors
     def body():
         with work.executor(threads=1) as executor:
-            click.echo(json.dumps(executor.run(squares(n), "squares")))
+            click.echo(json.dumps(executor.run(units, "squares")))
 
     body()
 
@@ -199,3 +230,22 @@ def test_work_options_and_the_units_log(tmp_path, monkeypatch):
     result = CliRunner().invoke(squares_cmd, ["--units-log", str(tmp_path)])
     assert result.exit_code == 1 and "is a folder" in result.output
     assert "--ray ADDRESS|auto" in CliRunner().invoke(squares_cmd, ["--help"]).output
+
+
+def squares_cli(*args: str) -> subprocess.CompletedProcess:
+    """squares_cmd as a command of its own: what its driver process prints to the end, the resource tracker's
+    warnings included."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), *sys.path]))
+    code = "from tests.converter.test_work_executors import squares_cmd; squares_cmd()"
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, env=env, capture_output=True, text=True)
+
+
+def test_a_pool_run_leaves_no_semaphores_behind(tmp_path):
+    """Workers that run a unit under a progress bar, shut down at the end of a run or killed under a unit that is
+    still running when another fails: the resource tracker finds nothing left to clean up at exit."""
+    done = squares_cli("-n", "4", "-j", "2")
+    assert done.returncode == 0 and json.loads(done.stdout) == expected_squares(4), done.stderr
+    assert "leaked semaphore" not in done.stderr and done.stderr == "", done.stderr
+    failed = squares_cli("-n", "1", "--sleep", "30", "--fail", str(tmp_path / "count"), "-j", "2")
+    assert failed.returncode == 1, failed.stderr
+    assert failed.stderr == "qconv: error: /models/x.gguf: not a model (bad magic)\n"
