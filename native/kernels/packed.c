@@ -96,7 +96,7 @@ static void pack_q6_K(const void *rows, size_t row_bytes, int64_t n, void *group
 /* ---- activation sums ---- */
 
 int64_t qrt_packed_sums_per_row(int act_type, int64_t n) {
-    if (act_type == QRT_TYPE_Q8_0) return n / QK8_0 * 9;
+    if (act_type == QRT_TYPE_Q8_0) return n / QK8_0 * QRT_Q8_0_SUMS;
     if (act_type == QRT_TYPE_Q8_K) return n / QK_K * 4;
     return 0;
 }
@@ -105,13 +105,14 @@ void qrt_packed_act_sums(int act_type, const void *act_row, int64_t n, int32_t *
     if (act_type == QRT_TYPE_Q8_0) {
         const block_q8_0 *y = act_row;
         for (int64_t i = 0; i < n / QK8_0; i++) {
-            int32_t total = 0;
+            int32_t *block = sums + QRT_Q8_0_SUMS * i, total = 0;
             for (int k = 0; k < 8; k++) {
                 const int8_t *q = y[i].qs + 4 * k;
-                sums[9 * i + k] = q[0] + q[1] + q[2] + q[3];
-                total += sums[9 * i + k];
+                block[k] = q[0] + q[1] + q[2] + q[3];
+                block[QRT_Q8_0_STARTS + k] = QRT_Q8_FLOAT_BIAS - 128 * block[k];
+                total += block[k];
             }
-            sums[9 * i + 8] = total;
+            block[8] = total;
         }
     } else if (act_type == QRT_TYPE_Q8_K) {
         const block_q8_K *y = act_row;
@@ -143,7 +144,7 @@ static void gemm_q4_0_scalar(int64_t n, const void *group, const void *act, size
         for (int r = 0; r < QRT_PACK_ROWS; r++) {
             float acc = 0.0f;
             for (int64_t i = 0; i < n / QK4_0; i++) {
-                int32_t sumi = -8 * sums[t * ss + 9 * i + 8];
+                int32_t sumi = -8 * sums[t * ss + QRT_Q8_0_SUMS * i + 8];
                 for (int k = 0; k < 4; k++)
                     for (int b = 0; b < 4; b++) {
                         const uint8_t q = x[i].qs[k][r][b];

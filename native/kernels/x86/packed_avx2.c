@@ -44,7 +44,7 @@ typedef __m256 VF;
 #define V_DOT_U4(acc, u, s) _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)))
 /* q8_0: q + 128 would saturate vpmaddubsw, so the weights go back to signed and the sign moves to y */
 #define V_Q8_PREP(v) _mm256_xor_si256(v, _mm256_set1_epi8((char)0x80))
-#define V_Q8_START(ysum) ((void)(ysum), _mm256_setzero_si256())
+#define V_Q8_START(ys, k) ((void)(ys), (void)(k), _mm256_setzero_si256())
 #define V_DOT_Q8(acc, q, s)                                                                                        \
     _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(s, q)), \
                                             _mm256_set1_epi16(1)))
