@@ -97,7 +97,7 @@ static void pack_q6_K(const void *rows, size_t row_bytes, int64_t n, void *group
 
 int64_t qrt_packed_sums_per_row(int act_type, int64_t n) {
     if (act_type == QRT_TYPE_Q8_0) return n / QK8_0 * QRT_Q8_0_SUMS;
-    if (act_type == QRT_TYPE_Q8_K) return n / QK_K * 4;
+    if (act_type == QRT_TYPE_Q8_K) return n / QK_K * QRT_Q8_K_SUMS;
     return 0;
 }
 
@@ -118,9 +118,12 @@ void qrt_packed_act_sums(int act_type, const void *act_row, int64_t n, int32_t *
         const block_q8_K *y = act_row;
         for (int64_t i = 0; i < n / QK_K; i++)
             for (int p = 0; p < 4; p++) {
+                int32_t *block = sums + QRT_Q8_K_SUMS * i;
                 const int16_t *b = y[i].bsums + 4 * p;
                 const uint16_t lo = (uint16_t)(b[0] + b[1]), hi = (uint16_t)(b[2] + b[3]);
-                sums[4 * i + p] = (int32_t)((uint32_t)lo | ((uint32_t)hi << 16));
+                block[p] = (int32_t)((uint32_t)lo | ((uint32_t)hi << 16));
+                const float pair[2] = {(float)(int16_t)lo, (float)(int16_t)hi};
+                memcpy(block + QRT_Q8_K_FLOAT_SUMS + 2 * p, pair, sizeof pair);
             }
     }
 }

@@ -129,11 +129,14 @@ _Static_assert(sizeof(block_q6_Kx16) == QRT_PACK_ROWS * sizeof(block_q6_K), "blo
  *              starts QRT_Q8_FLOAT_BIAS - 128 * sum (packed_avx512.c reads its q8_0 sums as floats' bits: kept
  *              here, a vector load broadcasts them, where one computed per block and lane would take the
  *              shuffle port the kernel needs);
- *   q8_K rows: per super-block four int32 words, each two int16 sums of 32 quants (sub-blocks 2p, 2p+1),
- *              for q4_K's mins (vpmaddwd against the row's min pairs). */
+ *   q8_K rows: per super-block QRT_Q8_K_SUMS int32: four words, each two int16 sums of 32 quants (sub-blocks
+ *              2p, 2p+1), for q4_K's mins (vpmaddwd against the row's min pairs), then the same eight sums as
+ *              floats (q4_K's float pairs). */
 #define QRT_Q8_0_SUMS 17
 #define QRT_Q8_0_STARTS 9            /* where the q8_0 starts begin in a block's sums */
 #define QRT_Q8_FLOAT_BIAS 0x4B400000 /* the bits of 1.5 * 2^23 */
+#define QRT_Q8_K_SUMS 12
+#define QRT_Q8_K_FLOAT_SUMS 4 /* where the float sums begin */
 int64_t qrt_packed_sums_per_row(int act_type, int64_t n);
 void qrt_packed_act_sums(int act_type, const void *act_row, int64_t n, int32_t *sums);
 

@@ -46,14 +46,16 @@ typedef __m512 VF;
 #define V_FMA(a, b, c) _mm512_fmadd_ps(a, b, c)
 /* unsigned weight bytes (<= 15 or 63) times signed activation bytes, 4 per lane, into int32 */
 #define V_DOT_U4(acc, u, s) _mm512_dpbusd_epi32(acc, u, s)
-/* q8_0 weights stored as q + 128: the same vpdpbusd, started at -128 * sum(y) plus the bits of 1.5 * 2^23
- * (QRT_Q8_FLOAT_BIAS; the start is kept among the activation sums, packed.h). The exact int32 sum q of a lane
- * (|q| <= 4 * 255 * 128 < 2^22) then lands in the mantissa of the float 1.5 * 2^23 + q, and one subtraction gives
- * float(q) exactly, as vcvtdq2ps would: vpdpbusd and vcvtdq2ps both need port 0 of Intel's cores, which bound a
- * batch of decode steps, and the subtraction runs on port 0 or 5. */
+/* Lane sums that become floats start at the bits of 1.5 * 2^23 (QRT_Q8_FLOAT_BIAS): the exact int32 sum q of a
+ * lane (|q| < 2^22: at most 32 products of 4-bit or 8-bit weights) then lands in the mantissa of the float
+ * 1.5 * 2^23 + q, and one subtraction gives float(q) exactly, as vcvtdq2ps would. vpdpbusd and vcvtdq2ps both
+ * need port 0 of Intel's cores, which bounds batches of tokens; the subtraction runs on port 0 or 5.
+ * q8_0 weights are stored as q + 128: the same vpdpbusd, started at -128 * sum(y) plus that bias (the start is
+ * kept among the activation sums, packed.h, so a load broadcasts it). */
 #define V_Q8_PREP(v) (v)
 #define V_Q8_START(ys, k) _mm512_set1_epi32((ys)[QRT_Q8_0_STARTS + (k)])
-#define V_Q8_CVT(s) _mm512_sub_ps(_mm512_castsi512_ps(s), _mm512_set1_ps(1.5f * (1 << 23)))
+#define V_LANE_START() _mm512_set1_epi32(QRT_Q8_FLOAT_BIAS)
+#define V_LANE_TO_F(s) _mm512_sub_ps(_mm512_castsi512_ps(s), _mm512_set1_ps(1.5f * (1 << 23)))
 #define V_DOT_Q8(acc, u, s) _mm512_dpbusd_epi32(acc, u, s)
 /* tokens per pass: accumulators + decoded weights within the 32 vector registers */
 #define PK_NT_Q4_0 8
