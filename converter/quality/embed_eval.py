@@ -10,7 +10,9 @@ comparison of the task suites (exact McNemar test, Newcombe's interval on the dr
 The report keeps the decoders' shape (schema_version 2): a candidate's `suites` and `tasks` stay empty, its
 `embeddings` rows and `retrieval` tables are added; gates `cos_mean`, `cos_min` and `retrieval_drop` read them
 (converter/quality/gates.py). `--ref-cache FILE` keeps the reference's vectors (an .npz, with the same sidecar
-FILE.json as the decoders' cache), `--resume` continues after the last finished suite, as for decoders.
+FILE.json as the decoders' cache), `--resume` continues after the last finished suite, as for decoders. With -j N or
+--ray each candidate is a unit against the reference's vectors, embedded once here (converter/quality/embed_units.py):
+the same report, saved after every finished candidate.
 """
 
 from __future__ import annotations
@@ -303,20 +305,20 @@ def suite_line(name: str, candidates: list[dict]) -> str:
     return f"{name}: " + " | ".join(parts)
 
 
-def evaluate_embeddings(quants: list[Path], ref: Path, options, log=None, save=None, resume: dict | None = None):
-    """The report of embedding candidates QUANTS against REF (see the module's docstring); `save` and `resume`
-    as evaluate.evaluate."""
-    from qconv.converter.quality import evaluate
-    from qconv.converter.quality.run_state import identity_difference, run_identity
+def evaluate_embeddings(quants: list[Path], ref: Path, options, log=None, save=None, resume: dict | None = None,
+                        executor=None):  # fmt: skip
+    """The report of embedding candidates QUANTS against REF (see the module's docstring); `save`, `resume` and
+    `executor` as evaluate.evaluate."""
+    from qconv.converter.quality import evaluate, run_state
 
     chosen = check_options(options)
     for quant in quants:
         if not (quant.is_file() or is_onnx_encoder_folder(quant)):
             raise FormatError(f"{quant}: no such GGUF file or ONNX encoder folder (onnx/model.onnx, modules.json)")
     say = log or (lambda msg: None)
-    identity = run_identity(quants, Path(ref), options)
+    identity = run_state.run_identity(quants, Path(ref), options)
     if resume is not None and resume.get("identity") != identity:
-        raise FormatError(f"--resume: {identity_difference(resume.get('identity') or {}, identity)}")
+        raise FormatError(f"--resume: {run_state.identity_difference(resume.get('identity') or {}, identity)}")
     if resume is not None and resume.get("kind") != "embedding":
         raise FormatError("--resume: the saved run is not an evaluation of an embedding model")
     with tempfile.TemporaryDirectory(prefix="qconv-eval-") as tmp:
@@ -329,38 +331,77 @@ def evaluate_embeddings(quants: list[Path], ref: Path, options, log=None, save=N
         if cached is not None:
             say(f"reference: from the cache {options.ref_cache} (the reference model is not run)")
         report = resume if resume is not None else new_report(quants, Path(ref), ref_path, options, identity)
-        ref_model = None if cached is not None else open_embedder(ref_path, options.threads)
-        models = [open_embedder(q, options.threads) for q in quants]
         ref_vectors = dict(cached or {})
-        for suite in chosen:
-            if suite.name in report["finished"]:
-                continue
+        ref_model = None  # opened when a suite's vectors are first needed
+
+        def reference_vectors(suite, speed: dict) -> np.ndarray:
+            nonlocal ref_model
             if suite.name not in ref_vectors:
-                ref_vectors[suite.name] = embed_timed(ref_model, suite.texts, report["reference_speed"], ref_path)
-            run_suite(suite, ref_vectors[suite.name], models, quants, report)
-            say(suite_line(suite.name, report["candidates"]))
+                if ref_model is None:
+                    ref_model = open_embedder(ref_path, options.threads)
+                ref_vectors[suite.name] = embed_timed(ref_model, suite.texts, speed, ref_path)
+            return ref_vectors[suite.name]
+
+        todo = [suite for suite in chosen if suite.name not in report["finished"]]
+        units_on = run_state.units_executor(executor, report, options.threads)
+        if units_on is None:
+            models = [open_embedder(q, options.threads) for q in quants]
+            for suite in todo:
+                run_suite(suite, reference_vectors(suite, report["reference_speed"]), models, quants, report)
+                say(suite_line(suite.name, report["candidates"]))
+                if save is not None:
+                    save(report)
+            del models
+        else:
+            from qconv.converter.quality import embed_units
+
+            records = embed_units.run_candidates(units_on, quants, ref_path, todo, reference_vectors, options, report,
+                                                 save)  # fmt: skip
+            for k, suite in enumerate(todo):
+                merge_suite(report, suite, [record["parts"][k] for record in records])
+                say(suite_line(suite.name, report["candidates"]))
             if save is not None:
                 save(report)
+        ref_model = None
         if options.ref_cache is not None and cached is None and resume is None:
             save_vectors(options.ref_cache, Path(ref), chosen, ref_vectors)
             say(f"reference cache: {options.ref_cache}")
-        for candidate, quant in zip(report["candidates"], quants):
+        for i, (candidate, quant) in enumerate(zip(report["candidates"], quants)):
             candidate["overall"] = overall(candidate)
             if options.layer_errors and not Path(quant).is_dir():
                 from qconv.converter.quality.report import layer_weight_errors
 
-                candidate["layer_errors"] = layer_weight_errors(quant, ref_path)
+                candidate["layer_errors"] = (
+                    layer_weight_errors(quant, ref_path) if units_on is None else records[i]["layer_errors"]
+                )
         report["complete"] = True
     return report
 
 
+def suite_parts(suite, ref: np.ndarray, model, quant: Path) -> dict:
+    """One suite through one candidate: its cosine row, its retrieval table (the retrieval suite), and the time and
+    texts it took."""
+    speed = {"seconds": 0.0, "texts": 0}
+    vectors = embed_timed(model, suite.texts, speed, quant)
+    if vectors.shape[1] != ref.shape[1]:
+        raise FormatError(f"{quant}: vectors of {vectors.shape[1]} values, the reference's have {ref.shape[1]}")
+    part = {"embedding": cosine_row(suite, cosines(ref, vectors)), "speed": speed}
+    if suite.is_retrieval:
+        part["retrieval"] = retrieval_table(suite, ref, vectors)
+    return part
+
+
+def merge_suite(report: dict, suite, parts: list[dict]) -> None:
+    """Each candidate's parts of one suite into the report, in candidate order; the suite is then finished."""
+    for candidate, part in zip(report["candidates"], parts):
+        candidate["embeddings"].append(part["embedding"])
+        if "retrieval" in part:
+            candidate["retrieval"][suite.name] = part["retrieval"]
+        candidate["speed"]["seconds"] += part["speed"]["seconds"]
+        candidate["speed"]["texts"] += part["speed"]["texts"]
+    report["finished"].append(suite.name)
+
+
 def run_suite(suite, ref: np.ndarray, models: list, quants: list[Path], report: dict) -> None:
     """One suite through every candidate: its cosine row (and retrieval table) into the report."""
-    for candidate, model, quant in zip(report["candidates"], models, quants):
-        vectors = embed_timed(model, suite.texts, candidate["speed"], quant)
-        if vectors.shape[1] != ref.shape[1]:
-            raise FormatError(f"{quant}: vectors of {vectors.shape[1]} values, the reference's have {ref.shape[1]}")
-        candidate["embeddings"].append(cosine_row(suite, cosines(ref, vectors)))
-        if suite.is_retrieval:
-            candidate["retrieval"][suite.name] = retrieval_table(suite, ref, vectors)
-    report["finished"].append(suite.name)
+    merge_suite(report, suite, [suite_parts(suite, ref, model, quant) for model, quant in zip(models, quants)])

@@ -6,7 +6,9 @@ items in `case_order`. It keeps the logits of every scored row (float32, the who
 answers; when --ref-cache already holds this run's reference, the model is not run and the pass is the cache's
 rows (uint16) and answers. A unit loads its candidate, runs the suites as the in-process loop runs them (the same
 functions, the same order, against the same reference rows) and returns its parts of the report; the driver merges
-them in candidate order. The report is the one-process report bit for bit, the speeds' seconds aside.
+them in candidate order. The report is the one-process report bit for bit, the speeds' seconds aside. Each
+candidate's record is saved in the report as its unit finishes, so a killed run resumes without the candidates that
+finished (converter/quality/run_state.py).
 
 Why the logits and not a --ref-cache file made for the run: the cache keeps llama-perplexity's 16-bit rows, which
 move a suite's mean KLD by about 0.2% (evaluate.Reference), so a report scored against it would not be the report of
@@ -65,15 +67,16 @@ class PassedRows:
         return np.array(self.mapped[suite][first:end])
 
 
-def reference_pass(reference: Reference, workloads: list[Workload], n_vocab: int, folder: Path, report: dict,
-                   progress: bool) -> tuple[ReferencePass, dict[str, Path]]:  # fmt: skip
+def reference_pass(reference: Reference, workloads: list[Workload], n_vocab: int, folder: Path,
+                   progress: bool) -> tuple[ReferencePass, dict[str, Path], dict]:  # fmt: skip
     """The reference through every suite once, in the order one process runs it (windows, then the task items in
     case_order; the --ref-cache being written, if any, gets its rows on the way), or its rows and answers read from
-    the user's cache: the pass, and per suite with windows a .npy of its rows in `folder`. A model run's tokens
-    and seconds go into the report's reference speed."""
+    the user's cache: the pass, per suite with windows a .npy of its rows in `folder`, and the reference's speed
+    (a model run's tokens and seconds)."""
     from qconv.converter.quality.ref_cache import row_width
 
     runner = reference.runner
+    speed = {"tokens": 0, "seconds": 0.0}
     # float32 logits from a model run; a cache's uint16 rows as they are
     dtype, width = (np.float32, n_vocab) if reference.cache is None else (np.uint16, row_width(n_vocab))
     windows: dict[str, list[tuple[int, int]]] = {}
@@ -98,27 +101,38 @@ def reference_pass(reference: Reference, workloads: list[Workload], n_vocab: int
                 reference.answer(w.cases[i])
                 bar.update(1)
         if runner is not None:
-            report["reference_speed"]["tokens"] += runner.tokens
-            report["reference_speed"]["seconds"] += runner.seconds
-    return ReferencePass(workloads, windows, dict(reference.answers)), files
+            speed["tokens"] += runner.tokens
+            speed["seconds"] += runner.seconds
+    return ReferencePass(workloads, windows, dict(reference.answers)), files, speed
+
+
+def candidate_units(kind: str, quants: list[Path], args: dict) -> list[Unit]:
+    """One unit per candidate, keyed by its path; the same file twice is two candidates, two keys. A worker's
+    folder is not this one: the candidates go by absolute path."""
+    return [
+        Unit(kind, str(q) if quants.count(q) == 1 else f"{q}#{i + 1}", {**args, "quant": str(Path(q).resolve())})
+        for i, q in enumerate(quants)
+    ]
 
 
 def run_candidates(executor, quants: list[Path], ref_path: Path, workloads: list[Workload], reference: Reference,
-                   n_vocab: int, model_ctx: int, options, folder: Path, report: dict) -> list[dict]:  # fmt: skip
-    """Every candidate as a unit against the reference pass: per candidate, in order, {"parts": [its
-    evaluate.workload_parts of each suite], "layer_errors"}."""
-    passed, files = reference_pass(reference, workloads, n_vocab, folder, report, options.progress)
-    for suite, path in files.items():
-        executor.share(rows_name(suite), path)
-    executor.share(SHARED_PASS, passed)
-    if options.layer_errors:
-        executor.share(SHARED_REFERENCE, ref_path)
-    args = {"model_ctx": model_ctx, "layer_errors": options.layer_errors}
-    units = [
-        Unit(KIND, str(q) if quants.count(q) == 1 else f"{q}#{i + 1}", {**args, "quant": str(q.resolve())})
-        for i, q in enumerate(quants)
-    ]  # the same file twice is two candidates, two keys; a worker's folder is not this one: absolute paths
-    return executor.run(units, "candidates")
+                   n_vocab: int, model_ctx: int, options, folder: Path, report: dict, save) -> list[dict]:  # fmt: skip
+    """Every candidate as a unit against the reference pass, each one's record saved in the report as it lands
+    (run_state.run_units): per candidate, in order, {"parts": [its evaluate.workload_parts of each suite],
+    "layer_errors"}."""
+    from qconv.converter.quality import run_state
+
+    def prepare() -> dict:
+        passed, files, speed = reference_pass(reference, workloads, n_vocab, folder, options.progress)
+        for suite, path in files.items():
+            executor.share(rows_name(suite), path)
+        executor.share(SHARED_PASS, passed)
+        if options.layer_errors:
+            executor.share(SHARED_REFERENCE, ref_path)
+        return speed
+
+    units = candidate_units(KIND, quants, {"model_ctx": model_ctx, "layer_errors": options.layer_errors})
+    return run_state.run_units(executor, units, report, save, [w.name for w in workloads], prepare)
 
 
 @register(KIND)

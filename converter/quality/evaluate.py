@@ -12,7 +12,7 @@ the same reference logits (all models are loaded at once), and the reference's g
 file (`--ref-cache`, converter/quality/ref_cache.py) for the next run. With -j N or --ray the reference runs once in
 this process and each candidate is a unit in a worker (converter/quality/eval_units.py): the same report. With an
 output folder, report.json is rewritten after every finished suite (`"complete": false` until the end; with units,
-as their parts are merged at the end) and `--resume` continues such a run.
+after every finished candidate) and `--resume` continues such a run.
 """
 
 from __future__ import annotations
@@ -473,17 +473,18 @@ def evaluate(quants, ref: Path, options: EvalOptions | None = None, log=None, sa
              executor=None) -> dict:  # fmt: skip
     """The report (a JSON-able dict) of the candidates QUANTS (GGUF files or `qconv to-onnx` folders; one path or
     a list) against REF. `save(report)` is called after every finished suite; `resume`, a report an earlier run
-    saved (complete false, same identity), is continued: its finished suites are kept. `executor` (converter/work):
-    None or a serial one runs every model in this process; a pool or Ray runs each candidate as a unit against
-    the reference pass made once here (converter/quality/eval_units.py), with the same report."""
+    saved (complete false, same identity), is continued: its finished suites are kept, and the candidates whose
+    unit finished. `executor` (converter/work): None or a serial one runs every model in this process; a pool or Ray
+    runs each candidate as a unit against the reference pass made once here (converter/quality/eval_units.py),
+    with the same report, saved after every finished candidate."""
+    from qconv.converter.quality import run_state
     from qconv.converter.quality.embed_eval import evaluate_embeddings, is_encoder_model
     from qconv.converter.quality.eval_onnx import is_onnx_folder, onnx_layer_errors, open_runner
-    from qconv.converter.quality.run_state import run_identity
 
     options = options or EvalOptions()
     quants = [Path(q) for q in ([quants] if isinstance(quants, (str, Path)) else quants)]
     if quants and is_encoder_model(quants[0]):  # an embedding model: its vectors are compared (embed_eval.py)
-        return evaluate_embeddings(quants, Path(ref), options, log, save, resume)
+        return evaluate_embeddings(quants, Path(ref), options, log, save, resume, executor)
     for quant in quants:
         if not (quant.is_file() or is_onnx_folder(quant)):
             raise FormatError(f"{quant}: no such GGUF file or ONNX folder (model.onnx and genai_config.json)")
@@ -492,11 +493,9 @@ def evaluate(quants, ref: Path, options: EvalOptions | None = None, log=None, sa
     if not chosen and not user.texts and not user.tasks:
         raise FormatError("nothing to evaluate: --suite none and no --text or --tasks")
     say = log or (lambda msg: None)
-    identity = run_identity(quants, Path(ref), options)
+    identity = run_state.run_identity(quants, Path(ref), options)
     if resume is not None and resume.get("identity") != identity:
-        from qconv.converter.quality.run_state import identity_difference
-
-        raise FormatError(f"--resume: {identity_difference(resume.get('identity') or {}, identity)}")
+        raise FormatError(f"--resume: {run_state.identity_difference(resume.get('identity') or {}, identity)}")
     with tempfile.TemporaryDirectory(prefix="qconv-eval-") as tmp:
         ref_path = prepare_reference(Path(ref), Path(tmp), options.progress)
         for quant in quants:
@@ -516,7 +515,8 @@ def evaluate(quants, ref: Path, options: EvalOptions | None = None, log=None, sa
         reference = Reference(ref_runner, cache, writer)
         report = resume if resume is not None else new_report(quants, Path(ref), ref_path, options, identity)
         todo = [w for w in workloads if w.name not in report["finished"]]
-        in_process = executor is None or _is_serial(executor)
+        units_on = run_state.units_executor(executor, report, options.threads)
+        in_process = units_on is None
         try:
             if in_process:
                 runners = [open_runner(q, model_ctx, options.threads) for q in quants]
@@ -530,13 +530,13 @@ def evaluate(quants, ref: Path, options: EvalOptions | None = None, log=None, sa
                 from qconv.converter.quality import eval_units
 
                 results = eval_units.run_candidates(
-                    executor, quants, ref_path, todo, reference, n_vocab, model_ctx, options, Path(tmp), report
+                    units_on, quants, ref_path, todo, reference, n_vocab, model_ctx, options, Path(tmp), report, save
                 )
                 for k, w in enumerate(todo):
                     merge_parts(report, w, [result["parts"][k] for result in results])
                     say(_suite_line(w.name, report["candidates"]))
-                    if save is not None:
-                        save(report)
+                if save is not None:
+                    save(report)
             if writer is not None:
                 writer.answers = reference.answers
                 writer.commit()
@@ -554,12 +554,6 @@ def evaluate(quants, ref: Path, options: EvalOptions | None = None, log=None, sa
                 candidate["layer_errors"] = errors(quant, ref_path) if in_process else results[i]["layer_errors"]
         report["complete"] = True
     return report
-
-
-def _is_serial(executor) -> bool:
-    from qconv.converter.work.executors import SerialExecutor
-
-    return isinstance(executor, SerialExecutor)
 
 
 def workload_parts(w: Workload, reference: Reference, runners: list[Runner], progress: bool) -> list[dict]:

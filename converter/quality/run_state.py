@@ -1,8 +1,11 @@
 """What makes an evaluation run resumable: the run's identity (the models' files, the user's task and text files,
-the options) and the partial report saved after every suite.
+the options) and the partial report saved after every suite, or, when the candidates run as units (-j, --ray), after
+every candidate whose unit finished.
 
 A run killed after some suites leaves report.json with `"complete": false`; `qconv eval ... -o DIR --resume`
-continues it when the identity is the same and refuses, naming what differs, when it is not.
+continues it when the identity is the same and refuses, naming what differs, when it is not. A run of units killed
+after some candidates also leaves their records in the report (UNITS); the resumed run runs only the others, and
+merges all of them in candidate order, as an uninterrupted run does.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from qconv.formats.errors import FormatError
 from qconv.formats.folder_files import parse_json
 
 REPORT = "report.json"
+UNITS = "finished_units"  # in an unfinished report: the candidates' records that have landed in a run of units
 MAX_JSON_BYTES = 256 << 20  # a report or cache sidecar read back: far above what a run writes, bounded all the same
 OPTION_KEYS = ("suites", "ctx", "max_tokens", "max_tasks", "tasks", "long")  # the options that change the figures
 
@@ -110,3 +114,50 @@ def load_for_resume(out_dir: Path) -> dict:
     if report.get("complete"):
         raise FormatError(f"--resume: {path}: that run is complete; nothing to continue")
     return report
+
+
+# ---------------------------------------------------------------- candidates as units, kept as they land
+
+
+def units_executor(executor, report: dict, threads: int | None):
+    """What runs the candidates as units: None to run every model in this process (no executor, or a serial one),
+    else the executor. A run that was continued from finished units goes on by units, here in this process when no
+    pool or cluster is given, so that its finished candidates are not run again."""
+    from qconv.converter.work.executors import SerialExecutor
+
+    if executor is not None and not isinstance(executor, SerialExecutor):
+        return executor
+    if UNITS not in report:
+        return None
+    return executor or SerialExecutor(threads, progress=False)
+
+
+def run_units(executor, units: list, report: dict, save, suites: list[str], prepare) -> list[dict]:
+    """The candidates' units (one per candidate, in order) on `executor`, each record kept in report[UNITS] and the
+    report saved as it lands, in whatever order; with report[UNITS] from a killed run, only the candidates not in it
+    run. `prepare()` shares what the units read (the reference's pass over `suites`) and returns the reference's
+    speed; it runs only when some candidate is left. Returns the records in candidate order, with report[UNITS]
+    gone and the reference's speed added to the report's."""
+    saved = report.get(UNITS) or {}
+    records = saved.get("records") if saved.get("suites") == suites else None
+    if not isinstance(records, list) or len(records) != len(units):
+        records = [None] * len(units)
+    # a record of this run has the parts of every suite; anything else in a saved report is run again
+    records = [r if isinstance(r, dict) and len(r.get("parts") or ()) == len(suites) else None for r in records]
+    state = {"suites": suites, "reference_speed": saved.get("reference_speed"), "records": records}
+    left = [i for i, record in enumerate(records) if record is None]
+    if left or not isinstance(state["reference_speed"], dict):
+        state["reference_speed"] = prepare()
+    report[UNITS] = state
+
+    def landed(k: int, record: dict) -> None:
+        records[left[k]] = record
+        if save is not None:
+            save(report)
+
+    if left:
+        executor.run([units[i] for i in left], "candidates", landed)
+    del report[UNITS]
+    for key, value in state["reference_speed"].items():
+        report["reference_speed"][key] += value
+    return records

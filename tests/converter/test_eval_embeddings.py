@@ -16,8 +16,9 @@ import jsonschema
 import numpy as np
 import pytest
 
-from qconv.converter.quality import embed_eval, embed_suites
+from qconv.converter.quality import embed_eval, embed_suites, run_state
 from qconv.converter.quality.gates import failure_lines, gate_results, parse_gates
+from qconv.converter.work.executors import Executor, SerialExecutor
 from qconv.formats.errors import FormatError
 
 DIM = 48
@@ -199,27 +200,31 @@ def test_options_that_mean_nothing_for_an_embedding_model_are_refused():
 
 @pytest.fixture
 def fake_run(tmp_path, monkeypatch):
-    """evaluate_embeddings with FakeEmbedders behind the files ref.gguf (the reference) and q.gguf (noise 0.02);
-    returns (run(**options), the list of files whose model was opened)."""
+    """evaluate_embeddings with FakeEmbedders behind the files ref.gguf (the reference), q.gguf (noise 0.02) and
+    r.gguf (noise 0.05); returns (run(**options), the list of files whose model was opened). The candidates are
+    q.gguf unless `quants` names others."""
     from qconv.converter.quality import evaluate
 
-    ref, quant = tmp_path / "ref.gguf", tmp_path / "q.gguf"
+    ref = tmp_path / "ref.gguf"
     ref.write_bytes(b"GGUF" + bytes(60))
-    quant.write_bytes(b"GGUF" + bytes(20))
+    noise = {"q.gguf": 0.02, "r.gguf": 0.05}
+    for name in noise:
+        (tmp_path / name).write_bytes(b"GGUF" + bytes(20))
     opened = []
 
     def open_embedder(path, threads):
         opened.append(Path(path).name)
-        return FakeEmbedder() if Path(path) == ref else FakeEmbedder(noise=0.02)
+        return FakeEmbedder() if Path(path) == ref else FakeEmbedder(noise=noise[Path(path).name], salt=Path(path).name)
 
     monkeypatch.setattr(embed_eval, "open_embedder", open_embedder)
     monkeypatch.setattr(embed_eval, "_gguf_is_encoder", lambda path: True)
     monkeypatch.setattr(evaluate, "check_compatible", lambda quant, ref: None)
     monkeypatch.setattr(evaluate, "prepare_reference", lambda ref, workdir, progress=False: Path(ref))
 
-    def run(save=None, resume=None, **kw):
+    def run(save=None, resume=None, executor=None, quants=("q.gguf",), **kw):
         options = embed_eval_options(layer_errors=False, **kw)
-        return embed_eval.evaluate_embeddings([quant], ref, options, save=save, resume=resume)
+        candidates = [tmp_path / name for name in quants]
+        return embed_eval.evaluate_embeddings(candidates, ref, options, save=save, resume=resume, executor=executor)
 
     return run, opened
 
@@ -266,6 +271,46 @@ def test_ref_cache_keeps_the_reference_vectors(fake_run, tmp_path):
         run(ref_cache=cache, suites=["queries", "retrieval"])
 
 
+class UnitsHere(Executor):
+    """The units one after another in this process, as the serial executor runs them, but not the serial executor:
+    evaluate_embeddings runs the candidates as units, as with -j or --ray (the fake models exist only here)."""
+
+    run = SerialExecutor.run
+
+
+def as_saved(report: dict) -> dict:
+    """The report as report.json holds it, less its timings."""
+    from tests.converter.test_eval_units import without_seconds
+
+    return without_seconds(json.loads(run_state.report_text(report)))
+
+
+def test_candidates_as_units_give_the_same_report_and_resume_without_the_finished_ones(fake_run):
+    run, opened = fake_run
+    both = ("q.gguf", "r.gguf")
+    whole = as_saved(run(quants=both))
+    with UnitsHere(progress=False) as executor:
+        assert as_saved(run(quants=both, executor=executor)) == whole
+    assert [e["kind"] for e in executor.log] == ["embed_candidate"] * 2
+
+    saved = []
+
+    def save_then_die(report):
+        saved.append(json.loads(run_state.report_text(report)))
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt), UnitsHere(progress=False) as executor:
+        run(quants=both, executor=executor, save=save_then_die)
+    partial = saved[-1]  # the first candidate's record, saved as it landed
+    assert partial["complete"] is False and partial["finished"] == []
+    assert [record is not None for record in partial["finished_units"]["records"]] == [True, False]
+    jsonschema.validate(partial, schema())
+    opened.clear()
+    done = run(quants=both, resume=partial)  # no executor: the rest by units in this process
+    assert opened == ["ref.gguf", "r.gguf"]  # the finished candidate is not run again
+    assert as_saved(done) == whole and "finished_units" not in done
+
+
 # ---------------------------------------------------------------- the real MiniLM through the command
 
 
@@ -284,7 +329,7 @@ def minilm_files(tmp_path_factory):
     folder = cached_minilm()
     out = tmp_path_factory.mktemp("minilm-eval")
     files = {"folder": folder}
-    for type_name in ("f32", "q4_0"):
+    for type_name in ("f32", "q4_0", "q8_0"):
         files[type_name] = out / f"{type_name}.gguf"
         qconv("to-gguf", folder, "-o", files[type_name], "--type", type_name)
     return files
@@ -303,6 +348,27 @@ def test_minilm_q4_0_against_f32_prints_cosine_and_retrieval(minilm_files, tmp_p
     table = c["retrieval"]["retrieval"]
     assert table["ref_accuracy"] > 0.8 and abs(table["drop"]) < 0.05, table
     print(result.stdout)
+
+
+def test_minilm_candidates_on_two_workers_give_the_serial_report(minilm_files, tmp_path):
+    """q4_0 and q8_0 as units on -j 2 (one each, 1 thread) against the reference's vectors embedded once: the
+    report of one process on 2 threads (timings aside), report.html byte for byte."""
+    from tests.converter.test_eval_units import without_seconds
+
+    args = ("eval", minilm_files["q4_0"], minilm_files["q8_0"], "--ref", minilm_files["f32"], "--suite", "queries",
+            "--suite", "retrieval", "-q")  # fmt: skip
+    serial, pool, log = tmp_path / "serial", tmp_path / "pool", tmp_path / "units.jsonl"
+    qconv(*args, "-t", 2, "-o", serial)
+    pooled = qconv(*args, "-j", 2, "-o", pool, "--units-log", log)
+    assert pooled.stderr == ""  # no leaked semaphores at exit either
+    expected = without_seconds(json.loads((serial / "report.json").read_text()))
+    assert without_seconds(json.loads((pool / "report.json").read_text())) == expected
+    assert (pool / "report.html").read_bytes() == (serial / "report.html").read_bytes()
+    q4, q8 = expected["candidates"]
+    assert q4["overall"]["cos_mean"] < q8["overall"]["cos_mean"] < 1.0 and set(q4["retrieval"]) == {"retrieval"}
+    entries = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [e["key"] for e in entries] == [str(minilm_files["q4_0"]), str(minilm_files["q8_0"])]
+    assert {e["kind"] for e in entries} == {"embed_candidate"} and len({e["where"]["pid"] for e in entries}) == 2
 
 
 def test_minilm_cosine_gates_exit_codes(minilm_files, tmp_path):

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
+import time
+from importlib import resources
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 TYPES = ("q4_0", "q5_0", "q8_0")
@@ -39,9 +43,11 @@ def models(random_model_factory, tmp_path_factory):
     return files, args
 
 
+QCONV = [sys.executable, "-c", "from qconv.converter.cli import main; main()"]
+
+
 def qconv_eval(*args) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-c", "from qconv.converter.cli import main; main()", "eval", *map(str, args)]
-    result = subprocess.run(command, capture_output=True, text=True)
+    result = subprocess.run([*QCONV, "eval", *map(str, args)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     return result
 
@@ -125,3 +131,46 @@ def test_a_resumed_run_gives_the_same_report_serial_or_pooled(models, tmp_path):
     done = report(serial)
     assert done["complete"] and done["finished"] == ["maths", "prose", "mine", "echo"]
     assert report(pool) == done
+
+
+def landed(report: dict) -> list[int]:
+    """The candidates whose unit's record a run of units has saved in its report."""
+    return [i for i, record in enumerate(report.get("finished_units", {}).get("records", [])) if record is not None]
+
+
+def test_a_killed_pooled_run_resumes_without_the_candidates_that_finished(models, tmp_path):
+    """-j 2 over six candidates (each file twice), terminated (SIGTERM) as soon as report.json holds a finished
+    candidate's record: --resume runs only the others and writes the report of an uninterrupted run."""
+    files, args = models
+    quants = [files[t] for t in TYPES] * 2
+    rest = args[len(TYPES) :]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    qconv_eval(*quants, *rest, "-t", 2, "-o", whole)
+
+    command = [*QCONV, "eval", *map(str, [*quants, *rest, "-j", 2, "-o", killed])]
+    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    saved: dict = {}
+    while not landed(saved):
+        assert driver.poll() is None and time.monotonic() < deadline, driver.stderr.read()
+        time.sleep(0.01)
+        try:
+            saved = json.loads((killed / "report.json").read_text())
+        except (FileNotFoundError, ValueError):
+            continue
+    driver.send_signal(signal.SIGTERM)
+    _, stderr = driver.communicate(timeout=60)
+    assert driver.returncode == 143 and stderr == "qconv: terminated\n", stderr  # no leaked semaphores either
+    saved = json.loads((killed / "report.json").read_text())
+    finished = landed(saved)
+    assert not saved["complete"] and saved["finished"] == [] and 1 <= len(finished) < len(quants), finished
+    schema = json.loads(resources.files("qconv.converter.quality").joinpath("report.schema.json").read_text())
+    jsonschema.validate(saved, schema)
+
+    log = tmp_path / "resumed.jsonl"
+    qconv_eval(*quants, *rest, "-j", 2, "-o", killed, "--resume", "--units-log", log)
+    keys = [json.loads(line)["key"] for line in log.read_text().splitlines()]
+    assert keys == [f"{q}#{i + 1}" for i, q in enumerate(quants) if i not in finished]
+    assert report(killed) == report(whole)
+    assert "finished_units" not in report(killed)
+    assert (killed / "report.html").read_bytes() == (whole / "report.html").read_bytes()
