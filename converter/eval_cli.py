@@ -107,7 +107,8 @@ def calibrate_cmd(model: Path, data, ctx: int, max_chunks, out_path: Path, threa
 )  # fmt: skip
 @click.option(
     "-o", "--output", "out_dir", type=click.Path(path_type=Path), default=None,
-    help=f"Folder for report.json (rewritten after every suite), report.html and its charts. {FOLDER_RULE}",
+    help="Folder for report.json (rewritten after every suite; with -j/--ray after every candidate), report.html "
+    f"and its charts. {FOLDER_RULE}",
 )  # fmt: skip
 @click.option("--resume", is_flag=True, help="Continue the unfinished run whose report is in -o DIR.")
 @force_option

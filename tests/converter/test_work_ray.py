@@ -132,11 +132,13 @@ SHAPE = dict(arch="llama", hidden=64, n_layers=12, n_heads=4, n_kv_heads=2, ffn=
 ANALYZE = ["--max-tokens", "256", "-c", "64", "-q"]  # four windows of 64 tokens per group trial
 AUTO = ["--type", "auto", "--target-bpw", "5.0", "-q"]
 CANDIDATES = ("q4_0", "q5_0", "q8_0")
+EMBED_CANDIDATES = ("q4_0", "q8_0")
 
 
 @pytest.fixture(scope="module")
 def inputs(random_model_factory, tmp_path_factory) -> dict[str, Path]:
-    """A random 12-layer folder (analyze, to-gguf --type auto) and an f32 reference with three candidates (eval)."""
+    """A random 12-layer folder (analyze, to-gguf --type auto), an f32 reference with three candidates (eval), and
+    MiniLM at f32 with two candidates (eval of an embedding model)."""
     from qconv.converter.convert import convert_to_gguf
 
     folder = random_model_factory(**SHAPE)
@@ -152,6 +154,11 @@ def inputs(random_model_factory, tmp_path_factory) -> dict[str, Path]:
     ))  # fmt: skip
     files["text"] = out / "text.txt"
     files["text"].write_text("The quick brown fox jumps over the lazy dog, and the dog sleeps on. " * 120)
+    from qconv.samples.minilm import cached_minilm
+
+    for type_name in ("f32", *EMBED_CANDIDATES):  # an embedding model's candidates are units too
+        files[f"minilm-{type_name}"] = out / f"minilm-{type_name}.gguf"
+        convert_to_gguf(cached_minilm(), files[f"minilm-{type_name}"], type_name, progress=False)
     return files
 
 
@@ -159,6 +166,11 @@ def eval_args(files: dict[str, Path]) -> list[str]:
     return [*(str(files[t]) for t in CANDIDATES), "--ref", str(files["f32"]), "--suite", "maths", "--suite", "prose",
             "--max-tokens", "128", "--max-tasks", "2", "--tasks", str(files["tasks"]), "--text", f"mine={files['text']}",
             "-c", "64", "-q", "--json"]  # fmt: skip
+
+
+def embed_eval_args(files: dict[str, Path]) -> list[str]:
+    return [*(str(files[f"minilm-{t}"]) for t in EMBED_CANDIDATES), "--ref", str(files["minilm-f32"]),
+            "--suite", "queries", "-q", "--json"]  # fmt: skip
 
 
 def qconv_steps(files: dict[str, Path]) -> dict[str, str]:
@@ -173,6 +185,8 @@ def qconv_steps(files: dict[str, Path]) -> dict[str, str]:
                            "--units-log", out / "analyze-ray.units.jsonl"),
         "eval": command("eval", *eval_args(files), *ray, "--units-log", out / "eval-ray.units.jsonl")
         + f" > {out / 'eval-ray.json'}",
+        "embed": command("eval", *embed_eval_args(files), *ray, "--units-log", out / "embed-ray.units.jsonl")
+        + f" > {out / 'embed-ray.json'}",
         "auto": command("to-gguf", files["folder"], "-o", out / "auto-ray.gguf", *AUTO, *ray,
                         "--units-log", out / "auto-ray.units.jsonl"),
         "unreachable": command("analyze", files["folder"], *ANALYZE, "-o", out / "never.json",
@@ -282,6 +296,17 @@ def test_eval_on_ray_equals_without(cluster, inputs):
     on_ray = json.loads((inputs["out"] / "eval-ray.json").read_text())
     assert without_seconds(on_ray) == without_seconds(serial)
     assert [c["quant"] for c in serial["candidates"]] == [str(inputs[t]) for t in CANDIDATES]
+
+
+def test_embedding_eval_on_ray_equals_without(cluster, inputs):
+    from tests.converter.test_eval_units import without_seconds
+
+    assert_ran_on_both_nodes(cluster["qconv"]["embed"], inputs["out"] / "embed-ray.units.jsonl")
+    assert {e["kind"] for e in units_log(inputs["out"] / "embed-ray.units.jsonl")} == {"embed_candidate"}
+    serial = json.loads(qconv("eval", *embed_eval_args(inputs), "-t", 2))
+    on_ray = json.loads((inputs["out"] / "embed-ray.json").read_text())
+    assert without_seconds(on_ray) == without_seconds(serial)
+    assert serial["kind"] == "embedding" and len(serial["candidates"]) == 2
 
 
 def test_to_gguf_auto_on_ray_writes_the_same_bytes(cluster, inputs, tmp_path):
