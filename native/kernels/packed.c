@@ -110,6 +110,7 @@ void qrt_packed_act_sums(int act_type, const void *act_row, int64_t n, int32_t *
                 const int8_t *q = y[i].qs + 4 * k;
                 block[k] = q[0] + q[1] + q[2] + q[3];
                 block[QRT_Q8_0_STARTS + k] = QRT_Q8_FLOAT_BIAS - 128 * block[k];
+                block[QRT_Q5_0_STARTS + k] = QRT_Q8_FLOAT_BIAS - 16 * block[k];
                 total += block[k];
             }
             block[8] = total;

@@ -126,14 +126,15 @@ _Static_assert(sizeof(block_q6_Kx16) == QRT_PACK_ROWS * sizeof(block_q6_K), "blo
 /* Activation sums the packed kernels need besides the activation blocks, per activation row:
  *   q8_0 rows: per block QRT_Q8_0_SUMS int32: the sums of quants 4k..4k+3 (k < 8: the +128 offset of q8_0 and
  *              the -16 of q5_0 per lane), then the sum of all 32 (q4_0's -8 offset), then the eight lanes' q8_0
- *              starts QRT_Q8_FLOAT_BIAS - 128 * sum (packed_avx512.c reads its q8_0 sums as floats' bits: kept
- *              here, a vector load broadcasts them, where one computed per block and lane would take the
- *              shuffle port the kernel needs);
+ *              starts QRT_Q8_FLOAT_BIAS - 128 * sum and their q5_0 starts QRT_Q8_FLOAT_BIAS - 16 * sum
+ *              (packed_avx512.c reads these lane sums as floats' bits: kept here, a vector load broadcasts them,
+ *              where one computed per block and lane would take the shuffle port the kernel needs);
  *   q8_K rows: per super-block QRT_Q8_K_SUMS int32: four words, each two int16 sums of 32 quants (sub-blocks
  *              2p, 2p+1), for q4_K's mins (vpmaddwd against the row's min pairs), then the same eight sums as
  *              floats (q4_K's float pairs). */
-#define QRT_Q8_0_SUMS 17
+#define QRT_Q8_0_SUMS 25
 #define QRT_Q8_0_STARTS 9            /* where the q8_0 starts begin in a block's sums */
+#define QRT_Q5_0_STARTS 17           /* and the q5_0 starts */
 #define QRT_Q8_FLOAT_BIAS 0x4B400000 /* the bits of 1.5 * 2^23 */
 #define QRT_Q8_K_SUMS 12
 #define QRT_Q8_K_FLOAT_SUMS 4 /* where the float sums begin */

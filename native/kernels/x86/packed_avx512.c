@@ -50,10 +50,11 @@ typedef __m512 VF;
  * lane (|q| < 2^22: at most 32 products of 4-bit or 8-bit weights) then lands in the mantissa of the float
  * 1.5 * 2^23 + q, and one subtraction gives float(q) exactly, as vcvtdq2ps would. vpdpbusd and vcvtdq2ps both
  * need port 0 of Intel's cores, which bounds batches of tokens; the subtraction runs on port 0 or 5.
- * q8_0 weights are stored as q + 128: the same vpdpbusd, started at -128 * sum(y) plus that bias (the start is
- * kept among the activation sums, packed.h, so a load broadcasts it). */
+ * q8_0 weights are stored as q + 128: the same vpdpbusd, started at -128 * sum(y) plus that bias, and q5_0's at
+ * -16 * sum(y) plus the bias (both kept among the activation sums, packed.h, so a load broadcasts them). */
 #define V_Q8_PREP(v) (v)
 #define V_Q8_START(ys, k) _mm512_set1_epi32((ys)[QRT_Q8_0_STARTS + (k)])
+#define V_Q5_START(ys, k) _mm512_set1_epi32((ys)[QRT_Q5_0_STARTS + (k)])
 #define V_LANE_START() _mm512_set1_epi32(QRT_Q8_FLOAT_BIAS)
 #define V_LANE_TO_F(s) _mm512_sub_ps(_mm512_castsi512_ps(s), _mm512_set1_ps(1.5f * (1 << 23)))
 #define V_DOT_Q8(acc, u, s) _mm512_dpbusd_epi32(acc, u, s)
