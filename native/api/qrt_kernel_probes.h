@@ -11,8 +11,8 @@
 int qrt_kernel_tile(int type, const void *w_rows, size_t w_stride, const float *x, int64_t n, float *out,
                     int out_cap);
 
-/* One attention head through a variant's kernels ("scalar" or "avx512"): att[t] = scale * q . k_t for t < n_pos
- * (k rows stride elements apart, f32, or f16 when f16 = 1), then out = sum_t w_t v_t with weights w (n_pos floats).
+/* One attention head through a variant's kernels ("scalar", "avx512" or "neon"): att[t] = scale * q . k_t for
+ * t < n_pos (k rows stride elements apart, f32, or f16 when f16 = 1), then out = sum_t w_t v_t with weights w (n_pos floats).
  * vecdot selects ggml's single-token order (1) or the prompt order (0), as in kernels.h. -1 if the variant does not
  * run here or hd is not a positive multiple of 16. */
 int qrt_kernel_attn_scores(const char *variant, float *att, const float *q, const void *k, int n_pos, int stride,

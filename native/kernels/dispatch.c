@@ -201,6 +201,16 @@ void qrt_select_pass(qrt_pass_kernels *out) {
         .expf16 = avx512 ? qrt_expf16_avx512 : qrt_expf16_scalar,
         .geglu = avx512 ? qrt_geglu_avx512 : qrt_geglu_scalar,
     };
+#if defined(__aarch64__) || defined(__arm__)
+    /* the attention products on ARM: the baseline NEON ones under every NEON variant */
+    const unsigned neon_variants = QRT_VARIANT_BIT(QRT_VARIANT_NEON) | QRT_VARIANT_BIT(QRT_VARIANT_NEON_DOTPROD) |
+                                   QRT_VARIANT_BIT(QRT_VARIANT_NEON_I8MM);
+    const int attn = qrt_pick_variant(QRT_VARIANT_BIT(QRT_VARIANT_SCALAR) | neon_variants);
+    if (attn > 0 && (QRT_VARIANT_BIT(attn) & neon_variants)) {
+        out->attn_scores = qrt_attn_scores_neon;
+        out->attn_values = qrt_attn_values_neon;
+    }
+#endif
 }
 
 qrt_vec_dot_fn qrt_kernel_for(int type, int *variant_out) {

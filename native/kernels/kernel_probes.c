@@ -26,19 +26,36 @@ int qrt_kernel_tile(int type, const void *w_rows, size_t w_stride, const float *
     return nr;
 }
 
-/* 1: scalar, 2: avx512, 0: not runnable here */
+/* 1: scalar, 2: avx512, 3: neon (attention products only), 0: not runnable here */
 static int attn_variant(const char *variant) {
     if (!variant) return 0;
     if (strcmp(variant, "scalar") == 0) return 1;
     if (strcmp(variant, "avx512") == 0 && qrt_variant_supported(QRT_VARIANT_AVX512)) return 2;
+#if defined(__aarch64__) || defined(__arm__)
+    if (strcmp(variant, "neon") == 0 && qrt_variant_supported(QRT_VARIANT_NEON)) return 3;
+#endif
     return 0;
+}
+
+static qrt_attn_scores_fn scores_kernel(int v) {
+#if defined(__aarch64__) || defined(__arm__)
+    if (v == 3) return qrt_attn_scores_neon;
+#endif
+    return v == 2 ? qrt_attn_scores_avx512 : qrt_attn_scores_scalar;
+}
+
+static qrt_attn_values_fn values_kernel(int v) {
+#if defined(__aarch64__) || defined(__arm__)
+    if (v == 3) return qrt_attn_values_neon;
+#endif
+    return v == 2 ? qrt_attn_values_avx512 : qrt_attn_values_scalar;
 }
 
 int qrt_kernel_attn_scores(const char *variant, float *att, const float *q, const void *k, int n_pos, int stride,
                            int hd, int f16, int vecdot, float scale) {
     const int v = attn_variant(variant);
     if (!v || hd <= 0 || hd % 16 || n_pos < 0 || stride < hd) return -1;
-    (v == 2 ? qrt_attn_scores_avx512 : qrt_attn_scores_scalar)(att, q, k, n_pos, stride, hd, f16, vecdot, scale);
+    scores_kernel(v)(att, q, k, n_pos, stride, hd, f16, vecdot, scale);
     return 0;
 }
 
@@ -48,21 +65,21 @@ int qrt_kernel_attn_values(const char *variant, float *out, const float *w, cons
     if (!v || hd <= 0 || hd % 16 || n_pos < 0 || stride < hd) return -1;
     float *scratch = malloc(sizeof(float) * 64 * (size_t)hd);
     if (!scratch) return -1;
-    (v == 2 ? qrt_attn_values_avx512 : qrt_attn_values_scalar)(out, w, vals, n_pos, stride, hd, f16, vecdot, scratch);
+    values_kernel(v)(out, w, vals, n_pos, stride, hd, f16, vecdot, scratch);
     free(scratch);
     return 0;
 }
 
 int qrt_kernel_geglu(const char *variant, float *gate, const float *up, int n) {
     const int v = attn_variant(variant);
-    if (!v || n < 0) return -1;
+    if (!v || v == 3 || n < 0) return -1;
     (v == 2 ? qrt_geglu_avx512 : qrt_geglu_scalar)(gate, up, n);
     return 0;
 }
 
 int qrt_kernel_attn_softmax(const char *variant, float *x, int n) {
     const int v = attn_variant(variant);
-    if (!v || n <= 0) return -1;
+    if (!v || v == 3 || n <= 0) return -1;
     (v == 2 ? qrt_attn_softmax_avx512 : qrt_attn_softmax_scalar)(x, n);
     return 0;
 }

@@ -104,6 +104,10 @@ void qrt_attn_scores_avx512(float *att, const float *q, const void *k, int n_pos
                             int vecdot, float scale);
 void qrt_attn_values_avx512(float *out, const float *att, const void *v, int n_pos, int stride, int hd, int f16,
                             int vecdot, float *scratch);
+void qrt_attn_scores_neon(float *att, const float *q, const void *k, int n_pos, int stride, int hd, int f16,
+                          int vecdot, float scale);
+void qrt_attn_values_neon(float *out, const float *att, const void *v, int n_pos, int stride, int hd, int f16,
+                          int vecdot, float *scratch);
 /* In-place softmax of n attention scores in ops.c's op_softmax order (ggml_vec_soft_max_f32), bit-equal to it. */
 typedef void (*qrt_attn_softmax_fn)(float *x, int n);
 void qrt_attn_softmax_scalar(float *x, int n);

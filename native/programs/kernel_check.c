@@ -140,6 +140,48 @@ static long check_packed(float acts[ROWS][N], float vals[ROWS][N], long *checked
     return failures;
 }
 
+/* The attention products of the variants that have their own (avx512, neon) against the scalar reference, bit for
+ * bit: head sizes 64, 80, 128 and 256, 1 to 130 positions (past the 64 lanes of the single-token order), f32 and f16
+ * caches, both orders. */
+static long check_attention(long *checked) {
+    enum { HD_MAX = 256, POS_MAX = 130 };
+    static float q[HD_MAX], kv[POS_MAX * HD_MAX], w[POS_MAX], ref[HD_MAX + POS_MAX], got[HD_MAX + POS_MAX];
+    static qrt_half kv16[POS_MAX * HD_MAX];
+    static const char *const variants[] = {"avx512", "neon"};
+    const int hds[] = {64, 80, 128, 256}, positions[] = {1, 7, 64, 130};
+    for (int i = 0; i < HD_MAX; i++) q[i] = normal();
+    for (int i = 0; i < POS_MAX * HD_MAX; i++) kv16[i] = qrt_fp32_to_fp16(kv[i] = normal());
+    for (int t = 0; t < POS_MAX; t++) w[t] = uniform() / 16.0f;
+    long failures = 0;
+    for (size_t vi = 0; vi < sizeof variants / sizeof variants[0]; vi++) {
+        const char *v = variants[vi];
+        if (qrt_kernel_attn_scores(v, got, q, kv, 1, 64, 64, 0, 1, 1.0f) != 0) continue;
+        long calls = 0, bad = 0;
+        for (size_t h = 0; h < sizeof hds / sizeof hds[0]; h++)
+            for (size_t p = 0; p < sizeof positions / sizeof positions[0]; p++)
+                for (int f16 = 0; f16 < 2; f16++)
+                    for (int vecdot = 0; vecdot < 2; vecdot++) {
+                        const int hd = hds[h], n_pos = positions[p];
+                        const void *k = f16 ? (const void *)kv16 : (const void *)kv;
+                        qrt_kernel_attn_scores("scalar", ref, q, k, n_pos, hd, hd, f16, vecdot, 0.125f);
+                        qrt_kernel_attn_scores(v, got, q, k, n_pos, hd, hd, f16, vecdot, 0.125f);
+                        qrt_kernel_attn_values("scalar", ref + n_pos, w, k, n_pos, hd, hd, f16, vecdot);
+                        qrt_kernel_attn_values(v, got + n_pos, w, k, n_pos, hd, hd, f16, vecdot);
+                        calls += 2;
+                        if (memcmp(ref, got, sizeof(float) * (size_t)(n_pos + hd)) != 0) {
+                            if (bad < 3)
+                                fprintf(stderr, "  attention %s: hd %d, %d positions, f16 %d, vecdot %d differ\n", v,
+                                        hd, n_pos, f16, vecdot);
+                            bad++;
+                        }
+                    }
+        printf("attention %s: %ld calls, %ld mismatches (exact)\n", v, calls, bad);
+        failures += bad;
+        (*checked)++;
+    }
+    return failures;
+}
+
 int main(int argc, char **argv) {
     gguf_file *model = NULL;
     char err[512];
@@ -188,6 +230,7 @@ int main(int argc, char **argv) {
     }
     for (int r = 0; r < ROWS; r++) random_floats(vals[r], r);
     failures += check_packed(acts, vals, &checked);
+    failures += check_attention(&checked);
     printf("kernel-check: %ld type/variant pairs, %ld mismatches\n", checked, failures);
     if (model) gguf_close(model);
     return failures ? 1 : 0;

@@ -1,12 +1,13 @@
 /* qrun_bench.c — qrun-bench: prompt and generation speed of libqrt, measured the way llama-bench measures
  * llama.cpp, so the two compare C with C.
  *
- *   qrun-bench MODEL.gguf [-p 62,512] [-n 32] [-d 0,1024] [-t 1,2] [-r 3] [--json]
+ *   qrun-bench MODEL.gguf [-p 62,512] [-n 32] [-d 0,1024] [-t 1,2] [-r 3] [--no-warmup] [--json]
  *
  * Tests, as llama-bench names them: ppN evaluates N prompt tokens in one eval call; tgN evaluates N tokens one
  * at a time (decode, no sampling); "@dD" first fills the KV cache with D tokens, untimed. Tokens are drawn at
  * random from the vocabulary (llama-bench does the same), the context is D + N, and each test runs once untimed
- * then -r times timed; the figure is the median tokens per second. Each row also gives the serial share: the
+ * then -r times timed (--no-warmup: only the timed runs, as llama-bench's flag; tests/bench/arm.py counts the
+ * instructions of whole runs); the figure is the median tokens per second. Each row also gives the serial share: the
  * fraction of eval time in which only the calling thread worked (outside thread-pool runs).
  */
 #include <stdio.h>
@@ -26,7 +27,7 @@ typedef struct {
 typedef struct {
     const char *model;
     int_list prompt, gen, depth, threads;
-    int repeats, json;
+    int repeats, json, no_warmup;
 } options;
 
 static int fail(const char *msg, const char *arg) {
@@ -95,7 +96,7 @@ static int bench(const options *o, int threads, int n_prompt, int n_gen, int dep
     int32_t *tokens = malloc(sizeof *tokens * (size_t)params.n_ctx);
     double *rates = malloc(sizeof *rates * (size_t)o->repeats), serial = 0;
     int rc = tokens && rates ? 0 : -1;
-    for (int r = -1; rc == 0 && r < o->repeats; r++) { /* r = -1: the untimed warm-up */
+    for (int r = o->no_warmup ? 0 : -1; rc == 0 && r < o->repeats; r++) { /* r = -1: the untimed warm-up */
         double seconds, pool_seconds;
         rc = run_once(m, n_prompt, n_gen, depth, tokens, &seconds, &pool_seconds);
         if (rc == 0 && r >= 0) {
@@ -136,9 +137,11 @@ int main(int argc, char **argv) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int ok = 1;
         if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
-            printf("usage: qrun-bench MODEL.gguf [-p 62,512] [-n 32] [-d 0,1024] [-t 1,2] [-r 3] [--json]\n");
+            printf("usage: qrun-bench MODEL.gguf [-p 62,512] [-n 32] [-d 0,1024] [-t 1,2] [-r 3] [--no-warmup] "
+                   "[--json]\n");
             return 0;
         } else if (strcmp(a, "--json") == 0) o.json = 1;
+        else if (strcmp(a, "--no-warmup") == 0) o.no_warmup = 1;
         else if (strcmp(a, "-p") == 0 && v) ok = parse_list(argv[++i], &o.prompt, 0, 1 << 20);
         else if (strcmp(a, "-n") == 0 && v) ok = parse_list(argv[++i], &o.gen, 0, 1 << 20);
         else if (strcmp(a, "-d") == 0 && v) ok = parse_list(argv[++i], &o.depth, 0, 1 << 24);

@@ -15,6 +15,7 @@ TYPES = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "
 INTEGER = set(TYPES) - {"F32", "F16", "BF16"}
 LINE = re.compile(r"^(\S+) (\S+): (\d+) rows \((\d+) from the model\), (\d+) mismatches", re.M)
 PACKED = re.compile(r"^packed (\S+) (\S+): (\d+) matmuls of \d+ rows, (\d+) mismatches", re.M)
+ATTENTION = re.compile(r"^attention neon: (\d+) calls, 0 mismatches", re.M)
 PACKED_TYPES = ["q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q4_K", "q6_K"]
 
 
@@ -51,9 +52,11 @@ def test_every_neon_kernel_equals_scalar(aarch64_build, smollm2_package_gguf):
 )
 def test_packed_kernels_equal_scalar(aarch64_build, cpu, variants):
     """The x16 packed kernels (what qrun multiplies q4_0/q4_1/q5_0/q5_1/q8_0/q4_K/q6_K matrices with) on every variant the
-    CPU has, bit for bit against the scalar reference, for 1, 3 and 9 tokens."""
-    results = packed_results(kernel_check_output(aarch64_build, cpu))
+    CPU has, bit for bit against the scalar reference, for 1, 3 and 9 tokens; and the NEON attention products."""
+    stdout = kernel_check_output(aarch64_build, cpu)
+    results = packed_results(stdout)
     assert {v for _, v in results} == variants
+    assert ATTENTION.search(stdout), "the NEON attention products were not checked"
     for t in PACKED_TYPES:
         for v in variants:
             runs, bad = results[(t, v)]
@@ -84,6 +87,7 @@ def test_armv7_neon_kernels_equal_scalar(armv7_build, smollm2_package_gguf):
     packed = packed_results(stdout)
     for t in PACKED_TYPES:
         assert packed[(t, "neon")] == (3, 0), t
+    assert ATTENTION.search(stdout), "the NEON attention products were not checked"
 
 
 @pytest.mark.parametrize(
