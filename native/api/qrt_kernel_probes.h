@@ -19,6 +19,13 @@ int qrt_kernel_attn_scores(const char *variant, float *att, const float *q, cons
                            int hd, int f16, int vecdot, float scale);
 int qrt_kernel_attn_values(const char *variant, float *out, const float *w, const void *v, int n_pos, int stride,
                            int hd, int f16, int vecdot);
+/* The same for n_q (1..4) heads that share the keys and values: att / w rows att_stride floats apart, q and out
+ * rows hd apart; a variant without group kernels ("scalar", "neon") runs the heads one by one, as a forward pass
+ * does. With f16 = 1 the weights in w are rounded to f16 in place. -1 on bad arguments, as above. */
+int qrt_kernel_attn_scores_group(const char *variant, float *att, size_t att_stride, const float *q, int n_q,
+                                 const void *k, int n_pos, int stride, int hd, int f16, int vecdot, float scale);
+int qrt_kernel_attn_values_group(const char *variant, float *out, float *w, size_t att_stride, int n_q,
+                                 const void *v, int n_pos, int stride, int hd, int f16, int vecdot);
 /* gate = gelu(gate) * up (gelu's tanh form through ggml's f16 table) through a variant ("scalar" or "avx512"). */
 int qrt_kernel_geglu(const char *variant, float *gate, const float *up, int n);
 /* In-place softmax of n attention scores through a variant ("scalar" or "avx512"); -1 if it does not run here. */

@@ -198,6 +198,8 @@ void qrt_select_pass(qrt_pass_kernels *out) {
         .attn_scores = avx512 ? qrt_attn_scores_avx512 : qrt_attn_scores_scalar,
         .attn_softmax = avx512 ? qrt_attn_softmax_avx512 : qrt_attn_softmax_scalar,
         .attn_values = avx512 ? qrt_attn_values_avx512 : qrt_attn_values_scalar,
+        .attn_scores_group = avx512 ? qrt_attn_scores_group_avx512 : NULL,
+        .attn_values_group = avx512 ? qrt_attn_values_group_avx512 : NULL,
         .expf16 = avx512 ? qrt_expf16_avx512 : qrt_expf16_scalar,
         .geglu = avx512 ? qrt_geglu_avx512 : qrt_geglu_scalar,
     };

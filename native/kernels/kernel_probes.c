@@ -59,6 +59,38 @@ int qrt_kernel_attn_scores(const char *variant, float *att, const float *q, cons
     return 0;
 }
 
+int qrt_kernel_attn_scores_group(const char *variant, float *att, size_t att_stride, const float *q, int n_q,
+                                 const void *k, int n_pos, int stride, int hd, int f16, int vecdot, float scale) {
+    const int v = attn_variant(variant);
+    if (!v || hd <= 0 || hd % 16 || n_pos < 0 || stride < hd || n_q < 1 || n_q > QRT_ATTN_GROUP_MAX ||
+        att_stride < (size_t)n_pos)
+        return -1;
+    if (v == 2) {
+        qrt_attn_scores_group_avx512(att, att_stride, q, n_q, k, n_pos, stride, hd, f16, vecdot, scale);
+        return 0;
+    }
+    for (int j = 0; j < n_q; j++)
+        scores_kernel(v)(att + j * att_stride, q + (size_t)j * hd, k, n_pos, stride, hd, f16, vecdot, scale);
+    return 0;
+}
+
+int qrt_kernel_attn_values_group(const char *variant, float *out, float *w, size_t att_stride, int n_q,
+                                 const void *vals, int n_pos, int stride, int hd, int f16, int vecdot) {
+    const int v = attn_variant(variant);
+    if (!v || hd <= 0 || hd % 16 || n_pos < 0 || stride < hd || n_q < 1 || n_q > QRT_ATTN_GROUP_MAX ||
+        att_stride < (size_t)n_pos)
+        return -1;
+    float *scratch = malloc(sizeof(float) * 64 * (size_t)hd);
+    if (!scratch) return -1;
+    if (v == 2)
+        qrt_attn_values_group_avx512(out, w, att_stride, n_q, vals, n_pos, stride, hd, f16, vecdot, scratch);
+    else
+        for (int j = 0; j < n_q; j++)
+            values_kernel(v)(out + (size_t)j * hd, w + j * att_stride, vals, n_pos, stride, hd, f16, vecdot, scratch);
+    free(scratch);
+    return 0;
+}
+
 int qrt_kernel_attn_values(const char *variant, float *out, const float *w, const void *vals, int n_pos, int stride,
                            int hd, int f16, int vecdot) {
     const int v = attn_variant(variant);

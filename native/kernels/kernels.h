@@ -108,6 +108,20 @@ void qrt_attn_scores_neon(float *att, const float *q, const void *k, int n_pos, 
                           int vecdot, float scale);
 void qrt_attn_values_neon(float *out, const float *att, const void *v, int n_pos, int stride, int hd, int f16,
                           int vecdot, float *scratch);
+/* The same products for n_q (<= QRT_ATTN_GROUP_MAX) query heads that share a kv head, so the same keys, values and
+ * positions: att rows att_stride floats apart, q and out rows hd apart. Each head's results equal attn_scores /
+ * attn_values of it alone, bit for bit; in the prompt order the key and value rows are read once for all the heads
+ * (ggml's tinyBLAS multiplies them as one matrix). With f16 = 1 the weights in att are rounded to f16 in place.
+ * Variants without one leave it NULL in qrt_pass_kernels, and the heads run one by one. */
+#define QRT_ATTN_GROUP_MAX 4
+typedef void (*qrt_attn_scores_group_fn)(float *att, size_t att_stride, const float *q, int n_q, const void *k,
+                                         int n_pos, int stride, int hd, int f16, int vecdot, float scale);
+typedef void (*qrt_attn_values_group_fn)(float *out, float *att, size_t att_stride, int n_q, const void *v, int n_pos,
+                                         int stride, int hd, int f16, int vecdot, float *scratch);
+void qrt_attn_scores_group_avx512(float *att, size_t att_stride, const float *q, int n_q, const void *k, int n_pos,
+                                  int stride, int hd, int f16, int vecdot, float scale);
+void qrt_attn_values_group_avx512(float *out, float *att, size_t att_stride, int n_q, const void *v, int n_pos,
+                                  int stride, int hd, int f16, int vecdot, float *scratch);
 /* In-place softmax of n attention scores in ops.c's op_softmax order (ggml_vec_soft_max_f32), bit-equal to it. */
 typedef void (*qrt_attn_softmax_fn)(float *x, int n);
 void qrt_attn_softmax_scalar(float *x, int n);

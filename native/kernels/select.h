@@ -51,6 +51,8 @@ typedef struct {
     qrt_attn_scores_fn attn_scores;
     qrt_attn_softmax_fn attn_softmax;
     qrt_attn_values_fn attn_values;
+    qrt_attn_scores_group_fn attn_scores_group; /* NULL: the heads of a kv head run one by one */
+    qrt_attn_values_group_fn attn_values_group;
     qrt_expf16_fn expf16;
     qrt_geglu_fn geglu;
 } qrt_pass_kernels;

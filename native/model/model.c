@@ -580,7 +580,8 @@ static int alloc_state(qrt_model *mod, int n_batch, int n_ctx, int n_seq, int kv
     ALLOC(s->hb, (size_t)n_batch, (size_t)c->hidden_dim);
     ALLOC(s->hb2, (size_t)n_batch, (size_t)c->hidden_dim);
     ALLOC(s->att, (size_t)mod->n_threads,
-          c->encoder ? QRT_ENCODER_ATT_FLOATS(n_ctx, c->head_dim) : qrt_size_add((size_t)n_ctx, (size_t)c->head_dim));
+          c->encoder ? QRT_ENCODER_ATT_FLOATS(n_ctx, c->head_dim)
+                     : qrt_size_mul(QRT_ATTN_GROUP_MAX, qrt_size_add((size_t)n_ctx, (size_t)c->head_dim)));
     ALLOC(s->attn_scratch, (size_t)mod->n_threads, qrt_size_mul(64, (size_t)c->head_dim));
     ALLOC(s->rope_cos, (size_t)n_batch, (size_t)(c->n_rot / 2));
     ALLOC(s->rope_sin, (size_t)n_batch, (size_t)(c->n_rot / 2));
@@ -1105,6 +1106,7 @@ void model_matmul_many(qrt_model *m, act_cache *cache, int n, float *const outs[
 typedef struct {
     qrt_model *m;
     int layer, n_tok;
+    int heads_per_task; /* 1, or a prompt's heads that share a kv head (pass.attn_scores_group) */
 } attn_job;
 
 /* The cache row of a sequence's position: sliding layers hold positions from the sequence's swa_base on
@@ -1148,9 +1150,10 @@ static void attention_task(void *ctx, int task, int thread) {
     const attn_job *j = ctx;
     const Config *c = &j->m->config;
     RunState *s = &j->m->state;
-    const int b = task / c->n_heads, h = task % c->n_heads;
+    const int n_tasks_per_row = c->n_heads / j->heads_per_task;
+    const int b = task / n_tasks_per_row, h0 = task % n_tasks_per_row * j->heads_per_task;
     const int hd = c->head_dim, kv_dim = c->n_kv_heads * hd;
-    const int kvh = h / (c->n_heads / c->n_kv_heads);
+    const int kvh = h0 / (c->n_heads / c->n_kv_heads);
     const int pos = s->row_pos[b], seq = s->row_seq[b];
     /* positions first..pos are seen: all of them, or the last n_swa in a sliding layer. ggml's lanes and blocks
      * count from cache cell 0, masked cells included: the products start at a multiple of 64 (rows of a ring
@@ -1158,25 +1161,41 @@ static void attention_task(void *ctx, int task, int thread) {
     const int first = (c->layer[j->layer] & LAYER_SWA) && pos >= c->n_swa ? pos - c->n_swa + 1 : 0;
     const int start = first & ~63, n_masked = first - start;
     const int n_pos = pos - start + 1;
-    const float *q = s->q + (size_t)b * c->n_heads * hd + (size_t)h * hd;
-    float *att = s->att + (size_t)thread * (s->n_ctx + hd);
-    float *out = s->xb2 + (size_t)b * c->n_heads * hd + (size_t)h * hd;
+    const size_t att_stride = (size_t)s->n_ctx + (size_t)hd;
+    float *att = s->att + (size_t)thread * QRT_ATTN_GROUP_MAX * att_stride;
     const float scale = c->q_scale != 0.0f ? 1.0f : 1.0f / sqrtf((float)hd);
     /* ggml's paths: prompt batches go through tinyBLAS (except f32 scores: the permuted query is not contiguous),
      * single tokens through ggml_vec_dot; with an f16 cache the query and the weights are rounded to f16 */
     const int f16 = !s->kv_f32, decode = j->n_tok == 1 || j->m->decode_rows;
+    const int scores_vecdot = decode || !f16;
     const size_t elem = f16 ? 2 : 4;
     const uint8_t *kc = (const uint8_t *)s->key_cache + (kv_first(s, j->layer, seq) + (size_t)kvh * hd) * elem;
     const uint8_t *vc = (const uint8_t *)s->value_cache + (kv_first(s, j->layer, seq) + (size_t)kvh * hd) * elem;
     const size_t row_bytes = (size_t)kv_dim * elem;
     const int row0 = kv_row(s, j->layer, seq, start);
+    const uint8_t *keys = kc + (size_t)row0 * row_bytes, *values = vc + (size_t)row0 * row_bytes;
     /* with an f16 cache the kernels round q and the weights to f16 themselves, as ggml does */
     const qrt_pass_kernels *k = &j->m->pass;
-    k->attn_scores(att, q, kc + (size_t)row0 * row_bytes, n_pos, kv_dim, hd, f16, decode || !f16, scale);
-    for (int t = 0; t < n_masked; t++) att[t] = -INFINITY;
-    k->attn_softmax(att, n_pos);
     float *scratch = s->attn_scratch + (size_t)thread * 64 * hd;
-    k->attn_values(out, att, vc + (size_t)row0 * row_bytes, n_pos, kv_dim, hd, f16, decode, scratch);
+    for (int h = h0; h < h0 + j->heads_per_task; h += QRT_ATTN_GROUP_MAX) {
+        const int n_q = h0 + j->heads_per_task - h < QRT_ATTN_GROUP_MAX ? h0 + j->heads_per_task - h
+                                                                         : QRT_ATTN_GROUP_MAX;
+        const float *q = s->q + (size_t)b * c->n_heads * hd + (size_t)h * hd;
+        float *out = s->xb2 + (size_t)b * c->n_heads * hd + (size_t)h * hd;
+        if (j->heads_per_task > 1)
+            k->attn_scores_group(att, att_stride, q, n_q, keys, n_pos, kv_dim, hd, f16, scores_vecdot, scale);
+        else
+            k->attn_scores(att, q, keys, n_pos, kv_dim, hd, f16, scores_vecdot, scale);
+        for (int i = 0; i < n_q; i++) {
+            float *row = att + (size_t)i * att_stride;
+            for (int t = 0; t < n_masked; t++) row[t] = -INFINITY;
+            k->attn_softmax(row, n_pos);
+        }
+        if (j->heads_per_task > 1)
+            k->attn_values_group(out, att, att_stride, n_q, values, n_pos, kv_dim, hd, f16, decode, scratch);
+        else
+            k->attn_values(out, att, values, n_pos, kv_dim, hd, f16, decode, scratch);
+    }
 }
 
 /* Token rows: the embedding row and the rotary angles of each position. */
@@ -1503,8 +1522,10 @@ static void forward(qrt_model *m, const int32_t *tokens, int n_tok, float *all_l
         }
         qkv_job qj = {.m = m, .lw = lw, .layer = l};
         model_run_rows(m, qkv_task, &qj, model_split_rows(m, &qj.split, 0, n_tok));
-        attn_job aj = {m, l, n_tok};
-        model_pool_run(m, attention_task, &aj, n_tok * c->n_heads);
+        /* a prompt's heads that share a kv head in one task, when the kernels read their keys once for all */
+        const int group = n_tok > 1 && !m->decode_rows && m->pass.attn_scores_group ? c->n_heads / c->n_kv_heads : 1;
+        attn_job aj = {m, l, n_tok, group};
+        model_pool_run(m, attention_task, &aj, n_tok * (c->n_heads / group));
         model_matmul(m, &cache, s->xb, dim, &lw->wo, s->xb2, n_tok);
 
         if (c->n_expert) { /* mixture of experts */

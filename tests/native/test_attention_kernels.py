@@ -71,6 +71,42 @@ def test_avx512_equals_scalar(f16, vecdot, hd):
         )
 
 
+@pytest.mark.parametrize("f16", [False, True])
+@pytest.mark.parametrize("vecdot", [0, 1])
+@pytest.mark.parametrize("hd", [64, 128, 256])
+def test_avx512_group_of_heads_equals_each_head_alone(f16, vecdot, hd):
+    """The heads that share a kv head, through the group kernels (one read of each key and value row for all of
+    them in the prompt order), give each head the scalar reference's results of it alone."""
+    needs_avx512()
+    rng = np.random.default_rng(100 + hd + 2 * vecdot + int(f16))
+    stride = 2 * hd
+    for n_q in (1, 2, 3, 4):
+        for n_pos in N_POS:
+            k, v = cache(rng, n_pos, stride, f16), cache(rng, n_pos, stride, f16)
+            q = rng.standard_normal((n_q, hd)).astype(np.float32)
+            att_stride = n_pos + 3  # rows apart, as the model's per-thread buffer
+            att = np.zeros((n_q, att_stride), dtype=np.float32)
+            rc = lib.qrt_kernel_attn_scores_group(
+                b"avx512", ffi.from_buffer("float[]", att), att_stride, ffi.from_buffer("float[]", q), n_q,
+                ffi.from_buffer(k), n_pos, stride, hd, int(f16), vecdot, 0.125,
+            )  # fmt: skip
+            assert rc == 0
+            w = np.zeros((n_q, att_stride), dtype=np.float32)
+            for j in range(n_q):
+                want = scores("scalar", q[j], k, n_pos, stride, hd, f16, vecdot)
+                np.testing.assert_array_equal(att[j, :n_pos], want, err_msg=f"scores head {j} of {n_q}, {n_pos}")
+                w[j, :n_pos] = softmax_like(rng, n_pos)
+            want = [values("scalar", w[j, :n_pos].copy(), v, n_pos, stride, hd, f16, vecdot) for j in range(n_q)]
+            out = np.zeros((n_q, hd), dtype=np.float32)
+            rc = lib.qrt_kernel_attn_values_group(
+                b"avx512", ffi.from_buffer("float[]", out), ffi.from_buffer("float[]", w), att_stride, n_q,
+                ffi.from_buffer(v), n_pos, stride, hd, int(f16), vecdot,
+            )  # fmt: skip
+            assert rc == 0
+            for j in range(n_q):
+                np.testing.assert_array_equal(out[j], want[j], err_msg=f"values head {j} of {n_q}, {n_pos}")
+
+
 @pytest.mark.parametrize("variant", ["scalar", "avx512"])
 def test_f16_cache_rounds_query_and_weights(variant):
     """Rounding q and w to f16 before the call changes nothing: the kernels round them the same way."""

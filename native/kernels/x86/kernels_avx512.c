@@ -238,6 +238,123 @@ void qrt_attn_values_avx512(float *out, const float *att, const void *v, int n_p
 #undef ROW
 }
 
+/* ---- the heads of one kv head together, in the prompt order: each key or value row is converted once per group
+ * instead of once per head; every head's products and sums are those of its own call above ---- */
+
+/* scores of NQ heads (q rows rounded already, hd apart) for 16 positions at a time, 4 positions x NQ heads of
+ * accumulators in registers, then each head's 16 through the same transposed reduction */
+static inline __attribute__((always_inline)) void scores_group_sgemm(float *att, size_t as, const float *q,
+                                                                     const int NQ, const void *k, int n_pos,
+                                                                     int stride, int hd, int f16, float scale) {
+    const __m512 vscale = _mm512_set1_ps(scale);
+    int t = 0;
+    for (; t + 16 <= n_pos; t += 16) {
+        __m512 lanes[QRT_ATTN_GROUP_MAX][16];
+        for (int p0 = 0; p0 < 16; p0 += 4) {
+            __m512 acc[QRT_ATTN_GROUP_MAX][4];
+            for (int j = 0; j < NQ; j++)
+                for (int p = 0; p < 4; p++) acc[j][p] = _mm512_setzero_ps();
+            for (int i = 0; i < hd; i += 16) {
+                __m512 key[4];
+                for (int p = 0; p < 4; p++) key[p] = load_kv(k, (size_t)(t + p0 + p) * stride + i, f16);
+                for (int j = 0; j < NQ; j++) {
+                    const __m512 qv = _mm512_loadu_ps(q + (size_t)j * hd + i);
+                    for (int p = 0; p < 4; p++) acc[j][p] = _mm512_fmadd_ps(key[p], qv, acc[j][p]);
+                }
+            }
+            for (int j = 0; j < NQ; j++)
+                for (int p = 0; p < 4; p++) lanes[j][p0 + p] = acc[j][p];
+        }
+        for (int j = 0; j < NQ; j++) _mm512_storeu_ps(att + j * as + t, _mm512_mul_ps(reduce16x16(lanes[j]), vscale));
+    }
+    for (; t < n_pos; t++)
+        for (int j = 0; j < NQ; j++)
+            att[j * as + t] =
+                _mm512_reduce_add_ps(score_lanes(k, (size_t)t * stride, q + (size_t)j * hd, hd, f16, 0)) * scale;
+}
+
+void qrt_attn_scores_group_avx512(float *att, size_t att_stride, const float *q, int n_q, const void *k, int n_pos,
+                                  int stride, int hd, int f16, int vecdot, float scale) {
+    if (vecdot || hd % 64 != 0 || hd > 1024 || n_q < 1 || n_q > QRT_ATTN_GROUP_MAX) {
+        for (int j = 0; j < n_q; j++)
+            qrt_attn_scores_avx512(att + j * att_stride, q + (size_t)j * hd, k, n_pos, stride, hd, f16, vecdot, scale);
+        return;
+    }
+    float qr[QRT_ATTN_GROUP_MAX * 1024];
+    for (int i = 0; i < n_q * hd; i += 16) {
+        const __m512 x = _mm512_loadu_ps(q + i);
+        _mm512_storeu_ps(qr + i, f16 ? round_f16(x) : x);
+    }
+#define SCORES_GROUP(NQ)                                                                                           \
+    (f16 ? scores_group_sgemm(att, att_stride, qr, NQ, k, n_pos, stride, hd, 1, scale)                            \
+         : scores_group_sgemm(att, att_stride, qr, NQ, k, n_pos, stride, hd, 0, scale))
+    switch (n_q) {
+    case 1: SCORES_GROUP(1); break;
+    case 2: SCORES_GROUP(2); break;
+    case 3: SCORES_GROUP(3); break;
+    default: SCORES_GROUP(4); break;
+    }
+#undef SCORES_GROUP
+}
+
+/* values_sgemm for NQ heads: lane l of a head takes positions t = l mod 16, so 4 lanes at a time for every head
+ * keep NQ x 4 accumulators in registers and read each value row once */
+static inline __attribute__((always_inline)) void values_group_sgemm(float *out, const float *att, size_t as,
+                                                                     const int NQ, const void *v, int n_pos,
+                                                                     int stride, int hd, int f16) {
+    for (int i = 0; i < hd; i += 16) {
+        __m512 lane[QRT_ATTN_GROUP_MAX][16];
+        for (int l0 = 0; l0 < 16; l0 += 4) {
+            __m512 acc[QRT_ATTN_GROUP_MAX][4];
+            for (int j = 0; j < NQ; j++)
+                for (int p = 0; p < 4; p++) acc[j][p] = _mm512_setzero_ps();
+            for (int t = l0; t < n_pos; t += 16)
+                for (int p = 0; p < 4 && t + p < n_pos; p++) {
+                    const __m512 value = load_kv(v, (size_t)(t + p) * stride + i, f16);
+                    for (int j = 0; j < NQ; j++)
+                        acc[j][p] = _mm512_fmadd_ps(value, _mm512_set1_ps(att[j * as + t + p]), acc[j][p]);
+                }
+            for (int j = 0; j < NQ; j++)
+                for (int p = 0; p < 4; p++) lane[j][l0 + p] = acc[j][p];
+        }
+        for (int j = 0; j < NQ; j++) { /* values_sgemm's tree */
+            __m512 *ln = lane[j];
+            for (int l = 0; l < 8; l++) ln[l] = _mm512_add_ps(ln[l + 8], ln[l]);
+            for (int l = 0; l < 4; l++) ln[l] = _mm512_add_ps(ln[l + 4], ln[l]);
+            const __m512 sum = _mm512_add_ps(_mm512_add_ps(ln[0], ln[2]), _mm512_add_ps(ln[1], ln[3]));
+            _mm512_storeu_ps(out + (size_t)j * hd + i, sum);
+        }
+    }
+}
+
+void qrt_attn_values_group_avx512(float *out, float *att, size_t att_stride, int n_q, const void *v, int n_pos,
+                                  int stride, int hd, int f16, int vecdot, float *scratch) {
+    if (vecdot || hd % 16 != 0 || hd > 1024 || n_q < 1 || n_q > QRT_ATTN_GROUP_MAX) {
+        for (int j = 0; j < n_q; j++)
+            qrt_attn_values_avx512(out + (size_t)j * hd, att + j * att_stride, v, n_pos, stride, hd, f16, vecdot,
+                                   scratch);
+        return;
+    }
+    if (f16) /* the weights as values_sgemm rounds them */
+        for (int j = 0; j < n_q; j++) {
+            float *w = att + j * att_stride;
+            int t = 0;
+            for (; t + 16 <= n_pos; t += 16) _mm512_storeu_ps(w + t, round_f16(_mm512_loadu_ps(w + t)));
+            for (; t < n_pos; t++)
+                w[t] = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtps_ph(_mm_set_ss(w[t]), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)));
+        }
+#define VALUES_GROUP(NQ)                                                                                           \
+    (f16 ? values_group_sgemm(out, att, att_stride, NQ, v, n_pos, stride, hd, 1)                                  \
+         : values_group_sgemm(out, att, att_stride, NQ, v, n_pos, stride, hd, 0))
+    switch (n_q) {
+    case 1: VALUES_GROUP(1); break;
+    case 2: VALUES_GROUP(2); break;
+    case 3: VALUES_GROUP(3); break;
+    default: VALUES_GROUP(4); break;
+    }
+#undef VALUES_GROUP
+}
+
 /* op_softmax's order (ggml_vec_soft_max_f32): exp in blocks of 16 (lanes past n are exp(-inf) = 0), each block
  * summed in _mm512_reduce_add_ps's tree, block sums accumulated in double, one float scale at the end */
 void qrt_attn_softmax_avx512(float *x, int n) {
@@ -300,6 +417,16 @@ void qrt_attn_scores_avx512(float *att, const float *q, const void *k, int n_pos
 void qrt_attn_values_avx512(float *out, const float *att, const void *v, int n_pos, int stride, int hd, int f16,
                             int vecdot, float *scratch) {
     qrt_attn_values_scalar(out, att, v, n_pos, stride, hd, f16, vecdot, scratch);
+}
+void qrt_attn_scores_group_avx512(float *att, size_t att_stride, const float *q, int n_q, const void *k, int n_pos,
+                                  int stride, int hd, int f16, int vecdot, float scale) {
+    for (int j = 0; j < n_q; j++)
+        qrt_attn_scores_scalar(att + j * att_stride, q + (size_t)j * hd, k, n_pos, stride, hd, f16, vecdot, scale);
+}
+void qrt_attn_values_group_avx512(float *out, float *att, size_t att_stride, int n_q, const void *v, int n_pos,
+                                  int stride, int hd, int f16, int vecdot, float *scratch) {
+    for (int j = 0; j < n_q; j++)
+        qrt_attn_values_scalar(out + (size_t)j * hd, att + j * att_stride, v, n_pos, stride, hd, f16, vecdot, scratch);
 }
 void qrt_attn_softmax_avx512(float *x, int n) { qrt_attn_softmax_scalar(x, n); }
 #endif
