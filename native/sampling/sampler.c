@@ -179,9 +179,31 @@ void qrt_sampler_accept(qrt_sampler *s, int32_t token) {
     s->counts[token]++;
 }
 
+static int penalties_apply(const qrt_sampler_params *p) {
+    return p->repeat_penalty != 1.0f || p->frequency_penalty != 0.0f || p->presence_penalty != 0.0f;
+}
+
+/* The first index of the largest logit (a NaN never wins; index 0 when logits[0] is NaN, as a plain scan gives).
+ * Two passes of independent operations instead of one dependent scan: greedy decoding of a batch samples every
+ * stream's row between two forward calls, and the scan was a tenth of a step. */
+static int32_t argmax_first(const float *logits, int32_t n) {
+    float lane[8];
+    for (int k = 0; k < 8; k++) lane[k] = logits[0];
+    int32_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; k++) lane[k] = logits[i + k] > lane[k] ? logits[i + k] : lane[k];
+    float best = lane[0];
+    for (int k = 1; k < 8; k++) best = lane[k] > best ? lane[k] : best;
+    for (; i < n; i++) best = logits[i] > best ? logits[i] : best;
+    if (best != best) return 0;
+    for (i = 0; i < n; i++)
+        if (logits[i] == best) return i;
+    return 0;
+}
+
 static void apply_penalties(qrt_sampler *s) {
     const qrt_sampler_params *p = &s->params;
-    if (p->repeat_penalty == 1.0f && p->frequency_penalty == 0.0f && p->presence_penalty == 0.0f) return;
+    if (!penalties_apply(p)) return;
     if (++s->round == 0) { /* stamp wrapped: clear it */
         memset(s->applied, 0, (size_t)s->n_vocab * sizeof *s->applied);
         s->round = 1;
@@ -258,15 +280,10 @@ static int32_t top_p_prefix(sampler_candidate *c, int32_t n, int32_t m, float p)
 int32_t qrt_sampler_sample(qrt_sampler *s, const float *logits, int32_t n_vocab) {
     if (n_vocab != s->n_vocab) return -1;
     const qrt_sampler_params *p = &s->params;
+    if (p->temperature <= 0.0f && !penalties_apply(p)) return argmax_first(logits, n_vocab);
     memcpy(s->logits, logits, (size_t)n_vocab * sizeof *logits);
     apply_penalties(s);
-
-    if (p->temperature <= 0.0f) {
-        int32_t best = 0;
-        for (int32_t i = 1; i < n_vocab; i++)
-            if (s->logits[i] > s->logits[best]) best = i;
-        return best;
-    }
+    if (p->temperature <= 0.0f) return argmax_first(s->logits, n_vocab);
 
     sampler_candidate *c = s->candidates;
     for (int32_t i = 0; i < n_vocab; i++) {

@@ -9,8 +9,9 @@ Each step (continuous batching, as llama-server's slots do it):
 3. ONE model.evaluate_batch call evaluates the last sampled token of every active stream together (a decode step
    of N streams reads each weight once); a stream's logits are those it would get alone, so each answer is the
    one it gets alone;
-4. each stream samples its next token (TextStream: sampler, constraint, stop strings, UTF-8 pieces); text goes to
-   the request's sink, finished streams free their slot.
+4. each stream samples its next token (TextStream: sampler, constraint, stop strings, UTF-8 pieces); finished
+   streams free their slot; the step's text then goes to the requests' sinks together, so the event loop formats and
+   sends it while this thread is inside the next forward call, not in between (where both would wait for the GIL).
 Other work on the model (embeddings) runs between steps, in this thread, so nothing else ever touches the model;
 work that uses a sequence's cache (a decoder embeds in sequence 0's) waits until that slot is free, and no new
 request takes the slot meanwhile.
@@ -86,6 +87,7 @@ class Scheduler:
         self.waiting: deque[GenerationJob] = deque()
         self.tasks: deque[tuple[Callable, Future, int | None]] = deque()  # (work, its result, the seq it uses)
         self.stopping = False
+        self._outbox: list[tuple[GenerationJob, Event]] = []  # this step's events, sent when it ends
         self._wake = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="qrun-serve-scheduler", daemon=True)
 
@@ -165,6 +167,7 @@ class Scheduler:
                 for seq, job in enumerate(self.slots):
                     if job is not None:
                         self._fail(seq, job, "internal error in the scheduler", 500)
+            self._flush()
 
     def _step(self) -> None:
         self._drop_cancelled()
@@ -266,7 +269,12 @@ class Scheduler:
             log.exception("could not reset sequence %d", seq)
 
     def _send(self, job: GenerationJob, event: Event) -> None:
-        try:
-            job.sink(event)
-        except RuntimeError:  # the request's event loop is closed: nobody is listening
-            job.cancelled = True
+        self._outbox.append((job, event))
+
+    def _flush(self) -> None:
+        outbox, self._outbox = self._outbox, []
+        for job, event in outbox:
+            try:
+                job.sink(event)
+            except RuntimeError:  # the request's event loop is closed: nobody is listening
+                job.cancelled = True

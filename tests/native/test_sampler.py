@@ -28,6 +28,27 @@ def test_temperature_zero_is_argmax(seed):
     assert sampler.sample(logits) == int(np.argmax(logits))
 
 
+def test_greedy_takes_the_first_of_equal_best_logits_and_never_a_nan():
+    """The plain scan's answer (the first index of the largest value; NaN never wins, index 0 if logits[0] is NaN),
+    with and without penalties (the fast path reads the logits in place)."""
+    rng = np.random.default_rng(5)
+    for penalty in (1.0, 1.3):
+        sampler = Sampler(1003, temperature=0.0, repeat_penalty=penalty)
+        for trial in range(60):
+            x = rng.standard_normal(1003).astype(np.float32)
+            if trial % 3 == 0:
+                x[rng.integers(0, 1003, 4)] = x.max() + 1.0  # ties for the best
+            if trial % 4 == 0:
+                x[rng.integers(1, 1003, 3)] = np.nan
+            best = 0
+            for i in range(1, len(x)):
+                if x[i] > x[best]:
+                    best = i
+            assert sampler.sample(x) == best
+        x[0] = np.nan
+        assert Sampler(1003, temperature=0.0).sample(x) == 0
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_top_k_one_is_greedy(seed):
     logits = np.random.default_rng(seed).normal(size=5000).astype(np.float32)
