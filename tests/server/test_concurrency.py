@@ -154,11 +154,10 @@ def batched_decode_rate(model, n: int, steps: int = 48) -> float:
 
 @pytest.mark.reference
 def test_eight_streams_decode_faster_together(smollm2_q8):
-    """8 streams decode together at 2.6x one alone or more, 2 threads, the 135M sample at q8_0 (the issue's target is
-    3x: on the 2-core machine the runtime measures 2.97-3.0x at q8_0, q4_0 and q4_k_m, because a single stream is
-    already a third compute: the batch kernels keep ggml's per-lane float order, so every stream's logits stay the
-    CLI's, and q8_0's is bound by one execution port per lane and block); through HTTP, with the clients on the
-    same two cores, the ratio is printed."""
+    """8 streams decode together at 3x one alone or more (the issue's target), 2 threads, the 135M sample at q8_0:
+    the runtime's batched decode measures 3.5-3.8x on the 2-core machine, the server's own decode counters 3.0-3.1x
+    with the 8 clients in this process on the same two cores (their parsing, the event loop's SSE and the batch
+    share the CPU); the server's figure is asserted with room for that."""
     n = 64
     with Model(smollm2_q8, threads=2, ctx=512, n_seq=8) as model:
         batched_decode_rate(model, 1, 8)  # warm up
@@ -173,8 +172,8 @@ def test_eight_streams_decode_faster_together(smollm2_q8):
         f"\ndecoding, runtime: 1 stream {runtime[1]:.1f} tok/s, 8 streams {runtime[8]:.1f} tok/s "
         f"({runtime[8] / runtime[1]:.2f}x); server: {single:.1f} and {together:.1f} tok/s ({together / single:.2f}x)"
     )
-    assert runtime[8] >= 2.6 * runtime[1]
-    assert together >= 2 * single
+    assert runtime[8] >= 3 * runtime[1]
+    assert together >= 2.5 * single
 
 
 class CallLog:
