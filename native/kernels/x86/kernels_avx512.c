@@ -94,6 +94,9 @@ static inline __m512 load_kv(const void *base, size_t index, int f16) {
 static inline __m512 round_f16(__m512 x) {
     return _mm512_cvtph_ps(_mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 }
+static inline float round_f16_1(float x) {
+    return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtps_ph(_mm_set_ss(x), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)));
+}
 
 /* 16 lane vectors reduced each in _mm512_reduce_add_ps's tree at once; lane p of the result is the sum of v[p].
  * Every add pairs the partial sums the single-vector reduction pairs (see kernels_float_tiles.c). */
@@ -214,8 +217,7 @@ void qrt_attn_values_avx512(float *out, const float *att, const void *v, int n_p
             __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
             for (int t = r; t < n_pos; t += 64) {
                 float a = att[t];
-                if (f16)
-                    a = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtps_ph(_mm_set_ss(a), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)));
+                if (f16) a = round_f16_1(a);
                 const __m512 w = _mm512_set1_ps(a);
                 const size_t row = (size_t)t * stride + (size_t)i0;
                 for (int j = 0; j < width / 16; j++) acc[j] = _mm512_fmadd_ps(load_kv(v, row + 16 * j, f16), w, acc[j]);
@@ -340,8 +342,7 @@ void qrt_attn_values_group_avx512(float *out, float *att, size_t att_stride, int
             float *w = att + j * att_stride;
             int t = 0;
             for (; t + 16 <= n_pos; t += 16) _mm512_storeu_ps(w + t, round_f16(_mm512_loadu_ps(w + t)));
-            for (; t < n_pos; t++)
-                w[t] = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtps_ph(_mm_set_ss(w[t]), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)));
+            for (; t < n_pos; t++) w[t] = round_f16_1(w[t]);
         }
 #define VALUES_GROUP(NQ)                                                                                           \
     (f16 ? values_group_sgemm(out, att, att_stride, NQ, v, n_pos, stride, hd, 1)                                  \
