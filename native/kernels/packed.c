@@ -55,7 +55,7 @@ static void pack_q8_0(const void *rows, size_t row_bytes, int64_t n, void *group
             const block_q8_0 *x = (const block_q8_0 *)((const uint8_t *)rows + r * row_bytes) + i;
             dst[i].d[r] = x->d;
             for (int k = 0; k < 8; k++)
-                for (int b = 0; b < 4; b++) dst[i].qs[k][r][b] = (uint8_t)(x->qs[4 * k + b] + 128);
+                for (int b = 0; b < 4; b++) dst[i].qs[k][r][b] = (uint8_t)x->qs[4 * k + b] ^ QRT_Q8_0X16_FLIP;
         }
 }
 
@@ -114,6 +114,9 @@ void qrt_packed_act_sums(int act_type, const void *act_row, int64_t n, int32_t *
                 total += block[k];
             }
             block[8] = total;
+            block[QRT_Q4_0_START] = -8 * total;
+            const float d = qrt_fp16_to_fp32(y[i].d);
+            memcpy(block + QRT_Q8_0_D, &d, sizeof d);
         }
     } else if (act_type == QRT_TYPE_Q8_K) {
         const block_q8_K *y = act_row;
@@ -125,6 +128,7 @@ void qrt_packed_act_sums(int act_type, const void *act_row, int64_t n, int32_t *
                 block[p] = (int32_t)((uint32_t)lo | ((uint32_t)hi << 16));
                 const float pair[2] = {(float)(int16_t)lo, (float)(int16_t)hi};
                 memcpy(block + QRT_Q8_K_FLOAT_SUMS + 2 * p, pair, sizeof pair);
+                for (int j = 4 * p; j < 4 * p + 4; j++) block[QRT_Q8_K_NEG_BSUMS + j] = -32 * y[i].bsums[j];
             }
     }
 }
@@ -235,7 +239,7 @@ static void gemm_q8_0_scalar(int64_t n, const void *group, const void *act, size
                 const float d = qrt_fp16_to_fp32(x[i].d[r]) * qrt_fp16_to_fp32(y[i].d);
                 for (int k = 0; k < 8; k++) {
                     int32_t lane = 0;
-                    for (int b = 0; b < 4; b++) lane += (x[i].qs[k][r][b] - 128) * y[i].qs[4 * k + b];
+                    for (int b = 0; b < 4; b++) lane += (int8_t)(x[i].qs[k][r][b] ^ QRT_Q8_0X16_FLIP) * y[i].qs[4 * k + b];
                     acc[k] = fmaf((float)lane, d, acc[k]);
                 }
             }

@@ -47,7 +47,13 @@ typedef struct {
 } block_q4_0x16;
 _Static_assert(sizeof(block_q4_0x16) == QRT_PACK_ROWS * sizeof(block_q4_0), "block_q4_0x16 size");
 
-/* q8_0: qs[k][r] = values 4k..4k+3 of row r, stored as q + 128 (unsigned: the left operand of vpdpbusd) */
+/* q8_0: qs[k][r] = values 4k..4k+3 of row r, stored as q ^ QRT_Q8_0X16_FLIP: on x86 q + 128 (unsigned: the left
+ * operand of vpdpbusd), on ARM q itself (SDOT multiplies signed bytes) */
+#if defined(__x86_64__) || defined(__i386__)
+#define QRT_Q8_0X16_FLIP 0x80
+#else
+#define QRT_Q8_0X16_FLIP 0
+#endif
 typedef struct {
     qrt_half d[QRT_PACK_ROWS];
     uint8_t qs[8][QRT_PACK_ROWS][4];
@@ -128,16 +134,20 @@ _Static_assert(sizeof(block_q6_Kx16) == QRT_PACK_ROWS * sizeof(block_q6_K), "blo
  *              the -16 of q5_0 per lane), then the sum of all 32 (q4_0's -8 offset), then the eight lanes' q8_0
  *              starts QRT_Q8_FLOAT_BIAS - 128 * sum and their q5_0 starts QRT_Q8_FLOAT_BIAS - 16 * sum
  *              (packed_avx512.c reads these lane sums as floats' bits: kept here, a vector load broadcasts them,
- *              where one computed per block and lane would take the shuffle port the kernel needs);
+ *              where one computed per block and lane would take the shuffle port the kernel needs), then q4_0's
+ *              start -8 * sum and the block's d as a float (the NEON kernels');
  *   q8_K rows: per super-block QRT_Q8_K_SUMS int32: four words, each two int16 sums of 32 quants (sub-blocks
  *              2p, 2p+1), for q4_K's mins (vpmaddwd against the row's min pairs), then the same eight sums as
- *              floats (q4_K's float pairs). */
-#define QRT_Q8_0_SUMS 25
+ *              floats (q4_K's float pairs), then -32 times each of the 16 bsums (q6_K's offsets, by lane). */
+#define QRT_Q8_0_SUMS 27
 #define QRT_Q8_0_STARTS 9            /* where the q8_0 starts begin in a block's sums */
 #define QRT_Q5_0_STARTS 17           /* and the q5_0 starts */
+#define QRT_Q4_0_START 25            /* q4_0's start -8 * sum (the NEON kernels load it into all lanes at once) */
+#define QRT_Q8_0_D 26                /* the block's d as a float's bits (one load where a half needs two steps) */
 #define QRT_Q8_FLOAT_BIAS 0x4B400000 /* the bits of 1.5 * 2^23 */
-#define QRT_Q8_K_SUMS 12
+#define QRT_Q8_K_SUMS 28
 #define QRT_Q8_K_FLOAT_SUMS 4 /* where the float sums begin */
+#define QRT_Q8_K_NEG_BSUMS 12 /* -32 * bsums[j], j < 16: q6_K's lane offsets (the NEON kernels') */
 int64_t qrt_packed_sums_per_row(int act_type, int64_t n);
 void qrt_packed_act_sums(int act_type, const void *act_row, int64_t n, int32_t *sums);
 

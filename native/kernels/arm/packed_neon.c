@@ -9,7 +9,10 @@
 #define K(name) name##_neon
 #include "packed_neon.inc"
 
-void qrt_packed_register_neon(qrt_packed_entry table[QRT_TYPE_COUNT]) { K(register_packed)(table, QRT_VARIANT_NEON); }
+void qrt_packed_register_neon(qrt_packed_entry table[QRT_TYPE_COUNT]) {
+    K(register_packed)(table, QRT_VARIANT_NEON);
+    K(register_neon_tiles)(table, QRT_VARIANT_NEON);
+}
 #else
 typedef int qrt_packed_neon_empty; /* ISO C forbids an empty translation unit */
 #endif

@@ -9,6 +9,7 @@
 
 void qrt_packed_register_neon_dotprod(qrt_packed_entry table[QRT_TYPE_COUNT], int variant) {
     K(register_packed)(table, variant);
+    K(register_neon_tiles)(table, variant);
 }
 #else
 typedef int qrt_packed_neon_dotprod_empty; /* ISO C forbids an empty translation unit */
