@@ -28,5 +28,13 @@ int qrt_kernel_attn_values_group(const char *variant, float *out, float *w, size
                                  const void *v, int n_pos, int stride, int hd, int f16, int vecdot);
 /* gate = gelu(gate) * up (gelu's tanh form through ggml's f16 table) through a variant ("scalar" or "avx512"). */
 int qrt_kernel_geglu(const char *variant, float *gate, const float *up, int n);
-/* In-place softmax of n attention scores through a variant ("scalar" or "avx512"); -1 if it does not run here. */
+/* In-place softmax of n attention scores through a variant ("scalar", "avx512" or "neon"); -1 if it does not run
+ * here. */
 int qrt_kernel_attn_softmax(const char *variant, float *x, int n);
+/* y = e^x over n floats (a multiple of 16) through a variant's 16-lane exp ("scalar", "avx512" or "neon": every
+ * variant returns the scalar one's bits); -1 if the variant does not run here or n is not a multiple of 16. */
+int qrt_kernel_expf16(const char *variant, float *y, const float *x, int n);
+/* n floats converted to an activation type (GGUF type id: q8_0, q8_1 or q8_K) by a variant's own conversion
+ * ("scalar": the reference; else byte-identical to it); -1 if the variant has none here or n is not a whole number
+ * of blocks. y holds the converted row's bytes. */
+int qrt_kernel_act_convert(const char *variant, int act_type, const float *x, void *y, int64_t n);

@@ -106,6 +106,12 @@ qrt_vec_dot_fn qrt_kernel_variant(int type, int variant) {
     return supported[variant] ? table[type].vec_dot[variant] : NULL;
 }
 
+qrt_act_from_float_fn qrt_act_conv_variant(int act_type, int variant) {
+    init();
+    if (act_type < 0 || act_type >= QRT_TYPE_COUNT || variant < 0 || variant >= QRT_VARIANT_COUNT) return NULL;
+    return supported[variant] ? table[act_type].act_conv[variant] : NULL;
+}
+
 /* ---- the one selection point (select.h) ---- */
 
 static int pick_from(int start, unsigned available) {
@@ -204,13 +210,15 @@ void qrt_select_pass(qrt_pass_kernels *out) {
         .geglu = avx512 ? qrt_geglu_avx512 : qrt_geglu_scalar,
     };
 #if defined(__aarch64__) || defined(__arm__)
-    /* the attention products on ARM: the baseline NEON ones under every NEON variant */
+    /* the attention products, softmax and exp on ARM: the baseline NEON ones under every NEON variant */
     const unsigned neon_variants = QRT_VARIANT_BIT(QRT_VARIANT_NEON) | QRT_VARIANT_BIT(QRT_VARIANT_NEON_DOTPROD) |
                                    QRT_VARIANT_BIT(QRT_VARIANT_NEON_I8MM);
     const int attn = qrt_pick_variant(QRT_VARIANT_BIT(QRT_VARIANT_SCALAR) | neon_variants);
     if (attn > 0 && (QRT_VARIANT_BIT(attn) & neon_variants)) {
         out->attn_scores = qrt_attn_scores_neon;
         out->attn_values = qrt_attn_values_neon;
+        out->attn_softmax = qrt_attn_softmax_neon;
+        out->expf16 = qrt_expf16_neon;
     }
 #endif
 }

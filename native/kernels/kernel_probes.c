@@ -111,7 +111,39 @@ int qrt_kernel_geglu(const char *variant, float *gate, const float *up, int n) {
 
 int qrt_kernel_attn_softmax(const char *variant, float *x, int n) {
     const int v = attn_variant(variant);
-    if (!v || v == 3 || n <= 0) return -1;
+    if (!v || n <= 0) return -1;
+#if defined(__aarch64__) || defined(__arm__)
+    if (v == 3) {
+        qrt_attn_softmax_neon(x, n);
+        return 0;
+    }
+#endif
     (v == 2 ? qrt_attn_softmax_avx512 : qrt_attn_softmax_scalar)(x, n);
+    return 0;
+}
+
+int qrt_kernel_expf16(const char *variant, float *y, const float *x, int n) {
+    const int v = attn_variant(variant);
+    if (!v || n < 0 || n % 16) return -1;
+    qrt_expf16_fn exp16 = v == 2 ? qrt_expf16_avx512 : qrt_expf16_scalar;
+#if defined(__aarch64__) || defined(__arm__)
+    if (v == 3) exp16 = qrt_expf16_neon;
+#endif
+    for (int i = 0; i < n; i += 16) exp16(y + i, x + i);
+    return 0;
+}
+
+int qrt_kernel_act_convert(const char *variant, int act_type, const float *x, void *y, int64_t n) {
+    if (act_type != QRT_TYPE_Q8_0 && act_type != QRT_TYPE_Q8_1 && act_type != QRT_TYPE_Q8_K) return -1;
+    if (n <= 0 || qrt_row_bytes(act_type, n) == 0) return -1;
+    if (variant && strcmp(variant, "scalar") == 0) {
+        qrt_act_from_float(act_type, x, y, n);
+        return 0;
+    }
+    qrt_act_from_float_fn conv = NULL;
+    for (int v = 1; v < QRT_VARIANT_COUNT && variant; v++)
+        if (strcmp(variant, qrt_variant_name(v)) == 0) conv = qrt_act_conv_variant(act_type, v);
+    if (!conv) return -1;
+    conv(x, y, n);
     return 0;
 }

@@ -72,10 +72,12 @@ void qrt_float_tiles_register_avx2(qrt_kernel_entry table[QRT_TYPE_COUNT]);
 void qrt_act_from_float(int act_type, const float *x, void *y, int64_t n);
 
 /* exp of 16 floats, bit-identical to ggml's AVX-512 ggml_v_expf (which llama.cpp's silu and softmax use on this
- * class of CPU): matching it keeps the q8 activation rounding of both runtimes in step. */
+ * class of CPU): matching it keeps the q8 activation rounding of both runtimes in step. The NEON one returns the
+ * scalar reference's bits for every input (ARM builds only). */
 typedef void (*qrt_expf16_fn)(float *y, const float *x);
 void qrt_expf16_scalar(float *y, const float *x);
 void qrt_expf16_avx512(float *y, const float *x);
+void qrt_expf16_neon(float *y, const float *x);
 
 /* gate = gelu(gate) * up over n values, gelu's tanh form as ggml's CPU op computes it (GGML_GELU_FP16): the input
  * rounded to f16 and looked up in a table of f16 results, exact outside (-10, 10); 0 at or below -10. */
@@ -126,6 +128,7 @@ void qrt_attn_values_group_avx512(float *out, float *att, size_t att_stride, int
 typedef void (*qrt_attn_softmax_fn)(float *x, int n);
 void qrt_attn_softmax_scalar(float *x, int n);
 void qrt_attn_softmax_avx512(float *x, int n);
+void qrt_attn_softmax_neon(float *x, int n);
 
 /* ---- dispatch (dispatch.c; the choosing itself is select.h) ---- */
 
@@ -138,6 +141,8 @@ const char *qrt_variant_name(int variant);
 int qrt_variant_supported(int variant);
 /* One variant's kernel for a type, or NULL. */
 qrt_vec_dot_fn qrt_kernel_variant(int type, int variant);
+/* One variant's own conversion to an activation type, or NULL (the scalar slot is qrt_act_from_float). */
+qrt_act_from_float_fn qrt_act_conv_variant(int act_type, int variant);
 
 /* ---- shared pieces of the integer kernels ---- */
 

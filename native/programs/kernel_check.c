@@ -8,7 +8,8 @@
  * tensors. Integer kernels and the NEON/AVX-512 f32/f16 kernels must equal the reference exactly; the AVX2 float
  * kernels and bf16 within 1e-5 of the sum of |products|. Prints one line per type and variant
  * ("q4_K neon-dotprod: 96 rows, 0 mismatches") and exits 1 on any mismatch. Then the same for the packed
- * kernels ("packed q4_K neon-dotprod: 3 matmuls of 32 rows, 0 mismatches (exact)").
+ * kernels ("packed q4_K neon-dotprod: 3 matmuls of 32 rows, 0 mismatches (exact)"), the attention products, the exp
+ * of 16 floats and the softmax on it, and the q8 activation conversions ("act q8_K neon: 36 rows, 0 mismatches").
  */
 #include <math.h>
 #include <stdio.h>
@@ -148,8 +149,10 @@ static long check_attention(long *checked) {
     static float q[HD_MAX], kv[POS_MAX * HD_MAX], w[POS_MAX], ref[HD_MAX + POS_MAX], got[HD_MAX + POS_MAX];
     static qrt_half kv16[POS_MAX * HD_MAX];
     static const char *const variants[] = {"avx512", "neon"};
-    const int hds[] = {64, 80, 128, 256}, positions[] = {1, 7, 64, 130};
+    const int hds[] = {64, 80, 128, 256}, positions[] = {1, 7, 40, 64, 130};
     for (int i = 0; i < HD_MAX; i++) q[i] = normal();
+    /* queries at the ends of f16's range, which an f16 cache rounds them to: 65504, subnormal halves, 0 (a tie) */
+    q[3] = 65519.0f, q[9] = 1e-6f, q[17] = 3e-8f, q[33] = -0x1p-25f, q[70] = 0x1.8p-24f;
     for (int i = 0; i < POS_MAX * HD_MAX; i++) kv16[i] = qrt_fp32_to_fp16(kv[i] = normal());
     for (int t = 0; t < POS_MAX; t++) w[t] = uniform() / 16.0f;
     long failures = 0;
@@ -179,6 +182,103 @@ static long check_attention(long *checked) {
         failures += bad;
         (*checked)++;
     }
+    return failures;
+}
+
+/* The exps of the variants that have their own (avx512, neon) against the scalar reference, bit for bit: a sweep of
+ * -110..100 (ggml's range is about -104..89: denormal results below -87.3, overflow above 88.7), random bit
+ * patterns (NaN, inf, denormal and huge inputs, mostly among ordinary lanes), and listed edge values; then the
+ * softmax built on them at lengths around its blocks of 16. */
+static long check_expf(long *checked) {
+    enum { SWEEP = 1 << 16, RANDOM = 1 << 16, COUNT = 2 * SWEEP + RANDOM };
+    static float x[COUNT], ref[COUNT], got[COUNT];
+    static const float edges[] = {0.0f, -0.0f, 0x1p-149f, -0x1p-149f, 0x1p-127f, 0x1p-126f, 1e-30f, -1e-20f,
+                                  0x1.fffffep127f, -0x1.fffffep127f, INFINITY, -INFINITY, NAN, -NAN,
+                                  88.0f, 88.37f, 88.72f, 88.7228394f, 89.0f, -87.33f, -87.3365479f, -100.0f,
+                                  -103.97f, -104.0f, -133.0f, 133.0f, -133.2f, 133.2f, 0.5f, -0.5f, 1.0f, -1.0f};
+    static const char *const variants[] = {"avx512", "neon"};
+    for (int i = 0; i < SWEEP; i++) x[i] = -110.0f + 210.0f * (float)i / SWEEP;
+    static const float edge_from[4] = {-105.0f, 87.0f, 131.0f, -135.0f}, edge_width[4] = {19.0f, 3.0f, 4.0f, 4.0f};
+    for (int i = 0; i < SWEEP; i++) /* the ends of the range, and |n| near 192, denser */
+        x[SWEEP + i] = edge_from[i % 4] + edge_width[i % 4] * uniform();
+    for (int i = 0; i < RANDOM; i++) {
+        const uint32_t bits = (uint32_t)next_u64();
+        memcpy(&x[2 * SWEEP + i], &bits, sizeof bits);
+    }
+    /* the edge values among ordinary lanes, in several vectors and lanes */
+    for (size_t e = 0; e < sizeof edges / sizeof edges[0]; e++)
+        for (int k = 0; k < 4; k++) x[(size_t)(next_u64() % SWEEP)] = edges[e];
+    long failures = 0;
+    for (size_t vi = 0; vi < sizeof variants / sizeof variants[0]; vi++) {
+        const char *v = variants[vi];
+        if (qrt_kernel_expf16(v, got, x, 16) != 0) continue;
+        qrt_kernel_expf16("scalar", ref, x, COUNT);
+        qrt_kernel_expf16(v, got, x, COUNT);
+        long bad = 0;
+        for (int i = 0; i < COUNT; i++)
+            if (memcmp(&ref[i], &got[i], sizeof ref[i]) != 0) {
+                if (bad < 3) fprintf(stderr, "  expf16 %s: e^%.9g = %.9g != %.9g\n", v, x[i], got[i], ref[i]);
+                bad++;
+            }
+        printf("expf16 %s: %d values, %ld mismatches (exact)\n", v, COUNT, bad);
+        long soft_bad = 0, lengths = 0;
+        for (int n = 1; n <= 140; n += n < 40 ? 1 : 33, lengths++) {
+            for (int i = 0; i < n; i++) ref[i] = got[i] = 8.0f * normal();
+            qrt_kernel_attn_softmax("scalar", ref, n);
+            qrt_kernel_attn_softmax(v, got, n);
+            soft_bad += memcmp(ref, got, sizeof(float) * (size_t)n) != 0;
+        }
+        printf("softmax %s: %ld lengths, %ld mismatches (exact)\n", v, lengths, soft_bad);
+        failures += bad + soft_bad;
+        (*checked)++;
+    }
+    return failures;
+}
+
+/* The activation conversions of the variants that have their own (q8_0, q8_1, q8_K) against qrt_act_from_float,
+ * byte for byte: the random rows, rows of halves (ties of the rounding: amax 127, so scale 1), rows whose largest
+ * magnitude appears with both signs, and blocks of zeros, of tiny values (denormals among them) and of a single
+ * nonzero value. Not blocks of denormals alone: their inverse scale overflows to inf, and the x86 conversions pack
+ * the resulting NaN/inf quants as ggml's do, not as the reference's lrintf. */
+static long check_act(float acts[ROWS][N], long *checked) {
+    static const int types[] = {QRT_TYPE_Q8_0, QRT_TYPE_Q8_1, QRT_TYPE_Q8_K};
+    static float edge[4][N];
+    static uint8_t ref[N * 2], got[N * 2];
+    for (int i = 0; i < N; i++) {
+        edge[0][i] = i % 32 == 5 ? 127.0f : (float)((int)(next_u64() % 255) - 127) + 0.5f;
+        edge[1][i] = acts[0][i];
+        edge[2][i] = i < 256 ? 0.0f : i < 512 ? ldexpf(normal(), -130 + (int)(next_u64() % 40))
+                                    : i < 544 ? ldexpf(normal(), -112) : 0.0f;
+        edge[3][i] = acts[1][i];
+    }
+    for (int b = 0; b < N; b += 256) { /* both signs of the largest magnitude, the negative one first or second */
+        edge[1][b + 17] = b % 512 ? 50.0f : -50.0f;
+        edge[1][b + 200] = b % 512 ? -50.0f : 50.0f;
+    }
+    edge[2][700] = 3.0f;
+    long failures = 0;
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++)
+        for (int v = 1; v < QRT_VARIANT_COUNT; v++) {
+            const int type = types[ti];
+            const char *name = qrt_variant_name(v);
+            if (qrt_kernel_act_convert(name, type, acts[0], got, N) != 0) continue;
+            const size_t bytes = qrt_row_bytes(type, N);
+            long rows = 0, bad = 0;
+            for (int r = 0; r < ROWS + 4; r++, rows++) {
+                const float *x = r < ROWS ? acts[r] : edge[r - ROWS];
+                memset(ref, 0, bytes);
+                memset(got, 0xAA, bytes);
+                qrt_kernel_act_convert("scalar", type, x, ref, N);
+                qrt_kernel_act_convert(name, type, x, got, N);
+                if (memcmp(ref, got, bytes) != 0) {
+                    if (bad < 3) fprintf(stderr, "  act %s %s: row %d differs\n", gguf_type_name(type), name, r);
+                    bad++;
+                }
+            }
+            printf("act %s %s: %ld rows, %ld mismatches (exact)\n", gguf_type_name(type), name, rows, bad);
+            failures += bad;
+            (*checked)++;
+        }
     return failures;
 }
 
@@ -231,6 +331,9 @@ int main(int argc, char **argv) {
     for (int r = 0; r < ROWS; r++) random_floats(vals[r], r);
     failures += check_packed(acts, vals, &checked);
     failures += check_attention(&checked);
+    failures += check_expf(&checked);
+    for (int r = 0; r < ROWS; r++) random_floats(acts[r], r + 1);
+    failures += check_act(acts, &checked);
     printf("kernel-check: %ld type/variant pairs, %ld mismatches\n", checked, failures);
     if (model) gguf_close(model);
     return failures ? 1 : 0;

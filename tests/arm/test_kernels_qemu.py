@@ -1,5 +1,6 @@
 """Under qemu, every NEON kernel (baseline, SDOT, SMMLA) equals the scalar reference on random blocks, quantized
-blocks and rows of the package's real GGUF, and so does every NEON packed (x16) kernel (native/programs/kernel_check.c); a CPU
+blocks and rows of the package's real GGUF, and so does every NEON packed (x16) kernel, and the attention, exp, softmax
+and activation-conversion kernels (native/programs/kernel_check.c); a CPU
 without the extensions falls back. The 32-bit build the same: NEON kernels on a core with NEON and VFPv4, the scalar
 reference on one without (qemu-arm's cortex-a9: NEON without VFPv4's fused multiply-add; cortex-r5f: VFP only)."""
 
@@ -17,6 +18,17 @@ LINE = re.compile(r"^(\S+) (\S+): (\d+) rows \((\d+) from the model\), (\d+) mis
 PACKED = re.compile(r"^packed (\S+) (\S+): (\d+) matmuls of \d+ rows, (\d+) mismatches", re.M)
 ATTENTION = re.compile(r"^attention neon: (\d+) calls, 0 mismatches", re.M)
 PACKED_TYPES = ["q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q4_K", "q6_K"]
+# the exp of SwiGLU and softmax, the softmax on it, and the q8 activation conversions of the NEON variant
+ELEMENTWISE = [
+    re.compile(r"^expf16 neon: \d+ values, 0 mismatches", re.M),
+    re.compile(r"^softmax neon: \d+ lengths, 0 mismatches", re.M),
+    *(re.compile(rf"^act {t} neon: \d+ rows, 0 mismatches", re.M) for t in ("q8_0", "q8_1", "q8_K")),
+]
+
+
+def assert_elementwise_checked(stdout: str) -> None:
+    for line in ELEMENTWISE:
+        assert line.search(stdout), f"not checked, or mismatched: {line.pattern}"
 
 
 def packed_results(stdout: str) -> dict[tuple[str, str], tuple[int, int]]:
@@ -52,11 +64,13 @@ def test_every_neon_kernel_equals_scalar(aarch64_build, smollm2_package_gguf):
 )
 def test_packed_kernels_equal_scalar(aarch64_build, cpu, variants):
     """The x16 packed kernels (what qrun multiplies q4_0/q4_1/q5_0/q5_1/q8_0/q4_K/q6_K matrices with) on every variant the
-    CPU has, bit for bit against the scalar reference, for 1, 3 and 9 tokens; and the NEON attention products."""
+    CPU has, bit for bit against the scalar reference, for 1, 3 and 9 tokens; and the NEON attention products, exp,
+    softmax and q8 activation conversions."""
     stdout = kernel_check_output(aarch64_build, cpu)
     results = packed_results(stdout)
     assert {v for _, v in results} == variants
     assert ATTENTION.search(stdout), "the NEON attention products were not checked"
+    assert_elementwise_checked(stdout)
     for t in PACKED_TYPES:
         for v in variants:
             runs, bad = results[(t, v)]
@@ -76,7 +90,9 @@ def test_hwcap_mask_hides_dotprod(aarch64_build):
 
 def test_armv7_neon_kernels_equal_scalar(armv7_build, smollm2_package_gguf):
     """32-bit NEON (Cortex-A15: NEON + VFPv4, as the Cortex-A7/A53/A72 of 32-bit Raspberry Pi OS): every dot kernel but
-    bf16's (ARMv7 NEON has no doubles) and every packed kernel, bit for bit against the scalar reference."""
+    bf16's (ARMv7 NEON has no doubles), every packed kernel, the attention products, exp, softmax and activation
+    conversions, bit for bit against the scalar reference (ARMv7 NEON flushes denormals: the exp's edge inputs and
+    the conversions' tiny blocks check that it changes nothing)."""
     stdout = kernel_check_output(armv7_build, "cortex-a15", smollm2_package_gguf, qemu="qemu-arm")
     results = {(m[1].upper(), m[2]): (int(m[3]), int(m[4]), int(m[5])) for m in LINE.finditer(stdout)}
     assert {v for _, v in results} == {"neon"}
@@ -88,6 +104,7 @@ def test_armv7_neon_kernels_equal_scalar(armv7_build, smollm2_package_gguf):
     for t in PACKED_TYPES:
         assert packed[(t, "neon")] == (3, 0), t
     assert ATTENTION.search(stdout), "the NEON attention products were not checked"
+    assert_elementwise_checked(stdout)
 
 
 @pytest.mark.parametrize(
