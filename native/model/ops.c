@@ -9,11 +9,18 @@
 #include "kernels.h"
 
 void op_rmsnorm(float *out, const float *x, const float *weight, int n, float eps) {
+    /* the squares four at a time (which compilers put in one vector), added to the double sum one by one in order */
     double sum = 0.0;
-    for (int i = 0; i < n; i++) sum += (double)(x[i] * x[i]);
+    int i = 0;
+    for (; i + 4 <= n; i += 4) {
+        double square[4];
+        for (int k = 0; k < 4; k++) square[k] = (double)(x[i + k] * x[i + k]);
+        for (int k = 0; k < 4; k++) sum += square[k];
+    }
+    for (; i < n; i++) sum += (double)(x[i] * x[i]);
     const float mean = (float)(sum / n);
     const float scale = 1.0f / sqrtf(mean + eps);
-    for (int i = 0; i < n; i++) out[i] = (x[i] * scale) * weight[i];
+    for (i = 0; i < n; i++) out[i] = (x[i] * scale) * weight[i];
 }
 
 void op_rope_angles(float *cos_out, float *sin_out, int pos, int n_rot, const RopeParams *rope,
@@ -66,14 +73,20 @@ void op_add(float *x, const float *y, int n) {
     for (int i = 0; i < n; i++) x[i] += y[i];
 }
 
-/* silu through ggml's vector expf in blocks of 16 (libm expf for a tail), as ggml_vec_swiglu_f32 */
-void op_swiglu(float *gate, const float *up, int n, qrt_expf16_fn exp16) {
+/* silu through ggml's vector expf in blocks of 16 (libm expf for a tail), as ggml_vec_swiglu_f32. The exps of up to
+ * 256 values are taken first, so that the division and product run as one loop the compiler vectorizes (gate and up
+ * do not overlap), one rounding per value as before. */
+void op_swiglu(float *restrict gate, const float *restrict up, int n, qrt_expf16_fn exp16) {
     int i = 0;
-    for (; i + 16 <= n; i += 16) {
-        float neg[16], e[16];
-        for (int k = 0; k < 16; k++) neg[k] = -gate[i + k];
-        exp16(e, neg);
-        for (int k = 0; k < 16; k++) gate[i + k] = (gate[i + k] / (1.0f + e[k])) * up[i + k];
+    while (n - i >= 16) {
+        float neg[16], e[256];
+        const int len = n - i >= 256 ? 256 : (n - i) & ~15;
+        for (int b = 0; b < len; b += 16) {
+            for (int k = 0; k < 16; k++) neg[k] = -gate[i + b + k];
+            exp16(e + b, neg);
+        }
+        for (int k = 0; k < len; k++) gate[i + k] = (gate[i + k] / (1.0f + e[k])) * up[i + k];
+        i += len;
     }
     for (; i < n; i++) {
         const float g = gate[i];

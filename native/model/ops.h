@@ -37,9 +37,9 @@ void op_rope_yarn_corr_dims(int n_rot, int n_ctx_orig, float theta, float beta_f
 void op_rope(float *x, int n_heads, int head_dim, int n_rot, const float *cos_t, const float *sin_t, int neox);
 /* x += y */
 void op_add(float *x, const float *y, int n);
-/* gate = silu(gate) * up; exp16 is the variant chosen at open (select.h), an argument so that the scalar
- * reference never reaches the dispatcher */
-void op_swiglu(float *gate, const float *up, int n, qrt_expf16_fn exp16);
+/* gate = silu(gate) * up (arrays that do not overlap); exp16 is the variant chosen at open (select.h), an argument
+ * so that the scalar reference never reaches the dispatcher */
+void op_swiglu(float *restrict gate, const float *restrict up, int n, qrt_expf16_fn exp16);
 /* dot product in the summation order of ggml's AVX-512 ggml_vec_dot_f32 (4 x 16 lanes, tree reduce) */
 float op_dot_f32_ggml(const float *x, const float *y, int n);
 /* out[i] = sum_t w[t] * v[t * stride + i] for i < n, t < n_pos, in tinyBLAS's order (16 lanes over t, fused) */
