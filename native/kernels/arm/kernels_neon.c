@@ -133,22 +133,19 @@ static inline float reduce16_regs(float32x4_t v0, float32x4_t v1, float32x4_t v2
     return vget_lane_f32(c, 0) + vget_lane_f32(c, 1);
 }
 
-void qrt_attn_scores_neon(float *att, const float *q, const void *k, int n_pos, int stride, int hd, int f16,
-                          int vecdot, float scale) {
-    if (hd % 16 || hd > QRT_NEON_ATTN_HD_MAX) {
-        qrt_attn_scores_scalar(att, q, k, n_pos, stride, hd, f16, vecdot, scale);
-        return;
-    }
-    float qr[QRT_NEON_ATTN_HD_MAX];
-    round_row_f16(qr, q, hd, f16);
+/* att[t] for every position, in 16 registers of 4 lanes (the single-token order's 64) or 4 (the prompt's 16); each
+ * call site fixes f16 and vecdot, so the loops hold no branch and the accumulators stay in registers */
+static inline __attribute__((always_inline)) void scores_rows(float *att, const float *qr, const void *k, int n_pos,
+                                                              int stride, int hd, int f16, int vecdot, float scale) {
     const int np = vecdot ? hd & ~63 : hd, regs = vecdot ? 16 : 4;
     for (int t = 0; t < n_pos; t++) {
         const size_t row = (size_t)t * (size_t)stride;
+        const void *key = f16 ? (const void *)((const qrt_half *)k + row) : (const void *)((const float *)k + row);
         float32x4_t acc[16];
         for (int r = 0; r < regs; r++) acc[r] = vdupq_n_f32(0);
         for (int i = 0; i < np; i += 4 * regs)
             for (int r = 0; r < regs; r++)
-                acc[r] = vfmaq_f32(acc[r], load4_kv(k, row + (size_t)(i + 4 * r), f16), vld1q_f32(qr + i + 4 * r));
+                acc[r] = vfmaq_f32(acc[r], load4_kv(key, (size_t)(i + 4 * r), f16), vld1q_f32(qr + i + 4 * r));
         float sum;
         if (vecdot) {
             /* the 64 lanes folded as the reference folds them: l += l + 32, l + 16 += l + 48, l += l + 16 */
@@ -159,8 +156,7 @@ void qrt_attn_scores_neon(float *att, const float *q, const void *k, int n_pos, 
             }
             sum = reduce16_regs(acc[0], acc[1], acc[2], acc[3]);
             for (int i = np; i < hd; i++) {
-                const float kv = f16 ? qrt_fp16_to_fp32(((const qrt_half *)k)[row + (size_t)i])
-                                     : ((const float *)k)[row + (size_t)i];
+                const float kv = f16 ? qrt_fp16_to_fp32(((const qrt_half *)key)[i]) : ((const float *)key)[i];
                 sum = fmaf(kv, qr[i], sum);
             }
         } else {
@@ -170,12 +166,49 @@ void qrt_attn_scores_neon(float *att, const float *q, const void *k, int n_pos, 
     }
 }
 
+void qrt_attn_scores_neon(float *att, const float *q, const void *k, int n_pos, int stride, int hd, int f16,
+                          int vecdot, float scale) {
+    if (hd % 16 || hd > QRT_NEON_ATTN_HD_MAX) {
+        qrt_attn_scores_scalar(att, q, k, n_pos, stride, hd, f16, vecdot, scale);
+        return;
+    }
+    float qr[QRT_NEON_ATTN_HD_MAX];
+    round_row_f16(qr, q, hd, f16);
+    if (vecdot && f16)
+        scores_rows(att, qr, k, n_pos, stride, hd, 1, 1, scale);
+    else if (vecdot)
+        scores_rows(att, qr, k, n_pos, stride, hd, 0, 1, scale);
+    else if (f16)
+        scores_rows(att, qr, k, n_pos, stride, hd, 1, 0, scale);
+    else
+        scores_rows(att, qr, k, n_pos, stride, hd, 0, 0, scale);
+}
+
 /* reduce16_tree with each lane a register of 4 outputs */
 static float32x4_t reduce16_tree_x4(const float32x4_t *v) {
     float32x4_t a[8], b[4];
     for (int i = 0; i < 8; i++) a[i] = vaddq_f32(v[i + 8], v[i]);
     for (int i = 0; i < 4; i++) b[i] = vaddq_f32(a[i + 4], a[i]);
     return vaddq_f32(vaddq_f32(b[0], b[2]), vaddq_f32(b[1], b[3]));
+}
+
+/* scratch row t % slots += att[t] * v row t, over hd values; each call site fixes f16 */
+static inline __attribute__((always_inline)) void values_lanes(float *scratch, const float *att, const void *v,
+                                                               int n_pos, int stride, int hd, int f16, int slots) {
+    float weights[4];
+    for (int t = 0; t < n_pos; t++) {
+        if (t % 4 == 0) round_row_f16(weights, att + t, n_pos - t < 4 ? n_pos - t : 4, f16);
+        const float32x4_t a = vdupq_n_f32(weights[t % 4]);
+        float *lane = scratch + (size_t)(t % slots) * (size_t)hd;
+        const size_t row = (size_t)t * (size_t)stride;
+        const void *val = f16 ? (const void *)((const qrt_half *)v + row) : (const void *)((const float *)v + row);
+        if (t < slots) /* the slot's first position: 0 + product, as the reference's fused multiply-add on +0 */
+            for (int i = 0; i < hd; i += 4)
+                vst1q_f32(lane + i, vfmaq_f32(vdupq_n_f32(0), load4_kv(val, (size_t)i, f16), a));
+        else
+            for (int i = 0; i < hd; i += 4)
+                vst1q_f32(lane + i, vfmaq_f32(vld1q_f32(lane + i), load4_kv(val, (size_t)i, f16), a));
+    }
 }
 
 /* Position t feeds lane t % slots of every output, as in the reference; the lanes of all hd outputs sit in scratch
@@ -189,19 +222,10 @@ void qrt_attn_values_neon(float *out, const float *att, const void *v, int n_pos
         return;
     }
     const int slots = vecdot ? 64 : 16, used = n_pos < slots ? n_pos : slots;
-    float weights[4];
-    for (int t = 0; t < n_pos; t++) {
-        if (t % 4 == 0) round_row_f16(weights, att + t, n_pos - t < 4 ? n_pos - t : 4, f16);
-        const float32x4_t a = vdupq_n_f32(weights[t % 4]);
-        float *lane = scratch + (size_t)(t % slots) * (size_t)hd;
-        const size_t row = (size_t)t * (size_t)stride;
-        if (t < slots) /* the slot's first position: 0 + product, as the reference's fused multiply-add on +0 */
-            for (int i = 0; i < hd; i += 4)
-                vst1q_f32(lane + i, vfmaq_f32(vdupq_n_f32(0), load4_kv(v, row + (size_t)i, f16), a));
-        else
-            for (int i = 0; i < hd; i += 4)
-                vst1q_f32(lane + i, vfmaq_f32(vld1q_f32(lane + i), load4_kv(v, row + (size_t)i, f16), a));
-    }
+    if (f16)
+        values_lanes(scratch, att, v, n_pos, stride, hd, 1, slots);
+    else
+        values_lanes(scratch, att, v, n_pos, stride, hd, 0, slots);
     /* the fold reads slots 0..15, and 16..63 of the single-token order once a position reached them */
     const int read = vecdot && used > 16 ? 64 : 16;
     if (used < read) memset(scratch + (size_t)used * (size_t)hd, 0, sizeof(float) * (size_t)(read - used) * (size_t)hd);
