@@ -20,7 +20,7 @@
 #include "kernels.h"
 #include "qrt.h"
 
-enum { N = 1024, ROWS = 32 };
+enum { N = 2560, ROWS = 32 }; /* 80 blocks of 32: past the 64-block chunks of the NEON prompt tiles */
 
 static const int TYPES[] = {QRT_TYPE_F32,  QRT_TYPE_F16,  QRT_TYPE_BF16, QRT_TYPE_Q4_0, QRT_TYPE_Q4_1,
                             QRT_TYPE_Q5_0, QRT_TYPE_Q5_1, QRT_TYPE_Q8_0, QRT_TYPE_Q2_K, QRT_TYPE_Q3_K,
