@@ -101,6 +101,8 @@ void qrt_model_timings(const qrt_model *m, double *prompt_s, int *prompt_tokens,
 /* Of that time, the seconds spent in thread-pool runs (every thread working); the rest ran on the calling thread
  * alone (the serial share of an eval is 1 - pool / (prompt_s + gen_s)). */
 double qrt_model_pool_seconds(const qrt_model *m);
+/* The tasks those pool runs handed out (how finely the work was split across the threads). */
+int64_t qrt_model_pool_tasks(const qrt_model *m);
 void qrt_model_reset_timings(qrt_model *m);
 
 /* ---- kernels ---- */

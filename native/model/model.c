@@ -819,6 +819,7 @@ void model_pool_run(qrt_model *m, qrt_task_fn fn, void *ctx, int n_tasks) {
     const double t0 = model_now_s();
     qrt_threadpool_run(m->pool, fn, ctx, n_tasks);
     m->pool_s += model_now_s() - t0;
+    m->pool_tasks += n_tasks;
 }
 
 /* ---- matmul over the thread pool ---- */
@@ -831,6 +832,9 @@ typedef struct matmul_job {
     int64_t out_stride;
     int n_tok;
     int64_t rows_per_task;
+    /* a prompt whose rows alone give too few tasks also splits its tokens (matmul_split_tokens): task t runs row
+     * chunk t / n_tok_blocks for the tok_per_task tokens of block t % n_tok_blocks (the last one may be short) */
+    int n_tok_blocks, tok_per_task;
     qrt_vec_dot_fn dot;
     qrt_tile_fn tile; /* optional: tile_nr rows x tile_nt tokens per call, results equal to dot's */
     int tile_nr, tile_nt;
@@ -900,10 +904,29 @@ static void matmul_rows(const matmul_job *j, int64_t r0, int64_t r1, int thread)
     }
 }
 
+/* The job's tokens t0..t0 + n_tok - 1 as a job of their own: the same kernels, and the packed kernels told where
+ * these tokens sit in llama.cpp's batch (q4_K and q6_K take their order from it). */
+static matmul_job matmul_token_block(const matmul_job *j, int t0, int n_tok) {
+    matmul_job block = *j;
+    block.n_tok = n_tok;
+    block.act += (size_t)t0 * j->act_row_bytes;
+    block.out += (size_t)t0 * (size_t)j->out_stride;
+    if (j->sums) block.sums += (size_t)t0 * j->sums_stride;
+    block.batch.first += t0;
+    return block;
+}
+
 static void matmul_task(void *ctx, int task, int thread) {
     const matmul_job *j = ctx;
-    const int64_t r0 = task * j->rows_per_task;
+    const int64_t r0 = task / j->n_tok_blocks * j->rows_per_task;
     const int64_t r1 = r0 + j->rows_per_task < j->w->rows ? r0 + j->rows_per_task : j->w->rows;
+    if (j->n_tok_blocks > 1) {
+        const int t0 = task % j->n_tok_blocks * j->tok_per_task;
+        const matmul_job block =
+            matmul_token_block(j, t0, t0 + j->tok_per_task < j->n_tok ? j->tok_per_task : j->n_tok - t0);
+        matmul_rows(&block, r0, r1, thread);
+        return;
+    }
     /* the packed kernels give each token the products and order of a one-token call, whatever the number of
      * tokens (their token tiles only share the weights' decoding): one call for all */
     if (!j->per_token || j->packed) {
@@ -1031,9 +1054,16 @@ static int matmul_job_for(qrt_model *m, matmul_job *j, float *out, int64_t out_s
                           const uint8_t *act, const int32_t *sums, int n_tok) {
     const qrt_matmul_kernels *k = &w->kernels;
     const int batch = n_tok > 1 && !m->decode_rows; /* the prompt kernels, else each token runs the one-token ones */
-    *j = (matmul_job){w, act, m->state.act_row_bytes, out, out_stride, n_tok, 0,
-                      batch ? k->batch_dot : k->dot, NULL, 0, 0, NULL, NULL, 0, {0, 0}, NULL, NULL, 0,
-                      n_tok > 1 && !batch};
+    *j = (matmul_job){.w = w,
+                      .act = act,
+                      .act_row_bytes = m->state.act_row_bytes,
+                      .out = out,
+                      .out_stride = out_stride,
+                      .n_tok = n_tok,
+                      .n_tok_blocks = 1,
+                      .tok_per_task = n_tok,
+                      .dot = batch ? k->batch_dot : k->dot,
+                      .per_token = n_tok > 1 && !batch};
     if (w->packed) {
         j->packed = k->packed;
         j->sums = sums;
@@ -1057,6 +1087,35 @@ static int matmul_job_for(qrt_model *m, matmul_job *j, float *out, int64_t out_s
     return (int)((w->rows + per - 1) / per);
 }
 
+/* Token blocks: whole tiles of every prompt kernel (QRT_TILE_NT tokens for the tile kernels, up to 8 for the
+ * packed ones, whose tiles start at the first token of each call), and long enough that each block's reading of
+ * its rows' weights stays a small cost (SmolLM2-135M q4_K_M pp512 at 1 thread with every matmul split: 32-token
+ * blocks -4%, 16 -10%); 24 still splits a 62-token chunk (llama-bench's pp62, a prompt's tail) in two. */
+#define MATMUL_TOKEN_TILE 8
+#define MATMUL_TOKEN_BLOCK_MIN 24
+_Static_assert(MATMUL_TOKEN_TILE % QRT_TILE_NT == 0, "token blocks hold whole prompt tiles");
+_Static_assert(MATMUL_TOKEN_BLOCK_MIN % MATMUL_TOKEN_TILE == 0, "token blocks hold whole packed tiles");
+
+/* A prompt matmul whose rows give row_tasks tasks (its own, or those of the matmuls of its pool run), fewer than
+ * the 4 per thread that balance the threads (a small model's 576 rows are 36 groups of 16 for 16 threads; its k
+ * and v projections 4 to 12), splits its tokens into blocks as well, so that row chunks x token blocks reach
+ * them; returns the job's tasks. Every token's products and order are those of the whole job's call: the
+ * blocks start on tile boundaries (the tile kernels' last partial tile is the same tokens), and the packed
+ * kernels see each block's place in the batch. Single-token steps (per_token) keep their own order. */
+static int matmul_split_tokens(const qrt_model *m, matmul_job *j, int row_tasks) {
+    const int target = 4 * m->n_threads;
+    const int row_chunks = (int)((j->w->rows + j->rows_per_task - 1) / j->rows_per_task);
+    if (m->n_threads == 1 || j->per_token || row_tasks >= target || j->n_tok < 2 * MATMUL_TOKEN_BLOCK_MIN)
+        return row_chunks;
+    int n_blocks = (target + row_tasks - 1) / row_tasks;
+    if (n_blocks > j->n_tok / MATMUL_TOKEN_BLOCK_MIN) n_blocks = j->n_tok / MATMUL_TOKEN_BLOCK_MIN;
+    int per = (j->n_tok + n_blocks - 1) / n_blocks;
+    per = (per + MATMUL_TOKEN_TILE - 1) / MATMUL_TOKEN_TILE * MATMUL_TOKEN_TILE;
+    j->tok_per_task = per;
+    j->n_tok_blocks = (j->n_tok + per - 1) / per;
+    return row_chunks * j->n_tok_blocks;
+}
+
 /* The same for x's n_tok rows of floats, converted first (or taken from the cache). */
 static int matmul_setup(qrt_model *m, act_cache *cache, matmul_job *j, float *out, int64_t out_stride,
                         const Matrix *w, const float *x, int n_tok) {
@@ -1068,8 +1127,8 @@ static int matmul_setup(qrt_model *m, act_cache *cache, matmul_job *j, float *ou
 void model_matmul(qrt_model *m, act_cache *cache, float *out, int64_t out_stride, const Matrix *w, const float *x,
                    int n_tok) {
     matmul_job j;
-    const int n_tasks = matmul_setup(m, cache, &j, out, out_stride, w, x, n_tok);
-    model_pool_run(m, matmul_task, &j, n_tasks);
+    const int row_tasks = matmul_setup(m, cache, &j, out, out_stride, w, x, n_tok);
+    model_pool_run(m, matmul_task, &j, matmul_split_tokens(m, &j, row_tasks));
 }
 
 /* Up to 3 matmuls of the same input (q/k/v, gate/up) in one pool run: one synchronisation instead of several.
@@ -1095,9 +1154,10 @@ void model_matmul_many(qrt_model *m, act_cache *cache, int n, float *const outs[
         return;
     }
     matmul_group g;
+    int row_tasks = 0; /* the run's, so that its token blocks balance the threads over all of its matmuls */
+    for (int k = 0; k < n; k++) row_tasks += matmul_setup(m, cache, &g.jobs[k], outs[k], strides[k], ws[k], x, n_tok);
     g.first_task[0] = 0;
-    for (int k = 0; k < n; k++)
-        g.first_task[k + 1] = g.first_task[k] + matmul_setup(m, cache, &g.jobs[k], outs[k], strides[k], ws[k], x, n_tok);
+    for (int k = 0; k < n; k++) g.first_task[k + 1] = g.first_task[k] + matmul_split_tokens(m, &g.jobs[k], row_tasks);
     model_pool_run(m, matmul_group_task, &g, g.first_task[n]);
 }
 
@@ -1881,8 +1941,11 @@ void qrt_model_timings(const qrt_model *m, double *prompt_s, int *prompt_tokens,
 
 double qrt_model_pool_seconds(const qrt_model *m) { return m->pool_s; }
 
+int64_t qrt_model_pool_tasks(const qrt_model *m) { return m->pool_tasks; }
+
 void qrt_model_reset_timings(qrt_model *m) {
     m->prompt_s = m->gen_s = m->pool_s = 0.0;
+    m->pool_tasks = 0;
     m->prompt_tokens = m->gen_tokens = 0;
 }
 

@@ -196,6 +196,7 @@ struct qrt_model {
     double prompt_s, gen_s;
     int prompt_tokens, gen_tokens;
     double pool_s; /* of prompt_s + gen_s, the time spent inside pool runs; the rest is the calling thread alone */
+    int64_t pool_tasks; /* the tasks of those runs */
     qrt_imatrix *imatrix; /* when set, every weight matmul's input rows are added to it (calibration) */
     qrt_batch_pos batch;  /* the running forward chunk's place in llama.cpp's ubatch of this eval (packed.h) */
     qrt_pass_kernels pass; /* attention, softmax and exp variants, chosen once at open (select.h) */
