@@ -7,6 +7,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#if defined(__aarch64__)
+#include <arm_neon.h>
+#endif
+
 #include "qrt.h"
 #include "select.h"
 #include "size_math.h"
@@ -106,13 +110,24 @@ void qrt_packed_act_sums(int act_type, const void *act_row, int64_t n, int32_t *
         const block_q8_0 *y = act_row;
         for (int64_t i = 0; i < n / QK8_0; i++) {
             int32_t *block = sums + QRT_Q8_0_SUMS * i, total = 0;
+#if defined(__aarch64__) /* the 8 sums of 4 by two pairwise widening adds per 16 bytes */
+            const int32x4_t lo = vpaddlq_s16(vpaddlq_s8(vld1q_s8(y[i].qs)));
+            const int32x4_t hi = vpaddlq_s16(vpaddlq_s8(vld1q_s8(y[i].qs + 16)));
+            vst1q_s32(block, lo), vst1q_s32(block + 4, hi);
+            total = vaddvq_s32(vaddq_s32(lo, hi));
+#else
             for (int k = 0; k < 8; k++) {
                 const int8_t *q = y[i].qs + 4 * k;
                 block[k] = q[0] + q[1] + q[2] + q[3];
-                block[QRT_Q8_0_STARTS + k] = QRT_Q8_FLOAT_BIAS - 128 * block[k];
-                block[QRT_Q5_0_STARTS + k] = QRT_Q8_FLOAT_BIAS - 16 * block[k];
                 total += block[k];
             }
+#endif
+#if defined(__x86_64__) || defined(__i386__) /* packed_avx512.c's float-biased starts; no other variant reads them */
+            for (int k = 0; k < 8; k++) {
+                block[QRT_Q8_0_STARTS + k] = QRT_Q8_FLOAT_BIAS - 128 * block[k];
+                block[QRT_Q5_0_STARTS + k] = QRT_Q8_FLOAT_BIAS - 16 * block[k];
+            }
+#endif
             block[8] = total;
             block[QRT_Q4_0_START] = -8 * total;
             const float d = qrt_fp16_to_fp32(y[i].d);

@@ -131,8 +131,8 @@ _Static_assert(sizeof(block_q6_Kx16) == QRT_PACK_ROWS * sizeof(block_q6_K), "blo
 
 /* Activation sums the packed kernels need besides the activation blocks, per activation row:
  *   q8_0 rows: per block QRT_Q8_0_SUMS int32: the sums of quants 4k..4k+3 (k < 8: the +128 offset of q8_0 and
- *              the -16 of q5_0 per lane), then the sum of all 32 (q4_0's -8 offset), then the eight lanes' q8_0
- *              starts QRT_Q8_FLOAT_BIAS - 128 * sum and their q5_0 starts QRT_Q8_FLOAT_BIAS - 16 * sum
+ *              the -16 of q5_0 per lane), then the sum of all 32 (q4_0's -8 offset), then (x86 builds only) the
+ *              eight lanes' q8_0 starts QRT_Q8_FLOAT_BIAS - 128 * sum and their q5_0 starts QRT_Q8_FLOAT_BIAS - 16 * sum
  *              (packed_avx512.c reads these lane sums as floats' bits: kept here, a vector load broadcasts them,
  *              where one computed per block and lane would take the shuffle port the kernel needs), then q4_0's
  *              start -8 * sum and the block's d as a float (the NEON kernels');
