@@ -159,14 +159,20 @@ static qrt_act_from_float_fn act_converter(int act_type) {
     return v > 0 ? table[act_type].act_conv[v] : ACT_SCALAR_BY_TYPE[act_type];
 }
 
-static qrt_packed_fn packed_kernel(int type) {
+/* The packed kernel of a type and its prep, both of the variant picked. Unlike the dot kernels, the packed ones
+ * of the neon-i8mm slot are neon-dotprod's except where SMMLA pays (q4_0 prompts: packed_neon_tiles.inc), so on a
+ * core with both, auto takes neon-i8mm first. */
+static void packed_kernel(int type, qrt_matmul_kernels *out) {
     const qrt_packed_entry *e = qrt_packed_entry_for(type);
-    if (!e) return NULL;
+    if (!e) return;
     unsigned mask = 0;
     for (int v = 0; v < QRT_VARIANT_COUNT; v++)
         if (e->gemm[v]) mask |= QRT_VARIANT_BIT(v);
-    const int v = qrt_pick_variant(mask);
-    return v >= 0 ? e->gemm[v] : NULL;
+    const int i8mm = forced < 0 && supported[QRT_VARIANT_NEON_I8MM] && (mask & QRT_VARIANT_BIT(QRT_VARIANT_NEON_I8MM));
+    const int v = i8mm ? QRT_VARIANT_NEON_I8MM : qrt_pick_variant(mask);
+    if (v < 0) return;
+    out->packed = e->gemm[v];
+    out->packed_prep = e->prep[v];
 }
 
 int qrt_select_matmul(int type, qrt_matmul_kernels *out) {
@@ -184,8 +190,8 @@ int qrt_select_matmul(int type, qrt_matmul_kernels *out) {
         .prompt_tile = e->tile[v],
         .prompt_tile_nr = e->tile_nr[v],
         .decode_tile = e->rows[v],
-        .packed = packed_kernel(type),
     };
+    packed_kernel(type, out);
     return 0;
 }
 

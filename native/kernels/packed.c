@@ -350,13 +350,13 @@ static qrt_packed_entry table[QRT_TYPE_COUNT];
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 
 static void fill(void) {
-    table[QRT_TYPE_Q4_0] = (qrt_packed_entry){sizeof(block_q4_0x16), pack_q4_0, {gemm_q4_0_scalar}};
-    table[QRT_TYPE_Q8_0] = (qrt_packed_entry){sizeof(block_q8_0x16), pack_q8_0, {gemm_q8_0_scalar}};
-    table[QRT_TYPE_Q5_0] = (qrt_packed_entry){sizeof(block_q5_0x16), pack_q5_0, {gemm_q5_0_scalar}};
-    table[QRT_TYPE_Q4_1] = (qrt_packed_entry){sizeof(block_q4_1x16), pack_q4_1, {gemm_q4_1_scalar}};
-    table[QRT_TYPE_Q5_1] = (qrt_packed_entry){sizeof(block_q5_1x16), pack_q5_1, {gemm_q5_1_scalar}};
-    table[QRT_TYPE_Q4_K] = (qrt_packed_entry){sizeof(block_q4_Kx16), pack_q4_K, {gemm_q4_K_scalar}};
-    table[QRT_TYPE_Q6_K] = (qrt_packed_entry){sizeof(block_q6_Kx16), pack_q6_K, {gemm_q6_K_scalar}};
+    table[QRT_TYPE_Q4_0] = (qrt_packed_entry){sizeof(block_q4_0x16), pack_q4_0, {gemm_q4_0_scalar}, {NULL}};
+    table[QRT_TYPE_Q8_0] = (qrt_packed_entry){sizeof(block_q8_0x16), pack_q8_0, {gemm_q8_0_scalar}, {NULL}};
+    table[QRT_TYPE_Q5_0] = (qrt_packed_entry){sizeof(block_q5_0x16), pack_q5_0, {gemm_q5_0_scalar}, {NULL}};
+    table[QRT_TYPE_Q4_1] = (qrt_packed_entry){sizeof(block_q4_1x16), pack_q4_1, {gemm_q4_1_scalar}, {NULL}};
+    table[QRT_TYPE_Q5_1] = (qrt_packed_entry){sizeof(block_q5_1x16), pack_q5_1, {gemm_q5_1_scalar}, {NULL}};
+    table[QRT_TYPE_Q4_K] = (qrt_packed_entry){sizeof(block_q4_Kx16), pack_q4_K, {gemm_q4_K_scalar}, {NULL}};
+    table[QRT_TYPE_Q6_K] = (qrt_packed_entry){sizeof(block_q6_Kx16), pack_q6_K, {gemm_q6_K_scalar}, {NULL}};
 #if defined(__x86_64__)
     if (qrt_variant_supported(QRT_VARIANT_AVX2)) qrt_packed_register_avx2(table);
     if (qrt_variant_supported(QRT_VARIANT_AVX512)) qrt_packed_register_avx512(table);
@@ -402,6 +402,29 @@ int qrt_packed_worthwhile(int type) {
     return qrt_best_variant(simd) > 0;
 }
 
+void qrt_packed_run(qrt_packed_fn gemm, qrt_packed_prep_fn prep, void *prep_buf, int64_t n, const uint8_t *groups,
+                    size_t group_bytes, int64_t n_groups, const void *act, size_t act_stride, const int32_t *sums,
+                    size_t sums_stride, int n_tok, float *out, size_t out_stride, qrt_batch_pos batch) {
+    if (!prep || n_tok == 1) {
+        for (int64_t g = 0; g < n_groups; g++)
+            gemm(n, groups + (size_t)g * group_bytes, act, act_stride, sums, sums_stride, n_tok,
+                 out + g * QRT_PACK_ROWS, out_stride, batch);
+        return;
+    }
+    /* chunks of QRT_PREP_TOKENS, each rearranged once for all the groups; a chunk of one token (the tail) reads
+     * its row as a one-token call does (the packed rule gives both the same result) */
+    for (int t0 = 0; t0 < n_tok; t0 += QRT_PREP_TOKENS) {
+        const int nt = n_tok - t0 < QRT_PREP_TOKENS ? n_tok - t0 : QRT_PREP_TOKENS;
+        const uint8_t *a = (const uint8_t *)act + (size_t)t0 * act_stride;
+        const int32_t *s = sums + (size_t)t0 * sums_stride;
+        const qrt_batch_pos bp = {batch.first + t0, batch.total};
+        if (nt > 1) prep(n, a, act_stride, s, sums_stride, nt, prep_buf);
+        for (int64_t g = 0; g < n_groups; g++)
+            gemm(n, groups + (size_t)g * group_bytes, nt > 1 ? prep_buf : a, act_stride, s, sums_stride, nt,
+                 out + (size_t)t0 * out_stride + g * QRT_PACK_ROWS, out_stride, bp);
+    }
+}
+
 /* ---- test probe (qrt_model.h) ---- */
 
 int qrt_packed_matmul(int type, const char *variant, const void *w, int64_t rows, int64_t n, const float *x,
@@ -410,12 +433,13 @@ int qrt_packed_matmul(int type, const char *variant, const void *w, int64_t rows
     const size_t bytes = qrt_packed_bytes(type, rows, n);
     if (!e || !bytes || n_tok <= 0) return -1;
     qrt_packed_fn fn = NULL;
+    qrt_packed_prep_fn prep = NULL;
     qrt_matmul_kernels selected;
     if (!variant || strcmp(variant, "auto") == 0) {
-        fn = qrt_select_matmul(type, &selected) == 0 ? selected.packed : NULL;
+        if (qrt_select_matmul(type, &selected) == 0) fn = selected.packed, prep = selected.packed_prep;
     } else {
         for (int v = 0; v < QRT_VARIANT_COUNT; v++)
-            if (strcmp(variant, qrt_variant_name(v)) == 0 && qrt_variant_supported(v)) fn = e->gemm[v];
+            if (strcmp(variant, qrt_variant_name(v)) == 0 && qrt_variant_supported(v)) fn = e->gemm[v], prep = e->prep[v];
     }
     if (!fn) return -1;
     const int act_type = qrt_kernel_act_type(type);
@@ -424,19 +448,19 @@ int qrt_packed_matmul(int type, const char *variant, const void *w, int64_t rows
     uint8_t *packed = aligned_alloc(64, (bytes + 63) / 64 * 64);
     uint8_t *act = aligned_alloc(64, act_bytes * (size_t)n_tok);
     int32_t *sums = malloc(((size_t)n_sums + 1) * (size_t)n_tok * sizeof(int32_t));
+    uint8_t *prep_buf = prep ? aligned_alloc(64, (QRT_PREP_BYTES(n, QRT_PREP_TOKENS) + 63) / 64 * 64) : NULL;
     int rc = -1;
-    if (packed && act && sums) {
+    if (packed && act && sums && (prep_buf || !prep)) {
         const size_t row_bytes = qrt_row_bytes(type, n), group_bytes = bytes / (size_t)(rows / QRT_PACK_ROWS);
         qrt_pack_matrix(type, w, row_bytes, rows, n, packed);
         for (int t = 0; t < n_tok; t++) {
             qrt_act_from_float(act_type, x + (size_t)t * n, act + (size_t)t * act_bytes, n);
             qrt_packed_act_sums(act_type, act + (size_t)t * act_bytes, n, sums + (size_t)t * (n_sums + 1));
         }
-        for (int64_t g = 0; g < rows / QRT_PACK_ROWS; g++)
-            fn(n, packed + (size_t)g * group_bytes, act, act_bytes, sums, (size_t)n_sums + 1, n_tok,
-               out + g * QRT_PACK_ROWS, (size_t)rows, (qrt_batch_pos){0, n_tok});
+        qrt_packed_run(fn, prep, prep_buf, n, packed, group_bytes, rows / QRT_PACK_ROWS, act, act_bytes, sums,
+                       (size_t)n_sums + 1, n_tok, out, (size_t)rows, (qrt_batch_pos){0, n_tok});
         rc = 0;
     }
-    free(packed), free(act), free(sums);
+    free(packed), free(act), free(sums), free(prep_buf);
     return rc;
 }

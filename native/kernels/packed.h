@@ -165,11 +165,28 @@ typedef struct {
 typedef void (*qrt_packed_fn)(int64_t n, const void *group, const void *act, size_t act_stride, const int32_t *sums,
                               size_t sums_stride, int n_tok, float *out, size_t out_stride, qrt_batch_pos batch);
 
+/* A variant whose prompt kernels read the activations rearranged (token-interleaved records: NEON q4_0) has a
+ * prep: it writes n_tok <= QRT_PREP_TOKENS activation rows (and their sums) rearranged into dst, at most
+ * QRT_PREP_BYTES(n, n_tok) bytes, and the variant's gemm, called for more than one token, then reads act = dst
+ * (act_stride and sums unused). The caller preps once for all the groups it runs (qrt_packed_run), where the
+ * kernel would otherwise rearrange the same tokens once per group. */
+typedef void (*qrt_packed_prep_fn)(int64_t n, const void *act, size_t act_stride, const int32_t *sums,
+                                   size_t sums_stride, int n_tok, void *dst);
+#define QRT_PREP_TOKENS 64
+#define QRT_PREP_BYTES(n, n_tok) ((size_t)(((n_tok) + 7) / 8 * 8) * (size_t)(n) * 2) /* 2 bytes per value */
+
 typedef struct {
     size_t block_bytes; /* bytes of one x16 block (16 GGUF blocks) */
     void (*pack)(const void *rows, size_t row_bytes, int64_t n, void *group); /* 16 GGUF rows -> one group */
     qrt_packed_fn gemm[QRT_VARIANT_COUNT]; /* NULL where a variant has no kernel; the scalar one always exists */
+    qrt_packed_prep_fn prep[QRT_VARIANT_COUNT]; /* NULL where the variant's gemm reads the activation rows */
 } qrt_packed_entry;
+
+/* groups[0..n_groups-1] (group_bytes apart) times n_tok activation rows: out[t * out_stride + 16 g + r], through
+ * prep where the kernel has one (prep_buf: QRT_PREP_BYTES(n, QRT_PREP_TOKENS) bytes); batch as for the kernel. */
+void qrt_packed_run(qrt_packed_fn gemm, qrt_packed_prep_fn prep, void *prep_buf, int64_t n, const uint8_t *groups,
+                    size_t group_bytes, int64_t n_groups, const void *act, size_t act_stride, const int32_t *sums,
+                    size_t sums_stride, int n_tok, float *out, size_t out_stride, qrt_batch_pos batch);
 
 void qrt_packed_register_avx2(qrt_packed_entry table[QRT_TYPE_COUNT]);
 void qrt_packed_register_avx512(qrt_packed_entry table[QRT_TYPE_COUNT]);

@@ -34,6 +34,7 @@ typedef struct {
     int prompt_tile_nr;
     qrt_tile_fn decode_tile;              /* QRT_ROWS_NR rows x 1 token, or NULL */
     qrt_packed_fn packed;                 /* on x16 groups (packed.h), or NULL when the type has no packed layout */
+    qrt_packed_prep_fn packed_prep;       /* its prep (packed.h), NULL where it reads the activation rows */
     /* float activations only: weight rows are dequantized to f32 (a few rows at a time, per thread) and run
      * through the f32 kernels above; NULL when the weights are f32 already or activations are converted */
     qrt_dequantize_row_fn dequantize;

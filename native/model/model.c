@@ -555,12 +555,15 @@ static int alloc_state(qrt_model *mod, int n_batch, int n_ctx, int n_seq, int kv
     Matrix **all = weight_matrices(&mod->weights, c, &n_matrices);
     if (!all) return model_set_err(err, errlen, "%s: out of memory for the run state", mod->path);
     s->rows_f32_per_thread = 0; /* one tile of dequantized rows per thread, for float-activation matrices */
+    s->prep_per_thread = 0;
     for (int i = 0; i < n_matrices; i++) {
         if (act_bytes_for(all[i]) > act) act = act_bytes_for(all[i]);
         const qrt_matmul_kernels *k = &all[i]->kernels;
         const size_t tile = k->dequantize ? qrt_size_mul((size_t)(k->prompt_tile_nr > QRT_ROWS_NR ? k->prompt_tile_nr : QRT_ROWS_NR),
                                                         (size_t)all[i]->cols) : 0;
         if (tile > s->rows_f32_per_thread) s->rows_f32_per_thread = tile;
+        const size_t prep = k->packed_prep ? QRT_PREP_BYTES(all[i]->cols, QRT_PREP_TOKENS) : 0;
+        if (all[i]->packed && prep > s->prep_per_thread) s->prep_per_thread = qrt_size_round64(prep);
     }
     free(all);
     s->act_row_bytes = qrt_size_round64(act);
@@ -591,6 +594,7 @@ static int alloc_state(qrt_model *mod, int n_batch, int n_ctx, int n_seq, int kv
     }
     if (!c->encoder) ALLOC(s->logits, 1, (size_t)c->vocab_size);
     if (s->rows_f32_per_thread) ALLOC(s->rows_f32, (size_t)mod->n_threads, s->rows_f32_per_thread);
+    if (s->prep_per_thread) ALLOC(s->prep, (size_t)mod->n_threads, s->prep_per_thread);
     ALLOC(s->seq_start, (size_t)n_batch + 1, 1);
     ALLOC(s->row_seq, (size_t)n_batch, 1);
     ALLOC(s->row_pos, (size_t)n_batch, 1);
@@ -666,6 +670,7 @@ static void free_state(RunState *s) {
     free(s->expert_x), free(s->expert_h), free(s->expert_h2), free(s->expert_out), free(s->expert_slot);
     free(s->expert_act), free(s->expert_act2), free(s->expert_act_sums), free(s->expert_act_sums2);
     free(s->key_cache), free(s->value_cache), free(s->seq_start), free(s->pooled), free(s->rows_f32);
+    free(s->prep);
     free(s->row_seq), free(s->row_pos), free(s->swa_base);
 }
 
@@ -839,6 +844,9 @@ typedef struct matmul_job {
     qrt_tile_fn tile; /* optional: tile_nr rows x tile_nt tokens per call, results equal to dot's */
     int tile_nr, tile_nt;
     qrt_packed_fn packed; /* set when w->packed: one call per 16-row group for all tokens */
+    qrt_packed_prep_fn packed_prep; /* and its prep, into this thread's prep_per_thread bytes of prep */
+    uint8_t *prep;
+    size_t prep_per_thread;
     const int32_t *sums;
     size_t sums_stride;
     qrt_batch_pos batch; /* where these tokens sit in llama.cpp's batching of the same eval */
@@ -881,9 +889,10 @@ static void matmul_rows(const matmul_job *j, int64_t r0, int64_t r1, int thread)
     }
     int64_t r = r0;
     if (j->packed) { /* rows_per_task is a multiple of 16, and so are the rows of a packed matrix */
-        for (; r < r1; r += QRT_PACK_ROWS)
-            j->packed(cols, j->w->packed + (size_t)(r / QRT_PACK_ROWS) * j->w->packed_group_bytes, j->act, ab,
-                      j->sums, j->sums_stride, j->n_tok, j->out + r, os, j->batch);
+        qrt_packed_run(j->packed, j->packed_prep, j->prep + (size_t)thread * j->prep_per_thread, cols,
+                       j->w->packed + (size_t)(r0 / QRT_PACK_ROWS) * j->w->packed_group_bytes, j->w->packed_group_bytes,
+                       (r1 - r0) / QRT_PACK_ROWS, j->act, ab, j->sums, j->sums_stride, j->n_tok, j->out + r0, os,
+                       j->batch);
         return;
     }
     if (j->tile) {
@@ -1066,6 +1075,9 @@ static int matmul_job_for(qrt_model *m, matmul_job *j, float *out, int64_t out_s
                       .per_token = n_tok > 1 && !batch};
     if (w->packed) {
         j->packed = k->packed;
+        j->packed_prep = k->packed_prep;
+        j->prep = m->state.prep;
+        j->prep_per_thread = m->state.prep_per_thread;
         j->sums = sums;
         j->sums_stride = m->state.act_sums_stride;
         j->batch = batch ? m->batch : (qrt_batch_pos){0, 1};
@@ -1547,8 +1559,12 @@ static void softcap(float *x, size_t n, float cap) {
 
 /* Run n_tok token rows, each at the sequence and position state.row_seq/row_pos give it; logits of every token go to all_logits (if not NULL), the last token's
  * to state.logits; with hidden set, no logits: state.xb holds every row's hidden state after output_norm. Each layer: attention then SwiGLU, each a norm, matmuls and a residual add; the residual add
- * of one block is the first step of the next block's norm (one pass over the rows instead of two). */
-static void forward(qrt_model *m, const int32_t *tokens, int n_tok, float *all_logits, int hidden) {
+ * of one block is the first step of the next block's norm (one pass over the rows instead of two).
+ * outputs: how many of the last rows are read after the last layer (n_tok with all_logits or hidden, 1 for the
+ * last token's logits, 0 for none). As llama.cpp's graph does (inp_out_ids), the last layer's dense feed-forward
+ * runs on those rows only, as a batch of their own (a single row takes the one-token kernels, as ggml's does);
+ * with none, neither it nor the head runs. */
+static void forward(qrt_model *m, const int32_t *tokens, int n_tok, float *all_logits, int hidden, int outputs) {
     const Config *c = &m->config;
     const Weights *w = &m->weights;
     RunState *s = &m->state;
@@ -1596,24 +1612,29 @@ static void forward(qrt_model *m, const int32_t *tokens, int n_tok, float *all_l
             residual_norm = lw->ffn_post_norm;
             continue;
         }
-        /* SwiGLU feed-forward */
+        /* SwiGLU feed-forward, of rows first..n_tok-1 (the output rows, in the last layer) */
+        const int first = l == c->n_layers - 1 ? n_tok - outputs : 0;
+        if (first == n_tok) return;
         {
             const Matrix *const ws[] = {&lw->w_gate, &lw->w_up};
             rows_job norm = {.residual = s->xb, .residual_norm = lw->attn_post_norm, .norm = lw->ffn_norm,
                              .act_src = s->xb, .act_cols = dim};
             convert_for(&norm, ws, 2);
-            steps(m, &cache, &norm, 0, n_tok);
-            float *const outs[] = {s->hb, s->hb2};
+            if (first) norm.act_src = NULL; /* the matmuls convert their rows themselves (act rows from 0) */
+            steps(m, &cache, &norm, first, n_tok);
+            float *const outs[] = {s->hb + (size_t)first * ffn, s->hb2 + (size_t)first * ffn};
             const int64_t strides[] = {ffn, ffn};
-            model_matmul_many(m, &cache, 2, outs, strides, ws, s->xb, n_tok);
+            model_matmul_many(m, &cache, 2, outs, strides, ws, s->xb + (size_t)first * dim, n_tok - first);
         }
         {
             const Matrix *const ws[] = {&lw->w_down};
             rows_job glu = {.glu = 1, .act_src = s->hb, .act_cols = ffn};
             convert_for(&glu, ws, 1);
-            steps(m, &cache, &glu, 0, n_tok);
+            if (first) glu.act_src = NULL;
+            steps(m, &cache, &glu, first, n_tok);
         }
-        model_matmul(m, &cache, s->xb, dim, &lw->w_down, s->hb, n_tok);
+        model_matmul(m, &cache, s->xb + (size_t)first * dim, dim, &lw->w_down, s->hb + (size_t)first * ffn,
+                     n_tok - first);
         residual = s->xb;
         residual_norm = lw->ffn_post_norm;
     }
@@ -1647,8 +1668,11 @@ static void run_chunks(qrt_model *m, int seq, const int32_t *tokens, int n, floa
         if (left - chunk == 1) chunk--;
         m->batch = (qrt_batch_pos){done - ubatch0, ubatch_n};
         for (int b = 0; b < chunk; b++) m->state.row_seq[b] = seq, m->state.row_pos[b] = m->n_past[seq] + b;
+        /* the rows read after the last layer: all of them for all_logits, pooling or an importance matrix (whose
+         * statistics take every row, as llama-imatrix's all-logits run does), else the eval's last token only */
+        const int outputs = all_logits || pooled || m->imatrix ? chunk : done + chunk == n;
         forward(m, tokens + done, chunk, all_logits ? all_logits + (size_t)done * m->config.vocab_size : NULL,
-                pooled != NULL);
+                pooled != NULL, outputs);
         if (pooled) op_pool_rows(pooled, m->state.xb, chunk, m->config.dim, done, n, m->config.pooling);
         m->n_past[seq] += chunk;
         done += chunk;
@@ -1706,7 +1730,7 @@ static void decode_rows(qrt_model *m, const int32_t *tokens, const int *seqs, in
         for (int b = 0; b < n; b++) s->row_seq[b] = seqs[first + b], s->row_pos[b] = m->n_past[seqs[first + b]];
         m->batch = (qrt_batch_pos){0, 1};
         m->decode_rows = n > 1;
-        forward(m, tokens + first, n, logits + (size_t)first * m->config.vocab_size, 0);
+        forward(m, tokens + first, n, logits + (size_t)first * m->config.vocab_size, 0, n);
         m->decode_rows = 0;
         for (int b = 0; b < n; b++) m->n_past[seqs[first + b]] += 1;
     }

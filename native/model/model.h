@@ -152,6 +152,8 @@ typedef struct {
     uint8_t *act;      /* [n_batch][largest activation row in any act type] */
     float *rows_f32;   /* [n_threads][rows_f32_per_thread]: weight rows dequantized for float-activation matmuls */
     size_t rows_f32_per_thread;
+    uint8_t *prep;     /* [n_threads][prep_per_thread]: prompt activations rearranged for the packed kernels */
+    size_t prep_per_thread;
     size_t act_row_bytes;
     int32_t *act_sums; /* [n_batch][act_sums_stride]: block sums of act for the packed kernels */
     size_t act_sums_stride;

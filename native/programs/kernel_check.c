@@ -102,14 +102,17 @@ static void check_row(int type, int variant, const void *w, const float *x, int6
 }
 
 /* The x16 packed kernels (packed.h) of every variant against packed.c's scalar reference, bit for bit, on 32
- * quantized-then-random rows and 1, 3 and 9 activation rows (the decode orders and the batch ones). */
+ * quantized-then-random rows and 1, 3, 9 and 65 activation rows (the decode orders and the batch ones; 65: a whole
+ * chunk of QRT_PREP_TOKENS and a one-token tail through the preps). */
 static const int PACKED_TYPES[] = {QRT_TYPE_Q4_0, QRT_TYPE_Q4_1, QRT_TYPE_Q5_0, QRT_TYPE_Q5_1,
                                    QRT_TYPE_Q8_0, QRT_TYPE_Q4_K, QRT_TYPE_Q6_K};
 
-static long check_packed(float acts[ROWS][N], float vals[ROWS][N], long *checked) {
+#define PACKED_TOKENS_MAX 65
+static long check_packed(float vals[ROWS][N], long *checked) {
     static uint8_t rows[ROWS * N * 2];
-    static float ref[9 * ROWS], got[9 * ROWS];
-    const int n_toks[] = {1, 3, 9};
+    static float acts[PACKED_TOKENS_MAX][N], ref[PACKED_TOKENS_MAX * ROWS], got[PACKED_TOKENS_MAX * ROWS];
+    const int n_toks[] = {1, 3, 9, PACKED_TOKENS_MAX};
+    for (int t = 0; t < PACKED_TOKENS_MAX; t++) random_floats(acts[t], t + 1);
     long failures = 0;
     for (size_t ti = 0; ti < sizeof PACKED_TYPES / sizeof PACKED_TYPES[0]; ti++) {
         const int type = PACKED_TYPES[ti];
@@ -329,7 +332,7 @@ int main(int argc, char **argv) {
         }
     }
     for (int r = 0; r < ROWS; r++) random_floats(vals[r], r);
-    failures += check_packed(acts, vals, &checked);
+    failures += check_packed(vals, &checked);
     failures += check_attention(&checked);
     failures += check_expf(&checked);
     for (int r = 0; r < ROWS; r++) random_floats(acts[r], r + 1);
