@@ -2,6 +2,7 @@
 per generated token qrun against llama.cpp's own aarch64 build.
 
     python tests/bench/arm.py [--tokens 4] [--only variants|llama] [--prompt 62] [--rows i8mm] [--models small]
+                              [--types q4_0]
 
 Debian's qemu 7.2 has no TCG plugins, so work is measured two ways, each as the difference between a run that
 generates 1 token and one that generates 1 + --tokens (load and prompt cancel out), divided by --tokens:
@@ -171,8 +172,8 @@ def variants_table(args) -> None:
     print(table(header + ["qemu CPU s/token (SmolLM2-135M)", "ratio"], rows))
 
 
-def llama_files(models: list[str]) -> list[tuple[str, Path]]:
-    """(label, GGUF) of the small random llama and the SmolLM2 sample at LLAMA_TYPES, converted once (cached)."""
+def llama_files(models: list[str], types: tuple[str, ...] | list[str] = LLAMA_TYPES) -> list[tuple[str, Path]]:
+    """(label, GGUF) of the small random llama and the SmolLM2 sample at `types`, converted once (cached)."""
     from tests.bench.models import cache_root, random_family_folder
     from tests.bench.run import bench_files
     from tests.bench.run import convert as convert_cached
@@ -181,11 +182,11 @@ def llama_files(models: list[str]) -> list[tuple[str, Path]]:
     if "small" in models:
         small = random_family_folder("arm-small", SMALL_SHAPE, smollm2_tokenizer=False)
         root = cache_root() / "bench"
-        files += [(f"small {t}", convert_cached(small, t, root / f"random-arm-small-{t}.gguf")) for t in LLAMA_TYPES]
+        files += [(f"small {t}", convert_cached(small, t, root / f"random-arm-small-{t}.gguf")) for t in types]
     if "smollm2" not in models:
         return files
     return files + [
-        (label.replace("smollm2-135m", "SmolLM2"), path) for label, path in bench_files(["135m"], list(LLAMA_TYPES))
+        (label.replace("smollm2-135m", "SmolLM2"), path) for label, path in bench_files(["135m"], list(types))
     ]
 
 
@@ -217,7 +218,7 @@ def llama_table(args) -> None:
     def llama_cmd(binary, model):
         return lambda p, n: [binary, "-m", model, "-p", p, "-n", n, "-t", 1, "-r", 1, "--no-warmup"]
 
-    files = llama_files(args.models.split(","))
+    files = llama_files(args.models.split(","), args.types.split(","))
     rows = []
     for row, cpu, march in [r for r in LLAMA_ROWS if r[0] in args.rows.split(",")]:
         theirs = build_aarch64_bench(march)
@@ -243,6 +244,7 @@ def main() -> None:
     ap.add_argument("--only", choices=("variants", "llama"), help="one of the two tables (default: both)")
     ap.add_argument("--rows", default="neon-dotprod,i8mm", help="CPU rows of the llama.cpp comparison")
     ap.add_argument("--models", default="small,smollm2", help="models of the llama.cpp comparison")
+    ap.add_argument("--types", default=",".join(LLAMA_TYPES), help="weight types of the llama.cpp comparison")
     args = ap.parse_args()
 
     subprocess.run(["make", "-s", "-C", str(NATIVE), "TARGET=aarch64", "-j2"], check=True)
