@@ -9,7 +9,16 @@
  * then -r times timed (--no-warmup: only the timed runs, as llama-bench's flag; tests/bench/arm.py counts the
  * instructions of whole runs); the figure is the median tokens per second. Each row also gives the serial share: the
  * fraction of eval time in which only the calling thread worked (outside thread-pool runs).
+ *
+ *   qrun-bench --read-bandwidth BYTES [-t 2] [-r 7] [--json]
+ *
+ * measures instead the limit decoding is compared with (tests/bench/run.py): a streaming read of one BYTES buffer
+ * by each -t thread count, each thread summing its part, the best of -r runs, in bytes per second. It is C for the
+ * same reason the rest is: a reduction in Python or NumPy can run slower than memory and understate the limit.
  */
+#include <pthread.h>
+#include <sys/mman.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -127,8 +136,66 @@ static int bench(const options *o, int threads, int n_prompt, int n_gen, int dep
     return rc == 0 ? 0 : 1;
 }
 
+/* ---- --read-bandwidth ---- */
+
+typedef struct {
+    const uint64_t *words;
+    size_t n;
+    uint64_t sum; /* kept, so the reads are not optimised away */
+} read_part;
+
+static void *read_part_run(void *arg) {
+    read_part *r = arg;
+    uint64_t s[8] = {0}; /* eight independent sums: the loop vectorises and never waits on an add */
+    for (size_t i = 0; i + 8 <= r->n; i += 8)
+        for (int k = 0; k < 8; k++) s[k] += r->words[i + k];
+    r->sum = s[0] + s[1] + s[2] + s[3] + s[4] + s[5] + s[6] + s[7];
+    return NULL;
+}
+
+static int read_bandwidth(size_t bytes, const int_list *threads, int repeats, int json) {
+    const size_t huge = (size_t)2 << 20, n = bytes / huge * huge / sizeof(uint64_t);
+    uint64_t *words = n ? aligned_alloc(huge, n * sizeof *words) : NULL;
+    if (!words) return fail("cannot allocate the --read-bandwidth buffer", NULL);
+#ifdef MADV_HUGEPAGE
+    madvise(words, n * sizeof *words, MADV_HUGEPAGE); /* as libqrt's weights (model.c): a read in 4 KiB pages pays
+                                                       * a page walk per 4 KiB, a large share of it in a VM */
+#endif
+    for (size_t i = 0; i < n; i++) words[i] = i; /* touched: no page faults in the timed reads */
+    if (json) printf("[\n");
+    int rc = 0;
+    for (int t = 0; t < threads->n && rc == 0; t++) {
+        const int nt = threads->values[t];
+        pthread_t *ids = malloc((size_t)nt * sizeof *ids);
+        read_part *parts = malloc((size_t)nt * sizeof *parts);
+        if (!ids || !parts) rc = fail("out of memory", NULL);
+        double best = 0.0;
+        uint64_t check = 0;
+        for (int r = 0; r < repeats && rc == 0; r++) {
+            const double t0 = now_s();
+            for (int k = 0; k < nt && rc == 0; k++) {
+                parts[k] = (read_part){words + n / (size_t)nt * (size_t)k, n / (size_t)nt, 0};
+                if (pthread_create(&ids[k], NULL, read_part_run, &parts[k]) != 0) rc = fail("pthread_create failed", NULL);
+            }
+            for (int k = 0; k < nt && rc == 0; k++) pthread_join(ids[k], NULL), check += parts[k].sum;
+            const double rate = (double)(n / (size_t)nt * (size_t)nt * sizeof *words) / (now_s() - t0);
+            if (rate > best) best = rate;
+        }
+        if (rc == 0 && json)
+            printf("%s  {\"test\": \"read\", \"threads\": %d, \"bytes\": %zu, \"bytes_per_second\": %.6g, \"check\": %llu}",
+                   t ? ",\n" : "", nt, n * sizeof *words, best, (unsigned long long)check);
+        else if (rc == 0)
+            printf("read %zu bytes, %d threads: %.2f GB/s\n", n * sizeof *words, nt, best / 1e9);
+        free(ids), free(parts);
+    }
+    if (json && rc == 0) printf("\n]\n");
+    free(words);
+    return rc;
+}
+
 int main(int argc, char **argv) {
     options o = {.repeats = 3};
+    long long read_bytes = 0;
     parse_list("62,512", &o.prompt, 0, 1 << 20);
     parse_list("32", &o.gen, 0, 1 << 20);
     parse_list("0", &o.depth, 0, 1 << 24);
@@ -138,7 +205,7 @@ int main(int argc, char **argv) {
         int ok = 1;
         if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
             printf("usage: qrun-bench MODEL.gguf [-p 62,512] [-n 32] [-d 0,1024] [-t 1,2] [-r 3] [--no-warmup] "
-                   "[--json]\n");
+                   "[--json]\n       qrun-bench --read-bandwidth BYTES [-t 2] [-r 7] [--json]\n");
             return 0;
         } else if (strcmp(a, "--json") == 0) o.json = 1;
         else if (strcmp(a, "--no-warmup") == 0) o.no_warmup = 1;
@@ -147,12 +214,14 @@ int main(int argc, char **argv) {
         else if (strcmp(a, "-d") == 0 && v) ok = parse_list(argv[++i], &o.depth, 0, 1 << 24);
         else if (strcmp(a, "-t") == 0 && v) ok = parse_list(argv[++i], &o.threads, 1, 1024);
         else if (strcmp(a, "-r") == 0 && v) o.repeats = atoi(argv[++i]);
+        else if (strcmp(a, "--read-bandwidth") == 0 && v) ok = (read_bytes = atoll(argv[++i])) > 0;
         else if (a[0] != '-' && !o.model) o.model = a;
         else return fail("unknown or incomplete argument", a);
         if (!ok) return fail("bad list of numbers for", a);
     }
-    if (!o.model) return fail("no model given (qrun-bench MODEL.gguf ...)", NULL);
     if (o.repeats < 1 || o.repeats > 1000) return fail("-r must be 1..1000", NULL);
+    if (read_bytes) return read_bandwidth((size_t)read_bytes, &o.threads, o.repeats, o.json) == 0 ? 0 : 1;
+    if (!o.model) return fail("no model given (qrun-bench MODEL.gguf ...)", NULL);
     if (o.json) printf("[\n");
     else printf("| test           | threads |        tok/s | serial share |\n|---|---|---|---|\n");
     int rc = 0;

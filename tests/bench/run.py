@@ -23,11 +23,7 @@ import json
 import os
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
-
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -104,23 +100,15 @@ def last_level_cache_bytes() -> int:
 
 
 def read_bandwidth(threads: int, repeats: int = 7) -> float:
-    """Bytes/s the machine reads from DRAM with `threads` threads (numpy sums of disjoint parts; GIL released).
-
-    The buffer is 4x the last-level cache (at least 1 GiB): a smaller one is partly served by the cache (this
-    machine's L3 is 480 MiB) and reads as a bandwidth DRAM cannot give."""
+    """Bytes/s the machine reads from DRAM with `threads` threads: `qrun-bench --read-bandwidth`, a streaming read
+    in C of one buffer in huge pages, as qrun's weights are (a read in 4 KiB pages pays a page walk per 4 KiB: on
+    the 2-core AMD VM that halves 2 threads' rate, 35 against 67 GB/s, and qrun's decoding read faster than that
+    limit). The buffer is 4x the last-level cache (at least 1 GiB): a smaller one is partly served by the cache."""
     n_bytes = max(1 << 30, 4 * last_level_cache_bytes())
-    data = np.ones(n_bytes // 8, dtype=np.float64)
-    parts = np.array_split(data, threads)
-    best = 0.0
-    for _ in range(repeats):
-        workers = [threading.Thread(target=np.sum, args=(p,)) for p in parts]
-        start = time.perf_counter()
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
-        best = max(best, data.nbytes / (time.perf_counter() - start))
-    return best
+    cmd = [str(NATIVE / "build" / os.uname().machine / "qrun-bench"), "--read-bandwidth", str(n_bytes)]
+    cmd += ["-t", str(threads), "-r", str(repeats), "--json"]
+    rows = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+    return float(rows[0]["bytes_per_second"])
 
 
 def test_name(n_prompt: int, n_gen: int, depth: int) -> str:
