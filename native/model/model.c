@@ -889,7 +889,8 @@ static void matmul_rows(const matmul_job *j, int64_t r0, int64_t r1, int thread)
     }
     int64_t r = r0;
     if (j->packed) { /* rows_per_task is a multiple of 16, and so are the rows of a packed matrix */
-        qrt_packed_run(j->packed, j->packed_prep, j->prep + (size_t)thread * j->prep_per_thread, cols,
+        uint8_t *prep = j->prep ? j->prep + (size_t)thread * j->prep_per_thread : NULL; /* none without preps */
+        qrt_packed_run(j->packed, j->packed_prep, prep, cols,
                        j->w->packed + (size_t)(r0 / QRT_PACK_ROWS) * j->w->packed_group_bytes, j->w->packed_group_bytes,
                        (r1 - r0) / QRT_PACK_ROWS, j->act, ab, j->sums, j->sums_stride, j->n_tok, j->out + r0, os,
                        j->batch);
