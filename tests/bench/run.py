@@ -11,8 +11,8 @@ decoded one at a time) at depth 0 and after 1024 tokens in the cache (tg32 @ d10
 sample and a random llama 1.1B (hidden 2048, ffn 5632, 22 layers, 32/4 heads), each converted by qconv; the real
 gemma3-270m package file as shipped; random qwen3moe (hidden 1024, 16 layers, 32 experts, 4 per token, expert ffn
 512) and phi3 (hidden 2048, 16 layers) folders converted by qconv. Each
-cell is the median of --repeats runs, both runtimes run one after the other for each file and thread count, and
-the ratio is qrun / llama.cpp. qrun's serial share (eval time with only the calling thread working) is printed
+cell is the median of --repeats runs; for each file, thread count and repeat the two runtimes run one after the
+other, and the ratio is the median over the repeats of qrun / llama.cpp in that pair of runs. qrun's serial share (eval time with only the calling thread working) is printed
 beside its figures, and 1.1B decoding is compared with the machine's DRAM read limit.
 """
 
@@ -149,14 +149,31 @@ def main() -> None:
     threads = [int(t) for t in args.threads.split(",")]
     files = bench_files(args.models.split(","), args.types.split(","))
     rows, worst = [], {}
+    limits, shares = {}, {}  # 1.1B decoding at 2 threads: the DRAM limit (tok/s) per repeat, the medians of the shares
     for label, path in files:
         for t in threads:
             for tests in (PROMPT_TESTS, GEN_TESTS):
-                ours = run_qrun(path, t, args.repeats, tests)
-                theirs = run_llama(llama_bench, path, t, args.repeats, tests)
-                for name, (rate, serial) in ours.items():
-                    ratio = rate / theirs[name]
-                    rows.append([label, t, name, f"{rate:.1f}", f"{theirs[name]:.1f}", f"{ratio:.2f}", f"{serial:.1%}"])
+                # one run of each per repeat, alternating, so the memory rate of a shared machine, which drifts
+                # over minutes, weighs on both sides of each ratio alike; the ratio is the median of the pairs'
+                ours, theirs = [], []
+                decode_limit = label.startswith("random-1.1b") and t == 2 and tests is GEN_TESTS
+                bytes_per_token = weight_bytes_per_token(path) if decode_limit else 0
+                for _ in range(args.repeats):
+                    if decode_limit:  # the limit measured beside the runs it bounds, as it drifts with them
+                        limits.setdefault(label, []).append(read_bandwidth(2) / bytes_per_token)
+                    ours.append(run_qrun(path, t, 1, tests))
+                    theirs.append(run_llama(llama_bench, path, t, 1, tests))
+                if decode_limit:
+                    shares[label] = (
+                        median([run["tg32"][0] / lim for run, lim in zip(ours, limits[label])]),
+                        median([run["tg32"] / lim for run, lim in zip(theirs, limits[label])]),
+                    )
+                for name in ours[0]:
+                    rate = median([run[name][0] for run in ours])
+                    serial = median([run[name][1] for run in ours])
+                    reference = median([run[name] for run in theirs])
+                    ratio = median([a[name][0] / b[name] for a, b in zip(ours, theirs)])
+                    rows.append([label, t, name, f"{rate:.1f}", f"{reference:.1f}", f"{ratio:.2f}", f"{serial:.1%}"])
                     print(" | ".join(str(c) for c in rows[-1]), file=sys.stderr, flush=True)
                     worst[(name, t)] = min(worst.get((name, t), ratio), ratio)
             print(f"{label}, {t} threads: done", file=sys.stderr, flush=True)
@@ -166,16 +183,15 @@ def main() -> None:
     print("\nlowest ratio per test and thread count:")
     print(table(["test", "threads", "lowest ratio"], [[n, t, f"{r:.2f}"] for (n, t), r in sorted(worst.items())]))
 
-    decode = [(label, path) for label, path in files if label.startswith("random-1.1b")]
-    if decode and 2 in threads:
-        bandwidth = read_bandwidth(2)
-        print(f"\n1.1B decoding at 2 threads vs the DRAM read limit ({bandwidth / 1e9:.1f} GB/s, 2 threads):")
-        limit_rows = []
-        for label, path in decode:
-            limit = bandwidth / weight_bytes_per_token(path)
-            ours = {r[2]: float(r[3]) for r in rows if r[0] == label and r[1] == 2}
-            theirs = {r[2]: float(r[4]) for r in rows if r[0] == label and r[1] == 2}
-            limit_rows.append([label, f"{limit:.1f}", f"{ours['tg32'] / limit:.0%}", f"{theirs['tg32'] / limit:.0%}"])
+    if shares:
+        print(
+            "\n1.1B decoding at 2 threads vs the DRAM read limit (qrun-bench --read-bandwidth, 2 threads, measured "
+            "before each pair of runs; shares are medians over the repeats):"
+        )
+        limit_rows = [
+            [label, f"{median(limits[label]):.1f}", f"{ours:.0%}", f"{theirs:.0%}"]
+            for label, (ours, theirs) in shares.items()
+        ]
         print(table(["model", "limit tok/s", "qrun", "llama.cpp"], limit_rows))
 
 
