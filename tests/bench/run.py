@@ -10,10 +10,11 @@ Tests, as llama-bench names them: pp62 and pp512 (prompt of 62 / 512 tokens in o
 decoded one at a time) at depth 0 and after 1024 tokens in the cache (tg32 @ d1024). Models: the SmolLM2-135M
 sample and a random llama 1.1B (hidden 2048, ffn 5632, 22 layers, 32/4 heads), each converted by qconv; the real
 gemma3-270m package file as shipped; random qwen3moe (hidden 1024, 16 layers, 32 experts, 4 per token, expert ffn
-512) and phi3 (hidden 2048, 16 layers) folders converted by qconv. Each
-cell is the median of --repeats runs; for each file, thread count and repeat the two runtimes run one after the
-other, and the ratio is the median over the repeats of qrun / llama.cpp in that pair of runs. qrun's serial share (eval time with only the calling thread working) is printed
-beside its figures, and 1.1B decoding is compared with the machine's DRAM read limit.
+512) and phi3 (hidden 2048, 16 layers) folders converted by qconv. Each cell is the median of --repeats runs;
+for each file, thread count and repeat the two runtimes run one after the other, and the ratio is the median over
+the repeats of qrun / llama.cpp in such a pair of runs (their lowest and highest beside it). qrun's serial share
+(eval time with only the calling thread working) is printed beside its figures, and 1.1B decoding is compared with
+the machine's DRAM read limit.
 """
 
 from __future__ import annotations
@@ -172,13 +173,17 @@ def main() -> None:
                     rate = median([run[name][0] for run in ours])
                     serial = median([run[name][1] for run in ours])
                     reference = median([run[name] for run in theirs])
-                    ratio = median([a[name][0] / b[name] for a, b in zip(ours, theirs)])
-                    rows.append([label, t, name, f"{rate:.1f}", f"{reference:.1f}", f"{ratio:.2f}", f"{serial:.1%}"])
+                    pairs = [a[name][0] / b[name] for a, b in zip(ours, theirs)]
+                    ratio = median(pairs)
+                    spread = f"{min(pairs):.2f}-{max(pairs):.2f}"
+                    rows.append(
+                        [label, t, name, f"{rate:.1f}", f"{reference:.1f}", f"{ratio:.2f}", spread, f"{serial:.1%}"]
+                    )
                     print(" | ".join(str(c) for c in rows[-1]), file=sys.stderr, flush=True)
                     worst[(name, t)] = min(worst.get((name, t), ratio), ratio)
             print(f"{label}, {t} threads: done", file=sys.stderr, flush=True)
     print(f"tokens/s, median of {args.repeats} runs; {cores} cores ({os.uname().machine})")
-    header = ["model", "threads", "test", "qrun", "llama.cpp", "ratio", "qrun serial share"]
+    header = ["model", "threads", "test", "qrun", "llama.cpp", "ratio", "pairs' ratios", "qrun serial share"]
     print(table(header, rows))
     print("\nlowest ratio per test and thread count:")
     print(table(["test", "threads", "lowest ratio"], [[n, t, f"{r:.2f}"] for (n, t), r in sorted(worst.items())]))
