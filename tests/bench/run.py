@@ -117,17 +117,17 @@ def test_name(n_prompt: int, n_gen: int, depth: int) -> str:
     return f"{name} @ d{depth}" if depth else name
 
 
-def run_qrun(path: Path, threads: int, repeats: int, tests: dict) -> dict[str, tuple[float, float]]:
-    """test name -> (tokens/s, serial share) from qrun-bench."""
+def run_qrun(path: Path, threads: int, tests: dict) -> dict[str, tuple[float, float]]:
+    """test name -> (tokens/s, serial share) from one run of qrun-bench."""
     cmd = [str(NATIVE / "build" / os.uname().machine / "qrun-bench"), str(path), "-t", str(threads)]
-    cmd += ["-r", str(repeats), "-p", tests["p"], "-n", tests["n"], "-d", tests["d"], "--json"]
+    cmd += ["-r", "1", "-p", tests["p"], "-n", tests["n"], "-d", tests["d"], "--json"]
     rows = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
     return {r["test"]: (r["tokens_per_second"], r["serial_share"]) for r in rows}
 
 
-def run_llama(tool: Path, path: Path, threads: int, repeats: int, tests: dict) -> dict[str, float]:
-    """test name -> tokens/s (median of llama-bench's samples)."""
-    cmd = [str(tool), "-m", str(path), "-t", str(threads), "-r", str(repeats), "-o", "json"]
+def run_llama(tool: Path, path: Path, threads: int, tests: dict) -> dict[str, float]:
+    """test name -> tokens/s from one run of llama-bench."""
+    cmd = [str(tool), "-m", str(path), "-t", str(threads), "-r", "1", "-o", "json"]
     cmd += ["-p", tests["p"], "-n", tests["n"], "-d", tests["d"]]
     rows = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
     return {test_name(r["n_prompt"], r["n_gen"], r.get("n_depth", 0)): median(r["samples_ts"]) for r in rows}
@@ -162,8 +162,8 @@ def main() -> None:
                 for _ in range(args.repeats):
                     if decode_limit:  # the limit measured beside the runs it bounds, as it drifts with them
                         limits.setdefault(label, []).append(read_bandwidth(2) / bytes_per_token)
-                    ours.append(run_qrun(path, t, 1, tests))
-                    theirs.append(run_llama(llama_bench, path, t, 1, tests))
+                    ours.append(run_qrun(path, t, tests))
+                    theirs.append(run_llama(llama_bench, path, t, tests))
                 if decode_limit:
                     shares[label] = (
                         median([run["tg32"][0] / lim for run, lim in zip(ours, limits[label])]),
